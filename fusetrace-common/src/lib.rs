@@ -1,0 +1,193 @@
+//! Types shared by the eBPF programs and the user-space decoder.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel side writes it into
+//! the ring buffer, user space reads it back byte for byte.
+#![no_std]
+
+/// What a [`FuseEvent`] reports.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The kernel queued a request for the daemon (`fuse_request_send`).
+    Send = 1,
+    /// The kernel finished a request (`fuse_request_end`).
+    End = 2,
+    /// A daemon thread read a request from `/dev/fuse`.
+    DaemonRead = 3,
+    /// A daemon thread wrote a reply (or a notification) to `/dev/fuse`.
+    DaemonReply = 4,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Send),
+            2 => Some(Self::End),
+            3 => Some(Self::DaemonRead),
+            4 => Some(Self::DaemonReply),
+            _ => None,
+        }
+    }
+}
+
+/// `flags` bit: the request was a background (asynchronous) one.
+pub const FLAG_BACKGROUND: u8 = 1 << 0;
+/// `flags` bit: node id, uid and requester pid are valid (the hook could read `req->in.h`).
+pub const FLAG_HAS_HEADER: u8 = 1 << 1;
+/// `flags` bit: the daemon moved the request with splice(2); the header was not visible.
+pub const FLAG_SPLICE: u8 = 1 << 2;
+
+/// One observation of one FUSE request. 88 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FuseEvent {
+    /// Monotonic clock (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    /// Request id, unique per connection while the request lives.
+    pub unique: u64,
+    /// Inode number the request is about (0 when unknown).
+    pub nodeid: u64,
+    /// Kernel `dev_t` of the connection (`MAJOR << 20 | MINOR`).
+    pub connection: u32,
+    /// FUSE opcode (0 when the hook does not see it).
+    pub opcode: u32,
+    /// Request length (send, read) or reply length (reply, end).
+    pub len: u32,
+    /// Error of the reply or of the end (negative errno, 0 on success).
+    pub error: i32,
+    /// Process (thread group) that was running when the hook fired.
+    pub tgid: u32,
+    /// Thread that was running when the hook fired.
+    pub tid: u32,
+    /// Requester thread id from the request header (`in.h.pid`).
+    pub req_pid: u32,
+    /// Requester uid from the request header.
+    pub req_uid: u32,
+    /// An [`EventKind`] as u8.
+    pub kind: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+    /// Command name of the running task.
+    pub comm: [u8; 16],
+}
+
+/// `struct fuse_in_header` from `<linux/fuse.h>`: user ABI, the same on every kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FuseInHeader {
+    pub len: u32,
+    pub opcode: u32,
+    pub unique: u64,
+    pub nodeid: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    pub total_extlen: u16,
+    pub padding: u16,
+}
+
+/// `struct fuse_out_header` from `<linux/fuse.h>`: user ABI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FuseOutHeader {
+    pub len: u32,
+    pub error: i32,
+    pub unique: u64,
+}
+
+/// `struct iovec` as user space lays it out on 64-bit kernels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IoVec {
+    pub base: u64,
+    pub len: u64,
+}
+
+/// Offsets into kernel structures and tracepoint records, filled in by user
+/// space from the running kernel's BTF and tracefs before the programs load.
+/// The eBPF side never assumes a layout of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelLayout {
+    /// `offsetof(struct fuse_req, in.h)`.
+    pub req_in_h: u32,
+    /// `offsetof(struct fuse_req, flags)`.
+    pub req_flags: u32,
+    /// `offsetof(struct fuse_req, fm)`.
+    pub req_fm: u32,
+    /// `offsetof(struct fuse_mount, fc)`.
+    pub mount_fc: u32,
+    /// `offsetof(struct fuse_conn, dev)`.
+    pub conn_dev: u32,
+    /// `offsetof(struct fuse_req, out.h)`.
+    pub req_out_h: u32,
+    /// Bit number of `FR_BACKGROUND` in `fuse_req.flags`.
+    pub fr_background_bit: u32,
+    /// `offsetof(struct task_struct, files)`.
+    pub task_files: u32,
+    /// `offsetof(struct files_struct, fdt)`.
+    pub files_fdt: u32,
+    /// `offsetof(struct fdtable, max_fds)`.
+    pub fdtable_max_fds: u32,
+    /// `offsetof(struct fdtable, fd)`.
+    pub fdtable_fd: u32,
+    /// `offsetof(struct file, f_inode)`.
+    pub file_inode: u32,
+    /// `offsetof(struct file, private_data)`.
+    pub file_private_data: u32,
+    /// `offsetof(struct inode, i_rdev)`.
+    pub inode_rdev: u32,
+    /// `offsetof(struct fuse_dev, fc)`.
+    pub fuse_dev_fc: u32,
+    /// Kernel `dev_t` of the `/dev/fuse` character device.
+    pub fuse_rdev: u32,
+    /// Offsets of the syscall tracepoint record fields (from tracefs formats).
+    pub sys_enter_fd: u32,
+    pub sys_enter_buf: u32,
+    pub sys_enter_count: u32,
+    pub sys_exit_ret: u32,
+    /// Offsets of the plain `fuse:*` tracepoint record fields (from tracefs formats).
+    pub tp_send_connection: u32,
+    pub tp_send_unique: u32,
+    pub tp_send_opcode: u32,
+    pub tp_send_len: u32,
+    pub tp_end_connection: u32,
+    pub tp_end_unique: u32,
+    pub tp_end_len: u32,
+    pub tp_end_error: u32,
+    /// Only report daemon syscalls of this process (0: every process).
+    pub daemon_tgid: u32,
+    pub _pad: u32,
+}
+
+impl KernelLayout {
+    pub const fn zeroed() -> Self {
+        // SAFETY: all fields are integers.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+/// Slots of the per-CPU `COUNTERS` array.
+pub mod counters {
+    /// Events lost because the ring buffer was full.
+    pub const RING_DROPS: u32 = 0;
+    /// Kernel or user memory a hook could not read.
+    pub const READ_FAULTS: u32 = 1;
+    /// splice(2) transfers on `/dev/fuse`, whose headers are not decoded.
+    pub const SPLICE_TRANSFERS: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const RING_BYTES: u32 = 1 << 23;
+
+/// Smallest buffer a FUSE daemon may read requests into (`FUSE_MIN_READ_BUFFER`).
+pub const FUSE_MIN_READ_BUFFER: u64 = 8192;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data, every bit pattern is valid.
+    unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::FuseEvent {}
+}

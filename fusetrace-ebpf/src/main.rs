@@ -1,0 +1,402 @@
+//! Kernel half of fusetrace: hooks on the FUSE request path that write one
+//! [`FuseEvent`] per observation into a ring buffer.
+//!
+//! Struct offsets come from [`KernelLayout`], which user space fills from the
+//! running kernel's BTF before loading; nothing here assumes a layout.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user,
+    },
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use fusetrace_common::{
+    EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FuseEvent, FuseInHeader, FuseOutHeader, IoVec,
+    KernelLayout, RING_BYTES, counters,
+};
+
+#[unsafe(no_mangle)]
+static LAYOUT: KernelLayout = KernelLayout::zeroed();
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Indexed by `counters::*`: ring buffer drops and transfers we could not decode.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+
+/// A daemon thread's read(2) on `/dev/fuse` between syscall entry and exit.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PendingRead {
+    buf: u64,
+    connection: u32,
+    _pad: u32,
+}
+
+#[map]
+static PENDING_READS: HashMap<u64, PendingRead> = HashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn layout() -> KernelLayout {
+    // SAFETY: read-only global written by the loader; volatile keeps the
+    // compiler from folding the zeroed initialiser.
+    unsafe { core::ptr::read_volatile(&LAYOUT) }
+}
+
+#[inline(always)]
+fn bump(counter: u32) {
+    if let Some(v) = COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+fn kread<T>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel tolerates bad addresses.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+#[inline(always)]
+fn uread<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user tolerates bad addresses.
+    unsafe { bpf_probe_read_user(addr as *const T).ok() }
+}
+
+/// Fills the fields every event has and submits it; counts a drop when the
+/// ring buffer is full.
+#[inline(always)]
+fn submit(mut ev: FuseEvent) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.tgid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    match EVENTS.reserve::<FuseEvent>(0) {
+        Some(mut slot) => {
+            slot.write(ev);
+            slot.submit(0);
+        }
+        None => bump(counters::RING_DROPS),
+    }
+}
+
+/// Reads what a `struct fuse_req *` says about itself.
+#[inline(always)]
+fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEvent> {
+    let h: FuseInHeader = kread(req, l.req_in_h)?;
+    let flags: u64 = kread(req, l.req_flags)?;
+    let fm: u64 = kread(req, l.req_fm)?;
+    let fc: u64 = kread(fm, l.mount_fc)?;
+    let connection: u32 = kread(fc, l.conn_dev)?;
+    let mut ev = FuseEvent {
+        kind: kind as u8,
+        flags: FLAG_HAS_HEADER,
+        connection,
+        unique: h.unique,
+        opcode: h.opcode,
+        nodeid: h.nodeid,
+        req_pid: h.pid,
+        req_uid: h.uid,
+        len: h.len,
+        ..FuseEvent::default()
+    };
+    if flags & (1u64 << (l.fr_background_bit & 63)) != 0 {
+        ev.flags |= FLAG_BACKGROUND;
+    }
+    if kind == EventKind::End {
+        let out: FuseOutHeader = kread(req, l.req_out_h)?;
+        ev.error = out.error;
+        ev.len = out.len;
+    }
+    Some(ev)
+}
+
+#[btf_tracepoint(function = "fuse_request_send")]
+pub fn fuse_request_send_btf(ctx: BtfTracePointContext) -> i32 {
+    let req: u64 = ctx.arg(0);
+    let l = layout();
+    match request_event(EventKind::Send, req, &l) {
+        Some(ev) => submit(ev),
+        None => bump(counters::READ_FAULTS),
+    }
+    0
+}
+
+#[btf_tracepoint(function = "fuse_request_end")]
+pub fn fuse_request_end_btf(ctx: BtfTracePointContext) -> i32 {
+    let req: u64 = ctx.arg(0);
+    let l = layout();
+    match request_event(EventKind::End, req, &l) {
+        Some(ev) => submit(ev),
+        None => bump(counters::READ_FAULTS),
+    }
+    0
+}
+
+#[inline(always)]
+fn tp_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    // SAFETY: the offset comes from the tracepoint's own format file.
+    unsafe { ctx.read_at::<T>(offset as usize).ok() }
+}
+
+/// Plain tracepoint fallback: no request header, only what the record carries.
+#[tracepoint(category = "fuse", name = "fuse_request_send")]
+pub fn fuse_request_send_tp(ctx: TracePointContext) -> u32 {
+    let l = layout();
+    let ev = FuseEvent {
+        kind: EventKind::Send as u8,
+        connection: tp_field(&ctx, l.tp_send_connection).unwrap_or(0),
+        unique: tp_field(&ctx, l.tp_send_unique).unwrap_or(0),
+        opcode: tp_field(&ctx, l.tp_send_opcode).unwrap_or(0),
+        len: tp_field(&ctx, l.tp_send_len).unwrap_or(0),
+        ..FuseEvent::default()
+    };
+    submit(ev);
+    0
+}
+
+#[tracepoint(category = "fuse", name = "fuse_request_end")]
+pub fn fuse_request_end_tp(ctx: TracePointContext) -> u32 {
+    let l = layout();
+    let ev = FuseEvent {
+        kind: EventKind::End as u8,
+        connection: tp_field(&ctx, l.tp_end_connection).unwrap_or(0),
+        unique: tp_field(&ctx, l.tp_end_unique).unwrap_or(0),
+        len: tp_field(&ctx, l.tp_end_len).unwrap_or(0),
+        error: tp_field(&ctx, l.tp_end_error).unwrap_or(0),
+        ..FuseEvent::default()
+    };
+    submit(ev);
+    0
+}
+
+/// If `fd` of the current task is a `/dev/fuse` file, the connection's dev_t.
+#[inline(always)]
+fn fuse_fd_connection(fd: u64, l: &KernelLayout) -> Option<u32> {
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = kread(task, l.task_files)?;
+    let fdt: u64 = kread(files, l.files_fdt)?;
+    let max_fds: u32 = kread(fdt, l.fdtable_max_fds)?;
+    if fd >= max_fds as u64 {
+        return None;
+    }
+    let fd_array: u64 = kread(fdt, l.fdtable_fd)?;
+    let file: u64 = kread(fd_array, (fd * 8) as u32)?;
+    if file == 0 {
+        return None;
+    }
+    let inode: u64 = kread(file, l.file_inode)?;
+    let rdev: u32 = kread(inode, l.inode_rdev)?;
+    if rdev != l.fuse_rdev {
+        return None;
+    }
+    let fud: u64 = kread(file, l.file_private_data)?;
+    if fud == 0 {
+        // Opened but not mounted yet: no connection.
+        return None;
+    }
+    let fc: u64 = kread(fud, l.fuse_dev_fc)?;
+    kread(fc, l.conn_dev)
+}
+
+#[inline(always)]
+fn daemon_filtered_out(l: &KernelLayout) -> bool {
+    l.daemon_tgid != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 != l.daemon_tgid
+}
+
+/// Shared by read(2) and readv(2) entry: remember where the header will land.
+#[inline(always)]
+fn on_read_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
+    let l = layout();
+    if daemon_filtered_out(&l) {
+        return 0;
+    }
+    let Some(fd) = tp_field::<u64>(ctx, l.sys_enter_fd) else {
+        return 0;
+    };
+    let Some(arg) = tp_field::<u64>(ctx, l.sys_enter_buf) else {
+        return 0;
+    };
+    let Some(count) = tp_field::<u64>(ctx, l.sys_enter_count) else {
+        return 0;
+    };
+    // Cheap filters before walking the fd table: daemons read into buffers
+    // of at least FUSE_MIN_READ_BUFFER bytes.
+    let buf = if vectored {
+        if count == 0 {
+            return 0;
+        }
+        let Some(iov) = uread::<IoVec>(arg) else {
+            return 0;
+        };
+        if iov.len < core::mem::size_of::<FuseInHeader>() as u64 {
+            return 0;
+        }
+        iov.base
+    } else {
+        if count < fusetrace_common::FUSE_MIN_READ_BUFFER {
+            return 0;
+        }
+        arg
+    };
+    let Some(connection) = fuse_fd_connection(fd, &l) else {
+        return 0;
+    };
+    let pending = PendingRead {
+        buf,
+        connection,
+        _pad: 0,
+    };
+    let _ = PENDING_READS.insert(&bpf_get_current_pid_tgid(), &pending, 0);
+    0
+}
+
+#[inline(always)]
+fn on_read_exit(ctx: &TracePointContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING_READS.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING_READS.remove(&key);
+    let l = layout();
+    let ret: i64 = tp_field(ctx, l.sys_exit_ret).unwrap_or(-1);
+    if ret < core::mem::size_of::<FuseInHeader>() as i64 {
+        return 0;
+    }
+    let Some(h) = uread::<FuseInHeader>(pending.buf) else {
+        bump(counters::READ_FAULTS);
+        return 0;
+    };
+    submit(FuseEvent {
+        kind: EventKind::DaemonRead as u8,
+        flags: FLAG_HAS_HEADER,
+        connection: pending.connection,
+        unique: h.unique,
+        opcode: h.opcode,
+        nodeid: h.nodeid,
+        req_pid: h.pid,
+        req_uid: h.uid,
+        len: h.len,
+        ..FuseEvent::default()
+    });
+    0
+}
+
+/// Shared by write(2) and writev(2) entry: the reply header is already in
+/// user memory, and the kernel ends the request inside this very syscall.
+#[inline(always)]
+fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
+    let l = layout();
+    if daemon_filtered_out(&l) {
+        return 0;
+    }
+    let Some(fd) = tp_field::<u64>(ctx, l.sys_enter_fd) else {
+        return 0;
+    };
+    let Some(arg) = tp_field::<u64>(ctx, l.sys_enter_buf) else {
+        return 0;
+    };
+    let Some(count) = tp_field::<u64>(ctx, l.sys_enter_count) else {
+        return 0;
+    };
+    let header_addr = if vectored {
+        if count == 0 {
+            return 0;
+        }
+        let Some(iov) = uread::<IoVec>(arg) else {
+            return 0;
+        };
+        if iov.len < core::mem::size_of::<FuseOutHeader>() as u64 {
+            return 0;
+        }
+        iov.base
+    } else {
+        if count < core::mem::size_of::<FuseOutHeader>() as u64 {
+            return 0;
+        }
+        arg
+    };
+    let Some(connection) = fuse_fd_connection(fd, &l) else {
+        return 0;
+    };
+    let Some(h) = uread::<FuseOutHeader>(header_addr) else {
+        bump(counters::READ_FAULTS);
+        return 0;
+    };
+    submit(FuseEvent {
+        kind: EventKind::DaemonReply as u8,
+        connection,
+        unique: h.unique,
+        // A notification carries its code in `error` and unique 0.
+        error: h.error,
+        len: h.len,
+        ..FuseEvent::default()
+    });
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_read")]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    on_read_enter(&ctx, false)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_readv")]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    on_read_enter(&ctx, true)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_read")]
+pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
+    on_read_exit(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_readv")]
+pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
+    on_read_exit(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    on_write_enter(&ctx, false)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    on_write_enter(&ctx, true)
+}
+
+/// splice(2) moves a request or reply without the header passing through
+/// user memory we can read; count it so the gap is shown, not hidden.
+#[tracepoint(category = "syscalls", name = "sys_enter_splice")]
+pub fn sys_enter_splice(ctx: TracePointContext) -> u32 {
+    let l = layout();
+    if daemon_filtered_out(&l) {
+        return 0;
+    }
+    // splice(fd_in, off_in, fd_out, off_out, len, flags): fd_in is the
+    // first argument, fd_out the third (two slots after `buf`).
+    let fd_in: u64 = tp_field(&ctx, l.sys_enter_fd).unwrap_or(u64::MAX);
+    let fd_out: u64 = tp_field(&ctx, l.sys_enter_count).unwrap_or(u64::MAX);
+    if fuse_fd_connection(fd_in, &l).is_some() || fuse_fd_connection(fd_out, &l).is_some() {
+        bump(counters::SPLICE_TRANSFERS);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

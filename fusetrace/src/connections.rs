@@ -1,0 +1,145 @@
+//! Names FUSE connections by their mount points.
+//!
+//! The tracepoints' `connection` is the superblock's `dev_t`, which is the
+//! `major:minor` column of `/proc/self/mountinfo`.
+
+use std::{collections::HashMap, os::unix::fs::MetadataExt, path::Path};
+
+use anyhow::{Context, Result, bail};
+
+use crate::probes::parse_major_minor;
+
+/// One FUSE mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuseMount {
+    pub connection: u32,
+    pub mount_point: String,
+    pub fs_type: String,
+    pub source: String,
+}
+
+/// Parses mountinfo text, keeping FUSE mounts only.
+pub fn parse_mountinfo(text: &str) -> Vec<FuseMount> {
+    text.lines()
+        .filter_map(|line| {
+            // id parent major:minor root mount-point options [optional...] - fstype source superoptions
+            let (left, right) = line.split_once(" - ")?;
+            let fields: Vec<&str> = left.split(' ').collect();
+            let connection = parse_major_minor(fields.get(2)?)?;
+            let mount_point = unescape(fields.get(4)?);
+            let mut right = right.split(' ');
+            let fs_type = right.next()?.to_string();
+            let source = unescape(right.next().unwrap_or(""));
+            (fs_type == "fuse" || fs_type == "fuseblk" || fs_type.starts_with("fuse.")).then_some(
+                FuseMount {
+                    connection,
+                    mount_point,
+                    fs_type,
+                    source,
+                },
+            )
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Connection id to mount, refreshed when an unknown connection shows up.
+#[derive(Debug, Default)]
+pub struct ConnectionTable {
+    mounts: HashMap<u32, FuseMount>,
+}
+
+impl ConnectionTable {
+    pub fn load() -> ConnectionTable {
+        let mut t = ConnectionTable::default();
+        t.refresh();
+        t
+    }
+
+    pub fn refresh(&mut self) {
+        if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+            // Keep names of mounts that have gone: their last requests still
+            // need a name.
+            for m in parse_mountinfo(&text) {
+                self.mounts.insert(m.connection, m);
+            }
+        }
+    }
+
+    /// The mount point of a connection, or `conn MAJ:MIN` when unknown.
+    pub fn name(&mut self, connection: u32) -> String {
+        if !self.mounts.contains_key(&connection) {
+            self.refresh();
+        }
+        match self.mounts.get(&connection) {
+            Some(m) => m.mount_point.clone(),
+            None => format!("conn {}:{}", connection >> 20, connection & 0xfffff),
+        }
+    }
+}
+
+/// The connection id of the FUSE mount at `path`, or a clear error.
+pub fn connection_of(path: &Path) -> Result<u32> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    let dev = meta.dev();
+    let connection = (libc::major(dev) << 20) | libc::minor(dev);
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo")?;
+    if !parse_mountinfo(&text)
+        .iter()
+        .any(|m| m.connection == connection)
+    {
+        bail!("{} is not on a FUSE file system", path.display());
+    }
+    Ok(connection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 0:21 / /proc rw,nosuid - proc proc rw
+95 30 0:52 / /tmp/my\\040mnt rw,nosuid,nodev,relatime shared:50 - fuse.bindfs /tmp/src rw,user_id=0
+96 30 0:53 / /mnt/x rw - fuse /dev/fuse rw
+97 30 8:1 / /boot rw - ext4 /dev/sda1 rw";
+
+    #[test]
+    fn keeps_fuse_mounts_with_kernel_dev_numbers() {
+        let m = parse_mountinfo(SAMPLE);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].connection, 52);
+        assert_eq!(m[0].mount_point, "/tmp/my mnt");
+        assert_eq!(m[0].fs_type, "fuse.bindfs");
+        assert_eq!(m[1].connection, 53);
+    }
+
+    #[test]
+    fn unknown_connection_gets_a_numeric_name() {
+        let mut t = ConnectionTable::default();
+        assert_eq!(t.name((300 << 20) | 7), "conn 300:7");
+    }
+}

@@ -1,0 +1,49 @@
+//! Ring buffer records to [`FuseEvent`]s.
+
+use fusetrace_common::{EventKind, FuseEvent};
+
+/// Decodes one ring buffer record; `None` for a record of the wrong size or
+/// an unknown kind (a mismatched eBPF object, never expected).
+pub fn decode(bytes: &[u8]) -> Option<FuseEvent> {
+    if bytes.len() < std::mem::size_of::<FuseEvent>() {
+        return None;
+    }
+    // SAFETY: FuseEvent is plain old data and the slice is long enough.
+    let ev: FuseEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    EventKind::from_u8(ev.kind)?;
+    Some(ev)
+}
+
+/// A task's command name from the kernel's fixed, NUL-padded buffer.
+pub fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_and_rejects() {
+        let ev = FuseEvent {
+            kind: EventKind::End as u8,
+            unique: 42,
+            ..Default::default()
+        };
+        // SAFETY: viewing POD as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&ev as *const FuseEvent).cast::<u8>(),
+                std::mem::size_of::<FuseEvent>(),
+            )
+        };
+        assert_eq!(decode(bytes).unwrap().unique, 42);
+        assert!(decode(&bytes[..10]).is_none());
+        let mut bad = bytes.to_vec();
+        let kind_at = std::mem::offset_of!(FuseEvent, kind);
+        bad[kind_at] = 99;
+        assert!(decode(&bad).is_none());
+        assert_eq!(comm(b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0"), "cat");
+    }
+}

@@ -1,0 +1,17 @@
+//! fusetrace: where the time goes in FUSE file systems.
+//!
+//! Data flows one way: [`probes`] (kernel hooks and the ring buffer) ->
+//! [`decode`] -> [`tracker`] (request lifecycles, pure) -> sinks
+//! ([`sinks`], [`stats`]). [`session`] wires one run together.
+
+pub mod btf;
+pub mod connections;
+pub mod decode;
+pub mod opcode;
+pub mod probes;
+pub mod session;
+pub mod sinks;
+pub mod stats;
+pub mod tracefs;
+pub mod tracker;
+pub mod units;

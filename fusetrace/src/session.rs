@@ -1,0 +1,199 @@
+//! One tracing run: probes -> decoder -> tracker -> sinks, until stopped.
+//!
+//! Data flows one way; sinks see finished requests and counters, never the
+//! probes.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    connections::ConnectionTable,
+    probes::{KernelCounters, Probes},
+    tracker::{RequestLifecycle, Tracker, TrackerConfig, TrackerCounters},
+};
+
+/// Which requests a run reports.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only these connections (mounts); empty means all.
+    pub connections: Vec<u32>,
+    /// Requester process or thread id.
+    pub pid: Option<u32>,
+    pub opcodes: Vec<u32>,
+}
+
+impl Filter {
+    fn wants_connection(&self, connection: u32) -> bool {
+        self.connections.is_empty() || self.connections.contains(&connection)
+    }
+
+    pub fn wants(&self, rec: &RequestLifecycle) -> bool {
+        self.wants_connection(rec.connection)
+            && self
+                .pid
+                .is_none_or(|p| rec.requester_pid == Some(p) || rec.requester_tid == Some(p))
+            && (self.opcodes.is_empty() || self.opcodes.contains(&rec.opcode))
+    }
+}
+
+/// Everything counted during a run, shown at the end so nothing is lost silently.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    /// Requests reported (after filters).
+    pub requests: u64,
+    /// Of those, requests with all four stages observed.
+    pub fully_observed: u64,
+    /// Requests still in flight when the run stopped (on traced connections).
+    pub in_flight_at_exit: u64,
+    pub tracker: TrackerCounters,
+    pub ring_drops: u64,
+    pub read_faults: u64,
+    pub splice_transfers: u64,
+    /// Records the decoder rejected.
+    pub undecodable: u64,
+}
+
+impl RunSummary {
+    pub fn render(&self) -> String {
+        let pct = if self.requests == 0 {
+            0.0
+        } else {
+            100.0 * self.fully_observed as f64 / self.requests as f64
+        };
+        let mut s = format!(
+            "{} requests ({:.1}% with all four stages), {} in flight at exit; lost or unmatched: {} ring buffer drops, {} replies without request, {} ends without submission, {} never ended, {} undecodable, {} unreadable headers",
+            self.requests,
+            pct,
+            self.in_flight_at_exit,
+            self.ring_drops,
+            self.tracker.unmatched_replies,
+            self.tracker.unmatched_ends,
+            self.tracker.never_ended,
+            self.undecodable,
+            self.read_faults,
+        );
+        if self.splice_transfers > 0 {
+            s.push_str(&format!(
+                "; {} splice(2) transfers on /dev/fuse were not decoded (their daemon stages show as unknown)",
+                self.splice_transfers
+            ));
+        }
+        s
+    }
+}
+
+/// A consumer of finished requests.
+pub trait Sink {
+    fn request(&mut self, rec: &RequestLifecycle, names: &mut ConnectionTable) -> Result<()>;
+    /// Called about every `tick` with the time since start.
+    fn tick(&mut self, _names: &mut ConnectionTable) -> Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()>;
+}
+
+/// When a run stops.
+#[derive(Debug, Clone)]
+pub struct StopWhen {
+    pub flag: Arc<AtomicBool>,
+    pub after: Option<Duration>,
+}
+
+impl StopWhen {
+    /// Stops on SIGINT or SIGTERM (or `after`).
+    pub fn on_signals(after: Option<Duration>) -> Result<StopWhen> {
+        let flag = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, Arc::clone(&flag))?;
+        }
+        Ok(StopWhen { flag, after })
+    }
+}
+
+/// Monotonic clock, the same one `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Runs the pipeline until `stop`, then drains what the kernel already
+/// produced and hands the summary to the sink.
+pub fn run(
+    probes: &mut Probes,
+    filter: &Filter,
+    sink: &mut dyn Sink,
+    stop: &StopWhen,
+    tick: Duration,
+) -> Result<RunSummary> {
+    let mut names = ConnectionTable::load();
+    let mut tracker = Tracker::new(TrackerConfig::default());
+    let mut finished = Vec::new();
+    let mut summary = RunSummary::default();
+    let started = Instant::now();
+    let mut next_tick = started + tick;
+
+    loop {
+        let stopping =
+            stop.flag.load(Ordering::Relaxed) || stop.after.is_some_and(|d| started.elapsed() >= d);
+        let got = probes.poll(Duration::from_millis(50), |ev| {
+            if filter.wants_connection(ev.connection) {
+                tracker.observe(&ev, &mut finished);
+            }
+        })?;
+        if got == 0 {
+            tracker.advance(monotonic_ns(), &mut finished);
+        }
+        report(&mut finished, filter, sink, &mut summary, &mut names)?;
+        if Instant::now() >= next_tick {
+            next_tick += tick;
+            sink.tick(&mut names)?;
+        }
+        // Stop only once the ring buffer is empty: events emitted before the
+        // stop request are all reported.
+        if stopping && got == 0 {
+            break;
+        }
+    }
+    tracker.flush(&mut finished);
+    report(&mut finished, filter, sink, &mut summary, &mut names)?;
+    let k: KernelCounters = probes.counters();
+    summary.in_flight_at_exit = tracker.in_flight().filter(|r| filter.wants(r)).count() as u64;
+    summary.tracker = tracker.counters();
+    summary.ring_drops = k.ring_drops;
+    summary.read_faults = k.read_faults;
+    summary.splice_transfers = k.splice_transfers;
+    summary.undecodable = probes.undecodable();
+    sink.finish(&summary, &mut names)?;
+    Ok(summary)
+}
+
+/// Hands the finished requests the filter wants to the sink, counting them.
+fn report(
+    finished: &mut Vec<RequestLifecycle>,
+    filter: &Filter,
+    sink: &mut dyn Sink,
+    summary: &mut RunSummary,
+    names: &mut ConnectionTable,
+) -> Result<()> {
+    for rec in finished.drain(..) {
+        if filter.wants(&rec) {
+            summary.requests += 1;
+            summary.fully_observed += u64::from(rec.fully_observed());
+            sink.request(&rec, names)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! Per-connection, per-opcode latency statistics (HDR histograms, ns).
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{
+    opcode,
+    tracker::{LatencyStage, RequestLifecycle},
+};
+
+/// Latencies of one opcode on one connection.
+#[derive(Debug, Clone)]
+pub struct OpStats {
+    pub count: u64,
+    pub errors: u64,
+    /// Requests with all four stages observed.
+    pub complete: u64,
+    histograms: BTreeMap<LatencyStage, Histogram<u64>>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 ns .. 1 hour at 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Default for OpStats {
+    fn default() -> Self {
+        OpStats {
+            count: 0,
+            errors: 0,
+            complete: 0,
+            histograms: LatencyStage::ALL
+                .iter()
+                .map(|s| (*s, new_histogram()))
+                .collect(),
+        }
+    }
+}
+
+impl OpStats {
+    pub fn record(&mut self, rec: &RequestLifecycle) {
+        self.count += 1;
+        if rec.error.is_some_and(|e| e != 0) {
+            self.errors += 1;
+        }
+        if rec.fully_observed() {
+            self.complete += 1;
+        }
+        for stage in LatencyStage::ALL {
+            if let Some(ns) = rec.latency(stage) {
+                // Saturate instead of failing on absurd values.
+                self.histograms
+                    .get_mut(&stage)
+                    .unwrap()
+                    .saturating_record(ns.max(1));
+            }
+        }
+    }
+
+    pub fn histogram(&self, stage: LatencyStage) -> &Histogram<u64> {
+        &self.histograms[&stage]
+    }
+
+    pub fn merge(&mut self, other: &OpStats) {
+        self.count += other.count;
+        self.errors += other.errors;
+        self.complete += other.complete;
+        for (stage, h) in &other.histograms {
+            self.histograms
+                .get_mut(stage)
+                .unwrap()
+                .add(h)
+                .expect("same histogram bounds");
+        }
+    }
+}
+
+/// Statistics keyed by (connection, opcode).
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub ops: BTreeMap<(u32, u32), OpStats>,
+}
+
+/// Percentiles of one stage, in nanoseconds, for machine-readable output.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageSummary {
+    pub stage: LatencyStage,
+    pub samples: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpSummary {
+    pub mount: String,
+    pub opcode: String,
+    pub count: u64,
+    pub errors: u64,
+    pub complete: u64,
+    pub stages: Vec<StageSummary>,
+}
+
+impl Stats {
+    pub fn record(&mut self, rec: &RequestLifecycle) {
+        self.ops
+            .entry((rec.connection, rec.opcode))
+            .or_default()
+            .record(rec);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.ops.values().map(|o| o.count).sum()
+    }
+
+    pub fn summaries(&self, name: &mut impl FnMut(u32) -> String) -> Vec<OpSummary> {
+        self.ops
+            .iter()
+            .map(|((conn, op), s)| OpSummary {
+                mount: name(*conn),
+                opcode: opcode::name(*op),
+                count: s.count,
+                errors: s.errors,
+                complete: s.complete,
+                stages: LatencyStage::ALL
+                    .iter()
+                    .map(|stage| {
+                        let h = s.histogram(*stage);
+                        StageSummary {
+                            stage: *stage,
+                            samples: h.len(),
+                            p50_ns: h.value_at_quantile(0.50),
+                            p90_ns: h.value_at_quantile(0.90),
+                            p99_ns: h.value_at_quantile(0.99),
+                            max_ns: h.max(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The human table: one block per mount, a row per opcode and stage.
+    pub fn render_table(&self, name: &mut impl FnMut(u32) -> String) -> String {
+        let mut out = String::new();
+        let mut current_mount = None;
+        for summary in self.summaries(name) {
+            if current_mount.as_ref() != Some(&summary.mount) {
+                let _ = writeln!(out, "mount {}", summary.mount);
+                let _ = writeln!(
+                    out,
+                    "  {:<14} {:>8} {:>6}  {:<9} {:>10} {:>10} {:>10} {:>10}",
+                    "OPCODE",
+                    "COUNT",
+                    "ERRORS",
+                    "STAGE",
+                    "p50(us)",
+                    "p90(us)",
+                    "p99(us)",
+                    "max(us)"
+                );
+                current_mount = Some(summary.mount.clone());
+            }
+            for (i, st) in summary.stages.iter().enumerate() {
+                let (op, count, errors) = if i == 0 {
+                    (
+                        summary.opcode.clone(),
+                        summary.count.to_string(),
+                        summary.errors.to_string(),
+                    )
+                } else {
+                    (String::new(), String::new(), String::new())
+                };
+                let cell = |ns: u64| {
+                    if st.samples == 0 {
+                        "-".to_string()
+                    } else {
+                        format!("{:.1}", ns as f64 / 1000.0)
+                    }
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<14} {:>8} {:>6}  {:<9} {:>10} {:>10} {:>10} {:>10}",
+                    op,
+                    count,
+                    errors,
+                    st.stage.name(),
+                    cell(st.p50_ns),
+                    cell(st.p90_ns),
+                    cell(st.p99_ns),
+                    cell(st.max_ns)
+                );
+            }
+        }
+        if out.is_empty() {
+            out.push_str("no FUSE requests finished\n");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::{Tracker, TrackerConfig};
+    use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
+
+    fn lifecycle(unique: u64, op: u32, daemon_ns: u64, error: i32) -> RequestLifecycle {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        let base = unique * 1_000_000;
+        for (kind, ts) in [
+            (EventKind::Send, base),
+            (EventKind::DaemonRead, base + 1_000),
+            (EventKind::DaemonReply, base + 1_000 + daemon_ns),
+            (EventKind::End, base + 2_000 + daemon_ns),
+        ] {
+            let ev = FuseEvent {
+                kind: kind as u8,
+                flags: FLAG_HAS_HEADER,
+                connection: 9,
+                unique,
+                opcode: op,
+                ts_ns: ts,
+                error: if kind == EventKind::End { error } else { 0 },
+                ..Default::default()
+            };
+            t.observe(&ev, &mut out);
+        }
+        out.pop().unwrap()
+    }
+
+    #[test]
+    fn percentiles_and_errors_per_opcode() {
+        let mut s = Stats::default();
+        for i in 1..=100 {
+            s.record(&lifecycle(i * 2, 15, i * 10_000, 0));
+        }
+        s.record(&lifecycle(1000, 1, 5_000, -2));
+        let sum = s.summaries(&mut |_| "/mnt".into());
+        let read = sum.iter().find(|o| o.opcode == "READ").unwrap();
+        assert_eq!(read.count, 100);
+        assert_eq!(read.errors, 0);
+        assert_eq!(read.complete, 100);
+        let daemon = read
+            .stages
+            .iter()
+            .find(|s| s.stage == LatencyStage::DaemonService)
+            .unwrap();
+        // p50 of 10us..1000us in steps of 10us is 500us (3 significant digits).
+        assert!(
+            (499_000..=501_000).contains(&daemon.p50_ns),
+            "{}",
+            daemon.p50_ns
+        );
+        assert!((999_000..=1_001_000).contains(&daemon.max_ns));
+        let lookup = sum.iter().find(|o| o.opcode == "LOOKUP").unwrap();
+        assert_eq!(lookup.errors, 1);
+        let table = s.render_table(&mut |_| "/mnt".into());
+        assert!(table.contains("mount /mnt"));
+        assert!(table.contains("READ"));
+    }
+
+    #[test]
+    fn merge_adds_counts() {
+        let mut a = OpStats::default();
+        a.record(&lifecycle(2, 3, 1000, 0));
+        let mut b = OpStats::default();
+        b.record(&lifecycle(4, 3, 3000, -5));
+        a.merge(&b);
+        assert_eq!(a.count, 2);
+        assert_eq!(a.errors, 1);
+        assert_eq!(a.histogram(LatencyStage::DaemonService).len(), 2);
+    }
+}

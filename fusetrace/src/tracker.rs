@@ -1,0 +1,702 @@
+//! The lifecycle tracker: joins the events of one request, by
+//! (connection, unique), into one [`RequestLifecycle`].
+//!
+//! Pure state, no I/O: it is fed [`FuseEvent`]s and hands back finished
+//! records, so it is tested with synthetic sequences.
+
+use std::collections::HashMap;
+
+use fusetrace_common::{EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FuseEvent};
+use serde::Serialize;
+
+use crate::{decode::comm, opcode};
+
+/// Interrupt requests carry the interrupted request's id with this bit set.
+pub const FUSE_INT_REQ_BIT: u64 = 1;
+
+/// How a request's life ended, as far as the tracer could see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Ended by the kernel (normally after the daemon's reply).
+    Ended,
+    /// FORGET / BATCH_FORGET: the daemon takes it and never replies.
+    NoReplyExpected,
+    /// An INTERRUPT, finished when the daemon answered it or its target ended.
+    Interrupt,
+    /// Ended by the kernel without a daemon ever taking it (aborted
+    /// connection, killed daemon, interrupted while queued).
+    EndedWithoutDaemon,
+    /// A new request with the same id appeared before this one ended: its
+    /// end was never seen.
+    NeverEnded,
+}
+
+/// One FUSE request's whole life. Times are monotonic nanoseconds; a stage
+/// nobody observed is `None`, never zero.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestLifecycle {
+    pub connection: u32,
+    pub unique: u64,
+    /// 0 when no hook saw the opcode (request seen only at its end).
+    pub opcode: u32,
+    pub nodeid: Option<u64>,
+    /// Thread group of the requester, when the submitting task was seen.
+    pub requester_pid: Option<u32>,
+    /// Requester thread id from the request header.
+    pub requester_tid: Option<u32>,
+    pub requester_uid: Option<u32>,
+    pub requester_comm: Option<String>,
+    pub background: Option<bool>,
+    /// Daemon thread that took the request.
+    pub daemon_tid: Option<u32>,
+    /// Daemon thread that wrote the reply.
+    pub reply_tid: Option<u32>,
+    pub sent_ns: Option<u64>,
+    pub taken_ns: Option<u64>,
+    pub replied_ns: Option<u64>,
+    pub ended_ns: Option<u64>,
+    pub error: Option<i32>,
+    pub request_len: Option<u32>,
+    pub reply_len: Option<u32>,
+    pub interrupted: bool,
+    pub outcome: Option<Outcome>,
+}
+
+/// The stages a request's latency splits into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyStage {
+    /// Sent by the kernel until a daemon thread took it.
+    QueueWait,
+    /// Taken by the daemon until its reply was written.
+    DaemonService,
+    /// Reply written until the kernel ended the request.
+    Completion,
+    /// Sent until ended.
+    Total,
+}
+
+impl LatencyStage {
+    pub const ALL: [LatencyStage; 4] = [
+        LatencyStage::QueueWait,
+        LatencyStage::DaemonService,
+        LatencyStage::Completion,
+        LatencyStage::Total,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LatencyStage::QueueWait => "queue",
+            LatencyStage::DaemonService => "daemon",
+            LatencyStage::Completion => "complete",
+            LatencyStage::Total => "total",
+        }
+    }
+}
+
+fn span(from: Option<u64>, to: Option<u64>) -> Option<u64> {
+    Some(to?.saturating_sub(from?))
+}
+
+impl RequestLifecycle {
+    fn new(connection: u32, unique: u64) -> Self {
+        RequestLifecycle {
+            connection,
+            unique,
+            opcode: 0,
+            nodeid: None,
+            requester_pid: None,
+            requester_tid: None,
+            requester_uid: None,
+            requester_comm: None,
+            background: None,
+            daemon_tid: None,
+            reply_tid: None,
+            sent_ns: None,
+            taken_ns: None,
+            replied_ns: None,
+            ended_ns: None,
+            error: None,
+            request_len: None,
+            reply_len: None,
+            interrupted: false,
+            outcome: None,
+        }
+    }
+
+    /// Duration of one stage, `None` when either end was not observed.
+    pub fn latency(&self, stage: LatencyStage) -> Option<u64> {
+        match stage {
+            LatencyStage::QueueWait => span(self.sent_ns, self.taken_ns),
+            LatencyStage::DaemonService => span(self.taken_ns, self.replied_ns),
+            LatencyStage::Completion => span(self.replied_ns, self.ended_ns),
+            LatencyStage::Total => span(self.sent_ns, self.ended_ns),
+        }
+    }
+
+    /// All four stage boundaries were observed.
+    pub fn fully_observed(&self) -> bool {
+        self.sent_ns.is_some()
+            && self.taken_ns.is_some()
+            && self.replied_ns.is_some()
+            && self.ended_ns.is_some()
+    }
+
+    /// Where a request not yet ended is now.
+    pub fn current_stage(&self) -> &'static str {
+        if self.replied_ns.is_some() {
+            "replying"
+        } else if self.taken_ns.is_some() {
+            "in daemon"
+        } else if self.background == Some(true) {
+            "background-queued"
+        } else {
+            "queued"
+        }
+    }
+
+    /// Earliest time seen for this request.
+    pub fn first_seen_ns(&self) -> u64 {
+        [self.sent_ns, self.taken_ns, self.replied_ns, self.ended_ns]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn fill_header(&mut self, ev: &FuseEvent) {
+        if ev.flags & FLAG_HAS_HEADER == 0 {
+            return;
+        }
+        if ev.opcode != 0 {
+            self.opcode = ev.opcode;
+        }
+        if ev.nodeid != 0 || self.nodeid.is_none() {
+            self.nodeid = Some(ev.nodeid);
+        }
+        if ev.req_pid != 0 {
+            self.requester_tid.get_or_insert(ev.req_pid);
+        }
+        self.requester_uid.get_or_insert(ev.req_uid);
+        self.request_len.get_or_insert(ev.len);
+    }
+
+    /// Everything the tracer expects to see of this request has been seen.
+    fn complete(&self) -> bool {
+        match self.outcome {
+            Some(_) => true,
+            None => {
+                self.ended_ns.is_some()
+                    && self.sent_ns.is_some()
+                    && self.taken_ns.is_some()
+                    && self.replied_ns.is_some()
+            }
+        }
+    }
+}
+
+/// What the tracker could not join, counted so nothing is lost silently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TrackerCounters {
+    pub events: u64,
+    /// Requests finished (handed to sinks).
+    pub finished: u64,
+    /// Replies for a request the tracer never saw.
+    pub unmatched_replies: u64,
+    /// Ends of requests whose submission the tracer never saw (e.g. sent
+    /// before tracing started).
+    pub unmatched_ends: u64,
+    /// A request id reused before its previous request was seen ending.
+    pub never_ended: u64,
+    /// Daemon notifications (unique 0), which are not requests.
+    pub notifications: u64,
+    pub interrupts: u64,
+}
+
+/// Tuning of the tracker.
+#[derive(Debug, Clone, Copy)]
+pub struct TrackerConfig {
+    /// How long after its end a request with unobserved stages waits for
+    /// late events (ring buffer records from other CPUs) before it is
+    /// finished with those stages unknown.
+    pub reorder_window_ns: u64,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            reorder_window_ns: 50_000_000,
+        }
+    }
+}
+
+type Key = (u32, u64);
+
+/// Joins events into request lifecycles.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    config: TrackerConfig,
+    live: HashMap<Key, RequestLifecycle>,
+    /// Ended requests waiting for late events: (deadline, key).
+    lingering: Vec<(u64, Key)>,
+    counters: TrackerCounters,
+    /// Latest event time seen: the tracker's notion of "now".
+    watermark_ns: u64,
+}
+
+impl Tracker {
+    pub fn new(config: TrackerConfig) -> Self {
+        Tracker {
+            config,
+            ..Default::default()
+        }
+    }
+
+    pub fn counters(&self) -> TrackerCounters {
+        self.counters
+    }
+
+    /// Requests not yet ended (including ended ones waiting for late events).
+    pub fn in_flight(&self) -> impl Iterator<Item = &RequestLifecycle> {
+        self.live.values().filter(|r| r.ended_ns.is_none())
+    }
+
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight().count()
+    }
+
+    pub fn watermark_ns(&self) -> u64 {
+        self.watermark_ns
+    }
+
+    /// Feeds one event; finished requests are pushed to `out`.
+    pub fn observe(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+        self.counters.events += 1;
+        self.watermark_ns = self.watermark_ns.max(ev.ts_ns);
+        let Some(kind) = EventKind::from_u8(ev.kind) else {
+            return;
+        };
+        match kind {
+            EventKind::Send => self.on_send(ev, out),
+            EventKind::DaemonRead => self.on_take(ev, out),
+            EventKind::DaemonReply => self.on_reply(ev, out),
+            EventKind::End => self.on_end(ev, out),
+        }
+        self.advance(self.watermark_ns, out);
+    }
+
+    /// Finishes ended requests whose reorder window has passed by `now_ns`
+    /// (monotonic clock; callers pass the current time when idle).
+    pub fn advance(&mut self, now_ns: u64, out: &mut Vec<RequestLifecycle>) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.lingering.len() {
+            let (deadline, key) = self.lingering[i];
+            if deadline <= now_ns {
+                self.lingering.swap_remove(i);
+                self.finish(key, out);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Finishes everything that has ended (end of a trace). Requests still
+    /// in flight stay available through [`Tracker::in_flight`].
+    pub fn flush(&mut self, out: &mut Vec<RequestLifecycle>) {
+        self.advance(u64::MAX, out);
+    }
+
+    /// Gets the record for `key`, or starts one. An existing record that
+    /// already has the stage being reported, and is older than the event,
+    /// belongs to an earlier request with the same id: it is finished first.
+    fn record_for(
+        &mut self,
+        key: Key,
+        stage_seen: impl Fn(&RequestLifecycle) -> bool,
+        ts: u64,
+        out: &mut Vec<RequestLifecycle>,
+    ) -> &mut RequestLifecycle {
+        let stale = self
+            .live
+            .get(&key)
+            .is_some_and(|r| stage_seen(r) || r.ended_ns.is_some_and(|end| end < ts));
+        if stale {
+            let old = self.live.get_mut(&key).unwrap();
+            if old.ended_ns.is_none() {
+                old.outcome = Some(Outcome::NeverEnded);
+                self.counters.never_ended += 1;
+            }
+            self.lingering.retain(|(_, k)| *k != key);
+            self.finish(key, out);
+        }
+        self.live
+            .entry(key)
+            .or_insert_with(|| RequestLifecycle::new(key.0, key.1))
+    }
+
+    fn on_send(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+        let key = (ev.connection, ev.unique);
+        let rec = self.record_for(key, |r| r.sent_ns.is_some(), ev.ts_ns, out);
+        rec.sent_ns = Some(ev.ts_ns);
+        if ev.opcode != 0 {
+            rec.opcode = ev.opcode;
+        }
+        if ev.flags & FLAG_HAS_HEADER != 0 {
+            rec.fill_header(ev);
+            rec.background = Some(ev.flags & FLAG_BACKGROUND != 0);
+        }
+        // The submitting task is the requester unless the request is a
+        // background one flushed from another context.
+        let submitter_is_requester = match rec.requester_tid {
+            Some(tid) => tid == ev.tid,
+            None => rec.background != Some(true),
+        };
+        if submitter_is_requester {
+            rec.requester_pid = Some(ev.tgid);
+            rec.requester_tid.get_or_insert(ev.tid);
+            rec.requester_comm = Some(comm(&ev.comm));
+        }
+        self.maybe_finish(key, out);
+    }
+
+    fn on_take(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+        let key = (ev.connection, ev.unique);
+        match ev.opcode {
+            opcode::INTERRUPT => {
+                self.counters.interrupts += 1;
+                let target = (ev.connection, ev.unique & !FUSE_INT_REQ_BIT);
+                if let Some(t) = self.live.get_mut(&target) {
+                    t.interrupted = true;
+                }
+                let rec = self.record_for(key, |r| r.taken_ns.is_some(), ev.ts_ns, out);
+                rec.taken_ns = Some(ev.ts_ns);
+                rec.daemon_tid = Some(ev.tid);
+                rec.fill_header(ev);
+                // Finished when answered or when its target ends.
+                if !self.live.contains_key(&target) {
+                    self.live.get_mut(&key).unwrap().outcome = Some(Outcome::Interrupt);
+                    self.finish(key, out);
+                }
+            }
+            opcode::FORGET | opcode::BATCH_FORGET => {
+                let rec = self.record_for(key, |r| r.taken_ns.is_some(), ev.ts_ns, out);
+                rec.taken_ns = Some(ev.ts_ns);
+                rec.daemon_tid = Some(ev.tid);
+                rec.fill_header(ev);
+                rec.outcome = Some(Outcome::NoReplyExpected);
+                self.finish(key, out);
+            }
+            _ => {
+                let rec = self.record_for(key, |r| r.taken_ns.is_some(), ev.ts_ns, out);
+                rec.taken_ns = Some(ev.ts_ns);
+                rec.daemon_tid = Some(ev.tid);
+                rec.fill_header(ev);
+                self.maybe_finish(key, out);
+            }
+        }
+    }
+
+    fn on_reply(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+        if ev.unique == 0 {
+            self.counters.notifications += 1;
+            return;
+        }
+        let key = (ev.connection, ev.unique);
+        let Some(rec) = self.live.get_mut(&key) else {
+            self.counters.unmatched_replies += 1;
+            return;
+        };
+        rec.replied_ns = Some(ev.ts_ns);
+        rec.reply_tid = Some(ev.tid);
+        rec.reply_len = Some(ev.len);
+        rec.error.get_or_insert(ev.error);
+        if ev.unique & FUSE_INT_REQ_BIT != 0 {
+            rec.outcome = Some(Outcome::Interrupt);
+        }
+        self.maybe_finish(key, out);
+    }
+
+    fn on_end(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+        let key = (ev.connection, ev.unique);
+        let rec = self.record_for(key, |r| r.ended_ns.is_some(), ev.ts_ns, out);
+        rec.ended_ns = Some(ev.ts_ns);
+        // The kernel's verdict wins over what the daemon wrote (an aborted
+        // connection ends requests with ECONNABORTED).
+        rec.error = Some(ev.error);
+        if ev.len != 0 || rec.reply_len.is_none() {
+            rec.reply_len = Some(ev.len);
+        }
+        if ev.flags & FLAG_HAS_HEADER != 0 {
+            rec.fill_header(ev);
+            rec.background
+                .get_or_insert(ev.flags & FLAG_BACKGROUND != 0);
+        }
+        // An interrupt for this request is over too.
+        let int_key = (key.0, key.1 | FUSE_INT_REQ_BIT);
+        if let Some(int) = self.live.get_mut(&int_key) {
+            int.outcome = Some(Outcome::Interrupt);
+            self.finish(int_key, out);
+        }
+        if !self.maybe_finish(key, out) {
+            let deadline = ev.ts_ns.saturating_add(self.config.reorder_window_ns);
+            self.lingering.push((deadline, key));
+        }
+    }
+
+    /// Finishes the request if nothing more is expected of it.
+    fn maybe_finish(&mut self, key: Key, out: &mut Vec<RequestLifecycle>) -> bool {
+        if self.live.get(&key).is_some_and(RequestLifecycle::complete) {
+            self.lingering.retain(|(_, k)| *k != key);
+            self.finish(key, out);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn finish(&mut self, key: Key, out: &mut Vec<RequestLifecycle>) {
+        let Some(mut rec) = self.live.remove(&key) else {
+            return;
+        };
+        if rec.outcome.is_none() {
+            if rec.sent_ns.is_none() && rec.taken_ns.is_none() {
+                self.counters.unmatched_ends += 1;
+            }
+            rec.outcome = Some(if rec.taken_ns.is_none() && rec.replied_ns.is_none() {
+                Outcome::EndedWithoutDaemon
+            } else {
+                Outcome::Ended
+            });
+        }
+        self.counters.finished += 1;
+        out.push(rec);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONN: u32 = 52;
+
+    fn ev(kind: EventKind, unique: u64, opcode: u32, ts: u64) -> FuseEvent {
+        FuseEvent {
+            kind: kind as u8,
+            flags: FLAG_HAS_HEADER,
+            connection: CONN,
+            unique,
+            opcode,
+            ts_ns: ts,
+            nodeid: 7,
+            tgid: 100,
+            tid: 101,
+            req_pid: 101,
+            ..Default::default()
+        }
+    }
+
+    fn run(events: &[FuseEvent]) -> (Tracker, Vec<RequestLifecycle>) {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        for e in events {
+            t.observe(e, &mut out);
+        }
+        (t, out)
+    }
+
+    fn daemon(mut e: FuseEvent, tid: u32) -> FuseEvent {
+        e.tgid = 500;
+        e.tid = tid;
+        e
+    }
+
+    #[test]
+    fn full_lifecycle_has_four_stages() {
+        let (t, out) = run(&[
+            ev(EventKind::Send, 2, 15, 1_000),
+            daemon(ev(EventKind::DaemonRead, 2, 15, 3_000), 501),
+            daemon(ev(EventKind::DaemonReply, 2, 0, 10_000), 502),
+            daemon(ev(EventKind::End, 2, 15, 10_500), 502),
+        ]);
+        assert_eq!(out.len(), 1);
+        let r = &out[0];
+        assert!(r.fully_observed());
+        assert_eq!(r.latency(LatencyStage::QueueWait), Some(2_000));
+        assert_eq!(r.latency(LatencyStage::DaemonService), Some(7_000));
+        assert_eq!(r.latency(LatencyStage::Completion), Some(500));
+        assert_eq!(r.latency(LatencyStage::Total), Some(9_500));
+        assert_eq!(r.daemon_tid, Some(501));
+        assert_eq!(r.reply_tid, Some(502));
+        assert_eq!(r.requester_pid, Some(100));
+        assert_eq!(r.outcome, Some(Outcome::Ended));
+        assert_eq!(t.in_flight_count(), 0);
+        assert_eq!(
+            t.counters().unmatched_ends + t.counters().unmatched_replies,
+            0
+        );
+    }
+
+    #[test]
+    fn reordered_events_join_the_same_request() {
+        // End first, then the send and the daemon's events (other CPUs).
+        let (t, out) = run(&[
+            ev(EventKind::End, 4, 3, 9_000),
+            daemon(ev(EventKind::DaemonReply, 4, 0, 8_000), 501),
+            ev(EventKind::Send, 4, 3, 1_000),
+            daemon(ev(EventKind::DaemonRead, 4, 3, 2_000), 501),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].fully_observed());
+        assert_eq!(out[0].latency(LatencyStage::Total), Some(8_000));
+        assert_eq!(t.counters().unmatched_ends, 0);
+    }
+
+    #[test]
+    fn unobserved_stage_is_unknown_not_zero() {
+        // No daemon-side events (e.g. the daemon used splice).
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        t.observe(&ev(EventKind::Send, 6, 3, 1_000), &mut out);
+        t.observe(&ev(EventKind::End, 6, 3, 5_000), &mut out);
+        assert!(out.is_empty(), "waits for late events within the window");
+        t.advance(5_000 + TrackerConfig::default().reorder_window_ns, &mut out);
+        assert_eq!(out.len(), 1);
+        let r = &out[0];
+        assert_eq!(r.latency(LatencyStage::Total), Some(4_000));
+        assert_eq!(r.latency(LatencyStage::QueueWait), None);
+        assert_eq!(r.latency(LatencyStage::DaemonService), None);
+        assert_eq!(r.latency(LatencyStage::Completion), None);
+        assert_eq!(r.outcome, Some(Outcome::EndedWithoutDaemon));
+    }
+
+    #[test]
+    fn forget_needs_no_reply() {
+        let (t, out) = run(&[daemon(
+            ev(EventKind::DaemonRead, 8, opcode::FORGET, 1_000),
+            501,
+        )]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].outcome, Some(Outcome::NoReplyExpected));
+        assert_eq!(out[0].opcode, opcode::FORGET);
+        assert_eq!(out[0].latency(LatencyStage::Total), None);
+        assert_eq!(t.in_flight_count(), 0);
+    }
+
+    #[test]
+    fn interrupt_marks_its_target_and_ends_with_it() {
+        let (t, out) = run(&[
+            ev(EventKind::Send, 10, 15, 1_000),
+            daemon(ev(EventKind::DaemonRead, 10, 15, 2_000), 501),
+            daemon(ev(EventKind::DaemonRead, 11, opcode::INTERRUPT, 3_000), 502),
+            daemon(ev(EventKind::DaemonReply, 10, 0, 4_000), 501),
+            daemon(ev(EventKind::End, 10, 15, 4_100), 501),
+        ]);
+        assert_eq!(out.len(), 2);
+        let target = out.iter().find(|r| r.unique == 10).unwrap();
+        let int = out.iter().find(|r| r.unique == 11).unwrap();
+        assert!(target.interrupted);
+        assert!(target.fully_observed());
+        assert_eq!(int.outcome, Some(Outcome::Interrupt));
+        assert_eq!(int.opcode, opcode::INTERRUPT);
+        assert_eq!(t.counters().interrupts, 1);
+        assert_eq!(t.in_flight_count(), 0);
+    }
+
+    #[test]
+    fn aborted_request_ends_without_daemon() {
+        let mut end = ev(EventKind::End, 12, 1, 2_000);
+        end.error = -103; // ECONNABORTED
+        let (mut t, mut out) = run(&[ev(EventKind::Send, 12, 1, 1_000), end]);
+        t.flush(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].outcome, Some(Outcome::EndedWithoutDaemon));
+        assert_eq!(out[0].error, Some(-103));
+        assert_eq!(out[0].latency(LatencyStage::Total), Some(1_000));
+        assert_eq!(out[0].latency(LatencyStage::DaemonService), None);
+    }
+
+    #[test]
+    fn reused_unique_finishes_the_old_request_as_never_ended() {
+        let (t, out) = run(&[
+            ev(EventKind::Send, 14, 3, 1_000),
+            ev(EventKind::Send, 14, 1, 5_000),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].outcome, Some(Outcome::NeverEnded));
+        assert_eq!(out[0].opcode, 3);
+        assert_eq!(t.counters().never_ended, 1);
+        let live: Vec<_> = t.in_flight().collect();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].opcode, 1);
+    }
+
+    #[test]
+    fn reuse_after_an_end_starts_a_new_request() {
+        // A request ended without its daemon side, then the id comes back.
+        let (mut t, mut out) = run(&[
+            ev(EventKind::Send, 16, 3, 1_000),
+            ev(EventKind::End, 16, 3, 2_000),
+            ev(EventKind::Send, 16, 1, 3_000),
+        ]);
+        assert_eq!(out.len(), 1, "the first request is finished by the reuse");
+        assert_eq!(out[0].opcode, 3);
+        t.flush(&mut out);
+        assert_eq!(t.in_flight_count(), 1);
+    }
+
+    #[test]
+    fn errors_and_in_flight_are_kept() {
+        let mut reply = daemon(ev(EventKind::DaemonReply, 18, 0, 3_000), 501);
+        reply.error = -2;
+        let mut end = ev(EventKind::End, 18, 1, 3_100);
+        end.error = -2;
+        let (t, out) = run(&[
+            ev(EventKind::Send, 18, 1, 1_000),
+            daemon(ev(EventKind::DaemonRead, 18, 1, 2_000), 501),
+            reply,
+            end,
+            ev(EventKind::Send, 20, 15, 4_000),
+            daemon(ev(EventKind::DaemonRead, 20, 15, 5_000), 501),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].error, Some(-2));
+        let live: Vec<_> = t.in_flight().collect();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].current_stage(), "in daemon");
+    }
+
+    #[test]
+    fn replies_and_ends_without_requests_are_counted() {
+        let (mut t, mut out) = run(&[
+            daemon(ev(EventKind::DaemonReply, 30, 0, 1_000), 501),
+            ev(EventKind::End, 32, 0, 2_000),
+            daemon(ev(EventKind::DaemonReply, 0, 0, 2_500), 501),
+        ]);
+        t.flush(&mut out);
+        let c = t.counters();
+        assert_eq!(c.unmatched_replies, 1);
+        assert_eq!(c.unmatched_ends, 1);
+        assert_eq!(c.notifications, 1);
+    }
+
+    #[test]
+    fn background_flag_and_requester() {
+        let mut send = ev(EventKind::Send, 40, 16, 1_000);
+        send.flags |= FLAG_BACKGROUND;
+        send.tid = 900; // flushed by another task
+        send.tgid = 900;
+        let (t, _) = run(&[send]);
+        let r = t.in_flight().next().unwrap();
+        assert_eq!(r.background, Some(true));
+        assert_eq!(r.requester_tid, Some(101));
+        assert_eq!(
+            r.requester_pid, None,
+            "the flushing task is not the requester"
+        );
+        assert_eq!(r.current_stage(), "background-queued");
+    }
+}
