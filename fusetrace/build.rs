@@ -29,9 +29,15 @@ fn main() {
         linker_dir.display(),
         env::var("PATH").unwrap_or_default()
     );
+    println!("cargo:rerun-if-env-changed=FUSETRACE_NIGHTLY");
+    let toolchain = format!(
+        "+{}",
+        env::var("FUSETRACE_NIGHTLY").unwrap_or_else(|_| "nightly".into())
+    );
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&ebpf_dir)
-        .args(["+nightly", "build", "--release", "-Z", "build-std=core"])
+        .arg(&toolchain)
+        .args(["build", "--release", "-Z", "build-std=core"])
         .args(["--target", "bpfel-unknown-none", "--target-dir"])
         .arg(&target_dir)
         .env("PATH", path)

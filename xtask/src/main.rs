@@ -1,1 +1,169 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup|build|demo|test`.
+//!
+//! `setup` makes a fresh Debian machine able to build and test fusetrace:
+//! FUSE user tools, the nightly toolchain's rust-src, and a bpf-linker built
+//! against that toolchain's own LLVM, kept in `.tools/` inside the repository
+//! and reused on later runs.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+type Result<T> = std::result::Result<T, String>;
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests use: fusermount3 for mounting, bindfs as a
+/// daemon we did not write.
+const APT_PACKAGES: &[&str] = &["fuse3", "bindfs"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn setup_system_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let bin = if *p == "fuse3" { "fusermount3" } else { p };
+            !have(bin)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        return Err(format!(
+            "missing {}: install them with your package manager",
+            missing.join(", ")
+        ));
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The pinned nightly (from .cargo/config.toml), so that bpf-linker and
+/// the toolchain always share one LLVM.
+fn nightly() -> String {
+    env::var("FUSETRACE_NIGHTLY").unwrap_or_else(|_| "nightly-2026-05-19".into())
+}
+
+fn setup_toolchain() -> Result<()> {
+    // A no-op when the toolchain and rust-src are already there.
+    run(Command::new("rustup")
+        .args(["toolchain", "install", &nightly()])
+        .args(["--profile", "minimal", "--component", "rust-src"]))
+}
+
+/// Builds bpf-linker against the nightly toolchain's own LLVM (no system
+/// LLVM needed), once.
+fn setup_bpf_linker() -> Result<()> {
+    let dir = root().join(".tools/bpf-linker");
+    if dir.join("bin/bpf-linker").exists() {
+        return Ok(());
+    }
+    let toolchain = format!("+{}", nightly());
+    let sysroot = output(Command::new("rustc").args([&toolchain, "--print", "sysroot"]))?;
+    let lib = Path::new(&sysroot).join("lib");
+    let llvm = std::fs::read_dir(&lib)
+        .map_err(|e| format!("cannot list {}: {e}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find_map(|name| {
+            name.strip_prefix("lib")?
+                .strip_suffix(".so")
+                .filter(|n| n.starts_with("LLVM-"))
+                .map(str::to_string)
+        })
+        .ok_or_else(|| format!("no libLLVM-*.so in {}: the nightly toolchain ships none", lib.display()))?;
+    // LLVM-22-rust-1.97.0-nightly -> llvm-22
+    let major = llvm
+        .trim_start_matches("LLVM-")
+        .split('-')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let rustflags = format!(
+        "-L {0} -l dylib={llvm} -C link-arg=-Wl,-rpath,{0}",
+        lib.display()
+    );
+    run(Command::new("cargo")
+        .args([&toolchain, "install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{major},no-llvm-linking"))
+        .arg("--root")
+        .arg(&dir)
+        .env("RUSTFLAGS", rustflags))
+}
+
+fn setup() -> Result<()> {
+    setup_system_packages()?;
+    setup_toolchain()?;
+    setup_bpf_linker()
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args(args))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("build") => setup().and_then(|()| cargo(&["build", "--release", "-p", "fusetrace"])),
+        Some("demo") => setup()
+            .and_then(|()| cargo(&["build", "--release", "-p", "fusetrace"]))
+            .and_then(|()| {
+                run(Command::new(root().join("target/release/fusetrace"))
+                    .arg("demo")
+                    .args(&args[1..]))
+            }),
+        Some("test") => setup()
+            .and_then(|()| cargo(&["fmt", "--all", "--check"]))
+            .and_then(|()| cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]))
+            .and_then(|()| cargo(&["test"])),
+        _ => Err("usage: cargo xtask <setup|build|demo [ARGS]|test>".to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
