@@ -156,9 +156,12 @@ pub struct KernelLayout {
     pub tp_end_unique: u32,
     pub tp_end_len: u32,
     pub tp_end_error: u32,
+    /// Offsets in `struct pt_regs` of the first three syscall arguments.
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    pub regs_arg2: u32,
     /// Only report daemon syscalls of this process (0: every process).
     pub daemon_tgid: u32,
-    pub _pad: u32,
 }
 
 impl KernelLayout {

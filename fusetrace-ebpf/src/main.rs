@@ -8,11 +8,12 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use fusetrace_common::{
@@ -29,18 +30,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// Indexed by `counters::*`: ring buffer drops and transfers we could not decode.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
-
-/// A daemon thread's read(2) on `/dev/fuse` between syscall entry and exit.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct PendingRead {
-    buf: u64,
-    connection: u32,
-    _pad: u32,
-}
-
-#[map]
-static PENDING_READS: HashMap<u64, PendingRead> = HashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 fn layout() -> KernelLayout {
@@ -211,74 +200,60 @@ fn daemon_filtered_out(l: &KernelLayout) -> bool {
     l.daemon_tgid != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 != l.daemon_tgid
 }
 
-/// Shared by read(2) and readv(2) entry: remember where the header will land.
+/// The current syscall's n-th argument, from the user registers the kernel
+/// saved at entry (`bpf_task_pt_regs`). Works at syscall exit, so a read
+/// that began before fusetrace attached is still decoded when it returns.
 #[inline(always)]
-fn on_read_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
+fn syscall_arg(l: &KernelLayout, n: usize) -> Option<u64> {
+    // SAFETY: helpers take the BTF task pointer they return.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return None;
+    }
+    let off = match n {
+        0 => l.regs_arg0,
+        1 => l.regs_arg1,
+        _ => l.regs_arg2,
+    };
+    kread(regs, off)
+}
+
+/// Shared by read(2) and readv(2) exit: the daemon took a request whose
+/// header is now at the start of its buffer.
+#[inline(always)]
+fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
     let l = layout();
-    if daemon_filtered_out(&l) {
+    let ret: i64 = tp_field(ctx, l.sys_exit_ret).unwrap_or(-1);
+    if ret < core::mem::size_of::<FuseInHeader>() as i64 || daemon_filtered_out(&l) {
         return 0;
     }
-    let Some(fd) = tp_field::<u64>(ctx, l.sys_enter_fd) else {
+    let (Some(fd), Some(arg)) = (syscall_arg(&l, 0), syscall_arg(&l, 1)) else {
         return 0;
     };
-    let Some(arg) = tp_field::<u64>(ctx, l.sys_enter_buf) else {
+    // Daemons read into buffers of at least FUSE_MIN_READ_BUFFER bytes: a
+    // cheap test before walking the fd table.
+    if !vectored && syscall_arg(&l, 2).unwrap_or(0) < fusetrace_common::FUSE_MIN_READ_BUFFER {
         return 0;
-    };
-    let Some(count) = tp_field::<u64>(ctx, l.sys_enter_count) else {
-        return 0;
-    };
-    // Cheap filters before walking the fd table: daemons read into buffers
-    // of at least FUSE_MIN_READ_BUFFER bytes.
+    }
     let buf = if vectored {
-        if count == 0 {
-            return 0;
+        match uread::<IoVec>(arg) {
+            Some(iov) if iov.len >= core::mem::size_of::<FuseInHeader>() as u64 => iov.base,
+            _ => return 0,
         }
-        let Some(iov) = uread::<IoVec>(arg) else {
-            return 0;
-        };
-        if iov.len < core::mem::size_of::<FuseInHeader>() as u64 {
-            return 0;
-        }
-        iov.base
     } else {
-        if count < fusetrace_common::FUSE_MIN_READ_BUFFER {
-            return 0;
-        }
         arg
     };
     let Some(connection) = fuse_fd_connection(fd, &l) else {
         return 0;
     };
-    let pending = PendingRead {
-        buf,
-        connection,
-        _pad: 0,
-    };
-    let _ = PENDING_READS.insert(&bpf_get_current_pid_tgid(), &pending, 0);
-    0
-}
-
-#[inline(always)]
-fn on_read_exit(ctx: &TracePointContext) -> u32 {
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(pending) = (unsafe { PENDING_READS.get(&key) }).copied() else {
-        return 0;
-    };
-    let _ = PENDING_READS.remove(&key);
-    let l = layout();
-    let ret: i64 = tp_field(ctx, l.sys_exit_ret).unwrap_or(-1);
-    if ret < core::mem::size_of::<FuseInHeader>() as i64 {
-        return 0;
-    }
-    let Some(h) = uread::<FuseInHeader>(pending.buf) else {
+    let Some(h) = uread::<FuseInHeader>(buf) else {
         bump(counters::READ_FAULTS);
         return 0;
     };
     submit(FuseEvent {
         kind: EventKind::DaemonRead as u8,
         flags: FLAG_HAS_HEADER,
-        connection: pending.connection,
+        connection,
         unique: h.unique,
         opcode: h.opcode,
         nodeid: h.nodeid,
@@ -343,24 +318,14 @@ fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_read")]
-pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    on_read_enter(&ctx, false)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_readv")]
-pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    on_read_enter(&ctx, true)
-}
-
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
 pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    on_read_exit(&ctx)
+    on_read_exit(&ctx, false)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_readv")]
 pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
-    on_read_exit(&ctx)
+    on_read_exit(&ctx, true)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]

@@ -83,16 +83,8 @@ impl Backend {
 
 const DAEMON_TAKE_SYSCALLS: &[(&str, Attach)] = &[
     (
-        "sys_enter_read",
-        Attach::TracePoint("syscalls", "sys_enter_read"),
-    ),
-    (
         "sys_exit_read",
         Attach::TracePoint("syscalls", "sys_exit_read"),
-    ),
-    (
-        "sys_enter_readv",
-        Attach::TracePoint("syscalls", "sys_enter_readv"),
     ),
     (
         "sys_exit_readv",
@@ -241,6 +233,10 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
     l.inode_rdev = btf.offset_of("inode", "i_rdev")?;
     l.fuse_dev_fc = btf.offset_of("fuse_dev", "fc")?;
     l.fuse_rdev = fuse_char_device()?;
+    let [a0, a1, a2] = SYSCALL_ARG_REGS;
+    l.regs_arg0 = btf.offset_of("pt_regs", a0)?;
+    l.regs_arg1 = btf.offset_of("pt_regs", a1)?;
+    l.regs_arg2 = btf.offset_of("pt_regs", a2)?;
 
     let read = RecordFormat::read(tracefs, "syscalls", "sys_enter_read")?;
     l.sys_enter_fd = read.nth_argument(0)?;
@@ -274,6 +270,14 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
     }
     Ok(l)
 }
+
+/// `struct pt_regs` members holding the first three syscall arguments.
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_ARG_REGS: [&str; 3] = ["di", "si", "dx"];
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!(
+    "fusetrace reads syscall arguments from x86_64 pt_regs; other architectures need their register names here"
+);
 
 /// Kernel `dev_t` of `/dev/fuse`, from sysfs ("10:229").
 fn fuse_char_device() -> Result<u32> {
