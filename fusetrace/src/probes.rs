@@ -368,7 +368,7 @@ impl Probes {
             let choice = choices.iter().find(|c| c.stage == required).unwrap();
             if choice.hook.is_none() {
                 bail!(
-                    "cannot observe the {} stage on this kernel: {}. The FUSE tracepoints need Linux 6.14 or later; older kernels need the kprobe/fentry backend",
+                    "cannot observe the {} stage on this kernel ({}); the tracepoint backends need the FUSE tracepoints fuse:fuse_request_send/end, and the kprobe/fentry backends for kernels without them are not built yet",
                     required.name(),
                     if choice.skipped.is_empty() {
                         format!(

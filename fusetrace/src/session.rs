@@ -49,7 +49,9 @@ impl Filter {
 pub struct RunSummary {
     /// Requests reported (after filters).
     pub requests: u64,
-    /// Of those, requests with all four stages observed.
+    /// Of those, requests the daemon never answers by design (FORGET, BATCH_FORGET, INTERRUPT).
+    pub no_reply_expected: u64,
+    /// Of the answered ones, requests with all four stages observed.
     pub fully_observed: u64,
     /// Requests still in flight when the run stopped (on traced connections).
     pub in_flight_at_exit: u64,
@@ -63,14 +65,16 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn render(&self) -> String {
-        let pct = if self.requests == 0 {
+        let answered = self.requests - self.no_reply_expected;
+        let pct = if answered == 0 {
             0.0
         } else {
-            100.0 * self.fully_observed as f64 / self.requests as f64
+            100.0 * self.fully_observed as f64 / answered as f64
         };
         let mut s = format!(
-            "{} requests ({:.1}% with all four stages), {} in flight at exit; lost or unmatched: {} ring buffer drops, {} replies without request, {} ends without submission, {} never ended, {} undecodable, {} unreadable headers",
+            "{} requests ({} answered, {:.1}% of those with all four stages), {} in flight at exit; lost or unmatched: {} ring buffer drops, {} replies without request, {} ends without submission, {} never ended, {} undecodable, {} unreadable headers",
             self.requests,
+            answered,
             pct,
             self.in_flight_at_exit,
             self.ring_drops,
@@ -192,6 +196,7 @@ fn report(
         if filter.wants(&rec) {
             summary.requests += 1;
             summary.fully_observed += u64::from(rec.fully_observed());
+            summary.no_reply_expected += u64::from(!rec.expects_reply());
             sink.request(&rec, names)?;
         }
     }

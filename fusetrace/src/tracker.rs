@@ -143,6 +143,14 @@ impl RequestLifecycle {
             && self.ended_ns.is_some()
     }
 
+    /// Whether the daemon is meant to answer it (not FORGET, BATCH_FORGET or INTERRUPT).
+    pub fn expects_reply(&self) -> bool {
+        !matches!(
+            self.outcome,
+            Some(Outcome::NoReplyExpected | Outcome::Interrupt)
+        )
+    }
+
     /// Where a request not yet ended is now.
     pub fn current_stage(&self) -> &'static str {
         if self.replied_ns.is_some() {
