@@ -59,14 +59,16 @@ fn main() {
         cmd.env_remove(var);
     }
     for (key, _) in env::vars() {
-        if key.starts_with("CARGO_FEATURE_")
-            || key.starts_with("CARGO_CFG_")
-            || key.starts_with("CARGO_PROFILE_")
-            || key.starts_with("CARGO_ENCODED_")
-        {
-            if key != "CARGO_ENCODED_RUSTFLAGS" {
-                cmd.env_remove(key);
-            }
+        let outer = [
+            "CARGO_FEATURE_",
+            "CARGO_CFG_",
+            "CARGO_PROFILE_",
+            "CARGO_ENCODED_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p));
+        if outer && key != "CARGO_ENCODED_RUSTFLAGS" {
+            cmd.env_remove(key);
         }
     }
     let status = cmd

@@ -295,12 +295,11 @@ impl Btf {
             if m.name == member {
                 return Some((m.bit_offset / 8, m.type_id));
             }
-            if m.name.is_empty() {
-                if let Some(Type::Composite { members: inner, .. }) = self.resolve(m.type_id) {
-                    if let Some((off, ty)) = self.find_member(inner, member) {
-                        return Some((m.bit_offset / 8 + off, ty));
-                    }
-                }
+            if m.name.is_empty()
+                && let Some(Type::Composite { members: inner, .. }) = self.resolve(m.type_id)
+                && let Some((off, ty)) = self.find_member(inner, member)
+            {
+                return Some((m.bit_offset / 8 + off, ty));
             }
         }
         None

@@ -3,47 +3,66 @@
 //! The tracepoints' `connection` is the superblock's `dev_t`, which is the
 //! `major:minor` column of `/proc/self/mountinfo`.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt, path::Path};
+use std::{
+    collections::HashMap,
+    ffi::OsString,
+    os::unix::{ffi::OsStringExt, fs::MetadataExt},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 
 use crate::probes::parse_major_minor;
 
-/// One FUSE mount.
+/// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FuseMount {
+pub struct MountEntry {
+    /// Kernel `dev_t` of the superblock: for FUSE, the connection id.
     pub connection: u32,
-    pub mount_point: String,
+    pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
 }
 
-/// Parses mountinfo text, keeping FUSE mounts only.
-pub fn parse_mountinfo(text: &str) -> Vec<FuseMount> {
+impl MountEntry {
+    pub fn is_fuse(&self) -> bool {
+        self.fs_type == "fuse" || self.fs_type == "fuseblk" || self.fs_type.starts_with("fuse.")
+    }
+}
+
+/// Parses mountinfo text, every mount in mount order.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             // id parent major:minor root mount-point options [optional...] - fstype source superoptions
             let (left, right) = line.split_once(" - ")?;
             let fields: Vec<&str> = left.split(' ').collect();
             let connection = parse_major_minor(fields.get(2)?)?;
-            let mount_point = unescape(fields.get(4)?);
+            let mount_point = PathBuf::from(OsString::from_vec(unescape(fields.get(4)?)));
             let mut right = right.split(' ');
             let fs_type = right.next()?.to_string();
-            let source = unescape(right.next().unwrap_or(""));
-            (fs_type == "fuse" || fs_type == "fuseblk" || fs_type.starts_with("fuse.")).then_some(
-                FuseMount {
-                    connection,
-                    mount_point,
-                    fs_type,
-                    source,
-                },
-            )
+            let source =
+                String::from_utf8_lossy(&unescape(right.next().unwrap_or(""))).into_owned();
+            Some(MountEntry {
+                connection,
+                mount_point,
+                fs_type,
+                source,
+            })
         })
         .collect()
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
+/// The FUSE mounts of mountinfo text.
+pub fn fuse_mounts(text: &str) -> Vec<MountEntry> {
+    parse_mountinfo(text)
+        .into_iter()
+        .filter(MountEntry::is_fuse)
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -62,13 +81,13 @@ fn unescape(s: &str) -> String {
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// Connection id to mount, refreshed when an unknown connection shows up.
 #[derive(Debug, Default)]
 pub struct ConnectionTable {
-    mounts: HashMap<u32, FuseMount>,
+    mounts: HashMap<u32, MountEntry>,
 }
 
 impl ConnectionTable {
@@ -82,7 +101,7 @@ impl ConnectionTable {
         if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
             // Keep names of mounts that have gone: their last requests still
             // need a name.
-            for m in parse_mountinfo(&text) {
+            for m in fuse_mounts(&text) {
                 self.mounts.insert(m.connection, m);
             }
         }
@@ -94,7 +113,7 @@ impl ConnectionTable {
             self.refresh();
         }
         match self.mounts.get(&connection) {
-            Some(m) => m.mount_point.clone(),
+            Some(m) => m.mount_point.display().to_string(),
             None => format!("conn {}:{}", connection >> 20, connection & 0xfffff),
         }
     }
@@ -108,7 +127,7 @@ pub fn connection_of(path: &Path) -> Result<u32> {
     let connection = (libc::major(dev) << 20) | libc::minor(dev);
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .context("cannot read /proc/self/mountinfo")?;
-    if !parse_mountinfo(&text)
+    if !fuse_mounts(&text)
         .iter()
         .any(|m| m.connection == connection)
     {
@@ -129,10 +148,11 @@ mod tests {
 
     #[test]
     fn keeps_fuse_mounts_with_kernel_dev_numbers() {
-        let m = parse_mountinfo(SAMPLE);
+        assert_eq!(parse_mountinfo(SAMPLE).len(), 4);
+        let m = fuse_mounts(SAMPLE);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].connection, 52);
-        assert_eq!(m[0].mount_point, "/tmp/my mnt");
+        assert_eq!(m[0].mount_point, Path::new("/tmp/my mnt"));
         assert_eq!(m[0].fs_type, "fuse.bindfs");
         assert_eq!(m[1].connection, 53);
     }

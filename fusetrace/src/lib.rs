@@ -6,7 +6,10 @@
 
 pub mod btf;
 pub mod connections;
+pub mod daemon;
 pub mod decode;
+pub mod demo;
+pub mod load;
 pub mod opcode;
 pub mod probes;
 pub mod session;

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use fusetrace::{
     connections::connection_of,
-    opcode,
+    daemon, demo, load, opcode,
     probes::{Backend, ProbeOptions, Probes},
     session::{self, Filter, StopWhen},
     sinks::{Format, StatsSink, TraceSink},
@@ -35,6 +35,12 @@ enum Command {
         #[arg(long, value_parser = parse_duration, default_value = "5s")]
         interval: Duration,
     },
+    /// Run the embedded reference FUSE file system.
+    Daemon(daemon::DaemonArgs),
+    /// Generate file system load on a mount.
+    Load(load::LoadArgs),
+    /// Mount the reference daemon, put load on it, trace it, print the stats.
+    Demo(demo::DemoArgs),
     /// List the FUSE opcode names `--op` accepts.
     Ops,
 }
@@ -114,6 +120,12 @@ fn run(cli: Cli) -> Result<()> {
             let mut sink = StatsSink::new(std::io::stdout().lock(), opts.format, true);
             session::run(&mut probes, &filter, &mut sink, &stop, interval)?;
         }
+        Command::Daemon(args) => daemon::run(&args)?,
+        Command::Load(args) => {
+            let report = load::run(&args)?;
+            println!("{report}");
+        }
+        Command::Demo(args) => demo::run(&args)?,
         Command::Ops => {
             for (n, name) in opcode::OPCODES {
                 println!("{n:>5} {name}");

@@ -69,7 +69,8 @@ impl RecordFormat {
             .exists()
     }
 
-    /// Parses lines like `field:uint64_t unique;	offset:16;	size:8;	signed:0;`.
+    /// Parses lines like `field:uint64_t unique; offset:16; size:8; signed:0;`
+    /// (tab separated).
     pub fn parse(text: &str) -> RecordFormat {
         let fields = text
             .lines()

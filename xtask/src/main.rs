@@ -15,16 +15,21 @@ type Result<T> = std::result::Result<T, String>;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests use: fusermount3 for mounting, bindfs as a
-/// daemon we did not write.
-const APT_PACKAGES: &[&str] = &["fuse3", "bindfs"];
+/// daemon we did not write, bpftool to check that probes detach.
+const APT_PACKAGES: &[&str] = &["fuse3", "bindfs", "bpftool"];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -33,7 +38,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "{cmd:?} failed: {}",
@@ -108,7 +115,12 @@ fn setup_bpf_linker() -> Result<()> {
                 .filter(|n| n.starts_with("LLVM-"))
                 .map(str::to_string)
         })
-        .ok_or_else(|| format!("no libLLVM-*.so in {}: the nightly toolchain ships none", lib.display()))?;
+        .ok_or_else(|| {
+            format!(
+                "no libLLVM-*.so in {}: the nightly toolchain ships none",
+                lib.display()
+            )
+        })?;
     // LLVM-22-rust-1.97.0-nightly -> llvm-22
     let major = llvm
         .trim_start_matches("LLVM-")
@@ -121,7 +133,13 @@ fn setup_bpf_linker() -> Result<()> {
         lib.display()
     );
     run(Command::new("cargo")
-        .args([&toolchain, "install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args([
+            &toolchain,
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
         .args(["--no-default-features", "--features"])
         .arg(format!("llvm-{major},no-llvm-linking"))
         .arg("--root")
@@ -136,9 +154,11 @@ fn setup() -> Result<()> {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
-    run(Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root())
-        .args(args))
+    run(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root())
+            .args(args),
+    )
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,114 @@
+//! `fusetrace demo`: the whole thing in one command. Mounts the reference
+//! daemon in a temporary directory, runs a load on it, traces it, prints
+//! the per-opcode stats and cleans up.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    connections::connection_of,
+    daemon::{DaemonConfig, MountedDaemon},
+    load::{self, LoadArgs, Workload},
+    probes::{ProbeOptions, Probes},
+    session::{self, Filter, StopWhen},
+    sinks::{Format, StatsSink},
+    units::parse_duration,
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// How long the load runs.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub duration: Duration,
+    /// Load threads.
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Load pattern.
+    #[arg(long, value_enum, default_value_t = Workload::Mixed)]
+    pub workload: Workload,
+    /// Daemon worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Output format of the stats.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+/// A temporary mount point, removed on drop (after the daemon unmounted).
+struct TempMountPoint(PathBuf);
+
+impl Drop for TempMountPoint {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn run(args: &DemoArgs) -> Result<()> {
+    // Before the mount: a missing privilege fails here, with nothing to undo.
+    let stop = StopWhen::on_signals(Some(args.duration))?;
+    let dir =
+        TempMountPoint(std::env::temp_dir().join(format!("fusetrace-demo-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
+    let mut probes = Probes::attach(&ProbeOptions::default())?;
+    let daemon = MountedDaemon::mount(
+        &dir.0,
+        DaemonConfig {
+            threads: args.threads,
+            ..DaemonConfig::default()
+        },
+    )?;
+    let filter = Filter {
+        connections: vec![connection_of(&dir.0)?],
+        ..Filter::default()
+    };
+    eprintln!(
+        "fusetrace demo: reference daemon mounted at {}; {} load with {} jobs for {:?}; tracing ({})",
+        dir.0.display(),
+        args.workload,
+        args.jobs,
+        args.duration,
+        probes.describe().join("; ")
+    );
+    let load_args = LoadArgs {
+        mountpoint: dir.0.clone(),
+        workload: args.workload,
+        duration: Some(args.duration),
+        ops: None,
+        jobs: args.jobs,
+        file_size: 4 << 20,
+        block_size: 4096,
+    };
+    let stop_flag = Arc::clone(&stop.flag);
+    let loader = thread::spawn(move || {
+        let report = load::run(&load_args);
+        // The trace ends with the load.
+        stop_flag.store(true, Ordering::Relaxed);
+        report
+    });
+    let mut sink = StatsSink::new(std::io::stdout().lock(), args.format, false);
+    let traced = session::run(
+        &mut probes,
+        &filter,
+        &mut sink,
+        &stop,
+        Duration::from_secs(1),
+    );
+    let report = loader.join().expect("load thread panicked");
+    let served = daemon.counts();
+    daemon.unmount()?;
+    let summary = traced?;
+    let report = report?;
+    eprintln!("fusetrace demo: {report}");
+    eprintln!(
+        "fusetrace demo: the daemon served {} requests; fusetrace saw {} of them end to end",
+        served.snapshot().values().sum::<u64>(),
+        summary.requests
+    );
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! Helpers for the integration tests: the real binary, real mounts, real
+//! probes. Tests run as root and only look at their own mounts.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// Longest any step may take before the test fails instead of hanging.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fusetrace")
+}
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the integration tests mount FUSE file systems and load eBPF programs: run them as root"
+    );
+}
+
+/// A fresh directory under /tmp, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "fusetrace-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The kernel's id of the FUSE connection mounted at `path`.
+pub fn connection_of(path: &Path) -> u64 {
+    let dev = std::fs::metadata(path).unwrap().dev();
+    (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev))
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = path.to_string_lossy();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+}
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// Reads lines of a child's pipe on a thread, so waits can time out.
+fn line_channel(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; returns every line read so far.
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, what: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(STEP_TIMEOUT) {
+            Ok(line) => {
+                let hit = line.contains(needle);
+                seen.push(line);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(_) => panic!(
+                "{what} never printed `{needle}`; it printed:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+/// `fusetrace daemon` on a scratch directory.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: Scratch,
+    pub counts_file: PathBuf,
+    stdout: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    pub fn start(name: &str, args: &[&str]) -> Daemon {
+        let dir = Scratch::new(name);
+        let counts_file = std::env::temp_dir().join(format!(
+            "fusetrace-test-counts-{name}-{}.json",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&counts_file);
+        let mut child = Command::new(bin())
+            .arg("daemon")
+            .arg(dir.path())
+            .arg("--counts-file")
+            .arg(&counts_file)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn fusetrace daemon");
+        let stdout = line_channel(child.stdout.take().unwrap());
+        wait_for_line(&stdout, "mounted", "fusetrace daemon");
+        assert!(
+            is_mounted(dir.path()),
+            "daemon said mounted but no mount is there"
+        );
+        Daemon {
+            child,
+            dir,
+            counts_file,
+            stdout,
+        }
+    }
+
+    /// The counts served so far (SIGUSR1, then the file it writes).
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        signal(&self.child, libc::SIGUSR1);
+        wait_for_line(&self.stdout, "counts written", "fusetrace daemon");
+        self.read_counts()
+    }
+
+    fn read_counts(&self) -> BTreeMap<String, u64> {
+        let text = std::fs::read_to_string(&self.counts_file).expect("counts file");
+        serde_json::from_str(&text).expect("counts JSON")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// SIGTERM, wait for exit, and the counts it served, by opcode name.
+    pub fn stop(mut self) -> BTreeMap<String, u64> {
+        signal(&self.child, libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "daemon exited with {status}");
+        assert!(!is_mounted(self.dir.path()), "daemon left its mount behind");
+        let counts = self.read_counts();
+        let _ = std::fs::remove_file(&self.counts_file);
+        counts
+    }
+
+    /// SIGTERM, and the counts served since `before` (a [`Daemon::snapshot`]).
+    pub fn stop_since(self, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+        let mut counts = self.stop();
+        for (op, n) in before {
+            let after = counts.get(op).copied().unwrap_or(0);
+            assert!(after >= *n, "{op} count went down");
+            counts.insert(op.clone(), after - n);
+        }
+        counts.retain(|_, n| *n > 0);
+        counts
+    }
+}
+
+/// What a stopped `fusetrace trace --format json` printed.
+pub struct TraceOutput {
+    pub records: Vec<Value>,
+    pub summary: Value,
+    pub stderr: String,
+}
+
+impl TraceOutput {
+    /// Records of one connection.
+    pub fn on(&self, connection: u64) -> Vec<&Value> {
+        self.records
+            .iter()
+            .filter(|r| r["connection"].as_u64() == Some(connection))
+            .collect()
+    }
+}
+
+/// Per-opcode counts of records.
+pub fn count_by_op(records: &[&Value]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for r in records {
+        *m.entry(r["op"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    m
+}
+
+/// A running `fusetrace` tracing command.
+pub struct Tracer {
+    pub child: Child,
+    stderr: mpsc::Receiver<String>,
+    stdout: thread::JoinHandle<String>,
+}
+
+impl Tracer {
+    /// Starts `fusetrace ARGS` and waits until its probes are attached.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fusetrace");
+        let mut out = child.stdout.take().unwrap();
+        let stdout = thread::spawn(move || {
+            let mut s = String::new();
+            out.read_to_string(&mut s).unwrap();
+            s
+        });
+        let stderr = line_channel(child.stderr.take().unwrap());
+        wait_for_line(&stderr, "fusetrace: tracing", "fusetrace");
+        Tracer {
+            child,
+            stderr,
+            stdout,
+        }
+    }
+
+    /// Ctrl-C, then everything it printed.
+    pub fn stop(mut self) -> TraceOutput {
+        signal(&self.child, libc::SIGINT);
+        let status = self.child.wait().unwrap();
+        let stdout = self.stdout.join().unwrap();
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        let stderr = stderr.join("\n");
+        assert!(status.success(), "fusetrace exited with {status}: {stderr}");
+        let mut records = Vec::new();
+        let mut summary = Value::Null;
+        for line in stdout.lines().filter(|l| l.starts_with('{')) {
+            let v: Value = serde_json::from_str(line).expect("JSON line");
+            if v.get("summary").is_some() {
+                summary = v["summary"].clone();
+            } else {
+                records.push(v);
+            }
+        }
+        TraceOutput {
+            records,
+            summary,
+            stderr,
+        }
+    }
+}
+
+/// Runs a command to completion and returns its stdout; panics on failure.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts the run lost nothing: no drops, nothing unmatched, nothing left in flight.
+pub fn assert_nothing_lost(summary: &Value) {
+    for key in [
+        "ring_drops",
+        "read_faults",
+        "undecodable",
+        "in_flight_at_exit",
+    ] {
+        assert_eq!(summary[key].as_u64(), Some(0), "{key} in {summary}");
+    }
+    for key in ["unmatched_replies", "unmatched_ends", "never_ended"] {
+        assert_eq!(
+            summary["tracker"][key].as_u64(),
+            Some(0),
+            "{key} in {summary}"
+        );
+    }
+}
+
+/// Whether a record is one the daemon answers (not FORGET and friends).
+pub fn expects_reply(r: &Value) -> bool {
+    !matches!(
+        r["op"].as_str(),
+        Some("FORGET" | "BATCH_FORGET" | "INTERRUPT")
+    )
+}
+
+pub fn fully_observed(r: &Value) -> bool {
+    ["sent_ns", "taken_ns", "replied_ns", "ended_ns"]
+        .iter()
+        .all(|k| r[*k].is_u64())
+}
