@@ -106,7 +106,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let report = report?;
     eprintln!("fusetrace demo: {report}");
     eprintln!(
-        "fusetrace demo: the daemon served {} requests; fusetrace saw {} of them end to end",
+        "fusetrace demo: the daemon counted {} requests it served; fusetrace traced {} (requests fuser answers by itself, such as STATX, are not in the daemon's count)",
         served.snapshot().values().sum::<u64>(),
         summary.requests
     );
