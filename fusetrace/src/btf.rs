@@ -41,6 +41,7 @@ enum Type {
     /// Struct or union.
     Composite {
         name: String,
+        size: u32,
         members: Vec<Member>,
     },
     Enum {
@@ -185,6 +186,7 @@ impl Btf {
                     }
                     Type::Composite {
                         name: name(name_off),
+                        size: size_or_type,
                         members,
                     }
                 }
@@ -277,38 +279,41 @@ impl Btf {
         None
     }
 
-    fn composite(&self, name: &str) -> Option<&[Member]> {
+    fn composite(&self, name: &str) -> Option<(u32, &[Member])> {
         self.by_name
             .get(name)?
             .iter()
             .find_map(|&id| match &self.types[id as usize] {
                 // Skip forward declarations and empty shells.
-                Type::Composite { members, .. } if !members.is_empty() => Some(members.as_slice()),
+                Type::Composite { size, members, .. } if !members.is_empty() => {
+                    Some((*size, members.as_slice()))
+                }
                 _ => None,
             })
     }
 
     /// Finds `member` in a struct's members, looking inside anonymous
-    /// structs and unions; returns its byte offset and type.
+    /// structs and unions; returns its bit offset and type.
     fn find_member(&self, members: &[Member], member: &str) -> Option<(u32, u32)> {
         for m in members {
             if m.name == member {
-                return Some((m.bit_offset / 8, m.type_id));
+                return Some((m.bit_offset, m.type_id));
             }
             if m.name.is_empty()
                 && let Some(Type::Composite { members: inner, .. }) = self.resolve(m.type_id)
                 && let Some((off, ty)) = self.find_member(inner, member)
             {
-                return Some((m.bit_offset / 8 + off, ty));
+                return Some((m.bit_offset + off, ty));
             }
         }
         None
     }
 
-    /// Byte offset of a dotted member path, e.g. `offset_of("fuse_req", "in.h")`.
-    pub fn offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
+    /// Bit offset of a dotted member path (bitfields included).
+    pub fn bit_offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
         let mut members = self
             .composite(strukt)
+            .map(|(_, m)| m)
             .with_context(|| format!("struct {strukt} is not in the kernel's BTF"))?;
         let mut total = 0;
         let mut parts = path.split('.').peekable();
@@ -325,6 +330,18 @@ impl Btf {
             }
         }
         Ok(total)
+    }
+
+    /// Byte offset of a dotted member path, e.g. `offset_of("fuse_req", "in.h")`.
+    pub fn offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
+        Ok(self.bit_offset_of(strukt, path)? / 8)
+    }
+
+    /// `sizeof(struct name)`.
+    pub fn size_of(&self, strukt: &str) -> Result<u32> {
+        self.composite(strukt)
+            .map(|(size, _)| size)
+            .with_context(|| format!("struct {strukt} is not in the kernel's BTF"))
     }
 
     /// Value of an enumerator, e.g. `enum_value("fuse_req_flag", "FR_BACKGROUND")`.
@@ -503,6 +520,8 @@ mod tests {
         );
         let btf = Btf::parse(&b.finish()).unwrap();
         assert_eq!(btf.offset_of("fuse_conn", "dev").unwrap(), 8);
+        assert_eq!(btf.bit_offset_of("fuse_conn", "a").unwrap(), 3);
+        assert_eq!(btf.size_of("fuse_conn").unwrap(), 16);
     }
 
     #[test]
