@@ -16,6 +16,17 @@ pub enum EventKind {
     DaemonRead = 3,
     /// A daemon thread wrote a reply (or a notification) to `/dev/fuse`.
     DaemonReply = 4,
+    /// virtio-fs: the request was placed on a virtqueue (`virtio_fs_enqueue_req`).
+    VirtioQueued = 5,
+    /// virtio-fs: the device's answer was taken off the virtqueue
+    /// (`virtio_fs_request_complete`); `aux_ns` is the queue's latest
+    /// device interrupt (`virtio_fs_vq_done`) before it, when seen.
+    VirtioDone = 6,
+    /// An application's write(2)/pwrite64(2)/writev(2) on a file of a FUSE
+    /// mount returned (diagnosis only). `ts_ns` is the return, `aux_ns` the
+    /// entry, `arg0` the file position written at, `len` the bytes written
+    /// (`error` the negative errno when it failed).
+    AppWrite = 7,
 }
 
 impl EventKind {
@@ -25,6 +36,9 @@ impl EventKind {
             2 => Some(Self::End),
             3 => Some(Self::DaemonRead),
             4 => Some(Self::DaemonReply),
+            5 => Some(Self::VirtioQueued),
+            6 => Some(Self::VirtioDone),
+            7 => Some(Self::AppWrite),
             _ => None,
         }
     }
@@ -36,8 +50,19 @@ pub const FLAG_BACKGROUND: u8 = 1 << 0;
 pub const FLAG_HAS_HEADER: u8 = 1 << 1;
 /// `flags` bit: the daemon moved the request with splice(2); the header was not visible.
 pub const FLAG_SPLICE: u8 = 1 << 2;
+/// `flags` bit (`Send`): the connection has the writeback cache on (`fuse_conn.writeback_cache`).
+pub const FLAG_WRITEBACK_CACHE: u8 = 1 << 3;
 
-/// One observation of one FUSE request. 88 bytes.
+/// `FUSE_WRITE_CACHE` in `fuse_write_in.write_flags`: delayed write from the page cache.
+pub const FUSE_WRITE_CACHE: u32 = 1 << 0;
+/// `FUSE_WRITEBACK_CACHE` in `fuse_init_out.flags`.
+pub const FUSE_WRITEBACK_CACHE: u64 = 1 << 16;
+/// `FOPEN_DIRECT_IO` in `fuse_open_out.open_flags`.
+pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
+/// `FUSE_SUPER_MAGIC` from `<linux/magic.h>`.
+pub const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
+
+/// One observation of one FUSE request. 112 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FuseEvent {
@@ -70,6 +95,19 @@ pub struct FuseEvent {
     pub _pad: [u8; 6],
     /// Command name of the running task.
     pub comm: [u8; 16],
+    /// A second time for the same observation, 0 when unknown. `Send`: when
+    /// the caller submitted the request (`fuse_simple_request` or
+    /// `fuse_simple_background` entry; kprobe/fentry backends). `VirtioDone`:
+    /// the device interrupt that announced the answer.
+    pub aux_ns: u64,
+    /// Opcode-specific values. `Send` of READ/WRITE: `arg0` the file offset,
+    /// `arg1` the size in the low 32 bits and the read/write flags in the
+    /// high 32 (`FUSE_WRITE_CACHE`: a page-cache writeback). `End` of OPEN:
+    /// `arg1` the open flags (`FOPEN_DIRECT_IO`); of CREATE: `arg0` the new
+    /// node id, `arg1` the open flags; of INIT: `arg0` the negotiated flags
+    /// (`flags | flags2 << 32`), `arg1` max_write. Read only by the tp-btf hooks.
+    pub arg0: u64,
+    pub arg1: u64,
 }
 
 /// `struct fuse_in_header` from `<linux/fuse.h>`: user ABI, the same on every kernel.
@@ -162,6 +200,40 @@ pub struct KernelLayout {
     pub regs_arg2: u32,
     /// Only report daemon syscalls of this process (0: every process).
     pub daemon_tgid: u32,
+    /// `offsetof(struct fuse_req, args)` (kprobe/fentry: joins a submission to its send).
+    pub req_args: u32,
+    /// `offsetof(struct virtio_fs_vq, vq)`.
+    pub fsvq_vq: u32,
+    /// Argument index of the pointer each kprobe/fentry hook reads, from the
+    /// hooked function's BTF signature (it differs between kernel versions).
+    pub arg_submit: u32,
+    pub arg_submit_bg: u32,
+    pub arg_send: u32,
+    pub arg_end: u32,
+    pub arg_vq_enqueue: u32,
+    pub arg_vreq_done_req: u32,
+    pub arg_vreq_done_fsvq: u32,
+    /// `offsetof(struct fuse_args, in_args)` / `out_args`, the stride of
+    /// those arrays and `offsetof(struct fuse_arg, value)`.
+    pub args_in_args: u32,
+    pub args_out_args: u32,
+    pub fuse_arg_stride: u32,
+    pub fuse_arg_value: u32,
+    /// `fuse_conn.writeback_cache` bitfield: byte offset and bit mask.
+    pub conn_wb_byte: u32,
+    pub conn_wb_mask: u32,
+    /// `offsetof(struct inode, i_sb)`, `super_block.s_magic`, `.s_dev`.
+    pub inode_sb: u32,
+    pub sb_magic: u32,
+    pub sb_dev: u32,
+    /// `offsetof(struct fuse_inode, nodeid) - offsetof(struct fuse_inode, inode)`.
+    pub inode_nodeid: u32,
+    /// `offsetof(struct file, f_pos)`.
+    pub file_pos: u32,
+    /// Record offset of the fourth syscall argument (pwrite64's `pos`).
+    pub sys_enter_arg3: u32,
+    /// Report applications' writes to FUSE files (`AppWrite`, for diagnose).
+    pub track_app_io: u32,
 }
 
 impl KernelLayout {

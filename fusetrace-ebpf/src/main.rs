@@ -6,15 +6,18 @@
 #![no_std]
 #![no_main]
 
+mod diagnose;
+
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::bpf_task_pt_regs,
     },
-    macros::{btf_tracepoint, map, tracepoint},
-    maps::{PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 use fusetrace_common::{
     EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FuseEvent, FuseInHeader, FuseOutHeader, IoVec,
@@ -104,6 +107,7 @@ fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEven
         ev.error = out.error;
         ev.len = out.len;
     }
+    diagnose::request_args(&mut ev, kind, req, fc, l);
     Some(ev)
 }
 
@@ -126,6 +130,194 @@ pub fn fuse_request_end_btf(ctx: BtfTracePointContext) -> i32 {
         Some(ev) => submit(ev),
         None => bump(counters::READ_FAULTS),
     }
+    0
+}
+
+// ---- kprobe and fentry backends (kernels without the FUSE tracepoints) ----
+//
+// The same hooks in two attach flavours. Which argument holds the pointer
+// differs between kernel versions, so user space puts its index in LAYOUT
+// (`arg_*`), read from the hooked function's BTF signature.
+
+/// Submissions not yet sent, keyed by `struct fuse_args *` (the request is
+/// allocated later, inside the submitting function): the submit time.
+#[map]
+static SUBMITTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Latest device interrupt (`virtio_fs_vq_done`) per `struct virtqueue *`.
+#[map]
+static VQ_DONE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(256, 0);
+
+/// Argument `n` of a kprobed function, from the saved registers. Read with
+/// a helper so the offset may be a runtime value.
+#[inline(always)]
+fn kprobe_arg(ctx: &ProbeContext, l: &KernelLayout, n: u32) -> Option<u64> {
+    let off = match n {
+        0 => l.regs_arg0,
+        1 => l.regs_arg1,
+        _ => l.regs_arg2,
+    };
+    kread(ctx.as_ptr() as u64, off)
+}
+
+/// Argument `n` of an fentry-traced function (the context is an array of u64).
+#[inline(always)]
+fn fentry_arg(ctx: &FEntryContext, n: u32) -> Option<u64> {
+    kread(ctx.as_ptr() as u64, n.min(5) * 8)
+}
+
+#[inline(always)]
+fn on_submit(args: Option<u64>) {
+    if let Some(args) = args {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let _ = SUBMITTED.insert(&args, &now, 0);
+    }
+}
+
+#[inline(always)]
+fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, aux_ns: u64) {
+    match req.and_then(|req| request_event(kind, req, l)) {
+        Some(mut ev) => {
+            ev.aux_ns = aux_ns;
+            submit(ev)
+        }
+        None => bump(counters::READ_FAULTS),
+    }
+}
+
+/// The request is queued for the daemon (or the virtqueue): joins the
+/// submission that created it.
+#[inline(always)]
+fn on_send(req: Option<u64>, l: &KernelLayout) {
+    let mut submitted = 0;
+    if let Some(args) = req.and_then(|r| kread::<u64>(r, l.req_args)) {
+        // SAFETY: the value is copied out before the entry is removed.
+        if let Some(ts) = unsafe { SUBMITTED.get(&args) } {
+            submitted = *ts;
+            let _ = SUBMITTED.remove(&args);
+        }
+    }
+    on_request(EventKind::Send, req, l, submitted);
+}
+
+#[inline(always)]
+fn on_vq_done(vq: Option<u64>) {
+    if let Some(vq) = vq {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let _ = VQ_DONE.insert(&vq, &now, 0);
+    }
+}
+
+#[inline(always)]
+fn on_vreq_done(req: Option<u64>, fsvq: Option<u64>, l: &KernelLayout) {
+    let irq = fsvq
+        .and_then(|f| kread::<u64>(f, l.fsvq_vq))
+        // SAFETY: plain copy of the map value.
+        .and_then(|vq| unsafe { VQ_DONE.get(&vq) }.copied())
+        .unwrap_or(0);
+    on_request(EventKind::VirtioDone, req, l, irq);
+}
+
+#[kprobe]
+pub fn kp_submit(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    on_submit(kprobe_arg(&ctx, &l, l.arg_submit));
+    0
+}
+
+#[kprobe]
+pub fn kp_submit_bg(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    on_submit(kprobe_arg(&ctx, &l, l.arg_submit_bg));
+    0
+}
+
+#[kprobe]
+pub fn kp_send(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    on_send(kprobe_arg(&ctx, &l, l.arg_send), &l);
+    0
+}
+
+#[kprobe]
+pub fn kp_end(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    on_request(EventKind::End, kprobe_arg(&ctx, &l, l.arg_end), &l, 0);
+    0
+}
+
+#[kprobe]
+pub fn kp_vq_enqueue(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    let req = kprobe_arg(&ctx, &l, l.arg_vq_enqueue);
+    on_request(EventKind::VirtioQueued, req, &l, 0);
+    0
+}
+
+#[kprobe]
+pub fn kp_vq_done(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    on_vq_done(kprobe_arg(&ctx, &l, 0));
+    0
+}
+
+#[kprobe]
+pub fn kp_vreq_done(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    let req = kprobe_arg(&ctx, &l, l.arg_vreq_done_req);
+    let fsvq = kprobe_arg(&ctx, &l, l.arg_vreq_done_fsvq);
+    on_vreq_done(req, fsvq, &l);
+    0
+}
+
+#[fentry]
+pub fn fe_submit(ctx: FEntryContext) -> u32 {
+    let l = layout();
+    on_submit(fentry_arg(&ctx, l.arg_submit));
+    0
+}
+
+#[fentry]
+pub fn fe_submit_bg(ctx: FEntryContext) -> u32 {
+    let l = layout();
+    on_submit(fentry_arg(&ctx, l.arg_submit_bg));
+    0
+}
+
+#[fentry]
+pub fn fe_send(ctx: FEntryContext) -> u32 {
+    let l = layout();
+    on_send(fentry_arg(&ctx, l.arg_send), &l);
+    0
+}
+
+#[fentry]
+pub fn fe_end(ctx: FEntryContext) -> u32 {
+    let l = layout();
+    on_request(EventKind::End, fentry_arg(&ctx, l.arg_end), &l, 0);
+    0
+}
+
+#[fentry]
+pub fn fe_vq_enqueue(ctx: FEntryContext) -> u32 {
+    let l = layout();
+    let req = fentry_arg(&ctx, l.arg_vq_enqueue);
+    on_request(EventKind::VirtioQueued, req, &l, 0);
+    0
+}
+
+#[fentry]
+pub fn fe_vq_done(ctx: FEntryContext) -> u32 {
+    on_vq_done(fentry_arg(&ctx, 0));
+    0
+}
+
+#[fentry]
+pub fn fe_vreq_done(ctx: FEntryContext) -> u32 {
+    let l = layout();
+    let req = fentry_arg(&ctx, l.arg_vreq_done_req);
+    let fsvq = fentry_arg(&ctx, l.arg_vreq_done_fsvq);
+    on_vreq_done(req, fsvq, &l);
     0
 }
 
@@ -169,6 +361,12 @@ pub fn fuse_request_end_tp(ctx: TracePointContext) -> u32 {
 /// If `fd` of the current task is a `/dev/fuse` file, the connection's dev_t.
 #[inline(always)]
 fn fuse_fd_connection(fd: u64, l: &KernelLayout) -> Option<u32> {
+    dev_fuse_connection(fd_file(fd, l)?, l)
+}
+
+/// The `struct file *` behind `fd` in the current task's fd table.
+#[inline(always)]
+fn fd_file(fd: u64, l: &KernelLayout) -> Option<u64> {
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = kread(task, l.task_files)?;
     let fdt: u64 = kread(files, l.files_fdt)?;
@@ -181,6 +379,12 @@ fn fuse_fd_connection(fd: u64, l: &KernelLayout) -> Option<u32> {
     if file == 0 {
         return None;
     }
+    Some(file)
+}
+
+/// If `file` is `/dev/fuse`, its connection's dev_t.
+#[inline(always)]
+fn dev_fuse_connection(file: u64, l: &KernelLayout) -> Option<u32> {
     let inode: u64 = kread(file, l.file_inode)?;
     let rdev: u32 = kread(inode, l.inode_rdev)?;
     if rdev != l.fuse_rdev {
@@ -282,6 +486,16 @@ fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
     let Some(count) = tp_field::<u64>(ctx, l.sys_enter_count) else {
         return 0;
     };
+    let Some(file) = fd_file(fd, &l) else {
+        return 0;
+    };
+    let Some(connection) = dev_fuse_connection(file, &l) else {
+        // Not a daemon reply: maybe an application writing a FUSE file.
+        if l.track_app_io != 0 {
+            diagnose::app_write_enter(file, None, &l);
+        }
+        return 0;
+    };
     let header_addr = if vectored {
         if count == 0 {
             return 0;
@@ -298,9 +512,6 @@ fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
             return 0;
         }
         arg
-    };
-    let Some(connection) = fuse_fd_connection(fd, &l) else {
-        return 0;
     };
     let Some(h) = uread::<FuseOutHeader>(header_addr) else {
         bump(counters::READ_FAULTS);

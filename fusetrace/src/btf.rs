@@ -52,10 +52,16 @@ enum Type {
     Alias {
         type_id: u32,
     },
-    /// Function prototypes, typedef names we only need for existence checks.
+    /// Functions, pointers, forward declarations, floats. `type_id` is a
+    /// function's prototype or a pointer's target.
     Named {
         kind: u32,
         name: String,
+        type_id: u32,
+    },
+    /// A function prototype's parameters: (name, type id).
+    Proto {
+        params: Vec<(String, u32)>,
     },
     Other,
 }
@@ -218,8 +224,14 @@ impl Btf {
                     }
                 }
                 KIND_FUNC_PROTO => {
-                    at += 8 * vlen;
-                    Type::Other
+                    let mut params = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let p_name = u32_at(types, at)?;
+                        let p_type = u32_at(types, at + 4)?;
+                        at += 8;
+                        params.push((name(p_name), p_type));
+                    }
+                    Type::Proto { params }
                 }
                 KIND_VAR | KIND_DECL_TAG => {
                     at += 4;
@@ -243,6 +255,7 @@ impl Btf {
                 KIND_FUNC | KIND_FWD | KIND_PTR | KIND_FLOAT => Type::Named {
                     kind,
                     name: name(name_off),
+                    type_id: size_or_type,
                 },
                 other => bail!("unknown BTF kind {other}"),
             };
@@ -378,6 +391,41 @@ impl Btf {
             })
         })
     }
+
+    /// Index of the first parameter of function `func` that is a pointer
+    /// to `struct pointee` (signatures differ between kernel versions).
+    pub fn param_pointing_to(&self, func: &str, pointee: &str) -> Option<usize> {
+        let params =
+            self.by_name
+                .get(func)?
+                .iter()
+                .find_map(|&id| match &self.types[id as usize] {
+                    Type::Named {
+                        kind: KIND_FUNC,
+                        type_id,
+                        ..
+                    } => match self.resolve(*type_id)? {
+                        Type::Proto { params } => Some(params),
+                        _ => None,
+                    },
+                    _ => None,
+                })?;
+        params.iter().position(|(_, ty)| {
+            let Some(Type::Named {
+                kind: KIND_PTR,
+                type_id,
+                ..
+            }) = self.resolve(*ty)
+            else {
+                return false;
+            };
+            matches!(
+                self.resolve(*type_id),
+                Some(Type::Composite { name, .. } | Type::Named { kind: KIND_FWD, name, .. })
+                    if name == pointee
+            )
+        })
+    }
 }
 
 #[cfg(test)]
@@ -446,6 +494,27 @@ mod tests {
             self.word(n);
             self.word(KIND_TYPEDEF << 24);
             self.word(ty);
+        }
+        fn ptr(&mut self, ty: u32) {
+            self.word(0);
+            self.word(KIND_PTR << 24);
+            self.word(ty);
+        }
+        fn proto(&mut self, params: &[(&str, u32)]) {
+            self.word(0);
+            self.word((KIND_FUNC_PROTO << 24) | params.len() as u32);
+            self.word(0);
+            for (p, ty) in params {
+                let pn = self.s(p);
+                self.word(pn);
+                self.word(*ty);
+            }
+        }
+        fn func(&mut self, name: &str, proto: u32) {
+            let n = self.s(name);
+            self.word(n);
+            self.word(KIND_FUNC << 24);
+            self.word(proto);
         }
         fn finish(self) -> Vec<u8> {
             let mut out = Vec::new();
@@ -522,6 +591,39 @@ mod tests {
         assert_eq!(btf.offset_of("fuse_conn", "dev").unwrap(), 8);
         assert_eq!(btf.bit_offset_of("fuse_conn", "a").unwrap(), 3);
         assert_eq!(btf.size_of("fuse_conn").unwrap(), 16);
+    }
+
+    /// The submission function's signature differs between versions: 6.1
+    /// `fuse_simple_request(fm, args)`, 6.18 `__fuse_simple_request(idmap, fm, args)`.
+    #[test]
+    fn parameter_index_follows_the_signature() {
+        let mut b = Builder::new();
+        b.strukt("fuse_args", 8, &[("x", 0, 0)], false); // 1
+        b.strukt("fuse_mount", 8, &[("x", 0, 0)], false); // 2
+        b.strukt("mnt_idmap", 8, &[("x", 0, 0)], false); // 3
+        b.ptr(1); // 4
+        b.ptr(2); // 5
+        b.ptr(3); // 6
+        b.typedef("args_ptr_t", 4); // 7
+        b.proto(&[("fm", 5), ("args", 4)]); // 8
+        b.func("fuse_simple_request", 8); // 9
+        b.proto(&[("idmap", 6), ("fm", 5), ("args", 7)]); // 10
+        b.func("__fuse_simple_request", 10); // 11
+        let btf = Btf::parse(&b.finish()).unwrap();
+        assert_eq!(
+            btf.param_pointing_to("fuse_simple_request", "fuse_args"),
+            Some(1)
+        );
+        assert_eq!(
+            btf.param_pointing_to("__fuse_simple_request", "fuse_args"),
+            Some(2)
+        );
+        assert_eq!(
+            btf.param_pointing_to("__fuse_simple_request", "fuse_req"),
+            None
+        );
+        assert_eq!(btf.param_pointing_to("absent", "fuse_args"), None);
+        assert!(btf.has_function("fuse_simple_request"));
     }
 
     #[test]

@@ -88,6 +88,8 @@ fn unescape(s: &str) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct ConnectionTable {
     mounts: HashMap<u32, MountEntry>,
+    /// A recording's table: never refreshed from this machine's mounts.
+    frozen: bool,
 }
 
 impl ConnectionTable {
@@ -97,7 +99,28 @@ impl ConnectionTable {
         t
     }
 
+    /// A table of a recording's mounts only; unknown connections keep
+    /// numeric names instead of picking up this machine's mounts.
+    pub fn frozen(mounts: impl IntoIterator<Item = MountEntry>) -> ConnectionTable {
+        ConnectionTable {
+            mounts: mounts.into_iter().map(|m| (m.connection, m)).collect(),
+            frozen: true,
+        }
+    }
+
+    /// Adds or replaces a mount (a recording's later connection record).
+    pub fn insert(&mut self, mount: MountEntry) {
+        self.mounts.insert(mount.connection, mount);
+    }
+
+    pub fn get(&self, connection: u32) -> Option<&MountEntry> {
+        self.mounts.get(&connection)
+    }
+
     pub fn refresh(&mut self) {
+        if self.frozen {
+            return;
+        }
         if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
             // Keep names of mounts that have gone: their last requests still
             // need a name.

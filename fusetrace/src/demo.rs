@@ -38,6 +38,9 @@ pub struct DemoArgs {
     /// Output format of the stats.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Show the live view (`fusetrace top`) instead of printing the stats.
+    #[arg(long)]
+    pub tui: bool,
 }
 
 /// A temporary mount point, removed on drop (after the daemon unmounted).
@@ -52,6 +55,9 @@ impl Drop for TempMountPoint {
 pub fn run(args: &DemoArgs) -> Result<()> {
     // Before the mount: a missing privilege fails here, with nothing to undo.
     let stop = StopWhen::on_signals(Some(args.duration))?;
+    if args.tui {
+        crate::tui::require_terminal()?;
+    }
     let dir =
         TempMountPoint(std::env::temp_dir().join(format!("fusetrace-demo-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
@@ -91,14 +97,22 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         stop_flag.store(true, Ordering::Relaxed);
         report
     });
-    let mut sink = StatsSink::new(std::io::stdout().lock(), args.format, false);
-    let traced = session::run(
-        &mut probes,
-        &filter,
-        &mut sink,
-        &stop,
-        Duration::from_secs(1),
-    );
+    let traced = if args.tui {
+        let opts = crate::tui::TopOptions {
+            config: crate::tui::state::TopConfig::default(),
+            headless: false,
+        };
+        crate::tui::run(&mut probes, &filter, &stop, &opts)
+    } else {
+        let mut sink = StatsSink::new(std::io::stdout().lock(), args.format, false);
+        session::run(
+            &mut probes,
+            &filter,
+            &mut sink,
+            &stop,
+            Duration::from_secs(1),
+        )
+    };
     let report = loader.join().expect("load thread panicked");
     let served = daemon.counts();
     daemon.unmount()?;

@@ -4,9 +4,13 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use fusetrace::{
     connections::connection_of,
-    daemon, demo, load, opcode,
+    daemon, demo,
+    export::{Clock, CsvOpts},
+    fanout::FanOut,
+    load, opcode,
     probes::{Backend, ProbeOptions, Probes},
-    session::{self, Filter, StopWhen},
+    record::{self, recorder::Recorder},
+    session::{self, Filter, Sink, StopWhen},
     sinks::{Format, StatsSink, TraceSink},
     units::parse_duration,
 };
@@ -31,16 +35,42 @@ enum Command {
     Stats {
         #[command(flatten)]
         opts: TraceOpts,
-        /// Print a table for every interval as well as at exit.
-        #[arg(long, value_parser = parse_duration, default_value = "5s")]
-        interval: Duration,
+        /// Print a table for every interval (default 5s) as well as at
+        /// exit; given with --csv, the CSV gets one block per interval.
+        #[arg(long, value_parser = parse_duration)]
+        interval: Option<Duration>,
+        #[command(flatten)]
+        csv: CsvOpts,
     },
+    /// Record the decoded event stream to a file for `fusetrace report`;
+    /// prints the whole-run stats at exit. --mount filters what is recorded;
+    /// --pid and --op are stored and applied by `report`.
+    Record {
+        #[command(flatten)]
+        opts: TraceOpts,
+        /// The recording file (see README: recording file format).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// The `stats` tables (and CSV) of recordings; several files are merged.
+    Report(record::report::ReportArgs),
     /// Run the embedded reference FUSE file system.
     Daemon(daemon::DaemonArgs),
     /// Generate file system load on a mount.
     Load(load::LoadArgs),
     /// Mount the reference daemon, put load on it, trace it, print the stats.
     Demo(demo::DemoArgs),
+    /// Tell writeback from write-through, with the evidence in numbers.
+    Diagnose(fusetrace::diagnose::DiagnoseArgs),
+    /// What this kernel offers for tracing FUSE, and the hook each stage uses.
+    Doctor(fusetrace::doctor::DoctorArgs),
+    /// Live view of the requests in flight, per-opcode latency and stalls.
+    Top {
+        #[command(flatten)]
+        opts: TraceOpts,
+        #[command(flatten)]
+        top: fusetrace::tui::TopArgs,
+    },
     /// List the FUSE opcode names `--op` accepts.
     Ops,
 }
@@ -83,7 +113,7 @@ impl TraceOpts {
     fn attach(&self) -> Result<Probes> {
         let probes = Probes::attach(&ProbeOptions {
             backend: self.backend,
-            daemon_tgid: None,
+            ..ProbeOptions::default()
         })?;
         // Tests and scripts wait for this line before starting load.
         eprintln!(
@@ -113,19 +143,63 @@ fn run(cli: Cli) -> Result<()> {
                 Duration::from_millis(200),
             )?;
         }
-        Command::Stats { opts, interval } => {
+        Command::Stats {
+            opts,
+            interval,
+            csv,
+        } => {
             let filter = opts.filter()?;
             let stop = StopWhen::on_signals(opts.duration)?;
+            // Before attaching, so a bad --csv path fails first.
+            let mut csv = csv.sink(interval.is_some(), Clock::Wall)?;
             let mut probes = opts.attach()?;
-            let mut sink = StatsSink::new(std::io::stdout().lock(), opts.format, true);
-            session::run(&mut probes, &filter, &mut sink, &stop, interval)?;
+            let mut stats = StatsSink::new(std::io::stdout().lock(), opts.format, true);
+            let mut sinks: Vec<&mut dyn Sink> = vec![&mut stats];
+            if let Some(c) = csv.as_mut() {
+                sinks.push(c);
+            }
+            let interval = interval.unwrap_or(Duration::from_secs(5));
+            session::run(&mut probes, &filter, &mut FanOut { sinks }, &stop, interval)?;
         }
+        Command::Record { opts, output } => {
+            let filter = opts.filter()?;
+            let stop = StopWhen::on_signals(opts.duration)?;
+            let file = record::recorder::create_file(&output)?;
+            let mut probes = opts.attach().inspect_err(|_| {
+                let _ = std::fs::remove_file(&output);
+            })?;
+            let header = record::recorder::header_now(probes.describe(), &filter);
+            let mut recorder = Recorder::new(file, &output, &header)?;
+            let mut stats = StatsSink::new(std::io::stdout().lock(), opts.format, false);
+            // The recorder flushes every tick: a cut-off file loses at most 200 ms.
+            session::run(
+                &mut probes,
+                &filter,
+                &mut FanOut {
+                    sinks: vec![&mut recorder, &mut stats],
+                },
+                &stop,
+                Duration::from_millis(200),
+            )?;
+        }
+        Command::Report(args) => record::report::run(&args)?,
         Command::Daemon(args) => daemon::run(&args)?,
         Command::Load(args) => {
             let report = load::run(&args)?;
             println!("{report}");
         }
         Command::Demo(args) => demo::run(&args)?,
+        Command::Diagnose(args) => fusetrace::diagnose::run(&args)?,
+        Command::Doctor(args) => fusetrace::doctor::run(&args)?,
+        Command::Top { opts, top } => {
+            if opts.format != Format::Text {
+                anyhow::bail!("fusetrace top draws a screen; --format applies to trace and stats");
+            }
+            let filter = opts.filter()?;
+            let stop = StopWhen::on_signals(opts.duration)?;
+            let mut probes = opts.attach()?;
+            fusetrace::tui::run(&mut probes, &filter, &stop, &top.options())?;
+        }
         Command::Ops => {
             for (n, name) in opcode::OPCODES {
                 println!("{n:>5} {name}");

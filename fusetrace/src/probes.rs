@@ -11,11 +11,17 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
 use fusetrace_common::{FuseEvent, KernelLayout, counters};
 
-use crate::{btf::Btf, tracefs, tracefs::RecordFormat};
+use crate::{
+    btf::Btf,
+    kallsyms::Kallsyms,
+    kfunc::{self, KFunc, Resolved},
+    tracefs,
+    tracefs::RecordFormat,
+};
 
 /// The compiled eBPF object, built by build.rs from `fusetrace-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FUSETRACE_EBPF_OBJECT"));
@@ -31,6 +37,13 @@ pub enum Stage {
     DaemonReply,
     /// The kernel finishes the request.
     End,
+    /// The caller enters `fuse_simple_request`/`fuse_simple_background`:
+    /// with it, the time a background request waited before being sent.
+    Call,
+    /// virtio-fs: the request is placed on a virtqueue.
+    VirtioQueue,
+    /// virtio-fs: the device answered (interrupt, then completion).
+    VirtioDone,
 }
 
 impl Stage {
@@ -40,6 +53,9 @@ impl Stage {
             Stage::DaemonTake => "daemon-take",
             Stage::DaemonReply => "daemon-reply",
             Stage::End => "end",
+            Stage::Call => "call",
+            Stage::VirtioQueue => "virtio-queue",
+            Stage::VirtioDone => "virtio-done",
         }
     }
 }
@@ -51,6 +67,10 @@ pub enum Attach {
     TpBtf(&'static str),
     /// Classic tracepoint `category:name` under tracefs.
     TracePoint(&'static str, &'static str),
+    /// kprobe on a kernel function (resolved by name from kallsyms).
+    KProbe(&'static KFunc),
+    /// fentry (BPF trampoline) on a kernel function described in BTF.
+    FEntry(&'static KFunc),
 }
 
 /// One way of observing a stage: one or more programs attached together.
@@ -70,6 +90,10 @@ pub enum Backend {
     TpBtf,
     /// Classic tracepoints only (no BTF reads of `struct fuse_req`).
     Tracepoint,
+    /// fentry on the FUSE functions (kernels without the FUSE tracepoints).
+    Fentry,
+    /// kprobes on the FUSE functions (kernels without tracepoints or fentry).
+    Kprobe,
 }
 
 impl Backend {
@@ -77,6 +101,8 @@ impl Backend {
         match self {
             Backend::TpBtf => "tp-btf",
             Backend::Tracepoint => "tracepoint",
+            Backend::Fentry => "fentry",
+            Backend::Kprobe => "kprobe",
         }
     }
 }
@@ -107,6 +133,34 @@ const DAEMON_REPLY_SYSCALLS: &[(&str, Attach)] = &[
     ),
 ];
 
+/// The daemon side is seen at the syscall boundary by every backend: the
+/// syscall tracepoints exist wherever kprobes or fentry do, and they carry
+/// FORGET and INTERRUPT headers that no request-carrying function sees.
+const fn syscall_hooks(programs: &'static [(&'static str, Attach)], has_header: bool) -> [Hook; 4] {
+    [
+        Hook {
+            backend: Backend::TpBtf,
+            programs,
+            has_header,
+        },
+        Hook {
+            backend: Backend::Tracepoint,
+            programs,
+            has_header,
+        },
+        Hook {
+            backend: Backend::Fentry,
+            programs,
+            has_header,
+        },
+        Hook {
+            backend: Backend::Kprobe,
+            programs,
+            has_header,
+        },
+    ]
+}
+
 /// For every stage, the hooks that observe it, best first.
 pub const HOOK_TABLE: &[(Stage, &[Hook])] = &[
     (
@@ -125,37 +179,25 @@ pub const HOOK_TABLE: &[(Stage, &[Hook])] = &[
                 )],
                 has_header: false,
             },
+            Hook {
+                backend: Backend::Fentry,
+                programs: &[("fe_send", Attach::FEntry(&kfunc::SEND))],
+                has_header: true,
+            },
+            Hook {
+                backend: Backend::Kprobe,
+                programs: &[("kp_send", Attach::KProbe(&kfunc::SEND))],
+                has_header: true,
+            },
         ],
     ),
     (
         Stage::DaemonTake,
-        &[
-            Hook {
-                backend: Backend::TpBtf,
-                programs: DAEMON_TAKE_SYSCALLS,
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Tracepoint,
-                programs: DAEMON_TAKE_SYSCALLS,
-                has_header: true,
-            },
-        ],
+        &syscall_hooks(DAEMON_TAKE_SYSCALLS, true),
     ),
     (
         Stage::DaemonReply,
-        &[
-            Hook {
-                backend: Backend::TpBtf,
-                programs: DAEMON_REPLY_SYSCALLS,
-                has_header: false,
-            },
-            Hook {
-                backend: Backend::Tracepoint,
-                programs: DAEMON_REPLY_SYSCALLS,
-                has_header: false,
-            },
-        ],
+        &syscall_hooks(DAEMON_REPLY_SYSCALLS, false),
     ),
     (
         Stage::End,
@@ -172,6 +214,73 @@ pub const HOOK_TABLE: &[(Stage, &[Hook])] = &[
                     Attach::TracePoint("fuse", "fuse_request_end"),
                 )],
                 has_header: false,
+            },
+            Hook {
+                backend: Backend::Fentry,
+                programs: &[("fe_end", Attach::FEntry(&kfunc::END))],
+                has_header: true,
+            },
+            Hook {
+                backend: Backend::Kprobe,
+                programs: &[("kp_end", Attach::KProbe(&kfunc::END))],
+                has_header: true,
+            },
+        ],
+    ),
+    (
+        Stage::Call,
+        &[
+            Hook {
+                backend: Backend::Fentry,
+                programs: &[
+                    ("fe_submit", Attach::FEntry(&kfunc::SUBMIT)),
+                    ("fe_submit_bg", Attach::FEntry(&kfunc::SUBMIT_BG)),
+                ],
+                has_header: false,
+            },
+            Hook {
+                backend: Backend::Kprobe,
+                programs: &[
+                    ("kp_submit", Attach::KProbe(&kfunc::SUBMIT)),
+                    ("kp_submit_bg", Attach::KProbe(&kfunc::SUBMIT_BG)),
+                ],
+                has_header: false,
+            },
+        ],
+    ),
+    (
+        Stage::VirtioQueue,
+        &[
+            Hook {
+                backend: Backend::Fentry,
+                programs: &[("fe_vq_enqueue", Attach::FEntry(&kfunc::VQ_ENQUEUE))],
+                has_header: true,
+            },
+            Hook {
+                backend: Backend::Kprobe,
+                programs: &[("kp_vq_enqueue", Attach::KProbe(&kfunc::VQ_ENQUEUE))],
+                has_header: true,
+            },
+        ],
+    ),
+    (
+        Stage::VirtioDone,
+        &[
+            Hook {
+                backend: Backend::Fentry,
+                programs: &[
+                    ("fe_vq_done", Attach::FEntry(&kfunc::VQ_DONE)),
+                    ("fe_vreq_done", Attach::FEntry(&kfunc::VREQ_DONE)),
+                ],
+                has_header: true,
+            },
+            Hook {
+                backend: Backend::Kprobe,
+                programs: &[
+                    ("kp_vq_done", Attach::KProbe(&kfunc::VQ_DONE)),
+                    ("kp_vreq_done", Attach::KProbe(&kfunc::VREQ_DONE)),
+                ],
+                has_header: true,
             },
         ],
     ),
@@ -211,6 +320,8 @@ fn attach_name(a: &Attach) -> String {
     match a {
         Attach::TpBtf(e) => format!("tp_btf/{e}"),
         Attach::TracePoint(c, n) => format!("tracepoint/{c}/{n}"),
+        Attach::KProbe(f) => format!("kprobe/{}", f.names.join("|")),
+        Attach::FEntry(f) => format!("fentry/{}", f.names.join("|")),
     }
 }
 
@@ -237,11 +348,17 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
     l.regs_arg0 = btf.offset_of("pt_regs", a0)?;
     l.regs_arg1 = btf.offset_of("pt_regs", a1)?;
     l.regs_arg2 = btf.offset_of("pt_regs", a2)?;
+    // Optional: without these only `diagnose` is affected (checked there).
+    if diagnose_layout(&mut l, btf).is_err() {
+        l.fuse_arg_stride = 0;
+    }
 
     let read = RecordFormat::read(tracefs, "syscalls", "sys_enter_read")?;
     l.sys_enter_fd = read.nth_argument(0)?;
     l.sys_enter_buf = read.nth_argument(1)?;
     l.sys_enter_count = read.nth_argument(2)?;
+    l.sys_enter_arg3 =
+        RecordFormat::read(tracefs, "syscalls", "sys_enter_pwrite64")?.nth_argument(3)?;
     l.sys_exit_ret = RecordFormat::read(tracefs, "syscalls", "sys_exit_read")?.offset("ret")?;
     // The generic syscall record puts every argument in the same slot; make
     // sure the other syscalls we share offsets with agree.
@@ -271,6 +388,47 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
     Ok(l)
 }
 
+/// Offsets the diagnosis hooks read: request arguments, the connection's
+/// writeback bit, and the way from a file to its FUSE node.
+fn diagnose_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
+    l.req_args = btf.offset_of("fuse_req", "args")?;
+    l.args_in_args = btf.offset_of("fuse_args", "in_args")?;
+    l.args_out_args = btf.offset_of("fuse_args", "out_args")?;
+    l.fuse_arg_stride = btf.size_of("fuse_arg")?;
+    l.fuse_arg_value = btf.offset_of("fuse_arg", "value")?;
+    let wb = btf.bit_offset_of("fuse_conn", "writeback_cache")?;
+    l.conn_wb_byte = wb / 8;
+    l.conn_wb_mask = 1 << (wb % 8);
+    l.inode_sb = btf.offset_of("inode", "i_sb")?;
+    l.sb_magic = btf.offset_of("super_block", "s_magic")?;
+    l.sb_dev = btf.offset_of("super_block", "s_dev")?;
+    l.inode_nodeid =
+        btf.offset_of("fuse_inode", "nodeid")? - btf.offset_of("fuse_inode", "inode")?;
+    l.file_pos = btf.offset_of("file", "f_pos")?;
+    Ok(())
+}
+
+/// Programs `fusetrace diagnose` adds: applications' write(2) family on
+/// FUSE files (the entry side of write/writev is the daemon-reply hook).
+const DIAGNOSE_PROGRAMS: &[(&str, Attach)] = &[
+    (
+        "sys_enter_pwrite64",
+        Attach::TracePoint("syscalls", "sys_enter_pwrite64"),
+    ),
+    (
+        "sys_exit_write",
+        Attach::TracePoint("syscalls", "sys_exit_write"),
+    ),
+    (
+        "sys_exit_writev",
+        Attach::TracePoint("syscalls", "sys_exit_writev"),
+    ),
+    (
+        "sys_exit_pwrite64",
+        Attach::TracePoint("syscalls", "sys_exit_pwrite64"),
+    ),
+];
+
 /// `struct pt_regs` members holding the first three syscall arguments.
 #[cfg(target_arch = "x86_64")]
 const SYSCALL_ARG_REGS: [&str; 3] = ["di", "si", "dx"];
@@ -299,6 +457,8 @@ pub struct ProbeOptions {
     pub backend: Option<Backend>,
     /// Only observe daemon syscalls of this process.
     pub daemon_tgid: Option<u32>,
+    /// Also observe applications' writes to FUSE files (`fusetrace diagnose`).
+    pub diagnose: bool,
 }
 
 /// Probes attached to the running kernel, and the ring buffer they feed.
@@ -324,14 +484,21 @@ impl Probes {
     pub fn attach(opts: &ProbeOptions) -> Result<Probes> {
         check_privileges()?;
         let tracefs = tracefs::ensure_mounted()?;
-        let btf = Btf::from_running_kernel(&["fuse"])?;
+        let btf = Btf::from_running_kernel(&["fuse", "virtiofs"])?;
         if !btf.has_type("fuse_req") {
             bail!(
                 "this kernel's BTF has no struct fuse_req: load the fuse module (`modprobe fuse`) and retry"
             );
         }
+        let kernel = KernelFunctions::find(&btf);
         let mut layout = kernel_layout(&btf, &tracefs)?;
+        kernel.fill_layout(&mut layout, &btf);
         layout.daemon_tgid = opts.daemon_tgid.unwrap_or(0);
+        if opts.diagnose {
+            diagnose_layout(&mut layout, &btf)
+                .context("fusetrace diagnose cannot run on this kernel")?;
+            layout.track_app_io = 1;
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global("LAYOUT", &layout, true)
             .load(EBPF_OBJECT)
@@ -339,36 +506,25 @@ impl Probes {
         let aya_btf =
             aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF for tp_btf: {e}"))?;
 
-        let mut choices = Vec::new();
-        for (stage, hooks) in HOOK_TABLE {
-            let mut choice = StageChoice {
-                stage: *stage,
-                hook: None,
-                skipped: Vec::new(),
+        let choices = choose_hooks(&mut ebpf, &kernel, &btf, &tracefs, &aya_btf, opts.backend);
+        if opts.diagnose {
+            let hook = Hook {
+                backend: Backend::Tracepoint,
+                programs: DIAGNOSE_PROGRAMS,
+                has_header: false,
             };
-            for hook in hooks.iter() {
-                if opts.backend.is_some_and(|b| b != hook.backend) {
-                    continue;
-                }
-                match offered(hook, &btf, &tracefs)
-                    .and_then(|()| load_hook(&mut ebpf, hook, &aya_btf))
-                {
-                    Ok(()) => {
-                        choice.hook = Some(*hook);
-                        break;
-                    }
-                    Err(e) => choice
-                        .skipped
-                        .push(format!("{}: {e:#}", hook.backend.name())),
-                }
-            }
-            choices.push(choice);
+            offered(&hook, &btf, &tracefs)
+                .and_then(|()| load_hook(&mut ebpf, &hook, &aya_btf))
+                .context("attaching the write(2) hooks diagnose needs")?;
         }
         for required in [Stage::Submit, Stage::End] {
             let choice = choices.iter().find(|c| c.stage == required).unwrap();
             if choice.hook.is_none() {
                 bail!(
-                    "cannot observe the {} stage on this kernel ({}); the tracepoint backends need the FUSE tracepoints fuse:fuse_request_send/end, and the kprobe/fentry backends for kernels without them are not built yet",
+                    "{}cannot observe the {} stage on this kernel ({}); `fusetrace doctor` shows what this kernel offers",
+                    opts.backend
+                        .map(|b| format!("--backend {}: ", b.name()))
+                        .unwrap_or_default(),
                     required.name(),
                     if choice.skipped.is_empty() {
                         format!(
@@ -453,10 +609,164 @@ impl Probes {
     }
 }
 
+/// Where the kprobe PMU registers; absent when the kernel has no kprobes.
+pub const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+
+/// The kernel functions the kprobe/fentry hooks need, as found in the
+/// running kernel (kallsyms names, BTF signatures), and whether kprobes exist.
+#[derive(Debug, Default)]
+pub struct KernelFunctions {
+    pub kallsyms: Kallsyms,
+    resolved: Vec<(&'static KFunc, std::result::Result<Resolved, String>)>,
+    /// The kprobe PMU is registered (`CONFIG_KPROBES`).
+    pub kprobe_pmu: bool,
+}
+
+impl KernelFunctions {
+    pub fn find(btf: &Btf) -> KernelFunctions {
+        let kallsyms = Kallsyms::from_running_kernel();
+        let mut resolved: Vec<(&'static KFunc, _)> = Vec::new();
+        for (_, hooks) in HOOK_TABLE {
+            for hook in hooks.iter() {
+                for (_, attach) in hook.programs {
+                    if let Attach::KProbe(f) | Attach::FEntry(f) = attach
+                        && !resolved.iter().any(|(g, _)| std::ptr::eq(*g, *f))
+                    {
+                        let r = kfunc::resolve(f, &kallsyms, btf).map_err(|e| format!("{e:#}"));
+                        resolved.push((*f, r));
+                    }
+                }
+            }
+        }
+        KernelFunctions {
+            kallsyms,
+            resolved,
+            kprobe_pmu: Path::new(KPROBE_PMU).exists(),
+        }
+    }
+
+    /// Where `f` is in this kernel, or why it cannot be hooked.
+    pub fn get(&self, f: &KFunc) -> Result<&Resolved> {
+        match self.resolved.iter().find(|(g, _)| std::ptr::eq(*g, f)) {
+            Some((_, Ok(r))) => Ok(r),
+            Some((_, Err(e))) => Err(anyhow!("{e}")),
+            None => Err(anyhow!("{} was not looked up", f.names.join("|"))),
+        }
+    }
+
+    /// Offsets and argument indexes the kprobe/fentry programs read.
+    pub fn fill_layout(&self, l: &mut KernelLayout, btf: &Btf) {
+        if let Ok(off) = btf.offset_of("fuse_req", "args") {
+            l.req_args = off;
+        }
+        if let Ok(off) = btf.offset_of("virtio_fs_vq", "vq") {
+            l.fsvq_vq = off;
+        }
+        for (_, r) in &self.resolved {
+            if let Ok(r) = r {
+                kfunc::set_layout_args(l, r);
+            }
+        }
+    }
+}
+
+/// For each stage, the first hook (of `backend`, when forced) that the
+/// kernel offers and that loads and attaches; the reasons for the others.
+fn choose_hooks(
+    ebpf: &mut Ebpf,
+    kernel: &KernelFunctions,
+    btf: &Btf,
+    tracefs: &Path,
+    aya_btf: &aya::Btf,
+    backend: Option<Backend>,
+) -> Vec<StageChoice> {
+    let mut choices: Vec<StageChoice> = Vec::new();
+    for (stage, hooks) in HOOK_TABLE {
+        let mut choice = StageChoice {
+            stage: *stage,
+            hook: None,
+            skipped: Vec::new(),
+        };
+        let submit_backend = choices
+            .iter()
+            .find(|c| c.stage == Stage::Submit)
+            .and_then(|c| c.hook)
+            .map(|h| h.backend);
+        // Only the kprobe/fentry send hooks join a call to its request.
+        if *stage == Stage::Call
+            && !matches!(submit_backend, Some(Backend::Kprobe | Backend::Fentry))
+        {
+            choice
+                .skipped
+                .push("needs a kprobe or fentry submit hook to join calls to requests".into());
+            choices.push(choice);
+            continue;
+        }
+        for hook in hooks.iter() {
+            if backend.is_some_and(|b| b != hook.backend) {
+                continue;
+            }
+            match offered_in(hook, btf, tracefs, kernel)
+                .and_then(|()| load_hook_in(ebpf, hook, aya_btf, kernel))
+            {
+                Ok(()) => {
+                    choice.hook = Some(*hook);
+                    break;
+                }
+                Err(e) => choice
+                    .skipped
+                    .push(format!("{}: {e:#}", hook.backend.name())),
+            }
+        }
+        choices.push(choice);
+    }
+    choices
+}
+
+/// What `fusetrace doctor` reports: every stage's choice, made by really
+/// loading and attaching (then detaching) the hooks.
+pub fn survey(backend: Option<Backend>) -> Result<(Vec<StageChoice>, KernelFunctions)> {
+    check_privileges()?;
+    let tracefs = tracefs::ensure_mounted()?;
+    let btf = Btf::from_running_kernel(&["fuse", "virtiofs"])?;
+    if !btf.has_type("fuse_req") {
+        bail!(
+            "this kernel's BTF has no struct fuse_req: load the fuse module (`modprobe fuse`) and retry"
+        );
+    }
+    let kernel = KernelFunctions::find(&btf);
+    let mut layout = kernel_layout(&btf, &tracefs)?;
+    kernel.fill_layout(&mut layout, &btf);
+    let mut ebpf = EbpfLoader::new()
+        .override_global("LAYOUT", &layout, true)
+        .load(EBPF_OBJECT)
+        .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
+    let aya_btf =
+        aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF for tp_btf: {e}"))?;
+    let choices = choose_hooks(&mut ebpf, &kernel, &btf, &tracefs, &aya_btf, backend);
+    Ok((choices, kernel))
+}
+
 /// Whether the running kernel offers what `hook` needs, before trying to load it.
 fn offered(hook: &Hook, btf: &Btf, tracefs: &Path) -> Result<()> {
+    offered_in(hook, btf, tracefs, &KernelFunctions::default())
+}
+
+fn offered_in(hook: &Hook, btf: &Btf, tracefs: &Path, kernel: &KernelFunctions) -> Result<()> {
     for (_, attach) in hook.programs {
         match attach {
+            Attach::KProbe(f) => {
+                if !kernel.kprobe_pmu {
+                    bail!("this kernel has no kprobes (no {KPROBE_PMU}: CONFIG_KPROBES is off)");
+                }
+                kernel.get(f)?;
+            }
+            Attach::FEntry(f) => {
+                let r = kernel.get(f)?;
+                if !r.in_btf {
+                    bail!("{} is not described in this kernel's BTF", r.name);
+                }
+            }
             Attach::TpBtf(event) => {
                 if !btf.has_type(&format!("btf_trace_{event}")) {
                     bail!("no BTF tracepoint {event} in this kernel");
@@ -473,6 +783,15 @@ fn offered(hook: &Hook, btf: &Btf, tracefs: &Path) -> Result<()> {
 }
 
 fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf) -> Result<()> {
+    load_hook_in(ebpf, hook, btf, &KernelFunctions::default())
+}
+
+fn load_hook_in(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    btf: &aya::Btf,
+    kernel: &KernelFunctions,
+) -> Result<()> {
     for (program, attach) in hook.programs {
         let prog = ebpf
             .program_mut(program)
@@ -495,6 +814,31 @@ fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf) -> Result<()> {
                         .with_context(|| format!("loading tracepoint {category}:{name}"))?;
                     p.attach(category, name)
                         .with_context(|| format!("attaching tracepoint {category}:{name}"))?;
+                }
+            }
+            Attach::KProbe(f) => {
+                let r = kernel.get(f)?;
+                let p: &mut KProbe = prog.try_into()?;
+                if p.fd().is_err() {
+                    p.load().context("loading a kprobe program")?;
+                    p.attach(&r.symbol, 0)
+                        .with_context(|| format!("attaching a kprobe to {}", r.symbol))?;
+                }
+            }
+            Attach::FEntry(f) => {
+                let r = kernel.get(f)?;
+                if let Some(module) = &r.module {
+                    bail!(
+                        "{} is in module {module}: fentry on module functions needs the module's BTF object, which aya 0.14 cannot pass",
+                        r.name
+                    );
+                }
+                let p: &mut FEntry = prog.try_into()?;
+                if p.fd().is_err() {
+                    p.load(r.name, btf)
+                        .with_context(|| format!("loading fentry/{}", r.name))?;
+                    p.attach()
+                        .with_context(|| format!("attaching fentry/{}", r.name))?;
                 }
             }
         }
@@ -531,7 +875,20 @@ mod tests {
     #[test]
     fn every_stage_has_a_hook_per_backend() {
         for (stage, hooks) in HOOK_TABLE {
-            for backend in [Backend::TpBtf, Backend::Tracepoint] {
+            // The tracepoints have no counterpart of the calls and the
+            // virtio-fs functions; every backend has the four core stages.
+            let backends: &[Backend] = match stage {
+                Stage::Call | Stage::VirtioQueue | Stage::VirtioDone => {
+                    &[Backend::Fentry, Backend::Kprobe]
+                }
+                _ => &[
+                    Backend::TpBtf,
+                    Backend::Tracepoint,
+                    Backend::Fentry,
+                    Backend::Kprobe,
+                ],
+            };
+            for &backend in backends {
                 assert!(
                     hooks.iter().any(|h| h.backend == backend),
                     "{stage:?} lacks a {backend:?} hook"

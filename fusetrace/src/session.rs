@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::Result;
+use fusetrace_common::FuseEvent;
 use serde::Serialize;
 
 use crate::{
@@ -102,6 +103,36 @@ pub trait Sink {
         Ok(())
     }
     fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()>;
+    /// Called just before every `tick` with what is still going on, for
+    /// live views (`fusetrace top`).
+    fn live(&mut self, _live: &LiveView, _names: &mut ConnectionTable) -> Result<()> {
+        Ok(())
+    }
+    /// Every decoded event of a wanted connection, before the tracker sees
+    /// it (the recorder writes these).
+    fn event(&mut self, _ev: &FuseEvent) -> Result<()> {
+        Ok(())
+    }
+    /// The pipeline was idle and advanced the tracker's clock to `now_ns`.
+    fn idle(&mut self, _now_ns: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The run as it is now: requests still in flight and the loss counters.
+pub struct LiveView<'a> {
+    pub tracker: &'a Tracker,
+    pub filter: &'a Filter,
+    pub kernel: KernelCounters,
+    /// Records the decoder rejected so far.
+    pub undecodable: u64,
+}
+
+impl LiveView<'_> {
+    /// Requests not yet ended that the filter wants.
+    pub fn in_flight(&self) -> impl Iterator<Item = &RequestLifecycle> {
+        self.tracker.in_flight().filter(|r| self.filter.wants(r))
+    }
 }
 
 /// When a run stops.
@@ -152,17 +183,33 @@ pub fn run(
     loop {
         let stopping =
             stop.flag.load(Ordering::Relaxed) || stop.after.is_some_and(|d| started.elapsed() >= d);
+        let mut event_err = None;
         let got = probes.poll(Duration::from_millis(50), |ev| {
             if filter.wants_connection(ev.connection) {
+                if event_err.is_none() {
+                    event_err = sink.event(&ev).err();
+                }
                 tracker.observe(&ev, &mut finished);
             }
         })?;
+        if let Some(e) = event_err {
+            return Err(e);
+        }
         if got == 0 {
-            tracker.advance(monotonic_ns(), &mut finished);
+            let now = monotonic_ns();
+            sink.idle(now)?;
+            tracker.advance(now, &mut finished);
         }
         report(&mut finished, filter, sink, &mut summary, &mut names)?;
         if Instant::now() >= next_tick {
             next_tick += tick;
+            let live = LiveView {
+                tracker: &tracker,
+                filter,
+                kernel: probes.counters(),
+                undecodable: probes.undecodable(),
+            };
+            sink.live(&live, &mut names)?;
             sink.tick(&mut names)?;
         }
         // Stop only once the ring buffer is empty: events emitted before the
@@ -185,7 +232,7 @@ pub fn run(
 }
 
 /// Hands the finished requests the filter wants to the sink, counting them.
-fn report(
+pub(crate) fn report(
     finished: &mut Vec<RequestLifecycle>,
     filter: &Filter,
     sink: &mut dyn Sink,

@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use fusetrace_common::{EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FuseEvent};
+use fusetrace_common::{
+    EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FLAG_WRITEBACK_CACHE, FuseEvent,
+};
 use serde::Serialize;
 
 use crate::{decode::comm, opcode};
@@ -61,6 +63,49 @@ pub struct RequestLifecycle {
     pub reply_len: Option<u32>,
     pub interrupted: bool,
     pub outcome: Option<Outcome>,
+    /// The caller entered `fuse_simple_request`/`fuse_simple_background`
+    /// (kprobe/fentry backends): for a background request, the time it
+    /// waited (the `max_background` limit) before being sent.
+    pub submitted_ns: Option<u64>,
+    /// virtio-fs: placed on the virtqueue (no daemon takes it).
+    pub virtq_ns: Option<u64>,
+    /// virtio-fs: the queue's device interrupt that announced the answer.
+    pub device_irq_ns: Option<u64>,
+    /// virtio-fs: the answer was taken off the virtqueue.
+    pub device_done_ns: Option<u64>,
+    /// Task that handed the request to the daemon queue (for writeback
+    /// WRITEs a flusher thread, not the writer).
+    pub sender_tid: Option<u32>,
+    pub sender_comm: Option<Comm>,
+    /// The connection had the writeback cache on when this was sent.
+    pub writeback_cache: Option<bool>,
+    /// Opcode-specific values read at send and at end (see
+    /// `FuseEvent::arg0`): READ/WRITE offset and size+flags; OPEN/CREATE/INIT
+    /// reply flags.
+    pub send_args: Option<[u64; 2]>,
+    pub end_args: Option<[u64; 2]>,
+}
+
+/// A task's command name as the kernel keeps it (no allocation per request).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm(pub [u8; 16]);
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&comm(&self.0))
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", comm(&self.0))
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&comm(&self.0))
+    }
 }
 
 /// The stages a request's latency splits into.
@@ -75,6 +120,37 @@ pub enum LatencyStage {
     Completion,
     /// Sent until ended.
     Total,
+}
+
+/// Stages only some requests have: on some kernels, transports or kinds
+/// of request. Kept apart from [`LatencyStage`], whose four stages every
+/// view shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtraStage {
+    /// Background requests: submitted until sent (waiting for a
+    /// `max_background` slot). Needs the kprobe/fentry call hooks.
+    BackgroundWait,
+    /// virtio-fs: sent until placed on the virtqueue.
+    Virtqueue,
+    /// virtio-fs: on the virtqueue until the device's answer was taken off it.
+    Device,
+}
+
+impl ExtraStage {
+    pub const ALL: [ExtraStage; 3] = [
+        ExtraStage::BackgroundWait,
+        ExtraStage::Virtqueue,
+        ExtraStage::Device,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExtraStage::BackgroundWait => "bg-wait",
+            ExtraStage::Virtqueue => "virtqueue",
+            ExtraStage::Device => "device",
+        }
+    }
 }
 
 impl LatencyStage {
@@ -122,6 +198,15 @@ impl RequestLifecycle {
             reply_len: None,
             interrupted: false,
             outcome: None,
+            sender_tid: None,
+            sender_comm: None,
+            writeback_cache: None,
+            send_args: None,
+            end_args: None,
+            submitted_ns: None,
+            virtq_ns: None,
+            device_irq_ns: None,
+            device_done_ns: None,
         }
     }
 
@@ -130,17 +215,40 @@ impl RequestLifecycle {
         match stage {
             LatencyStage::QueueWait => span(self.sent_ns, self.taken_ns),
             LatencyStage::DaemonService => span(self.taken_ns, self.replied_ns),
-            LatencyStage::Completion => span(self.replied_ns, self.ended_ns),
+            // virtio-fs: from the answer leaving the virtqueue.
+            LatencyStage::Completion => {
+                span(self.replied_ns.or(self.device_done_ns), self.ended_ns)
+            }
             LatencyStage::Total => span(self.sent_ns, self.ended_ns),
         }
     }
 
-    /// All four stage boundaries were observed.
+    /// Duration of a stage only some requests have.
+    pub fn extra_latency(&self, stage: ExtraStage) -> Option<u64> {
+        match stage {
+            ExtraStage::BackgroundWait if self.background == Some(true) => {
+                span(self.submitted_ns, self.sent_ns)
+            }
+            ExtraStage::BackgroundWait => None,
+            ExtraStage::Virtqueue => span(self.sent_ns, self.virtq_ns),
+            ExtraStage::Device => span(self.virtq_ns, self.device_done_ns),
+        }
+    }
+
+    /// A virtio-fs request (served by a device, not a `/dev/fuse` daemon).
+    pub fn is_virtio(&self) -> bool {
+        self.virtq_ns.is_some() || self.device_done_ns.is_some()
+    }
+
+    /// All four stage boundaries were observed (for virtio-fs: sent, on the
+    /// virtqueue, answered by the device, ended).
     pub fn fully_observed(&self) -> bool {
-        self.sent_ns.is_some()
-            && self.taken_ns.is_some()
-            && self.replied_ns.is_some()
-            && self.ended_ns.is_some()
+        let middle = if self.is_virtio() {
+            self.virtq_ns.is_some() && self.device_done_ns.is_some()
+        } else {
+            self.taken_ns.is_some() && self.replied_ns.is_some()
+        };
+        self.sent_ns.is_some() && middle && self.ended_ns.is_some()
     }
 
     /// Whether the daemon is meant to answer it (not FORGET, BATCH_FORGET or INTERRUPT).
@@ -153,7 +261,11 @@ impl RequestLifecycle {
 
     /// Where a request not yet ended is now.
     pub fn current_stage(&self) -> &'static str {
-        if self.replied_ns.is_some() {
+        if self.device_done_ns.is_some() {
+            "completing"
+        } else if self.virtq_ns.is_some() {
+            "on device"
+        } else if self.replied_ns.is_some() {
             "replying"
         } else if self.taken_ns.is_some() {
             "in daemon"
@@ -194,12 +306,7 @@ impl RequestLifecycle {
     fn complete(&self) -> bool {
         match self.outcome {
             Some(_) => true,
-            None => {
-                self.ended_ns.is_some()
-                    && self.sent_ns.is_some()
-                    && self.taken_ns.is_some()
-                    && self.replied_ns.is_some()
-            }
+            None => self.fully_observed(),
         }
     }
 }
@@ -290,6 +397,11 @@ impl Tracker {
             EventKind::DaemonRead => self.on_take(ev, out),
             EventKind::DaemonReply => self.on_reply(ev, out),
             EventKind::End => self.on_end(ev, out),
+            // Not request stages: virtio-fs stages are the kernel-coverage
+            // work's; application writes are for the diagnosis, not requests.
+            EventKind::VirtioQueued | EventKind::VirtioDone => self.on_virtio(ev, kind, out),
+            // Not a request stage: application writes are for the diagnosis.
+            EventKind::AppWrite => {}
         }
         self.advance(self.watermark_ns, out);
     }
@@ -350,12 +462,19 @@ impl Tracker {
         let key = (ev.connection, ev.unique);
         let rec = self.record_for(key, |r| r.sent_ns.is_some(), ev.ts_ns, out);
         rec.sent_ns = Some(ev.ts_ns);
+        if ev.aux_ns != 0 {
+            rec.submitted_ns = Some(ev.aux_ns);
+        }
+        rec.sender_tid = Some(ev.tid);
+        rec.sender_comm = Some(Comm(ev.comm));
         if ev.opcode != 0 {
             rec.opcode = ev.opcode;
         }
         if ev.flags & FLAG_HAS_HEADER != 0 {
             rec.fill_header(ev);
             rec.background = Some(ev.flags & FLAG_BACKGROUND != 0);
+            rec.writeback_cache = Some(ev.flags & FLAG_WRITEBACK_CACHE != 0);
+            rec.send_args = Some([ev.arg0, ev.arg1]);
         }
         // The submitting task is the requester unless the request is a
         // background one flushed from another context.
@@ -428,6 +547,23 @@ impl Tracker {
         self.maybe_finish(key, out);
     }
 
+    /// virtio-fs stages. A request the device had no room for is enqueued
+    /// again later: the last enqueue counts, it is not a new request.
+    fn on_virtio(&mut self, ev: &FuseEvent, kind: EventKind, out: &mut Vec<RequestLifecycle>) {
+        let key = (ev.connection, ev.unique);
+        let rec = self.record_for(key, |_| false, ev.ts_ns, out);
+        rec.fill_header(ev);
+        if kind == EventKind::VirtioQueued {
+            rec.virtq_ns = Some(ev.ts_ns);
+        } else {
+            rec.device_done_ns = Some(ev.ts_ns);
+            if ev.aux_ns != 0 && ev.aux_ns <= ev.ts_ns {
+                rec.device_irq_ns = Some(ev.aux_ns);
+            }
+        }
+        self.maybe_finish(key, out);
+    }
+
     fn on_end(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
         let key = (ev.connection, ev.unique);
         let rec = self.record_for(key, |r| r.ended_ns.is_some(), ev.ts_ns, out);
@@ -442,6 +578,7 @@ impl Tracker {
             rec.fill_header(ev);
             rec.background
                 .get_or_insert(ev.flags & FLAG_BACKGROUND != 0);
+            rec.end_args = Some([ev.arg0, ev.arg1]);
         }
         // An interrupt for this request is over too.
         let int_key = (key.0, key.1 | FUSE_INT_REQ_BIT);
@@ -474,7 +611,9 @@ impl Tracker {
             if rec.sent_ns.is_none() && rec.taken_ns.is_none() {
                 self.counters.unmatched_ends += 1;
             }
-            rec.outcome = Some(if rec.taken_ns.is_none() && rec.replied_ns.is_none() {
+            // A virtio-fs request never has a daemon: its device answered.
+            let daemonless = rec.taken_ns.is_none() && rec.replied_ns.is_none();
+            rec.outcome = Some(if daemonless && !rec.is_virtio() {
                 Outcome::EndedWithoutDaemon
             } else {
                 Outcome::Ended
@@ -706,5 +845,69 @@ mod tests {
             "the flushing task is not the requester"
         );
         assert_eq!(r.current_stage(), "background-queued");
+    }
+
+    #[test]
+    fn virtio_requests_have_device_stages_instead_of_daemon_ones() {
+        let mut done = ev(EventKind::VirtioDone, 50, 15, 7_000);
+        done.aux_ns = 6_500;
+        let (t, out) = run(&[
+            ev(EventKind::Send, 50, 15, 1_000),
+            ev(EventKind::VirtioQueued, 50, 15, 1_500),
+            // The device had no room: enqueued again, same request.
+            ev(EventKind::VirtioQueued, 50, 15, 2_000),
+            done,
+            ev(EventKind::End, 50, 15, 7_200),
+        ]);
+        assert_eq!(out.len(), 1, "finished at its end, no reorder wait");
+        let r = &out[0];
+        assert!(r.is_virtio());
+        assert!(r.fully_observed());
+        assert_eq!(r.extra_latency(ExtraStage::Virtqueue), Some(1_000));
+        assert_eq!(r.extra_latency(ExtraStage::Device), Some(5_000));
+        assert_eq!(r.latency(LatencyStage::Completion), Some(200));
+        assert_eq!(r.latency(LatencyStage::Total), Some(6_200));
+        assert_eq!(r.latency(LatencyStage::QueueWait), None);
+        assert_eq!(r.device_irq_ns, Some(6_500));
+        assert_eq!(r.outcome, Some(Outcome::Ended));
+        assert_eq!(t.counters().never_ended, 0);
+        assert_eq!(ExtraStage::Device.name(), "device");
+    }
+
+    #[test]
+    fn in_flight_virtio_request_is_on_the_device() {
+        let (t, _) = run(&[
+            ev(EventKind::Send, 52, 15, 1_000),
+            ev(EventKind::VirtioQueued, 52, 15, 1_500),
+        ]);
+        assert_eq!(t.in_flight().next().unwrap().current_stage(), "on device");
+    }
+
+    #[test]
+    fn background_wait_is_submission_to_send() {
+        let mut bg = ev(EventKind::Send, 54, 16, 9_000);
+        bg.flags |= FLAG_BACKGROUND;
+        bg.aux_ns = 4_000;
+        let mut sync = ev(EventKind::Send, 56, 3, 9_500);
+        sync.aux_ns = 9_400;
+        let (mut t, mut out) = run(&[
+            bg,
+            sync,
+            daemon(ev(EventKind::DaemonRead, 54, 16, 10_000), 501),
+            daemon(ev(EventKind::DaemonReply, 54, 0, 11_000), 501),
+            ev(EventKind::End, 54, 16, 11_500),
+        ]);
+        t.flush(&mut out);
+        let r = out.iter().find(|r| r.unique == 54).unwrap();
+        assert_eq!(r.submitted_ns, Some(4_000));
+        assert_eq!(r.extra_latency(ExtraStage::BackgroundWait), Some(5_000));
+        assert_eq!(r.latency(LatencyStage::QueueWait), Some(1_000));
+        let s = t.in_flight().find(|r| r.unique == 56).unwrap();
+        assert_eq!(s.submitted_ns, Some(9_400));
+        assert_eq!(
+            s.extra_latency(ExtraStage::BackgroundWait),
+            None,
+            "a synchronous request does not wait for a background slot"
+        );
     }
 }

@@ -1,0 +1,217 @@
+//! Observations for `fusetrace diagnose` (writeback versus write-through):
+//! the arguments of READ/WRITE requests, the flags negotiated by INIT and
+//! returned by OPEN/CREATE, and applications' writes to FUSE files.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use fusetrace_common::{
+    EventKind, FLAG_WRITEBACK_CACHE, FUSE_SUPER_MAGIC, FuseEvent, KernelLayout,
+};
+
+use crate::{fd_file, kread, layout, submit, tp_field};
+
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
+const FUSE_WRITE: u32 = 16;
+const FUSE_INIT: u32 = 26;
+const FUSE_CREATE: u32 = 35;
+
+/// The first fields of `fuse_read_in` and `fuse_write_in` (uapi).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoIn {
+    fh: u64,
+    offset: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// `fuse_open_out` (uapi).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OpenOut {
+    fh: u64,
+    open_flags: u32,
+    backing_id: i32,
+}
+
+/// `fuse_init_out` up to `flags2` (uapi; 4-byte words).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InitOut {
+    words: [u32; 9],
+}
+
+/// Address of `args->in_args[i].value` or `args->out_args[i].value`.
+#[inline(always)]
+fn arg_value(args: u64, array: u32, index: u32, l: &KernelLayout) -> Option<u64> {
+    kread(args, array + index * l.fuse_arg_stride + l.fuse_arg_value)
+}
+
+/// Fills `arg0`/`arg1` and the writeback flag of a request event.
+#[inline(always)]
+pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &KernelLayout) {
+    if kind == EventKind::Send {
+        if let Some(byte) = kread::<u8>(fc, l.conn_wb_byte)
+            && u32::from(byte) & l.conn_wb_mask != 0
+        {
+            ev.flags |= FLAG_WRITEBACK_CACHE;
+        }
+    }
+    let wanted = match kind {
+        EventKind::Send => ev.opcode == FUSE_READ || ev.opcode == FUSE_WRITE,
+        EventKind::End => matches!(ev.opcode, FUSE_OPEN | FUSE_CREATE | FUSE_INIT),
+        _ => false,
+    };
+    if !wanted || l.fuse_arg_stride == 0 {
+        return;
+    }
+    let Some(args) = kread::<u64>(req, l.req_args) else {
+        return;
+    };
+    match (kind, ev.opcode) {
+        (EventKind::Send, _) => {
+            if let Some(p) = arg_value(args, l.args_in_args, 0, l)
+                && let Some(io) = kread::<IoIn>(p, 0)
+            {
+                ev.arg0 = io.offset;
+                ev.arg1 = u64::from(io.size) | (u64::from(io.flags) << 32);
+            }
+        }
+        (_, FUSE_OPEN) => {
+            if let Some(p) = arg_value(args, l.args_out_args, 0, l)
+                && let Some(open) = kread::<OpenOut>(p, 0)
+            {
+                ev.arg1 = u64::from(open.open_flags);
+            }
+        }
+        (_, FUSE_CREATE) => {
+            if let Some(p) = arg_value(args, l.args_out_args, 0, l)
+                && let Some(nodeid) = kread::<u64>(p, 0)
+            {
+                ev.arg0 = nodeid;
+            }
+            if let Some(p) = arg_value(args, l.args_out_args, 1, l)
+                && let Some(open) = kread::<OpenOut>(p, 0)
+            {
+                ev.arg1 = u64::from(open.open_flags);
+            }
+        }
+        _ => {
+            if let Some(p) = arg_value(args, l.args_out_args, 0, l)
+                && let Some(init) = kread::<InitOut>(p, 0)
+            {
+                // flags at word 3, max_write at word 5, flags2 at word 8.
+                ev.arg0 = u64::from(init.words[3]) | (u64::from(init.words[8]) << 32);
+                ev.arg1 = u64::from(init.words[5]);
+            }
+        }
+    }
+}
+
+/// An application's write to a FUSE file, between syscall entry and exit.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PendingAppWrite {
+    enter_ns: u64,
+    nodeid: u64,
+    pos: u64,
+    connection: u32,
+    _pad: u32,
+}
+
+#[map]
+static APP_WRITES: HashMap<u64, PendingAppWrite> = HashMap::with_max_entries(8192, 0);
+
+/// Remembers a write(2)-family call on `file` if it is a FUSE file.
+/// `pos` is pwrite64's offset; otherwise the file position is used.
+#[inline(always)]
+pub fn app_write_enter(file: u64, pos: Option<u64>, l: &KernelLayout) {
+    let Some(inode) = kread::<u64>(file, l.file_inode) else {
+        return;
+    };
+    let Some(sb) = kread::<u64>(inode, l.inode_sb) else {
+        return;
+    };
+    if kread::<u64>(sb, l.sb_magic) != Some(FUSE_SUPER_MAGIC) {
+        return;
+    }
+    let Some(connection) = kread::<u32>(sb, l.sb_dev) else {
+        return;
+    };
+    let nodeid = kread::<u64>(inode, l.inode_nodeid).unwrap_or(0);
+    let pos = match pos {
+        Some(p) => p,
+        None => kread::<u64>(file, l.file_pos).unwrap_or(0),
+    };
+    let pending = PendingAppWrite {
+        // SAFETY: no preconditions.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        nodeid,
+        pos,
+        connection,
+        _pad: 0,
+    };
+    let _ = APP_WRITES.insert(&bpf_get_current_pid_tgid(), &pending, 0);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_pwrite64")]
+pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
+    let l = layout();
+    if l.track_app_io == 0 {
+        return 0;
+    }
+    let (Some(fd), Some(pos)) = (
+        tp_field::<u64>(&ctx, l.sys_enter_fd),
+        tp_field::<u64>(&ctx, l.sys_enter_arg3),
+    ) else {
+        return 0;
+    };
+    if let Some(file) = fd_file(fd, &l) {
+        app_write_enter(file, Some(pos), &l);
+    }
+    0
+}
+
+/// Shared by the write(2)-family exits: reports the finished write.
+#[inline(always)]
+fn app_write_exit(ctx: &TracePointContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before the entry is removed.
+    let Some(pending) = (unsafe { APP_WRITES.get(&key) }).copied() else {
+        return 0;
+    };
+    let _ = APP_WRITES.remove(&key);
+    let l = layout();
+    let ret: i64 = tp_field(ctx, l.sys_exit_ret).unwrap_or(0);
+    submit(FuseEvent {
+        kind: EventKind::AppWrite as u8,
+        connection: pending.connection,
+        nodeid: pending.nodeid,
+        aux_ns: pending.enter_ns,
+        arg0: pending.pos,
+        len: if ret > 0 { ret as u32 } else { 0 },
+        error: if ret < 0 { ret as i32 } else { 0 },
+        ..FuseEvent::default()
+    });
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_write")]
+pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
+    app_write_exit(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_writev")]
+pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
+    app_write_exit(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_pwrite64")]
+pub fn sys_exit_pwrite64(ctx: TracePointContext) -> u32 {
+    app_write_exit(&ctx)
+}

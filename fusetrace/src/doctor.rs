@@ -1,0 +1,251 @@
+//! `fusetrace doctor`: what the running kernel offers for tracing FUSE, and
+//! which hook each lifecycle stage would use, with the reason.
+//!
+//! Every answer comes from trying: the hooks are loaded and attached as a
+//! trace would (then detached), once in automatic mode and once per forced
+//! kprobe/fentry backend, so "unavailable" always carries the kernel's own
+//! reason.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::{
+    probes::{self, Backend, KPROBE_PMU, KernelFunctions, Stage, StageChoice},
+    tracefs,
+};
+
+/// `fusetrace doctor` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// Show the choice with this backend forced (as `trace --backend`).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+}
+
+/// What the report concludes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Complete request lifecycles can be traced.
+    pub complete: bool,
+    pub reason: String,
+}
+
+/// Whether the chosen hooks cover a whole lifecycle: submission and end,
+/// plus either the daemon's two stages or the virtio-fs device's.
+pub fn verdict(choices: &[StageChoice]) -> Verdict {
+    let has = |s: Stage| choices.iter().any(|c| c.stage == s && c.hook.is_some());
+    let missing: Vec<&str> = [Stage::Submit, Stage::End]
+        .into_iter()
+        .filter(|s| !has(*s))
+        .map(Stage::name)
+        .collect();
+    if !missing.is_empty() {
+        return Verdict {
+            complete: false,
+            reason: format!("no hook for the {} stage", missing.join(" and ")),
+        };
+    }
+    let daemon = has(Stage::DaemonTake) && has(Stage::DaemonReply);
+    let virtio = has(Stage::VirtioQueue) && has(Stage::VirtioDone);
+    match (daemon, virtio) {
+        (true, true) => Verdict {
+            complete: true,
+            reason: "/dev/fuse daemons and virtio-fs: every stage is observed".into(),
+        },
+        (true, false) => Verdict {
+            complete: true,
+            reason: "/dev/fuse daemons: every stage is observed".into(),
+        },
+        (false, true) => Verdict {
+            complete: true,
+            reason: "virtio-fs only: the daemon-side stages are not observed".into(),
+        },
+        (false, false) => Verdict {
+            complete: false,
+            reason: "neither the daemon-side nor the virtio-fs stages can be observed".into(),
+        },
+    }
+}
+
+/// The backend named for a user: the one serving the submit stage.
+pub fn backend_of(choices: &[StageChoice]) -> Option<Backend> {
+    choices
+        .iter()
+        .find(|c| c.stage == Stage::Submit)
+        .and_then(|c| c.hook)
+        .map(|h| h.backend)
+}
+
+fn yes_no(ok: bool, detail: String) -> String {
+    format!("{} ({detail})", if ok { "yes" } else { "no" })
+}
+
+/// Whether a forced backend can observe the end stage, and why not.
+fn backend_works(backend: Backend) -> (bool, String) {
+    match probes::survey(Some(backend)) {
+        Err(e) => (false, format!("{e:#}")),
+        Ok((choices, _)) => {
+            let end = choices.iter().find(|c| c.stage == Stage::End);
+            match end {
+                Some(c) if c.hook.is_some() => (true, c.describe()),
+                Some(c) => (
+                    false,
+                    c.skipped
+                        .iter()
+                        .map(|s| s.trim_start_matches(&format!("{}: ", backend.name())))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+                None => (false, "no end stage".into()),
+            }
+        }
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The report, as lines; `Err` only when nothing could be examined.
+pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
+    let (choices, kernel) = probes::survey(args.backend)?;
+    let mut lines = vec![format!("kernel: {}", kernel_release()), "offers:".into()];
+    let mut offer = |what: &str, answer: String| lines.push(format!("  {what:<20} {answer}"));
+    offer(
+        "BTF",
+        yes_no(
+            Path::new("/sys/kernel/btf/vmlinux").exists(),
+            "/sys/kernel/btf/vmlinux; struct fuse_req found".into(),
+        ),
+    );
+    offer("FUSE", fuse_where(&kernel));
+    let tracefs = tracefs::ensure_mounted()?;
+    let tp = ["fuse_request_send", "fuse_request_end"]
+        .iter()
+        .all(|e| tracefs::RecordFormat::exists(&tracefs, "fuse", e));
+    offer(
+        "FUSE tracepoints",
+        yes_no(tp, "fuse:fuse_request_send, fuse:fuse_request_end".into()),
+    );
+    let kprobes = if kernel.kprobe_pmu {
+        backend_works(Backend::Kprobe)
+    } else {
+        (
+            false,
+            format!("no {KPROBE_PMU}: the kernel is built without CONFIG_KPROBES"),
+        )
+    };
+    offer("kprobes", yes_no(kprobes.0, kprobes.1));
+    let fentry = backend_works(Backend::Fentry);
+    offer("fentry", yes_no(fentry.0, fentry.1));
+    let virtio = kernel.kallsyms.resolve("virtio_fs_vq_done").is_some();
+    offer(
+        "virtio-fs",
+        yes_no(
+            virtio,
+            if virtio {
+                "virtio_fs_vq_done present".into()
+            } else {
+                "no virtio_fs_* functions: CONFIG_VIRTIO_FS off or virtiofs not loaded".into()
+            },
+        ),
+    );
+    let uring = kernel.kallsyms.resolve("fuse_uring_cmd").is_some();
+    offer(
+        "io_uring transport",
+        yes_no(
+            uring,
+            if uring {
+                "fuse_uring_cmd present (CONFIG_FUSE_IO_URING); its requests are not traced yet".into()
+            } else {
+                "no fuse_uring_cmd".into()
+            },
+        ),
+    );
+    lines.push(match args.backend {
+        Some(b) => format!("stages (--backend {}):", b.name()),
+        None => "stages:".into(),
+    });
+    for c in &choices {
+        lines.push(format!("  {}", c.describe()));
+        if c.hook.is_some() {
+            for s in &c.skipped {
+                lines.push(format!("      not {s}"));
+            }
+        }
+    }
+    lines.push(format!(
+        "backend: {}",
+        backend_of(&choices)
+            .map(|b| b.name())
+            .unwrap_or("none")
+    ));
+    let v = verdict(&choices);
+    lines.push(format!(
+        "verdict: {}: {}",
+        if v.complete {
+            "complete lifecycles can be traced"
+        } else {
+            "complete lifecycles cannot be traced"
+        },
+        v.reason
+    ));
+    Ok((lines, v))
+}
+
+fn fuse_where(kernel: &KernelFunctions) -> String {
+    match kernel.kallsyms.resolve("fuse_request_end") {
+        None => "not found in /proc/kallsyms (modprobe fuse)".into(),
+        Some(_) => match kernel.kallsyms.module_of("fuse_request_end") {
+            Some(m) => format!("module {m} (struct offsets from /sys/kernel/btf/{m})"),
+            None => "built in".into(),
+        },
+    }
+}
+
+/// Prints the report; fails (non-zero exit) when no complete lifecycle can be traced.
+pub fn run(args: &DoctorArgs) -> Result<()> {
+    let (lines, v) = report(args)?;
+    for l in lines {
+        println!("{l}");
+    }
+    if !v.complete {
+        anyhow::bail!("no complete FUSE request lifecycle can be traced here: {}", v.reason);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::HOOK_TABLE;
+
+    fn choices(with: &[Stage]) -> Vec<StageChoice> {
+        HOOK_TABLE
+            .iter()
+            .map(|(stage, hooks)| StageChoice {
+                stage: *stage,
+                hook: with.contains(stage).then(|| hooks[0]),
+                skipped: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn verdict_needs_submit_end_and_one_side() {
+        use Stage::*;
+        assert!(verdict(&choices(&[Submit, DaemonTake, DaemonReply, End])).complete);
+        assert!(verdict(&choices(&[Submit, VirtioQueue, VirtioDone, End])).complete);
+        let v = verdict(&choices(&[Submit, DaemonTake, DaemonReply]));
+        assert!(!v.complete);
+        assert!(v.reason.contains("end"), "{}", v.reason);
+        assert!(!verdict(&choices(&[Submit, End, DaemonTake])).complete);
+        assert_eq!(
+            backend_of(&choices(&[Submit, End])),
+            Some(HOOK_TABLE[0].1[0].backend)
+        );
+    }
+}

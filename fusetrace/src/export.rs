@@ -1,0 +1,291 @@
+//! CSV export of the latency histograms (`stats --csv`, `report --csv`).
+//!
+//! The file is written under a temporary name in the same directory and
+//! renamed when the run finishes, so a CSV under the asked-for name is
+//! always complete.
+
+use std::{
+    cell::Cell,
+    fs::File,
+    path::{Path, PathBuf},
+    rc::Rc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    connections::ConnectionTable,
+    opcode,
+    session::{RunSummary, Sink},
+    stats::Stats,
+    tracker::{LatencyStage, RequestLifecycle},
+};
+
+/// What one CSV row describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CsvLayout {
+    /// One row per mount, opcode and stage: count, errors and percentiles.
+    Summary,
+    /// One row per histogram bucket: enough to redraw the histogram exactly.
+    Buckets,
+}
+
+/// `--csv FILE` and `--csv-layout`, shared by `stats` and `report`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CsvOpts {
+    /// Also write the histograms as CSV to this file (see README: CSV columns).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Rows of the CSV: percentiles per stage, or every histogram bucket.
+    #[arg(long, value_enum, default_value = "summary", requires = "csv")]
+    pub csv_layout: CsvLayout,
+}
+
+impl CsvOpts {
+    /// The CSV sink, when `--csv` was given; `per_interval` writes one
+    /// block per tick.
+    pub fn sink(&self, per_interval: bool, clock: Clock) -> Result<Option<CsvSink>> {
+        self.csv
+            .as_deref()
+            .map(|p| CsvSink::create(p, self.csv_layout, per_interval, clock))
+            .transpose()
+    }
+}
+
+/// Where interval timestamps come from.
+pub enum Clock {
+    /// The wall clock (live runs).
+    Wall,
+    /// A replay's recorded time, set by the replay before each tick.
+    Replay(Rc<Cell<u64>>),
+}
+
+impl Clock {
+    fn now_unix_ns(&self) -> u64 {
+        match self {
+            Clock::Wall => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            Clock::Replay(t) => t.get(),
+        }
+    }
+}
+
+pub const SUMMARY_COLUMNS: [&str; 13] = [
+    "mount", "opcode", "stage", "count", "errors", "samples", "min_ns", "mean_ns", "p50_ns",
+    "p90_ns", "p99_ns", "p99_9_ns", "max_ns",
+];
+pub const BUCKET_COLUMNS: [&str; 6] = ["mount", "opcode", "stage", "lower_ns", "upper_ns", "count"];
+pub const TIMESTAMP_COLUMN: &str = "timestamp_unix_ns";
+
+/// A stage as JSON output names it (`queue_wait`, `daemon_service`, ...).
+fn stage_name(stage: LatencyStage) -> String {
+    serde_json::to_value(stage)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| stage.name().to_string())
+}
+
+/// A sink writing the histograms as CSV: the whole run at the end, or with
+/// `per_interval` one block per tick, each row led by the tick's time.
+pub struct CsvSink {
+    layout: CsvLayout,
+    per_interval: bool,
+    clock: Clock,
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<csv::Writer<File>>,
+    interval: Stats,
+    total: Stats,
+}
+
+impl CsvSink {
+    /// Opens the temporary file next to `path` and writes the column names,
+    /// so a bad path fails before anything is traced.
+    pub fn create(
+        path: &Path,
+        layout: CsvLayout,
+        per_interval: bool,
+        clock: Clock,
+    ) -> Result<CsvSink> {
+        if path.is_dir() {
+            bail!(
+                "--csv {} is a directory: give a file name, e.g. {}",
+                path.display(),
+                path.join("stats.csv").display()
+            );
+        }
+        let Some(name) = path.file_name() else {
+            bail!("--csv {} names no file: give a file name", path.display());
+        };
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot write --csv {}", path.display()))?;
+        let mut sink = CsvSink {
+            layout,
+            per_interval,
+            clock,
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(csv::Writer::from_writer(file)),
+            interval: Stats::default(),
+            total: Stats::default(),
+        };
+        let mut head: Vec<&str> = Vec::new();
+        if per_interval {
+            head.push(TIMESTAMP_COLUMN);
+        }
+        head.extend(match layout {
+            CsvLayout::Summary => &SUMMARY_COLUMNS[..],
+            CsvLayout::Buckets => &BUCKET_COLUMNS[..],
+        });
+        sink.writer()?
+            .write_record(&head)
+            .map_err(|e| sink.error(e))?;
+        Ok(sink)
+    }
+
+    fn writer(&mut self) -> Result<&mut csv::Writer<File>> {
+        self.out.as_mut().context("CSV file already finished")
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!("cannot write --csv {}: {e}", self.path.display())
+    }
+
+    /// Writes one block of rows for `stats`.
+    fn write_block(
+        &mut self,
+        which_total: bool,
+        timestamp: Option<u64>,
+        names: &mut ConnectionTable,
+    ) -> Result<()> {
+        let stats = std::mem::take(if which_total {
+            &mut self.total
+        } else {
+            &mut self.interval
+        });
+        let result = self.write_rows(&stats, timestamp, names);
+        if which_total {
+            self.total = stats;
+        }
+        result
+    }
+
+    fn write_rows(
+        &mut self,
+        stats: &Stats,
+        timestamp: Option<u64>,
+        names: &mut ConnectionTable,
+    ) -> Result<()> {
+        let layout = self.layout;
+        let path = self.path.clone();
+        let out = self.writer()?;
+        let mut row: Vec<String> = Vec::with_capacity(14);
+        for ((conn, op), s) in &stats.ops {
+            let mount = names.name(*conn);
+            let op = opcode::name(*op);
+            for stage in LatencyStage::ALL {
+                let h = s.histogram(stage);
+                let lead = |row: &mut Vec<String>| {
+                    row.clear();
+                    if let Some(t) = timestamp {
+                        row.push(t.to_string());
+                    }
+                    row.extend([mount.clone(), op.clone(), stage_name(stage)]);
+                };
+                match layout {
+                    CsvLayout::Summary => {
+                        lead(&mut row);
+                        row.extend([s.count, s.errors, h.len()].map(|v| v.to_string()));
+                        if h.is_empty() {
+                            // Never observed: empty cells, not a made-up 0.
+                            row.extend(std::iter::repeat_n(String::new(), 7));
+                        } else {
+                            row.push(h.min().to_string());
+                            row.push(format!("{:.1}", h.mean()));
+                            for q in [0.50, 0.90, 0.99, 0.999] {
+                                row.push(h.value_at_quantile(q).to_string());
+                            }
+                            row.push(h.max().to_string());
+                        }
+                        out.write_record(&row).map_err(|e| {
+                            anyhow::anyhow!("cannot write --csv {}: {e}", path.display())
+                        })?;
+                    }
+                    CsvLayout::Buckets => {
+                        for v in h.iter_recorded() {
+                            let value = v.value_iterated_to();
+                            lead(&mut row);
+                            row.push(h.lowest_equivalent(value).to_string());
+                            row.push(h.highest_equivalent(value).to_string());
+                            row.push(v.count_at_value().to_string());
+                            out.write_record(&row).map_err(|e| {
+                                anyhow::anyhow!("cannot write --csv {}: {e}", path.display())
+                            })?;
+                        }
+                    }
+                }
+            }
+        }
+        out.flush()
+            .map_err(|e| anyhow::anyhow!("cannot write --csv {}: {e}", path.display()))
+    }
+
+    /// Flushes to disk and gives the file its real name.
+    fn complete(&mut self) -> Result<()> {
+        let out = self.out.take().context("CSV file already finished")?;
+        let file = out.into_inner().map_err(|e| self.error(e.error()))?;
+        file.sync_all().map_err(|e| self.error(e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.error(e))?;
+        eprintln!("fusetrace: wrote {}", self.path.display());
+        Ok(())
+    }
+}
+
+impl Drop for CsvSink {
+    /// A run that failed leaves no CSV behind, complete-looking or not.
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Sink for CsvSink {
+    fn request(&mut self, rec: &RequestLifecycle, _names: &mut ConnectionTable) -> Result<()> {
+        if self.per_interval {
+            self.interval.record(rec);
+        } else {
+            self.total.record(rec);
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, names: &mut ConnectionTable) -> Result<()> {
+        if self.per_interval && !self.interval.is_empty() {
+            let now = self.clock.now_unix_ns();
+            self.write_block(false, Some(now), names)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, _summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
+        if self.per_interval {
+            self.tick(names)?;
+        } else {
+            self.write_block(true, None, names)?;
+        }
+        self.complete()
+    }
+}

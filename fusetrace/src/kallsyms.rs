@@ -1,0 +1,157 @@
+//! Which kernel functions exist, and under which name: `/proc/kallsyms`.
+//!
+//! A function's symbol may carry a compiler suffix (`.isra.0`,
+//! `.constprop.0`) when the compiler specialised it; a kprobe must name the
+//! symbol as listed. `.part.N` and `.cold` are fragments of a function, not
+//! its entry, so they never stand for it.
+
+use std::collections::HashMap;
+
+/// Function symbols of the running kernel (text symbols only).
+#[derive(Debug, Default, Clone)]
+pub struct Kallsyms {
+    /// Base name (suffix stripped) to the names it appears under, and the
+    /// module that holds it (`None` for vmlinux).
+    functions: HashMap<String, Vec<(String, Option<String>)>>,
+}
+
+/// Suffixes the compiler adds to a specialised copy that is still a
+/// complete function (a kprobe at its start sees every call).
+const WHOLE_FUNCTION_SUFFIXES: &[&str] = &[".isra.", ".constprop.", ".llvm."];
+
+impl Kallsyms {
+    /// `/proc/kallsyms` of the running kernel; empty when unreadable.
+    pub fn from_running_kernel() -> Kallsyms {
+        std::fs::read_to_string("/proc/kallsyms")
+            .map(|text| Kallsyms::parse(&text))
+            .unwrap_or_default()
+    }
+
+    /// Parses kallsyms text: `ADDR TYPE NAME [MODULE]` per line.
+    pub fn parse(text: &str) -> Kallsyms {
+        let mut functions: HashMap<String, Vec<(String, Option<String>)>> = HashMap::new();
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(_addr), Some(kind), Some(name)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if !matches!(kind, "t" | "T") {
+                continue;
+            }
+            let module = fields
+                .next()
+                .map(|m| m.trim_matches(|c| c == '[' || c == ']').to_string());
+            let base = match name.find('.') {
+                None => name,
+                Some(dot) => {
+                    let suffix = &name[dot..];
+                    if !WHOLE_FUNCTION_SUFFIXES
+                        .iter()
+                        .any(|s| suffix.starts_with(s))
+                    {
+                        continue;
+                    }
+                    &name[..dot]
+                }
+            };
+            functions
+                .entry(base.to_string())
+                .or_default()
+                .push((name.to_string(), module));
+        }
+        Kallsyms { functions }
+    }
+
+    /// The symbol to probe for function `name`: the plain name when listed,
+    /// else its one specialised copy. `None` when absent (inlined, or not in
+    /// this version) or ambiguous (several specialised copies).
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        let names = self.functions.get(name)?;
+        if let Some((exact, _)) = names.iter().find(|(n, _)| n == name) {
+            return Some(exact);
+        }
+        match names.as_slice() {
+            [(only, _)] => Some(only),
+            _ => None,
+        }
+    }
+
+    /// The first of `candidates` this kernel has, with the symbol to probe.
+    pub fn first_of<'a>(&self, candidates: &[&'a str]) -> Option<(&'a str, &str)> {
+        candidates
+            .iter()
+            .find_map(|c| self.resolve(c).map(|sym| (*c, sym)))
+    }
+
+    /// The module holding function `name` (`None`: vmlinux or absent).
+    pub fn module_of(&self, name: &str) -> Option<&str> {
+        self.functions
+            .get(name)?
+            .iter()
+            .find_map(|(_, m)| m.as_deref())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Excerpts of real kallsyms: 6.1 (FUSE a module) and 6.18 (built in).
+    const DEBIAN_6_1: &str = "\
+0000000000000000 T fuse_simple_request\t[fuse]
+0000000000000000 t queue_request_and_unlock\t[fuse]
+0000000000000000 T fuse_request_end\t[fuse]
+0000000000000000 t fuse_dev_do_read\t[fuse]
+0000000000000000 t lock_request.part.0\t[fuse]
+0000000000000000 t sg_init_fuse_args.isra.0\t[virtiofs]
+0000000000000000 t virtio_fs_get_tree.cold\t[virtiofs]
+0000000000000000 t virtio_fs_vq_done\t[virtiofs]
+0000000000000000 d fuse_dev_operations\t[fuse]
+";
+    const HOST_6_18: &str = "\
+ffffffff8185e1c0 T fuse_simple_background
+ffffffff8185eca0 T fuse_request_end
+ffffffff8185ee40 t fuse_dev_queue_req
+ffffffff81861680 T __fuse_simple_request
+";
+
+    #[test]
+    fn submission_symbol_differs_by_version() {
+        let old = Kallsyms::parse(DEBIAN_6_1);
+        let new = Kallsyms::parse(HOST_6_18);
+        let candidates = ["__fuse_simple_request", "fuse_simple_request"];
+        assert_eq!(
+            old.first_of(&candidates),
+            Some(("fuse_simple_request", "fuse_simple_request"))
+        );
+        assert_eq!(
+            new.first_of(&candidates),
+            Some(("__fuse_simple_request", "__fuse_simple_request"))
+        );
+        assert_eq!(old.module_of("fuse_request_end"), Some("fuse"));
+        assert_eq!(new.module_of("fuse_request_end"), None);
+        assert!(new.resolve("queue_request_and_unlock").is_none());
+    }
+
+    #[test]
+    fn specialised_copies_resolve_fragments_do_not() {
+        let k = Kallsyms::parse(DEBIAN_6_1);
+        assert_eq!(
+            k.resolve("sg_init_fuse_args"),
+            Some("sg_init_fuse_args.isra.0")
+        );
+        assert_eq!(k.resolve("lock_request"), None, ".part is a fragment");
+        assert_eq!(k.resolve("virtio_fs_get_tree"), None, ".cold is a fragment");
+        assert_eq!(k.resolve("fuse_dev_operations"), None, "data, not code");
+        let two =
+            Kallsyms::parse("0 t f.constprop.0\n0 t f.constprop.1\n0 t g.constprop.0\n0 t g\n");
+        assert_eq!(two.resolve("f"), None, "ambiguous copies");
+        assert_eq!(two.resolve("g"), Some("g"), "the plain name wins");
+    }
+}

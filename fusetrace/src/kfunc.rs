@@ -1,0 +1,171 @@
+//! Kernel functions the kprobe and fentry backends hook, and how to find
+//! them in the running kernel: the name (it changes between versions, and
+//! the compiler may rename a static function) from kallsyms, and which
+//! argument holds the pointer we read from the function's BTF signature.
+
+use anyhow::{Result, bail};
+use fusetrace_common::KernelLayout;
+
+use crate::{btf::Btf, kallsyms::Kallsyms};
+
+/// Which `KernelLayout::arg_*` slot an argument index goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgSlot {
+    Submit,
+    SubmitBg,
+    Send,
+    End,
+    VqEnqueue,
+    /// Read at a fixed index (`virtio_fs_vq_done(struct virtqueue *)`).
+    Fixed,
+    VreqDoneReq,
+    VreqDoneFsvq,
+}
+
+/// A kernel function a program hooks, across kernel versions.
+#[derive(Debug)]
+pub struct KFunc {
+    /// Names the function has had, newest first.
+    pub names: &'static [&'static str],
+    /// Arguments the program reads: slot, the struct the argument points to,
+    /// and its index when the kernel's BTF does not describe the function.
+    pub args: &'static [(ArgSlot, &'static str, u32)],
+}
+
+/// A [`KFunc`] found in the running kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The function's name (as BTF knows it).
+    pub name: &'static str,
+    /// The symbol to probe (may carry a `.isra.0`-like suffix).
+    pub symbol: String,
+    /// Module holding it (`None`: vmlinux).
+    pub module: Option<String>,
+    /// Argument index per slot.
+    pub args: Vec<(ArgSlot, u32)>,
+    /// Whether BTF describes the function under `name` (fentry needs it).
+    pub in_btf: bool,
+}
+
+/// Finds `f` in the running kernel.
+pub fn resolve(f: &KFunc, kallsyms: &Kallsyms, btf: &Btf) -> Result<Resolved> {
+    let Some((name, symbol)) = kallsyms.first_of(f.names) else {
+        bail!(
+            "no {} in /proc/kallsyms (inlined or absent in this kernel version)",
+            f.names.join(" or ")
+        );
+    };
+    let in_btf = btf.has_function(name) && symbol == name;
+    let mut args = Vec::new();
+    for (slot, pointee, fallback) in f.args {
+        let index = match btf.param_pointing_to(name, pointee) {
+            Some(i) => i as u32,
+            // Described, but no such argument: the signature changed.
+            None if btf.has_function(name) => bail!(
+                "{name} takes no struct {pointee} * in this kernel's BTF (its signature changed)"
+            ),
+            None => *fallback,
+        };
+        args.push((*slot, index));
+    }
+    Ok(Resolved {
+        name,
+        symbol: symbol.to_string(),
+        module: kallsyms.module_of(name).map(str::to_string),
+        args,
+        in_btf,
+    })
+}
+
+/// Puts a resolved function's argument indexes into the layout.
+pub fn set_layout_args(l: &mut KernelLayout, r: &Resolved) {
+    for (slot, index) in &r.args {
+        let field = match slot {
+            ArgSlot::Submit => &mut l.arg_submit,
+            ArgSlot::SubmitBg => &mut l.arg_submit_bg,
+            ArgSlot::Send => &mut l.arg_send,
+            ArgSlot::End => &mut l.arg_end,
+            ArgSlot::VqEnqueue => &mut l.arg_vq_enqueue,
+            ArgSlot::VreqDoneReq => &mut l.arg_vreq_done_req,
+            ArgSlot::VreqDoneFsvq => &mut l.arg_vreq_done_fsvq,
+            ArgSlot::Fixed => continue,
+        };
+        *field = *index;
+    }
+}
+
+/// The synchronous submission: the caller waits inside it for the answer.
+/// 6.1: `fuse_simple_request(fm, args)`; since idmapped mounts (6.8?):
+/// `__fuse_simple_request(idmap, fm, args)`.
+pub static SUBMIT: KFunc = KFunc {
+    names: &["__fuse_simple_request", "fuse_simple_request"],
+    args: &[(ArgSlot::Submit, "fuse_args", 1)],
+};
+
+/// The asynchronous submission: the request may wait in the background
+/// queue (`max_background`) before it is sent.
+pub static SUBMIT_BG: KFunc = KFunc {
+    names: &["fuse_simple_background"],
+    args: &[(ArgSlot::SubmitBg, "fuse_args", 1)],
+};
+
+/// Where a request gets its unique id and is queued for the daemon (or the
+/// virtqueue): `queue_request_and_unlock(fiq, req)` up to 6.8, both after
+/// the id was assigned (`__fuse_request_send`, `flush_bg_queue`).
+pub static SEND: KFunc = KFunc {
+    names: &["queue_request_and_unlock"],
+    args: &[(ArgSlot::Send, "fuse_req", 1)],
+};
+
+/// The request's end: `fuse_request_end(req)` on every version.
+pub static END: KFunc = KFunc {
+    names: &["fuse_request_end"],
+    args: &[(ArgSlot::End, "fuse_req", 0)],
+};
+
+/// `virtio_fs_enqueue_req(fsvq, req, in_flight)`.
+pub static VQ_ENQUEUE: KFunc = KFunc {
+    names: &["virtio_fs_enqueue_req"],
+    args: &[(ArgSlot::VqEnqueue, "fuse_req", 1)],
+};
+
+/// `virtio_fs_vq_done(vq)`: the device's interrupt.
+pub static VQ_DONE: KFunc = KFunc {
+    names: &["virtio_fs_vq_done"],
+    args: &[(ArgSlot::Fixed, "virtqueue", 0)],
+};
+
+/// `virtio_fs_request_complete(req, fsvq)`: the answer taken off the queue.
+pub static VREQ_DONE: KFunc = KFunc {
+    names: &["virtio_fs_request_complete"],
+    args: &[
+        (ArgSlot::VreqDoneReq, "fuse_req", 0),
+        (ArgSlot::VreqDoneFsvq, "virtio_fs_vq", 1),
+    ],
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_btf_signature_the_fallback_index_is_used() {
+        let k = Kallsyms::parse(
+            "0 T fuse_simple_request\t[fuse]\n0 t queue_request_and_unlock\t[fuse]\n",
+        );
+        let btf = Btf::default();
+        let r = resolve(&SUBMIT, &k, &btf).unwrap();
+        assert_eq!(r.name, "fuse_simple_request");
+        assert_eq!(r.module.as_deref(), Some("fuse"));
+        assert_eq!(r.args, vec![(ArgSlot::Submit, 1)]);
+        assert!(!r.in_btf);
+        let mut l = KernelLayout::zeroed();
+        set_layout_args(&mut l, &resolve(&SEND, &k, &btf).unwrap());
+        assert_eq!(l.arg_send, 1);
+        let err = resolve(&END, &k, &btf).unwrap_err().to_string();
+        assert!(
+            err.contains("no fuse_request_end in /proc/kallsyms"),
+            "{err}"
+        );
+    }
+}

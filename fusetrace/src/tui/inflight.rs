@@ -1,0 +1,100 @@
+//! The in-flight table: one row per request not yet ended.
+
+use ratatui::{
+    Frame,
+    layout::{Constraint, Rect},
+    style::{Style, Stylize},
+    text::Line,
+    widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState},
+};
+
+use super::{
+    state::{InFlightColumn, TopState},
+    view::{SELECTED, STALLED, fmt_ns, fmt_opt, tail},
+};
+use crate::opcode;
+
+/// Widths of every column but the last (mount), which takes the rest.
+const WIDTHS: [u16; 7] = [6, 11, 8, 7, 12, 7, 17];
+
+/// The body block: title with counts, sort and filter.
+pub fn body_block(title: String, state: &TopState) -> Block<'static> {
+    let mut line = vec![title.bold(), format!(" · {}", state.sort_label()).into()];
+    if !state.filter.is_empty() {
+        line.push(format!(" · filter: {}", state.filter.text).into());
+    }
+    Block::new()
+        .borders(Borders::TOP)
+        .title(Line::from(line))
+}
+
+pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
+    let rows = state.visible_in_flight();
+    let block = body_block(
+        format!(
+            "in flight: {} of {}",
+            rows.len(),
+            state.shown.in_flight.len()
+        ),
+        state,
+    );
+    if rows.is_empty() {
+        let text = if state.shown.in_flight.is_empty() {
+            "no request in flight"
+        } else {
+            "no request in flight matches the filter (Esc clears it)"
+        };
+        frame.render_widget(Paragraph::new(text).block(block), area);
+        return;
+    }
+    let used: u16 = WIDTHS.iter().sum::<u16>() + WIDTHS.len() as u16;
+    let mount_width = area.width.saturating_sub(used) as usize;
+    let shown = &state.shown;
+    let sort = InFlightColumn::ALL[state.in_flight_sort.column];
+    let header = Row::new(InFlightColumn::ALL.map(|c| {
+        let cell = Cell::from(c.title());
+        if c == sort {
+            cell.style(Style::new().bold().underlined())
+        } else {
+            cell.style(Style::new().bold())
+        }
+    }));
+    let table_rows = rows.iter().map(|r| {
+        let mut op = opcode::name(r.opcode);
+        if r.interrupted {
+            op.push('!');
+        }
+        let mount = shown.mount(r.connection);
+        let mount = if mount_width < 12 {
+            shown.mount_number(r.connection).to_string()
+        } else {
+            tail(mount, mount_width)
+        };
+        let row = Row::new(vec![
+            Cell::from(Line::from(fmt_ns(shown.age_ns(r))).right_aligned()),
+            Cell::from(op),
+            Cell::from(Line::from(fmt_opt(r.nodeid)).right_aligned()),
+            Cell::from(Line::from(fmt_opt(r.requester_pid.or(r.requester_tid))).right_aligned()),
+            Cell::from(r.requester_comm.clone().unwrap_or_else(|| "-".into())),
+            Cell::from(Line::from(fmt_opt(r.daemon_tid)).right_aligned()),
+            Cell::from(r.current_stage()),
+            Cell::from(mount),
+        ]);
+        if state.is_stalled(r) {
+            row.style(STALLED)
+        } else {
+            row
+        }
+    });
+    let widths = WIDTHS
+        .iter()
+        .map(|w| Constraint::Length(*w))
+        .chain([Constraint::Fill(1)]);
+    let table = Table::new(table_rows, widths)
+        .header(header)
+        .block(block)
+        .row_highlight_style(SELECTED);
+    let mut table_state =
+        TableState::default().with_selected(Some(state.in_flight_selected.min(rows.len() - 1)));
+    frame.render_stateful_widget(table, area, &mut table_state);
+}

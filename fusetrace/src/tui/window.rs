@@ -1,0 +1,348 @@
+//! Per-opcode latency over a sliding window (`fusetrace top`'s summary and
+//! detail): the window is a ring of equal time slots; each slot keeps the
+//! histograms and slowest requests of the requests that finished in it, and
+//! a running sum over the slots answers percentiles without merging.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use hdrhistogram::Histogram;
+
+use crate::tracker::{LatencyStage, RequestLifecycle};
+
+/// (connection, opcode).
+pub type OpKey = (u32, u32);
+
+/// Slots per window: the window slides in steps of a tenth of its length.
+const SLOTS: usize = 10;
+
+/// How many of the slowest requests each slot keeps (and the detail view shows).
+pub const SLOWEST_KEPT: usize = 10;
+
+/// Upper bounds of the latency histogram bars, decades from 1us to 10s.
+pub const BAR_BOUNDS_NS: [u64; 8] = [
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
+/// Labels of the bars: the lower bound of each decade.
+pub const BAR_LABELS: [&str; 9] = [
+    "<1us", "1us", "10us", "100us", "1ms", "10ms", "100ms", "1s", "10s+",
+];
+
+fn new_histogram() -> Histogram<u32> {
+    // 1 ns .. 1 hour at 2 significant digits: enough for a p99 on screen, and
+    // small (about 18 KiB) because there is one per stage per slot per opcode.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("valid histogram bounds")
+}
+
+/// One stage's histogram per [`LatencyStage`], in `LatencyStage::ALL` order.
+#[derive(Debug, Clone)]
+pub struct StageHistograms([Histogram<u32>; 4]);
+
+impl Default for StageHistograms {
+    fn default() -> Self {
+        StageHistograms(std::array::from_fn(|_| new_histogram()))
+    }
+}
+
+impl StageHistograms {
+    fn record(&mut self, rec: &RequestLifecycle) {
+        for (i, stage) in LatencyStage::ALL.iter().enumerate() {
+            if let Some(ns) = rec.latency(*stage) {
+                self.0[i].saturating_record(ns.max(1));
+            }
+        }
+    }
+
+    pub fn stage(&self, stage: LatencyStage) -> &Histogram<u32> {
+        let i = LatencyStage::ALL.iter().position(|s| *s == stage).unwrap();
+        &self.0[i]
+    }
+}
+
+/// A finished request kept for the "slowest requests" list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlowRequest {
+    pub unique: u64,
+    pub nodeid: Option<u64>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub daemon_tid: Option<u32>,
+    pub error: Option<i32>,
+    pub ended_ns: u64,
+    /// Each stage, in `LatencyStage::ALL` order.
+    pub stages: [Option<u64>; 4],
+}
+
+impl SlowRequest {
+    fn of(rec: &RequestLifecycle) -> SlowRequest {
+        SlowRequest {
+            unique: rec.unique,
+            nodeid: rec.nodeid,
+            pid: rec.requester_pid.or(rec.requester_tid),
+            comm: rec.requester_comm.clone(),
+            daemon_tid: rec.daemon_tid,
+            error: rec.error,
+            ended_ns: rec.ended_ns.unwrap_or_else(|| rec.first_seen_ns()),
+            stages: LatencyStage::ALL.map(|s| rec.latency(s)),
+        }
+    }
+
+    /// What "slow" is measured by: the total, or the longest stage observed
+    /// when the total is unknown.
+    pub fn slowness(&self) -> u64 {
+        self.stages[3]
+            .or_else(|| self.stages.iter().flatten().copied().max())
+            .unwrap_or(0)
+    }
+}
+
+/// Counts and latencies of one opcode on one connection.
+#[derive(Debug, Clone, Default)]
+pub struct OpTotals {
+    pub count: u64,
+    pub errors: u64,
+    pub histograms: StageHistograms,
+}
+
+impl OpTotals {
+    fn record(&mut self, rec: &RequestLifecycle) {
+        self.count += 1;
+        if rec.error.is_some_and(|e| e != 0) {
+            self.errors += 1;
+        }
+        self.histograms.record(rec);
+    }
+}
+
+#[derive(Debug, Default)]
+struct OpSlot {
+    totals: OpTotals,
+    /// The slowest requests of this slot, slowest first.
+    slowest: Vec<SlowRequest>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    start_ns: u64,
+    ops: HashMap<OpKey, OpSlot>,
+}
+
+/// The last `window` of finished requests, per (connection, opcode).
+#[derive(Debug)]
+pub struct Windows {
+    slot_ns: u64,
+    slots: VecDeque<Slot>,
+    sums: BTreeMap<OpKey, OpTotals>,
+}
+
+impl Windows {
+    pub fn new(window_ns: u64) -> Windows {
+        Windows {
+            slot_ns: (window_ns / SLOTS as u64).max(1),
+            slots: VecDeque::new(),
+            sums: BTreeMap::new(),
+        }
+    }
+
+    pub fn window_ns(&self) -> u64 {
+        self.slot_ns * SLOTS as u64
+    }
+
+    /// Moves the window to end at `now_ns`, dropping slots that left it.
+    pub fn advance(&mut self, now_ns: u64) {
+        let Some(last) = self.slots.back() else {
+            self.slots.push_back(Slot {
+                start_ns: now_ns,
+                ops: HashMap::new(),
+            });
+            return;
+        };
+        if now_ns < last.start_ns + self.slot_ns {
+            return;
+        }
+        // Slots start on the grid of the first one; empty slots in between
+        // are left out (they hold nothing).
+        let steps = (now_ns - last.start_ns) / self.slot_ns;
+        let start_ns = last.start_ns + steps * self.slot_ns;
+        self.slots.push_back(Slot {
+            start_ns,
+            ops: HashMap::new(),
+        });
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.start_ns + self.window_ns() <= start_ns)
+        {
+            let gone = self.slots.pop_front().unwrap();
+            self.forget(gone);
+        }
+    }
+
+    fn forget(&mut self, slot: Slot) {
+        for (key, op) in slot.ops {
+            let Some(sum) = self.sums.get_mut(&key) else {
+                continue;
+            };
+            sum.count -= op.totals.count;
+            sum.errors -= op.totals.errors;
+            for (s, o) in sum.histograms.0.iter_mut().zip(op.totals.histograms.0.iter()) {
+                // Cannot fail: `s` holds everything `o` holds, same bounds.
+                let _ = s.subtract(o);
+            }
+            if sum.count == 0 {
+                self.sums.remove(&key);
+            }
+        }
+    }
+
+    /// Adds a finished request to the current slot.
+    pub fn record(&mut self, rec: &RequestLifecycle) {
+        if self.slots.is_empty() {
+            self.advance(rec.ended_ns.unwrap_or_else(|| rec.first_seen_ns()));
+        }
+        let key = (rec.connection, rec.opcode);
+        let slot = self
+            .slots
+            .back_mut()
+            .unwrap()
+            .ops
+            .entry(key)
+            .or_default();
+        slot.totals.record(rec);
+        let slow = SlowRequest::of(rec);
+        let pos = slot
+            .slowest
+            .iter()
+            .position(|s| s.slowness() < slow.slowness())
+            .unwrap_or(slot.slowest.len());
+        if pos < SLOWEST_KEPT {
+            slot.slowest.insert(pos, slow);
+            slot.slowest.truncate(SLOWEST_KEPT);
+        }
+        self.sums.entry(key).or_default().record(rec);
+    }
+
+    /// How much time the window covers at `now_ns` (less than the window
+    /// length right after the start).
+    pub fn covered_ns(&self, now_ns: u64) -> u64 {
+        match self.slots.front() {
+            Some(first) => now_ns.saturating_sub(first.start_ns).min(self.window_ns()),
+            None => 0,
+        }
+    }
+
+    /// Every opcode with requests in the window.
+    pub fn ops(&self) -> impl Iterator<Item = (&OpKey, &OpTotals)> {
+        self.sums.iter()
+    }
+
+    /// The `n` slowest requests of one opcode in the window, slowest first.
+    pub fn slowest(&self, key: OpKey, n: usize) -> Vec<SlowRequest> {
+        let mut all: Vec<SlowRequest> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.ops.get(&key))
+            .flat_map(|o| o.slowest.iter().cloned())
+            .collect();
+        all.sort_by_key(|s| std::cmp::Reverse(s.slowness()));
+        all.truncate(n);
+        all
+    }
+}
+
+/// How many samples of a histogram fall in each bar of [`BAR_LABELS`].
+pub fn bars(h: &Histogram<u32>) -> [u64; 9] {
+    let mut out = [0u64; 9];
+    for v in h.iter_recorded() {
+        let value = v.value_iterated_to();
+        let i = BAR_BOUNDS_NS
+            .iter()
+            .position(|b| value < *b)
+            .unwrap_or(BAR_BOUNDS_NS.len());
+        out[i] += v.count_at_value() as u64;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(unique: u64, op: u32, end_ns: u64, total_ns: u64) -> RequestLifecycle {
+        let mut t = crate::tracker::Tracker::new(crate::tracker::TrackerConfig::default());
+        let mut out = Vec::new();
+        let sent = end_ns - total_ns;
+        for (kind, ts) in [
+            (fusetrace_common::EventKind::Send, sent),
+            (fusetrace_common::EventKind::DaemonRead, sent + 1),
+            (fusetrace_common::EventKind::DaemonReply, end_ns - 1),
+            (fusetrace_common::EventKind::End, end_ns),
+        ] {
+            let ev = fusetrace_common::FuseEvent {
+                kind: kind as u8,
+                flags: fusetrace_common::FLAG_HAS_HEADER,
+                connection: 7,
+                unique,
+                opcode: op,
+                ts_ns: ts,
+                ..Default::default()
+            };
+            t.observe(&ev, &mut out);
+        }
+        out.pop().unwrap()
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn requests_leave_the_window_after_its_length() {
+        let mut w = Windows::new(10 * S);
+        w.advance(100 * S);
+        w.record(&finished(2, 15, 100 * S, 5_000));
+        w.advance(105 * S);
+        w.record(&finished(4, 15, 105 * S, 9_000_000));
+        assert_eq!(w.ops().next().unwrap().1.count, 2);
+        w.advance(110 * S);
+        let (_, read) = w.ops().next().unwrap();
+        assert_eq!(read.count, 1, "the first request left the window");
+        let total = read.histograms.stage(LatencyStage::Total);
+        assert_eq!(total.len(), 1);
+        assert!(total.max() >= 8_900_000);
+        w.advance(116 * S);
+        assert_eq!(w.ops().count(), 0);
+    }
+
+    #[test]
+    fn slowest_are_kept_across_slots_in_order() {
+        let mut w = Windows::new(10 * S);
+        w.advance(0);
+        for i in 1..=30u64 {
+            w.advance(i * S / 4);
+            w.record(&finished(2 * i, 15, 10 * S, i * 1_000));
+        }
+        let slow = w.slowest((7, 15), 5);
+        assert_eq!(
+            slow.iter().map(|s| s.unique).collect::<Vec<_>>(),
+            vec![60, 58, 56, 54, 52]
+        );
+        assert_eq!(slow[0].stages[3], Some(30_000));
+    }
+
+    #[test]
+    fn bars_split_by_decade() {
+        let mut h = new_histogram();
+        h.saturating_record(500); // <1us
+        h.saturating_record(50_000); // 10us
+        h.saturating_record(51_000);
+        h.saturating_record(2_000_000_000); // 1s
+        h.saturating_record(20_000_000_000); // 10s+
+        assert_eq!(bars(&h), [1, 0, 2, 0, 0, 0, 0, 1, 1]);
+    }
+}
