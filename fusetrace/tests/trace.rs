@@ -231,6 +231,22 @@ fn stats_prints_percentiles_per_opcode() {
 }
 
 #[test]
+fn without_privileges_the_error_names_the_fix() {
+    use std::os::unix::process::CommandExt;
+    require_root();
+    let out = Command::new(bin())
+        .args(["trace", "--duration", "10s"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+}
+
+#[test]
 fn bad_input_gets_one_clear_line() {
     let cases: &[(&[&str], &str)] = &[
         // --duration bounds the run should the error ever not happen.
