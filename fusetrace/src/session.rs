@@ -126,6 +126,9 @@ pub struct LiveView<'a> {
     pub kernel: KernelCounters,
     /// Records the decoder rejected so far.
     pub undecodable: u64,
+    /// The last call, after everything was drained (a view draws it even
+    /// when a frame is not due).
+    pub last: bool,
 }
 
 impl LiveView<'_> {
@@ -208,6 +211,7 @@ pub fn run(
                 filter,
                 kernel: probes.counters(),
                 undecodable: probes.undecodable(),
+                last: false,
             };
             sink.live(&live, &mut names)?;
             sink.tick(&mut names)?;
@@ -220,6 +224,14 @@ pub fn run(
     }
     tracker.flush(&mut finished);
     report(&mut finished, filter, sink, &mut summary, &mut names)?;
+    let live = LiveView {
+        tracker: &tracker,
+        filter,
+        kernel: probes.counters(),
+        undecodable: probes.undecodable(),
+        last: true,
+    };
+    sink.live(&live, &mut names)?;
     let k: KernelCounters = probes.counters();
     summary.in_flight_at_exit = tracker.in_flight().filter(|r| filter.wants(r)).count() as u64;
     summary.tracker = tracker.counters();

@@ -57,11 +57,15 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
         None => "no request of this opcode in the window".to_string(),
     }));
     let slowest = row.map_or(&[][..], |r| &r.slowest[..]);
+    // The chart keeps 6 rows; the slowest list gets what is left, up to
+    // all of it.
+    let fixed = info.len() as u16 + 5 + 6;
+    let slow_rows = (slowest.len() as u16 + 1).min(inner.height.saturating_sub(fixed).max(2));
     let [info_area, stages_area, chart_area, slow_area] = Layout::vertical([
         Constraint::Length(info.len() as u16),
         Constraint::Length(5),
-        Constraint::Min(6),
-        Constraint::Length((slowest.len() as u16 + 1).clamp(2, 11)),
+        Constraint::Min(0),
+        Constraint::Length(slow_rows),
     ])
     .areas(inner);
     frame.render_widget(Paragraph::new(info), info_area);
@@ -144,9 +148,14 @@ fn draw_chart(frame: &mut Frame, area: Rect, stages: Option<&[super::state::Stag
         return;
     };
     // Groups are latency decades; in each, one bar per stage.
+    // The widest bars that fit, with a gap between them when there is room
+    // (the gaps also leave room for the decade labels).
     let groups = BAR_LABELS.len() as u16;
-    let per_group = (area.width / groups).saturating_sub(1).max(4);
-    let bar_width = (per_group / 4).max(1);
+    let (bar_width, bar_gap) = (1..=8u16)
+        .rev()
+        .flat_map(|w| [(w, 1u16), (w, 0)])
+        .find(|(w, g)| groups * (4 * w + 3 * g) + groups - 1 <= area.width)
+        .unwrap_or((1, 0));
     let chart = BAR_LABELS
         .iter()
         .enumerate()
@@ -163,7 +172,7 @@ fn draw_chart(frame: &mut Frame, area: Rect, stages: Option<&[super::state::Stag
             chart.data(BarGroup::default().label(Line::from(*label)).bars(&bars))
         })
         .bar_width(bar_width)
-        .bar_gap(0)
+        .bar_gap(bar_gap)
         .group_gap(1)
         .block(Block::new().title("requests per latency decade (all stages)"));
     frame.render_widget(chart, area);
@@ -171,10 +180,7 @@ fn draw_chart(frame: &mut Frame, area: Rect, stages: Option<&[super::state::Stag
 
 fn draw_slowest(frame: &mut Frame, area: Rect, slowest: &[super::window::SlowRequest]) {
     if slowest.is_empty() {
-        frame.render_widget(
-            Paragraph::new("slowest: none finished in the window"),
-            area,
-        );
+        frame.render_widget(Paragraph::new("slowest: none finished in the window"), area);
         return;
     }
     let right = |s: String| Cell::from(Line::from(s).right_aligned());

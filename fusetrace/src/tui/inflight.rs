@@ -23,9 +23,7 @@ pub fn body_block(title: String, state: &TopState) -> Block<'static> {
     if !state.filter.is_empty() {
         line.push(format!(" · filter: {}", state.filter.text).into());
     }
-    Block::new()
-        .borders(Borders::TOP)
-        .title(Line::from(line))
+    Block::new().borders(Borders::TOP).title(Line::from(line))
 }
 
 pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {

@@ -214,9 +214,10 @@ impl Sink for TopSink {
 
     fn live(&mut self, live: &LiveView, names: &mut ConnectionTable) -> Result<()> {
         let keys = self.read_keys()?;
-        let due = self
-            .last_frame
-            .is_none_or(|t| t.elapsed() >= FRAME_INTERVAL);
+        let due = live.last
+            || self
+                .last_frame
+                .is_none_or(|t| t.elapsed() >= FRAME_INTERVAL);
         if due {
             let t = live.tracker.counters();
             let counters = RunCounters {

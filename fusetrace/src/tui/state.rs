@@ -74,7 +74,11 @@ impl View {
     fn step(self, forward: bool) -> View {
         let i = View::ALL.iter().position(|v| *v == self).unwrap();
         let n = View::ALL.len();
-        View::ALL[if forward { (i + 1) % n } else { (i + n - 1) % n }]
+        View::ALL[if forward {
+            (i + 1) % n
+        } else {
+            (i + n - 1) % n
+        }]
     }
 }
 
@@ -238,8 +242,7 @@ impl RowFilter {
                 has(op, v)
                     || has(mount, v)
                     || who.is_some_and(|(pid, comm)| {
-                        comm.is_some_and(|c| has(c, v))
-                            || pid.is_some_and(|p| p.to_string() == *v)
+                        comm.is_some_and(|c| has(c, v)) || pid.is_some_and(|p| p.to_string() == *v)
                     })
             }
         })
@@ -425,9 +428,7 @@ impl TopState {
         // Rates over the last second of ticks.
         self.rate_samples
             .push_back((now_ns, self.finished, counters.events));
-        while self.rate_samples.len() > 2
-            && now_ns - self.rate_samples[1].0 >= 1_000_000_000
-        {
+        while self.rate_samples.len() > 2 && now_ns - self.rate_samples[1].0 >= 1_000_000_000 {
             self.rate_samples.pop_front();
         }
         let (t0, f0, e0) = self.rate_samples[0];
@@ -552,11 +553,9 @@ impl TopState {
             .iter()
             .filter(|r| {
                 self.mount.is_none_or(|m| m == r.key.0)
-                    && self.filter.matches(
-                        &opcode::name(r.key.1),
-                        self.shown.mount(r.key.0),
-                        None,
-                    )
+                    && self
+                        .filter
+                        .matches(&opcode::name(r.key.1), self.shown.mount(r.key.0), None)
             })
             .collect();
         let column = SummaryColumn::ALL[self.summary_sort.column];

@@ -107,7 +107,10 @@ fn draw_header(frame: &mut Frame, area: Rect, state: &TopState) {
     let shown = &state.shown;
     let c = &shown.counters;
 
-    let mut mounts = vec![Span::styled("fusetrace top", Style::new().bold()), "  ".into()];
+    let mut mounts = vec![
+        Span::styled("fusetrace top", Style::new().bold()),
+        "  ".into(),
+    ];
     if state.paused {
         mounts.push(Span::styled(
             " PAUSED ",
@@ -161,8 +164,7 @@ fn draw_header(frame: &mut Frame, area: Rect, state: &TopState) {
     }
 
     let [text, spark] =
-        Layout::vertical([Constraint::Length(HEADER_ROWS - 1), Constraint::Length(1)])
-            .areas(area);
+        Layout::vertical([Constraint::Length(HEADER_ROWS - 1), Constraint::Length(1)]).areas(area);
     frame.render_widget(
         Paragraph::new(vec![
             Line::from(mounts),

@@ -192,7 +192,12 @@ impl Windows {
             };
             sum.count -= op.totals.count;
             sum.errors -= op.totals.errors;
-            for (s, o) in sum.histograms.0.iter_mut().zip(op.totals.histograms.0.iter()) {
+            for (s, o) in sum
+                .histograms
+                .0
+                .iter_mut()
+                .zip(op.totals.histograms.0.iter())
+            {
                 // Cannot fail: `s` holds everything `o` holds, same bounds.
                 let _ = s.subtract(o);
             }
@@ -208,13 +213,7 @@ impl Windows {
             self.advance(rec.ended_ns.unwrap_or_else(|| rec.first_seen_ns()));
         }
         let key = (rec.connection, rec.opcode);
-        let slot = self
-            .slots
-            .back_mut()
-            .unwrap()
-            .ops
-            .entry(key)
-            .or_default();
+        let slot = self.slots.back_mut().unwrap().ops.entry(key).or_default();
         slot.totals.record(rec);
         let slow = SlowRequest::of(rec);
         let pos = slot
