@@ -15,8 +15,9 @@ type Result<T> = std::result::Result<T, String>;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests use: fusermount3 for mounting, bindfs as a
-/// daemon we did not write, bpftool to check that probes detach.
-const APT_PACKAGES: &[&str] = &["fuse3", "bindfs", "bpftool"];
+/// daemon we did not write, bpftool to check that probes detach, tmux to
+/// run `fusetrace top` in a real terminal.
+const APT_PACKAGES: &[&str] = &["fuse3", "bindfs", "bpftool", "tmux"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
