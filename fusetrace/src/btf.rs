@@ -74,6 +74,10 @@ pub struct Btf {
     by_name: HashMap<String, Vec<u32>>,
     /// String section of the first (base) blob; split blobs refer into it.
     base_strings: Vec<u8>,
+    /// Number of type ids of the base (vmlinux, with `void`). Every module's
+    /// split BTF numbers its own types from here, so a second module's ids
+    /// are moved to where its types are stored.
+    base_types: u32,
 }
 
 fn u16_at(data: &[u8], at: usize) -> Result<u16> {
@@ -154,6 +158,14 @@ impl Btf {
         let mut new_types = Vec::new();
         let mut new_names: Vec<(String, u32)> = Vec::new();
         let first_id = self.types.len() as u32;
+        let base_types = self.base_types;
+        let remap = |id: u32| {
+            if base_types == 0 || id < base_types {
+                id
+            } else {
+                id - base_types + first_id
+            }
+        };
         let mut at = 0usize;
         while at + 12 <= types.len() {
             let name_off = u32_at(types, at)?;
@@ -186,7 +198,7 @@ impl Btf {
                         };
                         members.push(Member {
                             name: name(m_name),
-                            type_id: m_type,
+                            type_id: remap(m_type),
                             bit_offset,
                         });
                     }
@@ -229,7 +241,7 @@ impl Btf {
                         let p_name = u32_at(types, at)?;
                         let p_type = u32_at(types, at + 4)?;
                         at += 8;
-                        params.push((name(p_name), p_type));
+                        params.push((name(p_name), remap(p_type)));
                     }
                     Type::Proto { params }
                 }
@@ -249,13 +261,13 @@ impl Btf {
                         }
                     }
                     Type::Alias {
-                        type_id: size_or_type,
+                        type_id: remap(size_or_type),
                     }
                 }
                 KIND_FUNC | KIND_FWD | KIND_PTR | KIND_FLOAT => Type::Named {
                     kind,
                     name: name(name_off),
-                    type_id: size_or_type,
+                    type_id: remap(size_or_type),
                 },
                 other => bail!("unknown BTF kind {other}"),
             };
@@ -278,6 +290,7 @@ impl Btf {
         }
         if self.base_strings.is_empty() {
             self.base_strings = strings.to_vec();
+            self.base_types = self.types.len() as u32;
         }
         Ok(())
     }
@@ -436,6 +449,8 @@ mod tests {
     struct Builder {
         types: Vec<u8>,
         strings: Vec<u8>,
+        /// Split BTF: string offsets continue after the base's strings.
+        str_base: u32,
     }
 
     impl Builder {
@@ -443,13 +458,22 @@ mod tests {
             Builder {
                 types: Vec::new(),
                 strings: vec![0],
+                str_base: 0,
+            }
+        }
+        /// A module's blob on top of a base whose strings are `base_len` long.
+        fn split(base_len: usize) -> Self {
+            Builder {
+                types: Vec::new(),
+                strings: Vec::new(),
+                str_base: base_len as u32,
             }
         }
         fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
                 return 0;
             }
-            let off = self.strings.len() as u32;
+            let off = self.str_base + self.strings.len() as u32;
             self.strings.extend_from_slice(name.as_bytes());
             self.strings.push(0);
             off
@@ -624,6 +648,46 @@ mod tests {
         );
         assert_eq!(btf.param_pointing_to("absent", "fuse_args"), None);
         assert!(btf.has_function("fuse_simple_request"));
+    }
+
+    /// Debian kernels: fuse and virtiofs are modules, each with split BTF
+    /// numbered from the end of vmlinux, not from each other.
+    #[test]
+    fn second_module_types_are_numbered_from_the_base() {
+        let mut base = Builder::new();
+        base.int("int", 4); // 1
+        base.strukt("virtqueue", 8, &[("x", 1, 0)], false); // 2
+        let base_len = base.strings.len();
+        let mut fuse = Builder::split(base_len);
+        fuse.strukt("fuse_req", 64, &[("flags", 1, 0)], false); // 3
+        fuse.ptr(3); // 4
+        fuse.proto(&[("req", 4)]); // 5
+        fuse.func("fuse_request_end", 5); // 6
+        let mut vfs = Builder::split(base_len);
+        vfs.strukt("fuse_req", 64, &[("flags", 1, 0)], false); // 3 -> 7
+        vfs.ptr(2); // 4 -> 8: vmlinux's virtqueue
+        vfs.strukt("virtio_fs_vq", 16, &[("lock", 1, 0), ("vq", 4, 64)], false); // 5 -> 9
+        vfs.ptr(3); // 6 -> 10
+        vfs.ptr(5); // 7 -> 11
+        vfs.proto(&[("req", 6), ("fsvq", 7)]); // 8 -> 12
+        vfs.func("virtio_fs_request_complete", 8); // 9 -> 13
+        vfs.proto(&[("vq", 4)]); // 10 -> 14
+        vfs.func("virtio_fs_vq_done", 10); // 11 -> 15
+        let mut btf = Btf::parse(&base.finish()).unwrap();
+        btf.add_blob(&fuse.finish()).unwrap();
+        btf.add_blob(&vfs.finish()).unwrap();
+        assert_eq!(
+            btf.param_pointing_to("fuse_request_end", "fuse_req"),
+            Some(0)
+        );
+        let complete = "virtio_fs_request_complete";
+        assert_eq!(btf.param_pointing_to(complete, "fuse_req"), Some(0));
+        assert_eq!(btf.param_pointing_to(complete, "virtio_fs_vq"), Some(1));
+        assert_eq!(
+            btf.param_pointing_to("virtio_fs_vq_done", "virtqueue"),
+            Some(0)
+        );
+        assert_eq!(btf.offset_of("virtio_fs_vq", "vq").unwrap(), 8);
     }
 
     #[test]

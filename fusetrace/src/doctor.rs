@@ -159,7 +159,8 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
         yes_no(
             uring,
             if uring {
-                "fuse_uring_cmd present (CONFIG_FUSE_IO_URING); its requests are not traced yet".into()
+                "fuse_uring_cmd present (CONFIG_FUSE_IO_URING); its requests are not traced yet"
+                    .into()
             } else {
                 "no fuse_uring_cmd".into()
             },
@@ -179,9 +180,7 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
     }
     lines.push(format!(
         "backend: {}",
-        backend_of(&choices)
-            .map(|b| b.name())
-            .unwrap_or("none")
+        backend_of(&choices).map(|b| b.name()).unwrap_or("none")
     ));
     let v = verdict(&choices);
     lines.push(format!(
@@ -213,7 +212,10 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
         println!("{l}");
     }
     if !v.complete {
-        anyhow::bail!("no complete FUSE request lifecycle can be traced here: {}", v.reason);
+        anyhow::bail!(
+            "no complete FUSE request lifecycle can be traced here: {}",
+            v.reason
+        );
     }
     Ok(())
 }

@@ -702,7 +702,11 @@ fn choose_hooks(
             choices.push(choice);
             continue;
         }
-        for hook in hooks.iter() {
+        // Hooks shared by several backends (the syscall ones) are named
+        // after the backend that serves the submission.
+        let mut ordered: Vec<&Hook> = hooks.iter().collect();
+        ordered.sort_by_key(|h| submit_backend.is_some_and(|b| b != h.backend));
+        for hook in ordered {
             if backend.is_some_and(|b| b != hook.backend) {
                 continue;
             }

@@ -225,9 +225,16 @@ pub struct Tracer {
 
 impl Tracer {
     /// Starts `fusetrace ARGS` and waits until its probes are attached.
+    /// `FUSETRACE_TEST_BACKEND` forces a backend (the VM test runs the same
+    /// tests once per backend its kernel offers).
     pub fn start(args: &[&str]) -> Tracer {
+        let mut args: Vec<&str> = args.to_vec();
+        let forced = std::env::var("FUSETRACE_TEST_BACKEND").unwrap_or_default();
+        if !forced.is_empty() && matches!(args.first(), Some(&("trace" | "stats"))) {
+            args.extend(["--backend", forced.as_str()]);
+        }
         let mut child = Command::new(bin())
-            .args(args)
+            .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
