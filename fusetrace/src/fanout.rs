@@ -6,7 +6,7 @@ use fusetrace_common::FuseEvent;
 
 use crate::{
     connections::ConnectionTable,
-    session::{RunSummary, Sink},
+    session::{LiveView, RunSummary, Sink},
     tracker::RequestLifecycle,
 };
 
@@ -30,6 +30,10 @@ impl Sink for FanOut<'_> {
         self.sinks
             .iter_mut()
             .try_for_each(|s| s.finish(summary, names))
+    }
+
+    fn live(&mut self, live: &LiveView, names: &mut ConnectionTable) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.live(live, names))
     }
 
     fn event(&mut self, ev: &FuseEvent) -> Result<()> {

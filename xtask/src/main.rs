@@ -14,10 +14,13 @@ use std::{
 type Result<T> = std::result::Result<T, String>;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// How long `test` fuzzes the recording reader (FUSETRACE_FUZZ_SECONDS overrides).
+const FUZZ_SECONDS: u32 = 60;
 /// Debian packages the tests use: fusermount3 for mounting, bindfs as a
-/// daemon we did not write, bpftool to check that probes detach, tmux to
-/// run `fusetrace top` in a real terminal.
-const APT_PACKAGES: &[&str] = &["fuse3", "bindfs", "bpftool", "tmux"];
+/// daemon we did not write, bpftool to check that probes detach, g++ for
+/// libFuzzer (cargo-fuzz), tmux to run `fusetrace top` in a real terminal.
+const APT_PACKAGES: &[&str] = &["fuse3", "bindfs", "bpftool", "g++", "tmux"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -148,10 +151,73 @@ fn setup_bpf_linker() -> Result<()> {
         .env("RUSTFLAGS", rustflags))
 }
 
+/// cargo-fuzz, once, into .tools/ (it runs with the pinned nightly).
+fn setup_cargo_fuzz() -> Result<()> {
+    let dir = root().join(".tools/cargo-fuzz");
+    if dir.join("bin/cargo-fuzz").exists() {
+        return Ok(());
+    }
+    run(Command::new(rustup_cargo())
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ])
+        .arg("--root")
+        .arg(&dir))
+}
+
+/// rustup's `cargo` proxy, which understands `+toolchain` (the `CARGO`
+/// cargo runs xtask with is the stable toolchain's own binary).
+fn rustup_cargo() -> PathBuf {
+    let home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    home.map(|h| h.join("bin/cargo"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("cargo"))
+}
+
+/// Fuzzes the recording reader (fusetrace/fuzz) for a bounded time.
+fn fuzz(seconds: u32) -> Result<()> {
+    let crate_dir = root().join("fusetrace");
+    let corpus = crate_dir.join("fuzz/corpus/read_recording");
+    std::fs::create_dir_all(&corpus)
+        .map_err(|e| format!("cannot create {}: {e}", corpus.display()))?;
+    let tools = root().join(".tools/cargo-fuzz/bin");
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        env::var("PATH").unwrap_or_default()
+    );
+    run(Command::new(rustup_cargo())
+        .current_dir(&crate_dir)
+        .env("PATH", path)
+        .args([&format!("+{}", nightly()), "fuzz", "run", "read_recording"])
+        .args([
+            "fuzz/corpus/read_recording",
+            "fuzz/seeds/read_recording",
+            "--",
+        ])
+        .arg(format!("-max_total_time={seconds}")))
+}
+
+fn fuzz_seconds() -> Result<u32> {
+    match env::var("FUSETRACE_FUZZ_SECONDS") {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("FUSETRACE_FUZZ_SECONDS={v} is not a number of seconds")),
+        Err(_) => Ok(FUZZ_SECONDS),
+    }
+}
+
 fn setup() -> Result<()> {
     setup_system_packages()?;
     setup_toolchain()?;
-    setup_bpf_linker()
+    setup_bpf_linker()?;
+    setup_cargo_fuzz()
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -177,8 +243,10 @@ fn main() -> ExitCode {
         Some("test") => setup()
             .and_then(|()| cargo(&["fmt", "--all", "--check"]))
             .and_then(|()| cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]))
-            .and_then(|()| cargo(&["test"])),
-        _ => Err("usage: cargo xtask <setup|build|demo [ARGS]|test>".to_string()),
+            .and_then(|()| cargo(&["test"]))
+            .and_then(|()| fuzz(fuzz_seconds()?)),
+        Some("fuzz") => setup().and_then(|()| fuzz(fuzz_seconds()?)),
+        _ => Err("usage: cargo xtask <setup|build|demo [ARGS]|test|fuzz>".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,7 +20,8 @@
 //! difference from the previous event's (the first event's from the
 //! header's start_monotonic_ns), 2 unique, 3 nodeid, 4 connection, 5 opcode,
 //! 6 len, 7 error (zigzag), 8 tgid, 9 tid, 10 req_pid, 11 req_uid, 12 kind,
-//! 13 flags, 14 comm (bytes, no NUL), 15 aux_ns (1 + zigzag difference from
+//! 13 flags, 14 comm (bytes, no trailing NULs; left out when it equals
+//! the comm of the previous event with the same tid), 15 aux_ns (1 + zigzag difference from
 //! ts_ns), 16 arg0, 17 arg1. Idle: varint now_ns. Connection: varint
 //! connection, varint-length UTF-8 mount point and fs type. End: varints
 //! ring_drops, read_faults, splice_transfers, undecodable.
@@ -35,6 +36,7 @@
 //! `crc32fast`, so the fuzz target compiles it on its own.
 
 use std::{
+    collections::HashMap,
     fmt,
     io::{self, Read, Write},
 };
@@ -184,6 +186,7 @@ fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
 pub struct Writer<W: Write> {
     out: W,
     prev_ts: u64,
+    comms: Comms,
     buf: Vec<u8>,
 }
 
@@ -201,6 +204,7 @@ impl<W: Write> Writer<W> {
         Ok(Writer {
             out,
             prev_ts: header.start_monotonic_ns,
+            comms: Comms::new(),
             buf: Vec::with_capacity(128),
         })
     }
@@ -209,7 +213,7 @@ impl<W: Write> Writer<W> {
         let mut payload = Vec::with_capacity(64);
         let kind = match rec {
             Record::Event(ev) => {
-                encode_event(&mut payload, ev, self.prev_ts);
+                encode_event(&mut payload, ev, self.prev_ts, &mut self.comms);
                 self.prev_ts = ev.ts_ns;
                 KIND_EVENT
             }
@@ -263,7 +267,10 @@ fn put_field(buf: &mut Vec<u8>, field: u64, v: u64) {
     }
 }
 
-fn encode_event(buf: &mut Vec<u8>, ev: &FuseEvent, prev_ts: u64) {
+/// Last comm written or read per thread id.
+type Comms = HashMap<u32, [u8; 16]>;
+
+fn encode_event(buf: &mut Vec<u8>, ev: &FuseEvent, prev_ts: u64, comms: &mut Comms) {
     put_field(buf, 1, zigzag(ev.ts_ns.wrapping_sub(prev_ts) as i64));
     put_field(buf, 2, ev.unique);
     put_field(buf, 3, ev.nodeid);
@@ -277,11 +284,14 @@ fn encode_event(buf: &mut Vec<u8>, ev: &FuseEvent, prev_ts: u64) {
     put_field(buf, 11, ev.req_uid.into());
     put_field(buf, 12, ev.kind.into());
     put_field(buf, 13, ev.flags.into());
-    // Up to the last non-NUL byte (the kernel pads with NULs).
-    let end = ev.comm.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    if end > 0 {
+    // Only when it differs from the last comm of this thread: names
+    // repeat, and were a quarter of the bytes.
+    if comms.get(&ev.tid) != Some(&ev.comm) {
+        // Up to the last non-NUL byte (the kernel pads with NULs).
+        let end = ev.comm.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         put_varint(buf, 14 << 1 | WIRE_BYTES);
         put_bytes(buf, &ev.comm[..end]);
+        comms.insert(ev.tid, ev.comm);
     }
     if ev.aux_ns != 0 {
         // Non-zero even when aux_ns == ts_ns, so "absent" stays "unknown".
@@ -295,11 +305,16 @@ fn encode_event(buf: &mut Vec<u8>, ev: &FuseEvent, prev_ts: u64) {
     put_field(buf, 17, ev.arg1);
 }
 
-fn decode_event(p: &mut Payload<'_>, prev_ts: u64) -> Result<FuseEvent, String> {
+fn decode_event(
+    p: &mut Payload<'_>,
+    prev_ts: u64,
+    comms: &mut Comms,
+) -> Result<FuseEvent, String> {
     let mut ev = FuseEvent {
         ts_ns: prev_ts,
         ..Default::default()
     };
+    let mut has_comm = false;
     let small = |field: u64, v: u64| {
         u32::try_from(v).map_err(|_| format!("field {field}: {v} does not fit in 32 bits"))
     };
@@ -312,7 +327,11 @@ fn decode_event(p: &mut Payload<'_>, prev_ts: u64) -> Result<FuseEvent, String> 
         if wire == WIRE_BYTES {
             let b = p.bytes(MAX_PAYLOAD)?;
             match field {
-                14 if b.len() <= 16 => ev.comm[..b.len()].copy_from_slice(b),
+                14 if b.len() <= 16 => {
+                    ev.comm = [0; 16];
+                    ev.comm[..b.len()].copy_from_slice(b);
+                    has_comm = true;
+                }
                 14 => return Err(format!("comm of {} bytes, at most 16", b.len())),
                 1..=17 => return Err(format!("field {field} must be a number")),
                 _ => {} // a newer writer's field
@@ -348,6 +367,11 @@ fn decode_event(p: &mut Payload<'_>, prev_ts: u64) -> Result<FuseEvent, String> 
     if EventKind::from_u8(ev.kind).is_none() {
         return Err(format!("unknown event kind {}", ev.kind));
     }
+    if has_comm {
+        comms.insert(ev.tid, ev.comm);
+    } else if let Some(c) = comms.get(&ev.tid) {
+        ev.comm = *c;
+    }
     Ok(ev)
 }
 
@@ -356,6 +380,7 @@ pub struct Reader<R: Read> {
     input: R,
     offset: u64,
     prev_ts: u64,
+    comms: Comms,
     truncated_at: Option<u64>,
     pub header: Header,
     /// Whole records read so far.
@@ -500,6 +525,7 @@ impl<R: Read> Reader<R> {
             input,
             offset: PREAMBLE_LEN + len + 4,
             prev_ts: header.start_monotonic_ns,
+            comms: Comms::new(),
             truncated_at: None,
             header,
             records: 0,
@@ -585,7 +611,7 @@ impl<R: Read> Reader<R> {
     fn decode(&mut self, kind: u8, p: &mut Payload<'_>) -> Result<Record, String> {
         Ok(match kind {
             KIND_EVENT => {
-                let ev = decode_event(p, self.prev_ts)?;
+                let ev = decode_event(p, self.prev_ts, &mut self.comms)?;
                 self.prev_ts = ev.ts_ns;
                 Record::Event(ev)
             }
@@ -651,9 +677,10 @@ mod tests {
             arg0: u64::MAX,
             arg1: 17,
         };
+        let (mut wc, mut rc) = (Comms::new(), Comms::new());
         let mut b = Vec::new();
-        encode_event(&mut b, &ev, 5);
-        let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5).unwrap();
+        encode_event(&mut b, &ev, 5, &mut wc);
+        let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
         // SAFETY: viewing plain old data as bytes.
         let bytes = |e: &FuseEvent| unsafe {
             std::slice::from_raw_parts(
@@ -663,6 +690,18 @@ mod tests {
             .to_vec()
         };
         assert_eq!(bytes(&back), bytes(&ev));
+        // The same thread's next event leaves its comm out; a new comm
+        // (even an empty one) is written.
+        let mut b = Vec::new();
+        encode_event(&mut b, &ev, 5, &mut wc);
+        assert!(!b.windows(3).any(|w| w == b"012"));
+        let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
+        assert_eq!(back.comm, ev.comm);
+        let empty = FuseEvent { comm: [0; 16], ..ev };
+        let mut b = Vec::new();
+        encode_event(&mut b, &empty, 5, &mut wc);
+        let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
+        assert_eq!(back.comm, [0; 16]);
     }
 
     #[test]
