@@ -1,0 +1,263 @@
+//! Backends and kernels: `fusetrace doctor`, forced backends, and (in the
+//! Debian 6.1 VM of `cargo xtask vmtest`) virtio-fs.
+//!
+//! What the kernel offers is checked independently of fusetrace (tracefs,
+//! the kprobe PMU), so each assertion holds on any kernel.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::fs::MetadataExt,
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+};
+
+use common::*;
+
+fn has_fuse_tracepoints() -> bool {
+    // fusetrace mounts tracefs when it is missing; doctor runs first.
+    Path::new("/sys/kernel/tracing/events/fuse/fuse_request_send").exists()
+}
+
+fn has_kprobes() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
+/// The doctor's answer for one "offers" line, e.g. `offer(&out, "kprobes")`.
+fn offer<'a>(doctor: &'a str, what: &str) -> &'a str {
+    doctor
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(what).map(str::trim_start))
+        .unwrap_or_else(|| panic!("doctor printed no `{what}` line:\n{doctor}"))
+}
+
+fn doctor() -> (bool, String, String) {
+    let out = Command::new(bin()).arg("doctor").output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn doctor_names_the_backend_and_what_is_unavailable() {
+    require_root();
+    let (ok, out, err) = doctor();
+    assert!(ok, "doctor failed: {out}{err}");
+    assert!(out.contains("kernel: "), "{out}");
+    assert!(
+        out.contains("verdict: complete lifecycles can be traced"),
+        "{out}"
+    );
+    let backend = out
+        .lines()
+        .find_map(|l| l.strip_prefix("backend: "))
+        .expect("a backend line");
+    if has_fuse_tracepoints() {
+        assert!(
+            backend.starts_with("tp-btf") || backend.starts_with("tracepoint"),
+            "the kernel has FUSE tracepoints but doctor chose {backend}:\n{out}"
+        );
+        assert_eq!(offer(&out, "FUSE tracepoints").get(..3), Some("yes"));
+    } else {
+        assert!(
+            backend.starts_with("kprobe") || backend.starts_with("fentry"),
+            "no FUSE tracepoints, yet doctor chose {backend}:\n{out}"
+        );
+    }
+    let kprobes = offer(&out, "kprobes");
+    if has_kprobes() {
+        assert!(kprobes.starts_with("yes"), "{out}");
+    } else {
+        assert!(
+            kprobes.starts_with("no (") && kprobes.contains("CONFIG_KPROBES"),
+            "kprobes line: {kprobes}"
+        );
+    }
+    // Whatever doctor says of fentry, a forced fentry trace agrees.
+    let fentry = offer(&out, "fentry");
+    let forced = Command::new(bin())
+        .args(["trace", "--backend", "fentry", "--duration", "1s"])
+        .output()
+        .unwrap();
+    let forced_err = String::from_utf8_lossy(&forced.stderr);
+    if fentry.starts_with("no (") {
+        assert!(fentry.len() > "no ()".len(), "a reason is given: {fentry}");
+        assert!(!forced.status.success(), "doctor said no, fentry traced");
+        assert!(
+            forced_err.contains("--backend fentry: cannot observe"),
+            "{forced_err}"
+        );
+    } else {
+        assert!(fentry.starts_with("yes"), "{fentry}");
+        assert!(forced.status.success(), "doctor said yes: {forced_err}");
+    }
+}
+
+#[test]
+fn forcing_kprobes_without_them_fails_with_one_clear_line() {
+    require_root();
+    if has_kprobes() {
+        // The VM runs the whole trace suite with --backend kprobe instead.
+        eprintln!("this kernel has kprobes: nothing to refuse");
+        return;
+    }
+    let out = Command::new(bin())
+        .args(["trace", "--backend", "kprobe", "--duration", "10s"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "--backend kprobe traced without kprobes"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    for needle in ["--backend kprobe", "no kprobes", "CONFIG_KPROBES", "doctor"] {
+        assert!(err.contains(needle), "`{needle}` missing from: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Reads lines of a child's pipe on a thread, so waits can time out.
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn read_tree(dir: &Path, budget: &mut usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let path = e.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => read_tree(&path, budget),
+            Ok(m) if m.is_file() && m.len() < 64 * 1024 => {
+                let _ = std::fs::read(&path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The guest of `cargo xtask vmtest` boots from virtio-fs: a file walk's
+/// requests show their virtio stages, and the requests the tracer saw end
+/// equal bpftrace's count of `fuse_request_end` over the same window.
+#[test]
+#[ignore = "needs a virtio-fs root file system and bpftrace: run by `cargo xtask vmtest`"]
+fn virtio_fs_walk_matches_an_independent_end_count() {
+    require_root();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some("/") && l.split(' ').nth(2) == Some("virtiofs")),
+        "the root file system is not virtio-fs:\n{mounts}"
+    );
+    let root_dev = std::fs::metadata("/").unwrap().dev();
+    let conn = (u64::from(libc::major(root_dev)) << 20) | u64::from(libc::minor(root_dev));
+    let tracer = Tracer::start(&["trace", "--format", "json"]);
+    // bpftrace prints the window's edges on the same clock as our events.
+    let mut bt = Command::new("bpftrace")
+        .args([
+            "-e",
+            "BEGIN { printf(\"begin %llu\\n\", nsecs); } \
+             kprobe:fuse_request_end { @ends = count(); } \
+             END { printf(\"end %llu\\n\", nsecs); }",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bpftrace");
+    let bt_out = lines_of(bt.stdout.take().unwrap());
+    let begin: u64 = loop {
+        let line = bt_out.recv_timeout(STEP_TIMEOUT).expect("bpftrace BEGIN");
+        if let Some(ns) = line.strip_prefix("begin ") {
+            break ns.trim().parse().unwrap();
+        }
+    };
+    let mut budget = 400;
+    read_tree(Path::new("/usr/share/doc"), &mut budget);
+    assert_eq!(budget, 0, "the walk found fewer than 400 entries");
+    signal(&bt, libc::SIGINT);
+    let mut end = None;
+    let mut counted = None;
+    for line in bt_out.iter() {
+        if let Some(ns) = line.strip_prefix("end ") {
+            end = Some(ns.trim().parse::<u64>().unwrap());
+        }
+        if let Some(n) = line.strip_prefix("@ends: ") {
+            counted = Some(n.trim().parse::<u64>().unwrap());
+        }
+    }
+    assert!(bt.wait().unwrap().success());
+    let (end, counted) = (end.expect("bpftrace END"), counted.expect("@ends"));
+    let traced = tracer.stop();
+    // Requests in flight when the probes attached (the tracer's own binary
+    // is paged in over virtio-fs) may end unmatched: only losses count here.
+    for key in ["ring_drops", "read_faults", "undecodable"] {
+        assert_eq!(traced.summary[key].as_u64(), Some(0), "{key}");
+    }
+    let in_window = traced
+        .records
+        .iter()
+        .filter(|r| {
+            r["ended_ns"]
+                .as_u64()
+                .is_some_and(|t| t >= begin && t <= end)
+        })
+        .count() as u64;
+    eprintln!("virtio-fs: {in_window} requests ended in the window, bpftrace counted {counted}");
+    assert!(counted >= 100, "the walk made {counted} requests");
+    assert_eq!(
+        in_window, counted,
+        "traced ends vs bpftrace's fuse_request_end hits"
+    );
+    let ours: Vec<_> = traced
+        .on(conn)
+        .into_iter()
+        .filter(|r| r["sent_ns"].as_u64().is_some_and(|t| t >= begin))
+        .filter(|r| r["ended_ns"].as_u64().is_some_and(|t| t <= end))
+        .collect();
+    assert!(
+        ours.len() as u64 >= counted / 2,
+        "most requests are the root's"
+    );
+    let lacking: Vec<_> = ours
+        .iter()
+        .filter(|r| {
+            !["sent_ns", "virtq_ns", "device_done_ns", "ended_ns"]
+                .iter()
+                .all(|k| r[*k].is_u64())
+        })
+        .collect();
+    assert!(
+        lacking.is_empty(),
+        "virtio-fs requests without all their stages: {lacking:?}"
+    );
+    for r in &ours {
+        let t = |k: &str| r[k].as_u64().unwrap();
+        assert!(
+            t("sent_ns") <= t("virtq_ns")
+                && t("virtq_ns") <= t("device_done_ns")
+                && t("device_done_ns") <= t("ended_ns"),
+            "stages out of order: {r}"
+        );
+    }
+}
