@@ -482,6 +482,9 @@ fn broken_recordings_get_one_clear_line() {
         "{e}"
     );
 
+    let e = fails(&["report", dir.path().to_str().unwrap()]);
+    assert!(e.contains("is a directory, not a recording"), "{e}");
+
     let e = fails(&["report", &write_file(dir.path(), "text", b"hello, world\n")]);
     assert!(e.contains("not a fusetrace recording"), "{e}");
 
@@ -609,4 +612,134 @@ fn mutated_files_never_panic_the_reader() {
         }
         let _ = read_all(&b);
     }
+}
+
+/// `fusetrace record ARGS` with stderr read on a thread; returns once its
+/// probes are attached.
+fn start_recorder(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .arg("record")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn fusetrace record");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(STEP_TIMEOUT)
+            .expect("fusetrace record never said it was tracing");
+        if line.contains("fusetrace: tracing") {
+            return (child, rx);
+        }
+    }
+}
+
+/// Report on a recording that has no end record: it must succeed, count
+/// the requests of its whole records and say what is missing.
+fn report_cut_off(trace: &str) -> u64 {
+    let out = fusetrace(&["report", trace, "--format", "json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "report failed: {stderr}");
+    assert!(stderr.contains("has no end record"), "{stderr}");
+    let (_, summary) = whole_run(&String::from_utf8_lossy(&out.stdout));
+    summary["requests"].as_u64().unwrap()
+}
+
+#[test]
+fn a_killed_recorder_leaves_a_readable_file() {
+    require_root();
+    let daemon = Daemon::start("record-kill", &[]);
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let out = Scratch::new("record-kill-out");
+    let trace = out.path().join("killed.trace");
+    let trace_s = trace.to_str().unwrap();
+    let (mut child, _stderr) = start_recorder(&["-o", trace_s, "--mount", &mount]);
+    let header_only = std::fs::metadata(&trace).unwrap().len();
+    // Load until the recorder has flushed events to the file (it flushes
+    // every 200 ms), then kill it without warning.
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&trace).unwrap().len() < header_only + 10_000 {
+        assert!(
+            started.elapsed() < STEP_TIMEOUT,
+            "the recorder never flushed"
+        );
+        run_ok(Command::new(bin()).args([
+            "load",
+            &mount,
+            "--workload",
+            "metadata",
+            "--ops",
+            "500",
+        ]));
+    }
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    daemon.stop();
+    assert!(report_cut_off(trace_s) > 0);
+}
+
+/// Unmounts a scratch tmpfs on drop.
+struct Tmpfs<'a>(&'a Path);
+
+impl Drop for Tmpfs<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_recorder_with_a_readable_file() {
+    require_root();
+    let daemon = Daemon::start("record-full", &[]);
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let out = Scratch::new("record-full-out");
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(out.path()),
+    );
+    let _tmpfs = Tmpfs(out.path());
+    let trace = out.path().join("full.trace");
+    let trace_s = trace.to_str().unwrap();
+    let (mut child, stderr) = start_recorder(&["-o", trace_s, "--mount", &mount]);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < STEP_TIMEOUT,
+            "the recorder never filled 256 KiB"
+        );
+        run_ok(Command::new(bin()).args([
+            "load",
+            &mount,
+            "--workload",
+            "metadata",
+            "--ops",
+            "2000",
+        ]));
+    };
+    assert!(!status.success());
+    let errors: Vec<String> = stderr.try_iter().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("cannot write recording") && errors[0].contains("No space left"),
+        "{errors:?}"
+    );
+    daemon.stop();
+    assert!(report_cut_off(trace_s) > 0);
 }

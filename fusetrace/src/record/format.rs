@@ -130,7 +130,7 @@ pub enum FormatError {
 impl fmt::Display for FormatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FormatError::Io(e) => write!(f, "{e}"),
+            FormatError::Io(e) => write!(f, "read error: {e}"),
             FormatError::NotATrace => write!(
                 f,
                 "not a fusetrace recording (no \"FUSETRCE\" magic at byte 0); record one with `fusetrace record -o FILE`"

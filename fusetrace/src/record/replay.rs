@@ -124,6 +124,12 @@ fn unix_ns(header: &Header, mono_ns: u64) -> u64 {
 
 /// Opens a recording and checks its header.
 pub fn open(path: &Path) -> Result<Reader<BufReader<File>>> {
+    if path.is_dir() {
+        anyhow::bail!(
+            "{} is a directory, not a recording: give a file from `fusetrace record -o FILE`",
+            path.display()
+        );
+    }
     let file =
         File::open(path).with_context(|| format!("cannot open recording {}", path.display()))?;
     Reader::new(BufReader::with_capacity(1 << 16, file))

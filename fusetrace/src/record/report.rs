@@ -25,7 +25,7 @@ pub struct ReportArgs {
     #[command(flatten)]
     pub csv: CsvOpts,
     /// With --csv: one block of rows per interval of recorded time.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, requires = "csv")]
     pub interval: Option<Duration>,
 }
 
