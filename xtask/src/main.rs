@@ -228,6 +228,8 @@ fn cargo(args: &[&str]) -> Result<()> {
     )
 }
 
+mod vmtest;
+
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -246,7 +248,8 @@ fn main() -> ExitCode {
             .and_then(|()| cargo(&["test"]))
             .and_then(|()| fuzz(fuzz_seconds()?)),
         Some("fuzz") => setup().and_then(|()| fuzz(fuzz_seconds()?)),
-        _ => Err("usage: cargo xtask <setup|build|demo [ARGS]|test|fuzz>".to_string()),
+        Some("vmtest") => setup().and_then(|()| vmtest::vmtest()),
+        _ => Err("usage: cargo xtask <setup|build|demo [ARGS]|test|fuzz|vmtest>".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
