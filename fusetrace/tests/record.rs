@@ -638,11 +638,14 @@ fn start_recorder(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Recei
         }
     });
     loop {
-        let line = rx
-            .recv_timeout(STEP_TIMEOUT)
-            .expect("fusetrace record never said it was tracing");
-        if line.contains("fusetrace: tracing") {
-            return (child, rx);
+        match rx.recv_timeout(STEP_TIMEOUT) {
+            Ok(line) if line.contains("fusetrace: tracing") => return (child, rx),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("fusetrace record never said it was tracing");
+            }
         }
     }
 }

@@ -305,11 +305,7 @@ fn encode_event(buf: &mut Vec<u8>, ev: &FuseEvent, prev_ts: u64, comms: &mut Com
     put_field(buf, 17, ev.arg1);
 }
 
-fn decode_event(
-    p: &mut Payload<'_>,
-    prev_ts: u64,
-    comms: &mut Comms,
-) -> Result<FuseEvent, String> {
+fn decode_event(p: &mut Payload<'_>, prev_ts: u64, comms: &mut Comms) -> Result<FuseEvent, String> {
     let mut ev = FuseEvent {
         ts_ns: prev_ts,
         ..Default::default()
@@ -697,7 +693,10 @@ mod tests {
         assert!(!b.windows(3).any(|w| w == b"012"));
         let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
         assert_eq!(back.comm, ev.comm);
-        let empty = FuseEvent { comm: [0; 16], ..ev };
+        let empty = FuseEvent {
+            comm: [0; 16],
+            ..ev
+        };
         let mut b = Vec::new();
         encode_event(&mut b, &empty, 5, &mut wc);
         let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
