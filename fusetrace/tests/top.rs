@@ -26,7 +26,12 @@ use fusetrace::{
     },
 };
 use fusetrace_common::{EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FuseEvent};
-use ratatui::{Terminal, backend::TestBackend, buffer::Buffer, style::Color};
+use ratatui::{
+    Terminal,
+    backend::TestBackend,
+    buffer::Buffer,
+    style::{Color, Modifier},
+};
 
 use common::{Daemon, STEP_TIMEOUT, bin, is_mounted, require_root};
 
@@ -398,12 +403,12 @@ fn summary_and_detail_views() {
         "{text}"
     );
     let cols: Vec<&str> = read.split_whitespace().collect();
-    // OP RATE/s INFL ERR, then p50/p99 of queue, daemon, complete, total.
-    assert_eq!(&cols[..4], ["READ", "3", "1", "0"], "{read}");
+    // OP REQ/s INFL ERR, then p50/p99 of queue, daemon, complete, total.
+    assert_eq!(&cols[..4], ["READ", "3.3", "1", "0"], "{read}");
     assert_eq!(cols[6], "10ms", "daemon p50 of 1..20ms: {read}");
     assert_eq!(cols[7], "20ms", "daemon p99: {read}");
     let cols: Vec<&str> = lookup.split_whitespace().collect();
-    assert_eq!(&cols[..4], ["LOOKUP", "1", "0", "1"], "{lookup}");
+    assert_eq!(&cols[..4], ["LOOKUP", "0.8", "0", "1"], "{lookup}");
     assert!(text.contains("WRITE") && text.contains("GETATTR"), "{text}");
 
     // Enter on the selected (first) row: the READ detail.
@@ -645,4 +650,38 @@ fn headless_top_renders_without_a_terminal() {
     );
     reader.join().unwrap();
     daemon.stop();
+}
+
+#[test]
+fn selection_scrolls_through_more_rows_than_fit() {
+    let mut synth = Synthetic::new();
+    for i in 0..50u64 {
+        let pid = 5000 + i as u32;
+        synth.feed(ev(
+            EventKind::Send,
+            2000 + 2 * i,
+            GETATTR,
+            NOW - 100 * MS + i * MS,
+            pid,
+            "many",
+        ));
+    }
+    let mut state = synth.state(RunCounters::default());
+    let buf = render(&state, 80, 24);
+    assert!(buffer_text(&buf).contains("in flight: 53 of 53"));
+    assert!(
+        !buffer_text(&buf).contains("5049"),
+        "the youngest is off screen at first"
+    );
+    // End: the youngest row (pid 5049) is shown and selected.
+    state.handle_key(key(KeyCode::End));
+    let buf = render(&state, 80, 24);
+    let (y, x) = find(&buf, "5049").unwrap_or_else(|| panic!("{}", buffer_text(&buf)));
+    assert!(buf[(x, y)].modifier.contains(Modifier::REVERSED));
+    // Up moves the selection to the row above it.
+    state.handle_key(key(KeyCode::Up));
+    let buf = render(&state, 80, 24);
+    let (y2, x2) = find(&buf, "5048").unwrap();
+    assert!(buf[(x2, y2)].modifier.contains(Modifier::REVERSED));
+    assert!(!buf[(x, y)].modifier.contains(Modifier::REVERSED));
 }

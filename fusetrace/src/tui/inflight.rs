@@ -57,7 +57,18 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
             cell.style(Style::new().bold())
         }
     }));
-    let table_rows = rows.iter().map(|r| {
+    // Only the rows that fit are built (thousands may be in flight); they
+    // scroll when the selection would leave the screen.
+    let height = (area.height.saturating_sub(2) as usize).max(1);
+    let selected = state.in_flight_selected.min(rows.len() - 1);
+    let offset = state
+        .in_flight_scroll
+        .get()
+        .min(selected)
+        .max((selected + 1).saturating_sub(height))
+        .min(rows.len().saturating_sub(height));
+    state.in_flight_scroll.set(offset);
+    let table_rows = rows.iter().skip(offset).take(height).map(|r| {
         let mut op = opcode::name(r.opcode);
         if r.interrupted {
             op.push('!');
@@ -92,7 +103,6 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
         .header(header)
         .block(block)
         .row_highlight_style(SELECTED);
-    let mut table_state =
-        TableState::default().with_selected(Some(state.in_flight_selected.min(rows.len() - 1)));
+    let mut table_state = TableState::default().with_selected(Some(selected - offset));
     frame.render_stateful_widget(table, area, &mut table_state);
 }

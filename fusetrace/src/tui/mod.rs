@@ -122,7 +122,8 @@ pub struct TopSink {
     screen: Screen,
     /// Set to stop the session (`q`).
     quit: Arc<AtomicBool>,
-    last_frame: Option<Instant>,
+    /// When the next frame is due (frames keep a fixed schedule).
+    next_frame: Option<Instant>,
     pub frame_stats: FrameStats,
     // Dropped after `screen`.
     _restore: Option<RestoreOnDrop>,
@@ -137,7 +138,7 @@ impl TopSink {
             state: TopState::new(config),
             screen: Screen::Terminal(terminal),
             quit,
-            last_frame: None,
+            next_frame: None,
             frame_stats: FrameStats::default(),
             _restore: Some(RestoreOnDrop),
         })
@@ -151,7 +152,7 @@ impl TopSink {
                 Terminal::new(TestBackend::new(size.0, size.1)).expect("in-memory terminal"),
             ),
             quit,
-            last_frame: None,
+            next_frame: None,
             frame_stats: FrameStats::default(),
             _restore: None,
         }
@@ -214,10 +215,8 @@ impl Sink for TopSink {
 
     fn live(&mut self, live: &LiveView, names: &mut ConnectionTable) -> Result<()> {
         let keys = self.read_keys()?;
-        let due = live.last
-            || self
-                .last_frame
-                .is_none_or(|t| t.elapsed() >= FRAME_INTERVAL);
+        let now = Instant::now();
+        let due = live.last || self.next_frame.is_none_or(|t| now >= t);
         if due {
             let t = live.tracker.counters();
             let counters = RunCounters {
@@ -236,7 +235,13 @@ impl Sink for TopSink {
                 counters,
                 &mut |c| names.name(c),
             );
-            self.last_frame = Some(Instant::now());
+            // On schedule, unless a frame was missed: then from now.
+            let next = self.next_frame.map_or(now, |t| t + FRAME_INTERVAL);
+            self.next_frame = Some(if next <= now {
+                now + FRAME_INTERVAL
+            } else {
+                next
+            });
         }
         if due || keys {
             self.draw()?;

@@ -8,7 +8,10 @@
 //! [`Snapshot`] unless the view is paused; sorting, filtering and
 //! selection work on that snapshot.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, VecDeque},
+};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
@@ -367,6 +370,9 @@ pub struct TopState {
     pub in_flight_sort: SortState,
     pub summary_sort: SortState,
     pub in_flight_selected: usize,
+    /// First in-flight row on screen: the view keeps it between frames so
+    /// the rows only scroll when the selection leaves the screen.
+    pub in_flight_scroll: Cell<usize>,
     pub summary_selected: usize,
     pub filter: RowFilter,
     /// The filter being typed after `/`.
@@ -399,6 +405,7 @@ impl TopState {
                 reversed: false,
             },
             in_flight_selected: 0,
+            in_flight_scroll: Cell::new(0),
             summary_selected: 0,
             filter: RowFilter::default(),
             input: None,
@@ -500,14 +507,15 @@ impl TopState {
 
     fn in_flight_wanted(&self, rec: &RequestLifecycle) -> bool {
         self.mount.is_none_or(|m| m == rec.connection)
-            && self.filter.matches(
-                &opcode::name(rec.opcode),
-                self.shown.mount(rec.connection),
-                Some((
-                    rec.requester_pid.or(rec.requester_tid),
-                    rec.requester_comm.as_deref(),
-                )),
-            )
+            && (self.filter.is_empty()
+                || self.filter.matches(
+                    &opcode::name(rec.opcode),
+                    self.shown.mount(rec.connection),
+                    Some((
+                        rec.requester_pid.or(rec.requester_tid),
+                        rec.requester_comm.as_deref(),
+                    )),
+                ))
     }
 
     /// The in-flight rows shown, filtered and sorted.

@@ -12,7 +12,7 @@ use ratatui::{
 use super::{
     inflight::body_block,
     state::{SummaryColumn, TopState},
-    view::{SELECTED, fmt_ns, tail},
+    view::{SELECTED, fmt_ns, fmt_rate, tail},
 };
 use crate::{opcode, tracker::LatencyStage, units::format_duration};
 
@@ -57,7 +57,7 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
         ])),
         Cell::from(Text::from(vec![
             Line::raw(""),
-            head(SummaryColumn::Rate, "RATE/s"),
+            head(SummaryColumn::Rate, "REQ/s"),
         ])),
         Cell::from(Text::from(vec![
             Line::raw(""),
@@ -93,7 +93,7 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
         let right = |s: String| Cell::from(Line::from(s).right_aligned());
         let mut cells = vec![
             Cell::from(opcode::name(r.key.1)),
-            right(format!("{:.0}", r.rate)),
+            right(fmt_rate(r.rate)),
             right(r.in_flight.to_string()),
             right(r.errors.to_string()),
         ];
@@ -114,8 +114,8 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
         Row::new(cells)
     });
     let mut widths = vec![
-        Constraint::Length(11),
-        Constraint::Length(6),
+        Constraint::Length(12),
+        Constraint::Length(5),
         Constraint::Length(4),
         Constraint::Length(4),
     ];

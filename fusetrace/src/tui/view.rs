@@ -50,6 +50,19 @@ pub fn fmt_ns(ns: u64) -> String {
     }
 }
 
+/// A rate per second in at most 5 characters: `0.8`, `42`, `9876`, `57k`, `1.2M`.
+pub fn fmt_rate(per_second: f64) -> String {
+    if per_second < 10.0 {
+        format!("{per_second:.1}")
+    } else if per_second < 10_000.0 {
+        format!("{per_second:.0}")
+    } else if per_second < 1e6 {
+        format!("{:.0}k", per_second / 1e3)
+    } else {
+        format!("{:.1}M", per_second / 1e6)
+    }
+}
+
 /// A latency that may be unknown (`-`).
 pub fn fmt_opt_ns(ns: Option<u64>) -> String {
     ns.map_or_else(|| "-".to_string(), fmt_ns)

@@ -94,13 +94,17 @@ impl SlowRequest {
         }
     }
 
-    /// What "slow" is measured by: the total, or the longest stage observed
-    /// when the total is unknown.
     pub fn slowness(&self) -> u64 {
-        self.stages[3]
-            .or_else(|| self.stages.iter().flatten().copied().max())
-            .unwrap_or(0)
+        slowness(&self.stages)
     }
+}
+
+/// What "slow" is measured by: the total, or the longest stage observed
+/// when the total is unknown.
+fn slowness(stages: &[Option<u64>; 4]) -> u64 {
+    stages[3]
+        .or_else(|| stages.iter().flatten().copied().max())
+        .unwrap_or(0)
 }
 
 /// Counts and latencies of one opcode on one connection.
@@ -215,14 +219,15 @@ impl Windows {
         let key = (rec.connection, rec.opcode);
         let slot = self.slots.back_mut().unwrap().ops.entry(key).or_default();
         slot.totals.record(rec);
-        let slow = SlowRequest::of(rec);
+        // Most requests are not among the slowest: only those are copied.
+        let slow = slowness(&LatencyStage::ALL.map(|s| rec.latency(s)));
         let pos = slot
             .slowest
             .iter()
-            .position(|s| s.slowness() < slow.slowness())
+            .position(|s| s.slowness() < slow)
             .unwrap_or(slot.slowest.len());
         if pos < SLOWEST_KEPT {
-            slot.slowest.insert(pos, slow);
+            slot.slowest.insert(pos, SlowRequest::of(rec));
             slot.slowest.truncate(SLOWEST_KEPT);
         }
         self.sums.entry(key).or_default().record(rec);
