@@ -367,6 +367,7 @@ fn header() -> Header {
             fs_type: "fuse".into(),
         }],
         filter: RecordedFilter::default(),
+        reorder_window_ns: Some(50_000_000),
     }
 }
 

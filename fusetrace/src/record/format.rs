@@ -92,6 +92,10 @@ pub struct Header {
     /// FUSE mounts known at start; later ones arrive as connection records.
     pub connections: Vec<ConnectionInfo>,
     pub filter: RecordedFilter,
+    /// The live tracker's reorder window, which a replay must use to
+    /// finish requests exactly when the live run did.
+    #[serde(default)]
+    pub reorder_window_ns: Option<u64>,
 }
 
 /// What the recording run's kernel side counted (written once, at the end).

@@ -16,7 +16,7 @@ use super::format::{ConnectionInfo, EndCounters, Header, Record, RecordedFilter,
 use crate::{
     connections::{ConnectionTable, MountEntry, fuse_mounts},
     session::{Filter, RunSummary, Sink, monotonic_ns},
-    tracker::RequestLifecycle,
+    tracker::{RequestLifecycle, TrackerConfig},
 };
 
 /// Creates the recording file before probes are attached, so a bad path
@@ -66,6 +66,7 @@ pub fn header_now(hooks: Vec<String>, filter: &Filter) -> Header {
             pid: filter.pid,
             opcodes: filter.opcodes.clone(),
         },
+        reorder_window_ns: Some(TrackerConfig::default().reorder_window_ns),
     }
 }
 

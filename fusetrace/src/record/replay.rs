@@ -157,7 +157,11 @@ pub fn replay_file(
     for c in &header.connections {
         merged.adopt_for(&mut ids, c);
     }
-    let mut tracker = Tracker::new(TrackerConfig::default());
+    let mut config = TrackerConfig::default();
+    if let Some(ns) = header.reorder_window_ns {
+        config.reorder_window_ns = ns;
+    }
+    let mut tracker = Tracker::new(config);
     let mut finished = Vec::new();
     let mut summary = RunSummary::default();
     let mut end = None;
