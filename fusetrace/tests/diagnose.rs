@@ -63,7 +63,10 @@ fn run(dir: &Path, workload: Workload) {
             }
         }
         Workload::Unaligned => {
-            let f = OpenOptions::new().write(true).open(dir.join("existing")).unwrap();
+            let f = OpenOptions::new()
+                .write(true)
+                .open(dir.join("existing"))
+                .unwrap();
             for page in 0..32u64 {
                 f.write_all_at(&[9u8; 100], page * 4096 + 1000).unwrap();
             }
@@ -112,7 +115,8 @@ fn n(v: &Value, path: &str) -> u64 {
     for part in path.split('.') {
         cur = &cur[part];
     }
-    cur.as_u64().unwrap_or_else(|| panic!("{path} missing in {v}"))
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("{path} missing in {v}"))
 }
 
 #[test]
@@ -124,12 +128,23 @@ fn diagnosis_tells_the_three_modes_apart_and_counts_match_the_daemon() {
             let what = format!("{mode:?}/{workload:?}: {d}");
             let verdict = d["verdict"].as_str().unwrap();
             // Counts equal the daemon's.
-            assert_eq!(n(&d, "write_requests.count"), served.get("WRITE").copied().unwrap_or(0), "{what}");
-            assert_eq!(n(&d, "read_requests"), served.get("READ").copied().unwrap_or(0), "{what}");
+            assert_eq!(
+                n(&d, "write_requests.count"),
+                served.get("WRITE").copied().unwrap_or(0),
+                "{what}"
+            );
+            assert_eq!(
+                n(&d, "read_requests"),
+                served.get("READ").copied().unwrap_or(0),
+                "{what}"
+            );
             assert_eq!(n(&d, "app_writes.count"), app_writes, "{what}");
             assert_eq!(n(&d, "app_writes_unmatched"), 0, "{what}");
             assert_eq!(n(&d, "writes_after_sync"), 0, "{what}");
-            assert!(verdict.contains(&format!("{app_writes} writes of")), "{what}");
+            assert!(
+                verdict.contains(&format!("{app_writes} writes of")),
+                "{what}"
+            );
             match mode {
                 Mode::WriteThrough | Mode::DirectIo => {
                     assert_eq!(d["writeback_cache"], false, "{what}");
@@ -152,8 +167,15 @@ fn diagnosis_tells_the_three_modes_apart_and_counts_match_the_daemon() {
                 Mode::Writeback => {
                     assert_eq!(d["writeback_cache"], true, "{what}");
                     assert!(verdict.contains("writeback cache is ON"), "{what}");
-                    assert_eq!(n(&d, "writes_sent_by_writer"), 0, "no WRITE during write(2): {what}");
-                    assert!(n(&d, "write_requests.count") < app_writes, "fewer WRITEs: {what}");
+                    assert_eq!(
+                        n(&d, "writes_sent_by_writer"),
+                        0,
+                        "no WRITE during write(2): {what}"
+                    );
+                    assert!(
+                        n(&d, "write_requests.count") < app_writes,
+                        "fewer WRITEs: {what}"
+                    );
                     assert!(
                         n(&d, "write_requests.mean_bytes") > n(&d, "app_writes.mean_bytes"),
                         "larger WRITEs: {what}"
