@@ -51,6 +51,9 @@ enum Command {
         /// The recording file (see README: recording file format).
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// Also record applications' writes to FUSE files, for `diagnose --from`.
+        #[arg(long)]
+        app_writes: bool,
     },
     /// The `stats` tables (and CSV) of recordings; several files are merged.
     Report(record::report::ReportArgs),
@@ -73,6 +76,10 @@ enum Command {
     },
     /// List the FUSE opcode names `--op` accepts.
     Ops,
+    /// Events per second the decoder, tracker and sinks digest on one
+    /// core (`cargo xtask bench` runs it).
+    #[command(hide = true)]
+    BenchConsumer(fusetrace::bench_consumer::BenchConsumerArgs),
 }
 
 #[derive(Args, Clone)]
@@ -111,8 +118,14 @@ impl TraceOpts {
     }
 
     fn attach(&self) -> Result<Probes> {
+        self.attach_with(false)
+    }
+
+    /// `app_writes`: also hook applications' writes to FUSE files (diagnose).
+    fn attach_with(&self, app_writes: bool) -> Result<Probes> {
         let probes = Probes::attach(&ProbeOptions {
             backend: self.backend,
+            diagnose: app_writes,
             ..ProbeOptions::default()
         })?;
         // Tests and scripts wait for this line before starting load.
@@ -161,11 +174,15 @@ fn run(cli: Cli) -> Result<()> {
             let interval = interval.unwrap_or(Duration::from_secs(5));
             session::run(&mut probes, &filter, &mut FanOut { sinks }, &stop, interval)?;
         }
-        Command::Record { opts, output } => {
+        Command::Record {
+            opts,
+            output,
+            app_writes,
+        } => {
             let filter = opts.filter()?;
             let stop = StopWhen::on_signals(opts.duration)?;
             let file = record::recorder::create_file(&output)?;
-            let mut probes = opts.attach().inspect_err(|_| {
+            let mut probes = opts.attach_with(app_writes).inspect_err(|_| {
                 let _ = std::fs::remove_file(&output);
             })?;
             let header = record::recorder::header_now(probes.describe(), &filter);
@@ -200,6 +217,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut probes = opts.attach()?;
             fusetrace::tui::run(&mut probes, &filter, &stop, &top.options())?;
         }
+        Command::BenchConsumer(args) => fusetrace::bench_consumer::main(&args)?,
         Command::Ops => {
             for (n, name) in opcode::OPCODES {
                 println!("{n:>5} {name}");

@@ -19,6 +19,7 @@ use crate::{
     btf::Btf,
     kallsyms::Kallsyms,
     kfunc::{self, KFunc, Resolved},
+    modfentry::{self, ModuleFEntry},
     tracefs,
     tracefs::RecordFormat,
 };
@@ -408,6 +409,9 @@ fn diagnose_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
     Ok(())
 }
 
+/// How `describe` (and so a recording's header) names the diagnosis hooks.
+pub const APP_WRITES_HOOKS: &str = "app-writes: tracepoint/syscalls/sys_exit_write, sys_exit_writev, sys_enter_pwrite64, sys_exit_pwrite64";
+
 /// Programs `fusetrace diagnose` adds: applications' write(2) family on
 /// FUSE files (the entry side of write/writev is the daemon-reply hook).
 const DIAGNOSE_PROGRAMS: &[(&str, Attach)] = &[
@@ -468,6 +472,10 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     pub choices: Vec<StageChoice>,
     undecodable: u64,
+    /// The diagnosis hooks on applications' writes are attached.
+    app_writes: bool,
+    /// fentry programs on module functions, loaded outside aya.
+    _module_fentry: Vec<ModuleFEntry>,
     // Owns the programs and links; kept last so maps above drop first.
     _ebpf: Ebpf,
 }
@@ -545,6 +553,8 @@ impl Probes {
             counters,
             choices,
             undecodable: 0,
+            app_writes: opts.diagnose,
+            _module_fentry: kernel.module_fentry.take(),
             _ebpf: ebpf,
         })
     }
@@ -605,7 +615,11 @@ impl Probes {
 
     /// One line per stage: which hook and backend serve it.
     pub fn describe(&self) -> Vec<String> {
-        self.choices.iter().map(StageChoice::describe).collect()
+        let mut lines: Vec<String> = self.choices.iter().map(StageChoice::describe).collect();
+        if self.app_writes {
+            lines.push(APP_WRITES_HOOKS.to_string());
+        }
+        lines
     }
 }
 
@@ -620,6 +634,8 @@ pub struct KernelFunctions {
     resolved: Vec<(&'static KFunc, std::result::Result<Resolved, String>)>,
     /// The kprobe PMU is registered (`CONFIG_KPROBES`).
     pub kprobe_pmu: bool,
+    /// fentry programs attached to module functions (their owner keeps them).
+    pub module_fentry: std::cell::RefCell<Vec<ModuleFEntry>>,
 }
 
 impl KernelFunctions {
@@ -642,6 +658,7 @@ impl KernelFunctions {
             kallsyms,
             resolved,
             kprobe_pmu: Path::new(KPROBE_PMU).exists(),
+            module_fentry: Default::default(),
         }
     }
 
@@ -832,10 +849,17 @@ fn load_hook_in(
             Attach::FEntry(f) => {
                 let r = kernel.get(f)?;
                 if let Some(module) = &r.module {
-                    bail!(
-                        "{} is in module {module}: fentry on module functions needs the module's BTF object, which aya 0.14 cannot pass",
-                        r.name
-                    );
+                    let mut attached = kernel.module_fentry.borrow_mut();
+                    if !attached.iter().any(|m| m.program == *program) {
+                        attached.push(modfentry::attach(
+                            ebpf,
+                            EBPF_OBJECT,
+                            program,
+                            module,
+                            r.name,
+                        )?);
+                    }
+                    continue;
                 }
                 let p: &mut FEntry = prog.try_into()?;
                 if p.fd().is_err() {

@@ -194,3 +194,42 @@ fn diagnosis_tells_the_three_modes_apart_and_counts_match_the_daemon() {
         }
     }
 }
+
+#[test]
+fn diagnosis_from_a_recording_equals_the_live_one() {
+    require_root();
+    let daemon = Daemon::start("diagnose-rec", &["--writeback-cache"]);
+    prepare(daemon.path(), Workload::Unaligned);
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let file = std::env::temp_dir().join(format!("fusetrace-diag-{}.trace", std::process::id()));
+    let file_arg = file.to_str().unwrap().to_string();
+    let live = Tracer::start(&["diagnose", "--json", "--mount", &mount]);
+    let recorder = Tracer::start(&["record", "--app-writes", "--mount", &mount, "-o", &file_arg]);
+    run(daemon.path(), Workload::Unaligned);
+    daemon.stop();
+    let live = live.stop();
+    recorder.stop();
+    let replayed =
+        run_ok(std::process::Command::new(bin()).args(["diagnose", "--json", "--from", &file_arg]));
+    let _ = std::fs::remove_file(&file);
+    let pick = |v: &Value| -> Value {
+        let d = &v["diagnoses"][0];
+        serde_json::json!([
+            d["writeback_cache"],
+            d["app_writes"]["count"],
+            d["write_requests"],
+            d["read_requests"],
+            d["reads_caused_by_writes"],
+            d["writes_at_flush_or_fsync"],
+        ])
+    };
+    let live_v = live
+        .records
+        .iter()
+        .find(|v| v.get("diagnoses").is_some())
+        .unwrap();
+    let replayed_v: Value =
+        serde_json::from_str(replayed.lines().find(|l| l.contains("diagnoses")).unwrap()).unwrap();
+    assert_eq!(pick(live_v), pick(&replayed_v));
+    assert_eq!(live_v["diagnoses"][0]["reads_caused_by_writes"], 32);
+}

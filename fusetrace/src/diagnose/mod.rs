@@ -10,7 +10,8 @@ use fusetrace_common::{EventKind, FuseEvent};
 
 use crate::{
     connections::{ConnectionTable, connection_of},
-    probes::{Backend, ProbeOptions, Probes},
+    record::replay::{MergedNames, add_summary, replay_file},
+    probes::{APP_WRITES_HOOKS, Backend, ProbeOptions, Probes},
     session::{self, Filter, RunSummary, Sink, StopWhen},
     tracker::RequestLifecycle,
     units::parse_duration,
@@ -25,6 +26,10 @@ pub struct DiagnoseArgs {
     /// Observe this long (default: until Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Diagnose recordings (`fusetrace record --app-writes -o FILE`) instead
+    /// of the live system.
+    #[arg(long = "from", value_name = "FILE", conflicts_with_all = ["mounts", "duration"])]
+    pub from: Vec<PathBuf>,
     /// Print the facts as one JSON object: `{"diagnoses": [one per connection]}`.
     #[arg(long)]
     pub json: bool,
@@ -95,6 +100,9 @@ pub fn render(diagnoses: &[Diagnosis]) -> String {
 }
 
 pub fn run(args: &DiagnoseArgs) -> Result<()> {
+    if !args.from.is_empty() {
+        return run_from_recordings(args);
+    }
     let filter = Filter {
         connections: args
             .mounts
@@ -135,4 +143,26 @@ pub fn run(args: &DiagnoseArgs) -> Result<()> {
         Duration::from_secs(1),
     )?;
     Ok(())
+}
+
+/// The same diagnosis from recordings: their events replayed through the
+/// tracker into the same evidence.
+fn run_from_recordings(args: &DiagnoseArgs) -> Result<()> {
+    let mut sink = DiagnoseSink {
+        evidence: Evidence::default(),
+        json: args.json,
+    };
+    let mut merged = MergedNames::default();
+    let mut total = RunSummary::default();
+    for path in &args.from {
+        let r = replay_file(path, &mut sink, &mut merged, None)?;
+        if !r.header.hooks.iter().any(|h| h == APP_WRITES_HOOKS) {
+            eprintln!(
+                "fusetrace: {} was recorded without --app-writes: the applications' side of the writes is missing",
+                path.display()
+            );
+        }
+        add_summary(&mut total, &r.summary);
+    }
+    sink.finish(&total, &mut merged.names)
 }

@@ -192,6 +192,8 @@ pub fn replay_file(
                     }
                 };
                 tick_until(ev.ts_ns, sink, &mut merged.names)?;
+                // As live: sinks see every event before the tracker does.
+                sink.event(&ev)?;
                 tracker.observe(&ev, &mut finished);
             }
             Record::Idle { now_ns } => {
