@@ -405,6 +405,19 @@ impl Btf {
         })
     }
 
+    /// Type id of function `func` (for fentry's `attach_btf_id`).
+    pub fn function_id(&self, func: &str) -> Option<u32> {
+        self.by_name.get(func)?.iter().copied().find(|&id| {
+            matches!(
+                self.types[id as usize],
+                Type::Named {
+                    kind: KIND_FUNC,
+                    ..
+                }
+            )
+        })
+    }
+
     /// Index of the first parameter of function `func` that is a pointer
     /// to `struct pointee` (signatures differ between kernel versions).
     pub fn param_pointing_to(&self, func: &str, pointee: &str) -> Option<usize> {

@@ -4,6 +4,7 @@
 //! [`decode`] -> [`tracker`] (request lifecycles, pure) -> sinks
 //! ([`sinks`], [`stats`]). [`session`] wires one run together.
 
+pub mod bench_consumer;
 pub mod btf;
 pub mod connections;
 pub mod daemon;
@@ -15,6 +16,7 @@ pub mod export;
 pub mod fanout;
 pub mod kallsyms;
 pub mod kfunc;
+pub mod modfentry;
 pub mod load;
 pub mod opcode;
 pub mod probes;

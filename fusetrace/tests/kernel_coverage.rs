@@ -261,3 +261,61 @@ fn virtio_fs_walk_matches_an_independent_end_count() {
         );
     }
 }
+
+/// With kprobe or fentry hooks on the submitting functions, every request
+/// the kernel created through them knows when its caller submitted it, and
+/// background requests (readahead here, with one background slot) show how
+/// long they waited for a slot. Kernels without those hooks say so.
+#[test]
+fn calls_are_joined_to_their_requests() {
+    require_root();
+    let (_, out, _) = doctor();
+    let call = out
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("call: "))
+        .unwrap_or_else(|| panic!("no call stage in:\n{out}"));
+    let forced = std::env::var("FUSETRACE_TEST_BACKEND").unwrap_or_default();
+    if call.starts_with("no hook") {
+        assert!(
+            !has_kprobes() && forced.is_empty(),
+            "kprobes exist but the call stage has no hook: {call}"
+        );
+        return;
+    }
+    let daemon = Daemon::start("calls", &["--max-background", "1"]);
+    let conn = connection_of(daemon.path());
+    let file = daemon.path().join("big");
+    std::fs::write(&file, vec![3u8; 1 << 20]).unwrap();
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let tracer = Tracer::start(&["trace", "--format", "json", "--mount", &mount]);
+    // Dropping the page cache makes the next read go to the daemon, with readahead.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(data.len(), 1 << 20);
+    daemon.stop();
+    let traced = tracer.stop();
+    let ours = traced.on(conn);
+    let created: Vec<_> = ours
+        .iter()
+        .filter(|r| r["sent_ns"].is_u64() && r["op"] != "FORGET" && r["op"] != "BATCH_FORGET")
+        .collect();
+    assert!(created.len() >= 4, "requests traced: {}", created.len());
+    let joined = created
+        .iter()
+        .filter(|r| r["submitted_ns"].is_u64())
+        .count();
+    eprintln!("calls joined to requests: {joined} of {}", created.len());
+    assert_eq!(
+        joined,
+        created.len(),
+        "every request has its call: {created:?}"
+    );
+    for r in &created {
+        assert!(r["submitted_ns"].as_u64() <= r["sent_ns"].as_u64(), "{r}");
+    }
+    let background = created.iter().filter(|r| r["background"] == true).count();
+    assert!(
+        background >= 1,
+        "readahead made no background READ: {created:?}"
+    );
+}
