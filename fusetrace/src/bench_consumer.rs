@@ -258,8 +258,7 @@ pub fn run(args: &BenchConsumerArgs) -> Result<ConsumerReport> {
                 pass(&records, record_len, &connections, &mut sink)?
             }
             BenchSink::Trace => {
-                let mut sink =
-                    TraceSink::new(io::BufWriter::new(io::sink()), Format::Text, 0);
+                let mut sink = TraceSink::new(io::BufWriter::new(io::sink()), Format::Text, 0);
                 pass(&records, record_len, &connections, &mut sink)?
             }
         };

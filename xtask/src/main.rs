@@ -228,6 +228,7 @@ fn cargo(args: &[&str]) -> Result<()> {
     )
 }
 
+mod bench;
 mod vmtest;
 
 fn main() -> ExitCode {
@@ -249,7 +250,11 @@ fn main() -> ExitCode {
             .and_then(|()| fuzz(fuzz_seconds()?)),
         Some("fuzz") => setup().and_then(|()| fuzz(fuzz_seconds()?)),
         Some("vmtest") => setup().and_then(|()| vmtest::vmtest()),
-        _ => Err("usage: cargo xtask <setup|build|demo [ARGS]|test|fuzz|vmtest>".to_string()),
+        Some("bench") => bench::main(&args[1..]),
+        _ => Err(
+            "usage: cargo xtask <setup|build|demo [ARGS]|test|fuzz|vmtest|bench [--quick]>"
+                .to_string(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
