@@ -171,8 +171,9 @@ fn test_executables(targets: &[&str]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// The script the guest runs: doctor, the trace tests once per backend the
-/// kernel offers, then the kernel-coverage tests including the virtio-fs one.
+/// The script the guest runs: doctor, then per backend (both must be
+/// offered) the trace tests, the call/background test and the virtio-fs
+/// walk, then the doctor tests.
 fn guest_script(trace: &Path, coverage: &Path) -> String {
     let bin = root().join("target/debug/fusetrace");
     format!(
@@ -182,20 +183,23 @@ echo "vmtest: kernel $(uname -r)"
 {bin} doctor || status=1
 for backend in kprobe fentry; do
     if {bin} doctor --backend $backend > /tmp/doctor-$backend 2>&1; then
-        echo "vmtest: === trace tests with --backend $backend"
-        FUSETRACE_TEST_BACKEND=$backend {trace} --test-threads=1 \
+        echo "vmtest: === tests with --backend $backend"
+        export FUSETRACE_TEST_BACKEND=$backend
+        {trace} --test-threads=1 --nocapture \
             traced_requests_equal_served_requests injected_read_latency \
             bindfs_requests_have_all_four_stages || status=1
+        {coverage} --test-threads=1 --nocapture --include-ignored \
+            calls_are_joined_to_their_requests \
+            virtio_fs_walk_matches_an_independent_end_count || status=1
+        unset FUSETRACE_TEST_BACKEND
     else
-        # kprobes must work here; fentry on module functions is a known gap
-        # of the loader (aya 0.14), reported but not failed.
         echo "vmtest: backend $backend NOT OFFERED by this kernel:"
         grep -E '^  (fentry|kprobes) ' /tmp/doctor-$backend
-        [ $backend = kprobe ] && status=1
+        status=1
     fi
 done
-echo "vmtest: === kernel coverage tests (virtio-fs included)"
-{coverage} --test-threads=1 --include-ignored || status=1
+echo "vmtest: === doctor and backend choice"
+{coverage} --test-threads=1 --nocapture doctor_ forcing_ || status=1
 echo "vmtest: guest status $status"
 "#,
         root = root().display(),
