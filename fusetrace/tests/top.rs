@@ -472,8 +472,13 @@ struct Tmux {
 
 impl Tmux {
     fn start(command: &str) -> Tmux {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let tmux = Tmux {
-            socket: format!("fusetrace-test-{}", std::process::id()),
+            socket: format!(
+                "fusetrace-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ),
         };
         let status = tmux
             .cmd()
@@ -513,6 +518,44 @@ impl Tmux {
             );
             thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Tmux {
+    /// Waits for `fusetrace top` to have exited (the pane runs
+    /// `top ...; echo EXITED rc=$?; stty -a`) and checks the terminal is
+    /// back to normal.
+    fn assert_restored(&self) {
+        let screen = self.wait_for("the shell after top", |s| s.contains("EXITED"));
+        assert!(screen.contains("EXITED rc=0"), "{screen}");
+        // The alternate screen is gone: the TUI's footer is not on the
+        // screen, what was printed before it is.
+        assert!(!screen.contains("Tab view"), "{screen}");
+        assert!(screen.contains("fusetrace: tracing"), "{screen}");
+        assert!(screen.contains("frames drawn"), "{screen}");
+        // Raw mode is off: the terminal echoes and reads lines again.
+        let stty: Vec<&str> = screen.split_whitespace().collect();
+        assert!(
+            stty.contains(&"icanon") && stty.contains(&"echo"),
+            "{screen}"
+        );
+    }
+
+    /// Pid of the pane's first command's child (`fusetrace top` under `sh -c`).
+    fn child_pid(&self) -> i32 {
+        let out = self
+            .cmd()
+            .args(["display-message", "-p", "#{pane_pid}"])
+            .output()
+            .unwrap();
+        let sh: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children")).unwrap();
+        children
+            .split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("sh {sh} has no child"))
+            .parse()
+            .unwrap()
     }
 }
 
@@ -566,18 +609,7 @@ fn top_in_a_real_terminal_shows_a_blocked_read_and_restores_the_terminal() {
     assert!(screen.contains("1:"), "the mount is listed: {screen}");
 
     tmux.cmd().args(["send-keys", "q"]).status().unwrap();
-    let screen = tmux.wait_for("the shell after top", |s| s.contains("EXITED"));
-    assert!(screen.contains("EXITED rc=0"), "{screen}");
-    // The alternate screen is gone: the TUI's footer is not on the screen,
-    // what was printed before it is.
-    assert!(!screen.contains("Tab view"), "{screen}");
-    assert!(screen.contains("fusetrace: tracing"), "{screen}");
-    // Raw mode is off: the terminal echoes and reads lines again.
-    let stty: Vec<&str> = screen.split_whitespace().collect();
-    assert!(
-        stty.contains(&"icanon") && stty.contains(&"echo"),
-        "{screen}"
-    );
+    tmux.assert_restored();
 
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
@@ -602,8 +634,20 @@ fn headless_top_renders_without_a_terminal() {
         .unwrap();
     let stderr = top.stderr.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let attached = lines.next().unwrap().unwrap();
-    assert!(attached.contains("fusetrace: tracing"), "{attached}");
+    // Attached once it says so (EOF first means it failed).
+    let mut before = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("fusetrace: tracing") {
+            break;
+        }
+        before.push(line);
+    }
+    assert!(
+        top.try_wait().unwrap().is_none(),
+        "top exited:\n{}",
+        before.join("\n")
+    );
     // One READ, blocked for 1.5 s, still in the daemon when top stops.
     let reader = thread::spawn(move || {
         let mut b = [0u8; 1];
@@ -684,4 +728,20 @@ fn selection_scrolls_through_more_rows_than_fit() {
     let (y2, x2) = find(&buf, "5048").unwrap();
     assert!(buf[(x2, y2)].modifier.contains(Modifier::REVERSED));
     assert!(!buf[(x, y)].modifier.contains(Modifier::REVERSED));
+}
+
+#[test]
+fn top_restores_the_terminal_on_sigterm() {
+    require_root();
+    let daemon = Daemon::start("top-sigterm", &[]);
+    let tmux = Tmux::start(&format!(
+        "sh -c '{} top --mount {}; echo EXITED rc=$?; stty -a; exec sleep 600'",
+        bin(),
+        daemon.path().display()
+    ));
+    tmux.wait_for("the live view", |s| s.contains("Tab view"));
+    // SAFETY: plain kill(2) of a process this test started.
+    assert_eq!(unsafe { libc::kill(tmux.child_pid(), libc::SIGTERM) }, 0);
+    tmux.assert_restored();
+    daemon.stop();
 }
