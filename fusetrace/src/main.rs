@@ -212,6 +212,10 @@ fn run(cli: Cli) -> Result<()> {
             if opts.format != Format::Text {
                 anyhow::bail!("fusetrace top draws a screen; --format applies to trace and stats");
             }
+            if !top.headless {
+                // Before attaching: nothing to undo.
+                fusetrace::tui::require_terminal()?;
+            }
             let filter = opts.filter()?;
             let stop = StopWhen::on_signals(opts.duration)?;
             let mut probes = opts.attach()?;

@@ -745,3 +745,17 @@ fn top_restores_the_terminal_on_sigterm() {
     tmux.assert_restored();
     daemon.stop();
 }
+
+#[test]
+fn top_without_a_terminal_names_the_fix() {
+    let out = Command::new(bin())
+        .arg("top")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--headless"), "{stderr}");
+    assert!(!stderr.contains("tracing"), "failed before attaching: {stderr}");
+}
