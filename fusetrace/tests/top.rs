@@ -757,5 +757,8 @@ fn top_without_a_terminal_names_the_fix() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--headless"), "{stderr}");
-    assert!(!stderr.contains("tracing"), "failed before attaching: {stderr}");
+    assert!(
+        !stderr.contains("tracing"),
+        "failed before attaching: {stderr}"
+    );
 }
