@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     opcode,
-    tracker::{LatencyStage, RequestLifecycle},
+    tracker::{ExtraStage, LatencyStage, RequestLifecycle},
 };
 
 /// Latencies of one opcode on one connection.
@@ -18,6 +18,8 @@ pub struct OpStats {
     /// Requests with all four stages observed.
     pub complete: u64,
     histograms: BTreeMap<LatencyStage, Histogram<u64>>,
+    /// Stages only some requests have (background wait, virtio-fs).
+    extra: BTreeMap<ExtraStage, Histogram<u64>>,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -32,6 +34,10 @@ impl Default for OpStats {
             errors: 0,
             complete: 0,
             histograms: LatencyStage::ALL
+                .iter()
+                .map(|s| (*s, new_histogram()))
+                .collect(),
+            extra: ExtraStage::ALL
                 .iter()
                 .map(|s| (*s, new_histogram()))
                 .collect(),
@@ -57,10 +63,22 @@ impl OpStats {
                     .saturating_record(ns.max(1));
             }
         }
+        for stage in ExtraStage::ALL {
+            if let Some(ns) = rec.extra_latency(stage) {
+                self.extra
+                    .get_mut(&stage)
+                    .unwrap()
+                    .saturating_record(ns.max(1));
+            }
+        }
     }
 
     pub fn histogram(&self, stage: LatencyStage) -> &Histogram<u64> {
         &self.histograms[&stage]
+    }
+
+    pub fn extra_histogram(&self, stage: ExtraStage) -> &Histogram<u64> {
+        &self.extra[&stage]
     }
 
     pub fn merge(&mut self, other: &OpStats) {
@@ -69,6 +87,13 @@ impl OpStats {
         self.complete += other.complete;
         for (stage, h) in &other.histograms {
             self.histograms
+                .get_mut(stage)
+                .unwrap()
+                .add(h)
+                .expect("same histogram bounds");
+        }
+        for (stage, h) in &other.extra {
+            self.extra
                 .get_mut(stage)
                 .unwrap()
                 .add(h)
@@ -102,6 +127,19 @@ pub struct OpSummary {
     pub errors: u64,
     pub complete: u64,
     pub stages: Vec<StageSummary>,
+    /// Stages only some requests have, listed when observed.
+    pub extra_stages: Vec<ExtraStageSummary>,
+}
+
+/// Percentiles of an [`ExtraStage`], in nanoseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtraStageSummary {
+    pub stage: ExtraStage,
+    pub samples: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
 }
 
 impl Stats {
@@ -141,6 +179,19 @@ impl Stats {
                             p99_ns: h.value_at_quantile(0.99),
                             max_ns: h.max(),
                         }
+                    })
+                    .collect(),
+                extra_stages: ExtraStage::ALL
+                    .iter()
+                    .map(|stage| (*stage, s.extra_histogram(*stage)))
+                    .filter(|(_, h)| !h.is_empty())
+                    .map(|(stage, h)| ExtraStageSummary {
+                        stage,
+                        samples: h.len(),
+                        p50_ns: h.value_at_quantile(0.50),
+                        p90_ns: h.value_at_quantile(0.90),
+                        p99_ns: h.value_at_quantile(0.99),
+                        max_ns: h.max(),
                     })
                     .collect(),
             })
@@ -196,6 +247,21 @@ impl Stats {
                     cell(st.p90_ns),
                     cell(st.p99_ns),
                     cell(st.max_ns)
+                );
+            }
+            for st in &summary.extra_stages {
+                let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0);
+                let _ = writeln!(
+                    out,
+                    "  {:<14} {:>8} {:>6}  {:<9} {:>10} {:>10} {:>10} {:>10}",
+                    "",
+                    "",
+                    "",
+                    st.stage.name(),
+                    us(st.p50_ns),
+                    us(st.p90_ns),
+                    us(st.p99_ns),
+                    us(st.max_ns)
                 );
             }
         }
@@ -278,5 +344,46 @@ mod tests {
         assert_eq!(a.count, 2);
         assert_eq!(a.errors, 1);
         assert_eq!(a.histogram(LatencyStage::DaemonService).len(), 2);
+    }
+
+    #[test]
+    fn virtio_stages_are_shown_by_name_only_where_observed() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        for (kind, ts) in [
+            (EventKind::Send, 1_000),
+            (EventKind::VirtioQueued, 3_000),
+            (EventKind::VirtioDone, 53_000),
+            (EventKind::End, 54_000),
+        ] {
+            let ev = FuseEvent {
+                kind: kind as u8,
+                flags: FLAG_HAS_HEADER,
+                connection: 7,
+                unique: 2,
+                opcode: 3,
+                ts_ns: ts,
+                ..Default::default()
+            };
+            t.observe(&ev, &mut out);
+        }
+        let mut stats = Stats::default();
+        stats.record(&out.pop().unwrap());
+        stats.record(&lifecycle(4, 3, 5_000, 0));
+        let table = stats.render_table(&mut |c| format!("conn{c}"));
+        let virtio = table.split("mount conn9").next().unwrap();
+        assert!(virtio.contains("virtqueue"), "{table}");
+        assert!(virtio.contains("device"), "{table}");
+        assert!(!table.contains("bg-wait"), "nothing waited: {table}");
+        let daemon_block = table.split("mount conn9").nth(1).unwrap();
+        assert!(!daemon_block.contains("virtqueue"), "{table}");
+        let s = &stats.summaries(&mut |c| c.to_string())[0];
+        let device = s
+            .extra_stages
+            .iter()
+            .find(|e| e.stage == ExtraStage::Device)
+            .unwrap();
+        assert_eq!(device.samples, 1);
+        assert!((49_000..=51_000).contains(&device.p50_ns), "{device:?}");
     }
 }
