@@ -762,3 +762,39 @@ fn top_without_a_terminal_names_the_fix() {
         "failed before attaching: {stderr}"
     );
 }
+
+#[test]
+fn mount_selector_shows_one_connection() {
+    let mut synth = Synthetic::new();
+    let mut other = ev(EventKind::Send, 3000, READ, NOW - 300 * MS, 6000, "other");
+    other.connection = CONN + 1;
+    synth.feed(other);
+    let mut state = synth.state(RunCounters::default());
+    let text = buffer_text(&render(&state, 80, 24));
+    assert!(text.contains("1:/mnt/test40 2:/mnt/test41"), "{text}");
+    assert!(text.contains("in flight: 4 of 4"), "{text}");
+    // m: the first mount only, then the second, then all again.
+    state.handle_key(key(KeyCode::Char('m')));
+    let buf = render(&state, 80, 24);
+    assert_eq!(in_flight_ops(&buf), ["READ", "WRITE", "GETATTR"]);
+    state.handle_key(key(KeyCode::Char('m')));
+    let buf = render(&state, 80, 24);
+    assert_eq!(in_flight_ops(&buf), ["READ"]);
+    assert!(buffer_text(&buf).contains("other"));
+    // The per-opcode view, too; rows carry the mount's number at 80 columns.
+    state.handle_key(key(KeyCode::Tab));
+    let text = buffer_text(&render(&state, 80, 24));
+    assert!(
+        text.contains("2:READ") && !text.contains("1:READ"),
+        "{text}"
+    );
+    state.handle_key(key(KeyCode::Char('m')));
+    let text = buffer_text(&render(&state, 80, 24));
+    assert!(text.contains("1:READ") && text.contains("2:READ"), "{text}");
+    // Wide screens have a mount column instead.
+    let text = buffer_text(&render(&state, 120, 24));
+    assert!(
+        text.contains("MOUNT") && text.contains("/mnt/test41"),
+        "{text}"
+    );
+}

@@ -91,8 +91,19 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
     let mount_width = area.width.saturating_sub(MOUNT_COLUMN_FROM - 20) as usize;
     let table_rows = rows.iter().map(|r| {
         let right = |s: String| Cell::from(Line::from(s).right_aligned());
+        // Without the mount column, rows of several mounts carry the
+        // mount's number from the header.
+        let op = if !with_mount && state.shown.connections.len() > 1 {
+            format!(
+                "{}:{}",
+                state.shown.mount_number(r.key.0),
+                opcode::name(r.key.1)
+            )
+        } else {
+            opcode::name(r.key.1)
+        };
         let mut cells = vec![
-            Cell::from(opcode::name(r.key.1)),
+            Cell::from(op),
             right(fmt_rate(r.rate)),
             right(r.in_flight.to_string()),
             right(r.errors.to_string()),
