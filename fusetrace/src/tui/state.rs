@@ -435,13 +435,15 @@ impl TopState {
         // Rates over the last second of ticks.
         self.rate_samples
             .push_back((now_ns, self.finished, counters.events));
-        while self.rate_samples.len() > 2 && now_ns - self.rate_samples[1].0 >= 1_000_000_000 {
+        while self.rate_samples.len() > 2
+            && now_ns.saturating_sub(self.rate_samples[1].0) >= 1_000_000_000
+        {
             self.rate_samples.pop_front();
         }
         let (t0, f0, e0) = self.rate_samples[0];
         let per_second = |from: u64, to: u64| {
             if now_ns > t0 {
-                (to - from) as f64 * 1e9 / (now_ns - t0) as f64
+                to.saturating_sub(from) as f64 * 1e9 / (now_ns - t0) as f64
             } else {
                 0.0
             }
