@@ -26,7 +26,11 @@ pub struct MountEntry {
 
 impl MountEntry {
     pub fn is_fuse(&self) -> bool {
-        self.fs_type == "fuse" || self.fs_type == "fuseblk" || self.fs_type.starts_with("fuse.")
+        // virtio-fs is FUSE over a virtqueue: same connections, same requests.
+        self.fs_type == "fuse"
+            || self.fs_type == "fuseblk"
+            || self.fs_type == "virtiofs"
+            || self.fs_type.starts_with("fuse.")
     }
 }
 
@@ -178,6 +182,15 @@ mod tests {
         assert_eq!(m[0].mount_point, Path::new("/tmp/my mnt"));
         assert_eq!(m[0].fs_type, "fuse.bindfs");
         assert_eq!(m[1].connection, 53);
+    }
+
+    #[test]
+    fn virtio_fs_mounts_are_fuse_connections() {
+        let guest = "24 1 0:22 / / ro,relatime - virtiofs ROOTFS ro";
+        let m = fuse_mounts(guest);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].connection, 22);
+        assert_eq!(m[0].mount_point, Path::new("/"));
     }
 
     #[test]
