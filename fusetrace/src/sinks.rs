@@ -28,6 +28,18 @@ fn micros(ns: Option<u64>) -> String {
     }
 }
 
+/// The closing summary: a `{"summary": ...}` line in JSON output, and the
+/// human line on stderr either way (nothing lost goes unsaid).
+fn write_summary(out: &mut impl Write, format: Format, summary: &RunSummary) -> Result<()> {
+    if format == Format::Json {
+        serde_json::to_writer(&mut *out, &serde_json::json!({ "summary": summary }))?;
+        writeln!(out)?;
+    }
+    out.flush()?;
+    eprintln!("fusetrace: {}", summary.render());
+    Ok(())
+}
+
 /// A finished request as `trace --format json` prints it.
 #[derive(Serialize)]
 struct TraceRecord<'a> {
@@ -135,13 +147,7 @@ impl<W: Write> Sink for TraceSink<W> {
     }
 
     fn finish(&mut self, summary: &RunSummary, _names: &mut ConnectionTable) -> Result<()> {
-        if self.format == Format::Json {
-            serde_json::to_writer(&mut self.out, &serde_json::json!({ "summary": summary }))?;
-            writeln!(self.out)?;
-        }
-        self.out.flush()?;
-        eprintln!("fusetrace: {}", summary.render());
-        Ok(())
+        write_summary(&mut self.out, self.format, summary)
     }
 }
 
@@ -215,12 +221,6 @@ impl<W: Write> Sink for StatsSink<W> {
 
     fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
         self.print("whole run", true, names)?;
-        if self.format == Format::Json {
-            serde_json::to_writer(&mut self.out, &serde_json::json!({ "summary": summary }))?;
-            writeln!(self.out)?;
-            self.out.flush()?;
-        }
-        eprintln!("fusetrace: {}", summary.render());
-        Ok(())
+        write_summary(&mut self.out, self.format, summary)
     }
 }
