@@ -115,10 +115,8 @@ fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEven
 pub fn fuse_request_send_btf(ctx: BtfTracePointContext) -> i32 {
     let req: u64 = ctx.arg(0);
     let l = layout();
-    match request_event(EventKind::Send, req, &l) {
-        Some(ev) => submit(ev),
-        None => bump(counters::READ_FAULTS),
-    }
+    // Joins the caller's submission when kprobe/fentry call hooks run too.
+    on_send(Some(req), &l);
     0
 }
 

@@ -709,13 +709,17 @@ fn choose_hooks(
             .find(|c| c.stage == Stage::Submit)
             .and_then(|c| c.hook)
             .map(|h| h.backend);
-        // Only the kprobe/fentry send hooks join a call to its request.
+        // Only send hooks that see the request (not the plain tracepoint's
+        // record) join a call to it.
         if *stage == Stage::Call
-            && !matches!(submit_backend, Some(Backend::Kprobe | Backend::Fentry))
+            && !matches!(
+                submit_backend,
+                Some(Backend::TpBtf | Backend::Kprobe | Backend::Fentry)
+            )
         {
             choice
                 .skipped
-                .push("needs a kprobe or fentry submit hook to join calls to requests".into());
+                .push("needs a submit hook that sees the request to join calls to it".into());
             choices.push(choice);
             continue;
         }
@@ -863,8 +867,17 @@ fn load_hook_in(
                 }
                 let p: &mut FEntry = prog.try_into()?;
                 if p.fd().is_err() {
-                    p.load(r.name, btf)
-                        .with_context(|| format!("loading fentry/{}", r.name))?;
+                    p.load(r.name, btf).map_err(|e| match &e {
+                        aya::programs::ProgramError::LoadError { io_error, .. }
+                            if io_error.raw_os_error() == Some(libc::EPERM) =>
+                        {
+                            anyhow!(
+                                "loading fentry/{}: the kernel refuses BPF trampoline programs (BPF_PROG_LOAD: EPERM)",
+                                r.name
+                            )
+                        }
+                        _ => anyhow!("loading fentry/{}: {e}", r.name),
+                    })?;
                     p.attach()
                         .with_context(|| format!("attaching fentry/{}", r.name))?;
                 }
