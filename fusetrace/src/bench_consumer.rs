@@ -24,7 +24,7 @@ use crate::{
     record::{format::Record, replay},
     session::{self, Filter, RunSummary, Sink},
     sinks::{Format, StatsSink, TraceSink},
-    tracker::{Tracker, TrackerConfig},
+    tracker::{RequestLifecycle, Tracker, TrackerConfig},
 };
 
 /// Which sink finished requests go to.
@@ -71,6 +71,8 @@ pub struct ConsumerReport {
     pub median_events_per_sec: f64,
     pub best_events_per_sec: f64,
     pub ns_per_event: f64,
+    /// Bytes of one request's record (each request in flight holds one).
+    pub record_bytes: usize,
 }
 
 /// Bytes of one ring buffer record: a `FuseEvent` as the kernel writes it.
@@ -276,6 +278,7 @@ pub fn run(args: &BenchConsumerArgs) -> Result<ConsumerReport> {
         median_events_per_sec: median,
         best_events_per_sec: *rates.last().unwrap(),
         ns_per_event: 1e9 / median,
+        record_bytes: std::mem::size_of::<RequestLifecycle>(),
     })
 }
 

@@ -5,14 +5,31 @@
 //! symbol as listed. `.part.N` and `.cold` are fragments of a function, not
 //! its entry, so they never stand for it.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+};
 
 /// Function symbols of the running kernel (text symbols only).
+///
+/// Kept compact: a kernel has over 100 000 of them and only a handful are
+/// ever looked up, so a name is stored once (as the key) unless the
+/// compiler made specialised copies of it, and module names are interned.
 #[derive(Debug, Default, Clone)]
 pub struct Kallsyms {
-    /// Base name (suffix stripped) to the names it appears under, and the
-    /// module that holds it (`None` for vmlinux).
-    functions: HashMap<String, Vec<(String, Option<String>)>>,
+    /// Base name (suffix stripped) to the symbols it appears under.
+    functions: HashMap<Box<str>, Symbols>,
+    /// Module names; `Symbols` refer to them by index.
+    modules: Vec<Box<str>>,
+}
+
+/// Where one base name appears: `None` module means vmlinux.
+#[derive(Debug, Clone)]
+enum Symbols {
+    /// Only under its own name (the map key): nearly every function.
+    Plain { module: Option<u16> },
+    /// Under several names (the plain one and/or specialised copies).
+    Several(Vec<(Box<str>, Option<u16>)>),
 }
 
 /// Suffixes the compiler adds to a specialised copy that is still a
@@ -21,55 +38,91 @@ const WHOLE_FUNCTION_SUFFIXES: &[&str] = &[".isra.", ".constprop.", ".llvm."];
 
 impl Kallsyms {
     /// `/proc/kallsyms` of the running kernel; empty when unreadable.
+    /// Read line by line: the text is megabytes.
     pub fn from_running_kernel() -> Kallsyms {
-        std::fs::read_to_string("/proc/kallsyms")
-            .map(|text| Kallsyms::parse(&text))
-            .unwrap_or_default()
+        let mut k = Kallsyms::default();
+        if let Ok(file) = std::fs::File::open("/proc/kallsyms") {
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                k.add_line(&line);
+            }
+        }
+        k
     }
 
     /// Parses kallsyms text: `ADDR TYPE NAME [MODULE]` per line.
     pub fn parse(text: &str) -> Kallsyms {
-        let mut functions: HashMap<String, Vec<(String, Option<String>)>> = HashMap::new();
+        let mut k = Kallsyms::default();
         for line in text.lines() {
-            let mut fields = line.split_whitespace();
-            let (Some(_addr), Some(kind), Some(name)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            if !matches!(kind, "t" | "T") {
-                continue;
-            }
-            let module = fields
-                .next()
-                .map(|m| m.trim_matches(|c| c == '[' || c == ']').to_string());
-            let base = match name.find('.') {
-                None => name,
-                Some(dot) => {
-                    let suffix = &name[dot..];
-                    if !WHOLE_FUNCTION_SUFFIXES
-                        .iter()
-                        .any(|s| suffix.starts_with(s))
-                    {
-                        continue;
-                    }
-                    &name[..dot]
-                }
-            };
-            functions
-                .entry(base.to_string())
-                .or_default()
-                .push((name.to_string(), module));
+            k.add_line(line);
         }
-        Kallsyms { functions }
+        k
+    }
+
+    fn add_line(&mut self, line: &str) {
+        let mut fields = line.split_whitespace();
+        let (Some(_addr), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return;
+        };
+        if !matches!(kind, "t" | "T") {
+            return;
+        }
+        let module = fields
+            .next()
+            .map(|m| self.module_index(m.trim_matches(|c| c == '[' || c == ']')));
+        let base = match name.find('.') {
+            None => name,
+            Some(dot) => {
+                let suffix = &name[dot..];
+                if !WHOLE_FUNCTION_SUFFIXES
+                    .iter()
+                    .any(|s| suffix.starts_with(s))
+                {
+                    return;
+                }
+                &name[..dot]
+            }
+        };
+        match self.functions.get_mut(base) {
+            None => {
+                let symbols = if name == base {
+                    Symbols::Plain { module }
+                } else {
+                    Symbols::Several(vec![(name.into(), module)])
+                };
+                self.functions.insert(base.into(), symbols);
+            }
+            Some(Symbols::Plain { module: first }) => {
+                let first = *first;
+                self.functions.insert(
+                    base.into(),
+                    Symbols::Several(vec![(base.into(), first), (name.into(), module)]),
+                );
+            }
+            Some(Symbols::Several(v)) => v.push((name.into(), module)),
+        }
+    }
+
+    fn module_index(&mut self, module: &str) -> u16 {
+        match self.modules.iter().rposition(|m| &**m == module) {
+            Some(i) => i as u16,
+            None => {
+                self.modules.push(module.into());
+                (self.modules.len() - 1) as u16
+            }
+        }
     }
 
     /// The symbol to probe for function `name`: the plain name when listed,
     /// else its one specialised copy. `None` when absent (inlined, or not in
     /// this version) or ambiguous (several specialised copies).
     pub fn resolve(&self, name: &str) -> Option<&str> {
-        let names = self.functions.get(name)?;
-        if let Some((exact, _)) = names.iter().find(|(n, _)| n == name) {
+        let (key, symbols) = self.functions.get_key_value(name)?;
+        let names = match symbols {
+            Symbols::Plain { .. } => return Some(key),
+            Symbols::Several(names) => names,
+        };
+        if let Some((exact, _)) = names.iter().find(|(n, _)| &**n == name) {
             return Some(exact);
         }
         match names.as_slice() {
@@ -87,10 +140,11 @@ impl Kallsyms {
 
     /// The module holding function `name` (`None`: vmlinux or absent).
     pub fn module_of(&self, name: &str) -> Option<&str> {
-        self.functions
-            .get(name)?
-            .iter()
-            .find_map(|(_, m)| m.as_deref())
+        let module = match self.functions.get(name)? {
+            Symbols::Plain { module } => *module,
+            Symbols::Several(names) => names.iter().find_map(|(_, m)| *m),
+        };
+        module.map(|i| &*self.modules[i as usize])
     }
 
     pub fn is_empty(&self) -> bool {

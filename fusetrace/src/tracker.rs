@@ -352,7 +352,10 @@ type Key = (u32, u64);
 #[derive(Debug, Default)]
 pub struct Tracker {
     config: TrackerConfig,
-    live: HashMap<Key, RequestLifecycle>,
+    /// Boxed: a request in flight costs its record plus one pointer in the
+    /// table, and growing the table (100 000 requests in flight and more)
+    /// moves pointers, not records.
+    live: HashMap<Key, Box<RequestLifecycle>>,
     /// Ended requests waiting for late events: (deadline, key).
     lingering: Vec<(u64, Key)>,
     counters: TrackerCounters,
@@ -374,7 +377,10 @@ impl Tracker {
 
     /// Requests not yet ended (including ended ones waiting for late events).
     pub fn in_flight(&self) -> impl Iterator<Item = &RequestLifecycle> {
-        self.live.values().filter(|r| r.ended_ns.is_none())
+        self.live
+            .values()
+            .map(|r| &**r)
+            .filter(|r| r.ended_ns.is_none())
     }
 
     pub fn in_flight_count(&self) -> usize {
@@ -455,7 +461,7 @@ impl Tracker {
         }
         self.live
             .entry(key)
-            .or_insert_with(|| RequestLifecycle::new(key.0, key.1))
+            .or_insert_with(|| Box::new(RequestLifecycle::new(key.0, key.1)))
     }
 
     fn on_send(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
@@ -594,7 +600,7 @@ impl Tracker {
 
     /// Finishes the request if nothing more is expected of it.
     fn maybe_finish(&mut self, key: Key, out: &mut Vec<RequestLifecycle>) -> bool {
-        if self.live.get(&key).is_some_and(RequestLifecycle::complete) {
+        if self.live.get(&key).is_some_and(|r| r.complete()) {
             self.lingering.retain(|(_, k)| *k != key);
             self.finish(key, out);
             true
@@ -620,7 +626,7 @@ impl Tracker {
             });
         }
         self.counters.finished += 1;
-        out.push(rec);
+        out.push(*rec);
     }
 }
 

@@ -48,7 +48,7 @@ struct Options {
 
 fn usage() -> String {
     "usage: cargo xtask bench [--quick] [--rounds N] [--duration SECONDS] \
-     [--workloads metadata,randread,seqwrite,smallfiles,peak] [--targets reference,bindfs] \
+     [--workloads metadata,randread,seqwrite,smallfiles,peak|none] [--targets reference,bindfs] \
      [--in-flight N (0: skip)] [--no-consumer] [--out FILE]"
         .to_string()
 }
@@ -93,7 +93,11 @@ fn parse_options(args: &[String]) -> Result<Options> {
             }
             "--workloads" => {
                 let list = value(a)?;
-                o.workloads = list.split(',').map(str::to_string).collect();
+                o.workloads = list
+                    .split(',')
+                    .filter(|w| *w != "none")
+                    .map(str::to_string)
+                    .collect();
                 for w in &o.workloads {
                     if !WORKLOADS.iter().any(|k| k.name == w) {
                         return Err(format!("unknown workload `{w}`; {}", usage()));
@@ -520,6 +524,21 @@ impl Bench {
             "READ=1h",
         ]);
         let mount = Mount::reference(daemon, &dir)?;
+        let waiting = fusectl.waiting_file(mount.connection);
+        // Started before the shared file is opened: a tracer that inherited
+        // it would hang at exit in the FLUSH of its close.
+        let mut stats = Command::new(&self.fusetrace);
+        stats
+            .args(["stats", "--format", "json", "--mount"])
+            .arg(&dir)
+            .stdout(Stdio::piped());
+        let tracer = match Tracer::spawn(stats, "tracing (") {
+            Ok(t) => t,
+            Err(e) => {
+                mount.stop()?;
+                return Err(e);
+            }
+        };
         // Opened here, before anything blocks the daemon, and inherited by
         // the helpers: an open() after the first READ would never return.
         let file = dir.join("stall");
@@ -536,20 +555,14 @@ impl Bench {
         let shared = match shared {
             Ok(f) => f,
             Err(e) => {
+                let _ = tracer.stop();
                 mount.stop()?;
                 return Err(e);
             }
         };
-        let waiting = fusectl.waiting_file(mount.connection);
-        let mut stats = Command::new(&self.fusetrace);
-        stats
-            .args(["stats", "--format", "json", "--mount"])
-            .arg(&dir)
-            .stdout(Stdio::piped());
-        let tracer = Tracer::spawn(stats, "tracing (");
         let mut helpers = Vec::new();
-        let result = (|| -> Result<String> {
-            let tracer = tracer?;
+        let before = rss_breakdown(tracer.pid());
+        let held = (|| -> Result<(u64, Duration, String)> {
             let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
             let started = Instant::now();
             let mut left = n;
@@ -586,22 +599,24 @@ impl Bench {
                 last = now;
                 idle.then_some(())
             });
-            let rss_now = vm_kib(tracer.pid(), "VmRSS:").unwrap_or(0);
-            let end = tracer.stop()?;
+            Ok((seen, blocked_after, rss_breakdown(tracer.pid())))
+        })();
+        let end = tracer.stop();
+        let result = held.and_then(|(seen, blocked_after, rss_now)| {
+            let end = end?;
             Ok(format!(
                 "\n### Peak RSS with requests in flight\n\n\
                  {seen} requests waiting on the connection ({n} threads blocked in a 1-byte pread() in {} processes, \
                  all blocked after {:.1} s); daemon: `fusetrace daemon --threads 1 --direct-io --latency READ=1h`.\n\n\
-                 | tracer | in flight at exit (its own count) | RSS while holding them | peak RSS (whole run) |\n\
-                 | --- | ---: | ---: | ---: |\n\
-                 | `fusetrace stats` | {} | {:.1} MiB | {:.1} MiB |\n",
+                 | tracer | in flight at exit (its own count) | RSS before the requests | RSS while holding them | peak RSS (whole run, wait4) |\n\
+                 | --- | ---: | ---: | ---: | ---: |\n\
+                 | `fusetrace stats` | {} | {before} | {rss_now} | {:.1} MiB |\n",
                 helpers.len(),
                 blocked_after.as_secs_f64(),
                 end.in_flight.map(|x| x.to_string()).unwrap_or("?".into()),
-                rss_now as f64 / 1024.0,
                 end.peak_rss_kib as f64 / 1024.0,
             ))
-        })();
+        });
         // Killing the daemon aborts the connection: every blocked caller
         // returns (ECONNABORTED) and the helpers exit.
         mount.kill()?;
@@ -918,13 +933,18 @@ impl Tracer {
     fn stop(self) -> Result<TracerEnd> {
         let pid = self.child.id();
         signal(pid, libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let started = Instant::now();
         let (status, rusage) = loop {
             if let Some(r) = wait4_nohang(pid)? {
                 break r;
             }
-            if Instant::now() > deadline {
+            if started.elapsed() > Duration::from_secs(60) {
                 signal(pid, libc::SIGKILL);
+            }
+            if started.elapsed() > Duration::from_secs(90) {
+                return Err(format!(
+                    "tracer {pid} does not exit, even after SIGKILL (blocked in the kernel?)"
+                ));
             }
             thread::sleep(Duration::from_millis(20));
         };
@@ -1004,6 +1024,18 @@ fn task_cpu_ns(pid: u32) -> Option<u64> {
         total += s.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(total)
+}
+
+/// "12.3 MiB (anon 4.0, file 8.3)" from /proc/PID/status.
+fn rss_breakdown(pid: u32) -> String {
+    let mib = |f: &str| vm_kib(pid, f).map_or(0.0, |k| k as f64 / 1024.0);
+    format!(
+        "{:.1} MiB (anon {:.1}, file {:.1}, shmem {:.1})",
+        mib("VmRSS:"),
+        mib("RssAnon:"),
+        mib("RssFile:"),
+        mib("RssShmem:")
+    )
 }
 
 fn vm_kib(pid: u32, field: &str) -> Option<u64> {
