@@ -641,9 +641,16 @@ impl Probes {
         self.undecodable
     }
 
-    /// One line per stage: which hook and backend serve it.
+    /// One line per stage: which hook and backend serve it. Optional
+    /// stages this kernel cannot observe are left out (`doctor` says why).
     pub fn describe(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self.choices.iter().map(StageChoice::describe).collect();
+        let optional = [Stage::Call, Stage::VirtioQueue, Stage::VirtioDone];
+        let mut lines: Vec<String> = self
+            .choices
+            .iter()
+            .filter(|c| c.hook.is_some() || !optional.contains(&c.stage))
+            .map(StageChoice::describe)
+            .collect();
         if self.app_writes {
             lines.push(APP_WRITES_HOOKS.to_string());
         }
