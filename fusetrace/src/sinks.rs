@@ -10,7 +10,7 @@ use crate::{
     opcode,
     session::{RunSummary, Sink},
     stats::Stats,
-    tracker::{LatencyStage, RequestLifecycle},
+    tracker::{ExtraStage, LatencyStage, RequestLifecycle},
 };
 
 /// Output format of `trace` and `stats`.
@@ -51,6 +51,10 @@ struct TraceRecord<'a> {
     daemon_ns: Option<u64>,
     complete_ns: Option<u64>,
     total_ns: Option<u64>,
+    /// Stages only some requests have (background wait, virtio-fs).
+    bg_wait_ns: Option<u64>,
+    virtqueue_ns: Option<u64>,
+    device_ns: Option<u64>,
 }
 
 /// `fusetrace trace`: one line per finished request.
@@ -84,6 +88,9 @@ impl<W: Write> Sink for TraceSink<W> {
                     daemon_ns: rec.latency(LatencyStage::DaemonService),
                     complete_ns: rec.latency(LatencyStage::Completion),
                     total_ns: rec.latency(LatencyStage::Total),
+                    bg_wait_ns: rec.extra_latency(ExtraStage::BackgroundWait),
+                    virtqueue_ns: rec.extra_latency(ExtraStage::Virtqueue),
+                    device_ns: rec.extra_latency(ExtraStage::Device),
                 };
                 serde_json::to_writer(&mut self.out, &line)?;
                 writeln!(self.out)?;
