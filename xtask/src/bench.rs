@@ -43,13 +43,14 @@ struct Options {
     targets: Vec<Target>,
     in_flight: u64,
     consumer: bool,
+    kernel_cost: bool,
     out: PathBuf,
 }
 
 fn usage() -> String {
     "usage: cargo xtask bench [--quick] [--rounds N] [--duration SECONDS] \
      [--workloads metadata,randread,seqwrite,smallfiles,peak|none] [--targets reference,bindfs] \
-     [--in-flight N (0: skip)] [--no-consumer] [--out FILE]"
+     [--in-flight N (0: skip)] [--no-consumer] [--no-kernel-cost] [--out FILE]"
         .to_string()
 }
 
@@ -61,6 +62,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         targets: vec![Target::Reference, Target::Bindfs],
         in_flight: IN_FLIGHT_TARGET,
         consumer: true,
+        kernel_cost: true,
         out: root().join("target/bench/results.md"),
     };
     let mut it = args.iter();
@@ -120,6 +122,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
                     .map_err(|_| "--in-flight needs a number (0 skips it)")?
             }
             "--no-consumer" => o.consumer = false,
+            "--no-kernel-cost" => o.kernel_cost = false,
             "--out" => o.out = PathBuf::from(value(a)?),
             _ => return Err(format!("unknown argument `{a}`; {}", usage())),
         }
@@ -336,6 +339,11 @@ impl Bench {
                     eprint!("{}", render_workload(target, w, &samples));
                 }
             }
+            if opts.kernel_cost {
+                let k = self.kernel_cost(opts)?;
+                eprint!("{k}");
+                report.push_str(&k);
+            }
             if opts.consumer {
                 let c = self.consumer()?;
                 eprint!("{c}");
@@ -443,6 +451,59 @@ impl Bench {
 
     /// The consumer micro-benchmark, synthetic and on a recording of the
     /// metadata storm.
+    /// Where the traced system's time goes: the kernel's own accounting of
+    /// each BPF program (`kernel.bpf_stats_enabled`), for `stats` and the
+    /// bpftrace script on the metadata storm. A separate run: the
+    /// accounting itself costs two clock reads per program run.
+    fn kernel_cost(&self, opts: &Options) -> Result<String> {
+        eprintln!("xtask: bench: BPF program run time (kernel.bpf_stats_enabled)");
+        let w = WORKLOADS.iter().find(|w| w.name == "metadata").unwrap();
+        let mut out = String::from(
+            "\n### Kernel side: BPF run time per traced request (reference daemon, metadata storm)\n\n\
+             Measured in a separate run with `kernel.bpf_stats_enabled=1` (which itself adds two clock reads \
+             per program run), from `bpftool prog show`.\n\n\
+             | tracer | program | runs per request | ns per run | ns per request |\n| --- | --- | ---: | ---: | ---: |\n",
+        );
+        let mount = Mount::new(self, Target::Reference, w)?;
+        let result = (|| -> Result<()> {
+            let _stats = Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", 1)?;
+            for variant in [Variant::Stats, Variant::Bpftrace] {
+                let before = bpf_programs()?;
+                let tracer = Tracer::start(self, variant, &mount)?;
+                let load = Command::new(&self.fusetrace)
+                    .arg("load")
+                    .arg(&mount.dir)
+                    .args(w.load)
+                    .arg("--duration")
+                    .arg(format!("{}ms", opts.duration.as_millis()))
+                    .output();
+                let after = bpf_programs();
+                let end = tracer.stop()?;
+                load.map_err(|e| format!("fusetrace load: {e}"))?;
+                let requests = end.requests.unwrap_or(0).max(1) as f64;
+                let mut total = 0.0;
+                for (id, (name, runs, ns)) in after? {
+                    if before.contains_key(&id) || runs == 0 {
+                        continue;
+                    }
+                    let per_request = ns as f64 / requests;
+                    total += per_request;
+                    let _ = writeln!(
+                        out,
+                        "| {} | {name} | {:.2} | {:.0} | {per_request:.0} |",
+                        variant.name(),
+                        runs as f64 / requests,
+                        ns as f64 / runs as f64
+                    );
+                }
+                let _ = writeln!(out, "| {} | **all** | | | **{total:.0}** |", variant.name());
+            }
+            Ok(())
+        })();
+        mount.stop()?;
+        result.map(|()| out)
+    }
+
     fn consumer(&self) -> Result<String> {
         eprintln!("xtask: bench: consumer (decode + tracker + sink, one core)");
         let mut out = String::from(
@@ -795,6 +856,15 @@ struct Sysctl {
 }
 
 impl Sysctl {
+    fn set(path: &'static str, value: u64) -> Result<Sysctl> {
+        let old = read_u64(Path::new(path)).ok_or_else(|| format!("cannot read {path}"))?;
+        fs::write(path, value.to_string()).map_err(|e| format!("cannot set {path}: {e}"))?;
+        Ok(Sysctl {
+            path,
+            old: Some(old),
+        })
+    }
+
     fn at_least(path: &'static str, value: u64) -> Result<Sysctl> {
         let old = read_u64(Path::new(path)).ok_or_else(|| format!("cannot read {path}"))?;
         if old >= value {
@@ -1024,6 +1094,36 @@ fn task_cpu_ns(pid: u32) -> Option<u64> {
         total += s.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(total)
+}
+
+/// Loaded BPF programs: id -> (name, runs, run time in ns).
+fn bpf_programs() -> Result<BTreeMap<u64, (String, u64, u64)>> {
+    let text = crate::output(Command::new("bpftool").args(["prog", "show"]))?;
+    // "123: tracepoint  name sys_exit_read  tag ... run_time_ns 85146727 run_cnt 73563"
+    let mut progs = BTreeMap::new();
+    for line in text.lines() {
+        let Some((id, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let Ok(id) = id.trim().parse::<u64>() else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let after = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
+        let name = after("name").unwrap_or("?").to_string();
+        let ns = after("run_time_ns")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let runs = after("run_cnt").and_then(|v| v.parse().ok()).unwrap_or(0);
+        progs.insert(id, (name, runs, ns));
+    }
+    Ok(progs)
 }
 
 /// "12.3 MiB (anon 4.0, file 8.3)" from /proc/PID/status.
