@@ -16,7 +16,7 @@ use aya_ebpf::{
         generated::bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
 use fusetrace_common::{
@@ -29,6 +29,12 @@ static LAYOUT: KernelLayout = KernelLayout::zeroed();
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// 1 once every hook is attached. Until then nothing is reported: a request
+/// sent while the end hook was not yet attached would otherwise look in
+/// flight forever.
+#[map]
+static GATE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Indexed by `counters::*`: ring buffer drops and transfers we could not decode.
 #[map]
@@ -65,6 +71,9 @@ fn uread<T>(addr: u64) -> Option<T> {
 /// ring buffer is full.
 #[inline(always)]
 fn submit(mut ev: FuseEvent) {
+    if GATE.get(0).copied() != Some(1) {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.tgid = (pid_tgid >> 32) as u32;

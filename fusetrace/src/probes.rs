@@ -10,7 +10,7 @@ use std::{os::fd::AsRawFd, path::Path, time::Duration};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
 use fusetrace_common::{FuseEvent, KernelLayout, counters};
@@ -561,6 +561,11 @@ impl Probes {
                 );
             }
         }
+        // Every stage's hook is attached: open the gate, so all stages
+        // start reporting at once.
+        let mut gate: Array<_, u32> =
+            Array::try_from(ebpf.map_mut("GATE").context("GATE map missing")?)?;
+        gate.set(0, 1, 0)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
