@@ -469,6 +469,8 @@ pub struct ProbeOptions {
 /// The ring buffer ([`fusetrace_common::RING_BYTES`]) holds the events of
 /// several hundred windows at the highest FUSE request rates seen.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// Most events one drain hands on before returning to the caller.
+const MAX_DRAIN: usize = 1 << 16;
 /// Events that make a batch worth handing on without waiting.
 const FULL_BATCH: usize = 4096;
 
@@ -617,7 +619,11 @@ impl Probes {
 
     fn drain(&mut self, sink: &mut impl FnMut(FuseEvent)) -> usize {
         let mut n = 0;
-        while let Some(item) = self.ring.next() {
+        // Bounded, so a ring buffer that never empties cannot starve the
+        // caller's ticks (the TUI's frames, stats intervals, Ctrl-C).
+        while n < MAX_DRAIN
+            && let Some(item) = self.ring.next()
+        {
             match crate::decode::decode(&item) {
                 Some(ev) => sink(ev),
                 None => self.undecodable += 1,
