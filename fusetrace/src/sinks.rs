@@ -21,10 +21,30 @@ pub enum Format {
     Json,
 }
 
-fn micros(ns: Option<u64>) -> String {
-    match ns {
-        Some(ns) => format!("{:.1}", ns as f64 / 1000.0),
-        None => "-".to_string(),
+/// A table cell: the value with the column's width and precision, or `-`.
+struct Cell<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Cell<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.pad("-"),
+        }
+    }
+}
+
+/// A mount point, borrowed either way.
+enum Either<'a> {
+    Path(std::path::Display<'a>),
+    Text(&'a str),
+}
+
+impl std::fmt::Display for Either<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Either::Path(p) => p.fmt(f),
+            Either::Text(t) => f.pad(t),
+        }
     }
 }
 
@@ -63,6 +83,8 @@ pub struct TraceSink<W: Write> {
     format: Format,
     start_ns: u64,
     header_done: bool,
+    /// The name of the last connection the mount table did not know.
+    unknown_mount: String,
 }
 
 impl<W: Write> TraceSink<W> {
@@ -72,6 +94,7 @@ impl<W: Write> TraceSink<W> {
             format,
             start_ns,
             header_done: false,
+            unknown_mount: String::new(),
         }
     }
 }
@@ -116,32 +139,45 @@ impl<W: Write> Sink for TraceSink<W> {
                     )?;
                     self.header_done = true;
                 }
+                // Formatted in place, without a String per field: at tens
+                // of thousands of requests a second this line is most of
+                // the tracer's work.
                 let t = rec.first_seen_ns().saturating_sub(self.start_ns) as f64 / 1e9;
-                let opt = |v: Option<u32>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
-                let mut op = opcode::name(rec.opcode);
-                if rec.interrupted {
-                    op.push('!');
+                if names.get(rec.connection).is_none() {
+                    // Unknown: the table looks again (a new mount) or names it by number.
+                    self.unknown_mount = names.name(rec.connection);
                 }
+                let mount = match names.get(rec.connection) {
+                    Some(m) => Either::Path(m.mount_point.display()),
+                    None => Either::Text(&self.unknown_mount),
+                };
+                let op = match opcode::OPCODES.iter().find(|(n, _)| *n == rec.opcode) {
+                    Some((_, name)) if !rec.interrupted => std::borrow::Cow::Borrowed(*name),
+                    _ => {
+                        let mut op = opcode::name(rec.opcode);
+                        if rec.interrupted {
+                            op.push('!');
+                        }
+                        std::borrow::Cow::Owned(op)
+                    }
+                };
+                let us = |stage| Cell(rec.latency(stage).map(|ns| ns as f64 / 1000.0));
                 writeln!(
                     self.out,
-                    "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6}",
+                    "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>6}",
                     t,
-                    names.name(rec.connection),
+                    mount,
                     op,
                     rec.unique,
-                    rec.nodeid
-                        .map(|n| n.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    opt(rec.requester_pid.or(rec.requester_tid)),
+                    Cell(rec.nodeid),
+                    Cell(rec.requester_pid.or(rec.requester_tid)),
                     rec.requester_comm.as_deref().unwrap_or("-"),
-                    opt(rec.daemon_tid),
-                    micros(rec.latency(LatencyStage::QueueWait)),
-                    micros(rec.latency(LatencyStage::DaemonService)),
-                    micros(rec.latency(LatencyStage::Completion)),
-                    micros(rec.latency(LatencyStage::Total)),
-                    rec.error
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "-".into()),
+                    Cell(rec.daemon_tid),
+                    us(LatencyStage::QueueWait),
+                    us(LatencyStage::DaemonService),
+                    us(LatencyStage::Completion),
+                    us(LatencyStage::Total),
+                    Cell(rec.error),
                 )?;
             }
         }
@@ -229,5 +265,110 @@ impl<W: Write> Sink for StatsSink<W> {
     fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
         self.print("whole run", true, names)?;
         write_summary(&mut self.out, self.format, summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        connections::MountEntry,
+        tracker::{Tracker, TrackerConfig},
+    };
+    use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
+
+    fn requests() -> Vec<RequestLifecycle> {
+        let ev = |kind: EventKind, conn: u32, unique: u64, opcode: u32, ts: u64| FuseEvent {
+            kind: kind as u8,
+            flags: FLAG_HAS_HEADER,
+            connection: conn,
+            unique,
+            opcode,
+            ts_ns: ts,
+            nodeid: 7,
+            tgid: 100,
+            tid: 101,
+            req_pid: 101,
+            comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..Default::default()
+        };
+        let mut end = ev(EventKind::End, 52, 4, 3, 9_000_000);
+        end.error = -2;
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        for e in [
+            // Fully observed, interrupted READ on a known mount.
+            ev(EventKind::Send, 52, 10, 15, 1_000_000),
+            ev(EventKind::DaemonRead, 52, 10, 15, 1_002_500),
+            ev(EventKind::DaemonRead, 52, 11, 36, 1_003_000),
+            ev(EventKind::DaemonReply, 52, 10, 0, 1_010_000),
+            ev(EventKind::End, 52, 10, 15, 1_010_400),
+            // Daemon stages never seen, error, on a connection nobody mounted.
+            ev(EventKind::Send, (300 << 20) | 7, 4, 3, 2_000_000),
+            ev(EventKind::End, (300 << 20) | 7, 4, 3, 2_700_000),
+            end,
+        ] {
+            t.observe(&e, &mut out);
+        }
+        t.flush(&mut out);
+        out
+    }
+
+    /// The line as the sink wrote it before it formatted in place.
+    fn with_strings(rec: &RequestLifecycle, names: &mut ConnectionTable, start: u64) -> String {
+        let micros = |ns: Option<u64>| match ns {
+            Some(ns) => format!("{:.1}", ns as f64 / 1000.0),
+            None => "-".to_string(),
+        };
+        let opt = |v: Option<u32>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+        let mut op = opcode::name(rec.opcode);
+        if rec.interrupted {
+            op.push('!');
+        }
+        format!(
+            "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6}",
+            rec.first_seen_ns().saturating_sub(start) as f64 / 1e9,
+            names.name(rec.connection),
+            op,
+            rec.unique,
+            rec.nodeid
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            opt(rec.requester_pid.or(rec.requester_tid)),
+            rec.requester_comm.as_deref().unwrap_or("-"),
+            opt(rec.daemon_tid),
+            micros(rec.latency(LatencyStage::QueueWait)),
+            micros(rec.latency(LatencyStage::DaemonService)),
+            micros(rec.latency(LatencyStage::Completion)),
+            micros(rec.latency(LatencyStage::Total)),
+            rec.error
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+        )
+    }
+
+    #[test]
+    fn text_lines_are_the_columns_they_always_were() {
+        let mut names = ConnectionTable::frozen([MountEntry {
+            connection: 52,
+            mount_point: "/tmp/my mnt".into(),
+            fs_type: "fuse.bindfs".into(),
+            source: "src".into(),
+        }]);
+        let recs = requests();
+        assert!(recs.iter().any(|r| r.interrupted), "{recs:?}");
+        assert!(recs.iter().any(|r| r.daemon_tid.is_none()));
+        let mut sink = TraceSink::new(Vec::new(), Format::Text, 500_000);
+        for r in &recs {
+            sink.request(r, &mut names).unwrap();
+        }
+        let text = String::from_utf8(sink.out).unwrap();
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(lines.len(), recs.len());
+        for (line, rec) in lines.iter().zip(&recs) {
+            assert_eq!(*line, with_strings(rec, &mut names, 500_000));
+        }
+        assert!(text.contains("READ!"), "{text}");
+        assert!(text.contains("conn 300:7"), "{text}");
     }
 }
