@@ -10,8 +10,8 @@ use fusetrace_common::{EventKind, FuseEvent};
 
 use crate::{
     connections::{ConnectionTable, connection_of},
-    record::replay::{MergedNames, add_summary, replay_file},
     probes::{APP_WRITES_HOOKS, Backend, ProbeOptions, Probes},
+    record::replay::{MergedNames, add_summary, replay_file},
     session::{self, Filter, RunSummary, Sink, StopWhen},
     tracker::RequestLifecycle,
     units::parse_duration,
