@@ -260,6 +260,28 @@ fn virtio_fs_walk_matches_an_independent_end_count() {
             "stages out of order: {r}"
         );
     }
+    // The device interrupt that announced an answer lies between the
+    // request going onto the virtqueue and the answer being taken off it.
+    let with_irq: Vec<_> = ours
+        .iter()
+        .filter(|r| r["device_irq_ns"].is_u64())
+        .collect();
+    eprintln!(
+        "virtio-fs: {} of {} requests with their device interrupt",
+        with_irq.len(),
+        ours.len()
+    );
+    assert!(
+        with_irq.len() * 10 >= ours.len() * 9,
+        "device interrupts seen"
+    );
+    for r in with_irq {
+        let t = |k: &str| r[k].as_u64().unwrap();
+        assert!(
+            t("virtq_ns") <= t("device_irq_ns") && t("device_irq_ns") <= t("device_done_ns"),
+            "interrupt outside its request's device stage: {r}"
+        );
+    }
 }
 
 /// With kprobe or fentry hooks on the submitting functions, every request
@@ -313,9 +335,19 @@ fn calls_are_joined_to_their_requests() {
     for r in &created {
         assert!(r["submitted_ns"].as_u64() <= r["sent_ns"].as_u64(), "{r}");
     }
-    let background = created.iter().filter(|r| r["background"] == true).count();
+    let background: Vec<_> = created.iter().filter(|r| r["background"] == true).collect();
     assert!(
-        background >= 1,
+        !background.is_empty(),
         "readahead made no background READ: {created:?}"
+    );
+    for r in &background {
+        assert!(r["bg_wait_ns"].is_u64(), "background wait shown: {r}");
+    }
+    assert!(
+        created
+            .iter()
+            .filter(|r| r["background"] == false)
+            .all(|r| r["bg_wait_ns"].is_null()),
+        "only background requests wait for a background slot"
     );
 }
