@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Result, cargo, have, root, run, setup};
+use crate::{Result, apt_install, cargo, root, run, setup};
 
 /// What the bench needs beyond `cargo xtask setup`: the anchor tracer.
 /// Not installed by the test path (`cargo xtask test`, `.ci/run`).
@@ -146,25 +146,7 @@ pub fn main(args: &[String]) -> Result<()> {
 }
 
 fn install_bench_packages() -> Result<()> {
-    let missing: Vec<&str> = BENCH_APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !have(p))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !have("apt-get") {
-        return Err(format!(
-            "the bench needs {}: install it with your package manager",
-            missing.join(", ")
-        ));
-    }
-    run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    apt_install(BENCH_APT_PACKAGES, |p| p)
 }
 
 // ---------------------------------------------------------------- model

@@ -62,13 +62,20 @@ fn have(program: &str) -> bool {
 }
 
 fn setup_system_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    // A package is there when its main program is.
+    apt_install(
+        APT_PACKAGES,
+        |p| if p == "fuse3" { "fusermount3" } else { p },
+    )
+}
+
+/// Installs with apt-get the `packages` whose program (`program_of`) is not
+/// on PATH; a one-line error where there is no apt-get.
+fn apt_install(packages: &[&str], program_of: impl Fn(&str) -> &str) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
-        .filter(|p| {
-            let bin = if *p == "fuse3" { "fusermount3" } else { p };
-            !have(bin)
-        })
+        .filter(|p| !have(program_of(p)))
         .collect();
     if missing.is_empty() {
         return Ok(());
