@@ -60,18 +60,12 @@ impl MergedNames {
             }
             self.next_fresh
         };
-        self.names.insert(MountEntry {
-            connection: id,
-            mount_point: PathBuf::from(&info.mount_point),
-            fs_type: info.fs_type.clone(),
-            source: String::new(),
-        });
-        self.by_mount.insert(info.mount_point.clone(), id);
+        self.rename(id, info);
         id
     }
 
-    /// A second name for an id this file already uses (bind mounts share a
-    /// connection): the last one wins, as in a live run's table.
+    /// Names `id` after `info`; for an id this file already uses (bind mounts
+    /// share a connection) the last name wins, as in a live run's table.
     fn rename(&mut self, id: u32, info: &ConnectionInfo) {
         self.names.insert(MountEntry {
             connection: id,
