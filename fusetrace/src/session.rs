@@ -133,7 +133,7 @@ pub struct LiveView<'a> {
 
 impl LiveView<'_> {
     /// Requests not yet ended that the filter wants.
-    pub fn in_flight(&self) -> impl Iterator<Item = &RequestLifecycle> {
+    pub fn in_flight(&self) -> impl Iterator<Item = RequestLifecycle> {
         self.tracker.in_flight().filter(|r| self.filter.wants(r))
     }
 }

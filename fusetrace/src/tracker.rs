@@ -375,16 +375,17 @@ impl Tracker {
         self.counters
     }
 
-    /// Requests not yet ended (including ended ones waiting for late events).
-    pub fn in_flight(&self) -> impl Iterator<Item = &RequestLifecycle> {
+    /// Requests not yet ended, each built on the fly from the compact
+    /// record the tracker keeps (so a view can hold them owned).
+    pub fn in_flight(&self) -> impl Iterator<Item = RequestLifecycle> {
         self.live
             .values()
-            .map(|r| &**r)
             .filter(|r| r.ended_ns.is_none())
+            .map(|r| (**r).clone())
     }
 
     pub fn in_flight_count(&self) -> usize {
-        self.in_flight().count()
+        self.live.values().filter(|r| r.ended_ns.is_none()).count()
     }
 
     pub fn watermark_ns(&self) -> u64 {

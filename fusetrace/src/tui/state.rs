@@ -423,10 +423,10 @@ impl TopState {
 
     /// One frame: moves the window to `now_ns`, updates the rates and, unless
     /// paused, what is shown. `name` gives a connection's mount point.
-    pub fn tick<'a>(
+    pub fn tick(
         &mut self,
         now_ns: u64,
-        in_flight: impl Iterator<Item = &'a RequestLifecycle>,
+        in_flight: impl Iterator<Item = RequestLifecycle>,
         counters: RunCounters,
         name: &mut dyn FnMut(u32) -> String,
     ) {
@@ -470,7 +470,7 @@ impl TopState {
         if self.paused {
             return;
         }
-        let in_flight: Vec<RequestLifecycle> = in_flight.cloned().collect();
+        let in_flight: Vec<RequestLifecycle> = in_flight.collect();
         for c in in_flight
             .iter()
             .map(|r| r.connection)
