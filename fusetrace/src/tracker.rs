@@ -36,7 +36,7 @@ pub enum Outcome {
 
 /// One FUSE request's whole life. Times are monotonic nanoseconds; a stage
 /// nobody observed is `None`, never zero.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestLifecycle {
     pub connection: u32,
     pub unique: u64,
@@ -87,7 +87,7 @@ pub struct RequestLifecycle {
 }
 
 /// A task's command name as the kernel keeps it (no allocation per request).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct Comm(pub [u8; 16]);
 
 impl std::fmt::Display for Comm {
@@ -176,40 +176,6 @@ fn span(from: Option<u64>, to: Option<u64>) -> Option<u64> {
 }
 
 impl RequestLifecycle {
-    fn new(connection: u32, unique: u64) -> Self {
-        RequestLifecycle {
-            connection,
-            unique,
-            opcode: 0,
-            nodeid: None,
-            requester_pid: None,
-            requester_tid: None,
-            requester_uid: None,
-            requester_comm: None,
-            background: None,
-            daemon_tid: None,
-            reply_tid: None,
-            sent_ns: None,
-            taken_ns: None,
-            replied_ns: None,
-            ended_ns: None,
-            error: None,
-            request_len: None,
-            reply_len: None,
-            interrupted: false,
-            outcome: None,
-            sender_tid: None,
-            sender_comm: None,
-            writeback_cache: None,
-            send_args: None,
-            end_args: None,
-            submitted_ns: None,
-            virtq_ns: None,
-            device_irq_ns: None,
-            device_done_ns: None,
-        }
-    }
-
     /// Duration of one stage, `None` when either end was not observed.
     pub fn latency(&self, stage: LatencyStage) -> Option<u64> {
         match stage {
@@ -284,6 +250,114 @@ impl RequestLifecycle {
             .min()
             .unwrap_or(0)
     }
+}
+
+/// Which of a [`Live`] record's values were seen: one bit per `Option` of
+/// [`RequestLifecycle`] it stands for, and the two flags' values.
+mod seen {
+    pub const SENT: u32 = 1 << 0;
+    pub const TAKEN: u32 = 1 << 1;
+    pub const REPLIED: u32 = 1 << 2;
+    pub const ENDED: u32 = 1 << 3;
+    pub const SUBMITTED: u32 = 1 << 4;
+    pub const NODEID: u32 = 1 << 5;
+    pub const SEND_ARGS: u32 = 1 << 6;
+    pub const REQUESTER_PID: u32 = 1 << 7;
+    pub const REQUESTER_TID: u32 = 1 << 8;
+    pub const REQUESTER_UID: u32 = 1 << 9;
+    /// The requester's comm is the sender's (the submitting task was the
+    /// requester): one copy kept.
+    pub const REQUESTER_COMM: u32 = 1 << 10;
+    pub const DAEMON_TID: u32 = 1 << 11;
+    pub const REPLY_TID: u32 = 1 << 12;
+    /// Sender tid and comm, always seen together.
+    pub const SENDER: u32 = 1 << 13;
+    pub const REQUEST_LEN: u32 = 1 << 14;
+    pub const REPLY_LEN: u32 = 1 << 15;
+    pub const ERROR: u32 = 1 << 16;
+    pub const BACKGROUND_KNOWN: u32 = 1 << 17;
+    pub const BACKGROUND: u32 = 1 << 18;
+    pub const WRITEBACK_KNOWN: u32 = 1 << 19;
+    pub const WRITEBACK: u32 = 1 << 20;
+    pub const INTERRUPTED: u32 = 1 << 21;
+}
+
+/// A request as the tracker keeps it until it is finished: the values of
+/// [`RequestLifecycle`] without `Option` padding (a bit in `seen` says
+/// which were observed), connection and id only in the table's key, one
+/// comm, and what few requests have in a box allocated when present.
+/// 136 bytes instead of 328 plus a `String`: a daemon that never replies
+/// can leave 100 000 requests in flight.
+#[derive(Debug, Clone, Default)]
+struct Live {
+    sent_ns: u64,
+    taken_ns: u64,
+    replied_ns: u64,
+    ended_ns: u64,
+    submitted_ns: u64,
+    nodeid: u64,
+    send_args: [u64; 2],
+    opcode: u32,
+    requester_pid: u32,
+    requester_tid: u32,
+    requester_uid: u32,
+    daemon_tid: u32,
+    reply_tid: u32,
+    sender_tid: u32,
+    request_len: u32,
+    reply_len: u32,
+    error: i32,
+    sender_comm: Comm,
+    seen: u32,
+    outcome: Option<Outcome>,
+    rare: Option<Box<Rare>>,
+}
+
+/// Stages only virtio-fs requests have, and the end's arguments of an
+/// ended request waiting for late events.
+#[derive(Debug, Clone, Default)]
+struct Rare {
+    virtq_ns: Option<u64>,
+    device_irq_ns: Option<u64>,
+    device_done_ns: Option<u64>,
+    end_args: Option<[u64; 2]>,
+}
+
+impl Live {
+    fn has(&self, bits: u32) -> bool {
+        self.seen & bits == bits
+    }
+
+    fn get<T>(&self, bit: u32, value: T) -> Option<T> {
+        self.has(bit).then_some(value)
+    }
+
+    fn rare(&self) -> Option<&Rare> {
+        self.rare.as_deref()
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    fn is_virtio(&self) -> bool {
+        self.rare()
+            .is_some_and(|r| r.virtq_ns.is_some() || r.device_done_ns.is_some())
+    }
+
+    /// [`RequestLifecycle::fully_observed`], without building one.
+    fn fully_observed(&self) -> bool {
+        let middle = match self.rare() {
+            Some(r) if self.is_virtio() => r.virtq_ns.is_some() && r.device_done_ns.is_some(),
+            _ => self.has(seen::TAKEN | seen::REPLIED),
+        };
+        self.has(seen::SENT | seen::ENDED) && middle
+    }
+
+    /// Everything the tracer expects to see of this request has been seen.
+    fn complete(&self) -> bool {
+        self.outcome.is_some() || self.fully_observed()
+    }
 
     fn fill_header(&mut self, ev: &FuseEvent) {
         if ev.flags & FLAG_HAS_HEADER == 0 {
@@ -292,21 +366,74 @@ impl RequestLifecycle {
         if ev.opcode != 0 {
             self.opcode = ev.opcode;
         }
-        if ev.nodeid != 0 || self.nodeid.is_none() {
-            self.nodeid = Some(ev.nodeid);
+        if ev.nodeid != 0 || !self.has(seen::NODEID) {
+            self.nodeid = ev.nodeid;
+            self.seen |= seen::NODEID;
         }
-        if ev.req_pid != 0 {
-            self.requester_tid.get_or_insert(ev.req_pid);
+        if ev.req_pid != 0 && !self.has(seen::REQUESTER_TID) {
+            self.requester_tid = ev.req_pid;
+            self.seen |= seen::REQUESTER_TID;
         }
-        self.requester_uid.get_or_insert(ev.req_uid);
-        self.request_len.get_or_insert(ev.len);
+        if !self.has(seen::REQUESTER_UID) {
+            self.requester_uid = ev.req_uid;
+            self.seen |= seen::REQUESTER_UID;
+        }
+        if !self.has(seen::REQUEST_LEN) {
+            self.request_len = ev.len;
+            self.seen |= seen::REQUEST_LEN;
+        }
     }
 
-    /// Everything the tracer expects to see of this request has been seen.
-    fn complete(&self) -> bool {
-        match self.outcome {
-            Some(_) => true,
-            None => self.fully_observed(),
+    fn background(&self) -> Option<bool> {
+        self.get(seen::BACKGROUND_KNOWN, self.has(seen::BACKGROUND))
+    }
+
+    fn set_background(&mut self, background: bool) {
+        self.seen |= seen::BACKGROUND_KNOWN;
+        if background {
+            self.seen |= seen::BACKGROUND;
+        } else {
+            self.seen &= !seen::BACKGROUND;
+        }
+    }
+
+    fn to_lifecycle(&self, (connection, unique): Key) -> RequestLifecycle {
+        use seen::*;
+        let rare = self.rare();
+        let sender_comm = self.get(SENDER, self.sender_comm);
+        RequestLifecycle {
+            connection,
+            unique,
+            opcode: self.opcode,
+            nodeid: self.get(NODEID, self.nodeid),
+            requester_pid: self.get(REQUESTER_PID, self.requester_pid),
+            requester_tid: self.get(REQUESTER_TID, self.requester_tid),
+            requester_uid: self.get(REQUESTER_UID, self.requester_uid),
+            requester_comm: self
+                .get(REQUESTER_COMM, ())
+                .and(sender_comm)
+                .map(|c| c.to_string()),
+            background: self.background(),
+            daemon_tid: self.get(DAEMON_TID, self.daemon_tid),
+            reply_tid: self.get(REPLY_TID, self.reply_tid),
+            sent_ns: self.get(SENT, self.sent_ns),
+            taken_ns: self.get(TAKEN, self.taken_ns),
+            replied_ns: self.get(REPLIED, self.replied_ns),
+            ended_ns: self.get(ENDED, self.ended_ns),
+            error: self.get(ERROR, self.error),
+            request_len: self.get(REQUEST_LEN, self.request_len),
+            reply_len: self.get(REPLY_LEN, self.reply_len),
+            interrupted: self.has(INTERRUPTED),
+            outcome: self.outcome,
+            submitted_ns: self.get(SUBMITTED, self.submitted_ns),
+            virtq_ns: rare.and_then(|r| r.virtq_ns),
+            device_irq_ns: rare.and_then(|r| r.device_irq_ns),
+            device_done_ns: rare.and_then(|r| r.device_done_ns),
+            sender_tid: self.get(SENDER, self.sender_tid),
+            sender_comm,
+            writeback_cache: self.get(WRITEBACK_KNOWN, self.has(WRITEBACK)),
+            send_args: self.get(SEND_ARGS, self.send_args),
+            end_args: rare.and_then(|r| r.end_args),
         }
     }
 }
@@ -352,10 +479,10 @@ type Key = (u32, u64);
 #[derive(Debug, Default)]
 pub struct Tracker {
     config: TrackerConfig,
-    /// Boxed: a request in flight costs its record plus one pointer in the
-    /// table, and growing the table (100 000 requests in flight and more)
-    /// moves pointers, not records.
-    live: HashMap<Key, Box<RequestLifecycle>>,
+    /// Boxed: a request in flight costs its compact record plus one pointer
+    /// in the table, and growing the table (100 000 requests in flight and
+    /// more) moves pointers, not records.
+    live: HashMap<Key, Box<Live>>,
     /// Ended requests waiting for late events: (deadline, key).
     lingering: Vec<(u64, Key)>,
     counters: TrackerCounters,
@@ -379,13 +506,13 @@ impl Tracker {
     /// record the tracker keeps (so a view can hold them owned).
     pub fn in_flight(&self) -> impl Iterator<Item = RequestLifecycle> {
         self.live
-            .values()
-            .filter(|r| r.ended_ns.is_none())
-            .map(|r| (**r).clone())
+            .iter()
+            .filter(|(_, r)| !r.has(seen::ENDED))
+            .map(|(key, r)| r.to_lifecycle(*key))
     }
 
     pub fn in_flight_count(&self) -> usize {
-        self.live.values().filter(|r| r.ended_ns.is_none()).count()
+        self.live.values().filter(|r| !r.has(seen::ENDED)).count()
     }
 
     pub fn watermark_ns(&self) -> u64 {
@@ -404,8 +531,6 @@ impl Tracker {
             EventKind::DaemonRead => self.on_take(ev, out),
             EventKind::DaemonReply => self.on_reply(ev, out),
             EventKind::End => self.on_end(ev, out),
-            // Not request stages: virtio-fs stages are the kernel-coverage
-            // work's; application writes are for the diagnosis, not requests.
             EventKind::VirtioQueued | EventKind::VirtioDone => self.on_virtio(ev, kind, out),
             // Not a request stage: application writes are for the diagnosis.
             EventKind::AppWrite => {}
@@ -438,63 +563,84 @@ impl Tracker {
     }
 
     /// Gets the record for `key`, or starts one. An existing record that
-    /// already has the stage being reported, and is older than the event,
-    /// belongs to an earlier request with the same id: it is finished first.
+    /// already has the stage being reported (`stage` bits), and is older
+    /// than the event, belongs to an earlier request with the same id: it
+    /// is finished first.
     fn record_for(
         &mut self,
         key: Key,
-        stage_seen: impl Fn(&RequestLifecycle) -> bool,
+        stage: u32,
         ts: u64,
         out: &mut Vec<RequestLifecycle>,
-    ) -> &mut RequestLifecycle {
-        let stale = self
-            .live
-            .get(&key)
-            .is_some_and(|r| stage_seen(r) || r.ended_ns.is_some_and(|end| end < ts));
+    ) -> &mut Live {
+        let stale = self.live.get(&key).is_some_and(|r| {
+            (stage != 0 && r.has(stage)) || (r.has(seen::ENDED) && r.ended_ns < ts)
+        });
         if stale {
             let old = self.live.get_mut(&key).unwrap();
-            if old.ended_ns.is_none() {
+            if !old.has(seen::ENDED) {
                 old.outcome = Some(Outcome::NeverEnded);
                 self.counters.never_ended += 1;
             }
             self.lingering.retain(|(_, k)| *k != key);
             self.finish(key, out);
         }
-        self.live
-            .entry(key)
-            .or_insert_with(|| Box::new(RequestLifecycle::new(key.0, key.1)))
+        self.live.entry(key).or_default()
     }
 
     fn on_send(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
         let key = (ev.connection, ev.unique);
-        let rec = self.record_for(key, |r| r.sent_ns.is_some(), ev.ts_ns, out);
-        rec.sent_ns = Some(ev.ts_ns);
+        let rec = self.record_for(key, seen::SENT, ev.ts_ns, out);
+        rec.sent_ns = ev.ts_ns;
+        rec.seen |= seen::SENT;
         if ev.aux_ns != 0 {
-            rec.submitted_ns = Some(ev.aux_ns);
+            rec.submitted_ns = ev.aux_ns;
+            rec.seen |= seen::SUBMITTED;
         }
-        rec.sender_tid = Some(ev.tid);
-        rec.sender_comm = Some(Comm(ev.comm));
+        rec.sender_tid = ev.tid;
+        rec.sender_comm = Comm(ev.comm);
+        rec.seen |= seen::SENDER;
         if ev.opcode != 0 {
             rec.opcode = ev.opcode;
         }
         if ev.flags & FLAG_HAS_HEADER != 0 {
             rec.fill_header(ev);
-            rec.background = Some(ev.flags & FLAG_BACKGROUND != 0);
-            rec.writeback_cache = Some(ev.flags & FLAG_WRITEBACK_CACHE != 0);
-            rec.send_args = Some([ev.arg0, ev.arg1]);
+            rec.set_background(ev.flags & FLAG_BACKGROUND != 0);
+            rec.seen |= seen::WRITEBACK_KNOWN;
+            if ev.flags & FLAG_WRITEBACK_CACHE != 0 {
+                rec.seen |= seen::WRITEBACK;
+            } else {
+                rec.seen &= !seen::WRITEBACK;
+            }
+            rec.send_args = [ev.arg0, ev.arg1];
+            rec.seen |= seen::SEND_ARGS;
         }
         // The submitting task is the requester unless the request is a
         // background one flushed from another context.
-        let submitter_is_requester = match rec.requester_tid {
-            Some(tid) => tid == ev.tid,
-            None => rec.background != Some(true),
+        let submitter_is_requester = if rec.has(seen::REQUESTER_TID) {
+            rec.requester_tid == ev.tid
+        } else {
+            rec.background() != Some(true)
         };
         if submitter_is_requester {
-            rec.requester_pid = Some(ev.tgid);
-            rec.requester_tid.get_or_insert(ev.tid);
-            rec.requester_comm = Some(comm(&ev.comm));
+            rec.requester_pid = ev.tgid;
+            if !rec.has(seen::REQUESTER_TID) {
+                rec.requester_tid = ev.tid;
+            }
+            // The comm is the sender's, kept once.
+            rec.seen |= seen::REQUESTER_PID | seen::REQUESTER_TID | seen::REQUESTER_COMM;
         }
         self.maybe_finish(key, out);
+    }
+
+    /// The daemon took a request: its thread and time.
+    fn take(&mut self, key: Key, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) -> &mut Live {
+        let rec = self.record_for(key, seen::TAKEN, ev.ts_ns, out);
+        rec.taken_ns = ev.ts_ns;
+        rec.daemon_tid = ev.tid;
+        rec.seen |= seen::TAKEN | seen::DAEMON_TID;
+        rec.fill_header(ev);
+        rec
     }
 
     fn on_take(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
@@ -504,12 +650,9 @@ impl Tracker {
                 self.counters.interrupts += 1;
                 let target = (ev.connection, ev.unique & !FUSE_INT_REQ_BIT);
                 if let Some(t) = self.live.get_mut(&target) {
-                    t.interrupted = true;
+                    t.seen |= seen::INTERRUPTED;
                 }
-                let rec = self.record_for(key, |r| r.taken_ns.is_some(), ev.ts_ns, out);
-                rec.taken_ns = Some(ev.ts_ns);
-                rec.daemon_tid = Some(ev.tid);
-                rec.fill_header(ev);
+                self.take(key, ev, out);
                 // Finished when answered or when its target ends.
                 if !self.live.contains_key(&target) {
                     self.live.get_mut(&key).unwrap().outcome = Some(Outcome::Interrupt);
@@ -517,18 +660,11 @@ impl Tracker {
                 }
             }
             opcode::FORGET | opcode::BATCH_FORGET => {
-                let rec = self.record_for(key, |r| r.taken_ns.is_some(), ev.ts_ns, out);
-                rec.taken_ns = Some(ev.ts_ns);
-                rec.daemon_tid = Some(ev.tid);
-                rec.fill_header(ev);
-                rec.outcome = Some(Outcome::NoReplyExpected);
+                self.take(key, ev, out).outcome = Some(Outcome::NoReplyExpected);
                 self.finish(key, out);
             }
             _ => {
-                let rec = self.record_for(key, |r| r.taken_ns.is_some(), ev.ts_ns, out);
-                rec.taken_ns = Some(ev.ts_ns);
-                rec.daemon_tid = Some(ev.tid);
-                rec.fill_header(ev);
+                self.take(key, ev, out);
                 self.maybe_finish(key, out);
             }
         }
@@ -544,10 +680,13 @@ impl Tracker {
             self.counters.unmatched_replies += 1;
             return;
         };
-        rec.replied_ns = Some(ev.ts_ns);
-        rec.reply_tid = Some(ev.tid);
-        rec.reply_len = Some(ev.len);
-        rec.error.get_or_insert(ev.error);
+        rec.replied_ns = ev.ts_ns;
+        rec.reply_tid = ev.tid;
+        rec.reply_len = ev.len;
+        if !rec.has(seen::ERROR) {
+            rec.error = ev.error;
+        }
+        rec.seen |= seen::REPLIED | seen::REPLY_TID | seen::REPLY_LEN | seen::ERROR;
         if ev.unique & FUSE_INT_REQ_BIT != 0 {
             rec.outcome = Some(Outcome::Interrupt);
         }
@@ -558,14 +697,15 @@ impl Tracker {
     /// again later: the last enqueue counts, it is not a new request.
     fn on_virtio(&mut self, ev: &FuseEvent, kind: EventKind, out: &mut Vec<RequestLifecycle>) {
         let key = (ev.connection, ev.unique);
-        let rec = self.record_for(key, |_| false, ev.ts_ns, out);
+        let rec = self.record_for(key, 0, ev.ts_ns, out);
         rec.fill_header(ev);
+        let rare = rec.rare_mut();
         if kind == EventKind::VirtioQueued {
-            rec.virtq_ns = Some(ev.ts_ns);
+            rare.virtq_ns = Some(ev.ts_ns);
         } else {
-            rec.device_done_ns = Some(ev.ts_ns);
+            rare.device_done_ns = Some(ev.ts_ns);
             if ev.aux_ns != 0 && ev.aux_ns <= ev.ts_ns {
-                rec.device_irq_ns = Some(ev.aux_ns);
+                rare.device_irq_ns = Some(ev.aux_ns);
             }
         }
         self.maybe_finish(key, out);
@@ -573,61 +713,80 @@ impl Tracker {
 
     fn on_end(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
         let key = (ev.connection, ev.unique);
-        let rec = self.record_for(key, |r| r.ended_ns.is_some(), ev.ts_ns, out);
-        rec.ended_ns = Some(ev.ts_ns);
+        let rec = self.record_for(key, seen::ENDED, ev.ts_ns, out);
+        rec.ended_ns = ev.ts_ns;
         // The kernel's verdict wins over what the daemon wrote (an aborted
         // connection ends requests with ECONNABORTED).
-        rec.error = Some(ev.error);
-        if ev.len != 0 || rec.reply_len.is_none() {
-            rec.reply_len = Some(ev.len);
+        rec.error = ev.error;
+        if ev.len != 0 || !rec.has(seen::REPLY_LEN) {
+            rec.reply_len = ev.len;
         }
+        rec.seen |= seen::ENDED | seen::ERROR | seen::REPLY_LEN;
+        let mut end_args = None;
         if ev.flags & FLAG_HAS_HEADER != 0 {
             rec.fill_header(ev);
-            rec.background
-                .get_or_insert(ev.flags & FLAG_BACKGROUND != 0);
-            rec.end_args = Some([ev.arg0, ev.arg1]);
+            if rec.background().is_none() {
+                rec.set_background(ev.flags & FLAG_BACKGROUND != 0);
+            }
+            end_args = Some([ev.arg0, ev.arg1]);
         }
-        // An interrupt for this request is over too.
-        let int_key = (key.0, key.1 | FUSE_INT_REQ_BIT);
-        if let Some(int) = self.live.get_mut(&int_key) {
-            int.outcome = Some(Outcome::Interrupt);
-            self.finish(int_key, out);
+        if key.1 & FUSE_INT_REQ_BIT != 0 {
+            // An interrupt's own end: it is over.
+            rec.outcome = Some(Outcome::Interrupt);
+        } else {
+            // An interrupt for this request is over too.
+            let int_key = (key.0, key.1 | FUSE_INT_REQ_BIT);
+            if let Some(int) = self.live.get_mut(&int_key) {
+                int.outcome = Some(Outcome::Interrupt);
+                self.lingering.retain(|(_, k)| *k != int_key);
+                self.finish(int_key, out);
+            }
         }
-        if !self.maybe_finish(key, out) {
+        if self.live.get(&key).is_some_and(|r| r.complete()) {
+            // Most requests: finished at once, the end's arguments go
+            // straight into the record handed out (no box for them).
+            self.lingering.retain(|(_, k)| *k != key);
+            self.finish(key, out);
+            if let (Some(args), Some(done)) = (end_args, out.last_mut()) {
+                done.end_args = Some(args);
+            }
+        } else {
+            if let (Some(args), Some(rec)) = (end_args, self.live.get_mut(&key)) {
+                rec.rare_mut().end_args = Some(args);
+            }
             let deadline = ev.ts_ns.saturating_add(self.config.reorder_window_ns);
             self.lingering.push((deadline, key));
         }
     }
 
     /// Finishes the request if nothing more is expected of it.
-    fn maybe_finish(&mut self, key: Key, out: &mut Vec<RequestLifecycle>) -> bool {
+    fn maybe_finish(&mut self, key: Key, out: &mut Vec<RequestLifecycle>) {
         if self.live.get(&key).is_some_and(|r| r.complete()) {
             self.lingering.retain(|(_, k)| *k != key);
             self.finish(key, out);
-            true
-        } else {
-            false
         }
     }
 
     fn finish(&mut self, key: Key, out: &mut Vec<RequestLifecycle>) {
-        let Some(mut rec) = self.live.remove(&key) else {
+        let Some(rec) = self.live.remove(&key) else {
             return;
         };
-        if rec.outcome.is_none() {
-            if rec.sent_ns.is_none() && rec.taken_ns.is_none() {
+        let mut done = rec.to_lifecycle(key);
+        debug_assert_eq!(rec.fully_observed(), done.fully_observed());
+        if done.outcome.is_none() {
+            if done.sent_ns.is_none() && done.taken_ns.is_none() {
                 self.counters.unmatched_ends += 1;
             }
             // A virtio-fs request never has a daemon: its device answered.
-            let daemonless = rec.taken_ns.is_none() && rec.replied_ns.is_none();
-            rec.outcome = Some(if daemonless && !rec.is_virtio() {
+            let daemonless = done.taken_ns.is_none() && done.replied_ns.is_none();
+            done.outcome = Some(if daemonless && !done.is_virtio() {
                 Outcome::EndedWithoutDaemon
             } else {
                 Outcome::Ended
             });
         }
         self.counters.finished += 1;
-        out.push(*rec);
+        out.push(done);
     }
 }
 
@@ -915,6 +1074,212 @@ mod tests {
             s.extra_latency(ExtraStage::BackgroundWait),
             None,
             "a synchronous request does not wait for a background slot"
+        );
+    }
+
+    fn comm16(name: &str) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[..name.len()].copy_from_slice(name.as_bytes());
+        c
+    }
+
+    /// The compact record the tracker keeps hands back every field of
+    /// [`RequestLifecycle`], in flight and finished: a request with every
+    /// stage (daemon and virtio-fs, interrupted, background, writeback,
+    /// submission time), each value distinct.
+    #[test]
+    fn compact_record_round_trips_every_field() {
+        let mut send = ev(EventKind::Send, 60, 16, 1_000);
+        send.flags |= FLAG_BACKGROUND | FLAG_WRITEBACK_CACHE;
+        send.aux_ns = 400;
+        send.req_uid = 1_000;
+        send.len = 4_176;
+        send.arg0 = 8_192;
+        send.arg1 = 4_096;
+        send.comm = comm16("writer");
+        let mut done = ev(EventKind::VirtioDone, 60, 16, 2_500);
+        done.aux_ns = 2_400;
+        let mut reply = daemon(ev(EventKind::DaemonReply, 60, 0, 3_000), 502);
+        reply.len = 24;
+        let mut end = ev(EventKind::End, 60, 16, 3_500);
+        end.error = -4;
+        end.len = 24;
+        end.arg0 = 0x55;
+        end.arg1 = 0x66;
+        let (mut t, mut out) = run(&[
+            send,
+            ev(EventKind::VirtioQueued, 60, 16, 1_500),
+            daemon(ev(EventKind::DaemonRead, 60, 16, 2_000), 501),
+            daemon(ev(EventKind::DaemonRead, 61, opcode::INTERRUPT, 2_100), 503),
+            done,
+        ]);
+        let mut expected = RequestLifecycle {
+            connection: CONN,
+            unique: 60,
+            opcode: 16,
+            nodeid: Some(7),
+            requester_pid: Some(100),
+            requester_tid: Some(101),
+            requester_uid: Some(1_000),
+            requester_comm: Some("writer".into()),
+            background: Some(true),
+            daemon_tid: Some(501),
+            reply_tid: None,
+            sent_ns: Some(1_000),
+            taken_ns: Some(2_000),
+            replied_ns: None,
+            ended_ns: None,
+            error: None,
+            request_len: Some(4_176),
+            reply_len: None,
+            interrupted: true,
+            outcome: None,
+            submitted_ns: Some(400),
+            virtq_ns: Some(1_500),
+            device_irq_ns: Some(2_400),
+            device_done_ns: Some(2_500),
+            sender_tid: Some(101),
+            sender_comm: Some(Comm(comm16("writer"))),
+            writeback_cache: Some(true),
+            send_args: Some([8_192, 4_096]),
+            end_args: None,
+        };
+        assert!(out.is_empty());
+        let live: Vec<_> = t.in_flight().filter(|r| r.unique == 60).collect();
+        assert_eq!(live, [expected.clone()]);
+
+        t.observe(&reply, &mut out);
+        t.observe(&end, &mut out);
+        expected.reply_tid = Some(502);
+        expected.replied_ns = Some(3_000);
+        expected.ended_ns = Some(3_500);
+        expected.error = Some(-4);
+        expected.reply_len = Some(24);
+        expected.outcome = Some(Outcome::Ended);
+        expected.end_args = Some([0x55, 0x66]);
+        assert_eq!(out.len(), 2, "the request and its interrupt: {out:?}");
+        assert_eq!(out[0].unique, 61);
+        assert_eq!(out[0].outcome, Some(Outcome::Interrupt));
+        assert_eq!(out[1], expected);
+        t.flush(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(t.in_flight_count(), 0);
+    }
+
+    /// An end seen before the daemon's events (other CPUs) waits for them
+    /// with its arguments; flags seen false stay known, not unknown.
+    #[test]
+    fn end_waiting_for_late_events_keeps_its_arguments() {
+        let mut send = ev(EventKind::Send, 62, 15, 1_000);
+        send.comm = comm16("reader");
+        let mut end = ev(EventKind::End, 62, 15, 5_000);
+        end.arg0 = 77;
+        end.arg1 = 88;
+        let (mut t, mut out) = run(&[send, end]);
+        assert!(out.is_empty(), "waits for the daemon's events");
+        assert_eq!(t.in_flight_count(), 0, "ended: no longer in flight");
+        t.observe(
+            &daemon(ev(EventKind::DaemonRead, 62, 15, 2_000), 501),
+            &mut out,
+        );
+        t.observe(
+            &daemon(ev(EventKind::DaemonReply, 62, 0, 4_000), 501),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        let r = &out[0];
+        assert!(r.fully_observed());
+        assert_eq!(r.end_args, Some([77, 88]));
+        assert_eq!(r.background, Some(false));
+        assert_eq!(r.writeback_cache, Some(false));
+        assert_eq!(r.requester_comm.as_deref(), Some("reader"));
+        assert_eq!(r.submitted_ns, None);
+        assert_eq!(
+            (r.virtq_ns, r.device_done_ns, r.device_irq_ns),
+            (None, None, None)
+        );
+        assert_eq!(
+            r.error,
+            Some(0),
+            "the daemon's reply, then the kernel's end"
+        );
+    }
+
+    /// A request seen only at its daemon side has no sender, no requester
+    /// comm, and unknown flags: absent stays `None`, not a zero.
+    #[test]
+    fn compact_record_keeps_unseen_values_unknown() {
+        let mut take = daemon(ev(EventKind::DaemonRead, 64, 1, 2_000), 501);
+        take.nodeid = 0;
+        let (t, _) = run(&[take]);
+        let r = t.in_flight().next().unwrap();
+        assert_eq!(r.nodeid, Some(0), "a header's node 0 is a value");
+        assert_eq!((r.sent_ns, r.sender_tid, r.sender_comm), (None, None, None));
+        assert_eq!((r.requester_pid, r.requester_comm), (None, None));
+        assert_eq!(r.requester_tid, Some(101));
+        assert_eq!((r.background, r.writeback_cache), (None, None));
+        assert_eq!((r.send_args, r.end_args, r.error), (None, None, None));
+        assert!(!r.interrupted);
+    }
+}
+
+#[cfg(test)]
+mod memory {
+    use super::*;
+
+    fn rss_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    /// With glibc's 8-byte chunk header, one 144-byte chunk per request;
+    /// a field more moves it to the next size (see `bytes_per_request_in_flight`).
+    #[test]
+    fn in_flight_record_stays_compact() {
+        assert!(std::mem::size_of::<Live>() <= 136);
+    }
+
+    /// Resident bytes per request in flight, for BENCHMARKS.md: run alone
+    /// (`cargo test -p fusetrace --lib --release -- --ignored --exact
+    /// tracker::memory::bytes_per_request_in_flight --nocapture`).
+    #[test]
+    #[ignore]
+    fn bytes_per_request_in_flight() {
+        const N: u64 = 100_000;
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        let mut comm = [0u8; 16];
+        comm[..12].copy_from_slice(b"stall-helper");
+        let before = rss_bytes();
+        for i in 0..N {
+            let ev = FuseEvent {
+                kind: EventKind::Send as u8,
+                flags: FLAG_HAS_HEADER,
+                connection: 52,
+                unique: 2 * (i + 1),
+                opcode: 15, // READ
+                ts_ns: 1_000 + i,
+                nodeid: 7,
+                tgid: 1_000 + (i / 25_000) as u32,
+                tid: 2_000 + i as u32,
+                req_pid: 2_000 + i as u32,
+                len: 80,
+                comm,
+                ..Default::default()
+            };
+            t.observe(&ev, &mut out);
+        }
+        let after = rss_bytes();
+        assert!(out.is_empty());
+        assert_eq!(t.in_flight_count(), N as usize);
+        let per = (after - before) as f64 / N as f64;
+        println!(
+            "{N} requests in flight: {:.1} MiB resident, {per:.0} bytes each \
+             (record {} bytes, {} as a RequestLifecycle)",
+            (after - before) as f64 / (1 << 20) as f64,
+            std::mem::size_of::<Live>(),
+            std::mem::size_of::<RequestLifecycle>(),
         );
     }
 }
