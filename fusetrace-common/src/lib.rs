@@ -234,7 +234,17 @@ pub struct KernelLayout {
     pub sys_enter_arg3: u32,
     /// Report applications' writes to FUSE files (`AppWrite`, for diagnose).
     pub track_app_io: u32,
+    /// In-kernel aggregation (`stats`): only requests whose requester's
+    /// thread or thread group is this (0: all).
+    pub agg_pid: u32,
+    /// In-kernel aggregation: only these connections (the first
+    /// `agg_connection_count`; 0: all).
+    pub agg_connection_count: u32,
+    pub agg_connections: [u32; AGG_MAX_CONNECTIONS],
 }
+
+/// Most `--mount` filters in-kernel aggregation takes.
+pub const AGG_MAX_CONNECTIONS: usize = 8;
 
 impl KernelLayout {
     pub const fn zeroed() -> Self {
@@ -251,7 +261,101 @@ pub mod counters {
     pub const READ_FAULTS: u32 = 1;
     /// splice(2) transfers on `/dev/fuse`, whose headers are not decoded.
     pub const SPLICE_TRANSFERS: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// In-kernel aggregation: requests whose send was recorded.
+    pub const AGG_STARTED: u32 = 3;
+    /// In-kernel aggregation: requests whose end met their send (counted
+    /// in a histogram).
+    pub const AGG_ENDED: u32 = 4;
+    /// In-kernel aggregation: ends of requests sent before tracing began.
+    pub const AGG_UNMATCHED_ENDS: u32 = 5;
+    /// In-kernel aggregation: sends not recorded because the in-flight
+    /// table was full.
+    pub const AGG_TABLE_FULL: u32 = 6;
+    /// In-kernel aggregation: latencies not counted because the histogram
+    /// map was full.
+    pub const AGG_HISTOGRAM_FULL: u32 = 7;
+    pub const COUNT: u32 = 8;
+}
+
+/// Requests the in-kernel aggregation can hold in flight at once.
+pub const AGG_IN_FLIGHT: u32 = 1 << 18;
+/// Distinct (connection, opcode, stage, bucket, error) histogram cells.
+pub const AGG_CELLS: u32 = 1 << 16;
+
+/// Which latency an in-kernel histogram cell counts.
+pub mod agg_stage {
+    /// From `fuse_request_send` to `fuse_request_end`.
+    pub const TOTAL: u8 = 0;
+}
+
+/// One cell of the in-kernel latency histograms: how many requests of this
+/// opcode on this connection took a latency in `bucket` (see
+/// [`latency_bucket`]). 16 bytes, no implicit padding (it is a hash key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HistogramKey {
+    pub connection: u32,
+    pub opcode: u32,
+    pub bucket: u16,
+    /// One of [`agg_stage`].
+    pub stage: u8,
+    /// 1 when the reply carried an error.
+    pub errored: u8,
+    pub _pad: u32,
+}
+
+/// Sub-buckets per power of two: latencies are counted to 1/16 of their
+/// magnitude (6.25%), like an HDR histogram with about 1.2 significant digits.
+const SUB_BUCKETS: u64 = 16;
+
+/// Log-linear bucket of a latency in ns: exact below 16 ns, then 16 buckets
+/// per power of two. Branches only, no loops, so the eBPF verifier takes it.
+#[inline(always)]
+pub fn latency_bucket(ns: u64) -> u16 {
+    if ns < SUB_BUCKETS {
+        return ns as u16;
+    }
+    let mut log2 = 0u64;
+    let mut x = ns;
+    if x >> 32 != 0 {
+        x >>= 32;
+        log2 += 32;
+    }
+    if x >> 16 != 0 {
+        x >>= 16;
+        log2 += 16;
+    }
+    if x >> 8 != 0 {
+        x >>= 8;
+        log2 += 8;
+    }
+    if x >> 4 != 0 {
+        x >>= 4;
+        log2 += 4;
+    }
+    if x >> 2 != 0 {
+        x >>= 2;
+        log2 += 2;
+    }
+    if x >> 1 != 0 {
+        log2 += 1;
+    }
+    // log2 >= 4 here; the top five bits of ns, less the leading one.
+    let sub = (ns >> (log2 - 4)) & (SUB_BUCKETS - 1);
+    (SUB_BUCKETS + (log2 - 4) * SUB_BUCKETS + sub) as u16
+}
+
+/// The latencies (ns) bucket `b` holds: `low..=high`.
+pub fn bucket_bounds(b: u16) -> (u64, u64) {
+    let b = b as u64;
+    if b < SUB_BUCKETS {
+        return (b, b);
+    }
+    let log2 = (b - SUB_BUCKETS) / SUB_BUCKETS + 4;
+    let sub = (b - SUB_BUCKETS) % SUB_BUCKETS;
+    let width = 1u64 << (log2 - 4);
+    let low = (SUB_BUCKETS + sub) << (log2 - 4);
+    (low, low.saturating_add(width - 1))
 }
 
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
@@ -265,4 +369,41 @@ mod user {
     // SAFETY: plain old data, every bit pattern is valid.
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::FuseEvent {}
+    unsafe impl aya::Pod for super::HistogramKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec;
+
+    #[test]
+    fn every_latency_falls_inside_its_bucket() {
+        let mut samples = vec![0u64, 1, 15, 16, 17, 31, 32, 33, 1000, 123_456_789, u64::MAX];
+        for shift in 0..64 {
+            let p = 1u64 << shift;
+            samples.extend([p - 1, p, p + 1, p + p / 3]);
+        }
+        for ns in samples {
+            let (low, high) = bucket_bounds(latency_bucket(ns));
+            assert!(low <= ns && ns <= high, "{ns} outside {low}..={high}");
+        }
+    }
+
+    #[test]
+    fn buckets_are_contiguous_and_fine() {
+        let last = latency_bucket(u64::MAX);
+        let mut next = 0;
+        for b in 0..=last {
+            let (low, high) = bucket_bounds(b);
+            assert_eq!(low, next, "gap before bucket {b}");
+            assert!(
+                high - low <= low / 16,
+                "bucket {b} wider than 1/16 of its start"
+            );
+            next = high.wrapping_add(1);
+        }
+        assert_eq!(next, 0, "the last bucket ends at u64::MAX");
+    }
 }

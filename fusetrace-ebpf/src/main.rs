@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod aggregate;
 mod diagnose;
 
 use aya_ebpf::{
@@ -46,6 +47,16 @@ fn layout() -> KernelLayout {
     // compiler from folding the zeroed initialiser.
     unsafe { core::ptr::read_volatile(&LAYOUT) }
 }
+
+/// One field of [`LAYOUT`], without copying the whole struct onto the
+/// stack (hot programs read two or three fields).
+macro_rules! layout_field {
+    ($field:ident) => {
+        // SAFETY: see `layout`.
+        unsafe { core::ptr::read_volatile(&$crate::LAYOUT.$field) }
+    };
+}
+pub(crate) use layout_field;
 
 #[inline(always)]
 fn bump(counter: u32) {

@@ -272,6 +272,15 @@ impl Sink for CsvSink {
         Ok(())
     }
 
+    fn stats(&mut self, delta: &Stats) -> Result<()> {
+        if self.per_interval {
+            self.interval.merge(delta);
+        } else {
+            self.total.merge(delta);
+        }
+        Ok(())
+    }
+
     fn tick(&mut self, names: &mut ConnectionTable) -> Result<()> {
         if self.per_interval && !self.interval.is_empty() {
             let now = self.clock.now_unix_ns();

@@ -7,6 +7,7 @@ use fusetrace_common::FuseEvent;
 use crate::{
     connections::ConnectionTable,
     session::{LiveView, RunSummary, Sink},
+    stats::Stats,
     tracker::RequestLifecycle,
 };
 
@@ -42,5 +43,9 @@ impl Sink for FanOut<'_> {
 
     fn idle(&mut self, now_ns: u64) -> Result<()> {
         self.sinks.iter_mut().try_for_each(|s| s.idle(now_ns))
+    }
+
+    fn stats(&mut self, delta: &Stats) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.stats(delta))
     }
 }

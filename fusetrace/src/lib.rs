@@ -4,6 +4,7 @@
 //! [`decode`] -> [`tracker`] (request lifecycles, pure) -> sinks
 //! ([`sinks`], [`stats`]). [`session`] wires one run together.
 
+pub mod aggregate;
 pub mod bench_consumer;
 pub mod btf;
 pub mod connections;

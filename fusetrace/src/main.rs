@@ -3,12 +3,13 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use fusetrace::{
+    aggregate,
     connections::connection_of,
     daemon, demo,
     export::{Clock, CsvOpts},
     fanout::FanOut,
     load, opcode,
-    probes::{Backend, ProbeOptions, Probes},
+    probes::{Backend, KernelFilter, ProbeOptions, Probes},
     record::{self, recorder::Recorder},
     session::{self, Filter, Sink, StopWhen},
     sinks::{Format, StatsSink, TraceSink},
@@ -39,6 +40,12 @@ enum Command {
         /// exit; given with --csv, the CSV gets one block per interval.
         #[arg(long, value_parser = parse_duration)]
         interval: Option<Duration>,
+        /// Split each request's latency into queue wait, daemon service and
+        /// completion. Without it the kernel counts whole latencies into
+        /// histograms itself (send and end hooks only), which costs the
+        /// traced file system several times less.
+        #[arg(long)]
+        stages: bool,
         #[command(flatten)]
         csv: CsvOpts,
     },
@@ -123,11 +130,15 @@ impl TraceOpts {
 
     /// `app_writes`: also hook applications' writes to FUSE files (diagnose).
     fn attach_with(&self, app_writes: bool) -> Result<Probes> {
-        let probes = Probes::attach(&ProbeOptions {
+        self.attach_options(ProbeOptions {
             backend: self.backend,
             diagnose: app_writes,
             ..ProbeOptions::default()
-        })?;
+        })
+    }
+
+    fn attach_options(&self, options: ProbeOptions) -> Result<Probes> {
+        let probes = Probes::attach(&options)?;
         // Tests and scripts wait for this line before starting load.
         eprintln!(
             "fusetrace: tracing ({}); Ctrl-C to stop",
@@ -159,20 +170,40 @@ fn run(cli: Cli) -> Result<()> {
         Command::Stats {
             opts,
             interval,
+            stages,
             csv,
         } => {
             let filter = opts.filter()?;
             let stop = StopWhen::on_signals(opts.duration)?;
             // Before attaching, so a bad --csv path fails first.
             let mut csv = csv.sink(interval.is_some(), Clock::Wall)?;
-            let mut probes = opts.attach()?;
+            // The plain tracepoints carry no request pointer to key a
+            // kernel-side table by: that backend splits stages or nothing.
+            let in_kernel = !stages && opts.backend != Some(Backend::Tracepoint);
+            let mut probes = if in_kernel {
+                opts.attach_options(ProbeOptions {
+                    backend: opts.backend,
+                    aggregate: Some(KernelFilter {
+                        pid: filter.pid,
+                        connections: filter.connections.clone(),
+                    }),
+                    ..ProbeOptions::default()
+                })?
+            } else {
+                opts.attach()?
+            };
             let mut stats = StatsSink::new(std::io::stdout().lock(), opts.format, true);
             let mut sinks: Vec<&mut dyn Sink> = vec![&mut stats];
             if let Some(c) = csv.as_mut() {
                 sinks.push(c);
             }
             let interval = interval.unwrap_or(Duration::from_secs(5));
-            session::run(&mut probes, &filter, &mut FanOut { sinks }, &stop, interval)?;
+            let mut sink = FanOut { sinks };
+            if in_kernel {
+                aggregate::run(&mut probes, &filter.opcodes, &mut sink, &stop, interval)?;
+            } else {
+                session::run(&mut probes, &filter, &mut sink, &stop, interval)?;
+            }
         }
         Command::Record {
             opts,

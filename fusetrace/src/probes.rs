@@ -10,10 +10,10 @@ use std::{os::fd::AsRawFd, path::Path, time::Duration};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
-use fusetrace_common::{FuseEvent, KernelLayout, counters};
+use fusetrace_common::{FuseEvent, HistogramKey, KernelLayout, counters};
 
 use crate::{
     btf::Btf,
@@ -287,6 +287,51 @@ pub const HOOK_TABLE: &[(Stage, &[Hook])] = &[
     ),
 ];
 
+/// The hooks of in-kernel aggregation (`stats`): send and end only, each
+/// counting into kernel maps instead of the ring buffer.
+pub const AGGREGATE_HOOK_TABLE: &[(Stage, &[Hook])] = &[
+    (
+        Stage::Submit,
+        &[
+            Hook {
+                backend: Backend::TpBtf,
+                programs: &[("agg_send_btf", Attach::TpBtf("fuse_request_send"))],
+                has_header: true,
+            },
+            Hook {
+                backend: Backend::Fentry,
+                programs: &[("fe_agg_send", Attach::FEntry(&kfunc::SEND))],
+                has_header: true,
+            },
+            Hook {
+                backend: Backend::Kprobe,
+                programs: &[("kp_agg_send", Attach::KProbe(&kfunc::SEND))],
+                has_header: true,
+            },
+        ],
+    ),
+    (
+        Stage::End,
+        &[
+            Hook {
+                backend: Backend::TpBtf,
+                programs: &[("agg_end_btf", Attach::TpBtf("fuse_request_end"))],
+                has_header: true,
+            },
+            Hook {
+                backend: Backend::Fentry,
+                programs: &[("fe_agg_end", Attach::FEntry(&kfunc::END))],
+                has_header: true,
+            },
+            Hook {
+                backend: Backend::Kprobe,
+                programs: &[("kp_agg_end", Attach::KProbe(&kfunc::END))],
+                has_header: true,
+            },
+        ],
+    ),
+];
+
 /// What was chosen for one stage, and why the better hooks were not.
 #[derive(Debug, Clone)]
 pub struct StageChoice {
@@ -463,6 +508,18 @@ pub struct ProbeOptions {
     pub daemon_tgid: Option<u32>,
     /// Also observe applications' writes to FUSE files (`fusetrace diagnose`).
     pub diagnose: bool,
+    /// Count latencies into histograms in the kernel (`stats`) instead of
+    /// reporting every event: only these requests.
+    pub aggregate: Option<KernelFilter>,
+}
+
+/// Which requests in-kernel aggregation counts.
+#[derive(Debug, Clone, Default)]
+pub struct KernelFilter {
+    /// Requester thread or thread group (0: all).
+    pub pid: Option<u32>,
+    /// Only these connections; empty means all.
+    pub connections: Vec<u32>,
 }
 
 /// How long [`Probes::poll`] lets events gather once some have arrived.
@@ -479,6 +536,8 @@ const FULL_BATCH: usize = 4096;
 pub struct Probes {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    /// In-kernel aggregation: the latency histogram cells.
+    histograms: Option<PerCpuHashMap<MapData, HistogramKey, u64>>,
     pub choices: Vec<StageChoice>,
     undecodable: u64,
     /// The diagnosis hooks on applications' writes are attached.
@@ -495,6 +554,12 @@ pub struct KernelCounters {
     pub ring_drops: u64,
     pub read_faults: u64,
     pub splice_transfers: u64,
+    /// In-kernel aggregation (see `fusetrace_common::counters::AGG_*`).
+    pub agg_started: u64,
+    pub agg_ended: u64,
+    pub agg_unmatched_ends: u64,
+    pub agg_table_full: u64,
+    pub agg_histogram_full: u64,
 }
 
 impl Probes {
@@ -520,6 +585,17 @@ impl Probes {
         let mut layout = kernel_layout(&btf, &tracefs)?;
         kernel.fill_layout(&mut layout, &btf);
         layout.daemon_tgid = opts.daemon_tgid.unwrap_or(0);
+        if let Some(f) = &opts.aggregate {
+            layout.agg_pid = f.pid.unwrap_or(0);
+            if f.connections.len() > layout.agg_connections.len() {
+                bail!(
+                    "stats counts in the kernel for at most {} --mount paths; give fewer, or add --stages",
+                    layout.agg_connections.len()
+                );
+            }
+            layout.agg_connection_count = f.connections.len() as u32;
+            layout.agg_connections[..f.connections.len()].copy_from_slice(&f.connections);
+        }
         if opts.diagnose {
             diagnose_layout(&mut layout, &btf)
                 .context("fusetrace diagnose cannot run on this kernel")?;
@@ -532,7 +608,19 @@ impl Probes {
         let aya_btf =
             aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF for tp_btf: {e}"))?;
 
-        let choices = choose_hooks(&mut ebpf, &kernel, &btf, &tracefs, &aya_btf, opts.backend);
+        let table = match opts.aggregate {
+            Some(_) => AGGREGATE_HOOK_TABLE,
+            None => HOOK_TABLE,
+        };
+        let choices = choose_hooks(
+            &mut ebpf,
+            table,
+            &kernel,
+            &btf,
+            &tracefs,
+            &aya_btf,
+            opts.backend,
+        );
         if opts.diagnose {
             let hook = Hook {
                 backend: Backend::Tracepoint,
@@ -563,6 +651,13 @@ impl Probes {
                 );
             }
         }
+        let histograms = match opts.aggregate {
+            Some(_) => Some(PerCpuHashMap::try_from(
+                ebpf.take_map("AGG_HISTOGRAMS")
+                    .context("AGG_HISTOGRAMS map missing")?,
+            )?),
+            None => None,
+        };
         // Every stage's hook is attached: open the gate, so all stages
         // start reporting at once.
         let mut gate: Array<_, u32> =
@@ -574,6 +669,7 @@ impl Probes {
         Ok(Probes {
             ring,
             counters,
+            histograms,
             choices,
             undecodable: 0,
             app_writes: opts.diagnose,
@@ -644,7 +740,26 @@ impl Probes {
             ring_drops: sum(counters::RING_DROPS),
             read_faults: sum(counters::READ_FAULTS),
             splice_transfers: sum(counters::SPLICE_TRANSFERS),
+            agg_started: sum(counters::AGG_STARTED),
+            agg_ended: sum(counters::AGG_ENDED),
+            agg_unmatched_ends: sum(counters::AGG_UNMATCHED_ENDS),
+            agg_table_full: sum(counters::AGG_TABLE_FULL),
+            agg_histogram_full: sum(counters::AGG_HISTOGRAM_FULL),
         }
+    }
+
+    /// In-kernel aggregation: every histogram cell with its count summed
+    /// over the CPUs (counts only grow during a run).
+    pub fn histogram_cells(&self) -> Result<Vec<(HistogramKey, u64)>> {
+        let Some(map) = &self.histograms else {
+            bail!("the probes were attached without in-kernel aggregation");
+        };
+        map.iter()
+            .map(|cell| {
+                let (key, per_cpu) = cell.context("reading the kernel's latency histograms")?;
+                Ok((key, per_cpu.iter().sum()))
+            })
+            .collect()
     }
 
     /// Ring buffer records the decoder rejected.
@@ -737,6 +852,7 @@ impl KernelFunctions {
 /// kernel offers and that loads and attaches; the reasons for the others.
 fn choose_hooks(
     ebpf: &mut Ebpf,
+    table: &[(Stage, &[Hook])],
     kernel: &KernelFunctions,
     btf: &Btf,
     tracefs: &Path,
@@ -744,7 +860,7 @@ fn choose_hooks(
     backend: Option<Backend>,
 ) -> Vec<StageChoice> {
     let mut choices: Vec<StageChoice> = Vec::new();
-    for (stage, hooks) in HOOK_TABLE {
+    for (stage, hooks) in table {
         let mut choice = StageChoice {
             stage: *stage,
             hook: None,
@@ -814,7 +930,9 @@ pub fn survey(backend: Option<Backend>) -> Result<(Vec<StageChoice>, KernelFunct
         .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
     let aya_btf =
         aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF for tp_btf: {e}"))?;
-    let choices = choose_hooks(&mut ebpf, &kernel, &btf, &tracefs, &aya_btf, backend);
+    let choices = choose_hooks(
+        &mut ebpf, HOOK_TABLE, &kernel, &btf, &tracefs, &aya_btf, backend,
+    );
     Ok((choices, kernel))
 }
 

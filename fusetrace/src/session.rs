@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::{
     connections::ConnectionTable,
     probes::{KernelCounters, Probes},
+    stats::Stats,
     tracker::{RequestLifecycle, Tracker, TrackerConfig, TrackerCounters},
 };
 
@@ -62,10 +63,34 @@ pub struct RunSummary {
     pub splice_transfers: u64,
     /// Records the decoder rejected.
     pub undecodable: u64,
+    /// Set when latencies were counted in the kernel (`stats` without
+    /// `--stages`): what the kernel could not count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_aggregation: Option<AggregationLosses>,
+}
+
+/// What in-kernel aggregation could not count.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct AggregationLosses {
+    /// Sends not recorded: the kernel's in-flight table was full.
+    pub in_flight_table_full: u64,
+    /// Latencies not counted: the kernel's histogram map was full.
+    pub histogram_full: u64,
 }
 
 impl RunSummary {
     pub fn render(&self) -> String {
+        if let Some(losses) = &self.kernel_aggregation {
+            return format!(
+                "{} requests counted in the kernel (whole latency, send to end; `stats --stages` splits it into queue, daemon and completion at a higher cost), {} in flight at exit; lost or unmatched: {} ring buffer drops, {} ends without submission, {} sends not counted (in-flight table full), {} latencies not counted (histogram map full)",
+                self.requests,
+                self.in_flight_at_exit,
+                self.ring_drops,
+                self.tracker.unmatched_ends,
+                losses.in_flight_table_full,
+                losses.histogram_full,
+            );
+        }
         let answered = self.requests - self.no_reply_expected;
         let pct = if answered == 0 {
             0.0
@@ -115,6 +140,11 @@ pub trait Sink {
     }
     /// The pipeline was idle and advanced the tracker's clock to `now_ns`.
     fn idle(&mut self, _now_ns: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Latencies counted in the kernel since the last call (in-kernel
+    /// aggregation: no requests are handed over one by one).
+    fn stats(&mut self, _delta: &Stats) -> Result<()> {
         Ok(())
     }
 }

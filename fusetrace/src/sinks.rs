@@ -254,6 +254,14 @@ impl<W: Write> Sink for StatsSink<W> {
         Ok(())
     }
 
+    fn stats(&mut self, delta: &Stats) -> Result<()> {
+        self.total.merge(delta);
+        if self.per_interval {
+            self.interval.merge(delta);
+        }
+        Ok(())
+    }
+
     fn tick(&mut self, names: &mut ConnectionTable) -> Result<()> {
         if self.per_interval && !self.interval.is_empty() {
             self.print("interval", false, names)?;

@@ -73,6 +73,21 @@ impl OpStats {
         }
     }
 
+    /// `n` requests whose `stage` took `ns` (a kernel histogram bucket's
+    /// middle); whole-request cells (`Total`) also count the requests.
+    pub fn record_n(&mut self, stage: LatencyStage, ns: u64, n: u64, errored: bool) {
+        if stage == LatencyStage::Total {
+            self.count += n;
+            if errored {
+                self.errors += n;
+            }
+        }
+        self.histograms
+            .get_mut(&stage)
+            .unwrap()
+            .saturating_record_n(ns.max(1), n);
+    }
+
     pub fn histogram(&self, stage: LatencyStage) -> &Histogram<u64> {
         &self.histograms[&stage]
     }
@@ -154,6 +169,12 @@ impl Stats {
         self.ops.is_empty()
     }
 
+    pub fn merge(&mut self, other: &Stats) {
+        for (key, op) in &other.ops {
+            self.ops.entry(*key).or_default().merge(op);
+        }
+    }
+
     pub fn total_requests(&self) -> u64 {
         self.ops.values().map(|o| o.count).sum()
     }
@@ -202,7 +223,18 @@ impl Stats {
     pub fn render_table(&self, name: &mut impl FnMut(u32) -> String) -> String {
         let mut out = String::new();
         let mut current_mount = None;
-        for summary in self.summaries(name) {
+        let summaries = self.summaries(name);
+        // Stages no hook measured in this run (in-kernel aggregation counts
+        // whole latencies only) get no rows rather than rows of dashes.
+        let measured: Vec<LatencyStage> = LatencyStage::ALL
+            .into_iter()
+            .filter(|stage| {
+                summaries
+                    .iter()
+                    .any(|s| s.stages.iter().any(|st| st.stage == *stage && st.samples > 0))
+            })
+            .collect();
+        for summary in summaries {
             if current_mount.as_ref() != Some(&summary.mount) {
                 let _ = writeln!(out, "mount {}", summary.mount);
                 let _ = writeln!(
@@ -219,7 +251,11 @@ impl Stats {
                 );
                 current_mount = Some(summary.mount.clone());
             }
-            for (i, st) in summary.stages.iter().enumerate() {
+            let rows = summary
+                .stages
+                .iter()
+                .filter(|st| measured.is_empty() || measured.contains(&st.stage));
+            for (i, st) in rows.enumerate() {
                 let (op, count, errors) = if i == 0 {
                     (
                         summary.opcode.clone(),

@@ -119,8 +119,11 @@ fn report_of_a_recording_gives_the_live_numbers() {
     let recorder = Tracer::start(&[
         "record", "-o", trace_s, "--mount", &mount, "--format", "json",
     ]);
+    // --stages: the event pipeline the recorder shares (plain `stats`
+    // counts in the kernel, with whole latencies only).
     let stats = Tracer::start(&[
         "stats",
+        "--stages",
         "--mount",
         &mount,
         "--format",

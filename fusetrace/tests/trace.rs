@@ -194,6 +194,7 @@ fn stats_prints_percentiles_per_opcode() {
     let mount = daemon.path().to_str().unwrap().to_string();
     let tracer = Tracer::start(&[
         "stats",
+        "--stages",
         "--format",
         "json",
         "--mount",

@@ -231,6 +231,7 @@ const WORKLOADS: &[Workload] = &[
 enum Variant {
     Untraced,
     Stats,
+    StatsStages,
     Trace,
     Top,
     Bpftrace,
@@ -241,6 +242,7 @@ impl Variant {
         match self {
             Variant::Untraced => "untraced",
             Variant::Stats => "fusetrace stats",
+            Variant::StatsStages => "fusetrace stats --stages",
             Variant::Trace => "fusetrace trace >/dev/null",
             Variant::Top => "fusetrace top --headless",
             Variant::Bpftrace => "bpftrace script",
@@ -270,6 +272,8 @@ struct Bench {
     fusetrace: PathBuf,
     script: PathBuf,
     has_top: bool,
+    /// `stats --stages` exists (then plain `stats` counts in the kernel).
+    has_stages: bool,
     scratch: PathBuf,
 }
 
@@ -281,6 +285,11 @@ impl Bench {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
+        let stats_help = Command::new(&fusetrace)
+            .args(["stats", "--help"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
         let scratch = std::env::temp_dir().join(format!("fusetrace-bench-{}", std::process::id()));
         fs::create_dir_all(&scratch)
             .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
@@ -288,12 +297,17 @@ impl Bench {
             fusetrace,
             script: root().join("xtask/bench/fuse-latency.bt"),
             has_top: help.contains("--headless"),
+            has_stages: stats_help.contains("--stages"),
             scratch,
         })
     }
 
     fn variants(&self) -> Vec<Variant> {
-        let mut v = vec![Variant::Untraced, Variant::Stats, Variant::Trace];
+        let mut v = vec![Variant::Untraced, Variant::Stats];
+        if self.has_stages {
+            v.push(Variant::StatsStages);
+        }
+        v.push(Variant::Trace);
         if self.has_top {
             v.push(Variant::Top);
         }
@@ -451,7 +465,12 @@ impl Bench {
         let mount = Mount::new(self, Target::Reference, w)?;
         let result = (|| -> Result<()> {
             let _stats = Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", 1)?;
-            for variant in [Variant::Stats, Variant::Bpftrace] {
+            let mut variants = vec![Variant::Stats];
+            if self.has_stages {
+                variants.push(Variant::StatsStages);
+            }
+            variants.push(Variant::Bpftrace);
+            for variant in variants {
                 let before = bpf_programs()?;
                 let tracer = Tracer::start(self, variant, &mount)?;
                 let load = Command::new(&self.fusetrace)
@@ -584,7 +603,30 @@ impl Bench {
     /// daemon that takes one request and never answers, and `n` threads
     /// blocked in stat() on its mount.
     fn in_flight(&self, n: u64) -> Result<String> {
-        eprintln!("xtask: bench: {n} requests in flight");
+        let mut out = String::new();
+        let mut tracers: Vec<&[&str]> = vec![&["stats"]];
+        if self.has_stages {
+            tracers.push(&["stats", "--stages"]);
+        }
+        for (i, args) in tracers.into_iter().enumerate() {
+            let section = self.in_flight_with(n, args)?;
+            if i == 0 {
+                out.push_str(&section);
+            } else if let Some(row) = section.lines().last() {
+                out.push_str(row);
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+
+    /// One tracer (`fusetrace ARGS`) through [`Bench::in_flight`]: its
+    /// section, whose last line is its table row.
+    fn in_flight_with(&self, n: u64, args: &[&str]) -> Result<String> {
+        eprintln!(
+            "xtask: bench: {n} requests in flight, fusetrace {}",
+            args.join(" ")
+        );
         let _pid_max = Sysctl::at_least("/proc/sys/kernel/pid_max", n + 65_536)?;
         let _threads_max = Sysctl::at_least("/proc/sys/kernel/threads-max", n + 65_536)?;
         let fusectl = FuseCtl::mounted()?;
@@ -608,7 +650,8 @@ impl Bench {
         // it would hang at exit in the FLUSH of its close.
         let mut stats = Command::new(&self.fusetrace);
         stats
-            .args(["stats", "--format", "json", "--mount"])
+            .args(args)
+            .args(["--format", "json", "--mount"])
             .arg(&dir)
             .stdout(Stdio::piped());
         let tracer = match Tracer::spawn(stats, "tracing (") {
@@ -689,9 +732,10 @@ impl Bench {
                  all blocked after {:.1} s); daemon: `fusetrace daemon --threads 1 --direct-io --latency READ=1h`.\n\n\
                  | tracer | in flight at exit (its own count) | RSS before the requests | RSS while holding them | peak RSS (whole run, wait4) |\n\
                  | --- | ---: | ---: | ---: | ---: |\n\
-                 | `fusetrace stats` | {} | {before} | {rss_now} | {:.1} MiB |\n",
+                 | `fusetrace {}` | {} | {before} | {rss_now} | {:.1} MiB |\n",
                 helpers.len(),
                 blocked_after.as_secs_f64(),
+                args.join(" "),
                 end.in_flight.map(|x| x.to_string()).unwrap_or("?".into()),
                 end.peak_rss_kib as f64 / 1024.0,
             ))
@@ -933,6 +977,12 @@ impl Tracer {
             Variant::Stats => {
                 cmd = Command::new(&bench.fusetrace);
                 cmd.args(["stats", "--format", "json", "--mount"])
+                    .arg(&mount.dir)
+                    .stdout(Stdio::piped());
+            }
+            Variant::StatsStages => {
+                cmd = Command::new(&bench.fusetrace);
+                cmd.args(["stats", "--stages", "--format", "json", "--mount"])
                     .arg(&mount.dir)
                     .stdout(Stdio::piped());
             }
@@ -1341,12 +1391,16 @@ fn render_workload(
             .map(|ops| 1.0 - ops / base)
     };
     if let (Some(stats), Some(bpf)) = (overhead(Variant::Stats), overhead(Variant::Bpftrace)) {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "\noverhead: `stats` {:.1}%, bpftrace {:.1}%",
             stats * 100.0,
             bpf * 100.0
         );
+        if let Some(stages) = overhead(Variant::StatsStages) {
+            let _ = write!(out, ", `stats --stages` {:.1}%", stages * 100.0);
+        }
+        out.push('\n');
     }
     out
 }

@@ -1,0 +1,204 @@
+//! In-kernel aggregation for `fusetrace stats`: latency histograms per
+//! (connection, opcode) counted where the request ends, so a request costs
+//! two small programs and no ring buffer record, wakeup or user-space work.
+//!
+//! The send time waits in `AGG_SENT`, keyed by the `struct fuse_req *`
+//! (alive from send to end, and a pointer is reused only after its request
+//! ended); the end looks it up, removes it and bumps one histogram cell.
+
+use core::mem::offset_of;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, fentry, kprobe, map},
+    maps::{HashMap, PerCpuHashMap},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext},
+};
+use fusetrace_common::{
+    AGG_CELLS, AGG_IN_FLIGHT, FuseInHeader, FuseOutHeader, HistogramKey, agg_stage, counters,
+    latency_bucket,
+};
+
+use crate::{GATE, bump, fentry_arg, kprobe_arg, kread, layout, layout_field};
+
+/// Send time of each request in flight, keyed by its `struct fuse_req *`.
+/// A plain hash, not an LRU: a request is never forgotten silently; a full
+/// table is counted (`AGG_TABLE_FULL`).
+#[map]
+static AGG_SENT: HashMap<u64, Sent> = HashMap::with_max_entries(AGG_IN_FLIGHT, 0);
+
+/// What the end needs of the send.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Sent {
+    ts_ns: u64,
+    connection: u32,
+    _pad: u32,
+}
+
+/// Request counts per histogram cell, per CPU (no atomics on the hot path).
+#[map]
+static AGG_HISTOGRAMS: PerCpuHashMap<HistogramKey, u64> =
+    PerCpuHashMap::with_max_entries(AGG_CELLS, 0);
+
+#[inline(always)]
+fn open() -> bool {
+    GATE.get(0).copied() == Some(1)
+}
+
+#[inline(always)]
+fn connection_of(req: u64) -> Option<u32> {
+    let fm: u64 = kread(req, layout_field!(req_fm))?;
+    let fc: u64 = kread(fm, layout_field!(mount_fc))?;
+    kread(fc, layout_field!(conn_dev))
+}
+
+/// Whether `stats --pid` wants the request being sent (the requester is
+/// the current task, or named in the header).
+#[inline(always)]
+fn wanted_requester(req: u64) -> bool {
+    let pid = layout_field!(agg_pid);
+    if pid == 0 {
+        return true;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == pid || pid_tgid as u32 == pid {
+        return true;
+    }
+    let header_pid = kread::<u32>(
+        req,
+        layout_field!(req_in_h) + offset_of!(FuseInHeader, pid) as u32,
+    );
+    header_pid == Some(pid)
+}
+
+/// Whether `stats --mount` wants the connection (a few compares against
+/// read-only data, no map lookup).
+#[inline(always)]
+fn wanted_connection(connection: u32) -> bool {
+    let n = layout_field!(agg_connection_count) as usize;
+    if n == 0 {
+        return true;
+    }
+    let wanted = layout_field!(agg_connections);
+    for (i, c) in wanted.iter().enumerate() {
+        if i < n && *c == connection {
+            return true;
+        }
+    }
+    false
+}
+
+/// The request is queued: remember when, if the filters want it.
+#[inline(always)]
+fn agg_send(req: Option<u64>) {
+    let Some(req) = req else { return };
+    if !open() {
+        return;
+    }
+    if !wanted_requester(req) {
+        return;
+    }
+    let Some(connection) = connection_of(req) else {
+        return;
+    };
+    if !wanted_connection(connection) {
+        return;
+    }
+    let sent = Sent {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        connection,
+        _pad: 0,
+    };
+    match AGG_SENT.insert(&req, &sent, 0) {
+        Ok(()) => bump(counters::AGG_STARTED),
+        Err(_) => bump(counters::AGG_TABLE_FULL),
+    }
+}
+
+/// The request ended: count its latency in its histogram cell.
+#[inline(always)]
+fn agg_end(req: Option<u64>) {
+    let Some(req) = req else { return };
+    if !open() {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the value is copied before the entry is removed.
+    let Some(sent) = (unsafe { AGG_SENT.get(&req) }).copied() else {
+        // Sent before tracing began, or filtered out at send. Only the
+        // first is a loss, and only a wanted connection's.
+        if layout_field!(agg_pid) == 0 && connection_of(req).is_some_and(wanted_connection) {
+            bump(counters::AGG_UNMATCHED_ENDS);
+        }
+        return;
+    };
+    let _ = AGG_SENT.remove(&req);
+    let opcode = kread::<u32>(
+        req,
+        layout_field!(req_in_h) + offset_of!(FuseInHeader, opcode) as u32,
+    );
+    let error = kread::<i32>(
+        req,
+        layout_field!(req_out_h) + offset_of!(FuseOutHeader, error) as u32,
+    );
+    let key = HistogramKey {
+        connection: sent.connection,
+        opcode: opcode.unwrap_or(0),
+        bucket: latency_bucket(now.saturating_sub(sent.ts_ns)),
+        stage: agg_stage::TOTAL,
+        errored: (error.unwrap_or(0) != 0) as u8,
+        _pad: 0,
+    };
+    match AGG_HISTOGRAMS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot; programs on one CPU do not interleave.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            if AGG_HISTOGRAMS.insert(&key, &1, 0).is_err() {
+                bump(counters::AGG_HISTOGRAM_FULL);
+                return;
+            }
+        }
+    }
+    bump(counters::AGG_ENDED);
+}
+
+#[btf_tracepoint(function = "fuse_request_send")]
+pub fn agg_send_btf(ctx: BtfTracePointContext) -> i32 {
+    agg_send(Some(ctx.arg(0)));
+    0
+}
+
+#[btf_tracepoint(function = "fuse_request_end")]
+pub fn agg_end_btf(ctx: BtfTracePointContext) -> i32 {
+    agg_end(Some(ctx.arg(0)));
+    0
+}
+
+#[kprobe]
+pub fn kp_agg_send(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    agg_send(kprobe_arg(&ctx, &l, l.arg_send));
+    0
+}
+
+#[kprobe]
+pub fn kp_agg_end(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    agg_end(kprobe_arg(&ctx, &l, l.arg_end));
+    0
+}
+
+#[fentry]
+pub fn fe_agg_send(ctx: FEntryContext) -> u32 {
+    let l = layout();
+    agg_send(fentry_arg(&ctx, l.arg_send));
+    0
+}
+
+#[fentry]
+pub fn fe_agg_end(ctx: FEntryContext) -> u32 {
+    let l = layout();
+    agg_end(fentry_arg(&ctx, l.arg_end));
+    0
+}

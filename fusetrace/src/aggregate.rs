@@ -1,0 +1,170 @@
+//! `fusetrace stats` with in-kernel aggregation: the kernel counts every
+//! request's latency into log-linear histogram cells (see
+//! `fusetrace_common::latency_bucket`); this reads the cells every interval
+//! and hands the growth since the last read to the stats sinks.
+//!
+//! One direction still: kernel maps -> cells -> [`Stats`] -> sinks. No
+//! request passes through the ring buffer or the tracker.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use fusetrace_common::{HistogramKey, agg_stage, bucket_bounds};
+
+use crate::{
+    connections::ConnectionTable,
+    probes::Probes,
+    session::{AggregationLosses, RunSummary, Sink, StopWhen},
+    stats::Stats,
+    tracker::{LatencyStage, TrackerCounters},
+};
+
+/// Cumulative cell counts, turned into the growth between two reads.
+#[derive(Debug, Default)]
+pub struct CellDeltas {
+    seen: HashMap<HistogramKey, u64>,
+}
+
+impl CellDeltas {
+    /// The cells that grew since the previous call, with their growth.
+    pub fn update(&mut self, cells: &[(HistogramKey, u64)]) -> Vec<(HistogramKey, u64)> {
+        let mut grown = Vec::new();
+        for (key, count) in cells {
+            let before = self.seen.insert(*key, *count).unwrap_or(0);
+            // Counts only grow; a smaller value would be a reused map.
+            if *count > before {
+                grown.push((*key, count - before));
+            }
+        }
+        grown
+    }
+}
+
+/// Stats of the given cells; `opcodes` (when not empty) keeps only those.
+pub fn to_stats(cells: &[(HistogramKey, u64)], opcodes: &[u32]) -> Stats {
+    let mut stats = Stats::default();
+    for (key, n) in cells {
+        if !opcodes.is_empty() && !opcodes.contains(&key.opcode) {
+            continue;
+        }
+        let stage = match key.stage {
+            agg_stage::TOTAL => LatencyStage::Total,
+            _ => continue,
+        };
+        let (low, high) = bucket_bounds(key.bucket);
+        stats
+            .ops
+            .entry((key.connection, key.opcode))
+            .or_default()
+            .record_n(stage, low + (high - low) / 2, *n, key.errored != 0);
+    }
+    stats
+}
+
+/// Reads the kernel's cells every `tick` until `stop`, handing each
+/// interval's growth to `sink`, then the summary.
+pub fn run(
+    probes: &mut Probes,
+    opcodes: &[u32],
+    sink: &mut dyn Sink,
+    stop: &StopWhen,
+    tick: Duration,
+) -> Result<RunSummary> {
+    let mut names = ConnectionTable::load();
+    let mut deltas = CellDeltas::default();
+    let mut requests = 0;
+    let started = Instant::now();
+    let mut next_tick = started + tick;
+    loop {
+        let stopping =
+            stop.flag.load(Ordering::Relaxed) || stop.after.is_some_and(|d| started.elapsed() >= d);
+        let now = Instant::now();
+        if stopping || now >= next_tick {
+            let grown = to_stats(&deltas.update(&probes.histogram_cells()?), opcodes);
+            requests += grown.total_requests();
+            sink.stats(&grown)?;
+            if stopping {
+                break;
+            }
+            next_tick += tick;
+            sink.tick(&mut names)?;
+            continue;
+        }
+        // Nothing arrives between reads: wait for the next read or a stop.
+        std::thread::sleep((next_tick - now).min(Duration::from_millis(50)));
+    }
+    let k = probes.counters();
+    let summary = RunSummary {
+        requests,
+        in_flight_at_exit: k.agg_started.saturating_sub(k.agg_ended),
+        tracker: TrackerCounters {
+            unmatched_ends: k.agg_unmatched_ends,
+            ..TrackerCounters::default()
+        },
+        kernel_aggregation: Some(AggregationLosses {
+            in_flight_table_full: k.agg_table_full,
+            histogram_full: k.agg_histogram_full,
+        }),
+        ..RunSummary::default()
+    };
+    sink.finish(&summary, &mut names)?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fusetrace_common::latency_bucket;
+
+    fn cell(opcode: u32, ns: u64, errored: bool) -> HistogramKey {
+        HistogramKey {
+            connection: 52,
+            opcode,
+            bucket: latency_bucket(ns),
+            stage: agg_stage::TOTAL,
+            errored: errored as u8,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn deltas_hand_on_growth_once() {
+        let mut d = CellDeltas::default();
+        let a = cell(1, 10_000, false);
+        let b = cell(3, 50_000, true);
+        assert_eq!(d.update(&[(a, 5)]), vec![(a, 5)]);
+        let mut second = d.update(&[(a, 7), (b, 2)]);
+        second.sort();
+        assert_eq!(second, vec![(a, 2), (b, 2)]);
+        assert!(d.update(&[(a, 7), (b, 2)]).is_empty());
+    }
+
+    #[test]
+    fn cells_become_counts_errors_and_percentiles() {
+        // 90 LOOKUPs at 10 us, 10 at 1 ms of which 4 failed; 3 GETATTRs.
+        let cells = [
+            (cell(1, 10_000, false), 90),
+            (cell(1, 1_000_000, false), 6),
+            (cell(1, 1_000_000, true), 4),
+            (cell(3, 20_000, false), 3),
+        ];
+        let stats = to_stats(&cells, &[]);
+        let lookup = &stats.ops[&(52, 1)];
+        assert_eq!((lookup.count, lookup.errors), (100, 4));
+        let total = lookup.histogram(LatencyStage::Total);
+        let p50 = total.value_at_quantile(0.5);
+        let p99 = total.value_at_quantile(0.99);
+        // Within the bucket's 1/16 and the histogram's 3 digits.
+        assert!((9_400..=10_700).contains(&p50), "p50 {p50}");
+        assert!((940_000..=1_070_000).contains(&p99), "p99 {p99}");
+        assert!(lookup.histogram(LatencyStage::QueueWait).is_empty());
+        assert_eq!(stats.total_requests(), 103);
+        let only_getattr = to_stats(&cells, &[3]);
+        assert_eq!(only_getattr.total_requests(), 3);
+        assert!(!only_getattr.ops.contains_key(&(52, 1)));
+    }
+}

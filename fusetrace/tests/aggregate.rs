@@ -1,0 +1,244 @@
+//! `fusetrace stats` counting in the kernel: real mounts, real programs.
+//! Its counts must equal what the daemon served, its latencies agree with
+//! the event pipeline's (`stats --stages`), other mounts stay out, and a
+//! request that never ends is reported in flight.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+/// One test traces at a time: a second test's load would be outside the
+/// first one's expectations only by timing, but its requests share the
+/// kernel's tables.
+static TRACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn tracing_alone() -> std::sync::MutexGuard<'static, ()> {
+    require_root();
+    TRACING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The whole-run table of a stopped `stats --format json`, by opcode.
+fn whole_run_by_op(out: &TraceOutput) -> BTreeMap<String, Value> {
+    let whole = out
+        .records
+        .iter()
+        .find(|v| v["period"] == "whole run")
+        .unwrap_or_else(|| panic!("no whole-run table; stderr: {}", out.stderr));
+    whole["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["opcode"].as_str().unwrap().to_string(), o.clone()))
+        .collect()
+}
+
+fn stage<'a>(op: &'a Value, name: &str) -> &'a Value {
+    op["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {op}"))
+}
+
+#[test]
+fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
+    let _alone = tracing_alone();
+    // A long attribute timeout: the second tracer's `--mount` stat is
+    // answered from the cache instead of sending a GETATTR that only the
+    // first tracer would see.
+    let ours = Daemon::start("agg-ours", &["--threads", "2", "--ttl", "600s"]);
+    let other = Daemon::start("agg-other", &["--ttl", "0s"]);
+    let mount = ours.path().to_str().unwrap().to_string();
+    let in_kernel = Tracer::start(&["stats", "--format", "json", "--mount", &mount]);
+    let pipeline = Tracer::start(&["stats", "--stages", "--format", "json", "--mount", &mount]);
+    // What was served until now is not the tracers' to see.
+    let before = ours.snapshot();
+    let load = |dir: &Path, workload: &str| {
+        run_ok(Command::new(bin()).args([
+            "load",
+            dir.to_str().unwrap(),
+            "--workload",
+            workload,
+            "--ops",
+            "2000",
+            "--jobs",
+            "2",
+        ]))
+    };
+    load(ours.path(), "mixed");
+    load(other.path(), "metadata");
+    let served = ours.stop_since(&before);
+    other.stop();
+    let counted = in_kernel.stop();
+    let split = pipeline.stop();
+
+    // Forgets are not queued requests: the kernel batches them on a list
+    // of their own, which the send/end tracepoints never see.
+    let expected: BTreeMap<String, u64> = served
+        .into_iter()
+        .filter(|(op, _)| !matches!(op.as_str(), "FORGET" | "BATCH_FORGET"))
+        .collect();
+    let by_op = whole_run_by_op(&counted);
+    let got: BTreeMap<String, u64> = by_op
+        .iter()
+        .map(|(op, o)| (op.clone(), o["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, expected, "counted in the kernel (left) vs served (right)");
+    let ours_name = by_op.values().next().unwrap()["mount"].clone();
+    assert!(
+        by_op.values().all(|o| o["mount"] == ours_name),
+        "another mount's requests were counted: {by_op:?}"
+    );
+    let s = &counted.summary;
+    assert!(
+        s["kernel_aggregation"].is_object(),
+        "plain stats counts in the kernel: {s}"
+    );
+    assert_eq!(s["in_flight_at_exit"].as_u64(), Some(0), "{s}");
+    assert_eq!(s["tracker"]["unmatched_ends"].as_u64(), Some(0), "{s}");
+    assert_eq!(
+        s["kernel_aggregation"]["in_flight_table_full"].as_u64(),
+        Some(0)
+    );
+    assert_eq!(s["kernel_aggregation"]["histogram_full"].as_u64(), Some(0));
+
+    // The same requests, timed by the event pipeline: equal counts, and
+    // medians that agree within the kernel buckets' 1/16 plus the few
+    // microseconds between the two tracers' programs on each hook.
+    let split_by_op = whole_run_by_op(&split);
+    for (op, o) in &by_op {
+        let total = stage(o, "total");
+        assert_eq!(total["samples"], o["count"], "{op}: every request timed");
+        assert!(
+            stage(o, "daemon_service")["samples"].as_u64() == Some(0),
+            "{op}: in-kernel stats has no stage split"
+        );
+        let other = &split_by_op[op];
+        assert_eq!(o["count"], other["count"], "{op}: count vs --stages");
+        assert_eq!(o["errors"], other["errors"], "{op}: errors vs --stages");
+        if o["count"].as_u64().unwrap() >= 100 {
+            let a = total["p50_ns"].as_u64().unwrap() as f64;
+            let b = stage(other, "total")["p50_ns"].as_u64().unwrap() as f64;
+            assert!(
+                (a - b).abs() <= 20_000.0 + 0.25 * b,
+                "{op}: median {a} ns in the kernel vs {b} ns from events"
+            );
+        }
+    }
+}
+
+/// `/sys/fs/fuse/connections`, mounted for the test when it is not.
+struct FuseCtl {
+    mounted_here: bool,
+}
+
+impl FuseCtl {
+    fn new() -> FuseCtl {
+        let dir = Path::new("/sys/fs/fuse/connections");
+        let mounts = fs::read_to_string("/proc/mounts").unwrap();
+        let mounted = mounts.lines().any(|l| l.contains(" /sys/fs/fuse/connections "));
+        if !mounted {
+            run_ok(Command::new("mount").args(["-t", "fusectl", "fusectl"]).arg(dir));
+        }
+        FuseCtl {
+            mounted_here: !mounted,
+        }
+    }
+
+    fn file(&self, connection: u64, name: &str) -> PathBuf {
+        // Named by the kernel's dev_t, which is how fusetrace names connections.
+        Path::new("/sys/fs/fuse/connections")
+            .join(connection.to_string())
+            .join(name)
+    }
+}
+
+impl Drop for FuseCtl {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount")
+                .arg("/sys/fs/fuse/connections")
+                .status();
+        }
+    }
+}
+
+#[test]
+fn a_request_that_never_ends_is_reported_in_flight() {
+    let _alone = tracing_alone();
+    let fusectl = FuseCtl::new();
+    let mut daemon = Daemon::start("agg-stuck", &["--direct-io", "--latency", "READ=1h"]);
+    let conn = connection_of(daemon.path());
+    let file = daemon.path().join("stuck");
+    fs::write(&file, b"x").unwrap();
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let tracer = Tracer::start(&["stats", "--format", "json", "--mount", &mount]);
+    let waiting = fusectl.file(conn, "waiting");
+    let reader = std::thread::spawn({
+        let file = file.clone();
+        move || fs::read(&file).map(|_| ()).map_err(|e| e.to_string())
+    });
+    // The READ is in the daemon once the connection counts it waiting.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read_to_string(&waiting).unwrap().trim() == "0" {
+        assert!(Instant::now() < deadline, "the READ never reached the daemon");
+        std::thread::yield_now();
+    }
+    let out = tracer.stop();
+    assert_eq!(
+        out.summary["in_flight_at_exit"].as_u64(),
+        Some(1),
+        "{}",
+        out.summary
+    );
+    assert!(
+        out.stderr.contains("1 in flight at exit"),
+        "the closing line says it: {}",
+        out.stderr
+    );
+    // Abort the connection: the reader returns with an error, the daemon
+    // ends; then nothing may stay mounted.
+    fs::write(fusectl.file(conn, "abort"), "1").unwrap();
+    assert!(reader.join().unwrap().is_err(), "the stuck read failed");
+    let _ = daemon.child.kill();
+    let _ = daemon.child.wait();
+    if is_mounted(daemon.path()) {
+        run_ok(Command::new("umount").arg("-l").arg(daemon.path()));
+    }
+    assert!(!is_mounted(daemon.path()));
+}
+
+#[test]
+fn too_many_mounts_for_the_kernel_filter_get_one_line() {
+    require_root();
+    let mut args = vec!["stats", "--duration", "1s"];
+    for _ in 0..9 {
+        args.extend(["--mount", "/"]);
+    }
+    // `/` is not a FUSE mount: that error comes first. Use a real one.
+    let daemon = Daemon::start("agg-many", &[]);
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let args: Vec<&str> = args
+        .into_iter()
+        .map(|a| if a == "/" { mount.as_str() } else { a })
+        .collect();
+    let out = Command::new(bin()).args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("at most 8 --mount") && stderr.contains("--stages"),
+        "{stderr}"
+    );
+    daemon.stop();
+}
