@@ -277,8 +277,10 @@ pub mod counters {
     pub const COUNT: u32 = 8;
 }
 
-/// Requests the in-kernel aggregation can hold in flight at once.
-pub const AGG_IN_FLIGHT: u32 = 1 << 18;
+/// Requests the in-kernel aggregation can hold in flight at once (each in
+/// a hashed slot of an array, and as many again in an overflow hash).
+pub const AGG_IN_FLIGHT_BITS: u32 = 18;
+pub const AGG_IN_FLIGHT: u32 = 1 << AGG_IN_FLIGHT_BITS;
 /// Distinct (connection, opcode, stage, bucket, error) histogram cells.
 pub const AGG_CELLS: u32 = 1 << 16;
 
