@@ -78,17 +78,33 @@ fn open() -> bool {
     GATE.get(0).copied() == Some(1)
 }
 
+/// Reads a `T` at `base + offset`. `DIRECT`: `base` is a typed pointer
+/// (a `tp_btf` argument, and what is loaded through it), which
+/// the verifier lets a program load through (offsets are read-only data it
+/// knows), no helper call; otherwise (kprobe and fentry arguments, read
+/// out of their context by a helper) `bpf_probe_read_kernel`.
 #[inline(always)]
-fn connection_of(req: u64) -> Option<u32> {
-    let fm: u64 = kread(req, layout_field!(req_fm))?;
-    let fc: u64 = kread(fm, layout_field!(mount_fc))?;
-    kread(fc, layout_field!(conn_dev))
+fn load<T: Copy, const DIRECT: bool>(base: u64, offset: u32) -> Option<T> {
+    if DIRECT {
+        // SAFETY: the verifier checks the access against BTF and turns a
+        // fault into a zero.
+        Some(unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) })
+    } else {
+        kread(base, offset)
+    }
+}
+
+#[inline(always)]
+fn connection_of<const DIRECT: bool>(req: u64) -> Option<u32> {
+    let fm: u64 = load::<_, DIRECT>(req, layout_field!(req_fm))?;
+    let fc: u64 = load::<_, DIRECT>(fm, layout_field!(mount_fc))?;
+    load::<_, DIRECT>(fc, layout_field!(conn_dev))
 }
 
 /// Whether `stats --pid` wants the request being sent (the requester is
 /// the current task, or named in the header).
 #[inline(always)]
-fn wanted_requester(req: u64) -> bool {
+fn wanted_requester<const DIRECT: bool>(req: u64) -> bool {
     let pid = layout_field!(agg_pid);
     if pid == 0 {
         return true;
@@ -97,7 +113,7 @@ fn wanted_requester(req: u64) -> bool {
     if (pid_tgid >> 32) as u32 == pid || pid_tgid as u32 == pid {
         return true;
     }
-    let header_pid = kread::<u32>(
+    let header_pid = load::<u32, DIRECT>(
         req,
         layout_field!(req_in_h) + offset_of!(FuseInHeader, pid) as u32,
     );
@@ -123,15 +139,15 @@ fn wanted_connection(connection: u32) -> bool {
 
 /// The request is queued: remember when, if the filters want it.
 #[inline(always)]
-fn agg_send(req: Option<u64>) {
+fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     let Some(req) = req else { return };
     if !open() {
         return;
     }
-    if !wanted_requester(req) {
+    if !wanted_requester::<DIRECT>(req) {
         return;
     }
-    let Some(connection) = connection_of(req) else {
+    let Some(connection) = connection_of::<DIRECT>(req) else {
         return;
     };
     if !wanted_connection(connection) {
@@ -181,26 +197,27 @@ fn take_sent(req: u64) -> Option<Sent> {
 
 /// The request ended: count its latency in its histogram cell.
 #[inline(always)]
-fn agg_end(req: Option<u64>) {
+fn agg_end<const DIRECT: bool>(req: Option<u64>) {
     let Some(req) = req else { return };
     if !open() {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the value is copied before the entry is removed.
     let Some(sent) = take_sent(req) else {
         // Sent before tracing began, or filtered out at send. Only the
         // first is a loss, and only a wanted connection's.
-        if layout_field!(agg_pid) == 0 && connection_of(req).is_some_and(wanted_connection) {
+        if layout_field!(agg_pid) == 0
+            && connection_of::<DIRECT>(req).is_some_and(wanted_connection)
+        {
             bump(counters::AGG_UNMATCHED_ENDS);
         }
         return;
     };
-    let opcode = kread::<u32>(
+    let opcode = load::<u32, DIRECT>(
         req,
         layout_field!(req_in_h) + offset_of!(FuseInHeader, opcode) as u32,
     );
-    let error = kread::<i32>(
+    let error = load::<i32, DIRECT>(
         req,
         layout_field!(req_out_h) + offset_of!(FuseOutHeader, error) as u32,
     );
@@ -227,40 +244,41 @@ fn agg_end(req: Option<u64>) {
 
 #[btf_tracepoint(function = "fuse_request_send")]
 pub fn agg_send_btf(ctx: BtfTracePointContext) -> i32 {
-    agg_send(Some(ctx.arg(0)));
+    agg_send::<true>(Some(ctx.arg(0)));
     0
 }
 
 #[btf_tracepoint(function = "fuse_request_end")]
 pub fn agg_end_btf(ctx: BtfTracePointContext) -> i32 {
-    agg_end(Some(ctx.arg(0)));
+    agg_end::<true>(Some(ctx.arg(0)));
     0
 }
 
 #[kprobe]
 pub fn kp_agg_send(ctx: ProbeContext) -> u32 {
     let l = layout();
-    agg_send(kprobe_arg(&ctx, &l, l.arg_send));
+    agg_send::<false>(kprobe_arg(&ctx, &l, l.arg_send));
     0
 }
 
 #[kprobe]
 pub fn kp_agg_end(ctx: ProbeContext) -> u32 {
     let l = layout();
-    agg_end(kprobe_arg(&ctx, &l, l.arg_end));
+    agg_end::<false>(kprobe_arg(&ctx, &l, l.arg_end));
     0
 }
 
 #[fentry]
 pub fn fe_agg_send(ctx: FEntryContext) -> u32 {
     let l = layout();
-    agg_send(fentry_arg(&ctx, l.arg_send));
+    // The argument was copied out of the context by a helper: a number.
+    agg_send::<false>(fentry_arg(&ctx, l.arg_send));
     0
 }
 
 #[fentry]
 pub fn fe_agg_end(ctx: FEntryContext) -> u32 {
     let l = layout();
-    agg_end(fentry_arg(&ctx, l.arg_end));
+    agg_end::<false>(fentry_arg(&ctx, l.arg_end));
     0
 }
