@@ -229,9 +229,11 @@ impl Stats {
         let measured: Vec<LatencyStage> = LatencyStage::ALL
             .into_iter()
             .filter(|stage| {
-                summaries
-                    .iter()
-                    .any(|s| s.stages.iter().any(|st| st.stage == *stage && st.samples > 0))
+                summaries.iter().any(|s| {
+                    s.stages
+                        .iter()
+                        .any(|st| st.stage == *stage && st.samples > 0)
+                })
             })
             .collect();
         for summary in summaries {

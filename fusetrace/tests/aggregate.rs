@@ -93,7 +93,10 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
         .iter()
         .map(|(op, o)| (op.clone(), o["count"].as_u64().unwrap()))
         .collect();
-    assert_eq!(got, expected, "counted in the kernel (left) vs served (right)");
+    assert_eq!(
+        got, expected,
+        "counted in the kernel (left) vs served (right)"
+    );
     let ours_name = by_op.values().next().unwrap()["mount"].clone();
     assert!(
         by_op.values().all(|o| o["mount"] == ours_name),
@@ -146,9 +149,15 @@ impl FuseCtl {
     fn new() -> FuseCtl {
         let dir = Path::new("/sys/fs/fuse/connections");
         let mounts = fs::read_to_string("/proc/mounts").unwrap();
-        let mounted = mounts.lines().any(|l| l.contains(" /sys/fs/fuse/connections "));
+        let mounted = mounts
+            .lines()
+            .any(|l| l.contains(" /sys/fs/fuse/connections "));
         if !mounted {
-            run_ok(Command::new("mount").args(["-t", "fusectl", "fusectl"]).arg(dir));
+            run_ok(
+                Command::new("mount")
+                    .args(["-t", "fusectl", "fusectl"])
+                    .arg(dir),
+            );
         }
         FuseCtl {
             mounted_here: !mounted,
@@ -191,7 +200,10 @@ fn a_request_that_never_ends_is_reported_in_flight() {
     // The READ is in the daemon once the connection counts it waiting.
     let deadline = Instant::now() + Duration::from_secs(30);
     while fs::read_to_string(&waiting).unwrap().trim() == "0" {
-        assert!(Instant::now() < deadline, "the READ never reached the daemon");
+        assert!(
+            Instant::now() < deadline,
+            "the READ never reached the daemon"
+        );
         std::thread::yield_now();
     }
     let out = tracer.stop();
