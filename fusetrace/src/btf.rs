@@ -2,12 +2,19 @@
 //! in the running kernel (`/sys/kernel/btf/vmlinux`, and module BTF split on
 //! top of it). The format is documented in the kernel's
 //! Documentation/bpf/btf.rst.
+//!
+//! The blobs are kept as read and decoded on lookup: the kernel's BTF has
+//! over 100 000 types and only a few dozen are ever asked for, so an index
+//! of where each type's record starts and a name-sorted list of ids is all
+//! that is built (a decoded copy with a `String` per name took ~35 MiB).
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
 const MAGIC: u16 = 0xeb9f;
+/// Every type record starts with name offset, info and size-or-type.
+const RECORD: usize = 12;
 
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
@@ -29,55 +36,52 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
-#[derive(Debug, Clone)]
-struct Member {
-    name: String,
-    type_id: u32,
-    bit_offset: u32,
-}
-
-#[derive(Debug, Clone)]
-enum Type {
-    /// Struct or union.
-    Composite {
-        name: String,
-        size: u32,
-        members: Vec<Member>,
-    },
-    Enum {
-        name: String,
-        values: Vec<(String, i64)>,
-    },
-    /// typedef, const, volatile, restrict, type tag: look through.
-    Alias {
-        type_id: u32,
-    },
-    /// Functions, pointers, forward declarations, floats. `type_id` is a
-    /// function's prototype or a pointer's target.
-    Named {
-        kind: u32,
-        name: String,
-        type_id: u32,
-    },
-    /// A function prototype's parameters: (name, type id).
-    Proto {
-        params: Vec<(String, u32)>,
-    },
-    Other,
+/// One BTF blob as read: vmlinux, or a module's split BTF.
+#[derive(Default)]
+struct Blob {
+    data: Vec<u8>,
+    /// Where the string section is in `data`.
+    strings_at: usize,
+    strings_len: usize,
+    /// Type ids of this blob's first type and of the first after it.
+    first_id: u32,
+    end_id: u32,
+    /// A split blob's string offsets below this are the base's strings.
+    str_base: u32,
+    /// A split blob's type ids from this on are its own (moved to `first_id`).
+    own_ids_from: u32,
+    /// Module name (`None`: vmlinux or a standalone blob).
+    module: Option<String>,
 }
 
 /// Parsed type information of one BTF blob (or a base plus split modules).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Btf {
-    /// Index = type id; id 0 is `void`.
-    types: Vec<Type>,
-    by_name: HashMap<String, Vec<u32>>,
-    /// String section of the first (base) blob; split blobs refer into it.
-    base_strings: Vec<u8>,
-    /// Number of type ids of the base (vmlinux, with `void`). Every module's
-    /// split BTF numbers its own types from here, so a second module's ids
-    /// are moved to where its types are stored.
-    base_types: u32,
+    /// `blobs[0]` is the base; split blobs follow in id order.
+    blobs: Vec<Blob>,
+    /// Index = type id: where its record starts in its blob's `data`.
+    /// Id 0 (`void`) has no record.
+    records: Vec<u32>,
+    /// Ids of the types lookups are by name for (structs, unions, enums,
+    /// typedefs, functions, forward declarations), sorted by name, then id.
+    by_name: Vec<u32>,
+}
+
+impl std::fmt::Debug for Btf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Btf")
+            .field("types", &self.records.len())
+            .field("named", &self.by_name.len())
+            .field(
+                "modules",
+                &self
+                    .blobs
+                    .iter()
+                    .filter_map(|b| b.module.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 fn u16_at(data: &[u8], at: usize) -> Result<u16> {
@@ -88,6 +92,127 @@ fn u16_at(data: &[u8], at: usize) -> Result<u16> {
 fn u32_at(data: &[u8], at: usize) -> Result<u32> {
     let b = data.get(at..at + 4).context("BTF data is truncated")?;
     Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Bytes taken by a record's kind-specific data after the common part.
+fn trailing_len(kind: u32, vlen: usize) -> Result<usize> {
+    Ok(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_ENUM64 | KIND_DATASEC => 12 * vlen,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+        KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+        | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+        other => bail!("unknown BTF kind {other}"),
+    })
+}
+
+/// Kinds found by name (the others are never looked up by name).
+fn indexed(kind: u32) -> bool {
+    matches!(
+        kind,
+        KIND_STRUCT
+            | KIND_UNION
+            | KIND_ENUM
+            | KIND_ENUM64
+            | KIND_TYPEDEF
+            | KIND_FUNC
+            | KIND_FWD
+            | KIND_PTR
+            | KIND_FLOAT
+    )
+}
+
+/// One type's record, read in place. Parsing checked that it is complete.
+#[derive(Clone, Copy)]
+struct Record<'a> {
+    btf: &'a Btf,
+    blob: &'a Blob,
+    /// Where the record starts in `blob.data`.
+    at: usize,
+}
+
+impl<'a> Record<'a> {
+    fn word(&self, index: usize) -> u32 {
+        let at = self.at + 4 * index;
+        let b = &self.blob.data[at..at + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+    fn info(&self) -> u32 {
+        self.word(1)
+    }
+    fn kind(&self) -> u32 {
+        (self.info() >> 24) & 0x1f
+    }
+    fn vlen(&self) -> usize {
+        (self.info() & 0xffff) as usize
+    }
+    fn kind_flag(&self) -> bool {
+        self.info() >> 31 == 1
+    }
+    fn name(&self) -> &'a [u8] {
+        self.btf.string(self.blob, self.word(0))
+    }
+    fn size(&self) -> u32 {
+        self.word(2)
+    }
+    /// The referred type (pointer target, alias, function's prototype).
+    fn type_id(&self) -> u32 {
+        self.blob.remap(self.word(2))
+    }
+    fn is_composite(&self) -> bool {
+        matches!(self.kind(), KIND_STRUCT | KIND_UNION)
+    }
+    /// Struct/union members: (name, type id, bit offset).
+    fn members(self) -> impl Iterator<Item = (&'a [u8], u32, u32)> {
+        let n = if self.is_composite() { self.vlen() } else { 0 };
+        let flag = self.kind_flag();
+        (0..n).map(move |i| {
+            let w = 3 + 3 * i;
+            let off = self.word(w + 2);
+            (
+                self.btf.string(self.blob, self.word(w)),
+                self.blob.remap(self.word(w + 1)),
+                if flag { off & 0x00ff_ffff } else { off },
+            )
+        })
+    }
+    /// Enumerators: (name, value).
+    fn enumerators(self) -> impl Iterator<Item = (&'a [u8], i64)> {
+        let (n, stride) = match self.kind() {
+            KIND_ENUM => (self.vlen(), 2),
+            KIND_ENUM64 => (self.vlen(), 3),
+            _ => (0, 0),
+        };
+        (0..n).map(move |i| {
+            let w = 3 + stride * i;
+            let value = if stride == 2 {
+                self.word(w + 1) as i32 as i64
+            } else {
+                ((self.word(w + 2) as u64) << 32 | self.word(w + 1) as u64) as i64
+            };
+            (self.btf.string(self.blob, self.word(w)), value)
+        })
+    }
+    /// A function prototype's parameter types.
+    fn param_types(self) -> impl Iterator<Item = u32> {
+        let n = if self.kind() == KIND_FUNC_PROTO {
+            self.vlen()
+        } else {
+            0
+        };
+        (0..n).map(move |i| self.blob.remap(self.word(3 + 2 * i + 1)))
+    }
+}
+
+impl Blob {
+    fn remap(&self, id: u32) -> u32 {
+        if self.own_ids_from == 0 || id < self.own_ids_from {
+            id
+        } else {
+            id - self.own_ids_from + self.first_id
+        }
+    }
 }
 
 impl Btf {
@@ -102,234 +227,167 @@ impl Btf {
             )
         })?;
         let mut btf = Btf::default();
-        btf.types.push(Type::Other);
-        btf.add_blob(&data)
+        btf.add_blob(data, None)
             .with_context(|| format!("parsing {}", vmlinux.display()))?;
         for module in modules {
             let path = Path::new("/sys/kernel/btf").join(module);
             if let Ok(data) = std::fs::read(&path) {
-                btf.add_blob(&data)
+                btf.add_blob(data, Some(module))
                     .with_context(|| format!("parsing {}", path.display()))?;
             }
         }
+        btf.index_names();
         Ok(btf)
     }
 
     /// Parses one standalone BTF blob.
     pub fn parse(data: &[u8]) -> Result<Btf> {
         let mut btf = Btf::default();
-        btf.types.push(Type::Other);
-        btf.add_blob(data)?;
+        btf.add_blob(data.to_vec(), None)?;
+        btf.index_names();
         Ok(btf)
     }
 
     /// Adds a blob whose type ids and string offsets continue after the
-    /// base's (split BTF, as in `/sys/kernel/btf/<module>`).
-    fn add_blob(&mut self, data: &[u8]) -> Result<()> {
-        if u16_at(data, 0)? != MAGIC {
+    /// base's (split BTF, as in `/sys/kernel/btf/<module>`). Call
+    /// [`Btf::index_names`] after the last one.
+    fn add_blob(&mut self, data: Vec<u8>, module: Option<&str>) -> Result<()> {
+        if u16_at(&data, 0)? != MAGIC {
             bail!("not BTF data (bad magic)");
         }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let type_off = u32_at(&data, 8)? as usize;
+        let type_len = u32_at(&data, 12)? as usize;
+        let str_off = u32_at(&data, 16)? as usize;
+        let str_len = u32_at(&data, 20)? as usize;
+        let types_at = hdr_len + type_off;
+        let strings_at = hdr_len + str_off;
         let types = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .get(types_at..types_at + type_len)
             .context("BTF type section out of bounds")?;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+        data.get(strings_at..strings_at + str_len)
             .context("BTF string section out of bounds")?;
-        // A split blob's string offsets count on from its base's strings.
-        let base: &[u8] = &self.base_strings;
-        let name = |off: u32| -> String {
-            let off = off as usize;
-            let (table, local) = if off < base.len() {
-                (base, off)
-            } else {
-                (strings, off - base.len())
-            };
-            table
-                .get(local..)
-                .and_then(|s| s.split(|&b| b == 0).next())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .unwrap_or_default()
-        };
-        let mut new_types = Vec::new();
-        let mut new_names: Vec<(String, u32)> = Vec::new();
-        let first_id = self.types.len() as u32;
-        let base_types = self.base_types;
-        let remap = |id: u32| {
-            if base_types == 0 || id < base_types {
-                id
-            } else {
-                id - base_types + first_id
-            }
-        };
+        if self.records.is_empty() {
+            self.records.push(0); // void
+        }
+        let first_id = self.records.len() as u32;
         let mut at = 0usize;
-        while at + 12 <= types.len() {
-            let name_off = u32_at(types, at)?;
+        while at + RECORD <= types.len() {
             let info = u32_at(types, at + 4)?;
-            let size_or_type = u32_at(types, at + 8)?;
-            at += 12;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            let ty = match kind {
-                KIND_INT => {
-                    at += 4;
-                    Type::Other
-                }
-                KIND_ARRAY => {
-                    at += 12;
-                    Type::Other
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let m_name = u32_at(types, at)?;
-                        let m_type = u32_at(types, at + 4)?;
-                        let m_off = u32_at(types, at + 8)?;
-                        at += 12;
-                        let bit_offset = if kind_flag {
-                            m_off & 0x00ff_ffff
-                        } else {
-                            m_off
-                        };
-                        members.push(Member {
-                            name: name(m_name),
-                            type_id: remap(m_type),
-                            bit_offset,
-                        });
-                    }
-                    Type::Composite {
-                        name: name(name_off),
-                        size: size_or_type,
-                        members,
-                    }
-                }
-                KIND_ENUM => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let v_name = u32_at(types, at)?;
-                        let v = u32_at(types, at + 4)? as i32 as i64;
-                        at += 8;
-                        values.push((name(v_name), v));
-                    }
-                    Type::Enum {
-                        name: name(name_off),
-                        values,
-                    }
-                }
-                KIND_ENUM64 => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let v_name = u32_at(types, at)?;
-                        let lo = u32_at(types, at + 4)? as u64;
-                        let hi = u32_at(types, at + 8)? as u64;
-                        at += 12;
-                        values.push((name(v_name), (hi << 32 | lo) as i64));
-                    }
-                    Type::Enum {
-                        name: name(name_off),
-                        values,
-                    }
-                }
-                KIND_FUNC_PROTO => {
-                    let mut params = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let p_name = u32_at(types, at)?;
-                        let p_type = u32_at(types, at + 4)?;
-                        at += 8;
-                        params.push((name(p_name), remap(p_type)));
-                    }
-                    Type::Proto { params }
-                }
-                KIND_VAR | KIND_DECL_TAG => {
-                    at += 4;
-                    Type::Other
-                }
-                KIND_DATASEC => {
-                    at += 12 * vlen;
-                    Type::Other
-                }
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    if kind == KIND_TYPEDEF {
-                        let n = name(name_off);
-                        if !n.is_empty() {
-                            new_names.push((n, first_id + new_types.len() as u32));
-                        }
-                    }
-                    Type::Alias {
-                        type_id: remap(size_or_type),
-                    }
-                }
-                KIND_FUNC | KIND_FWD | KIND_PTR | KIND_FLOAT => Type::Named {
-                    kind,
-                    name: name(name_off),
-                    type_id: remap(size_or_type),
-                },
-                other => bail!("unknown BTF kind {other}"),
-            };
-            let id = first_id + new_types.len() as u32;
-            match &ty {
-                Type::Composite { name, .. }
-                | Type::Enum { name, .. }
-                | Type::Named { name, .. }
-                    if !name.is_empty() =>
-                {
-                    new_names.push((name.clone(), id));
-                }
-                _ => {}
+            let end = at + RECORD + trailing_len((info >> 24) & 0x1f, (info & 0xffff) as usize)?;
+            if end > types.len() {
+                bail!("BTF data is truncated");
             }
-            new_types.push(ty);
+            self.records.push((types_at + at) as u32);
+            at = end;
         }
-        self.types.extend(new_types);
-        for (n, id) in new_names {
-            self.by_name.entry(n).or_default().push(id);
-        }
-        if self.base_strings.is_empty() {
-            self.base_strings = strings.to_vec();
-            self.base_types = self.types.len() as u32;
-        }
+        // Split blobs refer to the base's strings and types by the base's
+        // offsets and ids; every module numbers its own from the base's end.
+        let (str_base, own_ids_from) = match self.blobs.first() {
+            Some(base) => (base.strings_len as u32, base.end_id),
+            None => (0, 0),
+        };
+        self.blobs.push(Blob {
+            data,
+            strings_at,
+            strings_len: str_len,
+            first_id,
+            end_id: self.records.len() as u32,
+            str_base,
+            own_ids_from,
+            module: module.map(str::to_string),
+        });
         Ok(())
     }
 
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    /// Sorts the named types' ids by name (ties by id, so that the first
+    /// declared wins as before), for binary search.
+    fn index_names(&mut self) {
+        let mut ids: Vec<u32> = (1..self.records.len() as u32)
+            .filter(|&id| {
+                let r = self.record(id).unwrap();
+                indexed(r.kind()) && !r.name().is_empty()
+            })
+            .collect();
+        ids.sort_unstable_by(|&a, &b| {
+            let (ra, rb) = (self.record(a).unwrap(), self.record(b).unwrap());
+            ra.name().cmp(rb.name()).then(a.cmp(&b))
+        });
+        self.by_name = ids;
+    }
+
+    /// A NUL-terminated string of `blob` (empty when out of range).
+    fn string<'a>(&'a self, blob: &'a Blob, off: u32) -> &'a [u8] {
+        let (blob, off) = if off < blob.str_base {
+            (&self.blobs[0], off)
+        } else {
+            (blob, off - blob.str_base)
+        };
+        let off = off as usize;
+        if off >= blob.strings_len {
+            return &[];
+        }
+        let s = &blob.data[blob.strings_at + off..blob.strings_at + blob.strings_len];
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    }
+
+    fn record(&self, id: u32) -> Option<Record<'_>> {
+        if id == 0 {
+            return None;
+        }
+        let at = *self.records.get(id as usize)? as usize;
+        let blob = self.blobs.iter().find(|b| id < b.end_id)?;
+        Some(Record {
+            btf: self,
+            blob,
+            at,
+        })
+    }
+
+    /// The types named `name` with their ids, in id order.
+    fn named(&self, name: &str) -> impl Iterator<Item = (u32, Record<'_>)> {
+        let key = name.as_bytes();
+        let name_of = |id: u32| self.record(id).map(|r| r.name()).unwrap_or_default();
+        let start = self.by_name.partition_point(|&id| name_of(id) < key);
+        self.by_name[start..]
+            .iter()
+            .take_while(move |&&id| name_of(id) == key)
+            .filter_map(|&id| Some((id, self.record(id)?)))
+    }
+
+    /// Looks through typedefs and qualifiers.
+    fn resolve(&self, mut id: u32) -> Option<Record<'_>> {
         for _ in 0..32 {
-            match self.types.get(id as usize)? {
-                Type::Alias { type_id } => id = *type_id,
-                other => return Some(other),
+            let r = self.record(id)?;
+            match r.kind() {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = r.type_id()
+                }
+                _ => return Some(r),
             }
         }
         None
     }
 
-    fn composite(&self, name: &str) -> Option<(u32, &[Member])> {
-        self.by_name
-            .get(name)?
-            .iter()
-            .find_map(|&id| match &self.types[id as usize] {
-                // Skip forward declarations and empty shells.
-                Type::Composite { size, members, .. } if !members.is_empty() => {
-                    Some((*size, members.as_slice()))
-                }
-                _ => None,
-            })
+    fn composite(&self, name: &str) -> Option<Record<'_>> {
+        // Skip forward declarations and empty shells.
+        self.named(name)
+            .map(|(_, r)| r)
+            .find(|r| r.is_composite() && r.vlen() > 0)
     }
 
     /// Finds `member` in a struct's members, looking inside anonymous
     /// structs and unions; returns its bit offset and type.
-    fn find_member(&self, members: &[Member], member: &str) -> Option<(u32, u32)> {
-        for m in members {
-            if m.name == member {
-                return Some((m.bit_offset, m.type_id));
+    fn find_member(&self, strukt: Record<'_>, member: &str) -> Option<(u32, u32)> {
+        for (name, type_id, bit_offset) in strukt.members() {
+            if name == member.as_bytes() {
+                return Some((bit_offset, type_id));
             }
-            if m.name.is_empty()
-                && let Some(Type::Composite { members: inner, .. }) = self.resolve(m.type_id)
+            if name.is_empty()
+                && let Some(inner) = self.resolve(type_id).filter(|r| r.is_composite())
                 && let Some((off, ty)) = self.find_member(inner, member)
             {
-                return Some((m.bit_offset + off, ty));
+                return Some((bit_offset + off, ty));
             }
         }
         None
@@ -337,20 +395,19 @@ impl Btf {
 
     /// Bit offset of a dotted member path (bitfields included).
     pub fn bit_offset_of(&self, strukt: &str, path: &str) -> Result<u32> {
-        let mut members = self
+        let mut current = self
             .composite(strukt)
-            .map(|(_, m)| m)
             .with_context(|| format!("struct {strukt} is not in the kernel's BTF"))?;
         let mut total = 0;
         let mut parts = path.split('.').peekable();
         while let Some(part) = parts.next() {
-            let (off, ty) = self.find_member(members, part).with_context(|| {
+            let (off, ty) = self.find_member(current, part).with_context(|| {
                 format!("struct {strukt} has no member {path} in the kernel's BTF")
             })?;
             total += off;
             if parts.peek().is_some() {
-                members = match self.resolve(ty) {
-                    Some(Type::Composite { members, .. }) => members,
+                current = match self.resolve(ty) {
+                    Some(r) if r.is_composite() => r,
                     _ => bail!("{strukt}.{path}: {part} is not a struct"),
                 };
             }
@@ -366,90 +423,62 @@ impl Btf {
     /// `sizeof(struct name)`.
     pub fn size_of(&self, strukt: &str) -> Result<u32> {
         self.composite(strukt)
-            .map(|(size, _)| size)
+            .map(|r| r.size())
             .with_context(|| format!("struct {strukt} is not in the kernel's BTF"))
     }
 
     /// Value of an enumerator, e.g. `enum_value("fuse_req_flag", "FR_BACKGROUND")`.
     pub fn enum_value(&self, enum_name: &str, value: &str) -> Result<i64> {
-        self.by_name
-            .get(enum_name)
-            .into_iter()
-            .flatten()
-            .find_map(|&id| match &self.types[id as usize] {
-                Type::Enum { values, .. } => {
-                    values.iter().find(|(n, _)| n == value).map(|(_, v)| *v)
-                }
-                _ => None,
+        self.named(enum_name)
+            .find_map(|(_, r)| {
+                r.enumerators()
+                    .find(|(n, _)| *n == value.as_bytes())
+                    .map(|(_, v)| v)
             })
             .with_context(|| format!("enum {enum_name} has no {value} in the kernel's BTF"))
     }
 
     /// Whether a named type of any kind exists (e.g. `btf_trace_fuse_request_send`).
     pub fn has_type(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
+        self.named(name).next().is_some()
+    }
+
+    /// The functions named `name`, in id order.
+    fn functions(&self, name: &str) -> impl Iterator<Item = (u32, Record<'_>)> {
+        self.named(name).filter(|(_, r)| r.kind() == KIND_FUNC)
     }
 
     /// Whether a function of that name is described (candidates for fentry).
     pub fn has_function(&self, name: &str) -> bool {
-        self.by_name.get(name).is_some_and(|ids| {
-            ids.iter().any(|&id| {
-                matches!(
-                    self.types[id as usize],
-                    Type::Named {
-                        kind: KIND_FUNC,
-                        ..
-                    }
-                )
-            })
-        })
+        self.functions(name).next().is_some()
     }
 
     /// Type id of function `func` (for fentry's `attach_btf_id`).
     pub fn function_id(&self, func: &str) -> Option<u32> {
-        self.by_name.get(func)?.iter().copied().find(|&id| {
-            matches!(
-                self.types[id as usize],
-                Type::Named {
-                    kind: KIND_FUNC,
-                    ..
-                }
-            )
-        })
+        self.functions(func).next().map(|(id, _)| id)
+    }
+
+    /// The module whose BTF describes function `func` (`None`: vmlinux, or
+    /// not described).
+    pub fn function_module(&self, func: &str) -> Option<&str> {
+        self.functions(func).next()?.1.blob.module.as_deref()
     }
 
     /// Index of the first parameter of function `func` that is a pointer
     /// to `struct pointee` (signatures differ between kernel versions).
     pub fn param_pointing_to(&self, func: &str, pointee: &str) -> Option<usize> {
-        let params =
-            self.by_name
-                .get(func)?
-                .iter()
-                .find_map(|&id| match &self.types[id as usize] {
-                    Type::Named {
-                        kind: KIND_FUNC,
-                        type_id,
-                        ..
-                    } => match self.resolve(*type_id)? {
-                        Type::Proto { params } => Some(params),
-                        _ => None,
-                    },
-                    _ => None,
-                })?;
-        params.iter().position(|(_, ty)| {
-            let Some(Type::Named {
-                kind: KIND_PTR,
-                type_id,
-                ..
-            }) = self.resolve(*ty)
-            else {
+        let proto = self.functions(func).find_map(|(_, f)| {
+            self.resolve(f.type_id())
+                .filter(|p| p.kind() == KIND_FUNC_PROTO)
+        })?;
+        proto.param_types().position(|ty| {
+            let Some(ptr) = self.resolve(ty).filter(|r| r.kind() == KIND_PTR) else {
                 return false;
             };
-            matches!(
-                self.resolve(*type_id),
-                Some(Type::Composite { name, .. } | Type::Named { kind: KIND_FWD, name, .. })
-                    if name == pointee
-            )
+            self.resolve(ptr.type_id()).is_some_and(|target| {
+                (target.is_composite() || target.kind() == KIND_FWD)
+                    && target.name() == pointee.as_bytes()
+            })
         })
     }
 }
@@ -525,6 +554,12 @@ mod tests {
                 self.word(vn);
                 self.word(*x as u32);
             }
+        }
+        fn fwd(&mut self, name: &str) {
+            let n = self.s(name);
+            self.word(n);
+            self.word(KIND_FWD << 24);
+            self.word(0);
         }
         fn typedef(&mut self, name: &str, ty: u32) {
             let n = self.s(name);
@@ -686,9 +721,11 @@ mod tests {
         vfs.func("virtio_fs_request_complete", 8); // 9 -> 13
         vfs.proto(&[("vq", 4)]); // 10 -> 14
         vfs.func("virtio_fs_vq_done", 10); // 11 -> 15
-        let mut btf = Btf::parse(&base.finish()).unwrap();
-        btf.add_blob(&fuse.finish()).unwrap();
-        btf.add_blob(&vfs.finish()).unwrap();
+        let mut btf = Btf::default();
+        btf.add_blob(base.finish(), None).unwrap();
+        btf.add_blob(fuse.finish(), Some("fuse")).unwrap();
+        btf.add_blob(vfs.finish(), Some("virtiofs")).unwrap();
+        btf.index_names();
         assert_eq!(
             btf.param_pointing_to("fuse_request_end", "fuse_req"),
             Some(0)
@@ -701,6 +738,58 @@ mod tests {
             Some(0)
         );
         assert_eq!(btf.offset_of("virtio_fs_vq", "vq").unwrap(), 8);
+        assert_eq!(btf.function_module(complete), Some("virtiofs"));
+        assert_eq!(btf.function_module("fuse_request_end"), Some("fuse"));
+        assert_eq!(btf.size_of("virtqueue").unwrap(), 8, "base type");
+    }
+
+    /// Names are found by binary search over ids sorted by name: neighbours
+    /// sharing a prefix are told apart, and among types of one name the
+    /// first declared that fits wins.
+    #[test]
+    fn lookups_by_name_among_neighbours() {
+        let mut b = Builder::new();
+        b.int("int", 4); // 1
+        b.fwd("fuse_req"); // 2
+        b.strukt("fuse_req", 64, &[("flags", 1, 0)], false); // 3
+        b.strukt("fuse_req", 32, &[("other", 1, 0)], false); // 4: a second copy
+        b.enumeration("fuse_req_flag", &[("FR_ISREPLY", 0), ("FR_PRIVATE", 11)]); // 5
+        b.enumeration("fuse", &[("FR_PRIVATE", -1)]); // 6
+        b.typedef("fuse_r", 1); // 7
+        b.ptr(3); // 8
+        b.proto(&[("req", 8)]); // 9
+        b.func("fuse_req", 9); // 10: a function may share a struct's name
+        b.func("fuse_reqs", 9); // 11
+        let btf = Btf::parse(&b.finish()).unwrap();
+        assert_eq!(
+            btf.size_of("fuse_req").unwrap(),
+            64,
+            "not the fwd, not the copy"
+        );
+        assert_eq!(btf.offset_of("fuse_req", "flags").unwrap(), 0);
+        assert!(btf.offset_of("fuse_req", "other").is_err());
+        assert_eq!(btf.enum_value("fuse_req_flag", "FR_PRIVATE").unwrap(), 11);
+        assert_eq!(btf.enum_value("fuse", "FR_PRIVATE").unwrap(), -1);
+        assert!(btf.enum_value("fuse_req", "FR_PRIVATE").is_err());
+        for present in ["fuse", "fuse_r", "fuse_req", "fuse_req_flag", "fuse_reqs"] {
+            assert!(btf.has_type(present), "{present}");
+        }
+        for absent in [
+            "",
+            "fus",
+            "fuse_",
+            "fuse_re",
+            "fuse_req_flags",
+            "int",
+            "zzz",
+        ] {
+            assert!(!btf.has_type(absent), "{absent}");
+        }
+        assert_eq!(btf.function_id("fuse_req"), Some(10));
+        assert_eq!(btf.function_id("fuse_reqs"), Some(11));
+        assert!(!btf.has_function("fuse_req_flag"));
+        assert_eq!(btf.param_pointing_to("fuse_req", "fuse_req"), Some(0));
+        assert_eq!(btf.function_module("fuse_req"), None, "standalone blob");
     }
 
     #[test]

@@ -8,15 +8,27 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
+    sync::OnceLock,
 };
 
 /// Function symbols of the running kernel (text symbols only).
+///
+/// Read on first lookup: only kprobes (and `fusetrace doctor`) need it, and
+/// it costs megabytes that a run on tracepoints would carry for nothing.
+#[derive(Debug, Default, Clone)]
+pub struct Kallsyms {
+    table: OnceLock<Table>,
+    /// Read `/proc/kallsyms` on first use (else the table stays empty).
+    from_running_kernel: bool,
+}
+
+/// The symbols themselves.
 ///
 /// Kept compact: a kernel has over 100 000 of them and only a handful are
 /// ever looked up, so a name is stored once (as the key) unless the
 /// compiler made specialised copies of it, and module names are interned.
 #[derive(Debug, Default, Clone)]
-pub struct Kallsyms {
+struct Table {
     /// Base name (suffix stripped) to the symbols it appears under.
     functions: HashMap<Box<str>, Symbols>,
     /// Module names; `Symbols` refer to them by index.
@@ -37,25 +49,76 @@ enum Symbols {
 const WHOLE_FUNCTION_SUFFIXES: &[&str] = &[".isra.", ".constprop.", ".llvm."];
 
 impl Kallsyms {
-    /// `/proc/kallsyms` of the running kernel; empty when unreadable.
-    /// Read line by line: the text is megabytes.
+    /// `/proc/kallsyms` of the running kernel, read at the first lookup;
+    /// empty when unreadable.
     pub fn from_running_kernel() -> Kallsyms {
-        let mut k = Kallsyms::default();
-        if let Ok(file) = std::fs::File::open("/proc/kallsyms") {
-            for line in BufReader::new(file).lines().map_while(Result::ok) {
-                k.add_line(&line);
-            }
+        Kallsyms {
+            table: OnceLock::new(),
+            from_running_kernel: true,
         }
-        k
     }
 
     /// Parses kallsyms text: `ADDR TYPE NAME [MODULE]` per line.
     pub fn parse(text: &str) -> Kallsyms {
-        let mut k = Kallsyms::default();
+        let mut t = Table::default();
         for line in text.lines() {
-            k.add_line(line);
+            t.add_line(line);
         }
-        k
+        Kallsyms {
+            table: OnceLock::from(t),
+            from_running_kernel: false,
+        }
+    }
+
+    /// Whether the symbols were read (or given) already.
+    pub fn is_loaded(&self) -> bool {
+        self.table.get().is_some()
+    }
+
+    fn table(&self) -> &Table {
+        self.table.get_or_init(|| {
+            if self.from_running_kernel {
+                Table::read_running_kernel()
+            } else {
+                Table::default()
+            }
+        })
+    }
+
+    /// The symbol to probe for function `name`: the plain name when listed,
+    /// else its one specialised copy. `None` when absent (inlined, or not in
+    /// this version) or ambiguous (several specialised copies).
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        self.table().resolve(name)
+    }
+
+    /// The first of `candidates` this kernel has, with the symbol to probe.
+    pub fn first_of<'a>(&self, candidates: &[&'a str]) -> Option<(&'a str, &str)> {
+        candidates
+            .iter()
+            .find_map(|c| self.resolve(c).map(|sym| (*c, sym)))
+    }
+
+    /// The module holding function `name` (`None`: vmlinux or absent).
+    pub fn module_of(&self, name: &str) -> Option<&str> {
+        self.table().module_of(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table().functions.is_empty()
+    }
+}
+
+impl Table {
+    /// Read line by line: the text is megabytes.
+    fn read_running_kernel() -> Table {
+        let mut t = Table::default();
+        if let Ok(file) = std::fs::File::open("/proc/kallsyms") {
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                t.add_line(&line);
+            }
+        }
+        t
     }
 
     fn add_line(&mut self, line: &str) {
@@ -113,10 +176,7 @@ impl Kallsyms {
         }
     }
 
-    /// The symbol to probe for function `name`: the plain name when listed,
-    /// else its one specialised copy. `None` when absent (inlined, or not in
-    /// this version) or ambiguous (several specialised copies).
-    pub fn resolve(&self, name: &str) -> Option<&str> {
+    fn resolve(&self, name: &str) -> Option<&str> {
         let (key, symbols) = self.functions.get_key_value(name)?;
         let names = match symbols {
             Symbols::Plain { .. } => return Some(key),
@@ -131,24 +191,12 @@ impl Kallsyms {
         }
     }
 
-    /// The first of `candidates` this kernel has, with the symbol to probe.
-    pub fn first_of<'a>(&self, candidates: &[&'a str]) -> Option<(&'a str, &str)> {
-        candidates
-            .iter()
-            .find_map(|c| self.resolve(c).map(|sym| (*c, sym)))
-    }
-
-    /// The module holding function `name` (`None`: vmlinux or absent).
-    pub fn module_of(&self, name: &str) -> Option<&str> {
+    fn module_of(&self, name: &str) -> Option<&str> {
         let module = match self.functions.get(name)? {
             Symbols::Plain { module } => *module,
             Symbols::Several(names) => names.iter().find_map(|(_, m)| *m),
         };
         module.map(|i| &*self.modules[i as usize])
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.functions.is_empty()
     }
 }
 
@@ -207,5 +255,19 @@ ffffffff81861680 T __fuse_simple_request
             Kallsyms::parse("0 t f.constprop.0\n0 t f.constprop.1\n0 t g.constprop.0\n0 t g\n");
         assert_eq!(two.resolve("f"), None, "ambiguous copies");
         assert_eq!(two.resolve("g"), Some("g"), "the plain name wins");
+    }
+
+    /// Reading kallsyms costs megabytes: nothing is read until a lookup.
+    #[test]
+    fn running_kernel_symbols_are_read_at_the_first_lookup() {
+        let k = Kallsyms::from_running_kernel();
+        assert!(!k.is_loaded());
+        let copy = k.clone();
+        assert!(!copy.is_loaded());
+        // Any kernel has this function; /proc/kallsyms is world-readable.
+        assert_eq!(k.resolve("schedule"), Some("schedule"));
+        assert!(k.is_loaded());
+        assert!(!copy.is_loaded(), "a copy made before reads on its own");
+        assert!(Kallsyms::default().is_empty(), "no source, no symbols");
     }
 }

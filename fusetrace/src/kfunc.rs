@@ -1,7 +1,8 @@
 //! Kernel functions the kprobe and fentry backends hook, and how to find
-//! them in the running kernel: the name (it changes between versions, and
-//! the compiler may rename a static function) from kallsyms, and which
-//! argument holds the pointer we read from the function's BTF signature.
+//! them in the running kernel: the name (it changes between versions) and
+//! which argument holds the pointer we read, from the function's BTF
+//! signature; the symbol a kprobe goes on (the compiler may rename a static
+//! function) from kallsyms, read only when a kprobe is attached.
 
 use anyhow::{Result, bail};
 use fusetrace_common::KernelLayout;
@@ -32,36 +33,54 @@ pub struct KFunc {
     pub args: &'static [(ArgSlot, &'static str, u32)],
 }
 
-/// A [`KFunc`] found in the running kernel.
+/// A [`KFunc`] as this kernel's BTF describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
-    /// The function's name (as BTF knows it).
+    /// The function's name as BTF knows it; the newest name it has had when
+    /// BTF does not describe it.
     pub name: &'static str,
-    /// The symbol to probe (may carry a `.isra.0`-like suffix).
-    pub symbol: String,
-    /// Module holding it (`None`: vmlinux).
+    /// The names a kprobe may find it under in kallsyms: `name` alone when
+    /// BTF describes it (the argument indexes are that signature's).
+    candidates: &'static [&'static str],
+    /// Module whose BTF describes it (`None`: vmlinux, or not described).
     pub module: Option<String>,
     /// Argument index per slot.
     pub args: Vec<(ArgSlot, u32)>,
-    /// Whether BTF describes the function under `name` (fentry needs it).
+    /// Whether BTF describes the function under `name` (fentry needs it; the
+    /// kernel itself refuses an fentry on a function without an address).
     pub in_btf: bool,
 }
 
-/// Finds `f` in the running kernel.
-pub fn resolve(f: &KFunc, kallsyms: &Kallsyms, btf: &Btf) -> Result<Resolved> {
-    let Some((name, symbol)) = kallsyms.first_of(f.names) else {
-        bail!(
-            "no {} in /proc/kallsyms (inlined or absent in this kernel version)",
-            f.names.join(" or ")
-        );
+impl Resolved {
+    /// The symbol to put a kprobe on (may carry a `.isra.0`-like suffix).
+    /// The first call reads `/proc/kallsyms`.
+    pub fn symbol<'k>(&self, kallsyms: &'k Kallsyms) -> Result<&'k str> {
+        match kallsyms.first_of(self.candidates) {
+            Some((_, symbol)) => Ok(symbol),
+            None => bail!(
+                "no {} in /proc/kallsyms (inlined or absent in this kernel version)",
+                self.candidates.join(" or ")
+            ),
+        }
+    }
+}
+
+/// Finds `f` in the running kernel's BTF. Kallsyms is not needed for this:
+/// the argument indexes (which go into the layout before anything is
+/// loaded) and fentry's name and module all come from BTF.
+pub fn resolve(f: &KFunc, btf: &Btf) -> Result<Resolved> {
+    let names: &'static [&'static str] = f.names;
+    let described = names.iter().position(|n| btf.has_function(n));
+    let (name, candidates) = match described {
+        Some(i) => (names[i], &names[i..=i]),
+        None => (names[0], names),
     };
-    let in_btf = btf.has_function(name) && symbol == name;
     let mut args = Vec::new();
     for (slot, pointee, fallback) in f.args {
         let index = match btf.param_pointing_to(name, pointee) {
             Some(i) => i as u32,
             // Described, but no such argument: the signature changed.
-            None if btf.has_function(name) => bail!(
+            None if described.is_some() => bail!(
                 "{name} takes no struct {pointee} * in this kernel's BTF (its signature changed)"
             ),
             None => *fallback,
@@ -70,10 +89,10 @@ pub fn resolve(f: &KFunc, kallsyms: &Kallsyms, btf: &Btf) -> Result<Resolved> {
     }
     Ok(Resolved {
         name,
-        symbol: symbol.to_string(),
-        module: kallsyms.module_of(name).map(str::to_string),
+        candidates,
+        module: btf.function_module(name).map(str::to_string),
         args,
-        in_btf,
+        in_btf: described.is_some(),
     })
 }
 
@@ -154,18 +173,48 @@ mod tests {
             "0 T fuse_simple_request\t[fuse]\n0 t queue_request_and_unlock\t[fuse]\n",
         );
         let btf = Btf::default();
-        let r = resolve(&SUBMIT, &k, &btf).unwrap();
-        assert_eq!(r.name, "fuse_simple_request");
-        assert_eq!(r.module.as_deref(), Some("fuse"));
+        let r = resolve(&SUBMIT, &btf).unwrap();
+        assert_eq!(r.symbol(&k).unwrap(), "fuse_simple_request");
         assert_eq!(r.args, vec![(ArgSlot::Submit, 1)]);
         assert!(!r.in_btf);
         let mut l = KernelLayout::zeroed();
-        set_layout_args(&mut l, &resolve(&SEND, &k, &btf).unwrap());
+        set_layout_args(&mut l, &resolve(&SEND, &btf).unwrap());
         assert_eq!(l.arg_send, 1);
-        let err = resolve(&END, &k, &btf).unwrap_err().to_string();
+        let err = resolve(&END, &btf)
+            .unwrap()
+            .symbol(&k)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("no fuse_request_end in /proc/kallsyms"),
             "{err}"
         );
+    }
+
+    /// Resolving every hooked function reads nothing but BTF: on a kernel
+    /// without kprobes, kallsyms (megabytes) is never read. The running
+    /// kernel's BTF: FUSE is built in or a module with split BTF.
+    #[test]
+    fn resolving_reads_btf_only() {
+        let btf = Btf::from_running_kernel(&["fuse", "virtiofs"]).unwrap();
+        let k = Kallsyms::from_running_kernel();
+        let all = [
+            &SUBMIT,
+            &SUBMIT_BG,
+            &SEND,
+            &END,
+            &VQ_ENQUEUE,
+            &VQ_DONE,
+            &VREQ_DONE,
+        ];
+        let resolved: Vec<_> = all.iter().map(|f| resolve(f, &btf)).collect();
+        assert!(!k.is_loaded());
+        let end = resolved[3].as_ref().unwrap();
+        assert!(end.in_btf, "fuse_request_end is in every FUSE kernel's BTF");
+        assert_eq!(end.args, vec![(ArgSlot::End, 0)]);
+        assert_eq!(end.symbol(&k).unwrap(), "fuse_request_end");
+        assert!(k.is_loaded());
+        // BTF and kallsyms agree on where it lives.
+        assert_eq!(end.module.as_deref(), k.module_of("fuse_request_end"));
     }
 }

@@ -809,7 +809,7 @@ impl KernelFunctions {
                     if let Attach::KProbe(f) | Attach::FEntry(f) = attach
                         && !resolved.iter().any(|(g, _)| std::ptr::eq(*g, *f))
                     {
-                        let r = kfunc::resolve(f, &kallsyms, btf).map_err(|e| format!("{e:#}"));
+                        let r = kfunc::resolve(f, btf).map_err(|e| format!("{e:#}"));
                         resolved.push((*f, r));
                     }
                 }
@@ -1006,12 +1006,12 @@ fn load_hook_in(
                 }
             }
             Attach::KProbe(f) => {
-                let r = kernel.get(f)?;
+                let symbol = kernel.get(f)?.symbol(&kernel.kallsyms)?;
                 let p: &mut KProbe = prog.try_into()?;
                 if p.fd().is_err() {
                     p.load().context("loading a kprobe program")?;
-                    p.attach(&r.symbol, 0)
-                        .with_context(|| format!("attaching a kprobe to {}", r.symbol))?;
+                    p.attach(symbol, 0)
+                        .with_context(|| format!("attaching a kprobe to {symbol}"))?;
                 }
             }
             Attach::FEntry(f) => {
