@@ -352,6 +352,8 @@ pub fn fe_vreq_done(ctx: FEntryContext) -> u32 {
 
 #[inline(always)]
 fn tp_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    // Through a helper: the verifier takes context loads only at offsets
+    // written in the instruction, and this one comes from user space.
     // SAFETY: the offset comes from the tracepoint's own format file.
     unsafe { ctx.read_at::<T>(offset as usize).ok() }
 }
@@ -396,14 +398,32 @@ fn fuse_fd_connection(fd: u64, l: &KernelLayout) -> Option<u32> {
 /// The `struct file *` behind `fd` in the current task's fd table.
 #[inline(always)]
 fn fd_file(fd: u64, l: &KernelLayout) -> Option<u64> {
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = kread(task, l.task_files)?;
-    let fdt: u64 = kread(files, l.files_fdt)?;
-    let max_fds: u32 = kread(fdt, l.fdtable_max_fds)?;
+    // Typed pointers down to the fd array: plain loads the verifier checks
+    // against BTF (offsets it knows from read-only data). The array's slot
+    // is at a variable index, which only a helper may read.
+    // SAFETY: a fault reads as zero; every pointer is checked before use.
+    let direct = |base: u64, off: u32| -> u64 {
+        unsafe { core::ptr::read_volatile((base + off as u64) as *const u64) }
+    };
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let files = direct(task, l.task_files);
+    if files == 0 {
+        return None;
+    }
+    let fdt = direct(files, l.files_fdt);
+    if fdt == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let max_fds =
+        unsafe { core::ptr::read_volatile((fdt + l.fdtable_max_fds as u64) as *const u32) };
     if fd >= max_fds as u64 {
         return None;
     }
-    let fd_array: u64 = kread(fdt, l.fdtable_fd)?;
+    let fd_array = direct(fdt, l.fdtable_fd);
+    if fd_array == 0 {
+        return None;
+    }
     let file: u64 = kread(fd_array, (fd * 8) as u32)?;
     if file == 0 {
         return None;
@@ -437,18 +457,19 @@ fn daemon_filtered_out(l: &KernelLayout) -> bool {
 /// saved at entry (`bpf_task_pt_regs`). Works at syscall exit, so a read
 /// that began before fusetrace attached is still decoded when it returns.
 #[inline(always)]
-fn syscall_arg(l: &KernelLayout, n: usize) -> Option<u64> {
+fn syscall_args(l: &KernelLayout) -> Option<[u64; 3]> {
     // SAFETY: helpers take the BTF task pointer they return.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     if regs == 0 {
         return None;
     }
-    let off = match n {
-        0 => l.regs_arg0,
-        1 => l.regs_arg1,
-        _ => l.regs_arg2,
+    // A typed pointer at offsets the verifier knows: plain loads, checked
+    // against BTF, no helper calls.
+    let arg = |off: u32| -> u64 {
+        // SAFETY: see above; a fault reads as zero.
+        unsafe { core::ptr::read_volatile((regs + off as u64) as *const u64) }
     };
-    kread(regs, off)
+    Some([arg(l.regs_arg0), arg(l.regs_arg1), arg(l.regs_arg2)])
 }
 
 /// Shared by read(2) and readv(2) exit: the daemon took a request whose
@@ -460,12 +481,12 @@ fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
     if ret < core::mem::size_of::<FuseInHeader>() as i64 || daemon_filtered_out(&l) {
         return 0;
     }
-    let (Some(fd), Some(arg)) = (syscall_arg(&l, 0), syscall_arg(&l, 1)) else {
+    let Some([fd, arg, count]) = syscall_args(l) else {
         return 0;
     };
     // Daemons read into buffers of at least FUSE_MIN_READ_BUFFER bytes: a
     // cheap test before walking the fd table.
-    if !vectored && syscall_arg(&l, 2).unwrap_or(0) < fusetrace_common::FUSE_MIN_READ_BUFFER {
+    if !vectored && count < fusetrace_common::FUSE_MIN_READ_BUFFER {
         return 0;
     }
     let buf = if vectored {
