@@ -11,7 +11,7 @@ use fusetrace_common::{
 };
 use serde::Serialize;
 
-use crate::{decode::comm, opcode};
+use crate::opcode;
 
 /// Interrupt requests carry the interrupted request's id with this bit set.
 pub const FUSE_INT_REQ_BIT: u64 = 1;
@@ -48,7 +48,7 @@ pub struct RequestLifecycle {
     /// Requester thread id from the request header.
     pub requester_tid: Option<u32>,
     pub requester_uid: Option<u32>,
-    pub requester_comm: Option<String>,
+    pub requester_comm: Option<Comm>,
     pub background: Option<bool>,
     /// Daemon thread that took the request.
     pub daemon_tid: Option<u32>,
@@ -87,24 +87,51 @@ pub struct RequestLifecycle {
 }
 
 /// A task's command name as the kernel keeps it (no allocation per request).
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+/// Ordered as its text is (NUL padding sorts first).
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    fn bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        &self.0[..end]
+    }
+
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.bytes())
+    }
+}
+
+/// Read as a `&str` (`rec.requester_comm.as_deref()`). A name that is not
+/// UTF-8 (any bytes can be set with `prctl`) reads as its valid start;
+/// printed (`Display`, JSON) it shows U+FFFD for the rest.
+impl std::ops::Deref for Comm {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        let bytes = self.bytes();
+        match std::str::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+        }
+    }
+}
 
 impl std::fmt::Display for Comm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&comm(&self.0))
+        f.write_str(&self.text())
     }
 }
 
 impl std::fmt::Debug for Comm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", comm(&self.0))
+        write!(f, "{:?}", self.text())
     }
 }
 
 impl Serialize for Comm {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&comm(&self.0))
+        s.serialize_str(&self.text())
     }
 }
 
@@ -409,10 +436,7 @@ impl Live {
             requester_pid: self.get(REQUESTER_PID, self.requester_pid),
             requester_tid: self.get(REQUESTER_TID, self.requester_tid),
             requester_uid: self.get(REQUESTER_UID, self.requester_uid),
-            requester_comm: self
-                .get(REQUESTER_COMM, ())
-                .and(sender_comm)
-                .map(|c| c.to_string()),
+            requester_comm: self.get(REQUESTER_COMM, ()).and(sender_comm),
             background: self.background(),
             daemon_tid: self.get(DAEMON_TID, self.daemon_tid),
             reply_tid: self.get(REPLY_TID, self.reply_tid),
@@ -1121,7 +1145,7 @@ mod tests {
             requester_pid: Some(100),
             requester_tid: Some(101),
             requester_uid: Some(1_000),
-            requester_comm: Some("writer".into()),
+            requester_comm: Some(Comm(comm16("writer"))),
             background: Some(true),
             daemon_tid: Some(501),
             reply_tid: None,
@@ -1164,6 +1188,22 @@ mod tests {
         t.flush(&mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(t.in_flight_count(), 0);
+    }
+
+    #[test]
+    fn comm_reads_prints_and_sorts_as_its_text() {
+        let short = Comm(comm16("ab"));
+        let long = Comm(comm16("abc"));
+        assert_eq!(&*long, "abc");
+        assert!(short < long, "NUL padding sorts first, as the text does");
+        assert_eq!(serde_json::to_string(&Some(long)).unwrap(), "\"abc\"");
+        let mut raw = comm16("ok");
+        raw[2] = 0xff;
+        raw[3] = b'x';
+        let odd = Comm(raw);
+        assert_eq!(&*odd, "ok", "read: the valid start");
+        assert_eq!(odd.to_string(), "ok\u{fffd}x", "printed: lossy");
+        assert_eq!(&*Comm([b'a'; 16]), "a".repeat(16), "no NUL: all 16 bytes");
     }
 
     /// An end seen before the daemon's events (other CPUs) waits for them

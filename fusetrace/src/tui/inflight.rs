@@ -84,7 +84,7 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
             Cell::from(op),
             Cell::from(Line::from(fmt_opt(r.nodeid)).right_aligned()),
             Cell::from(Line::from(fmt_opt(r.requester_pid.or(r.requester_tid))).right_aligned()),
-            Cell::from(r.requester_comm.clone().unwrap_or_else(|| "-".into())),
+            Cell::from(r.requester_comm.as_deref().unwrap_or("-").to_string()),
             Cell::from(Line::from(fmt_opt(r.daemon_tid)).right_aligned()),
             Cell::from(r.current_stage()),
             Cell::from(mount),

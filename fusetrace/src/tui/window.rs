@@ -86,7 +86,7 @@ impl SlowRequest {
             unique: rec.unique,
             nodeid: rec.nodeid,
             pid: rec.requester_pid.or(rec.requester_tid),
-            comm: rec.requester_comm.clone(),
+            comm: rec.requester_comm.map(|c| c.to_string()),
             daemon_tid: rec.daemon_tid,
             error: rec.error,
             ended_ns: rec.ended_ns.unwrap_or_else(|| rec.first_seen_ns()),
