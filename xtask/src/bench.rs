@@ -1334,7 +1334,8 @@ fn render_workload(
             )
         };
         let req_s = per_sec(&|s| s.requests);
-        let ev_s = per_sec(&|s| s.events);
+        // In-kernel `stats` passes no events to user space.
+        let ev_s = per_sec(&|s| s.events).filter(|v| *v > 0.0);
         let drops: Option<u64> = runs.iter().map(|s| s.ring_drops).sum();
         let cpu_per_req = median(
             runs.iter()
