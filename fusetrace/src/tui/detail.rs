@@ -11,15 +11,11 @@ use ratatui::{
 };
 
 use super::{
-    state::{DetailOf, TopState},
+    state::{DetailOf, InFlightRow, TopState},
     view::{fmt_ns, fmt_opt, fmt_opt_ns, stage_color},
     window::BAR_LABELS,
 };
-use crate::{
-    opcode,
-    tracker::{LatencyStage, RequestLifecycle},
-    units::format_duration,
-};
+use crate::{opcode, tracker::LatencyStage, units::format_duration};
 
 pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
     let Some(detail) = state.detail else {
@@ -117,7 +113,7 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
     draw_slowest(frame, slow_area, slowest);
 }
 
-fn request_line(r: &RequestLifecycle, age_ns: u64) -> Line<'static> {
+fn request_line(r: &InFlightRow, age_ns: u64) -> Line<'static> {
     let mut parts = vec![format!("request {}", r.unique)];
     parts.push(format!("node {}", fmt_opt(r.nodeid)));
     parts.push(format!(
@@ -130,14 +126,9 @@ fn request_line(r: &RequestLifecycle, age_ns: u64) -> Line<'static> {
     }
     parts.push(format!("{} for {}", r.current_stage(), {
         // How long it has been in its current stage.
-        let since = [r.replied_ns, r.taken_ns, r.sent_ns]
-            .into_iter()
-            .flatten()
-            .next()
-            .unwrap_or_else(|| r.first_seen_ns());
-        fmt_ns(age_ns.saturating_sub(since.saturating_sub(r.first_seen_ns())))
+        fmt_ns(age_ns.saturating_sub(r.stage_since_ns.saturating_sub(r.first_seen_ns())))
     }));
-    if let Some(q) = r.latency(LatencyStage::QueueWait) {
+    if let Some(q) = r.queue_wait_ns {
         parts.push(format!("queued {}", fmt_ns(q)));
     }
     Line::from(vec![Span::styled(parts.join(" · "), Style::new().bold())])
