@@ -11,38 +11,29 @@ use crate::{
 };
 
 /// Latencies of one opcode on one connection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OpStats {
     pub count: u64,
     pub errors: u64,
     /// Requests with all four stages observed.
     pub complete: u64,
+    /// Created at a stage's first sample: a histogram over 1 ns .. 1 h at
+    /// 3 digits is 256 KiB, and in-kernel stats or a kernel without the
+    /// virtio-fs hooks never fill most stages.
     histograms: BTreeMap<LatencyStage, Histogram<u64>>,
     /// Stages only some requests have (background wait, virtio-fs).
     extra: BTreeMap<ExtraStage, Histogram<u64>>,
 }
 
+/// What an unmeasured stage reads as.
+fn empty_histogram() -> &'static Histogram<u64> {
+    static EMPTY: std::sync::OnceLock<Histogram<u64>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(new_histogram)
+}
+
 fn new_histogram() -> Histogram<u64> {
     // 1 ns .. 1 hour at 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
-}
-
-impl Default for OpStats {
-    fn default() -> Self {
-        OpStats {
-            count: 0,
-            errors: 0,
-            complete: 0,
-            histograms: LatencyStage::ALL
-                .iter()
-                .map(|s| (*s, new_histogram()))
-                .collect(),
-            extra: ExtraStage::ALL
-                .iter()
-                .map(|s| (*s, new_histogram()))
-                .collect(),
-        }
-    }
 }
 
 impl OpStats {
@@ -58,16 +49,16 @@ impl OpStats {
             if let Some(ns) = rec.latency(stage) {
                 // Saturate instead of failing on absurd values.
                 self.histograms
-                    .get_mut(&stage)
-                    .unwrap()
+                    .entry(stage)
+                    .or_insert_with(new_histogram)
                     .saturating_record(ns.max(1));
             }
         }
         for stage in ExtraStage::ALL {
             if let Some(ns) = rec.extra_latency(stage) {
                 self.extra
-                    .get_mut(&stage)
-                    .unwrap()
+                    .entry(stage)
+                    .or_insert_with(new_histogram)
                     .saturating_record(ns.max(1));
             }
         }
@@ -83,17 +74,19 @@ impl OpStats {
             }
         }
         self.histograms
-            .get_mut(&stage)
-            .unwrap()
+            .entry(stage)
+            .or_insert_with(new_histogram)
             .saturating_record_n(ns.max(1), n);
     }
 
     pub fn histogram(&self, stage: LatencyStage) -> &Histogram<u64> {
-        &self.histograms[&stage]
+        self.histograms
+            .get(&stage)
+            .unwrap_or_else(|| empty_histogram())
     }
 
     pub fn extra_histogram(&self, stage: ExtraStage) -> &Histogram<u64> {
-        &self.extra[&stage]
+        self.extra.get(&stage).unwrap_or_else(|| empty_histogram())
     }
 
     pub fn merge(&mut self, other: &OpStats) {
@@ -102,15 +95,15 @@ impl OpStats {
         self.complete += other.complete;
         for (stage, h) in &other.histograms {
             self.histograms
-                .get_mut(stage)
-                .unwrap()
+                .entry(*stage)
+                .or_insert_with(new_histogram)
                 .add(h)
                 .expect("same histogram bounds");
         }
         for (stage, h) in &other.extra {
             self.extra
-                .get_mut(stage)
-                .unwrap()
+                .entry(*stage)
+                .or_insert_with(new_histogram)
                 .add(h)
                 .expect("same histogram bounds");
         }
