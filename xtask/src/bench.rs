@@ -604,9 +604,13 @@ impl Bench {
     /// blocked in stat() on its mount.
     fn in_flight(&self, n: u64) -> Result<String> {
         let mut out = String::new();
-        let mut tracers: Vec<&[&str]> = vec![&["stats"]];
+        let mut tracers: Vec<&[&str]> = vec![&["stats", "--format", "json"]];
         if self.has_stages {
-            tracers.push(&["stats", "--stages"]);
+            tracers.push(&["stats", "--stages", "--format", "json"]);
+        }
+        tracers.push(&["trace"]);
+        if self.has_top {
+            tracers.push(&["top", "--headless"]);
         }
         for (i, args) in tracers.into_iter().enumerate() {
             let section = self.in_flight_with(n, args)?;
@@ -649,10 +653,7 @@ impl Bench {
         // Started before the shared file is opened: a tracer that inherited
         // it would hang at exit in the FLUSH of its close.
         let mut stats = Command::new(&self.fusetrace);
-        stats
-            .args(args)
-            .args(["--format", "json", "--mount"])
-            .arg(&dir)
+        stats.args(args).arg("--mount").arg(&dir)
             .stdout(Stdio::piped());
         let tracer = match Tracer::spawn(stats, "tracing (") {
             Ok(t) => t,
@@ -735,7 +736,11 @@ impl Bench {
                  | `fusetrace {}` | {} | {before} | {rss_now} | {:.1} MiB |\n",
                 helpers.len(),
                 blocked_after.as_secs_f64(),
-                args.join(" "),
+                args.iter()
+                    .filter(|a| !matches!(**a, "--format" | "json"))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 end.in_flight.map(|x| x.to_string()).unwrap_or("?".into()),
                 end.peak_rss_kib as f64 / 1024.0,
             ))
