@@ -18,8 +18,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 use fusetrace_common::{
-    AGG_CELLS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, FuseInHeader, FuseOutHeader, HistogramKey,
-    agg_stage, counters, latency_bucket,
+    AGG_CELLS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, AGG_OVERFLOW, FuseInHeader, FuseOutHeader,
+    HistogramKey, agg_stage, counters, latency_bucket,
 };
 
 use crate::{GATE, bump, fentry_arg, kprobe_arg, kread, layout, layout_field};
@@ -32,7 +32,7 @@ static AGG_SLOTS: Array<Slot> = Array::with_max_entries(AGG_IN_FLIGHT, 0);
 /// A plain hash, not an LRU: a request is never forgotten silently; a full
 /// table is counted (`AGG_TABLE_FULL`).
 #[map]
-static AGG_SENT: HashMap<u64, Sent> = HashMap::with_max_entries(AGG_IN_FLIGHT, 0);
+static AGG_SENT: HashMap<u64, Sent> = HashMap::with_max_entries(AGG_OVERFLOW, 0);
 
 /// What the end needs of the send.
 #[repr(C)]
