@@ -277,9 +277,10 @@ pub mod counters {
     pub const COUNT: u32 = 8;
 }
 
-/// Requests the in-kernel aggregation can hold in flight at once (each in
-/// a hashed slot of an array, or in the overflow hash when its slot is
-/// taken: with 100 000 in flight about one in five).
+/// Requests the in-kernel aggregation can hold in flight at once: each in
+/// the array slot its id selects, or in the overflow hash when that slot is
+/// taken (two connections' ids meeting, or a request outliving 262 144
+/// newer ones of its connection).
 pub const AGG_IN_FLIGHT_BITS: u32 = 18;
 pub const AGG_IN_FLIGHT: u32 = 1 << AGG_IN_FLIGHT_BITS;
 /// Requests the overflow hash holds (preallocated kernel memory, ~70 bytes

@@ -2,10 +2,11 @@
 //! (connection, opcode) counted where the request ends, so a request costs
 //! two small programs and no ring buffer record, wakeup or user-space work.
 //!
-//! The send time waits in a slot of `AGG_SLOTS` chosen by hashing the
-//! `struct fuse_req *` (alive from send to end); a request whose slot is
-//! taken (with 100 requests in flight, 1 in 2 600) waits in the `AGG_SENT`
-//! hash instead. The end finds it by its `struct fuse_req *` and bumps one
+//! The send time waits in a slot of `AGG_SLOTS` chosen by the request's
+//! id (`unique`, sequential per connection, mixed with the connection), so
+//! one connection's requests in flight take distinct slots; a request whose
+//! slot is taken waits in the `AGG_SENT` hash (keyed by `struct fuse_req *`)
+//! instead. The end finds it by its `struct fuse_req *` and bumps one
 //! histogram cell. Array slots cost no hashing, locking or allocation,
 //! which is most of what a hash update and delete cost per request.
 
@@ -49,23 +50,19 @@ struct Slot {
     sent: Sent,
 }
 
-/// A `tp_btf`/fentry argument is a typed kernel pointer, on which the
-/// verifier allows no arithmetic but addition (and no partial reads of its
-/// stack copy). Copied by a helper, it is a plain number.
+/// The slot of request `req` of `connection`: ids step by two, and the
+/// connection's Fibonacci hash moves each connection's run of ids to its
+/// own place. (The pointer itself cannot be hashed: the verifier allows no
+/// arithmetic on a typed pointer but addition.)
 #[inline(always)]
-fn as_scalar(ptr: u64) -> u64 {
-    let mut spill = 0u64;
-    // SAFETY: a local on the stack; volatile keeps the store the helper reads.
-    unsafe { core::ptr::write_volatile(&mut spill, ptr) };
-    kread::<u64>(&spill as *const u64 as u64, 0).unwrap_or(0)
-}
-
-/// The slot of request `req`: Fibonacci hashing of the pointer (slab
-/// objects are 8-byte aligned), the top bits of the product.
-#[inline(always)]
-fn slot_of(req: u64) -> u32 {
-    let req = as_scalar(req);
-    ((req >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - AGG_IN_FLIGHT_BITS)) as u32
+fn slot_of<const DIRECT: bool>(req: u64, connection: u32) -> u32 {
+    let unique = load::<u64, DIRECT>(
+        req,
+        layout_field!(req_in_h) + offset_of!(FuseInHeader, unique) as u32,
+    )
+    .unwrap_or(0);
+    let mix = (connection as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - AGG_IN_FLIGHT_BITS);
+    ((unique >> 1) as u32 ^ mix as u32) & (AGG_IN_FLIGHT - 1)
 }
 
 /// Request counts per histogram cell, per CPU (no atomics on the hot path).
@@ -158,7 +155,7 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
         connection,
         _pad: 0,
     };
-    if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(req)) {
+    if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of::<DIRECT>(req, connection)) {
         // SAFETY: a map value; only the end of the request stored here
         // frees it again (`req` written last, read first).
         unsafe {
@@ -178,8 +175,8 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
 
 /// Where the send of `req` waited, emptied.
 #[inline(always)]
-fn take_sent(req: u64) -> Option<Sent> {
-    if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(req)) {
+fn take_sent<const DIRECT: bool>(req: u64, connection: u32) -> Option<Sent> {
+    if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of::<DIRECT>(req, connection)) {
         // SAFETY: a map value; see `agg_send`.
         unsafe {
             if (*slot).req == req {
@@ -203,12 +200,11 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(sent) = take_sent(req) else {
+    let connection = connection_of::<DIRECT>(req).unwrap_or(0);
+    let Some(sent) = take_sent::<DIRECT>(req, connection) else {
         // Sent before tracing began, or filtered out at send. Only the
         // first is a loss, and only a wanted connection's.
-        if layout_field!(agg_pid) == 0
-            && connection_of::<DIRECT>(req).is_some_and(wanted_connection)
-        {
+        if layout_field!(agg_pid) == 0 && wanted_connection(connection) {
             bump(counters::AGG_UNMATCHED_ENDS);
         }
         return;

@@ -174,7 +174,7 @@ fn test_executables(targets: &[&str]) -> Result<Vec<PathBuf>> {
 /// The script the guest runs: doctor, then per backend (both must be
 /// offered) the trace tests, the call/background test and the virtio-fs
 /// walk, then the doctor tests.
-fn guest_script(trace: &Path, coverage: &Path) -> String {
+fn guest_script(trace: &Path, coverage: &Path, aggregate: &Path) -> String {
     let bin = root().join("target/debug/fusetrace");
     format!(
         r#"cd {root}
@@ -191,6 +191,8 @@ for backend in kprobe fentry; do
         {coverage} --test-threads=1 --nocapture --include-ignored \
             calls_are_joined_to_their_requests \
             virtio_fs_walk_matches_an_independent_end_count || status=1
+        {aggregate} --test-threads=1 --nocapture \
+            kernel_counts_equal_served_requests a_request_that_never_ends || status=1
         unset FUSETRACE_TEST_BACKEND
     else
         echo "vmtest: backend $backend NOT OFFERED by this kernel:"
@@ -206,6 +208,7 @@ echo "vmtest: guest status $status"
         bin = bin.display(),
         trace = trace.display(),
         coverage = coverage.display(),
+        aggregate = aggregate.display(),
     )
 }
 
@@ -214,9 +217,9 @@ pub fn vmtest() -> Result<()> {
     let vng = vng()?;
     let virtiofsd = virtiofsd()?;
     let kernel = kernel()?;
-    let exes = test_executables(&["trace", "kernel_coverage"])?;
+    let exes = test_executables(&["trace", "kernel_coverage", "aggregate"])?;
     let script = root().join("target/vm/guest.sh");
-    std::fs::write(&script, guest_script(&exes[0], &exes[1]))
+    std::fs::write(&script, guest_script(&exes[0], &exes[1], &exes[2]))
         .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
     let path = format!(
         "{}:{}",
