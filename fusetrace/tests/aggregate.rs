@@ -16,16 +16,6 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-/// One test traces at a time: a second test's load would be outside the
-/// first one's expectations only by timing, but its requests share the
-/// kernel's tables.
-static TRACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn tracing_alone() -> std::sync::MutexGuard<'static, ()> {
-    require_root();
-    TRACING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The whole-run table of a stopped `stats --format json`, by opcode.
 fn whole_run_by_op(out: &TraceOutput) -> BTreeMap<String, Value> {
     let whole = out
@@ -39,15 +29,6 @@ fn whole_run_by_op(out: &TraceOutput) -> BTreeMap<String, Value> {
         .iter()
         .map(|o| (o["opcode"].as_str().unwrap().to_string(), o.clone()))
         .collect()
-}
-
-fn stage<'a>(op: &'a Value, name: &str) -> &'a Value {
-    op["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {op}"))
 }
 
 #[test]
@@ -233,7 +214,10 @@ fn a_request_that_never_ends_is_reported_in_flight() {
     if is_mounted(daemon.path()) {
         let _ = Command::new("umount").arg("-l").arg(daemon.path()).status();
     }
-    assert!(!is_mounted(daemon.path()), "the stuck mount was left behind");
+    assert!(
+        !is_mounted(daemon.path()),
+        "the stuck mount was left behind"
+    );
 }
 
 #[test]

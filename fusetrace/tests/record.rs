@@ -18,16 +18,6 @@ use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
 use hdrhistogram::Histogram;
 use serde_json::Value;
 
-/// The tests that trace run one at a time: every tracer's probes see every
-/// FUSE request on the machine (the mount filter is applied in user space),
-/// so one test's load could overflow another's ring buffer.
-static TRACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn tracing_alone() -> std::sync::MutexGuard<'static, ()> {
-    require_root();
-    TRACING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn fusetrace(args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
@@ -71,15 +61,6 @@ fn whole_run_of(out: &TraceOutput) -> Value {
         .find(|v| v["period"] == "whole run")
         .expect("whole-run line")["ops"]
         .clone()
-}
-
-fn stage<'a>(op: &'a Value, name: &str) -> &'a Value {
-    op["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == name)
-        .unwrap()
 }
 
 fn csv_rows(path: &Path) -> (Vec<String>, Vec<BTreeMap<String, String>>) {

@@ -653,7 +653,10 @@ impl Bench {
         // Started before the shared file is opened: a tracer that inherited
         // it would hang at exit in the FLUSH of its close.
         let mut stats = Command::new(&self.fusetrace);
-        stats.args(args).arg("--mount").arg(&dir)
+        stats
+            .args(args)
+            .arg("--mount")
+            .arg(&dir)
             .stdout(Stdio::piped());
         let tracer = match Tracer::spawn(stats, "tracing (") {
             Ok(t) => t,

@@ -323,3 +323,22 @@ pub fn fully_observed(r: &Value) -> bool {
         .iter()
         .all(|k| r[*k].is_u64())
 }
+
+/// The tests of one file that trace run one at a time: every tracer's
+/// probes see every FUSE request on the machine (the mount filter is
+/// applied after), so one test's load could overflow another's tables.
+pub fn tracing_alone() -> std::sync::MutexGuard<'static, ()> {
+    static TRACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    require_root();
+    TRACING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One stage's entry of a `stats --format json` opcode row.
+pub fn stage<'a>(op: &'a Value, name: &str) -> &'a Value {
+    op["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {op}"))
+}
