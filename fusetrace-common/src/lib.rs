@@ -108,6 +108,13 @@ pub struct FuseEvent {
     /// (`flags | flags2 << 32`), `arg1` max_write. Read only by the tp-btf hooks.
     pub arg0: u64,
     pub arg1: u64,
+    /// The kernel's `struct fuse_req *` (0 when the hook does not see it):
+    /// `Send`, `End` and the virtio-fs events from the request itself,
+    /// `DaemonRead` found by id in the connection's processing table. On
+    /// kernels whose send point fires before the request id is assigned
+    /// (6.12 to 6.17: the send carries unique 0), it is what joins the send
+    /// to the rest of the request.
+    pub req: u64,
 }
 
 /// `struct fuse_in_header` from `<linux/fuse.h>`: user ABI, the same on every kernel.
@@ -241,6 +248,13 @@ pub struct KernelLayout {
     /// `agg_connection_count`; 0: all).
     pub agg_connection_count: u32,
     pub agg_connections: [u32; AGG_MAX_CONNECTIONS],
+    /// `offsetof(struct fuse_dev, pq)` + `offsetof(struct fuse_pqueue,
+    /// processing)`: the hash table of requests a daemon has taken.
+    pub fuse_dev_processing: u32,
+    /// `offsetof(struct fuse_req, list)`.
+    pub req_list: u32,
+    /// `sizeof(struct list_head)`: the stride of the processing table.
+    pub list_head_size: u32,
 }
 
 /// Most `--mount` filters in-kernel aggregation takes.
@@ -274,7 +288,13 @@ pub mod counters {
     /// In-kernel aggregation: latencies not counted because the histogram
     /// map was full.
     pub const AGG_HISTOGRAM_FULL: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Sends whose request id was still 0 (the kernel assigns it after the
+    /// send point on 6.12 to 6.17): joined by `struct fuse_req *` instead.
+    pub const SENT_BEFORE_ID: u32 = 8;
+    /// Daemon takes whose request was not found in the connection's
+    /// processing table (joined at the request's end instead).
+    pub const TAKE_UNRESOLVED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Requests the in-kernel aggregation can hold in flight at once: each in
@@ -370,6 +390,24 @@ pub fn bucket_bounds(b: u16) -> (u64, u64) {
 /// consumer that drains every 5 ms. User space maps the data twice, so
 /// every MiB here is two of the tracer's RSS once written.
 pub const RING_BYTES: u32 = 1 << 22;
+
+/// `FUSE_PQ_HASH_BITS` (fs/fuse/fuse_i.h, 8 since 4.20): the size of the
+/// hash table a connection keeps the requests its daemon has taken in. A
+/// macro, so not in BTF; used only on kernels whose send point fires before
+/// the request id is assigned, and a miss is counted (`TAKE_UNRESOLVED`).
+pub const FUSE_PQ_HASH_BITS: u32 = 8;
+
+/// `FUSE_INT_REQ_BIT`: an INTERRUPT carries its target's id with this bit
+/// set (ids step by two).
+pub const FUSE_INT_REQ_BIT: u64 = 1;
+
+/// The kernel's `fuse_req_hash(unique)`: `hash_long(unique &
+/// ~FUSE_INT_REQ_BIT, FUSE_PQ_HASH_BITS)`, i.e. `hash_64` on 64-bit kernels.
+#[inline(always)]
+pub fn fuse_req_hash(unique: u64) -> u64 {
+    const GOLDEN_RATIO_64: u64 = 0x61C8_8646_80B5_83EB;
+    (unique & !FUSE_INT_REQ_BIT).wrapping_mul(GOLDEN_RATIO_64) >> (64 - FUSE_PQ_HASH_BITS)
+}
 
 /// Smallest buffer a FUSE daemon may read requests into (`FUSE_MIN_READ_BUFFER`).
 pub const FUSE_MIN_READ_BUFFER: u64 = 8192;

@@ -55,12 +55,7 @@ struct Slot {
 /// own place. (The pointer itself cannot be hashed: the verifier allows no
 /// arithmetic on a typed pointer but addition.)
 #[inline(always)]
-fn slot_of<const DIRECT: bool>(req: u64, connection: u32) -> u32 {
-    let unique = load::<u64, DIRECT>(
-        req,
-        layout_field!(req_in_h) + offset_of!(FuseInHeader, unique) as u32,
-    )
-    .unwrap_or(0);
+fn slot_of(unique: u64, connection: u32) -> u32 {
     let mix = (connection as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - AGG_IN_FLIGHT_BITS);
     ((unique >> 1) as u32 ^ mix as u32) & (AGG_IN_FLIGHT - 1)
 }
@@ -89,6 +84,16 @@ fn load<T: Copy, const DIRECT: bool>(base: u64, offset: u32) -> Option<T> {
     } else {
         kread(base, offset)
     }
+}
+
+/// The request's id (0 while the kernel has not assigned it).
+#[inline(always)]
+fn unique_of<const DIRECT: bool>(req: u64) -> u64 {
+    load::<u64, DIRECT>(
+        req,
+        layout_field!(req_in_h) + offset_of!(FuseInHeader, unique) as u32,
+    )
+    .unwrap_or(0)
 }
 
 #[inline(always)]
@@ -155,7 +160,10 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
         connection,
         _pad: 0,
     };
-    if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of::<DIRECT>(req, connection)) {
+    let unique = unique_of::<DIRECT>(req);
+    if unique == 0 {
+        bump(counters::SENT_BEFORE_ID);
+    } else if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique, connection)) {
         // SAFETY: a map value; only the end of the request stored here
         // frees it again (`req` written last, read first).
         unsafe {
@@ -176,7 +184,7 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
 /// Where the send of `req` waited, emptied.
 #[inline(always)]
 fn take_sent<const DIRECT: bool>(req: u64, connection: u32) -> Option<Sent> {
-    if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of::<DIRECT>(req, connection)) {
+    if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique_of::<DIRECT>(req), connection)) {
         // SAFETY: a map value; see `agg_send`.
         unsafe {
             if (*slot).req == req {

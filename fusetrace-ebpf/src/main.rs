@@ -22,8 +22,11 @@ use aya_ebpf::{
 };
 use fusetrace_common::{
     EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FuseEvent, FuseInHeader, FuseOutHeader, IoVec,
-    KernelLayout, RING_BYTES, counters,
+    KernelLayout, RING_BYTES, counters, fuse_req_hash,
 };
+
+/// `offsetof(struct fuse_in_header, unique)`: user ABI.
+const UNIQUE_IN_HEADER: u32 = core::mem::offset_of!(FuseInHeader, unique) as u32;
 
 #[unsafe(no_mangle)]
 static LAYOUT: KernelLayout = KernelLayout::zeroed();
@@ -36,6 +39,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// flight forever.
 #[map]
 static GATE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// 1 once a send was seen before its request id was assigned (kernels 6.11
+/// to 6.15): from then on the daemon's takes look their request up in the
+/// connection's processing table, to name its `struct fuse_req *`.
+#[map]
+static ID_LATE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Indexed by `counters::*`: ring buffer drops and transfers we could not decode.
 #[map]
@@ -122,6 +131,7 @@ fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEven
         kind: kind as u8,
         flags: FLAG_HAS_HEADER,
         connection,
+        req,
         unique: h.unique,
         opcode: h.opcode,
         nodeid: h.nodeid,
@@ -208,6 +218,9 @@ fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, aux_ns: u64) 
     match req.and_then(|req| request_event(kind, req, l)) {
         Some(mut ev) => {
             ev.aux_ns = aux_ns;
+            if kind == EventKind::Send {
+                note_send_id(ev.unique);
+            }
             submit(ev)
         }
         None => bump(counters::READ_FAULTS),
@@ -227,6 +240,20 @@ fn on_send(req: Option<u64>, l: &KernelLayout) {
         }
     }
     on_request(EventKind::Send, req, l, submitted);
+}
+
+/// Counts a send whose request id is not assigned yet, and turns on the
+/// daemon takes' lookup of their request (see `taken_request`).
+#[inline(always)]
+fn note_send_id(unique: u64) {
+    if unique != 0 || GATE.get(0).copied() != Some(1) {
+        return;
+    }
+    bump(counters::SENT_BEFORE_ID);
+    if let Some(flag) = ID_LATE.get_ptr_mut(0) {
+        // SAFETY: a map value; every writer stores the same 1.
+        unsafe { *flag = 1 };
+    }
 }
 
 #[inline(always)]
@@ -370,6 +397,7 @@ pub fn fuse_request_send_tp(ctx: TracePointContext) -> u32 {
         len: tp_field(&ctx, l.tp_send_len).unwrap_or(0),
         ..FuseEvent::default()
     };
+    note_send_id(ev.unique);
     submit(ev);
     0
 }
@@ -497,17 +525,26 @@ fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
     } else {
         arg
     };
-    let Some(connection) = fuse_fd_connection(fd, &l) else {
+    let Some(file) = fd_file(fd, &l) else {
+        return 0;
+    };
+    let Some(connection) = dev_fuse_connection(file, &l) else {
         return 0;
     };
     let Some(h) = uread::<FuseInHeader>(buf) else {
         bump(counters::READ_FAULTS);
         return 0;
     };
+    let req = if ID_LATE.get(0).copied() == Some(1) {
+        taken_request(file, h.unique, &l)
+    } else {
+        0
+    };
     submit(FuseEvent {
         kind: EventKind::DaemonRead as u8,
         flags: FLAG_HAS_HEADER,
         connection,
+        req,
         unique: h.unique,
         opcode: h.opcode,
         nodeid: h.nodeid,
@@ -517,6 +554,50 @@ fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
         ..FuseEvent::default()
     });
     0
+}
+
+/// The `struct fuse_req *` a daemon thread just took from `file`, found
+/// by its id in the connection's processing table (`fud->pq.processing`,
+/// a hash of lists the kernel moved it to before the read returned; only
+/// this thread knows the id yet, so it is still there). Only on kernels
+/// whose send carried no id: there it joins the send to the daemon side
+/// before the request ends. 0 when not found (counted).
+#[inline(always)]
+fn taken_request(file: u64, unique: u64, l: &KernelLayout) -> u64 {
+    // FORGET/BATCH_FORGET/INTERRUPT are not in the table; a kernel whose
+    // BTF lacks it left `list_head_size` 0.
+    if unique == 0 || unique & fusetrace_common::FUSE_INT_REQ_BIT != 0 || l.list_head_size == 0 {
+        return 0;
+    }
+    let found = (|| -> Option<u64> {
+        let fud: u64 = kread(file, l.file_private_data)?;
+        let table: u64 = kread(fud, l.fuse_dev_processing)?;
+        if table == 0 {
+            return None;
+        }
+        let head = table + fuse_req_hash(unique) * l.list_head_size as u64;
+        let mut node: u64 = kread(head, 0)?;
+        // A bucket holds the requests in service whose ids share a hash:
+        // a few at most (ids are sequential, 256 buckets).
+        for _ in 0..8 {
+            if node == head || node == 0 {
+                return None;
+            }
+            let req = node - l.req_list as u64;
+            if kread::<u64>(req, l.req_in_h + UNIQUE_IN_HEADER) == Some(unique) {
+                return Some(req);
+            }
+            node = kread(node, 0)?;
+        }
+        None
+    })();
+    match found {
+        Some(req) => req,
+        None => {
+            bump(counters::TAKE_UNRESOLVED);
+            0
+        }
+    }
 }
 
 /// Shared by write(2) and writev(2) entry: the reply header is already in

@@ -103,6 +103,7 @@ pub fn run(
         in_flight_at_exit: k.agg_started.saturating_sub(k.agg_ended),
         tracker: TrackerCounters {
             unmatched_ends: k.agg_unmatched_ends,
+            sent_before_id: k.sent_before_id,
             ..TrackerCounters::default()
         },
         kernel_aggregation: Some(AggregationLosses {

@@ -128,11 +128,14 @@ pub static SUBMIT_BG: KFunc = KFunc {
     args: &[(ArgSlot::SubmitBg, "fuse_args", 1)],
 };
 
-/// Where a request gets its unique id and is queued for the daemon (or the
-/// virtqueue): `queue_request_and_unlock(fiq, req)` up to 6.8, both after
-/// the id was assigned (`__fuse_request_send`, `flush_bg_queue`).
+/// Where a request is queued for the daemon (or the virtqueue). Up to 6.8
+/// `queue_request_and_unlock(fiq, req)`, after the id was assigned
+/// (`__fuse_request_send`, `flush_bg_queue`); since 6.9 `fuse_send_one(fiq,
+/// req)`, which every request passes through (`/dev/fuse`, virtio-fs and
+/// the background queue), before the transport assigns the id: there the
+/// send carries unique 0 and is joined by its pointer (see the tracker).
 pub static SEND: KFunc = KFunc {
-    names: &["queue_request_and_unlock"],
+    names: &["fuse_send_one", "queue_request_and_unlock"],
     args: &[(ArgSlot::Send, "fuse_req", 1)],
 };
 

@@ -394,6 +394,17 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
     l.regs_arg0 = btf.offset_of("pt_regs", a0)?;
     l.regs_arg1 = btf.offset_of("pt_regs", a1)?;
     l.regs_arg2 = btf.offset_of("pt_regs", a2)?;
+    // Optional: without it, on kernels whose sends carry no id, a request
+    // is joined to its send only when it ends.
+    if let (Ok(pq), Ok(list), Ok(size)) = (
+        btf.offset_of("fuse_dev", "pq.processing"),
+        btf.offset_of("fuse_req", "list"),
+        btf.size_of("list_head"),
+    ) {
+        l.fuse_dev_processing = pq;
+        l.req_list = list;
+        l.list_head_size = size;
+    }
     // Optional: without these only `diagnose` is affected (checked there).
     if diagnose_layout(&mut l, btf).is_err() {
         l.fuse_arg_stride = 0;
@@ -560,6 +571,10 @@ pub struct KernelCounters {
     pub agg_unmatched_ends: u64,
     pub agg_table_full: u64,
     pub agg_histogram_full: u64,
+    /// Sends seen before their request id was assigned.
+    pub sent_before_id: u64,
+    /// Daemon takes whose request the kernel side did not find.
+    pub take_unresolved: u64,
 }
 
 impl Probes {
@@ -739,6 +754,8 @@ impl Probes {
             agg_unmatched_ends: sum(counters::AGG_UNMATCHED_ENDS),
             agg_table_full: sum(counters::AGG_TABLE_FULL),
             agg_histogram_full: sum(counters::AGG_HISTOGRAM_FULL),
+            sent_before_id: sum(counters::SENT_BEFORE_ID),
+            take_unresolved: sum(counters::TAKE_UNRESOLVED),
         }
     }
 

@@ -61,6 +61,10 @@ pub struct RunSummary {
     pub ring_drops: u64,
     pub read_faults: u64,
     pub splice_transfers: u64,
+    /// Daemon takes whose `struct fuse_req *` the kernel side could not
+    /// find (only looked for when sends come before their id): such a
+    /// request's send joins it at its end instead.
+    pub takes_unresolved: u64,
     /// Records the decoder rejected.
     pub undecodable: u64,
     /// Set when latencies were counted in the kernel (`stats` without
@@ -80,6 +84,29 @@ pub struct AggregationLosses {
 
 impl RunSummary {
     pub fn render(&self) -> String {
+        let mut s = self.render_counts();
+        if self.tracker.sent_before_id > 0 {
+            s.push_str(&format!(
+                "; {} sends came before their request id (this kernel assigns it after the send point, as 6.12 to 6.17 do): joined by their struct fuse_req pointer",
+                self.tracker.sent_before_id
+            ));
+            if self.takes_unresolved > 0 {
+                s.push_str(&format!(
+                    ", {} of them only at their end (their daemon take was not found in the kernel's table)",
+                    self.takes_unresolved
+                ));
+            }
+        }
+        if self.tracker.sends_without_id > 0 {
+            s.push_str(&format!(
+                "; {} sends carried neither request id nor pointer and could not be joined (this kernel assigns the id after the send point: use the tp-btf, fentry or kprobe backend)",
+                self.tracker.sends_without_id
+            ));
+        }
+        s
+    }
+
+    fn render_counts(&self) -> String {
         if let Some(losses) = &self.kernel_aggregation {
             return format!(
                 "{} requests counted in the kernel (whole latency, send to end; `stats --stages` splits it into queue, daemon and completion at a higher cost), {} in flight at exit; lost or unmatched: {} ring buffer drops, {} ends without submission, {} sends not counted (in-flight table full), {} latencies not counted (histogram map full)",
@@ -268,6 +295,7 @@ pub fn run(
     summary.ring_drops = k.ring_drops;
     summary.read_faults = k.read_faults;
     summary.splice_transfers = k.splice_transfers;
+    summary.takes_unresolved = k.take_unresolved;
     summary.undecodable = probes.undecodable();
     sink.finish(&summary, &mut names)?;
     Ok(summary)

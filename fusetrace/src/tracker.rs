@@ -1,6 +1,12 @@
 //! The lifecycle tracker: joins the events of one request, by
 //! (connection, unique), into one [`RequestLifecycle`].
 //!
+//! Kernels 6.12 to 6.17 fire the send point before the request has its id
+//! (the send says unique 0). Such a send waits, keyed by its `struct
+//! fuse_req *`, until an event names both the pointer and the id (the
+//! daemon's take, a virtio-fs enqueue, or at the latest the end), and is
+//! then joined to the request by id as if it had carried it.
+//!
 //! Pure state, no I/O: it is fed [`FuseEvent`]s and hands back finished
 //! records, so it is tested with synthetic sequences.
 
@@ -13,8 +19,7 @@ use serde::Serialize;
 
 use crate::opcode;
 
-/// Interrupt requests carry the interrupted request's id with this bit set.
-pub const FUSE_INT_REQ_BIT: u64 = 1;
+pub use fusetrace_common::FUSE_INT_REQ_BIT;
 
 /// How a request's life ended, as far as the tracer could see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -477,6 +482,13 @@ pub struct TrackerCounters {
     pub never_ended: u64,
     /// Daemon notifications (unique 0), which are not requests.
     pub notifications: u64,
+    /// Sends seen before the kernel assigned the request id (6.12 to 6.17),
+    /// joined by their `struct fuse_req *` instead.
+    pub sent_before_id: u64,
+    /// Sends with neither id nor request pointer (the plain tracepoint
+    /// backend on those kernels): they cannot be joined; their requests
+    /// show as ends without submission.
+    pub sends_without_id: u64,
     pub interrupts: u64,
 }
 
@@ -507,6 +519,9 @@ pub struct Tracker {
     /// in the table, and growing the table (100 000 requests in flight and
     /// more) moves pointers, not records.
     live: HashMap<Key, Box<Live>>,
+    /// Sends that came before their request id, by (connection, `struct
+    /// fuse_req *`), until an event names the id.
+    unnumbered: HashMap<(u32, u64), FuseEvent>,
     /// Ended requests waiting for late events: (deadline, key).
     lingering: Vec<(u64, Key)>,
     counters: TrackerCounters,
@@ -529,14 +544,20 @@ impl Tracker {
     /// Requests not yet ended, each built on the fly from the compact
     /// record the tracker keeps (so a view can hold them owned).
     pub fn in_flight(&self) -> impl Iterator<Item = RequestLifecycle> {
+        let unnumbered = self.unnumbered.values().map(|ev| {
+            let mut rec = Live::default();
+            rec.apply_send(ev);
+            rec.to_lifecycle((ev.connection, 0))
+        });
         self.live
             .iter()
             .filter(|(_, r)| !r.has(seen::ENDED))
             .map(|(key, r)| r.to_lifecycle(*key))
+            .chain(unnumbered)
     }
 
     pub fn in_flight_count(&self) -> usize {
-        self.live.values().filter(|r| !r.has(seen::ENDED)).count()
+        self.live.values().filter(|r| !r.has(seen::ENDED)).count() + self.unnumbered.len()
     }
 
     pub fn watermark_ns(&self) -> u64 {
@@ -550,6 +571,9 @@ impl Tracker {
         let Some(kind) = EventKind::from_u8(ev.kind) else {
             return;
         };
+        if ev.req != 0 && ev.unique != 0 && !self.unnumbered.is_empty() {
+            self.number(ev, out);
+        }
         match kind {
             EventKind::Send => self.on_send(ev, out),
             EventKind::DaemonRead => self.on_take(ev, out),
@@ -613,8 +637,46 @@ impl Tracker {
     }
 
     fn on_send(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+        if ev.unique == 0 {
+            if ev.req == 0 {
+                self.counters.sends_without_id += 1;
+                return;
+            }
+            self.counters.sent_before_id += 1;
+            if let Some(old) = self.unnumbered.insert((ev.connection, ev.req), *ev) {
+                // The pointer was freed and reused: the earlier request's
+                // id and end were never seen.
+                let mut rec = Live::default();
+                rec.apply_send(&old);
+                rec.outcome = Some(Outcome::NeverEnded);
+                self.counters.never_ended += 1;
+                self.counters.finished += 1;
+                out.push(rec.to_lifecycle((old.connection, 0)));
+            }
+            return;
+        }
         let key = (ev.connection, ev.unique);
         let rec = self.record_for(key, seen::SENT, ev.ts_ns, out);
+        rec.apply_send(ev);
+        self.maybe_finish(key, out);
+    }
+
+    /// `ev` names a request's pointer and id: a send of that request that
+    /// came before its id joins it now.
+    fn number(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+        if let Some(mut send) = self.unnumbered.remove(&(ev.connection, ev.req)) {
+            send.unique = ev.unique;
+            let key = (ev.connection, ev.unique);
+            self.record_for(key, seen::SENT, send.ts_ns, out)
+                .apply_send(&send);
+        }
+    }
+}
+
+impl Live {
+    /// What a send says of its request.
+    fn apply_send(&mut self, ev: &FuseEvent) {
+        let rec = self;
         rec.sent_ns = ev.ts_ns;
         rec.seen |= seen::SENT;
         if ev.aux_ns != 0 {
@@ -654,9 +716,10 @@ impl Tracker {
             // The comm is the sender's, kept once.
             rec.seen |= seen::REQUESTER_PID | seen::REQUESTER_TID | seen::REQUESTER_COMM;
         }
-        self.maybe_finish(key, out);
     }
+}
 
+impl Tracker {
     /// The daemon took a request: its thread and time.
     fn take(&mut self, key: Key, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) -> &mut Live {
         let rec = self.record_for(key, seen::TAKEN, ev.ts_ns, out);
@@ -728,7 +791,13 @@ impl Tracker {
             rare.virtq_ns = Some(ev.ts_ns);
         } else {
             rare.device_done_ns = Some(ev.ts_ns);
-            if ev.aux_ns != 0 && ev.aux_ns <= ev.ts_ns {
+            // The queue's latest interrupt before the answer was taken
+            // off counts only if it came after the request was queued: a
+            // completion pass an earlier interrupt started also collects
+            // answers that came in meanwhile, without an interrupt of
+            // their own (then there is none to show).
+            let queued = rare.virtq_ns.unwrap_or(0);
+            if ev.aux_ns != 0 && queued <= ev.aux_ns && ev.aux_ns <= ev.ts_ns {
                 rare.device_irq_ns = Some(ev.aux_ns);
             }
         }
@@ -954,6 +1023,87 @@ mod tests {
         assert_eq!(out[0].error, Some(-103));
         assert_eq!(out[0].latency(LatencyStage::Total), Some(1_000));
         assert_eq!(out[0].latency(LatencyStage::DaemonService), None);
+    }
+
+    /// Kernels 6.12 to 6.17: the send has no id yet. The daemon's take
+    /// names the request's pointer and id; from then on the request is one.
+    fn with_req(mut e: FuseEvent, req: u64) -> FuseEvent {
+        e.req = req;
+        e
+    }
+
+    #[test]
+    fn send_before_its_id_is_joined_at_the_daemon_take() {
+        const P: u64 = 0xffff_8880_0000_1000;
+        const Q: u64 = 0xffff_8880_0000_2000;
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        // Two requests queued at once, taken in the other order.
+        t.observe(&with_req(ev(EventKind::Send, 0, 3, 1_000), P), &mut out);
+        t.observe(&with_req(ev(EventKind::Send, 0, 1, 1_100), Q), &mut out);
+        assert_eq!(t.in_flight_count(), 2);
+        assert!(t.in_flight().all(|r| r.unique == 0 && r.sent_ns.is_some()));
+        t.observe(&with_req(daemon(ev(EventKind::DaemonRead, 4, 1, 1_500), 7), Q), &mut out);
+        t.observe(&with_req(daemon(ev(EventKind::DaemonRead, 6, 3, 1_600), 7), P), &mut out);
+        assert_eq!(t.in_flight_count(), 2, "each request once");
+        for (u, req, ts) in [(6, P, 1_900), (4, Q, 2_000)] {
+            t.observe(&daemon(ev(EventKind::DaemonReply, u, 0, ts), 7), &mut out);
+            t.observe(&with_req(ev(EventKind::End, u, 0, ts + 50), req), &mut out);
+        }
+        assert_eq!(out.len(), 2);
+        let getattr = out.iter().find(|r| r.unique == 6).unwrap();
+        assert_eq!(getattr.opcode, 3);
+        assert_eq!(getattr.sent_ns, Some(1_000));
+        assert_eq!(getattr.taken_ns, Some(1_600));
+        let lookup = out.iter().find(|r| r.unique == 4).unwrap();
+        assert_eq!(lookup.sent_ns, Some(1_100));
+        assert!(out.iter().all(|r| r.fully_observed()));
+        assert_eq!(t.counters().sent_before_id, 2);
+        assert_eq!(t.counters().unmatched_ends, 0);
+        assert_eq!(t.in_flight_count(), 0);
+    }
+
+    #[test]
+    fn send_before_its_id_is_joined_at_its_end_when_the_take_did_not_name_it() {
+        const P: u64 = 0xffff_8880_0000_1000;
+        let (t, out) = run(&[
+            with_req(ev(EventKind::Send, 0, 3, 1_000), P),
+            daemon(ev(EventKind::DaemonRead, 8, 3, 1_500), 7),
+            daemon(ev(EventKind::DaemonReply, 8, 0, 1_900), 7),
+            with_req(ev(EventKind::End, 8, 0, 2_000), P),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].unique, 8);
+        assert!(out[0].fully_observed(), "{:?}", out[0]);
+        assert_eq!(out[0].latency(LatencyStage::QueueWait), Some(500));
+        assert_eq!(t.counters().unmatched_ends, 0);
+    }
+
+    #[test]
+    fn send_without_id_or_pointer_is_counted_not_joined() {
+        let (mut t, mut out) = run(&[
+            ev(EventKind::Send, 0, 3, 1_000),
+            ev(EventKind::End, 8, 0, 2_000),
+        ]);
+        t.flush(&mut out);
+        assert_eq!(t.counters().sends_without_id, 1);
+        assert_eq!(t.counters().unmatched_ends, 1);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].sent_ns, None);
+    }
+
+    #[test]
+    fn a_reused_pointer_finishes_the_unnumbered_send_as_never_ended() {
+        const P: u64 = 0xffff_8880_0000_1000;
+        let (t, out) = run(&[
+            with_req(ev(EventKind::Send, 0, 3, 1_000), P),
+            with_req(ev(EventKind::Send, 0, 1, 5_000), P),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].outcome, Some(Outcome::NeverEnded));
+        assert_eq!(out[0].opcode, 3);
+        assert_eq!(t.counters().never_ended, 1);
+        assert_eq!(t.in_flight_count(), 1);
     }
 
     #[test]

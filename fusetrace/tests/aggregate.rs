@@ -169,6 +169,9 @@ fn a_request_that_never_ends_is_reported_in_flight() {
     let fusectl = FuseCtl::new();
     let mut daemon = Daemon::start("agg-stuck", &["--direct-io", "--latency", "READ=1h"]);
     let conn = connection_of(daemon.path());
+    // Declared after the daemon, so dropped before it: a failing assertion
+    // releases the held READ instead of hanging the suite.
+    let _release = AbortOnDrop(fusectl.file(conn, "abort"));
     let file = daemon.path().join("stuck");
     fs::write(&file, b"x").unwrap();
     let mount = daemon.path().to_str().unwrap().to_string();
@@ -218,6 +221,16 @@ fn a_request_that_never_ends_is_reported_in_flight() {
         !is_mounted(daemon.path()),
         "the stuck mount was left behind"
     );
+}
+
+/// Aborts a FUSE connection when dropped (its fusectl `abort` file): every
+/// request it holds fails, its daemon exits, its mount can go.
+struct AbortOnDrop(PathBuf);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.0, "1");
+    }
 }
 
 #[test]

@@ -406,6 +406,7 @@ fn synthetic() -> Vec<u8> {
         read_faults: 2,
         splice_transfers: 3,
         undecodable: 4,
+        takes_unresolved: 5,
     }))
     .unwrap();
     w.get_mut().clone()

@@ -256,10 +256,10 @@ fn main() -> ExitCode {
             .and_then(|()| cargo(&["test"]))
             .and_then(|()| fuzz(fuzz_seconds()?)),
         Some("fuzz") => setup().and_then(|()| fuzz(fuzz_seconds()?)),
-        Some("vmtest") => setup().and_then(|()| vmtest::vmtest()),
+        Some("vmtest") => setup().and_then(|()| vmtest::vmtest(&args[1..])),
         Some("bench") => bench::main(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <setup|build|demo [ARGS]|test|fuzz|vmtest|bench [--quick]>"
+            "usage: cargo xtask <setup|build|demo [ARGS]|test|fuzz|vmtest [--kernel SERIES]|bench [--quick]>"
                 .to_string(),
         ),
     };

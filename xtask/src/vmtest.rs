@@ -1,8 +1,15 @@
-//! `cargo xtask vmtest`: the integration tests on a second kernel, Debian's
-//! 6.1 (no FUSE tracepoints; kprobes, fentry and a virtio-fs root), booted
-//! with virtme-ng under software emulation (nested KVM does not work on the
-//! CI machines). The guest sees the host's file system read-only (with a
-//! writable /tmp), so the test binaries built here run in it unchanged.
+//! `cargo xtask vmtest [--kernel SERIES]`: the integration tests on more
+//! kernels, booted with virtme-ng under software emulation (nested KVM does
+//! not work on the CI machines), one after the other:
+//!
+//! - Debian's 6.1 (Debian 12): no FUSE tracepoints; kprobes and fentry;
+//! - Debian's 6.12 (Debian 13, the long-term line of RHEL 10 too): FUSE
+//!   tracepoints that fire before the request id is assigned; kprobes and
+//!   fentry. Its default backend (tp-btf) runs the tests as well.
+//!
+//! Both with a virtio-fs root. The guest sees the host's file system
+//! read-only (with a writable /tmp), so the test binaries built here run in
+//! it unchanged.
 //!
 //! Everything it fetches stays in the repository: the kernel package in
 //! `target/vm/`, virtme-ng in `.tools/vng/`, virtiofsd in `.tools/virtiofsd/`.
@@ -31,8 +38,28 @@ pub const VM_APT_PACKAGES: &[&str] = &[
     "bpftrace",
 ];
 
-/// The guest's kernel: the newest Debian 6.1 package apt offers.
-const KERNEL_PACKAGE_PATTERN: &str = r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$";
+/// A kernel the tests run on, and the backends they run with there.
+pub struct Guest {
+    /// The kernel line, also `--kernel`'s value and the folder under target/vm.
+    pub series: &'static str,
+    /// `apt-cache search --names-only` pattern; the newest match is taken.
+    package: &'static str,
+    /// `default` runs without `--backend` (what a user gets).
+    backends: &'static [&'static str],
+}
+
+pub const GUESTS: &[Guest] = &[
+    Guest {
+        series: "6.1",
+        package: r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+        backends: &["kprobe", "fentry"],
+    },
+    Guest {
+        series: "6.12",
+        package: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
+        backends: &["default", "kprobe", "fentry"],
+    },
+];
 const VIRTME_NG_VERSION: &str = "1.42";
 const VIRTIOFSD_VERSION: &str = "1.14.0";
 
@@ -94,28 +121,23 @@ fn virtiofsd() -> Result<PathBuf> {
     Ok(dir.join("bin"))
 }
 
-/// Downloads and unpacks the kernel package once; returns its vmlinuz.
-fn kernel() -> Result<PathBuf> {
-    let vm = root().join("target/vm");
+/// Downloads and unpacks the guest's kernel package once; returns its vmlinuz.
+fn kernel(guest: &Guest) -> Result<PathBuf> {
+    let vm = root().join("target/vm").join(guest.series);
     let kroot = vm.join("kroot");
     if let Some(img) = find_vmlinuz(&kroot) {
         return Ok(img);
     }
     std::fs::create_dir_all(&vm).map_err(|e| format!("cannot create {}: {e}", vm.display()))?;
-    let list =
-        output(Command::new("apt-cache").args(["search", "--names-only", KERNEL_PACKAGE_PATTERN]))?;
+    let list = output(Command::new("apt-cache").args(["search", "--names-only", guest.package]))?;
     let mut names: Vec<&str> = list.lines().filter_map(|l| l.split(' ').next()).collect();
-    // linux-image-6.1.0-N-...: newest ABI number last.
-    names.sort_by_key(|n| {
-        n.trim_start_matches("linux-image-6.1.0-")
-            .split('-')
-            .next()
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
+    // Newest last: the numbers in the name, compared as numbers.
+    names.sort_by_key(|n| version_key(n));
     let package = names.last().ok_or_else(|| {
-        "apt offers no linux-image-6.1.0-*-amd64-unsigned: add Debian bookworm to the apt sources"
-            .to_string()
+        format!(
+            "apt offers no package matching {}: add Debian bookworm to the apt sources",
+            guest.package
+        )
     })?;
     run(Command::new("apt-get")
         .current_dir(&vm)
@@ -132,6 +154,15 @@ fn kernel() -> Result<PathBuf> {
         .ok_or("apt-get download left no .deb")?;
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&kroot))?;
     find_vmlinuz(&kroot).ok_or_else(|| format!("no boot/vmlinuz-* in {}", deb.display()))
+}
+
+/// The runs of digits in a package name, as numbers: `6.12.117+deb12`
+/// sorts after `6.12.9+deb12`.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or(0))
+        .collect()
 }
 
 fn find_vmlinuz(kroot: &Path) -> Option<PathBuf> {
@@ -171,20 +202,21 @@ fn test_executables(targets: &[&str]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// The script the guest runs: doctor, then per backend (both must be
-/// offered) the trace tests, the call/background test and the virtio-fs
-/// walk, then the doctor tests.
-fn guest_script(trace: &Path, coverage: &Path, aggregate: &Path) -> String {
+/// The script the guest runs: doctor, then per backend (each must be
+/// offered) the exact-accounting tests, the call/background test, the
+/// virtio-fs walk and the in-kernel stats tests, then the doctor tests.
+fn guest_script(guest: &Guest, trace: &Path, coverage: &Path, aggregate: &Path) -> String {
     let bin = root().join("target/debug/fusetrace");
     format!(
         r#"cd {root}
 status=0
 echo "vmtest: kernel $(uname -r)"
 {bin} doctor || status=1
-for backend in kprobe fentry; do
-    if {bin} doctor --backend $backend > /tmp/doctor-$backend 2>&1; then
-        echo "vmtest: === tests with --backend $backend"
-        export FUSETRACE_TEST_BACKEND=$backend
+for backend in {backends}; do
+    if [ $backend = default ]; then force=""; else force="--backend $backend"; fi
+    if {bin} doctor $force > /tmp/doctor-$backend 2>&1; then
+        echo "vmtest: === {series}: tests with backend $backend"
+        if [ $backend != default ]; then export FUSETRACE_TEST_BACKEND=$backend; fi
         {trace} --test-threads=1 --nocapture \
             traced_requests_equal_served_requests injected_read_latency \
             bindfs_requests_have_all_four_stages || status=1
@@ -195,41 +227,80 @@ for backend in kprobe fentry; do
             kernel_counts_equal_served_requests a_request_that_never_ends || status=1
         unset FUSETRACE_TEST_BACKEND
     else
-        echo "vmtest: backend $backend NOT OFFERED by this kernel:"
-        grep -E '^  (fentry|kprobes) ' /tmp/doctor-$backend
+        echo "vmtest: {series}: backend $backend NOT OFFERED by this kernel:"
+        cat /tmp/doctor-$backend
         status=1
     fi
 done
-echo "vmtest: === doctor and backend choice"
+echo "vmtest: === {series}: doctor and backend choice"
 {coverage} --test-threads=1 --nocapture doctor_ forcing_ || status=1
 echo "vmtest: guest status $status"
 "#,
         root = root().display(),
         bin = bin.display(),
+        series = guest.series,
+        backends = guest.backends.join(" "),
         trace = trace.display(),
         coverage = coverage.display(),
         aggregate = aggregate.display(),
     )
 }
 
-pub fn vmtest() -> Result<()> {
+/// Runs the guests named by `--kernel` (all by default), one after the other.
+pub fn vmtest(args: &[String]) -> Result<()> {
+    let wanted: Vec<&Guest> = match args {
+        [] => GUESTS.iter().collect(),
+        [flag, series] if flag == "--kernel" => {
+            let g = GUESTS.iter().find(|g| g.series == series).ok_or_else(|| {
+                let known: Vec<&str> = GUESTS.iter().map(|g| g.series).collect();
+                format!("no guest kernel {series}: one of {}", known.join(", "))
+            })?;
+            vec![g]
+        }
+        _ => return Err("usage: cargo xtask vmtest [--kernel SERIES]".into()),
+    };
     apt_packages()?;
     let vng = vng()?;
     let virtiofsd = virtiofsd()?;
-    let kernel = kernel()?;
     let exes = test_executables(&["trace", "kernel_coverage", "aggregate"])?;
-    let script = root().join("target/vm/guest.sh");
-    std::fs::write(&script, guest_script(&exes[0], &exes[1], &exes[2]))
-        .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+    // vng starts `virtme-run` through PATH: the venv's bin/ goes first.
     let path = format!(
-        "{}:{}",
+        "{}:{}:{}",
+        vng.parent().expect("vng lives in a bin/").display(),
         virtiofsd.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let mut failed = Vec::new();
+    for guest in wanted {
+        if let Err(e) = run_guest(guest, &vng, &path, &exes) {
+            eprintln!("xtask: {e}");
+            failed.push(guest.series);
+        }
+    }
+    if failed.is_empty() {
+        eprintln!("xtask: vmtest passed");
+        Ok(())
+    } else {
+        Err(format!(
+            "vmtest failed on {} (see `vmtest:` lines above)",
+            failed.join(", ")
+        ))
+    }
+}
+
+fn run_guest(guest: &Guest, vng: &Path, path: &str, exes: &[PathBuf]) -> Result<()> {
+    let kernel = kernel(guest)?;
+    let script = root()
+        .join("target/vm")
+        .join(guest.series)
+        .join("guest.sh");
+    std::fs::write(&script, guest_script(guest, &exes[0], &exes[1], &exes[2]))
+        .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
     eprintln!("xtask: booting {} under TCG", kernel.display());
+    let started = std::time::Instant::now();
     let out = Command::new("timeout")
         .arg("1800")
-        .arg(&vng)
+        .arg(vng)
         .arg("--run")
         .arg(&kernel)
         .args([
@@ -254,15 +325,19 @@ pub fn vmtest() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     print!("{text}");
+    eprintln!(
+        "xtask: the {} guest ran for {:.0} s",
+        guest.series,
+        started.elapsed().as_secs_f64()
+    );
     if text.contains("vmtest: guest status 0") {
-        eprintln!("xtask: vmtest passed");
         Ok(())
     } else if text.contains("vmtest: guest status") {
-        Err("tests failed in the 6.1 guest (see `vmtest:` lines above)".into())
+        Err(format!("tests failed in the {} guest", guest.series))
     } else {
         Err(format!(
-            "the guest never finished its script (vng exited with {})",
-            out.status
+            "the {} guest never finished its script (vng exited with {})",
+            guest.series, out.status
         ))
     }
 }

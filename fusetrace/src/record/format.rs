@@ -22,9 +22,12 @@
 //! 6 len, 7 error (zigzag), 8 tgid, 9 tid, 10 req_pid, 11 req_uid, 12 kind,
 //! 13 flags, 14 comm (bytes, no trailing NULs; left out when it equals
 //! the comm of the previous event with the same tid), 15 aux_ns (1 + zigzag difference from
-//! ts_ns), 16 arg0, 17 arg1. Idle: varint now_ns. Connection: varint
+//! ts_ns), 16 arg0, 17 arg1, 18 req (the `struct fuse_req *`; written only
+//! once a send without its id has been seen, which is when the replay
+//! needs it to join that send). Idle: varint now_ns. Connection: varint
 //! connection, varint-length UTF-8 mount point and fs type. End: varints
-//! ring_drops, read_faults, splice_transfers, undecodable.
+//! ring_drops, read_faults, splice_transfers, undecodable, and (written
+//! since the field exists; absent in older files) takes_unresolved.
 //!
 //! Every record stands alone behind its own length and checksum, so a file
 //! cut off anywhere (Ctrl-C, full disk, crash) still yields every whole
@@ -105,6 +108,7 @@ pub struct EndCounters {
     pub read_faults: u64,
     pub splice_transfers: u64,
     pub undecodable: u64,
+    pub takes_unresolved: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +196,10 @@ pub struct Writer<W: Write> {
     prev_ts: u64,
     comms: Comms,
     buf: Vec<u8>,
+    /// A send came before its request id: from now on events keep their
+    /// request pointer, which joins such sends (10 bytes an event, so not
+    /// before).
+    with_req: bool,
 }
 
 impl<W: Write> Writer<W> {
@@ -210,6 +218,7 @@ impl<W: Write> Writer<W> {
             prev_ts: header.start_monotonic_ns,
             comms: Comms::new(),
             buf: Vec::with_capacity(128),
+            with_req: false,
         })
     }
 
@@ -217,7 +226,8 @@ impl<W: Write> Writer<W> {
         let mut payload = Vec::with_capacity(64);
         let kind = match rec {
             Record::Event(ev) => {
-                encode_event(&mut payload, ev, self.prev_ts, &mut self.comms);
+                self.with_req |= ev.kind == EventKind::Send as u8 && ev.unique == 0;
+                encode_event(&mut payload, ev, self.prev_ts, &mut self.comms, self.with_req);
                 self.prev_ts = ev.ts_ns;
                 KIND_EVENT
             }
@@ -237,6 +247,7 @@ impl<W: Write> Writer<W> {
                     e.read_faults,
                     e.splice_transfers,
                     e.undecodable,
+                    e.takes_unresolved,
                 ] {
                     put_varint(&mut payload, v);
                 }
@@ -274,7 +285,13 @@ fn put_field(buf: &mut Vec<u8>, field: u64, v: u64) {
 /// Last comm written or read per thread id.
 type Comms = HashMap<u32, [u8; 16]>;
 
-fn encode_event(buf: &mut Vec<u8>, ev: &FuseEvent, prev_ts: u64, comms: &mut Comms) {
+fn encode_event(
+    buf: &mut Vec<u8>,
+    ev: &FuseEvent,
+    prev_ts: u64,
+    comms: &mut Comms,
+    with_req: bool,
+) {
     put_field(buf, 1, zigzag(ev.ts_ns.wrapping_sub(prev_ts) as i64));
     put_field(buf, 2, ev.unique);
     put_field(buf, 3, ev.nodeid);
@@ -307,6 +324,9 @@ fn encode_event(buf: &mut Vec<u8>, ev: &FuseEvent, prev_ts: u64, comms: &mut Com
     }
     put_field(buf, 16, ev.arg0);
     put_field(buf, 17, ev.arg1);
+    if with_req {
+        put_field(buf, 18, ev.req);
+    }
 }
 
 fn decode_event(p: &mut Payload<'_>, prev_ts: u64, comms: &mut Comms) -> Result<FuseEvent, String> {
@@ -333,7 +353,7 @@ fn decode_event(p: &mut Payload<'_>, prev_ts: u64, comms: &mut Comms) -> Result<
                     has_comm = true;
                 }
                 14 => return Err(format!("comm of {} bytes, at most 16", b.len())),
-                1..=17 => return Err(format!("field {field} must be a number")),
+                1..=18 => return Err(format!("field {field} must be a number")),
                 _ => {} // a newer writer's field
             }
             continue;
@@ -361,6 +381,7 @@ fn decode_event(p: &mut Payload<'_>, prev_ts: u64, comms: &mut Comms) -> Result<
             15 => ev.aux_ns = ev.ts_ns.wrapping_add(unzigzag(v - 1) as u64),
             16 => ev.arg0 = v,
             17 => ev.arg1 = v,
+            18 => ev.req = v,
             _ => {}
         }
     }
@@ -628,6 +649,11 @@ impl<R: Read> Reader<R> {
                 read_faults: p.varint()?,
                 splice_transfers: p.varint()?,
                 undecodable: p.varint()?,
+                takes_unresolved: if p.at < p.bytes.len() {
+                    p.varint()?
+                } else {
+                    0
+                },
             }),
         })
     }
@@ -654,7 +680,7 @@ mod tests {
     fn every_event_field_is_encoded() {
         assert_eq!(
             std::mem::size_of::<FuseEvent>(),
-            104,
+            112,
             "FuseEvent changed: update encode_event/decode_event in record/format.rs and this size"
         );
         let ev = FuseEvent {
@@ -676,10 +702,11 @@ mod tests {
             aux_ns: 1_000_000_000,
             arg0: u64::MAX,
             arg1: 17,
+            req: 0xffff_8880_1234_5678,
         };
         let (mut wc, mut rc) = (Comms::new(), Comms::new());
         let mut b = Vec::new();
-        encode_event(&mut b, &ev, 5, &mut wc);
+        encode_event(&mut b, &ev, 5, &mut wc, true);
         let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
         // SAFETY: viewing plain old data as bytes.
         let bytes = |e: &FuseEvent| unsafe {
@@ -693,7 +720,7 @@ mod tests {
         // The same thread's next event leaves its comm out; a new comm
         // (even an empty one) is written.
         let mut b = Vec::new();
-        encode_event(&mut b, &ev, 5, &mut wc);
+        encode_event(&mut b, &ev, 5, &mut wc, true);
         assert!(!b.windows(3).any(|w| w == b"012"));
         let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
         assert_eq!(back.comm, ev.comm);
@@ -702,7 +729,7 @@ mod tests {
             ..ev
         };
         let mut b = Vec::new();
-        encode_event(&mut b, &empty, 5, &mut wc);
+        encode_event(&mut b, &empty, 5, &mut wc, true);
         let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
         assert_eq!(back.comm, [0; 16]);
     }

@@ -162,6 +162,7 @@ impl Sink for Recorder {
             read_faults: summary.read_faults,
             splice_transfers: summary.splice_transfers,
             undecodable: summary.undecodable,
+            takes_unresolved: summary.takes_unresolved,
         }))?;
         self.flush()?;
         self.writer

@@ -225,6 +225,7 @@ pub fn replay_file(
         summary.read_faults = c.read_faults;
         summary.splice_transfers = c.splice_transfers;
         summary.undecodable = c.undecodable;
+        summary.takes_unresolved = c.takes_unresolved;
     }
     Ok(Replayed {
         header,
@@ -245,12 +246,15 @@ pub fn add_summary(a: &mut RunSummary, b: &RunSummary) {
     a.read_faults += b.read_faults;
     a.splice_transfers += b.splice_transfers;
     a.undecodable += b.undecodable;
+    a.takes_unresolved += b.takes_unresolved;
     let (t, u) = (&mut a.tracker, &b.tracker);
     t.events += u.events;
     t.finished += u.finished;
     t.unmatched_replies += u.unmatched_replies;
     t.unmatched_ends += u.unmatched_ends;
     t.never_ended += u.never_ended;
+    t.sent_before_id += u.sent_before_id;
+    t.sends_without_id += u.sends_without_id;
     t.notifications += u.notifications;
     t.interrupts += u.interrupts;
 }

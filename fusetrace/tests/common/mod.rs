@@ -298,10 +298,16 @@ pub fn assert_nothing_lost(summary: &Value) {
         "read_faults",
         "undecodable",
         "in_flight_at_exit",
+        "takes_unresolved",
     ] {
         assert_eq!(summary[key].as_u64(), Some(0), "{key} in {summary}");
     }
-    for key in ["unmatched_replies", "unmatched_ends", "never_ended"] {
+    for key in [
+        "unmatched_replies",
+        "unmatched_ends",
+        "never_ended",
+        "sends_without_id",
+    ] {
         assert_eq!(
             summary["tracker"][key].as_u64(),
             Some(0),
@@ -318,10 +324,14 @@ pub fn expects_reply(r: &Value) -> bool {
     )
 }
 
+/// All four points of a request observed, in their order: sent, taken by
+/// the daemon, replied, ended.
 pub fn fully_observed(r: &Value) -> bool {
-    ["sent_ns", "taken_ns", "replied_ns", "ended_ns"]
+    let points: Vec<Option<u64>> = ["sent_ns", "taken_ns", "replied_ns", "ended_ns"]
         .iter()
-        .all(|k| r[*k].is_u64())
+        .map(|k| r[*k].as_u64())
+        .collect();
+    points.iter().all(Option::is_some) && points.windows(2).all(|w| w[0] <= w[1])
 }
 
 /// The tests of one file that trace run one at a time: every tracer's
