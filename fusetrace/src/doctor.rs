@@ -182,6 +182,20 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
         "backend: {}",
         backend_of(&choices).map(|b| b.name()).unwrap_or("none")
     ));
+    let send_backend = choices
+        .iter()
+        .find(|c| c.stage == Stage::Submit)
+        .and_then(|c| c.hook)
+        .map(|h| h.backend);
+    let send_function = kernel.get(&crate::kfunc::SEND).ok().map(|r| r.name);
+    let assigns_first = kernel
+        .kallsyms
+        .resolve("fuse_request_assign_unique")
+        .is_some();
+    lines.push(format!(
+        "request id at send: {}",
+        id_at_send(send_backend, send_function, assigns_first)
+    ));
     let v = verdict(&choices);
     lines.push(format!(
         "verdict: {}: {}",
@@ -193,6 +207,35 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
         v.reason
     ));
     Ok((lines, v))
+}
+
+/// Whether the send point sees the request's id, and how requests are
+/// joined when it does not. Since 6.18 the kernel assigns the id and fires
+/// `fuse_request_send` together (`fuse_request_assign_unique`); 6.12 to
+/// 6.17 fire it in `fuse_send_one`, before the transport assigns the id;
+/// `queue_request_and_unlock` (up to 6.11) runs after. Every run also counts
+/// the sends it saw without an id, in its closing summary.
+fn id_at_send(backend: Option<Backend>, function: Option<&str>, assigns_first: bool) -> String {
+    let late = "no: the send point comes before the kernel assigns the id";
+    let joined = "requests are joined by their struct fuse_req pointer (each run counts these sends in its summary)";
+    match backend {
+        None => "no send hook".into(),
+        Some(Backend::TpBtf | Backend::Tracepoint) if assigns_first => {
+            "yes (fuse_request_send fires once the id is assigned: fuse_request_assign_unique, 6.18+)"
+                .into()
+        }
+        Some(Backend::TpBtf) => format!("{late} (fuse_request_send in fuse_send_one, 6.12 to 6.17); {joined}"),
+        Some(Backend::Tracepoint) => format!(
+            "{late} (fuse_request_send in fuse_send_one, 6.12 to 6.17), and the plain tracepoint's record has no request pointer: sends cannot be joined, use --backend tp-btf, fentry or kprobe"
+        ),
+        Some(Backend::Fentry | Backend::Kprobe) => match function {
+            Some("queue_request_and_unlock") => {
+                "yes (queue_request_and_unlock runs after the id is assigned)".into()
+            }
+            Some(f) => format!("{late} ({f} runs before the transport assigns it); {joined}"),
+            None => "no send hook".into(),
+        },
+    }
 }
 
 fn fuse_where(kernel: &KernelFunctions) -> String {
@@ -234,6 +277,29 @@ mod tests {
                 skipped: vec![],
             })
             .collect()
+    }
+
+    #[test]
+    fn id_at_send_names_the_kernel_lines() {
+        let tp = id_at_send(Some(Backend::TpBtf), None, false);
+        assert!(
+            tp.starts_with("no:") && tp.contains("6.12 to 6.17") && tp.contains("pointer"),
+            "{tp}"
+        );
+        assert!(id_at_send(Some(Backend::TpBtf), None, true).starts_with("yes"));
+        let plain = id_at_send(Some(Backend::Tracepoint), None, false);
+        assert!(plain.contains("cannot be joined"), "{plain}");
+        let old = id_at_send(
+            Some(Backend::Kprobe),
+            Some("queue_request_and_unlock"),
+            false,
+        );
+        assert!(old.starts_with("yes"), "{old}");
+        let new = id_at_send(Some(Backend::Fentry), Some("fuse_send_one"), true);
+        assert!(
+            new.starts_with("no:") && new.contains("fuse_send_one"),
+            "{new}"
+        );
     }
 
     #[test]

@@ -1043,8 +1043,14 @@ mod tests {
         t.observe(&with_req(ev(EventKind::Send, 0, 1, 1_100), Q), &mut out);
         assert_eq!(t.in_flight_count(), 2);
         assert!(t.in_flight().all(|r| r.unique == 0 && r.sent_ns.is_some()));
-        t.observe(&with_req(daemon(ev(EventKind::DaemonRead, 4, 1, 1_500), 7), Q), &mut out);
-        t.observe(&with_req(daemon(ev(EventKind::DaemonRead, 6, 3, 1_600), 7), P), &mut out);
+        t.observe(
+            &with_req(daemon(ev(EventKind::DaemonRead, 4, 1, 1_500), 7), Q),
+            &mut out,
+        );
+        t.observe(
+            &with_req(daemon(ev(EventKind::DaemonRead, 6, 3, 1_600), 7), P),
+            &mut out,
+        );
         assert_eq!(t.in_flight_count(), 2, "each request once");
         for (u, req, ts) in [(6, P, 1_900), (4, Q, 2_000)] {
             t.observe(&daemon(ev(EventKind::DaemonReply, u, 0, ts), 7), &mut out);

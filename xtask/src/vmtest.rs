@@ -290,10 +290,7 @@ pub fn vmtest(args: &[String]) -> Result<()> {
 
 fn run_guest(guest: &Guest, vng: &Path, path: &str, exes: &[PathBuf]) -> Result<()> {
     let kernel = kernel(guest)?;
-    let script = root()
-        .join("target/vm")
-        .join(guest.series)
-        .join("guest.sh");
+    let script = root().join("target/vm").join(guest.series).join("guest.sh");
     std::fs::write(&script, guest_script(guest, &exes[0], &exes[1], &exes[2]))
         .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
     eprintln!("xtask: booting {} under TCG", kernel.display());

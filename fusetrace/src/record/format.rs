@@ -227,7 +227,13 @@ impl<W: Write> Writer<W> {
         let kind = match rec {
             Record::Event(ev) => {
                 self.with_req |= ev.kind == EventKind::Send as u8 && ev.unique == 0;
-                encode_event(&mut payload, ev, self.prev_ts, &mut self.comms, self.with_req);
+                encode_event(
+                    &mut payload,
+                    ev,
+                    self.prev_ts,
+                    &mut self.comms,
+                    self.with_req,
+                );
                 self.prev_ts = ev.ts_ns;
                 KIND_EVENT
             }
@@ -649,11 +655,7 @@ impl<R: Read> Reader<R> {
                 read_faults: p.varint()?,
                 splice_transfers: p.varint()?,
                 undecodable: p.varint()?,
-                takes_unresolved: if p.at < p.bytes.len() {
-                    p.varint()?
-                } else {
-                    0
-                },
+                takes_unresolved: if p.at < p.bytes.len() { p.varint()? } else { 0 },
             }),
         })
     }
