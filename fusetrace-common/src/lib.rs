@@ -4,6 +4,8 @@
 //! the ring buffer, user space reads it back byte for byte.
 #![no_std]
 
+pub mod opcode;
+
 /// What a [`FuseEvent`] reports.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,11 +14,10 @@ use fusetrace_common::{
 
 use crate::{fd_file, kread, layout, submit, tp_field};
 
-const FUSE_OPEN: u32 = 14;
-const FUSE_READ: u32 = 15;
-const FUSE_WRITE: u32 = 16;
-const FUSE_INIT: u32 = 26;
-const FUSE_CREATE: u32 = 35;
+use fusetrace_common::opcode::{
+    CREATE as FUSE_CREATE, INIT as FUSE_INIT, OPEN as FUSE_OPEN, READ as FUSE_READ,
+    WRITE as FUSE_WRITE,
+};
 
 /// The first fields of `fuse_read_in` and `fuse_write_in` (uapi).
 #[repr(C)]

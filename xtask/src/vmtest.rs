@@ -295,7 +295,7 @@ fn run_guest(guest: &Guest, vng: &Path, path: &str, exes: &[PathBuf]) -> Result<
         .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
     eprintln!("xtask: booting {} under TCG", kernel.display());
     let started = std::time::Instant::now();
-    let out = Command::new("timeout")
+    let mut child = Command::new("timeout")
         .arg("1800")
         .arg(vng)
         .arg("--run")
@@ -312,16 +312,34 @@ fn run_guest(guest: &Guest, vng: &Path, path: &str, exes: &[PathBuf]) -> Result<
         .arg(format!("sh {}", script.display()))
         .current_dir(root())
         .env("PATH", path)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run vng: {e}"))?;
     // The script's output arrives on the console, which vng may put on
-    // either stream.
+    // either stream: both are shown as they come (a guest runs for many
+    // minutes) and kept for the verdict.
+    let echo = |pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut kept = String::new();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe))
+                .map_while(std::result::Result::ok)
+            {
+                println!("{line}");
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+            kept
+        })
+    };
+    let out = echo(Box::new(child.stdout.take().expect("piped")));
+    let err = echo(Box::new(child.stderr.take().expect("piped")));
+    let status = child.wait().map_err(|e| format!("waiting for vng: {e}"))?;
     let text = format!(
         "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default()
     );
-    print!("{text}");
     eprintln!(
         "xtask: the {} guest ran for {:.0} s",
         guest.series,
@@ -334,7 +352,7 @@ fn run_guest(guest: &Guest, vng: &Path, path: &str, exes: &[PathBuf]) -> Result<
     } else {
         Err(format!(
             "the {} guest never finished its script (vng exited with {})",
-            guest.series, out.status
+            guest.series, status
         ))
     }
 }

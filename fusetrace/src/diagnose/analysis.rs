@@ -9,13 +9,10 @@ use serde::Serialize;
 
 use crate::tracker::RequestLifecycle;
 
-const OP_OPEN: u32 = 14;
-const OP_READ: u32 = 15;
-const OP_WRITE: u32 = 16;
-const OP_FSYNC: u32 = 20;
-const OP_FLUSH: u32 = 25;
-const OP_INIT: u32 = 26;
-const OP_CREATE: u32 = 35;
+use fusetrace_common::opcode::{
+    CREATE as OP_CREATE, FLUSH as OP_FLUSH, FSYNC as OP_FSYNC, INIT as OP_INIT, OPEN as OP_OPEN,
+    READ as OP_READ, WRITE as OP_WRITE,
+};
 const PAGE: u64 = 4096;
 
 /// Where the writeback-cache answer came from.
