@@ -1,31 +1,21 @@
 //! fusetrace: where the time goes in FUSE file systems.
 //!
-//! Data flows one way: [`probes`] (kernel hooks and the ring buffer) ->
-//! [`decode`] -> [`tracker`] (request lifecycles, pure) -> sinks
-//! ([`sinks`], [`stats`]). [`session`] wires one run together.
+//! Data flows one way:
+//!
+//! ```text
+//! kernel (hooks, BTF layout, ring buffer, decoding)
+//!   -> pipeline (run loop, lifecycle tracker | in-kernel counts)
+//!     -> output (trace lines, stats, CSV), tui, record
+//! ```
+//!
+//! `diagnose` is an analysis over the same events; `lab` holds the
+//! reference daemon, load generator, demo and consumer benchmark.
 
-pub mod aggregate;
-pub mod bench_consumer;
-pub mod btf;
-pub mod connections;
-pub mod daemon;
-pub mod decode;
-pub mod demo;
 pub mod diagnose;
-pub mod doctor;
-pub mod export;
-pub mod fanout;
-pub mod kallsyms;
-pub mod kfunc;
-pub mod load;
-pub mod modfentry;
-pub mod opcode;
-pub mod probes;
+pub mod kernel;
+pub mod lab;
+pub mod output;
+pub mod pipeline;
 pub mod record;
-pub mod session;
-pub mod sinks;
-pub mod stats;
-pub mod tracefs;
-pub mod tracker;
 pub mod tui;
 pub mod units;

@@ -3,16 +3,19 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use fusetrace::{
-    aggregate,
-    connections::connection_of,
-    daemon, demo,
-    export::{Clock, CsvOpts},
-    fanout::FanOut,
-    load, opcode,
-    probes::{Backend, KernelFilter, ProbeOptions, Probes},
+    kernel::hooks::Backend,
+    kernel::probes::{KernelFilter, ProbeOptions, Probes},
+    lab::daemon,
+    lab::demo,
+    lab::load,
+    output::export::{Clock, CsvOpts},
+    output::fanout::FanOut,
+    output::sinks::{Format, StatsSink, TraceSink},
+    pipeline::aggregate,
+    pipeline::connections::connection_of,
+    pipeline::opcode,
+    pipeline::session::{self, Filter, Sink, StopWhen},
     record::{self, recorder::Recorder},
-    session::{self, Filter, Sink, StopWhen},
-    sinks::{Format, StatsSink, TraceSink},
     units::parse_duration,
 };
 
@@ -73,7 +76,7 @@ enum Command {
     /// Tell writeback from write-through, with the evidence in numbers.
     Diagnose(fusetrace::diagnose::DiagnoseArgs),
     /// What this kernel offers for tracing FUSE, and the hook each stage uses.
-    Doctor(fusetrace::doctor::DoctorArgs),
+    Doctor(fusetrace::kernel::doctor::DoctorArgs),
     /// Live view of the requests in flight, per-opcode latency and stalls.
     Top {
         #[command(flatten)]
@@ -86,7 +89,7 @@ enum Command {
     /// Events per second the decoder, tracker and sinks digest on one
     /// core (`cargo xtask bench` runs it).
     #[command(hide = true)]
-    BenchConsumer(fusetrace::bench_consumer::BenchConsumerArgs),
+    BenchConsumer(fusetrace::lab::bench_consumer::BenchConsumerArgs),
 }
 
 #[derive(Args, Clone)]
@@ -238,7 +241,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => demo::run(&args)?,
         Command::Diagnose(args) => fusetrace::diagnose::run(&args)?,
-        Command::Doctor(args) => fusetrace::doctor::run(&args)?,
+        Command::Doctor(args) => fusetrace::kernel::doctor::run(&args)?,
         Command::Top { opts, top } => {
             if opts.format != Format::Text {
                 anyhow::bail!("fusetrace top draws a screen; --format applies to trace and stats");
@@ -252,7 +255,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut probes = opts.attach()?;
             fusetrace::tui::run(&mut probes, &filter, &stop, &top.options())?;
         }
-        Command::BenchConsumer(args) => fusetrace::bench_consumer::main(&args)?,
+        Command::BenchConsumer(args) => fusetrace::lab::bench_consumer::main(&args)?,
         Command::Ops => {
             for (n, name) in opcode::OPCODES {
                 println!("{n:>5} {name}");

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fusetrace::daemon::{DaemonConfig, MountedDaemon, ServedCounts};
-use fusetrace::load::{self, LoadArgs, Workload};
-use fusetrace::opcode;
+use fusetrace::lab::daemon::{DaemonConfig, MountedDaemon, ServedCounts};
+use fusetrace::lab::load::{self, LoadArgs, Workload};
+use fusetrace::pipeline::opcode;
 
 fn can_mount() -> bool {
     let ok = unsafe { libc::geteuid() } == 0

@@ -18,7 +18,7 @@ use std::{
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use fusetrace::{
-    tracker::{RequestLifecycle, Tracker, TrackerConfig},
+    pipeline::tracker::{RequestLifecycle, Tracker, TrackerConfig},
     tui::{
         buffer_text,
         state::{RunCounters, TopConfig, TopState, View},

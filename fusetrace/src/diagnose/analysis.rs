@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use fusetrace_common::{FOPEN_DIRECT_IO, FUSE_WRITE_CACHE, FUSE_WRITEBACK_CACHE, FuseEvent};
 use serde::Serialize;
 
-use crate::tracker::RequestLifecycle;
+use crate::pipeline::tracker::RequestLifecycle;
 
 use fusetrace_common::opcode::{
     CREATE as OP_CREATE, FLUSH as OP_FLUSH, FSYNC as OP_FSYNC, INIT as OP_INIT, OPEN as OP_OPEN,
@@ -522,7 +522,7 @@ fn verdict(d: &Diagnosis) -> (String, Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::{Tracker, TrackerConfig};
+    use crate::pipeline::tracker::{Tracker, TrackerConfig};
     use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FLAG_WRITEBACK_CACHE};
 
     const CONN: u32 = 50;

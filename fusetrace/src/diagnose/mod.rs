@@ -9,11 +9,12 @@ use anyhow::Result;
 use fusetrace_common::{EventKind, FuseEvent};
 
 use crate::{
-    connections::{ConnectionTable, connection_of},
-    probes::{APP_WRITES_HOOKS, Backend, ProbeOptions, Probes},
+    kernel::hooks::{APP_WRITES_HOOKS, Backend},
+    kernel::probes::{ProbeOptions, Probes},
+    pipeline::connections::{ConnectionTable, connection_of},
+    pipeline::session::{self, Filter, RunSummary, Sink, StopWhen},
+    pipeline::tracker::RequestLifecycle,
     record::replay::{MergedNames, add_summary, replay_file},
-    session::{self, Filter, RunSummary, Sink, StopWhen},
-    tracker::RequestLifecycle,
     units::parse_duration,
 };
 use analysis::{Diagnosis, Evidence};

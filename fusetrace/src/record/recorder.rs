@@ -14,9 +14,9 @@ use fusetrace_common::FuseEvent;
 
 use super::format::{ConnectionInfo, EndCounters, Header, Record, RecordedFilter, Writer};
 use crate::{
-    connections::{ConnectionTable, MountEntry, fuse_mounts},
-    session::{Filter, RunSummary, Sink, monotonic_ns},
-    tracker::{RequestLifecycle, TrackerConfig},
+    pipeline::connections::{ConnectionTable, MountEntry, fuse_mounts},
+    pipeline::session::{Filter, RunSummary, Sink, monotonic_ns},
+    pipeline::tracker::{RequestLifecycle, TrackerConfig},
 };
 
 /// Creates the recording file before probes are attached, so a bad path

@@ -15,9 +15,9 @@ use anyhow::{Context, Result, anyhow};
 
 use super::format::{ConnectionInfo, Header, Reader, Record};
 use crate::{
-    connections::{ConnectionTable, MountEntry},
-    session::{self, Filter, RunSummary, Sink},
-    tracker::{Tracker, TrackerConfig},
+    pipeline::connections::{ConnectionTable, MountEntry},
+    pipeline::session::{self, Filter, RunSummary, Sink},
+    pipeline::tracker::{Tracker, TrackerConfig},
 };
 
 /// Ticks during a replay: every `every` of recorded time, with `clock` set

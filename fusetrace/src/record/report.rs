@@ -7,10 +7,10 @@ use anyhow::Result;
 
 use super::replay::{MergedNames, ReplayTicks, add_summary, replay_file};
 use crate::{
-    export::{Clock, CsvOpts},
-    fanout::FanOut,
-    session::{RunSummary, Sink},
-    sinks::{Format, StatsSink},
+    output::export::{Clock, CsvOpts},
+    output::fanout::FanOut,
+    output::sinks::{Format, StatsSink},
+    pipeline::session::{RunSummary, Sink},
     units::parse_duration,
 };
 

@@ -12,7 +12,7 @@ use super::{
     state::{InFlightColumn, TopState},
     view::{SELECTED, STALLED, fmt_ns, fmt_opt, tail},
 };
-use crate::opcode;
+use crate::pipeline::opcode;
 
 /// Widths of every column but the last (mount), which takes the rest.
 const WIDTHS: [u16; 7] = [6, 11, 8, 7, 12, 7, 17];

@@ -31,10 +31,10 @@ use ratatui::{
 };
 
 use crate::{
-    connections::ConnectionTable,
-    probes::Probes,
-    session::{self, Filter, LiveView, RunSummary, Sink, StopWhen},
-    tracker::RequestLifecycle,
+    kernel::probes::Probes,
+    pipeline::connections::ConnectionTable,
+    pipeline::session::{self, Filter, LiveView, RunSummary, Sink, StopWhen},
+    pipeline::tracker::RequestLifecycle,
     units::parse_duration,
 };
 use state::{RunCounters, TopConfig, TopState};

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use hdrhistogram::Histogram;
 
-use crate::tracker::{LatencyStage, RequestLifecycle};
+use crate::pipeline::tracker::{LatencyStage, RequestLifecycle};
 
 /// (connection, opcode).
 pub type OpKey = (u32, u32);
@@ -280,7 +280,9 @@ mod tests {
     use super::*;
 
     fn finished(unique: u64, op: u32, end_ns: u64, total_ns: u64) -> RequestLifecycle {
-        let mut t = crate::tracker::Tracker::new(crate::tracker::TrackerConfig::default());
+        let mut t = crate::pipeline::tracker::Tracker::new(
+            crate::pipeline::tracker::TrackerConfig::default(),
+        );
         let mut out = Vec::new();
         let sent = end_ns - total_ns;
         for (kind, ts) in [

@@ -19,12 +19,12 @@ use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
 use serde::Serialize;
 
 use crate::{
-    connections::{ConnectionTable, MountEntry},
-    decode,
+    kernel::decode,
+    output::sinks::{Format, StatsSink, TraceSink},
+    pipeline::connections::{ConnectionTable, MountEntry},
+    pipeline::session::{self, Filter, RunSummary, Sink},
+    pipeline::tracker::{RequestLifecycle, Tracker, TrackerConfig},
     record::{format::Record, replay},
-    session::{self, Filter, RunSummary, Sink},
-    sinks::{Format, StatsSink, TraceSink},
-    tracker::{RequestLifecycle, Tracker, TrackerConfig},
 };
 
 /// Which sink finished requests go to.

@@ -12,12 +12,12 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    connections::connection_of,
-    daemon::{DaemonConfig, MountedDaemon},
-    load::{self, LoadArgs, Workload},
-    probes::{ProbeOptions, Probes},
-    session::{self, Filter, StopWhen},
-    sinks::{Format, StatsSink},
+    kernel::probes::{ProbeOptions, Probes},
+    lab::daemon::{DaemonConfig, MountedDaemon},
+    lab::load::{self, LoadArgs, Workload},
+    output::sinks::{Format, StatsSink},
+    pipeline::connections::connection_of,
+    pipeline::session::{self, Filter, StopWhen},
     units::parse_duration,
 };
 

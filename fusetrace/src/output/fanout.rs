@@ -5,10 +5,10 @@ use anyhow::Result;
 use fusetrace_common::FuseEvent;
 
 use crate::{
-    connections::ConnectionTable,
-    session::{LiveView, RunSummary, Sink},
-    stats::Stats,
-    tracker::RequestLifecycle,
+    output::stats::Stats,
+    pipeline::connections::ConnectionTable,
+    pipeline::session::{LiveView, RunSummary, Sink},
+    pipeline::tracker::RequestLifecycle,
 };
 
 /// Calls every sink in order; the first error stops the call.

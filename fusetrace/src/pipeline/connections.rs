@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::probes::parse_major_minor;
+use crate::kernel::layout::parse_major_minor;
 
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use aya_obj::generated::{
     bpf_prog_type::BPF_PROG_TYPE_TRACING,
 };
 
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 /// A loaded and attached fentry program; detaches when dropped.
 #[derive(Debug)]

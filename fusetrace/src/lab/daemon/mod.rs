@@ -94,7 +94,7 @@ pub fn parse_latency(text: &str) -> Result<(u32, Duration), String> {
     let (op, delay) = text
         .split_once('=')
         .ok_or_else(|| format!("invalid latency `{text}`: expected OP=DURATION, e.g. READ=5ms"))?;
-    let opcode = crate::opcode::parse(op)?;
+    let opcode = crate::pipeline::opcode::parse(op)?;
     if opcode as usize >= OPCODE_SLOTS {
         return Err(format!("latency cannot be injected for opcode `{op}`"));
     }
@@ -162,7 +162,7 @@ impl DaemonConfig {
             if *op as usize >= OPCODE_SLOTS {
                 bail!(
                     "latency cannot be injected for opcode {}",
-                    crate::opcode::name(*op)
+                    crate::pipeline::opcode::name(*op)
                 );
             }
         }
@@ -210,11 +210,11 @@ impl ServedCounts {
             .collect()
     }
 
-    /// Non-zero counts by opcode name (`crate::opcode::name`).
+    /// Non-zero counts by opcode name (`crate::pipeline::opcode::name`).
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         self.by_opcode()
             .into_iter()
-            .map(|(op, n)| (crate::opcode::name(op), n))
+            .map(|(op, n)| (crate::pipeline::opcode::name(op), n))
             .collect()
     }
 
@@ -658,7 +658,7 @@ fn fuse_mount_stack(mountpoint: &Path) -> Vec<Option<u32>> {
 }
 
 fn fuse_mount_stack_in(info: &str, mountpoint: &Path) -> Vec<Option<u32>> {
-    crate::connections::parse_mountinfo(info)
+    crate::pipeline::connections::parse_mountinfo(info)
         .into_iter()
         .filter(|m| m.mount_point == mountpoint)
         .map(|m| m.is_fuse().then_some(m.connection))
@@ -749,8 +749,8 @@ mod tests {
     #[test]
     fn every_fuse_opcode_has_a_slot() {
         // CUSE_INIT (4096) is a character-device opcode fuser never hands on.
-        for (n, name) in crate::opcode::OPCODES {
-            if *n != crate::opcode::CUSE_INIT {
+        for (n, name) in crate::pipeline::opcode::OPCODES {
+            if *n != crate::pipeline::opcode::CUSE_INIT {
                 assert!((*n as usize) < OPCODE_SLOTS, "{name} ({n}) has no slot");
             }
         }

@@ -6,8 +6,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
-    opcode,
-    tracker::{ExtraStage, LatencyStage, RequestLifecycle},
+    pipeline::opcode,
+    pipeline::tracker::{ExtraStage, LatencyStage, RequestLifecycle},
 };
 
 /// Latencies of one opcode on one connection.
@@ -306,7 +306,7 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::{Tracker, TrackerConfig};
+    use crate::pipeline::tracker::{Tracker, TrackerConfig};
     use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
 
     fn lifecycle(unique: u64, op: u32, daemon_ns: u64, error: i32) -> RequestLifecycle {

@@ -7,7 +7,7 @@
 use anyhow::{Result, bail};
 use fusetrace_common::KernelLayout;
 
-use crate::{btf::Btf, kallsyms::Kallsyms};
+use crate::{kernel::btf::Btf, kernel::kallsyms::Kallsyms};
 
 /// Which `KernelLayout::arg_*` slot an argument index goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

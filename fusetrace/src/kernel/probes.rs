@@ -1,9 +1,9 @@
-//! Probe backends: which kernel hook observes which lifecycle stage.
-//!
-//! The choice is data: [`HOOK_TABLE`] lists, for every stage, the hooks that
-//! can observe it in order of preference. At start-up each stage takes the
-//! first hook the running kernel offers and that loads; the reasons for
-//! skipping the others are kept for the user.
+//! Choosing and attaching hooks: one start-up path ([`Startup`]) reads the
+//! kernel (BTF, kallsyms, tracefs) and loads the eBPF object, then each
+//! stage takes the first hook of the table ([`super::hooks`]) that the
+//! kernel offers and that loads and attaches. Running (`Probes::attach`)
+//! and `doctor`'s survey share it. Attached probes deliver events from the
+//! ring buffer and counters from the kernel's maps.
 
 use std::{os::fd::AsRawFd, path::Path, time::Duration};
 
@@ -15,500 +15,21 @@ use aya::{
 };
 use fusetrace_common::{FuseEvent, HistogramKey, KernelLayout, counters};
 
-use crate::{
+use crate::kernel::{
     btf::Btf,
+    hooks::{
+        AGGREGATE_HOOK_TABLE, APP_WRITES_HOOKS, Attach, Backend, DIAGNOSE_PROGRAMS, HOOK_TABLE,
+        Hook, Stage, StageChoice,
+    },
     kallsyms::Kallsyms,
     kfunc::{self, KFunc, Resolved},
+    layout::{diagnose_layout, kernel_layout},
     modfentry::{self, ModuleFEntry},
-    tracefs,
-    tracefs::RecordFormat,
+    tracefs::{self, RecordFormat},
 };
 
 /// The compiled eBPF object, built by build.rs from `fusetrace-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FUSETRACE_EBPF_OBJECT"));
-
-/// A stage of a request's life that some hook observes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// The kernel queues the request for the daemon.
-    Submit,
-    /// A daemon thread takes the request from `/dev/fuse`.
-    DaemonTake,
-    /// A daemon thread writes the reply to `/dev/fuse`.
-    DaemonReply,
-    /// The kernel finishes the request.
-    End,
-    /// The caller enters `fuse_simple_request`/`fuse_simple_background`:
-    /// with it, the time a background request waited before being sent.
-    Call,
-    /// virtio-fs: the request is placed on a virtqueue.
-    VirtioQueue,
-    /// virtio-fs: the device answered (interrupt, then completion).
-    VirtioDone,
-}
-
-impl Stage {
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Submit => "submit",
-            Stage::DaemonTake => "daemon-take",
-            Stage::DaemonReply => "daemon-reply",
-            Stage::End => "end",
-            Stage::Call => "call",
-            Stage::VirtioQueue => "virtio-queue",
-            Stage::VirtioDone => "virtio-done",
-        }
-    }
-}
-
-/// How a program attaches.
-#[derive(Debug, Clone, Copy)]
-pub enum Attach {
-    /// BTF-typed tracepoint: `tp_btf/<event>` (needs `btf_trace_<event>` in BTF).
-    TpBtf(&'static str),
-    /// Classic tracepoint `category:name` under tracefs.
-    TracePoint(&'static str, &'static str),
-    /// kprobe on a kernel function (resolved by name from kallsyms).
-    KProbe(&'static KFunc),
-    /// fentry (BPF trampoline) on a kernel function described in BTF.
-    FEntry(&'static KFunc),
-}
-
-/// One way of observing a stage: one or more programs attached together.
-#[derive(Debug, Clone, Copy)]
-pub struct Hook {
-    /// Short name for users (`--backend`, doctor output).
-    pub backend: Backend,
-    pub programs: &'static [(&'static str, Attach)],
-    /// Whether this hook reads the request header (node id, requester).
-    pub has_header: bool,
-}
-
-/// Families of hooks a user can force with `--backend`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// BTF tracepoints on the FUSE tracepoints, syscall tracepoints for the daemon side.
-    TpBtf,
-    /// Classic tracepoints only (no BTF reads of `struct fuse_req`).
-    Tracepoint,
-    /// fentry on the FUSE functions (kernels without the FUSE tracepoints).
-    Fentry,
-    /// kprobes on the FUSE functions (kernels without tracepoints or fentry).
-    Kprobe,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::TpBtf => "tp-btf",
-            Backend::Tracepoint => "tracepoint",
-            Backend::Fentry => "fentry",
-            Backend::Kprobe => "kprobe",
-        }
-    }
-}
-
-const DAEMON_TAKE_SYSCALLS: &[(&str, Attach)] = &[
-    (
-        "sys_exit_read",
-        Attach::TracePoint("syscalls", "sys_exit_read"),
-    ),
-    (
-        "sys_exit_readv",
-        Attach::TracePoint("syscalls", "sys_exit_readv"),
-    ),
-    (
-        "sys_enter_splice",
-        Attach::TracePoint("syscalls", "sys_enter_splice"),
-    ),
-];
-
-const DAEMON_REPLY_SYSCALLS: &[(&str, Attach)] = &[
-    (
-        "sys_enter_write",
-        Attach::TracePoint("syscalls", "sys_enter_write"),
-    ),
-    (
-        "sys_enter_writev",
-        Attach::TracePoint("syscalls", "sys_enter_writev"),
-    ),
-];
-
-/// The daemon side is seen at the syscall boundary by every backend: the
-/// syscall tracepoints exist wherever kprobes or fentry do, and they carry
-/// FORGET and INTERRUPT headers that no request-carrying function sees.
-const fn syscall_hooks(programs: &'static [(&'static str, Attach)], has_header: bool) -> [Hook; 4] {
-    [
-        Hook {
-            backend: Backend::TpBtf,
-            programs,
-            has_header,
-        },
-        Hook {
-            backend: Backend::Tracepoint,
-            programs,
-            has_header,
-        },
-        Hook {
-            backend: Backend::Fentry,
-            programs,
-            has_header,
-        },
-        Hook {
-            backend: Backend::Kprobe,
-            programs,
-            has_header,
-        },
-    ]
-}
-
-/// For every stage, the hooks that observe it, best first.
-pub const HOOK_TABLE: &[(Stage, &[Hook])] = &[
-    (
-        Stage::Submit,
-        &[
-            Hook {
-                backend: Backend::TpBtf,
-                programs: &[("fuse_request_send_btf", Attach::TpBtf("fuse_request_send"))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Tracepoint,
-                programs: &[(
-                    "fuse_request_send_tp",
-                    Attach::TracePoint("fuse", "fuse_request_send"),
-                )],
-                has_header: false,
-            },
-            Hook {
-                backend: Backend::Fentry,
-                programs: &[("fe_send", Attach::FEntry(&kfunc::SEND))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Kprobe,
-                programs: &[("kp_send", Attach::KProbe(&kfunc::SEND))],
-                has_header: true,
-            },
-        ],
-    ),
-    (
-        Stage::DaemonTake,
-        &syscall_hooks(DAEMON_TAKE_SYSCALLS, true),
-    ),
-    (
-        Stage::DaemonReply,
-        &syscall_hooks(DAEMON_REPLY_SYSCALLS, false),
-    ),
-    (
-        Stage::End,
-        &[
-            Hook {
-                backend: Backend::TpBtf,
-                programs: &[("fuse_request_end_btf", Attach::TpBtf("fuse_request_end"))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Tracepoint,
-                programs: &[(
-                    "fuse_request_end_tp",
-                    Attach::TracePoint("fuse", "fuse_request_end"),
-                )],
-                has_header: false,
-            },
-            Hook {
-                backend: Backend::Fentry,
-                programs: &[("fe_end", Attach::FEntry(&kfunc::END))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Kprobe,
-                programs: &[("kp_end", Attach::KProbe(&kfunc::END))],
-                has_header: true,
-            },
-        ],
-    ),
-    (
-        Stage::Call,
-        &[
-            Hook {
-                backend: Backend::Fentry,
-                programs: &[
-                    ("fe_submit", Attach::FEntry(&kfunc::SUBMIT)),
-                    ("fe_submit_bg", Attach::FEntry(&kfunc::SUBMIT_BG)),
-                ],
-                has_header: false,
-            },
-            Hook {
-                backend: Backend::Kprobe,
-                programs: &[
-                    ("kp_submit", Attach::KProbe(&kfunc::SUBMIT)),
-                    ("kp_submit_bg", Attach::KProbe(&kfunc::SUBMIT_BG)),
-                ],
-                has_header: false,
-            },
-        ],
-    ),
-    (
-        Stage::VirtioQueue,
-        &[
-            Hook {
-                backend: Backend::Fentry,
-                programs: &[("fe_vq_enqueue", Attach::FEntry(&kfunc::VQ_ENQUEUE))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Kprobe,
-                programs: &[("kp_vq_enqueue", Attach::KProbe(&kfunc::VQ_ENQUEUE))],
-                has_header: true,
-            },
-        ],
-    ),
-    (
-        Stage::VirtioDone,
-        &[
-            Hook {
-                backend: Backend::Fentry,
-                programs: &[
-                    ("fe_vq_done", Attach::FEntry(&kfunc::VQ_DONE)),
-                    ("fe_vreq_done", Attach::FEntry(&kfunc::VREQ_DONE)),
-                ],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Kprobe,
-                programs: &[
-                    ("kp_vq_done", Attach::KProbe(&kfunc::VQ_DONE)),
-                    ("kp_vreq_done", Attach::KProbe(&kfunc::VREQ_DONE)),
-                ],
-                has_header: true,
-            },
-        ],
-    ),
-];
-
-/// The hooks of in-kernel aggregation (`stats`): send and end only, each
-/// counting into kernel maps instead of the ring buffer.
-pub const AGGREGATE_HOOK_TABLE: &[(Stage, &[Hook])] = &[
-    (
-        Stage::Submit,
-        &[
-            Hook {
-                backend: Backend::TpBtf,
-                programs: &[("agg_send_btf", Attach::TpBtf("fuse_request_send"))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Fentry,
-                programs: &[("fe_agg_send", Attach::FEntry(&kfunc::SEND))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Kprobe,
-                programs: &[("kp_agg_send", Attach::KProbe(&kfunc::SEND))],
-                has_header: true,
-            },
-        ],
-    ),
-    (
-        Stage::End,
-        &[
-            Hook {
-                backend: Backend::TpBtf,
-                programs: &[("agg_end_btf", Attach::TpBtf("fuse_request_end"))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Fentry,
-                programs: &[("fe_agg_end", Attach::FEntry(&kfunc::END))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Kprobe,
-                programs: &[("kp_agg_end", Attach::KProbe(&kfunc::END))],
-                has_header: true,
-            },
-        ],
-    ),
-];
-
-/// What was chosen for one stage, and why the better hooks were not.
-#[derive(Debug, Clone)]
-pub struct StageChoice {
-    pub stage: Stage,
-    pub hook: Option<Hook>,
-    pub skipped: Vec<String>,
-}
-
-impl StageChoice {
-    pub fn describe(&self) -> String {
-        match &self.hook {
-            Some(h) => {
-                let programs: Vec<String> =
-                    h.programs.iter().map(|(_, a)| attach_name(a)).collect();
-                format!(
-                    "{}: {} via {}",
-                    self.stage.name(),
-                    h.backend.name(),
-                    programs.join(", ")
-                )
-            }
-            None => format!(
-                "{}: no hook ({})",
-                self.stage.name(),
-                self.skipped.join("; ")
-            ),
-        }
-    }
-}
-
-fn attach_name(a: &Attach) -> String {
-    match a {
-        Attach::TpBtf(e) => format!("tp_btf/{e}"),
-        Attach::TracePoint(c, n) => format!("tracepoint/{c}/{n}"),
-        Attach::KProbe(f) => format!("kprobe/{}", f.names.join("|")),
-        Attach::FEntry(f) => format!("fentry/{}", f.names.join("|")),
-    }
-}
-
-/// Offsets and constants for the eBPF side, read from the running kernel.
-pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
-    let mut l = KernelLayout::zeroed();
-    l.req_in_h = btf.offset_of("fuse_req", "in.h")?;
-    l.req_out_h = btf.offset_of("fuse_req", "out.h")?;
-    l.req_flags = btf.offset_of("fuse_req", "flags")?;
-    l.req_fm = btf.offset_of("fuse_req", "fm")?;
-    l.mount_fc = btf.offset_of("fuse_mount", "fc")?;
-    l.conn_dev = btf.offset_of("fuse_conn", "dev")?;
-    l.fr_background_bit = btf.enum_value("fuse_req_flag", "FR_BACKGROUND")? as u32;
-    l.task_files = btf.offset_of("task_struct", "files")?;
-    l.files_fdt = btf.offset_of("files_struct", "fdt")?;
-    l.fdtable_max_fds = btf.offset_of("fdtable", "max_fds")?;
-    l.fdtable_fd = btf.offset_of("fdtable", "fd")?;
-    l.file_inode = btf.offset_of("file", "f_inode")?;
-    l.file_private_data = btf.offset_of("file", "private_data")?;
-    l.inode_rdev = btf.offset_of("inode", "i_rdev")?;
-    l.fuse_dev_fc = btf.offset_of("fuse_dev", "fc")?;
-    l.fuse_rdev = fuse_char_device()?;
-    let [a0, a1, a2] = SYSCALL_ARG_REGS;
-    l.regs_arg0 = btf.offset_of("pt_regs", a0)?;
-    l.regs_arg1 = btf.offset_of("pt_regs", a1)?;
-    l.regs_arg2 = btf.offset_of("pt_regs", a2)?;
-    // Optional: without it, on kernels whose sends carry no id, a request
-    // is joined to its send only when it ends.
-    if let (Ok(pq), Ok(list), Ok(size)) = (
-        btf.offset_of("fuse_dev", "pq.processing"),
-        btf.offset_of("fuse_req", "list"),
-        btf.size_of("list_head"),
-    ) {
-        l.fuse_dev_processing = pq;
-        l.req_list = list;
-        l.list_head_size = size;
-    }
-    // Optional: without these only `diagnose` is affected (checked there).
-    if diagnose_layout(&mut l, btf).is_err() {
-        l.fuse_arg_stride = 0;
-    }
-
-    let read = RecordFormat::read(tracefs, "syscalls", "sys_enter_read")?;
-    l.sys_enter_fd = read.nth_argument(0)?;
-    l.sys_enter_buf = read.nth_argument(1)?;
-    l.sys_enter_count = read.nth_argument(2)?;
-    l.sys_enter_arg3 =
-        RecordFormat::read(tracefs, "syscalls", "sys_enter_pwrite64")?.nth_argument(3)?;
-    l.sys_exit_ret = RecordFormat::read(tracefs, "syscalls", "sys_exit_read")?.offset("ret")?;
-    // The generic syscall record puts every argument in the same slot; make
-    // sure the other syscalls we share offsets with agree.
-    for name in [
-        "sys_enter_readv",
-        "sys_enter_write",
-        "sys_enter_writev",
-        "sys_enter_splice",
-    ] {
-        let f = RecordFormat::read(tracefs, "syscalls", name)?;
-        if f.nth_argument(0)? != l.sys_enter_fd || f.nth_argument(2)? != l.sys_enter_count {
-            bail!("syscalls:{name} has an unexpected record layout; please report this kernel");
-        }
-    }
-    if let Ok(send) = RecordFormat::read(tracefs, "fuse", "fuse_request_send") {
-        l.tp_send_connection = send.offset("connection")?;
-        l.tp_send_unique = send.offset("unique")?;
-        l.tp_send_opcode = send.offset("opcode")?;
-        l.tp_send_len = send.offset("len")?;
-    }
-    if let Ok(end) = RecordFormat::read(tracefs, "fuse", "fuse_request_end") {
-        l.tp_end_connection = end.offset("connection")?;
-        l.tp_end_unique = end.offset("unique")?;
-        l.tp_end_len = end.offset("len")?;
-        l.tp_end_error = end.offset("error")?;
-    }
-    Ok(l)
-}
-
-/// Offsets the diagnosis hooks read: request arguments, the connection's
-/// writeback bit, and the way from a file to its FUSE node.
-fn diagnose_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
-    l.req_args = btf.offset_of("fuse_req", "args")?;
-    l.args_in_args = btf.offset_of("fuse_args", "in_args")?;
-    l.args_out_args = btf.offset_of("fuse_args", "out_args")?;
-    l.fuse_arg_stride = btf.size_of("fuse_arg")?;
-    l.fuse_arg_value = btf.offset_of("fuse_arg", "value")?;
-    let wb = btf.bit_offset_of("fuse_conn", "writeback_cache")?;
-    l.conn_wb_byte = wb / 8;
-    l.conn_wb_mask = 1 << (wb % 8);
-    l.inode_sb = btf.offset_of("inode", "i_sb")?;
-    l.sb_magic = btf.offset_of("super_block", "s_magic")?;
-    l.sb_dev = btf.offset_of("super_block", "s_dev")?;
-    l.inode_nodeid =
-        btf.offset_of("fuse_inode", "nodeid")? - btf.offset_of("fuse_inode", "inode")?;
-    l.file_pos = btf.offset_of("file", "f_pos")?;
-    Ok(())
-}
-
-/// How `describe` (and so a recording's header) names the diagnosis hooks.
-pub const APP_WRITES_HOOKS: &str = "app-writes: tracepoint/syscalls/sys_exit_write, sys_exit_writev, sys_enter_pwrite64, sys_exit_pwrite64";
-
-/// Programs `fusetrace diagnose` adds: applications' write(2) family on
-/// FUSE files (the entry side of write/writev is the daemon-reply hook).
-const DIAGNOSE_PROGRAMS: &[(&str, Attach)] = &[
-    (
-        "sys_enter_pwrite64",
-        Attach::TracePoint("syscalls", "sys_enter_pwrite64"),
-    ),
-    (
-        "sys_exit_write",
-        Attach::TracePoint("syscalls", "sys_exit_write"),
-    ),
-    (
-        "sys_exit_writev",
-        Attach::TracePoint("syscalls", "sys_exit_writev"),
-    ),
-    (
-        "sys_exit_pwrite64",
-        Attach::TracePoint("syscalls", "sys_exit_pwrite64"),
-    ),
-];
-
-/// `struct pt_regs` members holding the first three syscall arguments.
-#[cfg(target_arch = "x86_64")]
-const SYSCALL_ARG_REGS: [&str; 3] = ["di", "si", "dx"];
-#[cfg(not(target_arch = "x86_64"))]
-compile_error!(
-    "fusetrace reads syscall arguments from x86_64 pt_regs; other architectures need their register names here"
-);
-
-/// Kernel `dev_t` of `/dev/fuse`, from sysfs ("10:229").
-fn fuse_char_device() -> Result<u32> {
-    let text = std::fs::read_to_string("/sys/class/misc/fuse/dev")
-        .context("the fuse device is not registered (no /sys/class/misc/fuse): load the fuse module (`modprobe fuse`)")?;
-    parse_major_minor(text.trim()).context("unreadable /sys/class/misc/fuse/dev")
-}
-
-/// `"0:52"` to the kernel's `dev_t` encoding (`MAJOR << 20 | MINOR`).
-pub fn parse_major_minor(text: &str) -> Option<u32> {
-    let (major, minor) = text.split_once(':')?;
-    Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
-}
 
 /// Options for attaching.
 #[derive(Debug, Clone, Default)]
@@ -588,17 +109,12 @@ impl Probes {
     }
 
     fn load_and_attach(opts: &ProbeOptions) -> Result<Probes> {
-        check_privileges()?;
-        let tracefs = tracefs::ensure_mounted()?;
-        let btf = Btf::from_running_kernel(&["fuse", "virtiofs"])?;
-        if !btf.has_type("fuse_req") {
-            bail!(
-                "this kernel's BTF has no struct fuse_req: load the fuse module (`modprobe fuse`) and retry"
-            );
-        }
-        let kernel = KernelFunctions::find(&btf);
-        let mut layout = kernel_layout(&btf, &tracefs)?;
-        kernel.fill_layout(&mut layout, &btf);
+        let Startup {
+            tracefs,
+            btf,
+            kernel,
+            mut layout,
+        } = Startup::read_kernel()?;
         layout.daemon_tgid = opts.daemon_tgid.unwrap_or(0);
         if let Some(f) = &opts.aggregate {
             layout.agg_pid = f.pid.unwrap_or(0);
@@ -636,8 +152,8 @@ impl Probes {
                 programs: DIAGNOSE_PROGRAMS,
                 has_header: false,
             };
-            offered(&hook, &btf, &tracefs)
-                .and_then(|()| load_hook(&mut ebpf, &hook, &aya_btf))
+            offered(&hook, &btf, &tracefs, &kernel)
+                .and_then(|()| load_hook(&mut ebpf, &hook, &aya_btf, &kernel))
                 .context("attaching the write(2) hooks diagnose needs")?;
         }
         for required in [Stage::Submit, Stage::End] {
@@ -729,7 +245,7 @@ impl Probes {
         while n < MAX_DRAIN
             && let Some(item) = self.ring.next()
         {
-            match crate::decode::decode(&item) {
+            match crate::kernel::decode::decode(&item) {
                 Some(ev) => sink(ev),
                 None => self.undecodable += 1,
             }
@@ -904,8 +420,8 @@ fn choose_hooks(
             if backend.is_some_and(|b| b != hook.backend) {
                 continue;
             }
-            match offered_in(hook, btf, tracefs, kernel)
-                .and_then(|()| load_hook_in(ebpf, hook, aya_btf, kernel))
+            match offered(hook, btf, tracefs, kernel)
+                .and_then(|()| load_hook(ebpf, hook, aya_btf, kernel))
             {
                 Ok(()) => {
                     choice.hook = Some(*hook);
@@ -921,20 +437,46 @@ fn choose_hooks(
     choices
 }
 
+/// What the kernel is read for before anything loads: the same for a run
+/// and for `doctor`'s survey.
+struct Startup {
+    tracefs: std::path::PathBuf,
+    btf: Btf,
+    kernel: KernelFunctions,
+    layout: KernelLayout,
+}
+
+impl Startup {
+    fn read_kernel() -> Result<Startup> {
+        check_privileges()?;
+        let tracefs = tracefs::ensure_mounted()?;
+        let btf = Btf::from_running_kernel(&["fuse", "virtiofs"])?;
+        if !btf.has_type("fuse_req") {
+            bail!(
+                "this kernel's BTF has no struct fuse_req: load the fuse module (`modprobe fuse`) and retry"
+            );
+        }
+        let kernel = KernelFunctions::find(&btf);
+        let mut layout = kernel_layout(&btf, &tracefs)?;
+        kernel.fill_layout(&mut layout, &btf);
+        Ok(Startup {
+            tracefs,
+            btf,
+            kernel,
+            layout,
+        })
+    }
+}
+
 /// What `fusetrace doctor` reports: every stage's choice, made by really
 /// loading and attaching (then detaching) the hooks.
 pub fn survey(backend: Option<Backend>) -> Result<(Vec<StageChoice>, KernelFunctions)> {
-    check_privileges()?;
-    let tracefs = tracefs::ensure_mounted()?;
-    let btf = Btf::from_running_kernel(&["fuse", "virtiofs"])?;
-    if !btf.has_type("fuse_req") {
-        bail!(
-            "this kernel's BTF has no struct fuse_req: load the fuse module (`modprobe fuse`) and retry"
-        );
-    }
-    let kernel = KernelFunctions::find(&btf);
-    let mut layout = kernel_layout(&btf, &tracefs)?;
-    kernel.fill_layout(&mut layout, &btf);
+    let Startup {
+        tracefs,
+        btf,
+        kernel,
+        layout,
+    } = Startup::read_kernel()?;
     let (mut ebpf, aya_btf) = load_object(&layout)?;
     let choices = choose_hooks(
         &mut ebpf, HOOK_TABLE, &kernel, &btf, &tracefs, &aya_btf, backend,
@@ -956,11 +498,7 @@ fn load_object(layout: &KernelLayout) -> Result<(Ebpf, aya::Btf)> {
 }
 
 /// Whether the running kernel offers what `hook` needs, before trying to load it.
-fn offered(hook: &Hook, btf: &Btf, tracefs: &Path) -> Result<()> {
-    offered_in(hook, btf, tracefs, &KernelFunctions::default())
-}
-
-fn offered_in(hook: &Hook, btf: &Btf, tracefs: &Path, kernel: &KernelFunctions) -> Result<()> {
+fn offered(hook: &Hook, btf: &Btf, tracefs: &Path, kernel: &KernelFunctions) -> Result<()> {
     for (_, attach) in hook.programs {
         match attach {
             Attach::KProbe(f) => {
@@ -990,16 +528,9 @@ fn offered_in(hook: &Hook, btf: &Btf, tracefs: &Path, kernel: &KernelFunctions) 
     Ok(())
 }
 
-fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf) -> Result<()> {
-    load_hook_in(ebpf, hook, btf, &KernelFunctions::default())
-}
-
-fn load_hook_in(
-    ebpf: &mut Ebpf,
-    hook: &Hook,
-    btf: &aya::Btf,
-    kernel: &KernelFunctions,
-) -> Result<()> {
+/// Loads and attaches every program of `hook` (once: a hook shared by
+/// two stages is loaded by the first).
+fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFunctions) -> Result<()> {
     for (program, attach) in hook.programs {
         let prog = ebpf
             .program_mut(program)
@@ -1090,41 +621,4 @@ fn check_privileges() -> Result<()> {
         return Ok(());
     }
     bail!("fusetrace needs root (or CAP_BPF and CAP_PERFMON): run it with sudo")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_stage_has_a_hook_per_backend() {
-        for (stage, hooks) in HOOK_TABLE {
-            // The tracepoints have no counterpart of the calls and the
-            // virtio-fs functions; every backend has the four core stages.
-            let backends: &[Backend] = match stage {
-                Stage::Call | Stage::VirtioQueue | Stage::VirtioDone => {
-                    &[Backend::Fentry, Backend::Kprobe]
-                }
-                _ => &[
-                    Backend::TpBtf,
-                    Backend::Tracepoint,
-                    Backend::Fentry,
-                    Backend::Kprobe,
-                ],
-            };
-            for &backend in backends {
-                assert!(
-                    hooks.iter().any(|h| h.backend == backend),
-                    "{stage:?} lacks a {backend:?} hook"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn major_minor_uses_kernel_encoding() {
-        assert_eq!(parse_major_minor("0:52"), Some(52));
-        assert_eq!(parse_major_minor("10:229"), Some((10 << 20) | 229));
-        assert_eq!(parse_major_minor("x"), None);
-    }
 }

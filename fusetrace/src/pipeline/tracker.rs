@@ -17,7 +17,7 @@ use fusetrace_common::{
 };
 use serde::Serialize;
 
-use crate::opcode;
+use crate::pipeline::opcode;
 
 pub use fusetrace_common::FUSE_INT_REQ_BIT;
 

@@ -15,11 +15,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    connections::ConnectionTable,
-    opcode,
-    session::{RunSummary, Sink},
-    stats::Stats,
-    tracker::{LatencyStage, RequestLifecycle},
+    output::stats::Stats,
+    pipeline::connections::ConnectionTable,
+    pipeline::opcode,
+    pipeline::session::{RunSummary, Sink},
+    pipeline::tracker::{LatencyStage, RequestLifecycle},
 };
 
 /// What one CSV row describes.

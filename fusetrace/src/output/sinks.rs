@@ -6,11 +6,11 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    connections::ConnectionTable,
-    opcode,
-    session::{RunSummary, Sink},
-    stats::Stats,
-    tracker::{ExtraStage, LatencyStage, RequestLifecycle},
+    output::stats::Stats,
+    pipeline::connections::ConnectionTable,
+    pipeline::opcode,
+    pipeline::session::{RunSummary, Sink},
+    pipeline::tracker::{ExtraStage, LatencyStage, RequestLifecycle},
 };
 
 /// Output format of `trace` and `stats`.
@@ -280,8 +280,8 @@ impl<W: Write> Sink for StatsSink<W> {
 mod tests {
     use super::*;
     use crate::{
-        connections::MountEntry,
-        tracker::{Tracker, TrackerConfig},
+        pipeline::connections::MountEntry,
+        pipeline::tracker::{Tracker, TrackerConfig},
     };
     use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
 

@@ -11,8 +11,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::{
-    probes::{self, Backend, KPROBE_PMU, KernelFunctions, Stage, StageChoice},
-    tracefs,
+    kernel::hooks::{Backend, Stage, StageChoice},
+    kernel::probes::{self, KPROBE_PMU, KernelFunctions},
+    kernel::tracefs,
 };
 
 /// `fusetrace doctor` options.
@@ -187,7 +188,7 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
         .find(|c| c.stage == Stage::Submit)
         .and_then(|c| c.hook)
         .map(|h| h.backend);
-    let send_function = kernel.get(&crate::kfunc::SEND).ok().map(|r| r.name);
+    let send_function = kernel.get(&crate::kernel::kfunc::SEND).ok().map(|r| r.name);
     let assigns_first = kernel
         .kallsyms
         .resolve("fuse_request_assign_unique")
@@ -266,7 +267,7 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::HOOK_TABLE;
+    use crate::kernel::hooks::HOOK_TABLE;
 
     fn choices(with: &[Stage]) -> Vec<StageChoice> {
         HOOK_TABLE

@@ -16,11 +16,11 @@ use anyhow::Result;
 use fusetrace_common::{HistogramKey, agg_stage, bucket_bounds};
 
 use crate::{
-    connections::ConnectionTable,
-    probes::Probes,
-    session::{AggregationLosses, RunSummary, Sink, StopWhen},
-    stats::Stats,
-    tracker::{LatencyStage, TrackerCounters},
+    kernel::probes::Probes,
+    output::stats::Stats,
+    pipeline::connections::ConnectionTable,
+    pipeline::session::{AggregationLosses, RunSummary, Sink, StopWhen},
+    pipeline::tracker::{LatencyStage, TrackerCounters},
 };
 
 /// Cumulative cell counts, turned into the growth between two reads.

@@ -16,10 +16,10 @@ use fusetrace_common::FuseEvent;
 use serde::Serialize;
 
 use crate::{
-    connections::ConnectionTable,
-    probes::{KernelCounters, Probes},
-    stats::Stats,
-    tracker::{RequestLifecycle, Tracker, TrackerConfig, TrackerCounters},
+    kernel::probes::{KernelCounters, Probes},
+    output::stats::Stats,
+    pipeline::connections::ConnectionTable,
+    pipeline::tracker::{RequestLifecycle, Tracker, TrackerConfig, TrackerCounters},
 };
 
 /// Which requests a run reports.

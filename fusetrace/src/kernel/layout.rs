@@ -1,0 +1,137 @@
+//! The kernel's struct layout and record offsets, read from the running
+//! kernel's BTF and tracefs formats into the [`KernelLayout`] the eBPF
+//! programs load with: nothing on the kernel side assumes a layout.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use fusetrace_common::KernelLayout;
+
+use crate::kernel::{btf::Btf, tracefs::RecordFormat};
+
+/// Offsets and constants for the eBPF side, read from the running kernel.
+pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
+    let mut l = KernelLayout::zeroed();
+    l.req_in_h = btf.offset_of("fuse_req", "in.h")?;
+    l.req_out_h = btf.offset_of("fuse_req", "out.h")?;
+    l.req_flags = btf.offset_of("fuse_req", "flags")?;
+    l.req_fm = btf.offset_of("fuse_req", "fm")?;
+    l.mount_fc = btf.offset_of("fuse_mount", "fc")?;
+    l.conn_dev = btf.offset_of("fuse_conn", "dev")?;
+    l.fr_background_bit = btf.enum_value("fuse_req_flag", "FR_BACKGROUND")? as u32;
+    l.task_files = btf.offset_of("task_struct", "files")?;
+    l.files_fdt = btf.offset_of("files_struct", "fdt")?;
+    l.fdtable_max_fds = btf.offset_of("fdtable", "max_fds")?;
+    l.fdtable_fd = btf.offset_of("fdtable", "fd")?;
+    l.file_inode = btf.offset_of("file", "f_inode")?;
+    l.file_private_data = btf.offset_of("file", "private_data")?;
+    l.inode_rdev = btf.offset_of("inode", "i_rdev")?;
+    l.fuse_dev_fc = btf.offset_of("fuse_dev", "fc")?;
+    l.fuse_rdev = fuse_char_device()?;
+    let [a0, a1, a2] = SYSCALL_ARG_REGS;
+    l.regs_arg0 = btf.offset_of("pt_regs", a0)?;
+    l.regs_arg1 = btf.offset_of("pt_regs", a1)?;
+    l.regs_arg2 = btf.offset_of("pt_regs", a2)?;
+    // Optional: without it, on kernels whose sends carry no id, a request
+    // is joined to its send only when it ends.
+    if let (Ok(pq), Ok(list), Ok(size)) = (
+        btf.offset_of("fuse_dev", "pq.processing"),
+        btf.offset_of("fuse_req", "list"),
+        btf.size_of("list_head"),
+    ) {
+        l.fuse_dev_processing = pq;
+        l.req_list = list;
+        l.list_head_size = size;
+    }
+    // Optional: without these only `diagnose` is affected (checked there).
+    if diagnose_layout(&mut l, btf).is_err() {
+        l.fuse_arg_stride = 0;
+    }
+
+    let read = RecordFormat::read(tracefs, "syscalls", "sys_enter_read")?;
+    l.sys_enter_fd = read.nth_argument(0)?;
+    l.sys_enter_buf = read.nth_argument(1)?;
+    l.sys_enter_count = read.nth_argument(2)?;
+    l.sys_enter_arg3 =
+        RecordFormat::read(tracefs, "syscalls", "sys_enter_pwrite64")?.nth_argument(3)?;
+    l.sys_exit_ret = RecordFormat::read(tracefs, "syscalls", "sys_exit_read")?.offset("ret")?;
+    // The generic syscall record puts every argument in the same slot; make
+    // sure the other syscalls we share offsets with agree.
+    for name in [
+        "sys_enter_readv",
+        "sys_enter_write",
+        "sys_enter_writev",
+        "sys_enter_splice",
+    ] {
+        let f = RecordFormat::read(tracefs, "syscalls", name)?;
+        if f.nth_argument(0)? != l.sys_enter_fd || f.nth_argument(2)? != l.sys_enter_count {
+            bail!("syscalls:{name} has an unexpected record layout; please report this kernel");
+        }
+    }
+    if let Ok(send) = RecordFormat::read(tracefs, "fuse", "fuse_request_send") {
+        l.tp_send_connection = send.offset("connection")?;
+        l.tp_send_unique = send.offset("unique")?;
+        l.tp_send_opcode = send.offset("opcode")?;
+        l.tp_send_len = send.offset("len")?;
+    }
+    if let Ok(end) = RecordFormat::read(tracefs, "fuse", "fuse_request_end") {
+        l.tp_end_connection = end.offset("connection")?;
+        l.tp_end_unique = end.offset("unique")?;
+        l.tp_end_len = end.offset("len")?;
+        l.tp_end_error = end.offset("error")?;
+    }
+    Ok(l)
+}
+
+/// Offsets the diagnosis hooks read: request arguments, the connection's
+/// writeback bit, and the way from a file to its FUSE node.
+pub(crate) fn diagnose_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
+    l.req_args = btf.offset_of("fuse_req", "args")?;
+    l.args_in_args = btf.offset_of("fuse_args", "in_args")?;
+    l.args_out_args = btf.offset_of("fuse_args", "out_args")?;
+    l.fuse_arg_stride = btf.size_of("fuse_arg")?;
+    l.fuse_arg_value = btf.offset_of("fuse_arg", "value")?;
+    let wb = btf.bit_offset_of("fuse_conn", "writeback_cache")?;
+    l.conn_wb_byte = wb / 8;
+    l.conn_wb_mask = 1 << (wb % 8);
+    l.inode_sb = btf.offset_of("inode", "i_sb")?;
+    l.sb_magic = btf.offset_of("super_block", "s_magic")?;
+    l.sb_dev = btf.offset_of("super_block", "s_dev")?;
+    l.inode_nodeid =
+        btf.offset_of("fuse_inode", "nodeid")? - btf.offset_of("fuse_inode", "inode")?;
+    l.file_pos = btf.offset_of("file", "f_pos")?;
+    Ok(())
+}
+
+/// `struct pt_regs` members holding the first three syscall arguments.
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_ARG_REGS: [&str; 3] = ["di", "si", "dx"];
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!(
+    "fusetrace reads syscall arguments from x86_64 pt_regs; other architectures need their register names here"
+);
+
+/// Kernel `dev_t` of `/dev/fuse`, from sysfs ("10:229").
+fn fuse_char_device() -> Result<u32> {
+    let text = std::fs::read_to_string("/sys/class/misc/fuse/dev")
+        .context("the fuse device is not registered (no /sys/class/misc/fuse): load the fuse module (`modprobe fuse`)")?;
+    parse_major_minor(text.trim()).context("unreadable /sys/class/misc/fuse/dev")
+}
+
+/// `"0:52"` to the kernel's `dev_t` encoding (`MAJOR << 20 | MINOR`).
+pub fn parse_major_minor(text: &str) -> Option<u32> {
+    let (major, minor) = text.split_once(':')?;
+    Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn major_minor_uses_kernel_encoding() {
+        assert_eq!(parse_major_minor("0:52"), Some(52));
+        assert_eq!(parse_major_minor("10:229"), Some((10 << 20) | 229));
+        assert_eq!(parse_major_minor("x"), None);
+    }
+}
