@@ -18,7 +18,10 @@ use std::{
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use fusetrace::{
-    pipeline::tracker::{RequestLifecycle, Tracker, TrackerConfig},
+    pipeline::{
+        lifecycle::RequestLifecycle,
+        tracker::{Tracker, TrackerConfig},
+    },
     tui::{
         buffer_text,
         state::{RunCounters, TopConfig, TopState, View},

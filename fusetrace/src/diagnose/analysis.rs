@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use fusetrace_common::{FOPEN_DIRECT_IO, FUSE_WRITE_CACHE, FUSE_WRITEBACK_CACHE, FuseEvent};
 use serde::Serialize;
 
-use crate::pipeline::tracker::RequestLifecycle;
+use crate::pipeline::lifecycle::RequestLifecycle;
 
 use fusetrace_common::opcode::{
     CREATE as OP_CREATE, FLUSH as OP_FLUSH, FSYNC as OP_FSYNC, INIT as OP_INIT, OPEN as OP_OPEN,

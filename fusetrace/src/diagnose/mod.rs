@@ -12,8 +12,8 @@ use crate::{
     kernel::hooks::{APP_WRITES_HOOKS, Backend},
     kernel::probes::{ProbeOptions, Probes},
     pipeline::connections::{ConnectionTable, connection_of},
+    pipeline::lifecycle::RequestLifecycle,
     pipeline::session::{self, Filter, RunSummary, Sink, StopWhen},
-    pipeline::tracker::RequestLifecycle,
     record::replay::{MergedNames, add_summary, replay_file},
     units::parse_duration,
 };

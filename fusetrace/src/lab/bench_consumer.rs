@@ -23,7 +23,10 @@ use crate::{
     output::sinks::{Format, StatsSink, TraceSink},
     pipeline::connections::{ConnectionTable, MountEntry},
     pipeline::session::{self, Filter, RunSummary, Sink},
-    pipeline::tracker::{RequestLifecycle, Tracker, TrackerConfig},
+    pipeline::{
+        lifecycle::RequestLifecycle,
+        tracker::{Tracker, TrackerConfig},
+    },
     record::{format::Record, replay},
 };
 

@@ -17,9 +17,9 @@ use anyhow::{Context, Result, bail};
 use crate::{
     output::stats::Stats,
     pipeline::connections::ConnectionTable,
+    pipeline::lifecycle::{LatencyStage, RequestLifecycle},
     pipeline::opcode,
     pipeline::session::{RunSummary, Sink},
-    pipeline::tracker::{LatencyStage, RequestLifecycle},
 };
 
 /// What one CSV row describes.

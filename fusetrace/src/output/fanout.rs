@@ -7,8 +7,8 @@ use fusetrace_common::FuseEvent;
 use crate::{
     output::stats::Stats,
     pipeline::connections::ConnectionTable,
+    pipeline::lifecycle::RequestLifecycle,
     pipeline::session::{LiveView, RunSummary, Sink},
-    pipeline::tracker::RequestLifecycle,
 };
 
 /// Calls every sink in order; the first error stops the call.

@@ -8,9 +8,9 @@ use serde::Serialize;
 use crate::{
     output::stats::Stats,
     pipeline::connections::ConnectionTable,
+    pipeline::lifecycle::{ExtraStage, LatencyStage, RequestLifecycle},
     pipeline::opcode,
     pipeline::session::{RunSummary, Sink},
-    pipeline::tracker::{ExtraStage, LatencyStage, RequestLifecycle},
 };
 
 /// Output format of `trace` and `stats`.

@@ -6,8 +6,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
+    pipeline::lifecycle::{ExtraStage, LatencyStage, RequestLifecycle},
     pipeline::opcode,
-    pipeline::tracker::{ExtraStage, LatencyStage, RequestLifecycle},
 };
 
 /// Latencies of one opcode on one connection.

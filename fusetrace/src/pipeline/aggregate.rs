@@ -20,7 +20,7 @@ use crate::{
     output::stats::Stats,
     pipeline::connections::ConnectionTable,
     pipeline::session::{AggregationLosses, RunSummary, Sink, StopWhen},
-    pipeline::tracker::{LatencyStage, TrackerCounters},
+    pipeline::{lifecycle::LatencyStage, tracker::TrackerCounters},
 };
 
 /// Cumulative cell counts, turned into the growth between two reads.

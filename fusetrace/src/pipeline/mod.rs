@@ -1,11 +1,13 @@
 //! From events to requests: the run loop (`session`) feeds decoded events
-//! to the lifecycle tracker (`tracker`, pure) and hands finished requests to
-//! the outputs; `aggregate` reads the latency counts the kernel kept itself
+//! to the lifecycle tracker (`tracker`, pure), which joins them into
+//! `lifecycle::RequestLifecycle`s, and hands finished requests to the
+//! outputs; `aggregate` reads the latency counts the kernel kept itself
 //! (plain `stats`). Connections are named from mountinfo (`connections`);
 //! opcodes are named and parsed in `opcode`.
 
 pub mod aggregate;
 pub mod connections;
+pub mod lifecycle;
 pub mod opcode;
 pub mod session;
 pub mod tracker;

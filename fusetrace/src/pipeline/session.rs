@@ -19,7 +19,10 @@ use crate::{
     kernel::probes::{KernelCounters, Probes},
     output::stats::Stats,
     pipeline::connections::ConnectionTable,
-    pipeline::tracker::{RequestLifecycle, Tracker, TrackerConfig, TrackerCounters},
+    pipeline::{
+        lifecycle::RequestLifecycle,
+        tracker::{Tracker, TrackerConfig, TrackerCounters},
+    },
 };
 
 /// Which requests a run reports.

@@ -16,7 +16,7 @@ use super::format::{ConnectionInfo, EndCounters, Header, Record, RecordedFilter,
 use crate::{
     pipeline::connections::{ConnectionTable, MountEntry, fuse_mounts},
     pipeline::session::{Filter, RunSummary, Sink, monotonic_ns},
-    pipeline::tracker::{RequestLifecycle, TrackerConfig},
+    pipeline::{lifecycle::RequestLifecycle, tracker::TrackerConfig},
 };
 
 /// Creates the recording file before probes are attached, so a bad path

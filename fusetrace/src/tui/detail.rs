@@ -15,7 +15,7 @@ use super::{
     view::{fmt_ns, fmt_opt, fmt_opt_ns, stage_color},
     window::BAR_LABELS,
 };
-use crate::{pipeline::opcode, pipeline::tracker::LatencyStage, units::format_duration};
+use crate::{pipeline::lifecycle::LatencyStage, pipeline::opcode, units::format_duration};
 
 pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
     let Some(detail) = state.detail else {

@@ -33,8 +33,8 @@ use ratatui::{
 use crate::{
     kernel::probes::Probes,
     pipeline::connections::ConnectionTable,
+    pipeline::lifecycle::RequestLifecycle,
     pipeline::session::{self, Filter, LiveView, RunSummary, Sink, StopWhen},
-    pipeline::tracker::RequestLifecycle,
     units::parse_duration,
 };
 use state::{RunCounters, TopConfig, TopState};

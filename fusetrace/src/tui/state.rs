@@ -17,8 +17,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::window::{OpKey, OpTotals, SLOWEST_KEPT, SlowRequest, Windows, bars};
 use crate::{
+    pipeline::lifecycle::{Comm, LatencyStage, RequestLifecycle},
     pipeline::opcode,
-    pipeline::tracker::{Comm, LatencyStage, RequestLifecycle},
 };
 
 /// Settings from the command line.

@@ -14,7 +14,7 @@ use super::{
     state::{SummaryColumn, TopState},
     view::{SELECTED, fmt_ns, fmt_rate, tail},
 };
-use crate::{pipeline::opcode, pipeline::tracker::LatencyStage, units::format_duration};
+use crate::{pipeline::lifecycle::LatencyStage, pipeline::opcode, units::format_duration};
 
 /// The mount column is shown from this width on (the header numbers the
 /// mounts otherwise, and `m` selects one).

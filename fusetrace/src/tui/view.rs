@@ -15,7 +15,7 @@ use super::{
     state::{TopState, View},
     summary,
 };
-use crate::{pipeline::tracker::LatencyStage, units::format_duration};
+use crate::{pipeline::lifecycle::LatencyStage, units::format_duration};
 
 /// Rows of the header.
 const HEADER_ROWS: u16 = 5;

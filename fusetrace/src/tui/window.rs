@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use hdrhistogram::Histogram;
 
-use crate::pipeline::tracker::{LatencyStage, RequestLifecycle};
+use crate::pipeline::lifecycle::{LatencyStage, RequestLifecycle};
 
 /// (connection, opcode).
 pub type OpKey = (u32, u32);
