@@ -8,13 +8,14 @@ use fusetrace::{
     lab::daemon,
     lab::demo,
     lab::load,
+    output::accumulate::{StatsOutput, StatsWriter},
     output::export::{Clock, CsvOpts},
     output::fanout::FanOut,
-    output::sinks::{Format, StatsSink, TraceSink},
+    output::sinks::{Format, StatsPrinter, TraceSink},
     pipeline::aggregate,
     pipeline::connections::connection_of,
     pipeline::opcode,
-    pipeline::session::{self, Filter, Sink, StopWhen},
+    pipeline::session::{self, Filter, StopWhen},
     record::{self, recorder::Recorder},
     units::parse_duration,
 };
@@ -179,7 +180,7 @@ fn run(cli: Cli) -> Result<()> {
             let filter = opts.filter()?;
             let stop = StopWhen::on_signals(opts.duration)?;
             // Before attaching, so a bad --csv path fails first.
-            let mut csv = csv.sink(interval.is_some(), Clock::Wall)?;
+            let csv = csv.writer(interval.is_some(), Clock::Wall)?;
             // The plain tracepoints carry no request pointer to key a
             // kernel-side table by: that backend splits stages or nothing.
             let in_kernel = !stages && opts.backend != Some(Backend::Tracepoint);
@@ -195,13 +196,14 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 opts.attach()?
             };
-            let mut stats = StatsSink::new(std::io::stdout().lock(), opts.format, true);
-            let mut sinks: Vec<&mut dyn Sink> = vec![&mut stats];
-            if let Some(c) = csv.as_mut() {
-                sinks.push(c);
-            }
+            let mut writers: Vec<Box<dyn StatsWriter>> = vec![Box::new(StatsPrinter::new(
+                std::io::stdout().lock(),
+                opts.format,
+                true,
+            ))];
+            writers.extend(csv.map(|c| Box::new(c) as Box<dyn StatsWriter>));
             let interval = interval.unwrap_or(Duration::from_secs(5));
-            let mut sink = FanOut { sinks };
+            let mut sink = StatsOutput::new(writers);
             if in_kernel {
                 aggregate::run(&mut probes, &filter.opcodes, &mut sink, &stop, interval)?;
             } else {
@@ -221,7 +223,11 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             let header = record::recorder::header_now(probes.describe(), &filter);
             let mut recorder = Recorder::new(file, &output, &header)?;
-            let mut stats = StatsSink::new(std::io::stdout().lock(), opts.format, false);
+            let mut stats = StatsOutput::new(vec![Box::new(StatsPrinter::new(
+                std::io::stdout().lock(),
+                opts.format,
+                false,
+            ))]);
             // The recorder flushes every tick: a cut-off file loses at most 200 ms.
             session::run(
                 &mut probes,

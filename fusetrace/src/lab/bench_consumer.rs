@@ -4,7 +4,7 @@
 //! Events are laid out in memory as ring buffer records (the bytes the
 //! kernel writes), then pushed through the same code a live run uses:
 //! [`decode::decode`], [`Tracker::observe`], [`session::report`] and a
-//! sink ([`StatsSink`] as `fusetrace stats` builds it, or [`TraceSink`]
+//! sink ([`StatsOutput`] with a [`StatsPrinter`] as `fusetrace stats` builds it, or [`TraceSink`]
 //! writing text to nowhere). Only the ring buffer itself and the kernel are
 //! left out; `cargo xtask bench` measures those on real mounts.
 
@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use crate::{
     kernel::decode,
-    output::sinks::{Format, StatsSink, TraceSink},
+    output::accumulate::StatsOutput,
+    output::sinks::{Format, StatsPrinter, TraceSink},
     pipeline::connections::{ConnectionTable, MountEntry},
     pipeline::session::{self, Filter, RunSummary, Sink},
     pipeline::{
@@ -259,7 +260,11 @@ pub fn run(args: &BenchConsumerArgs) -> Result<ConsumerReport> {
     for _ in 0..args.repeat {
         let (elapsed, n) = match args.sink {
             BenchSink::Stats => {
-                let mut sink = StatsSink::new(io::sink(), Format::Text, true);
+                let mut sink = StatsOutput::new(vec![Box::new(StatsPrinter::new(
+                    io::sink(),
+                    Format::Text,
+                    true,
+                ))]);
                 pass(&records, record_len, &connections, &mut sink)?
             }
             BenchSink::Trace => {

@@ -3,7 +3,6 @@
 //! the per-opcode stats and cleans up.
 
 use std::{
-    path::PathBuf,
     sync::{Arc, atomic::Ordering},
     thread,
     time::Duration,
@@ -15,7 +14,8 @@ use crate::{
     kernel::probes::{ProbeOptions, Probes},
     lab::daemon::{DaemonConfig, MountedDaemon},
     lab::load::{self, LoadArgs, Workload},
-    output::sinks::{Format, StatsSink},
+    output::accumulate::StatsOutput,
+    output::sinks::{Format, StatsPrinter},
     pipeline::connections::connection_of,
     pipeline::session::{self, Filter, StopWhen},
     units::parse_duration,
@@ -43,46 +43,40 @@ pub struct DemoArgs {
     pub tui: bool,
 }
 
-/// A temporary mount point, removed on drop (after the daemon unmounted).
-struct TempMountPoint(PathBuf);
-
-impl Drop for TempMountPoint {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub fn run(args: &DemoArgs) -> Result<()> {
     // Before the mount: a missing privilege fails here, with nothing to undo.
     let stop = StopWhen::on_signals(Some(args.duration))?;
     if args.tui {
         crate::tui::require_terminal()?;
     }
-    let dir =
-        TempMountPoint(std::env::temp_dir().join(format!("fusetrace-demo-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).with_context(|| format!("creating {}", dir.0.display()))?;
+    // The mount point: an unpredictable name (we run as root), removed on
+    // drop, after the daemon unmounted.
+    let dir = tempfile::Builder::new()
+        .prefix("fusetrace-demo-")
+        .tempdir()
+        .context("creating the demo's mount point")?;
     let mut probes = Probes::attach(&ProbeOptions::default())?;
     let daemon = MountedDaemon::mount(
-        &dir.0,
+        dir.path(),
         DaemonConfig {
             threads: args.threads,
             ..DaemonConfig::default()
         },
     )?;
     let filter = Filter {
-        connections: vec![connection_of(&dir.0)?],
+        connections: vec![connection_of(dir.path())?],
         ..Filter::default()
     };
     eprintln!(
         "fusetrace demo: reference daemon mounted at {}; {} load with {} jobs for {:?}; tracing ({})",
-        dir.0.display(),
+        dir.path().display(),
         args.workload,
         args.jobs,
         args.duration,
         probes.describe().join("; ")
     );
     let load_args = LoadArgs {
-        mountpoint: dir.0.clone(),
+        mountpoint: dir.path().to_path_buf(),
         workload: args.workload,
         duration: Some(args.duration),
         ops: None,
@@ -104,7 +98,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         };
         crate::tui::run(&mut probes, &filter, &stop, &opts)
     } else {
-        let mut sink = StatsSink::new(std::io::stdout().lock(), args.format, false);
+        let mut sink = StatsOutput::new(vec![Box::new(StatsPrinter::new(
+            std::io::stdout().lock(),
+            args.format,
+            false,
+        ))]);
         session::run(
             &mut probes,
             &filter,

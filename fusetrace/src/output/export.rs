@@ -6,20 +6,20 @@
 
 use std::{
     cell::Cell,
-    fs::File,
     path::{Path, PathBuf},
     rc::Rc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
+use tempfile::NamedTempFile;
 
 use crate::{
-    output::stats::Stats,
+    output::{accumulate::StatsWriter, stats::Stats},
     pipeline::connections::ConnectionTable,
-    pipeline::lifecycle::{LatencyStage, RequestLifecycle},
+    pipeline::lifecycle::LatencyStage,
     pipeline::opcode,
-    pipeline::session::{RunSummary, Sink},
+    pipeline::session::RunSummary,
 };
 
 /// What one CSV row describes.
@@ -45,10 +45,10 @@ pub struct CsvOpts {
 impl CsvOpts {
     /// The CSV sink, when `--csv` was given; `per_interval` writes one
     /// block per tick.
-    pub fn sink(&self, per_interval: bool, clock: Clock) -> Result<Option<CsvSink>> {
+    pub fn writer(&self, per_interval: bool, clock: Clock) -> Result<Option<CsvWriter>> {
         self.csv
             .as_deref()
-            .map(|p| CsvSink::create(p, self.csv_layout, per_interval, clock))
+            .map(|p| CsvWriter::create(p, self.csv_layout, per_interval, clock))
             .transpose()
     }
 }
@@ -88,20 +88,19 @@ fn stage_name(stage: LatencyStage) -> String {
         .unwrap_or_else(|| stage.name().to_string())
 }
 
-/// A sink writing the histograms as CSV: the whole run at the end, or with
-/// `per_interval` one block per tick, each row led by the tick's time.
-pub struct CsvSink {
+/// Writes the histograms as CSV: the whole run at the end, or with
+/// `per_interval` one block per interval, each row led by its end time.
+/// Into a temporary file (`tempfile`: an unpredictable name, removed if the
+/// run fails) next to the target, renamed when complete.
+pub struct CsvWriter {
     layout: CsvLayout,
     per_interval: bool,
     clock: Clock,
     path: PathBuf,
-    tmp: PathBuf,
-    out: Option<csv::Writer<File>>,
-    interval: Stats,
-    total: Stats,
+    out: Option<csv::Writer<NamedTempFile>>,
 }
 
-impl CsvSink {
+impl CsvWriter {
     /// Opens the temporary file next to `path` and writes the column names,
     /// so a bad path fails before anything is traced.
     pub fn create(
@@ -109,7 +108,7 @@ impl CsvSink {
         layout: CsvLayout,
         per_interval: bool,
         clock: Clock,
-    ) -> Result<CsvSink> {
+    ) -> Result<CsvWriter> {
         if path.is_dir() {
             bail!(
                 "--csv {} is a directory: give a file name, e.g. {}",
@@ -124,22 +123,16 @@ impl CsvSink {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let tmp = dir.join(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file =
-            File::create(&tmp).with_context(|| format!("cannot write --csv {}", path.display()))?;
-        let mut sink = CsvSink {
+        let file = tempfile::Builder::new()
+            .prefix(&format!(".{}.partial-", name.to_string_lossy()))
+            .tempfile_in(&dir)
+            .with_context(|| format!("cannot write --csv {}", path.display()))?;
+        let mut sink = CsvWriter {
             layout,
             per_interval,
             clock,
             path: path.to_path_buf(),
-            tmp,
             out: Some(csv::Writer::from_writer(file)),
-            interval: Stats::default(),
-            total: Stats::default(),
         };
         let mut head: Vec<&str> = Vec::new();
         if per_interval {
@@ -155,7 +148,7 @@ impl CsvSink {
         Ok(sink)
     }
 
-    fn writer(&mut self) -> Result<&mut csv::Writer<File>> {
+    fn writer(&mut self) -> Result<&mut csv::Writer<NamedTempFile>> {
         self.out.as_mut().context("CSV file already finished")
     }
 
@@ -164,24 +157,6 @@ impl CsvSink {
     }
 
     /// Writes one block of rows for `stats`.
-    fn write_block(
-        &mut self,
-        which_total: bool,
-        timestamp: Option<u64>,
-        names: &mut ConnectionTable,
-    ) -> Result<()> {
-        let stats = std::mem::take(if which_total {
-            &mut self.total
-        } else {
-            &mut self.interval
-        });
-        let result = self.write_rows(&stats, timestamp, names);
-        if which_total {
-            self.total = stats;
-        }
-        result
-    }
-
     fn write_rows(
         &mut self,
         stats: &Stats,
@@ -246,54 +221,34 @@ impl CsvSink {
     fn complete(&mut self) -> Result<()> {
         let out = self.out.take().context("CSV file already finished")?;
         let file = out.into_inner().map_err(|e| self.error(e.error()))?;
-        file.sync_all().map_err(|e| self.error(e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.error(e))?;
+        file.as_file().sync_all().map_err(|e| self.error(e))?;
+        file.persist(&self.path).map_err(|e| self.error(e.error))?;
         eprintln!("fusetrace: wrote {}", self.path.display());
         Ok(())
     }
 }
 
-impl Drop for CsvSink {
-    /// A run that failed leaves no CSV behind, complete-looking or not.
-    fn drop(&mut self) {
-        if self.out.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-impl Sink for CsvSink {
-    fn request(&mut self, rec: &RequestLifecycle, _names: &mut ConnectionTable) -> Result<()> {
-        if self.per_interval {
-            self.interval.record(rec);
-        } else {
-            self.total.record(rec);
-        }
-        Ok(())
+impl StatsWriter for CsvWriter {
+    fn per_interval(&self) -> bool {
+        self.per_interval
     }
 
-    fn stats(&mut self, delta: &Stats) -> Result<()> {
-        if self.per_interval {
-            self.interval.merge(delta);
-        } else {
-            self.total.merge(delta);
-        }
-        Ok(())
+    fn interval(&mut self, stats: &Stats, names: &mut ConnectionTable) -> Result<()> {
+        let now = self.clock.now_unix_ns();
+        self.write_rows(stats, Some(now), names)
     }
 
-    fn tick(&mut self, names: &mut ConnectionTable) -> Result<()> {
-        if self.per_interval && !self.interval.is_empty() {
-            let now = self.clock.now_unix_ns();
-            self.write_block(false, Some(now), names)?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, _summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
-        if self.per_interval {
-            self.tick(names)?;
-        } else {
-            self.write_block(true, None, names)?;
+    fn finish(
+        &mut self,
+        last: &Stats,
+        total: &Stats,
+        _summary: &RunSummary,
+        names: &mut ConnectionTable,
+    ) -> Result<()> {
+        if !self.per_interval {
+            self.write_rows(total, None, names)?;
+        } else if !last.is_empty() {
+            self.interval(last, names)?;
         }
         self.complete()
     }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    output::stats::Stats,
+    output::{accumulate::StatsWriter, stats::Stats},
     pipeline::connections::ConnectionTable,
     pipeline::lifecycle::{ExtraStage, LatencyStage, RequestLifecycle},
     pipeline::opcode,
@@ -195,37 +195,24 @@ impl<W: Write> Sink for TraceSink<W> {
 }
 
 /// `fusetrace stats`: per-opcode latency table every interval and at exit.
-pub struct StatsSink<W: Write> {
+/// Prints the statistics as tables or JSON lines: every interval (when
+/// `per_interval`) and the whole run with the closing summary.
+pub struct StatsPrinter<W: Write> {
     out: W,
     format: Format,
-    /// Print a table for every interval (`tick`), not only at exit.
-    pub per_interval: bool,
-    interval: Stats,
-    pub total: Stats,
+    per_interval: bool,
 }
 
-impl<W: Write> StatsSink<W> {
+impl<W: Write> StatsPrinter<W> {
     pub fn new(out: W, format: Format, per_interval: bool) -> Self {
-        StatsSink {
+        StatsPrinter {
             out,
             format,
             per_interval,
-            interval: Stats::default(),
-            total: Stats::default(),
         }
     }
 
-    fn print(
-        &mut self,
-        which: &str,
-        stats_is_total: bool,
-        names: &mut ConnectionTable,
-    ) -> Result<()> {
-        let stats = if stats_is_total {
-            &self.total
-        } else {
-            &self.interval
-        };
+    fn print(&mut self, which: &str, stats: &Stats, names: &mut ConnectionTable) -> Result<()> {
         let mut name = |c| names.name(c);
         match self.format {
             Format::Json => {
@@ -245,33 +232,23 @@ impl<W: Write> StatsSink<W> {
     }
 }
 
-impl<W: Write> Sink for StatsSink<W> {
-    fn request(&mut self, rec: &RequestLifecycle, _names: &mut ConnectionTable) -> Result<()> {
-        self.total.record(rec);
-        if self.per_interval {
-            self.interval.record(rec);
-        }
-        Ok(())
+impl<W: Write> StatsWriter for StatsPrinter<W> {
+    fn per_interval(&self) -> bool {
+        self.per_interval
     }
 
-    fn stats(&mut self, delta: &Stats) -> Result<()> {
-        self.total.merge(delta);
-        if self.per_interval {
-            self.interval.merge(delta);
-        }
-        Ok(())
+    fn interval(&mut self, stats: &Stats, names: &mut ConnectionTable) -> Result<()> {
+        self.print("interval", stats, names)
     }
 
-    fn tick(&mut self, names: &mut ConnectionTable) -> Result<()> {
-        if self.per_interval && !self.interval.is_empty() {
-            self.print("interval", false, names)?;
-            self.interval = Stats::default();
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
-        self.print("whole run", true, names)?;
+    fn finish(
+        &mut self,
+        _last: &Stats,
+        total: &Stats,
+        summary: &RunSummary,
+        names: &mut ConnectionTable,
+    ) -> Result<()> {
+        self.print("whole run", total, names)?;
         write_summary(&mut self.out, self.format, summary)
     }
 }

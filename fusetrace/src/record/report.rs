@@ -7,9 +7,9 @@ use anyhow::Result;
 
 use super::replay::{MergedNames, ReplayTicks, add_summary, replay_file};
 use crate::{
+    output::accumulate::{StatsOutput, StatsWriter},
     output::export::{Clock, CsvOpts},
-    output::fanout::FanOut,
-    output::sinks::{Format, StatsSink},
+    output::sinks::{Format, StatsPrinter},
     pipeline::session::{RunSummary, Sink},
     units::parse_duration,
 };
@@ -31,19 +31,20 @@ pub struct ReportArgs {
 
 pub fn run(args: &ReportArgs) -> Result<()> {
     let clock = Rc::new(Cell::new(0));
-    let mut csv = args
+    let csv = args
         .csv
-        .sink(args.interval.is_some(), Clock::Replay(Rc::clone(&clock)))?;
+        .writer(args.interval.is_some(), Clock::Replay(Rc::clone(&clock)))?;
     let ticks = args
         .interval
         .filter(|_| csv.is_some())
         .map(|every| ReplayTicks { every, clock });
-    let mut stats = StatsSink::new(std::io::stdout().lock(), args.format, false);
-    let mut sinks: Vec<&mut dyn Sink> = vec![&mut stats];
-    if let Some(c) = csv.as_mut() {
-        sinks.push(c);
-    }
-    let mut sink = FanOut { sinks };
+    let mut writers: Vec<Box<dyn StatsWriter>> = vec![Box::new(StatsPrinter::new(
+        std::io::stdout().lock(),
+        args.format,
+        false,
+    ))];
+    writers.extend(csv.map(|c| Box::new(c) as Box<dyn StatsWriter>));
+    let mut sink = StatsOutput::new(writers);
     let mut merged = MergedNames::default();
     let mut total = RunSummary::default();
     for path in &args.files {

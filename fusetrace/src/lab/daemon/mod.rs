@@ -227,24 +227,22 @@ impl ServedCounts {
 /// Writes the counts as JSON through a temporary file and a rename, so a
 /// reader never sees a partial file.
 pub fn write_counts_file(path: &Path, counts: &ServedCounts) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("counts file {} has no file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+    if path.file_name().is_none() {
+        bail!("counts file {} has no file name", path.display());
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // An unpredictable name in the same directory, removed on failure.
     let write = || -> io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = tempfile::NamedTempFile::new_in(dir)?;
         f.write_all(counts.to_json().as_bytes())?;
         f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        f.as_file().sync_all()?;
+        f.persist(path).map(drop).map_err(|e| e.error)
     };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow!("writing counts file {}: {e}", path.display())
-    })
+    write().map_err(|e| anyhow!("writing counts file {}: {e}", path.display()))
 }
 
 /// Waits for a mounted daemon's session to end (unmounted by us or anybody).
