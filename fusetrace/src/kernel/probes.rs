@@ -488,6 +488,11 @@ pub fn survey(backend: Option<Backend>) -> Result<(Vec<StageChoice>, KernelFunct
 /// for attaching. Parsed after the load on purpose: handing the loader this
 /// copy (`EbpfLoader::btf`) raised the start-up peak from 47 to 56 MB.
 fn load_object(layout: &KernelLayout) -> Result<(Ebpf, aya::Btf)> {
+    if EBPF_OBJECT.is_empty() {
+        bail!(
+            "this fusetrace was built without its eBPF programs (no bpf-linker at build time): run `cargo xtask setup`, then `cargo xtask build`"
+        );
+    }
     let ebpf = EbpfLoader::new()
         .override_global("LAYOUT", layout, true)
         .load(EBPF_OBJECT)
