@@ -8,9 +8,11 @@
 //!     -> output (trace lines, stats, CSV), tui, record
 //! ```
 //!
+//! `cli` holds the tracing commands (each its arguments and its run);
 //! `diagnose` is an analysis over the same events; `lab` holds the
 //! reference daemon, load generator, demo and consumer benchmark.
 
+pub mod cli;
 pub mod diagnose;
 pub mod kernel;
 pub mod lab;

@@ -1,0 +1,244 @@
+//! The tracing commands (`trace`, `stats`, `record`, `top`): each owns its
+//! arguments and its `run`, as `report`, `daemon`, `load`, `demo`,
+//! `diagnose` and `doctor` do in their own modules. The flags they share
+//! are [`TracingFlags`]; their doc comments are the `--help` text.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+
+use crate::{
+    kernel::{
+        hooks::Backend,
+        probes::{KernelFilter, ProbeOptions, Probes},
+    },
+    output::{
+        accumulate::{StatsOutput, StatsWriter},
+        export::{Clock, CsvOpts},
+        fanout::FanOut,
+        sinks::{Format, StatsPrinter, TraceSink},
+    },
+    pipeline::{
+        aggregate,
+        connections::connection_of,
+        opcode,
+        session::{self, Filter, StopWhen},
+    },
+    record::recorder::{self, Recorder},
+    units::parse_duration,
+};
+
+/// What every tracing command takes: which requests, for how long, how.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TracingFlags {
+    /// Only requests of the FUSE mount at this path (repeatable).
+    #[arg(long = "mount", value_name = "PATH")]
+    pub mounts: Vec<PathBuf>,
+    /// Only requests made by this process or thread id.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only this opcode, e.g. READ or LOOKUP (repeatable).
+    #[arg(long = "op", value_name = "OPCODE", value_parser = opcode::parse)]
+    pub ops: Vec<u32>,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Force a probe backend instead of choosing per stage.
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+}
+
+impl TracingFlags {
+    fn filter(&self) -> Result<Filter> {
+        Ok(Filter {
+            connections: self
+                .mounts
+                .iter()
+                .map(|m| connection_of(m))
+                .collect::<Result<_>>()?,
+            pid: self.pid,
+            opcodes: self.ops.clone(),
+        })
+    }
+
+    /// Attaches the event pipeline's hooks (`app_writes`: also
+    /// applications' writes to FUSE files, for diagnose).
+    fn attach(&self, app_writes: bool) -> Result<Probes> {
+        self.attach_options(ProbeOptions {
+            backend: self.backend,
+            diagnose: app_writes,
+            ..ProbeOptions::default()
+        })
+    }
+
+    fn attach_options(&self, options: ProbeOptions) -> Result<Probes> {
+        let probes = Probes::attach(&options)?;
+        // Tests and scripts wait for this line before starting load.
+        eprintln!(
+            "fusetrace: tracing ({}); Ctrl-C to stop",
+            probes.describe().join("; ")
+        );
+        Ok(probes)
+    }
+}
+
+/// `fusetrace trace`: one line per finished request.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub flags: TracingFlags,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+impl TraceArgs {
+    pub fn run(&self) -> Result<()> {
+        let filter = self.flags.filter()?;
+        let stop = StopWhen::on_signals(self.flags.duration)?;
+        let mut probes = self.flags.attach(false)?;
+        let mut sink = TraceSink::new(
+            std::io::BufWriter::new(std::io::stdout().lock()),
+            self.format,
+            session::monotonic_ns(),
+        );
+        session::run(
+            &mut probes,
+            &filter,
+            &mut sink,
+            &stop,
+            Duration::from_millis(200),
+        )?;
+        Ok(())
+    }
+}
+
+/// `fusetrace stats`: per-opcode latency statistics.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub flags: TracingFlags,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Print a table for every interval (default 5s) as well as at
+    /// exit; given with --csv, the CSV gets one block per interval.
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Split each request's latency into queue wait, daemon service and
+    /// completion. Without it the kernel counts whole latencies into
+    /// histograms itself (send and end hooks only), which costs the
+    /// traced file system several times less.
+    #[arg(long)]
+    pub stages: bool,
+    #[command(flatten)]
+    pub csv: CsvOpts,
+}
+
+impl StatsArgs {
+    pub fn run(&self) -> Result<()> {
+        let flags = &self.flags;
+        let filter = flags.filter()?;
+        let stop = StopWhen::on_signals(flags.duration)?;
+        // Before attaching, so a bad --csv path fails first.
+        let csv = self.csv.writer(self.interval.is_some(), Clock::Wall)?;
+        // The plain tracepoints carry no request pointer to key a
+        // kernel-side table by: that backend splits stages or nothing.
+        let in_kernel = !self.stages && flags.backend != Some(Backend::Tracepoint);
+        let mut probes = if in_kernel {
+            flags.attach_options(ProbeOptions {
+                backend: flags.backend,
+                aggregate: Some(KernelFilter {
+                    pid: filter.pid,
+                    connections: filter.connections.clone(),
+                }),
+                ..ProbeOptions::default()
+            })?
+        } else {
+            flags.attach(false)?
+        };
+        let mut writers: Vec<Box<dyn StatsWriter>> = vec![Box::new(StatsPrinter::new(
+            std::io::stdout().lock(),
+            self.format,
+            true,
+        ))];
+        writers.extend(csv.map(|c| Box::new(c) as Box<dyn StatsWriter>));
+        let interval = self.interval.unwrap_or(Duration::from_secs(5));
+        let mut sink = StatsOutput::new(writers);
+        if in_kernel {
+            aggregate::run(&mut probes, &filter.opcodes, &mut sink, &stop, interval)?;
+        } else {
+            session::run(&mut probes, &filter, &mut sink, &stop, interval)?;
+        }
+        Ok(())
+    }
+}
+
+/// `fusetrace record`: the decoded event stream to a file.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub flags: TracingFlags,
+    /// Format of the whole-run stats printed at exit (the recording itself
+    /// is always fusetrace's own binary format).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// The recording file (see README: recording file format).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Also record applications' writes to FUSE files, for `diagnose --from`.
+    #[arg(long)]
+    pub app_writes: bool,
+}
+
+impl RecordArgs {
+    pub fn run(&self) -> Result<()> {
+        let filter = self.flags.filter()?;
+        let stop = StopWhen::on_signals(self.flags.duration)?;
+        let file = recorder::create_file(&self.output)?;
+        let mut probes = self.flags.attach(self.app_writes).inspect_err(|_| {
+            let _ = std::fs::remove_file(&self.output);
+        })?;
+        let header = recorder::header_now(probes.describe(), &filter);
+        let mut recorder = Recorder::new(file, &self.output, &header)?;
+        let mut stats = StatsOutput::new(vec![Box::new(StatsPrinter::new(
+            std::io::stdout().lock(),
+            self.format,
+            false,
+        ))]);
+        // The recorder flushes every tick: a cut-off file loses at most 200 ms.
+        session::run(
+            &mut probes,
+            &filter,
+            &mut FanOut {
+                sinks: vec![&mut recorder, &mut stats],
+            },
+            &stop,
+            Duration::from_millis(200),
+        )?;
+        Ok(())
+    }
+}
+
+/// `fusetrace top`: the live view. It draws a screen, so it takes no
+/// `--format`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TopCommandArgs {
+    #[command(flatten)]
+    pub flags: TracingFlags,
+    #[command(flatten)]
+    pub top: crate::tui::TopArgs,
+}
+
+impl TopCommandArgs {
+    pub fn run(&self) -> Result<()> {
+        if !self.top.headless {
+            // Before attaching: nothing to undo.
+            crate::tui::require_terminal()?;
+        }
+        let filter = self.flags.filter()?;
+        let stop = StopWhen::on_signals(self.flags.duration)?;
+        let mut probes = self.flags.attach(false)?;
+        crate::tui::run(&mut probes, &filter, &stop, &self.top.options()).map(drop)
+    }
+}
