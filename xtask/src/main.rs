@@ -1,4 +1,5 @@
-//! Developer tasks: `cargo xtask setup|build|demo|test`.
+//! Developer tasks: `cargo xtask setup|build|demo|test|fuzz|vmtest|bench`
+//! (`cargo xtask --help`).
 //!
 //! `setup` makes a fresh Debian machine able to build and test fusetrace:
 //! FUSE user tools, the nightly toolchain's rust-src, and a bpf-linker built
@@ -238,30 +239,61 @@ fn cargo(args: &[&str]) -> Result<()> {
 mod bench;
 mod vmtest;
 
+/// Developer tasks for fusetrace (`cargo xtask TASK`).
+#[derive(clap::Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(clap::Subcommand)]
+enum Task {
+    /// Install what building and testing need: Debian packages, the pinned
+    /// nightly with rust-src, bpf-linker and cargo-fuzz (into .tools/).
+    Setup,
+    /// Set up, then build the release binary (target/release/fusetrace).
+    Build,
+    /// Set up, build, and run `fusetrace demo` with ARGS.
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// README's test command: set up, then fmt --check, clippy -D warnings,
+    /// cargo test and a bounded fuzz run of the recording reader.
+    Test,
+    /// Set up, then fuzz the recording reader (FUSETRACE_FUZZ_SECONDS, 60).
+    Fuzz,
+    /// The integration tests on Debian's 6.1 and 6.12 kernels, in VMs under
+    /// software emulation.
+    Vmtest {
+        /// Only this guest (default: each in turn).
+        #[arg(long, value_parser = vmtest::GUESTS.iter().map(|g| g.series).collect::<Vec<_>>())]
+        kernel: Option<String>,
+    },
+    /// What tracing costs the traced system (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("setup") => setup(),
-        Some("build") => setup().and_then(|()| cargo(&["build", "--release", "-p", "fusetrace"])),
-        Some("demo") => setup()
-            .and_then(|()| cargo(&["build", "--release", "-p", "fusetrace"]))
-            .and_then(|()| {
-                run(Command::new(root().join("target/release/fusetrace"))
-                    .arg("demo")
-                    .args(&args[1..]))
-            }),
-        Some("test") => setup()
+    let cli = <Cli as clap::Parser>::parse();
+    let release = || cargo(&["build", "--release", "-p", "fusetrace"]);
+    let result = match cli.task {
+        Task::Setup => setup(),
+        Task::Build => setup().and_then(|()| release()),
+        Task::Demo { args } => setup().and_then(|()| release()).and_then(|()| {
+            run(Command::new(root().join("target/release/fusetrace"))
+                .arg("demo")
+                .args(&args))
+        }),
+        Task::Test => setup()
             .and_then(|()| cargo(&["fmt", "--all", "--check"]))
             .and_then(|()| cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]))
             .and_then(|()| cargo(&["test"]))
             .and_then(|()| fuzz(fuzz_seconds()?)),
-        Some("fuzz") => setup().and_then(|()| fuzz(fuzz_seconds()?)),
-        Some("vmtest") => setup().and_then(|()| vmtest::vmtest(&args[1..])),
-        Some("bench") => bench::main(&args[1..]),
-        _ => Err(
-            "usage: cargo xtask <setup|build|demo [ARGS]|test|fuzz|vmtest [--kernel SERIES]|bench [--quick]>"
-                .to_string(),
-        ),
+        Task::Fuzz => setup().and_then(|()| fuzz(fuzz_seconds()?)),
+        Task::Vmtest { kernel } => setup().and_then(|()| vmtest::vmtest(kernel.as_deref())),
+        Task::Bench(args) => bench::main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

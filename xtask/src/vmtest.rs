@@ -177,7 +177,8 @@ fn find_vmlinuz(kroot: &Path) -> Option<PathBuf> {
         })
 }
 
-/// Builds the test binaries and returns the executable of each named test target.
+/// Builds the test binaries and returns the executable of each named test
+/// target, from cargo's JSON messages.
 fn test_executables(targets: &[&str]) -> Result<Vec<PathBuf>> {
     let json = output(Command::new("cargo").current_dir(root()).args([
         "test",
@@ -186,17 +187,23 @@ fn test_executables(targets: &[&str]) -> Result<Vec<PathBuf>> {
         "-p",
         "fusetrace",
     ]))?;
+    let built: Vec<cargo_metadata::Artifact> =
+        cargo_metadata::Message::parse_stream(json.as_bytes())
+            .filter_map(|m| match m {
+                Ok(cargo_metadata::Message::CompilerArtifact(a)) => Some(a),
+                _ => None,
+            })
+            .collect();
     targets
         .iter()
         .map(|t| {
-            json.lines()
-                .filter(|l| {
-                    l.contains(&format!("\"name\":\"{t}\"")) && l.contains("\"kind\":[\"test\"]")
+            built
+                .iter()
+                .find(|a| {
+                    a.target.name == *t && a.target.kind.contains(&cargo_metadata::TargetKind::Test)
                 })
-                .find_map(|l| {
-                    let (_, rest) = l.split_once("\"executable\":\"")?;
-                    Some(PathBuf::from(rest.split('"').next()?))
-                })
+                .and_then(|a| a.executable.clone())
+                .map(PathBuf::from)
                 .ok_or_else(|| format!("cargo built no test executable `{t}`"))
         })
         .collect()
@@ -246,19 +253,12 @@ echo "vmtest: guest status $status"
     )
 }
 
-/// Runs the guests named by `--kernel` (all by default), one after the other.
-pub fn vmtest(args: &[String]) -> Result<()> {
-    let wanted: Vec<&Guest> = match args {
-        [] => GUESTS.iter().collect(),
-        [flag, series] if flag == "--kernel" => {
-            let g = GUESTS.iter().find(|g| g.series == series).ok_or_else(|| {
-                let known: Vec<&str> = GUESTS.iter().map(|g| g.series).collect();
-                format!("no guest kernel {series}: one of {}", known.join(", "))
-            })?;
-            vec![g]
-        }
-        _ => return Err("usage: cargo xtask vmtest [--kernel SERIES]".into()),
-    };
+/// Runs the guest of kernel line `only` (all by default), one after the other.
+pub fn vmtest(only: Option<&str>) -> Result<()> {
+    let wanted: Vec<&Guest> = GUESTS
+        .iter()
+        .filter(|g| only.is_none_or(|s| s == g.series))
+        .collect();
     apt_packages()?;
     let vng = vng()?;
     let virtiofsd = virtiofsd()?;
