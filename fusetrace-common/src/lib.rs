@@ -6,24 +6,26 @@
 
 pub mod opcode;
 
-/// What a [`FuseEvent`] reports.
+/// What a [`FuseEvent`] reports: the *point* of a request's life it
+/// observed (named as the hook table's points and the lifecycle's `*_ns`
+/// fields are), or an application's write.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// The kernel queued a request for the daemon (`fuse_request_send`).
-    Send = 1,
+    Sent = 1,
     /// The kernel finished a request (`fuse_request_end`).
-    End = 2,
+    Ended = 2,
     /// A daemon thread read a request from `/dev/fuse`.
-    DaemonRead = 3,
+    Taken = 3,
     /// A daemon thread wrote a reply (or a notification) to `/dev/fuse`.
-    DaemonReply = 4,
+    Replied = 4,
     /// virtio-fs: the request was placed on a virtqueue (`virtio_fs_enqueue_req`).
-    VirtioQueued = 5,
+    Virtq = 5,
     /// virtio-fs: the device's answer was taken off the virtqueue
     /// (`virtio_fs_request_complete`); `aux_ns` is the queue's latest
     /// device interrupt (`virtio_fs_vq_done`) before it, when seen.
-    VirtioDone = 6,
+    DeviceDone = 6,
     /// An application's write(2)/pwrite64(2)/writev(2) on a file of a FUSE
     /// mount returned (diagnosis only). `ts_ns` is the return, `aux_ns` the
     /// entry, `arg0` the file position written at, `len` the bytes written
@@ -34,12 +36,12 @@ pub enum EventKind {
 impl EventKind {
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
-            1 => Some(Self::Send),
-            2 => Some(Self::End),
-            3 => Some(Self::DaemonRead),
-            4 => Some(Self::DaemonReply),
-            5 => Some(Self::VirtioQueued),
-            6 => Some(Self::VirtioDone),
+            1 => Some(Self::Sent),
+            2 => Some(Self::Ended),
+            3 => Some(Self::Taken),
+            4 => Some(Self::Replied),
+            5 => Some(Self::Virtq),
+            6 => Some(Self::DeviceDone),
             7 => Some(Self::AppWrite),
             _ => None,
         }
@@ -215,13 +217,13 @@ pub struct KernelLayout {
     pub fsvq_vq: u32,
     /// Argument index of the pointer each kprobe/fentry hook reads, from the
     /// hooked function's BTF signature (it differs between kernel versions).
-    pub arg_submit: u32,
-    pub arg_submit_bg: u32,
-    pub arg_send: u32,
-    pub arg_end: u32,
-    pub arg_vq_enqueue: u32,
-    pub arg_vreq_done_req: u32,
-    pub arg_vreq_done_fsvq: u32,
+    pub arg_submitted: u32,
+    pub arg_submitted_bg: u32,
+    pub arg_sent: u32,
+    pub arg_ended: u32,
+    pub arg_virtq: u32,
+    pub arg_device_done_req: u32,
+    pub arg_device_done_fsvq: u32,
     /// `offsetof(struct fuse_args, in_args)` / `out_args`, the stride of
     /// those arrays and `offsetof(struct fuse_arg, value)`.
     pub args_in_args: u32,

@@ -247,42 +247,42 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
 }
 
 #[btf_tracepoint(function = "fuse_request_send")]
-pub fn agg_send_btf(ctx: BtfTracePointContext) -> i32 {
+pub fn agg_sent_btf(ctx: BtfTracePointContext) -> i32 {
     agg_send::<true>(Some(ctx.arg(0)));
     0
 }
 
 #[btf_tracepoint(function = "fuse_request_end")]
-pub fn agg_end_btf(ctx: BtfTracePointContext) -> i32 {
+pub fn agg_ended_btf(ctx: BtfTracePointContext) -> i32 {
     agg_end::<true>(Some(ctx.arg(0)));
     0
 }
 
 #[kprobe]
-pub fn kp_agg_send(ctx: ProbeContext) -> u32 {
+pub fn agg_sent_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
-    agg_send::<false>(kprobe_arg(&ctx, &l, l.arg_send));
+    agg_send::<false>(kprobe_arg(&ctx, &l, l.arg_sent));
     0
 }
 
 #[kprobe]
-pub fn kp_agg_end(ctx: ProbeContext) -> u32 {
+pub fn agg_ended_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
-    agg_end::<false>(kprobe_arg(&ctx, &l, l.arg_end));
+    agg_end::<false>(kprobe_arg(&ctx, &l, l.arg_ended));
     0
 }
 
 #[fentry]
-pub fn fe_agg_send(ctx: FEntryContext) -> u32 {
+pub fn agg_sent_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
     // The argument was copied out of the context by a helper: a number.
-    agg_send::<false>(fentry_arg(&ctx, l.arg_send));
+    agg_send::<false>(fentry_arg(&ctx, l.arg_sent));
     0
 }
 
 #[fentry]
-pub fn fe_agg_end(ctx: FEntryContext) -> u32 {
+pub fn agg_ended_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
-    agg_end::<false>(fentry_arg(&ctx, l.arg_end));
+    agg_end::<false>(fentry_arg(&ctx, l.arg_ended));
     0
 }

@@ -54,7 +54,7 @@ fn arg_value(args: u64, array: u32, index: u32, l: &KernelLayout) -> Option<u64>
 /// Fills `arg0`/`arg1` and the writeback flag of a request event.
 #[inline(always)]
 pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &KernelLayout) {
-    if kind == EventKind::Send {
+    if kind == EventKind::Sent {
         if let Some(byte) = kread::<u8>(fc, l.conn_wb_byte)
             && u32::from(byte) & l.conn_wb_mask != 0
         {
@@ -62,8 +62,8 @@ pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &
         }
     }
     let wanted = match kind {
-        EventKind::Send => ev.opcode == FUSE_READ || ev.opcode == FUSE_WRITE,
-        EventKind::End => matches!(ev.opcode, FUSE_OPEN | FUSE_CREATE | FUSE_INIT),
+        EventKind::Sent => ev.opcode == FUSE_READ || ev.opcode == FUSE_WRITE,
+        EventKind::Ended => matches!(ev.opcode, FUSE_OPEN | FUSE_CREATE | FUSE_INIT),
         _ => false,
     };
     if !wanted || l.fuse_arg_stride == 0 {
@@ -73,7 +73,7 @@ pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &
         return;
     };
     match (kind, ev.opcode) {
-        (EventKind::Send, _) => {
+        (EventKind::Sent, _) => {
             if let Some(p) = arg_value(args, l.args_in_args, 0, l)
                 && let Some(io) = kread::<IoIn>(p, 0)
             {
@@ -159,7 +159,7 @@ pub fn app_write_enter(file: u64, pos: Option<u64>, l: &KernelLayout) {
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_pwrite64")]
-pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
+pub fn app_write_enter_pwrite64(ctx: TracePointContext) -> u32 {
     let l = layout();
     if l.track_app_io == 0 {
         return 0;
@@ -201,16 +201,16 @@ fn app_write_exit(ctx: &TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_write")]
-pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
+pub fn app_write_exit_write(ctx: TracePointContext) -> u32 {
     app_write_exit(&ctx)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_writev")]
-pub fn sys_exit_writev(ctx: TracePointContext) -> u32 {
+pub fn app_write_exit_writev(ctx: TracePointContext) -> u32 {
     app_write_exit(&ctx)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_pwrite64")]
-pub fn sys_exit_pwrite64(ctx: TracePointContext) -> u32 {
+pub fn app_write_exit_pwrite64(ctx: TracePointContext) -> u32 {
     app_write_exit(&ctx)
 }

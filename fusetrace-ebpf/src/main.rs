@@ -107,7 +107,7 @@ fn submit(mut ev: FuseEvent) {
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
     // Only the requester's command is shown (daemon threads go by tid).
-    if ev.kind == EventKind::Send as u8 || ev.kind == EventKind::AppWrite as u8 {
+    if ev.kind == EventKind::Sent as u8 || ev.kind == EventKind::AppWrite as u8 {
         ev.comm = bpf_get_current_comm().unwrap_or_default();
     }
     match EVENTS.reserve::<FuseEvent>(0) {
@@ -143,7 +143,7 @@ fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEven
     if flags & (1u64 << (l.fr_background_bit & 63)) != 0 {
         ev.flags |= FLAG_BACKGROUND;
     }
-    if kind == EventKind::End {
+    if kind == EventKind::Ended {
         let out: FuseOutHeader = kread(req, l.req_out_h)?;
         ev.error = out.error;
         ev.len = out.len;
@@ -153,19 +153,19 @@ fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEven
 }
 
 #[btf_tracepoint(function = "fuse_request_send")]
-pub fn fuse_request_send_btf(ctx: BtfTracePointContext) -> i32 {
+pub fn sent_btf(ctx: BtfTracePointContext) -> i32 {
     let req: u64 = ctx.arg(0);
     let l = layout();
     // Joins the caller's submission when kprobe/fentry call hooks run too.
-    on_send(Some(req), &l);
+    on_sent(Some(req), &l);
     0
 }
 
 #[btf_tracepoint(function = "fuse_request_end")]
-pub fn fuse_request_end_btf(ctx: BtfTracePointContext) -> i32 {
+pub fn ended_btf(ctx: BtfTracePointContext) -> i32 {
     let req: u64 = ctx.arg(0);
     let l = layout();
-    match request_event(EventKind::End, req, &l) {
+    match request_event(EventKind::Ended, req, &l) {
         Some(ev) => submit(ev),
         None => bump(counters::READ_FAULTS),
     }
@@ -206,7 +206,7 @@ fn fentry_arg(ctx: &FEntryContext, n: u32) -> Option<u64> {
 }
 
 #[inline(always)]
-fn on_submit(args: Option<u64>) {
+fn on_submitted(args: Option<u64>) {
     if let Some(args) = args {
         let now = unsafe { bpf_ktime_get_ns() };
         let _ = SUBMITTED.insert(&args, &now, 0);
@@ -218,8 +218,8 @@ fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, aux_ns: u64) 
     match req.and_then(|req| request_event(kind, req, l)) {
         Some(mut ev) => {
             ev.aux_ns = aux_ns;
-            if kind == EventKind::Send {
-                note_send_id(ev.unique);
+            if kind == EventKind::Sent {
+                note_sent_id(ev.unique);
             }
             submit(ev)
         }
@@ -230,7 +230,7 @@ fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, aux_ns: u64) 
 /// The request is queued for the daemon (or the virtqueue): joins the
 /// submission that created it.
 #[inline(always)]
-fn on_send(req: Option<u64>, l: &KernelLayout) {
+fn on_sent(req: Option<u64>, l: &KernelLayout) {
     let mut submitted = 0;
     if let Some(args) = req.and_then(|r| kread::<u64>(r, l.req_args)) {
         // SAFETY: the value is copied out before the entry is removed.
@@ -239,13 +239,13 @@ fn on_send(req: Option<u64>, l: &KernelLayout) {
             let _ = SUBMITTED.remove(&args);
         }
     }
-    on_request(EventKind::Send, req, l, submitted);
+    on_request(EventKind::Sent, req, l, submitted);
 }
 
 /// Counts a send whose request id is not assigned yet, and turns on the
 /// daemon takes' lookup of their request (see `taken_request`).
 #[inline(always)]
-fn note_send_id(unique: u64) {
+fn note_sent_id(unique: u64) {
     if unique != 0 || GATE.get(0).copied() != Some(1) {
         return;
     }
@@ -257,7 +257,7 @@ fn note_send_id(unique: u64) {
 }
 
 #[inline(always)]
-fn on_vq_done(vq: Option<u64>) {
+fn on_device_irq(vq: Option<u64>) {
     if let Some(vq) = vq {
         let now = unsafe { bpf_ktime_get_ns() };
         let _ = VQ_DONE.insert(&vq, &now, 0);
@@ -265,115 +265,115 @@ fn on_vq_done(vq: Option<u64>) {
 }
 
 #[inline(always)]
-fn on_vreq_done(req: Option<u64>, fsvq: Option<u64>, l: &KernelLayout) {
+fn on_device_done(req: Option<u64>, fsvq: Option<u64>, l: &KernelLayout) {
     let irq = fsvq
         .and_then(|f| kread::<u64>(f, l.fsvq_vq))
         // SAFETY: plain copy of the map value.
         .and_then(|vq| unsafe { VQ_DONE.get(&vq) }.copied())
         .unwrap_or(0);
-    on_request(EventKind::VirtioDone, req, l, irq);
+    on_request(EventKind::DeviceDone, req, l, irq);
 }
 
 #[kprobe]
-pub fn kp_submit(ctx: ProbeContext) -> u32 {
+pub fn submitted_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
-    on_submit(kprobe_arg(&ctx, &l, l.arg_submit));
-    0
-}
-
-#[kprobe]
-pub fn kp_submit_bg(ctx: ProbeContext) -> u32 {
-    let l = layout();
-    on_submit(kprobe_arg(&ctx, &l, l.arg_submit_bg));
+    on_submitted(kprobe_arg(&ctx, &l, l.arg_submitted));
     0
 }
 
 #[kprobe]
-pub fn kp_send(ctx: ProbeContext) -> u32 {
+pub fn submitted_bg_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
-    on_send(kprobe_arg(&ctx, &l, l.arg_send), &l);
+    on_submitted(kprobe_arg(&ctx, &l, l.arg_submitted_bg));
     0
 }
 
 #[kprobe]
-pub fn kp_end(ctx: ProbeContext) -> u32 {
+pub fn sent_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
-    on_request(EventKind::End, kprobe_arg(&ctx, &l, l.arg_end), &l, 0);
+    on_sent(kprobe_arg(&ctx, &l, l.arg_sent), &l);
     0
 }
 
 #[kprobe]
-pub fn kp_vq_enqueue(ctx: ProbeContext) -> u32 {
+pub fn ended_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
-    let req = kprobe_arg(&ctx, &l, l.arg_vq_enqueue);
-    on_request(EventKind::VirtioQueued, req, &l, 0);
+    on_request(EventKind::Ended, kprobe_arg(&ctx, &l, l.arg_ended), &l, 0);
     0
 }
 
 #[kprobe]
-pub fn kp_vq_done(ctx: ProbeContext) -> u32 {
+pub fn virtq_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
-    on_vq_done(kprobe_arg(&ctx, &l, 0));
+    let req = kprobe_arg(&ctx, &l, l.arg_virtq);
+    on_request(EventKind::Virtq, req, &l, 0);
     0
 }
 
 #[kprobe]
-pub fn kp_vreq_done(ctx: ProbeContext) -> u32 {
+pub fn device_irq_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
-    let req = kprobe_arg(&ctx, &l, l.arg_vreq_done_req);
-    let fsvq = kprobe_arg(&ctx, &l, l.arg_vreq_done_fsvq);
-    on_vreq_done(req, fsvq, &l);
+    on_device_irq(kprobe_arg(&ctx, &l, 0));
+    0
+}
+
+#[kprobe]
+pub fn device_done_kp(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    let req = kprobe_arg(&ctx, &l, l.arg_device_done_req);
+    let fsvq = kprobe_arg(&ctx, &l, l.arg_device_done_fsvq);
+    on_device_done(req, fsvq, &l);
     0
 }
 
 #[fentry]
-pub fn fe_submit(ctx: FEntryContext) -> u32 {
+pub fn submitted_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
-    on_submit(fentry_arg(&ctx, l.arg_submit));
+    on_submitted(fentry_arg(&ctx, l.arg_submitted));
     0
 }
 
 #[fentry]
-pub fn fe_submit_bg(ctx: FEntryContext) -> u32 {
+pub fn submitted_bg_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
-    on_submit(fentry_arg(&ctx, l.arg_submit_bg));
+    on_submitted(fentry_arg(&ctx, l.arg_submitted_bg));
     0
 }
 
 #[fentry]
-pub fn fe_send(ctx: FEntryContext) -> u32 {
+pub fn sent_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
-    on_send(fentry_arg(&ctx, l.arg_send), &l);
+    on_sent(fentry_arg(&ctx, l.arg_sent), &l);
     0
 }
 
 #[fentry]
-pub fn fe_end(ctx: FEntryContext) -> u32 {
+pub fn ended_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
-    on_request(EventKind::End, fentry_arg(&ctx, l.arg_end), &l, 0);
+    on_request(EventKind::Ended, fentry_arg(&ctx, l.arg_ended), &l, 0);
     0
 }
 
 #[fentry]
-pub fn fe_vq_enqueue(ctx: FEntryContext) -> u32 {
+pub fn virtq_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
-    let req = fentry_arg(&ctx, l.arg_vq_enqueue);
-    on_request(EventKind::VirtioQueued, req, &l, 0);
+    let req = fentry_arg(&ctx, l.arg_virtq);
+    on_request(EventKind::Virtq, req, &l, 0);
     0
 }
 
 #[fentry]
-pub fn fe_vq_done(ctx: FEntryContext) -> u32 {
-    on_vq_done(fentry_arg(&ctx, 0));
+pub fn device_irq_fe(ctx: FEntryContext) -> u32 {
+    on_device_irq(fentry_arg(&ctx, 0));
     0
 }
 
 #[fentry]
-pub fn fe_vreq_done(ctx: FEntryContext) -> u32 {
+pub fn device_done_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
-    let req = fentry_arg(&ctx, l.arg_vreq_done_req);
-    let fsvq = fentry_arg(&ctx, l.arg_vreq_done_fsvq);
-    on_vreq_done(req, fsvq, &l);
+    let req = fentry_arg(&ctx, l.arg_device_done_req);
+    let fsvq = fentry_arg(&ctx, l.arg_device_done_fsvq);
+    on_device_done(req, fsvq, &l);
     0
 }
 
@@ -387,26 +387,26 @@ fn tp_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
 
 /// Plain tracepoint fallback: no request header, only what the record carries.
 #[tracepoint(category = "fuse", name = "fuse_request_send")]
-pub fn fuse_request_send_tp(ctx: TracePointContext) -> u32 {
+pub fn sent_tp(ctx: TracePointContext) -> u32 {
     let l = layout();
     let ev = FuseEvent {
-        kind: EventKind::Send as u8,
+        kind: EventKind::Sent as u8,
         connection: tp_field(&ctx, l.tp_send_connection).unwrap_or(0),
         unique: tp_field(&ctx, l.tp_send_unique).unwrap_or(0),
         opcode: tp_field(&ctx, l.tp_send_opcode).unwrap_or(0),
         len: tp_field(&ctx, l.tp_send_len).unwrap_or(0),
         ..FuseEvent::default()
     };
-    note_send_id(ev.unique);
+    note_sent_id(ev.unique);
     submit(ev);
     0
 }
 
 #[tracepoint(category = "fuse", name = "fuse_request_end")]
-pub fn fuse_request_end_tp(ctx: TracePointContext) -> u32 {
+pub fn ended_tp(ctx: TracePointContext) -> u32 {
     let l = layout();
     let ev = FuseEvent {
-        kind: EventKind::End as u8,
+        kind: EventKind::Ended as u8,
         connection: tp_field(&ctx, l.tp_end_connection).unwrap_or(0),
         unique: tp_field(&ctx, l.tp_end_unique).unwrap_or(0),
         len: tp_field(&ctx, l.tp_end_len).unwrap_or(0),
@@ -544,7 +544,7 @@ fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
         0
     };
     submit(FuseEvent {
-        kind: EventKind::DaemonRead as u8,
+        kind: EventKind::Taken as u8,
         flags: FLAG_HAS_HEADER,
         connection,
         req,
@@ -652,7 +652,7 @@ fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
         return 0;
     };
     submit(FuseEvent {
-        kind: EventKind::DaemonReply as u8,
+        kind: EventKind::Replied as u8,
         connection,
         unique: h.unique,
         // A notification carries its code in `error` and unique 0.
@@ -664,29 +664,29 @@ fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
-pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
+pub fn taken_sys_read(ctx: TracePointContext) -> u32 {
     on_read_exit(&ctx, false)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_readv")]
-pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
+pub fn taken_sys_readv(ctx: TracePointContext) -> u32 {
     on_read_exit(&ctx, true)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+pub fn replied_sys_write(ctx: TracePointContext) -> u32 {
     on_write_enter(&ctx, false)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_writev")]
-pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+pub fn replied_sys_writev(ctx: TracePointContext) -> u32 {
     on_write_enter(&ctx, true)
 }
 
 /// splice(2) moves a request or reply without the header passing through
 /// user memory we can read; count it so the gap is shown, not hidden.
 #[tracepoint(category = "syscalls", name = "sys_enter_splice")]
-pub fn sys_enter_splice(ctx: TracePointContext) -> u32 {
+pub fn taken_sys_splice(ctx: TracePointContext) -> u32 {
     let l = layout();
     if daemon_filtered_out(&l) {
         return 0;

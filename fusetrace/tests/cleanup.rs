@@ -18,13 +18,13 @@ fn bpftool_json(what: &str) -> Vec<Value> {
 /// freed a little later, after an RCU grace period, so they are not counted.)
 fn our_links() -> usize {
     let ours = [
-        "fuse_request_send_btf",
-        "fuse_request_end_btf",
-        "sys_exit_read",
-        "sys_exit_readv",
-        "sys_enter_write",
-        "sys_enter_writev",
-        "sys_enter_splice",
+        "sent_btf",
+        "ended_btf",
+        "taken_sys_read",
+        "taken_sys_readv",
+        "replied_sys_write",
+        "replied_sys_writev",
+        "taken_sys_splice",
     ];
     let our_prog_ids: Vec<u64> = bpftool_json("prog")
         .iter()

@@ -294,7 +294,7 @@ fn calls_are_joined_to_their_requests() {
     let (_, out, _) = doctor();
     let call = out
         .lines()
-        .find_map(|l| l.trim_start().strip_prefix("call: "))
+        .find_map(|l| l.trim_start().strip_prefix("submitted: "))
         .unwrap_or_else(|| panic!("no call stage in:\n{out}"));
     let forced = std::env::var("FUSETRACE_TEST_BACKEND").unwrap_or_default();
     if call.starts_with("no hook") {

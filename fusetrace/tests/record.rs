@@ -342,7 +342,7 @@ fn header() -> Header {
     Header {
         fusetrace_version: "test".into(),
         kernel_release: "6.18.0".into(),
-        hooks: vec!["submit: tp_btf".into()],
+        hooks: vec!["sent: tp_btf".into()],
         start_monotonic_ns: 1_000_000_000,
         start_unix_ns: 1_700_000_000_000_000_000,
         connections: vec![ConnectionInfo {
@@ -379,10 +379,10 @@ fn synthetic() -> Vec<u8> {
     let mut t = 1_000_500_000;
     for unique in [2, 4] {
         for kind in [
-            EventKind::Send,
-            EventKind::DaemonRead,
-            EventKind::DaemonReply,
-            EventKind::End,
+            EventKind::Sent,
+            EventKind::Taken,
+            EventKind::Replied,
+            EventKind::Ended,
         ] {
             t += 7_000;
             w.write(&Record::Event(event(kind, unique, t, -(unique as i32))))
@@ -399,7 +399,7 @@ fn synthetic() -> Vec<u8> {
         fs_type: "fuse.bindfs".into(),
     }))
     .unwrap();
-    w.write(&Record::Event(event(EventKind::Send, 6, t + 1, 0)))
+    w.write(&Record::Event(event(EventKind::Sent, 6, t + 1, 0)))
         .unwrap();
     w.write(&Record::End(EndCounters {
         ring_drops: 1,
@@ -424,7 +424,7 @@ fn every_record_reads_back() {
     };
     assert_eq!(
         (ev.unique, ev.kind, ev.error),
-        (2, EventKind::End as u8, -2)
+        (2, EventKind::Ended as u8, -2)
     );
     assert_eq!(ev.ts_ns, 1_000_500_000 + 4 * 7_000);
     assert_eq!(&ev.comm[..4], b"cat\0");

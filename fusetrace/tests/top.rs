@@ -56,7 +56,7 @@ fn comm(name: &str) -> [u8; 16] {
 
 /// An event of a request made by `pid` (`name`), or of daemon thread 901.
 fn ev(kind: EventKind, unique: u64, op: u32, ts: u64, pid: u32, name: &str) -> FuseEvent {
-    let daemon_side = matches!(kind, EventKind::DaemonRead | EventKind::DaemonReply);
+    let daemon_side = matches!(kind, EventKind::Taken | EventKind::Replied);
     FuseEvent {
         kind: kind as u8,
         flags: FLAG_HAS_HEADER,
@@ -98,23 +98,16 @@ impl Synthetic {
         // In flight: a READ in the daemon for 2.5 s, a background WRITE
         // queued for 1.2 s, a GETATTR queued for 200 ms.
         s.feed(ev(
-            EventKind::Send,
+            EventKind::Sent,
             1000,
             READ,
             NOW - 2_500 * MS,
             4242,
             "reader",
         ));
-        s.feed(ev(
-            EventKind::DaemonRead,
-            1000,
-            READ,
-            NOW - 2_400 * MS,
-            4242,
-            "",
-        ));
+        s.feed(ev(EventKind::Taken, 1000, READ, NOW - 2_400 * MS, 4242, ""));
         let mut write = ev(
-            EventKind::Send,
+            EventKind::Sent,
             1002,
             WRITE,
             NOW - 1_200 * MS,
@@ -124,7 +117,7 @@ impl Synthetic {
         write.flags |= FLAG_BACKGROUND;
         s.feed(write);
         s.feed(ev(
-            EventKind::Send,
+            EventKind::Sent,
             1004,
             GETATTR,
             NOW - 200 * MS,
@@ -149,19 +142,12 @@ impl Synthetic {
         pid: u32,
         name: &str,
     ) {
-        self.feed(ev(EventKind::Send, unique, op, t, pid, name));
-        self.feed(ev(EventKind::DaemonRead, unique, op, t + 10_000, pid, ""));
-        let mut reply = ev(
-            EventKind::DaemonReply,
-            unique,
-            0,
-            t + 10_000 + daemon,
-            pid,
-            "",
-        );
+        self.feed(ev(EventKind::Sent, unique, op, t, pid, name));
+        self.feed(ev(EventKind::Taken, unique, op, t + 10_000, pid, ""));
+        let mut reply = ev(EventKind::Replied, unique, 0, t + 10_000 + daemon, pid, "");
         reply.error = error;
         self.feed(reply);
-        let mut end = ev(EventKind::End, unique, op, t + 12_000 + daemon, pid, name);
+        let mut end = ev(EventKind::Ended, unique, op, t + 12_000 + daemon, pid, name);
         end.error = error;
         self.feed(end);
     }
@@ -353,7 +339,7 @@ fn pause_freezes_the_screen_until_resumed() {
 
     // A new request and a later tick change nothing on screen.
     synth.feed(ev(
-        EventKind::Send,
+        EventKind::Sent,
         1006,
         LOOKUP,
         NOW + 100 * MS,
@@ -716,7 +702,7 @@ fn selection_scrolls_through_more_rows_than_fit() {
     for i in 0..50u64 {
         let pid = 5000 + i as u32;
         synth.feed(ev(
-            EventKind::Send,
+            EventKind::Sent,
             2000 + 2 * i,
             GETATTR,
             NOW - 100 * MS + i * MS,
@@ -780,7 +766,7 @@ fn top_without_a_terminal_names_the_fix() {
 #[test]
 fn mount_selector_shows_one_connection() {
     let mut synth = Synthetic::new();
-    let mut other = ev(EventKind::Send, 3000, READ, NOW - 300 * MS, 6000, "other");
+    let mut other = ev(EventKind::Sent, 3000, READ, NOW - 300 * MS, 6000, "other");
     other.connection = CONN + 1;
     synth.feed(other);
     let mut state = synth.state(RunCounters::default());

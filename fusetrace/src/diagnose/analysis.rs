@@ -549,10 +549,10 @@ mod tests {
             ..Default::default()
         };
         for (kind, ts, a) in [
-            (EventKind::Send, sent, args),
-            (EventKind::DaemonRead, sent + 10, [0, 0]),
-            (EventKind::DaemonReply, sent + 20, [0, 0]),
-            (EventKind::End, sent + 30, end_args),
+            (EventKind::Sent, sent, args),
+            (EventKind::Taken, sent + 10, [0, 0]),
+            (EventKind::Replied, sent + 20, [0, 0]),
+            (EventKind::Ended, sent + 30, end_args),
         ] {
             let ev = FuseEvent {
                 kind: kind as u8,

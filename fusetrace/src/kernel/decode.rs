@@ -27,7 +27,7 @@ mod tests {
     #[test]
     fn decodes_and_rejects() {
         let ev = FuseEvent {
-            kind: EventKind::End as u8,
+            kind: EventKind::Ended as u8,
             unique: 42,
             ..Default::default()
         };

@@ -1,5 +1,5 @@
 //! `fusetrace doctor`: what the running kernel offers for tracing FUSE, and
-//! which hook each lifecycle stage would use, with the reason.
+//! which hook each lifecycle moment would use, with the reason.
 //!
 //! Every answer comes from trying: the hooks are loaded and attached as a
 //! trace would (then detached), once in automatic mode and once per forced
@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::{
-    kernel::hooks::{Backend, Stage, StageChoice},
+    kernel::hooks::{Backend, Point, PointChoice},
     kernel::probes::{self, KPROBE_PMU, KernelFunctions},
     kernel::tracefs,
 };
@@ -33,47 +33,47 @@ pub struct Verdict {
 }
 
 /// Whether the chosen hooks cover a whole lifecycle: submission and end,
-/// plus either the daemon's two stages or the virtio-fs device's.
-pub fn verdict(choices: &[StageChoice]) -> Verdict {
-    let has = |s: Stage| choices.iter().any(|c| c.stage == s && c.hook.is_some());
-    let missing: Vec<&str> = [Stage::Submit, Stage::End]
+/// plus either the daemon's two points or the virtio-fs device's.
+pub fn verdict(choices: &[PointChoice]) -> Verdict {
+    let has = |s: Point| choices.iter().any(|c| c.point == s && c.hook.is_some());
+    let missing: Vec<&str> = [Point::Sent, Point::Ended]
         .into_iter()
         .filter(|s| !has(*s))
-        .map(Stage::name)
+        .map(Point::name)
         .collect();
     if !missing.is_empty() {
         return Verdict {
             complete: false,
-            reason: format!("no hook for the {} stage", missing.join(" and ")),
+            reason: format!("no hook for the {} point", missing.join(" and ")),
         };
     }
-    let daemon = has(Stage::DaemonTake) && has(Stage::DaemonReply);
-    let virtio = has(Stage::VirtioQueue) && has(Stage::VirtioDone);
+    let daemon = has(Point::Taken) && has(Point::Replied);
+    let virtio = has(Point::Virtq) && has(Point::DeviceDone);
     match (daemon, virtio) {
         (true, true) => Verdict {
             complete: true,
-            reason: "/dev/fuse daemons and virtio-fs: every stage is observed".into(),
+            reason: "/dev/fuse daemons and virtio-fs: every point is observed".into(),
         },
         (true, false) => Verdict {
             complete: true,
-            reason: "/dev/fuse daemons: every stage is observed".into(),
+            reason: "/dev/fuse daemons: every point is observed".into(),
         },
         (false, true) => Verdict {
             complete: true,
-            reason: "virtio-fs only: the daemon-side stages are not observed".into(),
+            reason: "virtio-fs only: the daemon-side points are not observed".into(),
         },
         (false, false) => Verdict {
             complete: false,
-            reason: "neither the daemon-side nor the virtio-fs stages can be observed".into(),
+            reason: "neither the daemon-side nor the virtio-fs points can be observed".into(),
         },
     }
 }
 
-/// The backend named for a user: the one serving the submit stage.
-pub fn backend_of(choices: &[StageChoice]) -> Option<Backend> {
+/// The backend named for a user: the one serving the submit point.
+pub fn backend_of(choices: &[PointChoice]) -> Option<Backend> {
     choices
         .iter()
-        .find(|c| c.stage == Stage::Submit)
+        .find(|c| c.point == Point::Sent)
         .and_then(|c| c.hook)
         .map(|h| h.backend)
 }
@@ -82,12 +82,12 @@ fn yes_no(ok: bool, detail: String) -> String {
     format!("{} ({detail})", if ok { "yes" } else { "no" })
 }
 
-/// Whether a forced backend can observe the end stage, and why not.
+/// Whether a forced backend can observe the end point, and why not.
 fn backend_works(backend: Backend) -> (bool, String) {
     match probes::survey(Some(backend)) {
         Err(e) => (false, format!("{e:#}")),
         Ok((choices, _)) => {
-            let end = choices.iter().find(|c| c.stage == Stage::End);
+            let end = choices.iter().find(|c| c.point == Point::Ended);
             match end {
                 Some(c) if c.hook.is_some() => (true, c.describe()),
                 Some(c) => (
@@ -98,7 +98,7 @@ fn backend_works(backend: Backend) -> (bool, String) {
                         .collect::<Vec<_>>()
                         .join("; "),
                 ),
-                None => (false, "no end stage".into()),
+                None => (false, "no end point".into()),
             }
         }
     }
@@ -168,8 +168,8 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
         ),
     );
     lines.push(match args.backend {
-        Some(b) => format!("stages (--backend {}):", b.name()),
-        None => "stages:".into(),
+        Some(b) => format!("points (--backend {}):", b.name()),
+        None => "points:".into(),
     });
     for c in &choices {
         lines.push(format!("  {}", c.describe()));
@@ -185,10 +185,10 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
     ));
     let send_backend = choices
         .iter()
-        .find(|c| c.stage == Stage::Submit)
+        .find(|c| c.point == Point::Sent)
         .and_then(|c| c.hook)
         .map(|h| h.backend);
-    let send_function = kernel.get(&crate::kernel::kfunc::SEND).ok().map(|r| r.name);
+    let send_function = kernel.get(&crate::kernel::kfunc::SENT).ok().map(|r| r.name);
     let assigns_first = kernel
         .kallsyms
         .resolve("fuse_request_assign_unique")
@@ -269,12 +269,12 @@ mod tests {
     use super::*;
     use crate::kernel::hooks::HOOK_TABLE;
 
-    fn choices(with: &[Stage]) -> Vec<StageChoice> {
+    fn choices(with: &[Point]) -> Vec<PointChoice> {
         HOOK_TABLE
             .iter()
-            .map(|(stage, hooks)| StageChoice {
-                stage: *stage,
-                hook: with.contains(stage).then(|| hooks[0]),
+            .map(|(point, hooks)| PointChoice {
+                point: *point,
+                hook: with.contains(point).then(|| hooks[0]),
                 skipped: vec![],
             })
             .collect()
@@ -304,16 +304,16 @@ mod tests {
     }
 
     #[test]
-    fn verdict_needs_submit_end_and_one_side() {
-        use Stage::*;
-        assert!(verdict(&choices(&[Submit, DaemonTake, DaemonReply, End])).complete);
-        assert!(verdict(&choices(&[Submit, VirtioQueue, VirtioDone, End])).complete);
-        let v = verdict(&choices(&[Submit, DaemonTake, DaemonReply]));
+    fn verdict_needs_sent_ended_and_one_side() {
+        use Point::*;
+        assert!(verdict(&choices(&[Sent, Taken, Replied, Ended])).complete);
+        assert!(verdict(&choices(&[Sent, Virtq, DeviceDone, Ended])).complete);
+        let v = verdict(&choices(&[Sent, Taken, Replied]));
         assert!(!v.complete);
-        assert!(v.reason.contains("end"), "{}", v.reason);
-        assert!(!verdict(&choices(&[Submit, End, DaemonTake])).complete);
+        assert!(v.reason.contains("ended"), "{}", v.reason);
+        assert!(!verdict(&choices(&[Sent, Ended, Taken])).complete);
         assert_eq!(
-            backend_of(&choices(&[Submit, End])),
+            backend_of(&choices(&[Sent, Ended])),
             Some(HOOK_TABLE[0].1[0].backend)
         );
     }

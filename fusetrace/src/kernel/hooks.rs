@@ -1,42 +1,48 @@
 //! The hooks, as data: for every point of a request's life, the hooks
 //! that can observe it in order of preference across backends
 //! ([`HOOK_TABLE`]; [`AGGREGATE_HOOK_TABLE`] for in-kernel `stats`). At
-//! start-up each stage takes the first hook the running kernel offers and
+//! start-up each point takes the first hook the running kernel offers and
 //! that loads (`super::probes`); the reasons for skipping the others are
 //! kept for the user.
 
 use crate::kernel::kfunc::{self, KFunc};
 
-/// A stage of a request's life that some hook observes.
+/// A *point*: a moment in a request's life that some hook observes. (A
+/// *stage* is a span between two points: `pipeline::lifecycle`.) The same
+/// names are the eBPF programs' (`<point>_<how>`), [`EventKind`]'s and the
+/// lifecycle's `<point>_ns` fields.
+///
+/// [`EventKind`]: fusetrace_common::EventKind
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// The kernel queues the request for the daemon.
-    Submit,
-    /// A daemon thread takes the request from `/dev/fuse`.
-    DaemonTake,
-    /// A daemon thread writes the reply to `/dev/fuse`.
-    DaemonReply,
-    /// The kernel finishes the request.
-    End,
-    /// The caller enters `fuse_simple_request`/`fuse_simple_background`:
+pub enum Point {
+    /// The caller entered `fuse_simple_request`/`fuse_simple_background`:
     /// with it, the time a background request waited before being sent.
-    Call,
-    /// virtio-fs: the request is placed on a virtqueue.
-    VirtioQueue,
-    /// virtio-fs: the device answered (interrupt, then completion).
-    VirtioDone,
+    Submitted,
+    /// The kernel queued the request for the daemon (or the virtqueue).
+    Sent,
+    /// A daemon thread took the request from `/dev/fuse`.
+    Taken,
+    /// A daemon thread wrote the reply to `/dev/fuse`.
+    Replied,
+    /// The kernel ended the request.
+    Ended,
+    /// virtio-fs: the request was placed on a virtqueue.
+    Virtq,
+    /// virtio-fs: the device's answer was taken off the virtqueue (with the
+    /// interrupt that announced it).
+    DeviceDone,
 }
 
-impl Stage {
+impl Point {
     pub fn name(self) -> &'static str {
         match self {
-            Stage::Submit => "submit",
-            Stage::DaemonTake => "daemon-take",
-            Stage::DaemonReply => "daemon-reply",
-            Stage::End => "end",
-            Stage::Call => "call",
-            Stage::VirtioQueue => "virtio-queue",
-            Stage::VirtioDone => "virtio-done",
+            Point::Submitted => "submitted",
+            Point::Sent => "sent",
+            Point::Taken => "taken",
+            Point::Replied => "replied",
+            Point::Ended => "ended",
+            Point::Virtq => "virtq",
+            Point::DeviceDone => "device-done",
         }
     }
 }
@@ -54,7 +60,7 @@ pub enum Attach {
     FEntry(&'static KFunc),
 }
 
-/// One way of observing a stage: one or more programs attached together.
+/// One way of observing a point: one or more programs attached together.
 #[derive(Debug, Clone, Copy)]
 pub struct Hook {
     /// Short name for users (`--backend`, doctor output).
@@ -90,26 +96,26 @@ impl Backend {
 
 const DAEMON_TAKE_SYSCALLS: &[(&str, Attach)] = &[
     (
-        "sys_exit_read",
+        "taken_sys_read",
         Attach::TracePoint("syscalls", "sys_exit_read"),
     ),
     (
-        "sys_exit_readv",
+        "taken_sys_readv",
         Attach::TracePoint("syscalls", "sys_exit_readv"),
     ),
     (
-        "sys_enter_splice",
+        "taken_sys_splice",
         Attach::TracePoint("syscalls", "sys_enter_splice"),
     ),
 ];
 
 const DAEMON_REPLY_SYSCALLS: &[(&str, Attach)] = &[
     (
-        "sys_enter_write",
+        "replied_sys_write",
         Attach::TracePoint("syscalls", "sys_enter_write"),
     ),
     (
-        "sys_enter_writev",
+        "replied_sys_writev",
         Attach::TracePoint("syscalls", "sys_enter_writev"),
     ),
 ];
@@ -142,124 +148,112 @@ const fn syscall_hooks(programs: &'static [(&'static str, Attach)], has_header: 
     ]
 }
 
-/// For every stage, the hooks that observe it, best first.
-pub const HOOK_TABLE: &[(Stage, &[Hook])] = &[
+/// For every point, the hooks that observe it, best first.
+pub const HOOK_TABLE: &[(Point, &[Hook])] = &[
     (
-        Stage::Submit,
+        Point::Sent,
         &[
             Hook {
                 backend: Backend::TpBtf,
-                programs: &[("fuse_request_send_btf", Attach::TpBtf("fuse_request_send"))],
+                programs: &[("sent_btf", Attach::TpBtf("fuse_request_send"))],
                 has_header: true,
             },
             Hook {
                 backend: Backend::Tracepoint,
-                programs: &[(
-                    "fuse_request_send_tp",
-                    Attach::TracePoint("fuse", "fuse_request_send"),
-                )],
+                programs: &[("sent_tp", Attach::TracePoint("fuse", "fuse_request_send"))],
                 has_header: false,
             },
             Hook {
                 backend: Backend::Fentry,
-                programs: &[("fe_send", Attach::FEntry(&kfunc::SEND))],
+                programs: &[("sent_fe", Attach::FEntry(&kfunc::SENT))],
                 has_header: true,
             },
             Hook {
                 backend: Backend::Kprobe,
-                programs: &[("kp_send", Attach::KProbe(&kfunc::SEND))],
+                programs: &[("sent_kp", Attach::KProbe(&kfunc::SENT))],
                 has_header: true,
             },
         ],
     ),
+    (Point::Taken, &syscall_hooks(DAEMON_TAKE_SYSCALLS, true)),
+    (Point::Replied, &syscall_hooks(DAEMON_REPLY_SYSCALLS, false)),
     (
-        Stage::DaemonTake,
-        &syscall_hooks(DAEMON_TAKE_SYSCALLS, true),
-    ),
-    (
-        Stage::DaemonReply,
-        &syscall_hooks(DAEMON_REPLY_SYSCALLS, false),
-    ),
-    (
-        Stage::End,
+        Point::Ended,
         &[
             Hook {
                 backend: Backend::TpBtf,
-                programs: &[("fuse_request_end_btf", Attach::TpBtf("fuse_request_end"))],
+                programs: &[("ended_btf", Attach::TpBtf("fuse_request_end"))],
                 has_header: true,
             },
             Hook {
                 backend: Backend::Tracepoint,
-                programs: &[(
-                    "fuse_request_end_tp",
-                    Attach::TracePoint("fuse", "fuse_request_end"),
-                )],
+                programs: &[("ended_tp", Attach::TracePoint("fuse", "fuse_request_end"))],
                 has_header: false,
             },
             Hook {
                 backend: Backend::Fentry,
-                programs: &[("fe_end", Attach::FEntry(&kfunc::END))],
+                programs: &[("ended_fe", Attach::FEntry(&kfunc::ENDED))],
                 has_header: true,
             },
             Hook {
                 backend: Backend::Kprobe,
-                programs: &[("kp_end", Attach::KProbe(&kfunc::END))],
+                programs: &[("ended_kp", Attach::KProbe(&kfunc::ENDED))],
                 has_header: true,
             },
         ],
     ),
     (
-        Stage::Call,
+        Point::Submitted,
         &[
             Hook {
                 backend: Backend::Fentry,
                 programs: &[
-                    ("fe_submit", Attach::FEntry(&kfunc::SUBMIT)),
-                    ("fe_submit_bg", Attach::FEntry(&kfunc::SUBMIT_BG)),
+                    ("submitted_fe", Attach::FEntry(&kfunc::SUBMITTED)),
+                    ("submitted_bg_fe", Attach::FEntry(&kfunc::SUBMITTED_BG)),
                 ],
                 has_header: false,
             },
             Hook {
                 backend: Backend::Kprobe,
                 programs: &[
-                    ("kp_submit", Attach::KProbe(&kfunc::SUBMIT)),
-                    ("kp_submit_bg", Attach::KProbe(&kfunc::SUBMIT_BG)),
+                    ("submitted_kp", Attach::KProbe(&kfunc::SUBMITTED)),
+                    ("submitted_bg_kp", Attach::KProbe(&kfunc::SUBMITTED_BG)),
                 ],
                 has_header: false,
             },
         ],
     ),
     (
-        Stage::VirtioQueue,
+        Point::Virtq,
         &[
             Hook {
                 backend: Backend::Fentry,
-                programs: &[("fe_vq_enqueue", Attach::FEntry(&kfunc::VQ_ENQUEUE))],
+                programs: &[("virtq_fe", Attach::FEntry(&kfunc::VIRTQ))],
                 has_header: true,
             },
             Hook {
                 backend: Backend::Kprobe,
-                programs: &[("kp_vq_enqueue", Attach::KProbe(&kfunc::VQ_ENQUEUE))],
+                programs: &[("virtq_kp", Attach::KProbe(&kfunc::VIRTQ))],
                 has_header: true,
             },
         ],
     ),
     (
-        Stage::VirtioDone,
+        Point::DeviceDone,
         &[
             Hook {
                 backend: Backend::Fentry,
                 programs: &[
-                    ("fe_vq_done", Attach::FEntry(&kfunc::VQ_DONE)),
-                    ("fe_vreq_done", Attach::FEntry(&kfunc::VREQ_DONE)),
+                    ("device_irq_fe", Attach::FEntry(&kfunc::DEVICE_IRQ)),
+                    ("device_done_fe", Attach::FEntry(&kfunc::DEVICE_DONE)),
                 ],
                 has_header: true,
             },
             Hook {
                 backend: Backend::Kprobe,
                 programs: &[
-                    ("kp_vq_done", Attach::KProbe(&kfunc::VQ_DONE)),
-                    ("kp_vreq_done", Attach::KProbe(&kfunc::VREQ_DONE)),
+                    ("device_irq_kp", Attach::KProbe(&kfunc::DEVICE_IRQ)),
+                    ("device_done_kp", Attach::KProbe(&kfunc::DEVICE_DONE)),
                 ],
                 has_header: true,
             },
@@ -269,58 +263,58 @@ pub const HOOK_TABLE: &[(Stage, &[Hook])] = &[
 
 /// The hooks of in-kernel aggregation (`stats`): send and end only, each
 /// counting into kernel maps instead of the ring buffer.
-pub const AGGREGATE_HOOK_TABLE: &[(Stage, &[Hook])] = &[
+pub const AGGREGATE_HOOK_TABLE: &[(Point, &[Hook])] = &[
     (
-        Stage::Submit,
+        Point::Sent,
         &[
             Hook {
                 backend: Backend::TpBtf,
-                programs: &[("agg_send_btf", Attach::TpBtf("fuse_request_send"))],
+                programs: &[("agg_sent_btf", Attach::TpBtf("fuse_request_send"))],
                 has_header: true,
             },
             Hook {
                 backend: Backend::Fentry,
-                programs: &[("fe_agg_send", Attach::FEntry(&kfunc::SEND))],
+                programs: &[("agg_sent_fe", Attach::FEntry(&kfunc::SENT))],
                 has_header: true,
             },
             Hook {
                 backend: Backend::Kprobe,
-                programs: &[("kp_agg_send", Attach::KProbe(&kfunc::SEND))],
+                programs: &[("agg_sent_kp", Attach::KProbe(&kfunc::SENT))],
                 has_header: true,
             },
         ],
     ),
     (
-        Stage::End,
+        Point::Ended,
         &[
             Hook {
                 backend: Backend::TpBtf,
-                programs: &[("agg_end_btf", Attach::TpBtf("fuse_request_end"))],
+                programs: &[("agg_ended_btf", Attach::TpBtf("fuse_request_end"))],
                 has_header: true,
             },
             Hook {
                 backend: Backend::Fentry,
-                programs: &[("fe_agg_end", Attach::FEntry(&kfunc::END))],
+                programs: &[("agg_ended_fe", Attach::FEntry(&kfunc::ENDED))],
                 has_header: true,
             },
             Hook {
                 backend: Backend::Kprobe,
-                programs: &[("kp_agg_end", Attach::KProbe(&kfunc::END))],
+                programs: &[("agg_ended_kp", Attach::KProbe(&kfunc::ENDED))],
                 has_header: true,
             },
         ],
     ),
 ];
 
-/// What was chosen for one stage, and why the better hooks were not.
+/// What was chosen for one point, and why the better hooks were not.
 #[derive(Debug, Clone)]
-pub struct StageChoice {
-    pub stage: Stage,
+pub struct PointChoice {
+    pub point: Point,
     pub hook: Option<Hook>,
     pub skipped: Vec<String>,
 }
 
-impl StageChoice {
+impl PointChoice {
     pub fn describe(&self) -> String {
         match &self.hook {
             Some(h) => {
@@ -328,14 +322,14 @@ impl StageChoice {
                     h.programs.iter().map(|(_, a)| attach_name(a)).collect();
                 format!(
                     "{}: {} via {}",
-                    self.stage.name(),
+                    self.point.name(),
                     h.backend.name(),
                     programs.join(", ")
                 )
             }
             None => format!(
                 "{}: no hook ({})",
-                self.stage.name(),
+                self.point.name(),
                 self.skipped.join("; ")
             ),
         }
@@ -358,19 +352,19 @@ pub const APP_WRITES_HOOKS: &str = "app-writes: tracepoint/syscalls/sys_exit_wri
 /// FUSE files (the entry side of write/writev is the daemon-reply hook).
 pub(crate) const DIAGNOSE_PROGRAMS: &[(&str, Attach)] = &[
     (
-        "sys_enter_pwrite64",
+        "app_write_enter_pwrite64",
         Attach::TracePoint("syscalls", "sys_enter_pwrite64"),
     ),
     (
-        "sys_exit_write",
+        "app_write_exit_write",
         Attach::TracePoint("syscalls", "sys_exit_write"),
     ),
     (
-        "sys_exit_writev",
+        "app_write_exit_writev",
         Attach::TracePoint("syscalls", "sys_exit_writev"),
     ),
     (
-        "sys_exit_pwrite64",
+        "app_write_exit_pwrite64",
         Attach::TracePoint("syscalls", "sys_exit_pwrite64"),
     ),
 ];
@@ -380,12 +374,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_stage_has_a_hook_per_backend() {
-        for (stage, hooks) in HOOK_TABLE {
+    fn every_point_has_a_hook_per_backend() {
+        for (point, hooks) in HOOK_TABLE {
             // The tracepoints have no counterpart of the calls and the
-            // virtio-fs functions; every backend has the four core stages.
-            let backends: &[Backend] = match stage {
-                Stage::Call | Stage::VirtioQueue | Stage::VirtioDone => {
+            // virtio-fs functions; every backend has the four core points.
+            let backends: &[Backend] = match point {
+                Point::Submitted | Point::Virtq | Point::DeviceDone => {
                     &[Backend::Fentry, Backend::Kprobe]
                 }
                 _ => &[
@@ -398,7 +392,7 @@ mod tests {
             for &backend in backends {
                 assert!(
                     hooks.iter().any(|h| h.backend == backend),
-                    "{stage:?} lacks a {backend:?} hook"
+                    "{point:?} lacks a {backend:?} hook"
                 );
             }
         }

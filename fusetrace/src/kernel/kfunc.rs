@@ -12,15 +12,15 @@ use crate::{kernel::btf::Btf, kernel::kallsyms::Kallsyms};
 /// Which `KernelLayout::arg_*` slot an argument index goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArgSlot {
-    Submit,
-    SubmitBg,
-    Send,
-    End,
-    VqEnqueue,
+    Submitted,
+    SubmittedBg,
+    Sent,
+    Ended,
+    Virtq,
     /// Read at a fixed index (`virtio_fs_vq_done(struct virtqueue *)`).
     Fixed,
-    VreqDoneReq,
-    VreqDoneFsvq,
+    DeviceDoneReq,
+    DeviceDoneFsvq,
 }
 
 /// A kernel function a program hooks, across kernel versions.
@@ -100,13 +100,13 @@ pub fn resolve(f: &KFunc, btf: &Btf) -> Result<Resolved> {
 pub fn set_layout_args(l: &mut KernelLayout, r: &Resolved) {
     for (slot, index) in &r.args {
         let field = match slot {
-            ArgSlot::Submit => &mut l.arg_submit,
-            ArgSlot::SubmitBg => &mut l.arg_submit_bg,
-            ArgSlot::Send => &mut l.arg_send,
-            ArgSlot::End => &mut l.arg_end,
-            ArgSlot::VqEnqueue => &mut l.arg_vq_enqueue,
-            ArgSlot::VreqDoneReq => &mut l.arg_vreq_done_req,
-            ArgSlot::VreqDoneFsvq => &mut l.arg_vreq_done_fsvq,
+            ArgSlot::Submitted => &mut l.arg_submitted,
+            ArgSlot::SubmittedBg => &mut l.arg_submitted_bg,
+            ArgSlot::Sent => &mut l.arg_sent,
+            ArgSlot::Ended => &mut l.arg_ended,
+            ArgSlot::Virtq => &mut l.arg_virtq,
+            ArgSlot::DeviceDoneReq => &mut l.arg_device_done_req,
+            ArgSlot::DeviceDoneFsvq => &mut l.arg_device_done_fsvq,
             ArgSlot::Fixed => continue,
         };
         *field = *index;
@@ -116,16 +116,16 @@ pub fn set_layout_args(l: &mut KernelLayout, r: &Resolved) {
 /// The synchronous submission: the caller waits inside it for the answer.
 /// 6.1: `fuse_simple_request(fm, args)`; since idmapped mounts (6.8?):
 /// `__fuse_simple_request(idmap, fm, args)`.
-pub static SUBMIT: KFunc = KFunc {
+pub static SUBMITTED: KFunc = KFunc {
     names: &["__fuse_simple_request", "fuse_simple_request"],
-    args: &[(ArgSlot::Submit, "fuse_args", 1)],
+    args: &[(ArgSlot::Submitted, "fuse_args", 1)],
 };
 
 /// The asynchronous submission: the request may wait in the background
 /// queue (`max_background`) before it is sent.
-pub static SUBMIT_BG: KFunc = KFunc {
+pub static SUBMITTED_BG: KFunc = KFunc {
     names: &["fuse_simple_background"],
-    args: &[(ArgSlot::SubmitBg, "fuse_args", 1)],
+    args: &[(ArgSlot::SubmittedBg, "fuse_args", 1)],
 };
 
 /// Where a request is queued for the daemon (or the virtqueue). Up to 6.8
@@ -134,35 +134,35 @@ pub static SUBMIT_BG: KFunc = KFunc {
 /// req)`, which every request passes through (`/dev/fuse`, virtio-fs and
 /// the background queue), before the transport assigns the id: there the
 /// send carries unique 0 and is joined by its pointer (see the tracker).
-pub static SEND: KFunc = KFunc {
+pub static SENT: KFunc = KFunc {
     names: &["fuse_send_one", "queue_request_and_unlock"],
-    args: &[(ArgSlot::Send, "fuse_req", 1)],
+    args: &[(ArgSlot::Sent, "fuse_req", 1)],
 };
 
 /// The request's end: `fuse_request_end(req)` on every version.
-pub static END: KFunc = KFunc {
+pub static ENDED: KFunc = KFunc {
     names: &["fuse_request_end"],
-    args: &[(ArgSlot::End, "fuse_req", 0)],
+    args: &[(ArgSlot::Ended, "fuse_req", 0)],
 };
 
 /// `virtio_fs_enqueue_req(fsvq, req, in_flight)`.
-pub static VQ_ENQUEUE: KFunc = KFunc {
+pub static VIRTQ: KFunc = KFunc {
     names: &["virtio_fs_enqueue_req"],
-    args: &[(ArgSlot::VqEnqueue, "fuse_req", 1)],
+    args: &[(ArgSlot::Virtq, "fuse_req", 1)],
 };
 
 /// `virtio_fs_vq_done(vq)`: the device's interrupt.
-pub static VQ_DONE: KFunc = KFunc {
+pub static DEVICE_IRQ: KFunc = KFunc {
     names: &["virtio_fs_vq_done"],
     args: &[(ArgSlot::Fixed, "virtqueue", 0)],
 };
 
 /// `virtio_fs_request_complete(req, fsvq)`: the answer taken off the queue.
-pub static VREQ_DONE: KFunc = KFunc {
+pub static DEVICE_DONE: KFunc = KFunc {
     names: &["virtio_fs_request_complete"],
     args: &[
-        (ArgSlot::VreqDoneReq, "fuse_req", 0),
-        (ArgSlot::VreqDoneFsvq, "virtio_fs_vq", 1),
+        (ArgSlot::DeviceDoneReq, "fuse_req", 0),
+        (ArgSlot::DeviceDoneFsvq, "virtio_fs_vq", 1),
     ],
 };
 
@@ -176,14 +176,14 @@ mod tests {
             "0 T fuse_simple_request\t[fuse]\n0 t queue_request_and_unlock\t[fuse]\n",
         );
         let btf = Btf::default();
-        let r = resolve(&SUBMIT, &btf).unwrap();
+        let r = resolve(&SUBMITTED, &btf).unwrap();
         assert_eq!(r.symbol(&k).unwrap(), "fuse_simple_request");
-        assert_eq!(r.args, vec![(ArgSlot::Submit, 1)]);
+        assert_eq!(r.args, vec![(ArgSlot::Submitted, 1)]);
         assert!(!r.in_btf);
         let mut l = KernelLayout::zeroed();
-        set_layout_args(&mut l, &resolve(&SEND, &btf).unwrap());
-        assert_eq!(l.arg_send, 1);
-        let err = resolve(&END, &btf)
+        set_layout_args(&mut l, &resolve(&SENT, &btf).unwrap());
+        assert_eq!(l.arg_sent, 1);
+        let err = resolve(&ENDED, &btf)
             .unwrap()
             .symbol(&k)
             .unwrap_err()
@@ -202,19 +202,19 @@ mod tests {
         let btf = Btf::from_running_kernel(&["fuse", "virtiofs"]).unwrap();
         let k = Kallsyms::from_running_kernel();
         let all = [
-            &SUBMIT,
-            &SUBMIT_BG,
-            &SEND,
-            &END,
-            &VQ_ENQUEUE,
-            &VQ_DONE,
-            &VREQ_DONE,
+            &SUBMITTED,
+            &SUBMITTED_BG,
+            &SENT,
+            &ENDED,
+            &VIRTQ,
+            &DEVICE_IRQ,
+            &DEVICE_DONE,
         ];
         let resolved: Vec<_> = all.iter().map(|f| resolve(f, &btf)).collect();
         assert!(!k.is_loaded());
         let end = resolved[3].as_ref().unwrap();
         assert!(end.in_btf, "fuse_request_end is in every FUSE kernel's BTF");
-        assert_eq!(end.args, vec![(ArgSlot::End, 0)]);
+        assert_eq!(end.args, vec![(ArgSlot::Ended, 0)]);
         assert_eq!(end.symbol(&k).unwrap(), "fuse_request_end");
         assert!(k.is_loaded());
         // BTF and kallsyms agree on where it lives.

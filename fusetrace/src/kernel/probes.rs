@@ -1,6 +1,6 @@
 //! Choosing and attaching hooks: one start-up path ([`Startup`]) reads the
 //! kernel (BTF, kallsyms, tracefs) and loads the eBPF object, then each
-//! stage takes the first hook of the table ([`super::hooks`]) that the
+//! point takes the first hook of the table ([`super::hooks`]) that the
 //! kernel offers and that loads and attaches. Running (`Probes::attach`)
 //! and `doctor`'s survey share it. Attached probes deliver events from the
 //! ring buffer and counters from the kernel's maps.
@@ -19,7 +19,7 @@ use crate::kernel::{
     btf::Btf,
     hooks::{
         AGGREGATE_HOOK_TABLE, APP_WRITES_HOOKS, Attach, Backend, DIAGNOSE_PROGRAMS, HOOK_TABLE,
-        Hook, Stage, StageChoice,
+        Hook, Point, PointChoice,
     },
     kallsyms::Kallsyms,
     kfunc::{self, KFunc, Resolved},
@@ -34,7 +34,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FUSETRACE_EBPF_OBJ
 /// Options for attaching.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeOptions {
-    /// Force this backend for every stage it can serve.
+    /// Force this backend for every point it can serve.
     pub backend: Option<Backend>,
     /// Only observe daemon syscalls of this process.
     pub daemon_tgid: Option<u32>,
@@ -70,7 +70,7 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     /// In-kernel aggregation: the latency histogram cells.
     histograms: Option<PerCpuHashMap<MapData, HistogramKey, u64>>,
-    pub choices: Vec<StageChoice>,
+    pub choices: Vec<PointChoice>,
     undecodable: u64,
     /// The diagnosis hooks on applications' writes are attached.
     app_writes: bool,
@@ -156,11 +156,11 @@ impl Probes {
                 .and_then(|()| load_hook(&mut ebpf, &hook, &aya_btf, &kernel))
                 .context("attaching the write(2) hooks diagnose needs")?;
         }
-        for required in [Stage::Submit, Stage::End] {
-            let choice = choices.iter().find(|c| c.stage == required).unwrap();
+        for required in [Point::Sent, Point::Ended] {
+            let choice = choices.iter().find(|c| c.point == required).unwrap();
             if choice.hook.is_none() {
                 bail!(
-                    "{}cannot observe the {} stage on this kernel ({}); `fusetrace doctor` shows what this kernel offers",
+                    "{}cannot observe the {} point on this kernel ({}); `fusetrace doctor` shows what this kernel offers",
                     opts.backend
                         .map(|b| format!("--backend {}: ", b.name()))
                         .unwrap_or_default(),
@@ -183,7 +183,7 @@ impl Probes {
             )?),
             None => None,
         };
-        // Every stage's hook is attached: open the gate, so all stages
+        // Every point's hook is attached: open the gate, so all points
         // start reporting at once.
         let mut gate: Array<_, u32> =
             Array::try_from(ebpf.map_mut("GATE").context("GATE map missing")?)?;
@@ -294,15 +294,15 @@ impl Probes {
         self.undecodable
     }
 
-    /// One line per stage: which hook and backend serve it. Optional
-    /// stages this kernel cannot observe are left out (`doctor` says why).
+    /// One line per point: which hook and backend serve it. Optional
+    /// points this kernel cannot observe are left out (`doctor` says why).
     pub fn describe(&self) -> Vec<String> {
-        let optional = [Stage::Call, Stage::VirtioQueue, Stage::VirtioDone];
+        let optional = [Point::Submitted, Point::Virtq, Point::DeviceDone];
         let mut lines: Vec<String> = self
             .choices
             .iter()
-            .filter(|c| c.hook.is_some() || !optional.contains(&c.stage))
-            .map(StageChoice::describe)
+            .filter(|c| c.hook.is_some() || !optional.contains(&c.point))
+            .map(PointChoice::describe)
             .collect();
         if self.app_writes {
             lines.push(APP_WRITES_HOOKS.to_string());
@@ -375,32 +375,32 @@ impl KernelFunctions {
     }
 }
 
-/// For each stage, the first hook (of `backend`, when forced) that the
+/// For each point, the first hook (of `backend`, when forced) that the
 /// kernel offers and that loads and attaches; the reasons for the others.
 fn choose_hooks(
     ebpf: &mut Ebpf,
-    table: &[(Stage, &[Hook])],
+    table: &[(Point, &[Hook])],
     kernel: &KernelFunctions,
     btf: &Btf,
     tracefs: &Path,
     aya_btf: &aya::Btf,
     backend: Option<Backend>,
-) -> Vec<StageChoice> {
-    let mut choices: Vec<StageChoice> = Vec::new();
-    for (stage, hooks) in table {
-        let mut choice = StageChoice {
-            stage: *stage,
+) -> Vec<PointChoice> {
+    let mut choices: Vec<PointChoice> = Vec::new();
+    for (point, hooks) in table {
+        let mut choice = PointChoice {
+            point: *point,
             hook: None,
             skipped: Vec::new(),
         };
         let submit_backend = choices
             .iter()
-            .find(|c| c.stage == Stage::Submit)
+            .find(|c| c.point == Point::Sent)
             .and_then(|c| c.hook)
             .map(|h| h.backend);
         // Only send hooks that see the request (not the plain tracepoint's
         // record) join a call to it.
-        if *stage == Stage::Call
+        if *point == Point::Submitted
             && !matches!(
                 submit_backend,
                 Some(Backend::TpBtf | Backend::Kprobe | Backend::Fentry)
@@ -468,9 +468,9 @@ impl Startup {
     }
 }
 
-/// What `fusetrace doctor` reports: every stage's choice, made by really
+/// What `fusetrace doctor` reports: every point's choice, made by really
 /// loading and attaching (then detaching) the hooks.
-pub fn survey(backend: Option<Backend>) -> Result<(Vec<StageChoice>, KernelFunctions)> {
+pub fn survey(backend: Option<Backend>) -> Result<(Vec<PointChoice>, KernelFunctions)> {
     let Startup {
         tracefs,
         btf,
@@ -534,7 +534,7 @@ fn offered(hook: &Hook, btf: &Btf, tracefs: &Path, kernel: &KernelFunctions) -> 
 }
 
 /// Loads and attaches every program of `hook` (once: a hook shared by
-/// two stages is loaded by the first).
+/// two points is loaded by the first).
 fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFunctions) -> Result<()> {
     for (program, attach) in hook.programs {
         let prog = ebpf
@@ -543,7 +543,7 @@ fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFuncti
         match attach {
             Attach::TpBtf(event) => {
                 let p: &mut BtfTracePoint = prog.try_into()?;
-                // A hook shared by two stages is loaded once.
+                // A hook shared by two points is loaded once.
                 if p.fd().is_err() {
                     p.load(event, btf)
                         .with_context(|| format!("loading tp_btf/{event}"))?;

@@ -122,10 +122,10 @@ fn synthetic(events: u64) -> Vec<FuseEvent> {
         unique += 2 * batch;
         left -= batch;
         for (stage, kind) in [
-            EventKind::Send,
-            EventKind::DaemonRead,
-            EventKind::DaemonReply,
-            EventKind::End,
+            EventKind::Sent,
+            EventKind::Taken,
+            EventKind::Replied,
+            EventKind::Ended,
         ]
         .into_iter()
         .enumerate()
@@ -136,7 +136,7 @@ fn synthetic(events: u64) -> Vec<FuseEvent> {
                 let daemon = 3000 + (u % 2) as u32;
                 let tid = if stage == 0 { requester } else { daemon };
                 let mut ev = base(kind, u, op, ts, tid);
-                if kind == EventKind::DaemonReply {
+                if kind == EventKind::Replied {
                     ev.flags = 0;
                     ev.opcode = 0;
                 }

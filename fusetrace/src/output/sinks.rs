@@ -277,20 +277,20 @@ mod tests {
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
             ..Default::default()
         };
-        let mut end = ev(EventKind::End, 52, 4, 3, 9_000_000);
+        let mut end = ev(EventKind::Ended, 52, 4, 3, 9_000_000);
         end.error = -2;
         let mut t = Tracker::new(TrackerConfig::default());
         let mut out = Vec::new();
         for e in [
             // Fully observed, interrupted READ on a known mount.
-            ev(EventKind::Send, 52, 10, 15, 1_000_000),
-            ev(EventKind::DaemonRead, 52, 10, 15, 1_002_500),
-            ev(EventKind::DaemonRead, 52, 11, 36, 1_003_000),
-            ev(EventKind::DaemonReply, 52, 10, 0, 1_010_000),
-            ev(EventKind::End, 52, 10, 15, 1_010_400),
+            ev(EventKind::Sent, 52, 10, 15, 1_000_000),
+            ev(EventKind::Taken, 52, 10, 15, 1_002_500),
+            ev(EventKind::Taken, 52, 11, 36, 1_003_000),
+            ev(EventKind::Replied, 52, 10, 0, 1_010_000),
+            ev(EventKind::Ended, 52, 10, 15, 1_010_400),
             // Daemon stages never seen, error, on a connection nobody mounted.
-            ev(EventKind::Send, (300 << 20) | 7, 4, 3, 2_000_000),
-            ev(EventKind::End, (300 << 20) | 7, 4, 3, 2_700_000),
+            ev(EventKind::Sent, (300 << 20) | 7, 4, 3, 2_000_000),
+            ev(EventKind::Ended, (300 << 20) | 7, 4, 3, 2_700_000),
             end,
         ] {
             t.observe(&e, &mut out);

@@ -314,10 +314,10 @@ mod tests {
         let mut out = Vec::new();
         let base = unique * 1_000_000;
         for (kind, ts) in [
-            (EventKind::Send, base),
-            (EventKind::DaemonRead, base + 1_000),
-            (EventKind::DaemonReply, base + 1_000 + daemon_ns),
-            (EventKind::End, base + 2_000 + daemon_ns),
+            (EventKind::Sent, base),
+            (EventKind::Taken, base + 1_000),
+            (EventKind::Replied, base + 1_000 + daemon_ns),
+            (EventKind::Ended, base + 2_000 + daemon_ns),
         ] {
             let ev = FuseEvent {
                 kind: kind as u8,
@@ -326,7 +326,7 @@ mod tests {
                 unique,
                 opcode: op,
                 ts_ns: ts,
-                error: if kind == EventKind::End { error } else { 0 },
+                error: if kind == EventKind::Ended { error } else { 0 },
                 ..Default::default()
             };
             t.observe(&ev, &mut out);
@@ -382,10 +382,10 @@ mod tests {
         let mut t = Tracker::new(TrackerConfig::default());
         let mut out = Vec::new();
         for (kind, ts) in [
-            (EventKind::Send, 1_000),
-            (EventKind::VirtioQueued, 3_000),
-            (EventKind::VirtioDone, 53_000),
-            (EventKind::End, 54_000),
+            (EventKind::Sent, 1_000),
+            (EventKind::Virtq, 3_000),
+            (EventKind::DeviceDone, 53_000),
+            (EventKind::Ended, 54_000),
         ] {
             let ev = FuseEvent {
                 kind: kind as u8,

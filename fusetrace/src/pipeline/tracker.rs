@@ -286,7 +286,7 @@ impl Tracker {
     pub fn in_flight(&self) -> impl Iterator<Item = RequestLifecycle> {
         let unnumbered = self.unnumbered.values().map(|ev| {
             let mut rec = Live::default();
-            rec.apply_send(ev);
+            rec.apply_sent(ev);
             rec.to_lifecycle((ev.connection, 0))
         });
         self.live
@@ -315,11 +315,11 @@ impl Tracker {
             self.number(ev, out);
         }
         match kind {
-            EventKind::Send => self.on_send(ev, out),
-            EventKind::DaemonRead => self.on_take(ev, out),
-            EventKind::DaemonReply => self.on_reply(ev, out),
-            EventKind::End => self.on_end(ev, out),
-            EventKind::VirtioQueued | EventKind::VirtioDone => self.on_virtio(ev, kind, out),
+            EventKind::Sent => self.on_sent(ev, out),
+            EventKind::Taken => self.on_taken(ev, out),
+            EventKind::Replied => self.on_replied(ev, out),
+            EventKind::Ended => self.on_ended(ev, out),
+            EventKind::Virtq | EventKind::DeviceDone => self.on_virtio(ev, kind, out),
             // Not a request stage: application writes are for the diagnosis.
             EventKind::AppWrite => {}
         }
@@ -376,7 +376,7 @@ impl Tracker {
         self.live.entry(key).or_default()
     }
 
-    fn on_send(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+    fn on_sent(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
         if ev.unique == 0 {
             if ev.req == 0 {
                 self.counters.sends_without_id += 1;
@@ -387,7 +387,7 @@ impl Tracker {
                 // The pointer was freed and reused: the earlier request's
                 // id and end were never seen.
                 let mut rec = Live::default();
-                rec.apply_send(&old);
+                rec.apply_sent(&old);
                 rec.outcome = Some(Outcome::NeverEnded);
                 self.counters.never_ended += 1;
                 self.counters.finished += 1;
@@ -397,7 +397,7 @@ impl Tracker {
         }
         let key = (ev.connection, ev.unique);
         let rec = self.record_for(key, seen::SENT, ev.ts_ns, out);
-        rec.apply_send(ev);
+        rec.apply_sent(ev);
         self.maybe_finish(key, out);
     }
 
@@ -408,14 +408,14 @@ impl Tracker {
             send.unique = ev.unique;
             let key = (ev.connection, ev.unique);
             self.record_for(key, seen::SENT, send.ts_ns, out)
-                .apply_send(&send);
+                .apply_sent(&send);
         }
     }
 }
 
 impl Live {
     /// What a send says of its request.
-    fn apply_send(&mut self, ev: &FuseEvent) {
+    fn apply_sent(&mut self, ev: &FuseEvent) {
         let rec = self;
         rec.sent_ns = ev.ts_ns;
         rec.seen |= seen::SENT;
@@ -470,7 +470,7 @@ impl Tracker {
         rec
     }
 
-    fn on_take(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+    fn on_taken(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
         let key = (ev.connection, ev.unique);
         match ev.opcode {
             opcode::INTERRUPT => {
@@ -497,7 +497,7 @@ impl Tracker {
         }
     }
 
-    fn on_reply(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+    fn on_replied(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
         if ev.unique == 0 {
             self.counters.notifications += 1;
             return;
@@ -527,7 +527,7 @@ impl Tracker {
         let rec = self.record_for(key, 0, ev.ts_ns, out);
         rec.fill_header(ev);
         let rare = rec.rare_mut();
-        if kind == EventKind::VirtioQueued {
+        if kind == EventKind::Virtq {
             rare.virtq_ns = Some(ev.ts_ns);
         } else {
             rare.device_done_ns = Some(ev.ts_ns);
@@ -544,7 +544,7 @@ impl Tracker {
         self.maybe_finish(key, out);
     }
 
-    fn on_end(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
+    fn on_ended(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
         let key = (ev.connection, ev.unique);
         let rec = self.record_for(key, seen::ENDED, ev.ts_ns, out);
         rec.ended_ns = ev.ts_ns;
@@ -664,10 +664,10 @@ mod tests {
     #[test]
     fn full_lifecycle_has_four_stages() {
         let (t, out) = run(&[
-            ev(EventKind::Send, 2, 15, 1_000),
-            daemon(ev(EventKind::DaemonRead, 2, 15, 3_000), 501),
-            daemon(ev(EventKind::DaemonReply, 2, 0, 10_000), 502),
-            daemon(ev(EventKind::End, 2, 15, 10_500), 502),
+            ev(EventKind::Sent, 2, 15, 1_000),
+            daemon(ev(EventKind::Taken, 2, 15, 3_000), 501),
+            daemon(ev(EventKind::Replied, 2, 0, 10_000), 502),
+            daemon(ev(EventKind::Ended, 2, 15, 10_500), 502),
         ]);
         assert_eq!(out.len(), 1);
         let r = &out[0];
@@ -691,10 +691,10 @@ mod tests {
     fn reordered_events_join_the_same_request() {
         // End first, then the send and the daemon's events (other CPUs).
         let (t, out) = run(&[
-            ev(EventKind::End, 4, 3, 9_000),
-            daemon(ev(EventKind::DaemonReply, 4, 0, 8_000), 501),
-            ev(EventKind::Send, 4, 3, 1_000),
-            daemon(ev(EventKind::DaemonRead, 4, 3, 2_000), 501),
+            ev(EventKind::Ended, 4, 3, 9_000),
+            daemon(ev(EventKind::Replied, 4, 0, 8_000), 501),
+            ev(EventKind::Sent, 4, 3, 1_000),
+            daemon(ev(EventKind::Taken, 4, 3, 2_000), 501),
         ]);
         assert_eq!(out.len(), 1);
         assert!(out[0].fully_observed());
@@ -707,8 +707,8 @@ mod tests {
         // No daemon-side events (e.g. the daemon used splice).
         let mut t = Tracker::new(TrackerConfig::default());
         let mut out = Vec::new();
-        t.observe(&ev(EventKind::Send, 6, 3, 1_000), &mut out);
-        t.observe(&ev(EventKind::End, 6, 3, 5_000), &mut out);
+        t.observe(&ev(EventKind::Sent, 6, 3, 1_000), &mut out);
+        t.observe(&ev(EventKind::Ended, 6, 3, 5_000), &mut out);
         assert!(out.is_empty(), "waits for late events within the window");
         t.advance(5_000 + TrackerConfig::default().reorder_window_ns, &mut out);
         assert_eq!(out.len(), 1);
@@ -722,10 +722,7 @@ mod tests {
 
     #[test]
     fn forget_needs_no_reply() {
-        let (t, out) = run(&[daemon(
-            ev(EventKind::DaemonRead, 8, opcode::FORGET, 1_000),
-            501,
-        )]);
+        let (t, out) = run(&[daemon(ev(EventKind::Taken, 8, opcode::FORGET, 1_000), 501)]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].outcome, Some(Outcome::NoReplyExpected));
         assert_eq!(out[0].opcode, opcode::FORGET);
@@ -736,11 +733,11 @@ mod tests {
     #[test]
     fn interrupt_marks_its_target_and_ends_with_it() {
         let (t, out) = run(&[
-            ev(EventKind::Send, 10, 15, 1_000),
-            daemon(ev(EventKind::DaemonRead, 10, 15, 2_000), 501),
-            daemon(ev(EventKind::DaemonRead, 11, opcode::INTERRUPT, 3_000), 502),
-            daemon(ev(EventKind::DaemonReply, 10, 0, 4_000), 501),
-            daemon(ev(EventKind::End, 10, 15, 4_100), 501),
+            ev(EventKind::Sent, 10, 15, 1_000),
+            daemon(ev(EventKind::Taken, 10, 15, 2_000), 501),
+            daemon(ev(EventKind::Taken, 11, opcode::INTERRUPT, 3_000), 502),
+            daemon(ev(EventKind::Replied, 10, 0, 4_000), 501),
+            daemon(ev(EventKind::Ended, 10, 15, 4_100), 501),
         ]);
         assert_eq!(out.len(), 2);
         let target = out.iter().find(|r| r.unique == 10).unwrap();
@@ -755,9 +752,9 @@ mod tests {
 
     #[test]
     fn aborted_request_ends_without_daemon() {
-        let mut end = ev(EventKind::End, 12, 1, 2_000);
+        let mut end = ev(EventKind::Ended, 12, 1, 2_000);
         end.error = -103; // ECONNABORTED
-        let (mut t, mut out) = run(&[ev(EventKind::Send, 12, 1, 1_000), end]);
+        let (mut t, mut out) = run(&[ev(EventKind::Sent, 12, 1, 1_000), end]);
         t.flush(&mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].outcome, Some(Outcome::EndedWithoutDaemon));
@@ -780,22 +777,25 @@ mod tests {
         let mut t = Tracker::new(TrackerConfig::default());
         let mut out = Vec::new();
         // Two requests queued at once, taken in the other order.
-        t.observe(&with_req(ev(EventKind::Send, 0, 3, 1_000), P), &mut out);
-        t.observe(&with_req(ev(EventKind::Send, 0, 1, 1_100), Q), &mut out);
+        t.observe(&with_req(ev(EventKind::Sent, 0, 3, 1_000), P), &mut out);
+        t.observe(&with_req(ev(EventKind::Sent, 0, 1, 1_100), Q), &mut out);
         assert_eq!(t.in_flight_count(), 2);
         assert!(t.in_flight().all(|r| r.unique == 0 && r.sent_ns.is_some()));
         t.observe(
-            &with_req(daemon(ev(EventKind::DaemonRead, 4, 1, 1_500), 7), Q),
+            &with_req(daemon(ev(EventKind::Taken, 4, 1, 1_500), 7), Q),
             &mut out,
         );
         t.observe(
-            &with_req(daemon(ev(EventKind::DaemonRead, 6, 3, 1_600), 7), P),
+            &with_req(daemon(ev(EventKind::Taken, 6, 3, 1_600), 7), P),
             &mut out,
         );
         assert_eq!(t.in_flight_count(), 2, "each request once");
         for (u, req, ts) in [(6, P, 1_900), (4, Q, 2_000)] {
-            t.observe(&daemon(ev(EventKind::DaemonReply, u, 0, ts), 7), &mut out);
-            t.observe(&with_req(ev(EventKind::End, u, 0, ts + 50), req), &mut out);
+            t.observe(&daemon(ev(EventKind::Replied, u, 0, ts), 7), &mut out);
+            t.observe(
+                &with_req(ev(EventKind::Ended, u, 0, ts + 50), req),
+                &mut out,
+            );
         }
         assert_eq!(out.len(), 2);
         let getattr = out.iter().find(|r| r.unique == 6).unwrap();
@@ -814,10 +814,10 @@ mod tests {
     fn send_before_its_id_is_joined_at_its_end_when_the_take_did_not_name_it() {
         const P: u64 = 0xffff_8880_0000_1000;
         let (t, out) = run(&[
-            with_req(ev(EventKind::Send, 0, 3, 1_000), P),
-            daemon(ev(EventKind::DaemonRead, 8, 3, 1_500), 7),
-            daemon(ev(EventKind::DaemonReply, 8, 0, 1_900), 7),
-            with_req(ev(EventKind::End, 8, 0, 2_000), P),
+            with_req(ev(EventKind::Sent, 0, 3, 1_000), P),
+            daemon(ev(EventKind::Taken, 8, 3, 1_500), 7),
+            daemon(ev(EventKind::Replied, 8, 0, 1_900), 7),
+            with_req(ev(EventKind::Ended, 8, 0, 2_000), P),
         ]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].unique, 8);
@@ -829,8 +829,8 @@ mod tests {
     #[test]
     fn send_without_id_or_pointer_is_counted_not_joined() {
         let (mut t, mut out) = run(&[
-            ev(EventKind::Send, 0, 3, 1_000),
-            ev(EventKind::End, 8, 0, 2_000),
+            ev(EventKind::Sent, 0, 3, 1_000),
+            ev(EventKind::Ended, 8, 0, 2_000),
         ]);
         t.flush(&mut out);
         assert_eq!(t.counters().sends_without_id, 1);
@@ -843,8 +843,8 @@ mod tests {
     fn a_reused_pointer_finishes_the_unnumbered_send_as_never_ended() {
         const P: u64 = 0xffff_8880_0000_1000;
         let (t, out) = run(&[
-            with_req(ev(EventKind::Send, 0, 3, 1_000), P),
-            with_req(ev(EventKind::Send, 0, 1, 5_000), P),
+            with_req(ev(EventKind::Sent, 0, 3, 1_000), P),
+            with_req(ev(EventKind::Sent, 0, 1, 5_000), P),
         ]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].outcome, Some(Outcome::NeverEnded));
@@ -856,8 +856,8 @@ mod tests {
     #[test]
     fn reused_unique_finishes_the_old_request_as_never_ended() {
         let (t, out) = run(&[
-            ev(EventKind::Send, 14, 3, 1_000),
-            ev(EventKind::Send, 14, 1, 5_000),
+            ev(EventKind::Sent, 14, 3, 1_000),
+            ev(EventKind::Sent, 14, 1, 5_000),
         ]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].outcome, Some(Outcome::NeverEnded));
@@ -872,9 +872,9 @@ mod tests {
     fn reuse_after_an_end_starts_a_new_request() {
         // A request ended without its daemon side, then the id comes back.
         let (mut t, mut out) = run(&[
-            ev(EventKind::Send, 16, 3, 1_000),
-            ev(EventKind::End, 16, 3, 2_000),
-            ev(EventKind::Send, 16, 1, 3_000),
+            ev(EventKind::Sent, 16, 3, 1_000),
+            ev(EventKind::Ended, 16, 3, 2_000),
+            ev(EventKind::Sent, 16, 1, 3_000),
         ]);
         assert_eq!(out.len(), 1, "the first request is finished by the reuse");
         assert_eq!(out[0].opcode, 3);
@@ -884,17 +884,17 @@ mod tests {
 
     #[test]
     fn errors_and_in_flight_are_kept() {
-        let mut reply = daemon(ev(EventKind::DaemonReply, 18, 0, 3_000), 501);
+        let mut reply = daemon(ev(EventKind::Replied, 18, 0, 3_000), 501);
         reply.error = -2;
-        let mut end = ev(EventKind::End, 18, 1, 3_100);
+        let mut end = ev(EventKind::Ended, 18, 1, 3_100);
         end.error = -2;
         let (t, out) = run(&[
-            ev(EventKind::Send, 18, 1, 1_000),
-            daemon(ev(EventKind::DaemonRead, 18, 1, 2_000), 501),
+            ev(EventKind::Sent, 18, 1, 1_000),
+            daemon(ev(EventKind::Taken, 18, 1, 2_000), 501),
             reply,
             end,
-            ev(EventKind::Send, 20, 15, 4_000),
-            daemon(ev(EventKind::DaemonRead, 20, 15, 5_000), 501),
+            ev(EventKind::Sent, 20, 15, 4_000),
+            daemon(ev(EventKind::Taken, 20, 15, 5_000), 501),
         ]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].error, Some(-2));
@@ -906,9 +906,9 @@ mod tests {
     #[test]
     fn replies_and_ends_without_requests_are_counted() {
         let (mut t, mut out) = run(&[
-            daemon(ev(EventKind::DaemonReply, 30, 0, 1_000), 501),
-            ev(EventKind::End, 32, 0, 2_000),
-            daemon(ev(EventKind::DaemonReply, 0, 0, 2_500), 501),
+            daemon(ev(EventKind::Replied, 30, 0, 1_000), 501),
+            ev(EventKind::Ended, 32, 0, 2_000),
+            daemon(ev(EventKind::Replied, 0, 0, 2_500), 501),
         ]);
         t.flush(&mut out);
         let c = t.counters();
@@ -919,7 +919,7 @@ mod tests {
 
     #[test]
     fn background_flag_and_requester() {
-        let mut send = ev(EventKind::Send, 40, 16, 1_000);
+        let mut send = ev(EventKind::Sent, 40, 16, 1_000);
         send.flags |= FLAG_BACKGROUND;
         send.tid = 900; // flushed by another task
         send.tgid = 900;
@@ -936,15 +936,15 @@ mod tests {
 
     #[test]
     fn virtio_requests_have_device_stages_instead_of_daemon_ones() {
-        let mut done = ev(EventKind::VirtioDone, 50, 15, 7_000);
+        let mut done = ev(EventKind::DeviceDone, 50, 15, 7_000);
         done.aux_ns = 6_500;
         let (t, out) = run(&[
-            ev(EventKind::Send, 50, 15, 1_000),
-            ev(EventKind::VirtioQueued, 50, 15, 1_500),
+            ev(EventKind::Sent, 50, 15, 1_000),
+            ev(EventKind::Virtq, 50, 15, 1_500),
             // The device had no room: enqueued again, same request.
-            ev(EventKind::VirtioQueued, 50, 15, 2_000),
+            ev(EventKind::Virtq, 50, 15, 2_000),
             done,
-            ev(EventKind::End, 50, 15, 7_200),
+            ev(EventKind::Ended, 50, 15, 7_200),
         ]);
         assert_eq!(out.len(), 1, "finished at its end, no reorder wait");
         let r = &out[0];
@@ -964,25 +964,25 @@ mod tests {
     #[test]
     fn in_flight_virtio_request_is_on_the_device() {
         let (t, _) = run(&[
-            ev(EventKind::Send, 52, 15, 1_000),
-            ev(EventKind::VirtioQueued, 52, 15, 1_500),
+            ev(EventKind::Sent, 52, 15, 1_000),
+            ev(EventKind::Virtq, 52, 15, 1_500),
         ]);
         assert_eq!(t.in_flight().next().unwrap().current_stage(), "on device");
     }
 
     #[test]
     fn background_wait_is_submission_to_send() {
-        let mut bg = ev(EventKind::Send, 54, 16, 9_000);
+        let mut bg = ev(EventKind::Sent, 54, 16, 9_000);
         bg.flags |= FLAG_BACKGROUND;
         bg.aux_ns = 4_000;
-        let mut sync = ev(EventKind::Send, 56, 3, 9_500);
+        let mut sync = ev(EventKind::Sent, 56, 3, 9_500);
         sync.aux_ns = 9_400;
         let (mut t, mut out) = run(&[
             bg,
             sync,
-            daemon(ev(EventKind::DaemonRead, 54, 16, 10_000), 501),
-            daemon(ev(EventKind::DaemonReply, 54, 0, 11_000), 501),
-            ev(EventKind::End, 54, 16, 11_500),
+            daemon(ev(EventKind::Taken, 54, 16, 10_000), 501),
+            daemon(ev(EventKind::Replied, 54, 0, 11_000), 501),
+            ev(EventKind::Ended, 54, 16, 11_500),
         ]);
         t.flush(&mut out);
         let r = out.iter().find(|r| r.unique == 54).unwrap();
@@ -1008,7 +1008,7 @@ mod tests {
     /// submission time), each value distinct.
     #[test]
     fn compact_record_round_trips_every_field() {
-        let mut send = ev(EventKind::Send, 60, 16, 1_000);
+        let mut send = ev(EventKind::Sent, 60, 16, 1_000);
         send.flags |= FLAG_BACKGROUND | FLAG_WRITEBACK_CACHE;
         send.aux_ns = 400;
         send.req_uid = 1_000;
@@ -1016,20 +1016,20 @@ mod tests {
         send.arg0 = 8_192;
         send.arg1 = 4_096;
         send.comm = comm16("writer");
-        let mut done = ev(EventKind::VirtioDone, 60, 16, 2_500);
+        let mut done = ev(EventKind::DeviceDone, 60, 16, 2_500);
         done.aux_ns = 2_400;
-        let mut reply = daemon(ev(EventKind::DaemonReply, 60, 0, 3_000), 502);
+        let mut reply = daemon(ev(EventKind::Replied, 60, 0, 3_000), 502);
         reply.len = 24;
-        let mut end = ev(EventKind::End, 60, 16, 3_500);
+        let mut end = ev(EventKind::Ended, 60, 16, 3_500);
         end.error = -4;
         end.len = 24;
         end.arg0 = 0x55;
         end.arg1 = 0x66;
         let (mut t, mut out) = run(&[
             send,
-            ev(EventKind::VirtioQueued, 60, 16, 1_500),
-            daemon(ev(EventKind::DaemonRead, 60, 16, 2_000), 501),
-            daemon(ev(EventKind::DaemonRead, 61, opcode::INTERRUPT, 2_100), 503),
+            ev(EventKind::Virtq, 60, 16, 1_500),
+            daemon(ev(EventKind::Taken, 60, 16, 2_000), 501),
+            daemon(ev(EventKind::Taken, 61, opcode::INTERRUPT, 2_100), 503),
             done,
         ]);
         let mut expected = RequestLifecycle {
@@ -1089,22 +1089,16 @@ mod tests {
     /// with its arguments; flags seen false stay known, not unknown.
     #[test]
     fn end_waiting_for_late_events_keeps_its_arguments() {
-        let mut send = ev(EventKind::Send, 62, 15, 1_000);
+        let mut send = ev(EventKind::Sent, 62, 15, 1_000);
         send.comm = comm16("reader");
-        let mut end = ev(EventKind::End, 62, 15, 5_000);
+        let mut end = ev(EventKind::Ended, 62, 15, 5_000);
         end.arg0 = 77;
         end.arg1 = 88;
         let (mut t, mut out) = run(&[send, end]);
         assert!(out.is_empty(), "waits for the daemon's events");
         assert_eq!(t.in_flight_count(), 0, "ended: no longer in flight");
-        t.observe(
-            &daemon(ev(EventKind::DaemonRead, 62, 15, 2_000), 501),
-            &mut out,
-        );
-        t.observe(
-            &daemon(ev(EventKind::DaemonReply, 62, 0, 4_000), 501),
-            &mut out,
-        );
+        t.observe(&daemon(ev(EventKind::Taken, 62, 15, 2_000), 501), &mut out);
+        t.observe(&daemon(ev(EventKind::Replied, 62, 0, 4_000), 501), &mut out);
         assert_eq!(out.len(), 1);
         let r = &out[0];
         assert!(r.fully_observed());
@@ -1128,7 +1122,7 @@ mod tests {
     /// comm, and unknown flags: absent stays `None`, not a zero.
     #[test]
     fn compact_record_keeps_unseen_values_unknown() {
-        let mut take = daemon(ev(EventKind::DaemonRead, 64, 1, 2_000), 501);
+        let mut take = daemon(ev(EventKind::Taken, 64, 1, 2_000), 501);
         take.nodeid = 0;
         let (t, _) = run(&[take]);
         let r = t.in_flight().next().unwrap();
@@ -1173,7 +1167,7 @@ mod memory {
         let before = rss_bytes();
         for i in 0..N {
             let ev = FuseEvent {
-                kind: EventKind::Send as u8,
+                kind: EventKind::Sent as u8,
                 flags: FLAG_HAS_HEADER,
                 connection: 52,
                 unique: 2 * (i + 1),

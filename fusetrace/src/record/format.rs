@@ -226,7 +226,7 @@ impl<W: Write> Writer<W> {
         let mut payload = Vec::with_capacity(64);
         let kind = match rec {
             Record::Event(ev) => {
-                self.with_req |= ev.kind == EventKind::Send as u8 && ev.unique == 0;
+                self.with_req |= ev.kind == EventKind::Sent as u8 && ev.unique == 0;
                 encode_event(
                     &mut payload,
                     ev,

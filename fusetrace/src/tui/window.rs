@@ -286,10 +286,10 @@ mod tests {
         let mut out = Vec::new();
         let sent = end_ns - total_ns;
         for (kind, ts) in [
-            (fusetrace_common::EventKind::Send, sent),
-            (fusetrace_common::EventKind::DaemonRead, sent + 1),
-            (fusetrace_common::EventKind::DaemonReply, end_ns - 1),
-            (fusetrace_common::EventKind::End, end_ns),
+            (fusetrace_common::EventKind::Sent, sent),
+            (fusetrace_common::EventKind::Taken, sent + 1),
+            (fusetrace_common::EventKind::Replied, end_ns - 1),
+            (fusetrace_common::EventKind::Ended, end_ns),
         ] {
             let ev = fusetrace_common::FuseEvent {
                 kind: kind as u8,
