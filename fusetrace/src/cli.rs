@@ -15,7 +15,7 @@ use crate::{
     output::{
         accumulate::{StatsOutput, StatsWriter},
         export::{Clock, CsvOpts},
-        fanout::FanOut,
+        sink::FanOut,
         sinks::{Format, StatsPrinter, TraceSink},
     },
     pipeline::{

@@ -11,9 +11,10 @@ use fusetrace_common::{EventKind, FuseEvent};
 use crate::{
     kernel::hooks::{APP_WRITES_HOOKS, Backend},
     kernel::probes::{ProbeOptions, Probes},
+    output::sink::Sink,
     pipeline::connections::{ConnectionTable, connection_of},
     pipeline::lifecycle::RequestLifecycle,
-    pipeline::session::{self, Filter, RunSummary, Sink, StopWhen},
+    pipeline::session::{self, Filter, RunSummary, StopWhen},
     record::replay::{MergedNames, add_summary, replay_file},
     units::parse_duration,
 };

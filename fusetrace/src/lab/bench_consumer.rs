@@ -21,9 +21,10 @@ use serde::Serialize;
 use crate::{
     kernel::decode,
     output::accumulate::StatsOutput,
+    output::sink::Sink,
     output::sinks::{Format, StatsPrinter, TraceSink},
     pipeline::connections::{ConnectionTable, MountEntry},
-    pipeline::session::{self, Filter, RunSummary, Sink},
+    pipeline::session::{self, Filter, RunSummary},
     pipeline::{
         lifecycle::RequestLifecycle,
         tracker::{Tracker, TrackerConfig},

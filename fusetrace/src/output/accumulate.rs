@@ -7,12 +7,8 @@
 use anyhow::Result;
 
 use crate::{
-    output::stats::Stats,
-    pipeline::{
-        connections::ConnectionTable,
-        lifecycle::RequestLifecycle,
-        session::{RunSummary, Sink},
-    },
+    output::{sink::Sink, stats::Stats},
+    pipeline::{connections::ConnectionTable, lifecycle::RequestLifecycle, session::RunSummary},
 };
 
 /// Writes the statistics [`StatsOutput`] counted.

@@ -6,11 +6,12 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
+    output::sink::Sink,
     output::{accumulate::StatsWriter, stats::Stats},
     pipeline::connections::ConnectionTable,
     pipeline::lifecycle::{ExtraStage, LatencyStage, RequestLifecycle},
     pipeline::opcode,
-    pipeline::session::{RunSummary, Sink},
+    pipeline::session::RunSummary,
 };
 
 /// Output format of `trace` and `stats`.

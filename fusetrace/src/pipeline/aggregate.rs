@@ -17,9 +17,10 @@ use fusetrace_common::{HistogramKey, agg_stage, bucket_bounds};
 
 use crate::{
     kernel::probes::Probes,
+    output::sink::Sink,
     output::stats::Stats,
     pipeline::connections::ConnectionTable,
-    pipeline::session::{AggregationLosses, RunSummary, Sink, StopWhen},
+    pipeline::session::{AggregationLosses, RunSummary, StopWhen},
     pipeline::{lifecycle::LatencyStage, tracker::TrackerCounters},
 };
 

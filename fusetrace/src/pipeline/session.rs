@@ -12,12 +12,11 @@ use std::{
 };
 
 use anyhow::Result;
-use fusetrace_common::FuseEvent;
 use serde::Serialize;
 
 use crate::{
     kernel::probes::{KernelCounters, Probes},
-    output::stats::Stats,
+    output::sink::Sink,
     pipeline::connections::ConnectionTable,
     pipeline::{
         lifecycle::RequestLifecycle,
@@ -147,35 +146,6 @@ impl RunSummary {
             ));
         }
         s
-    }
-}
-
-/// A consumer of finished requests.
-pub trait Sink {
-    fn request(&mut self, rec: &RequestLifecycle, names: &mut ConnectionTable) -> Result<()>;
-    /// Called about every `tick` with the time since start.
-    fn tick(&mut self, _names: &mut ConnectionTable) -> Result<()> {
-        Ok(())
-    }
-    fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()>;
-    /// Called just before every `tick` with what is still going on, for
-    /// live views (`fusetrace top`).
-    fn live(&mut self, _live: &LiveView, _names: &mut ConnectionTable) -> Result<()> {
-        Ok(())
-    }
-    /// Every decoded event of a wanted connection, before the tracker sees
-    /// it (the recorder writes these).
-    fn event(&mut self, _ev: &FuseEvent) -> Result<()> {
-        Ok(())
-    }
-    /// The pipeline was idle and advanced the tracker's clock to `now_ns`.
-    fn idle(&mut self, _now_ns: u64) -> Result<()> {
-        Ok(())
-    }
-    /// Latencies counted in the kernel since the last call (in-kernel
-    /// aggregation: no requests are handed over one by one).
-    fn stats(&mut self, _delta: &Stats) -> Result<()> {
-        Ok(())
     }
 }
 

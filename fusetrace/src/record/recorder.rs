@@ -14,8 +14,9 @@ use fusetrace_common::FuseEvent;
 
 use super::format::{ConnectionInfo, EndCounters, Header, Record, RecordedFilter, Writer};
 use crate::{
+    output::sink::Sink,
     pipeline::connections::{ConnectionTable, MountEntry, fuse_mounts},
-    pipeline::session::{Filter, RunSummary, Sink, monotonic_ns},
+    pipeline::session::{Filter, RunSummary, monotonic_ns},
     pipeline::{lifecycle::RequestLifecycle, tracker::TrackerConfig},
 };
 

@@ -15,8 +15,9 @@ use anyhow::{Context, Result, anyhow};
 
 use super::format::{ConnectionInfo, Header, Reader, Record};
 use crate::{
+    output::sink::Sink,
     pipeline::connections::{ConnectionTable, MountEntry},
-    pipeline::session::{self, Filter, RunSummary, Sink},
+    pipeline::session::{self, Filter, RunSummary},
     pipeline::tracker::{Tracker, TrackerConfig},
 };
 

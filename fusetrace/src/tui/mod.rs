@@ -32,9 +32,10 @@ use ratatui::{
 
 use crate::{
     kernel::probes::Probes,
+    output::sink::Sink,
     pipeline::connections::ConnectionTable,
     pipeline::lifecycle::RequestLifecycle,
-    pipeline::session::{self, Filter, LiveView, RunSummary, Sink, StopWhen},
+    pipeline::session::{self, Filter, LiveView, RunSummary, StopWhen},
     units::parse_duration,
 };
 use state::{RunCounters, TopConfig, TopState};
