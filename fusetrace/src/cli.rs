@@ -15,8 +15,8 @@ use crate::{
     output::{
         accumulate::{StatsOutput, StatsWriter},
         export::{Clock, CsvOpts},
+        print::{Format, StatsPrinter, TraceSink},
         sink::FanOut,
-        sinks::{Format, StatsPrinter, TraceSink},
     },
     pipeline::{
         aggregate,

@@ -21,8 +21,8 @@ use serde::Serialize;
 use crate::{
     kernel::decode,
     output::accumulate::StatsOutput,
+    output::print::{Format, StatsPrinter, TraceSink},
     output::sink::Sink,
-    output::sinks::{Format, StatsPrinter, TraceSink},
     pipeline::connections::{ConnectionTable, MountEntry},
     pipeline::session::{self, Filter, RunSummary},
     pipeline::{

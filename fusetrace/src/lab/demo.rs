@@ -15,7 +15,7 @@ use crate::{
     lab::daemon::{DaemonConfig, MountedDaemon},
     lab::load::{self, LoadArgs, Workload},
     output::accumulate::StatsOutput,
-    output::sinks::{Format, StatsPrinter},
+    output::print::{Format, StatsPrinter},
     pipeline::connections::connection_of,
     pipeline::session::{self, Filter, StopWhen},
     units::parse_duration,

@@ -9,8 +9,8 @@ use super::replay::{MergedNames, ReplayTicks, add_summary, replay_file};
 use crate::{
     output::accumulate::{StatsOutput, StatsWriter},
     output::export::{Clock, CsvOpts},
+    output::print::{Format, StatsPrinter},
     output::sink::Sink,
-    output::sinks::{Format, StatsPrinter},
     pipeline::session::RunSummary,
     units::parse_duration,
 };
