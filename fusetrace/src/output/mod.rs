@@ -1,8 +1,9 @@
-//! What a run shows: trace lines (`print`); latency statistics counted once
-//! (`accumulate`, on `stats`' histograms) and written as tables or JSON
-//! (`print`) and CSV (`export`); the `Sink` trait every output implements and `FanOut`,
-//! several outputs at once (`sink`). The live
-//! view is in `crate::tui`, recordings in `crate::record`.
+//! What a run shows. Latency statistics are counted once (`accumulate`, on
+//! `stats`' histograms) and written as tables or JSON (`print`, which also
+//! prints trace lines and the closing summary) and as CSV (`export`).
+//! `sink` holds the `Sink` trait every output implements and `FanOut`,
+//! several outputs at once. The live view is in `crate::tui`, recordings in
+//! `crate::record`.
 
 pub mod accumulate;
 pub mod export;
