@@ -1,4 +1,4 @@
-//! Choosing and attaching hooks: one start-up path ([`Startup`]) reads the
+//! Choosing and attaching hooks: one start-up path (`Startup`) reads the
 //! kernel (BTF, kallsyms, tracefs) and loads the eBPF object, then each
 //! point takes the first hook of the table ([`super::hooks`]) that the
 //! kernel offers and that loads and attaches. Running (`Probes::attach`)

@@ -3,7 +3,7 @@
 //!
 //! Events are laid out in memory as ring buffer records (the bytes the
 //! kernel writes), then pushed through the same code a live run uses:
-//! [`decode::decode`], [`Tracker::observe`], [`session::report`] and a
+//! [`decode::decode`], [`Tracker::observe`], `session::report` and a
 //! sink ([`StatsOutput`] with a [`StatsPrinter`] as `fusetrace stats` builds it, or [`TraceSink`]
 //! writing text to nowhere). Only the ring buffer itself and the kernel are
 //! left out; `cargo xtask bench` measures those on real mounts.
