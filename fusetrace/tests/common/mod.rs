@@ -21,6 +21,12 @@ use serde_json::Value;
 /// Longest any step may take before the test fails instead of hanging.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Longest a tracer may take to attach. Longer than a step: in the VM of
+/// `cargo xtask vmtest` (software emulation) after a test dropped the page
+/// cache, the tracer's own debug binary is paged in again over virtio-fs,
+/// which took more than a minute on a busy machine.
+pub const START_TIMEOUT: Duration = Duration::from_secs(300);
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_fusetrace")
 }
@@ -93,9 +99,18 @@ fn line_channel(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 
 /// Waits for a line containing `needle`; returns every line read so far.
 fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, what: &str) -> Vec<String> {
+    wait_for_line_within(rx, needle, what, STEP_TIMEOUT)
+}
+
+fn wait_for_line_within(
+    rx: &mpsc::Receiver<String>,
+    needle: &str,
+    what: &str,
+    limit: Duration,
+) -> Vec<String> {
     let mut seen = Vec::new();
     loop {
-        match rx.recv_timeout(STEP_TIMEOUT) {
+        match rx.recv_timeout(limit) {
             Ok(line) => {
                 let hit = line.contains(needle);
                 seen.push(line);
@@ -246,7 +261,7 @@ impl Tracer {
             s
         });
         let stderr = line_channel(child.stderr.take().unwrap());
-        wait_for_line(&stderr, "fusetrace: tracing", "fusetrace");
+        wait_for_line_within(&stderr, "fusetrace: tracing", "fusetrace", START_TIMEOUT);
         Tracer {
             child,
             stderr,
