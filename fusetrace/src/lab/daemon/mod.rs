@@ -463,8 +463,15 @@ impl MountedDaemon {
         if let Some(e) = problem {
             return Err(e);
         }
-        // ENODEV (unmounted) ends the loop with Ok; anything else is worth a word.
-        result.with_context(|| format!("serving FUSE requests at {}", self.mountpoint.display()))
+        // ENODEV (unmounted) ends the loop with Ok. ECONNABORTED is how it
+        // ends after we cut the connection ourselves (still in use after
+        // STOP_TIMEOUT): expected. Anything else is worth a word.
+        match result {
+            Err(e) if aborted && e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+            r => {
+                r.with_context(|| format!("serving FUSE requests at {}", self.mountpoint.display()))
+            }
+        }
     }
 
     /// Removes the mount from the tree (synchronously when possible).
@@ -487,13 +494,15 @@ impl MountedDaemon {
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EBUSY) => {
-                // Files still open: detach now, and cut the connection so the
-                // session loop ends instead of waiting for the last close.
+                // Files still open: detach now; the session ends at the last
+                // close, or `teardown` cuts the connection after
+                // STOP_TIMEOUT. Not cut here: once the last file closes the
+                // connection's number can go to a new mount at once, and an
+                // abort written to it then would cut somebody else's.
                 if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
                     let e = io::Error::last_os_error();
                     bail!("unmounting {}: {e}", self.mountpoint.display());
                 }
-                self.abort_connection();
                 Ok(Detach::Done)
             }
             Some(libc::EPERM) => {
