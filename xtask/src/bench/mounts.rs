@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// A mounted file system for one workload; unmounted by `stop`/`kill`.
+/// A mounted file system for one workload; unmounted by `stop`/`kill`,
+/// or on drop.
 pub(crate) struct Mount {
     pub(crate) dir: PathBuf,
     pub(crate) connection: u32,
@@ -103,6 +104,24 @@ impl Mount {
             ));
         }
         Ok(())
+    }
+}
+
+/// A run that fails between mount and `stop` (a tracer that would not
+/// start, say) still leaves nothing mounted.
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            signal(child.id(), libc::SIGTERM);
+            let _ = child.wait();
+        }
+        if is_mounted(&self.dir) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.dir)
+                .status();
+            let _ = self.ensure_unmounted();
+        }
     }
 }
 
