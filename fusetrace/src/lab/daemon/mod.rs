@@ -463,11 +463,15 @@ impl MountedDaemon {
         if let Some(e) = problem {
             return Err(e);
         }
-        // ENODEV (unmounted) ends the loop with Ok. ECONNABORTED is how it
-        // ends after we cut the connection ourselves (still in use after
-        // STOP_TIMEOUT): expected. Anything else is worth a word.
+        // ENODEV (unmounted) ends the loop with Ok. ECONNABORTED ends it too
+        // when the connection shuts down: after we cut it (still in use
+        // after STOP_TIMEOUT), and also on a plain unmount when a daemon
+        // thread had just taken a request as the kernel shut the queue
+        // (`fuse_dev_do_read`: "!fpq->connected" -> -ECONNABORTED; seen
+        // about once in 15 runs of the daemon tests). We are stopping the
+        // session either way. Anything else is worth a word.
         match result {
-            Err(e) if aborted && e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
             r => {
                 r.with_context(|| format!("serving FUSE requests at {}", self.mountpoint.display()))
             }
