@@ -54,7 +54,7 @@ pub const FLAG_BACKGROUND: u8 = 1 << 0;
 pub const FLAG_HAS_HEADER: u8 = 1 << 1;
 /// `flags` bit: the daemon moved the request with splice(2); the header was not visible.
 pub const FLAG_SPLICE: u8 = 1 << 2;
-/// `flags` bit (`Send`): the connection has the writeback cache on (`fuse_conn.writeback_cache`).
+/// `flags` bit (`Sent`): the connection has the writeback cache on (`fuse_conn.writeback_cache`).
 pub const FLAG_WRITEBACK_CACHE: u8 = 1 << 3;
 
 /// `FUSE_WRITE_CACHE` in `fuse_write_in.write_flags`: delayed write from the page cache.
@@ -99,22 +99,22 @@ pub struct FuseEvent {
     pub _pad: [u8; 6],
     /// Command name of the running task.
     pub comm: [u8; 16],
-    /// A second time for the same observation, 0 when unknown. `Send`: when
+    /// A second time for the same observation, 0 when unknown. `Sent`: when
     /// the caller submitted the request (`fuse_simple_request` or
-    /// `fuse_simple_background` entry; kprobe/fentry backends). `VirtioDone`:
+    /// `fuse_simple_background` entry; kprobe/fentry backends). `DeviceDone`:
     /// the device interrupt that announced the answer.
     pub aux_ns: u64,
-    /// Opcode-specific values. `Send` of READ/WRITE: `arg0` the file offset,
+    /// Opcode-specific values. `Sent` of READ/WRITE: `arg0` the file offset,
     /// `arg1` the size in the low 32 bits and the read/write flags in the
-    /// high 32 (`FUSE_WRITE_CACHE`: a page-cache writeback). `End` of OPEN:
+    /// high 32 (`FUSE_WRITE_CACHE`: a page-cache writeback). `Ended` of OPEN:
     /// `arg1` the open flags (`FOPEN_DIRECT_IO`); of CREATE: `arg0` the new
     /// node id, `arg1` the open flags; of INIT: `arg0` the negotiated flags
     /// (`flags | flags2 << 32`), `arg1` max_write. Read only by the tp-btf hooks.
     pub arg0: u64,
     pub arg1: u64,
     /// The kernel's `struct fuse_req *` (0 when the hook does not see it):
-    /// `Send`, `End` and the virtio-fs events from the request itself,
-    /// `DaemonRead` found by id in the connection's processing table. On
+    /// `Sent`, `Ended` and the virtio-fs events from the request itself,
+    /// `Taken` found by id in the connection's processing table. On
     /// kernels whose send point fires before the request id is assigned
     /// (6.12 to 6.17: the send carries unique 0), it is what joins the send
     /// to the rest of the request.

@@ -23,7 +23,7 @@ use fusetrace_common::{
     HistogramKey, agg_stage, counters, latency_bucket,
 };
 
-use crate::{GATE, bump, fentry_arg, kprobe_arg, kread, layout, layout_field};
+use crate::{GATE, UNIQUE_IN_HEADER, bump, fentry_arg, kprobe_arg, kread, layout, layout_field};
 
 /// Requests in flight, one per slot (`slot_of`); `req` 0 is a free slot.
 #[map]
@@ -89,11 +89,7 @@ fn load<T: Copy, const DIRECT: bool>(base: u64, offset: u32) -> Option<T> {
 /// The request's id (0 while the kernel has not assigned it).
 #[inline(always)]
 fn unique_of<const DIRECT: bool>(req: u64) -> u64 {
-    load::<u64, DIRECT>(
-        req,
-        layout_field!(req_in_h) + offset_of!(FuseInHeader, unique) as u32,
-    )
-    .unwrap_or(0)
+    load::<u64, DIRECT>(req, layout_field!(req_in_h) + UNIQUE_IN_HEADER).unwrap_or(0)
 }
 
 #[inline(always)]

@@ -26,7 +26,7 @@ use fusetrace_common::{
 };
 
 /// `offsetof(struct fuse_in_header, unique)`: user ABI.
-const UNIQUE_IN_HEADER: u32 = core::mem::offset_of!(FuseInHeader, unique) as u32;
+pub(crate) const UNIQUE_IN_HEADER: u32 = core::mem::offset_of!(FuseInHeader, unique) as u32;
 
 #[unsafe(no_mangle)]
 static LAYOUT: KernelLayout = KernelLayout::zeroed();

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::{
-    kernel::hooks::{Backend, Point, PointChoice},
+    kernel::hooks::{Backend, Point, PointChoice, backend_of},
     kernel::probes::{self, KPROBE_PMU, KernelFunctions},
     kernel::tracefs,
 };
@@ -67,15 +67,6 @@ pub fn verdict(choices: &[PointChoice]) -> Verdict {
             reason: "neither the daemon-side nor the virtio-fs points can be observed".into(),
         },
     }
-}
-
-/// The backend named for a user: the one serving the submit point.
-pub fn backend_of(choices: &[PointChoice]) -> Option<Backend> {
-    choices
-        .iter()
-        .find(|c| c.point == Point::Sent)
-        .and_then(|c| c.hook)
-        .map(|h| h.backend)
 }
 
 fn yes_no(ok: bool, detail: String) -> String {
@@ -183,11 +174,6 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
         "backend: {}",
         backend_of(&choices).map(|b| b.name()).unwrap_or("none")
     ));
-    let send_backend = choices
-        .iter()
-        .find(|c| c.point == Point::Sent)
-        .and_then(|c| c.hook)
-        .map(|h| h.backend);
     let send_function = kernel.get(&crate::kernel::kfunc::SENT).ok().map(|r| r.name);
     let assigns_first = kernel
         .kallsyms
@@ -195,7 +181,7 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
         .is_some();
     lines.push(format!(
         "request id at send: {}",
-        id_at_send(send_backend, send_function, assigns_first)
+        id_at_send(backend_of(&choices), send_function, assigns_first)
     ));
     let v = verdict(&choices);
     lines.push(format!(

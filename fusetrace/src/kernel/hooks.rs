@@ -336,6 +336,15 @@ impl PointChoice {
     }
 }
 
+/// The backend named for a user: the one serving the sent point.
+pub fn backend_of(choices: &[PointChoice]) -> Option<Backend> {
+    choices
+        .iter()
+        .find(|c| c.point == Point::Sent)
+        .and_then(|c| c.hook)
+        .map(|h| h.backend)
+}
+
 fn attach_name(a: &Attach) -> String {
     match a {
         Attach::TpBtf(e) => format!("tp_btf/{e}"),

@@ -19,7 +19,7 @@ use crate::kernel::{
     btf::Btf,
     hooks::{
         AGGREGATE_HOOK_TABLE, APP_WRITES_HOOKS, Attach, Backend, DIAGNOSE_PROGRAMS, HOOK_TABLE,
-        Hook, Point, PointChoice,
+        Hook, Point, PointChoice, backend_of,
     },
     kallsyms::Kallsyms,
     kfunc::{self, KFunc, Resolved},
@@ -393,11 +393,7 @@ fn choose_hooks(
             hook: None,
             skipped: Vec::new(),
         };
-        let submit_backend = choices
-            .iter()
-            .find(|c| c.point == Point::Sent)
-            .and_then(|c| c.hook)
-            .map(|h| h.backend);
+        let submit_backend = backend_of(&choices);
         // Only send hooks that see the request (not the plain tracepoint's
         // record) join a call to it.
         if *point == Point::Submitted

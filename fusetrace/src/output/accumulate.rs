@@ -45,11 +45,6 @@ impl<'a> StatsOutput<'a> {
             writers,
         }
     }
-
-    /// The whole run so far.
-    pub fn total(&self) -> &Stats {
-        &self.total
-    }
 }
 
 impl Sink for StatsOutput<'_> {

@@ -284,11 +284,7 @@ impl Tracker {
     /// Requests not yet ended, each built on the fly from the compact
     /// record the tracker keeps (so a view can hold them owned).
     pub fn in_flight(&self) -> impl Iterator<Item = RequestLifecycle> {
-        let unnumbered = self.unnumbered.values().map(|ev| {
-            let mut rec = Live::default();
-            rec.apply_sent(ev);
-            rec.to_lifecycle((ev.connection, 0))
-        });
+        let unnumbered = self.unnumbered.values().map(unnumbered);
         self.live
             .iter()
             .filter(|(_, r)| !r.has(seen::ENDED))
@@ -386,12 +382,11 @@ impl Tracker {
             if let Some(old) = self.unnumbered.insert((ev.connection, ev.req), *ev) {
                 // The pointer was freed and reused: the earlier request's
                 // id and end were never seen.
-                let mut rec = Live::default();
-                rec.apply_sent(&old);
+                let mut rec = unnumbered(&old);
                 rec.outcome = Some(Outcome::NeverEnded);
                 self.counters.never_ended += 1;
                 self.counters.finished += 1;
-                out.push(rec.to_lifecycle((old.connection, 0)));
+                out.push(rec);
             }
             return;
         }
@@ -404,13 +399,19 @@ impl Tracker {
     /// `ev` names a request's pointer and id: a send of that request that
     /// came before its id joins it now.
     fn number(&mut self, ev: &FuseEvent, out: &mut Vec<RequestLifecycle>) {
-        if let Some(mut send) = self.unnumbered.remove(&(ev.connection, ev.req)) {
-            send.unique = ev.unique;
+        if let Some(send) = self.unnumbered.remove(&(ev.connection, ev.req)) {
             let key = (ev.connection, ev.unique);
             self.record_for(key, seen::SENT, send.ts_ns, out)
                 .apply_sent(&send);
         }
     }
+}
+
+/// A send still waiting for its id, as a request in flight (unique 0).
+fn unnumbered(send: &FuseEvent) -> RequestLifecycle {
+    let mut rec = Live::default();
+    rec.apply_sent(send);
+    rec.to_lifecycle((send.connection, 0))
 }
 
 impl Live {
