@@ -13,7 +13,7 @@ use crate::{
         probes::{KernelFilter, ProbeOptions, Probes},
     },
     output::{
-        accumulate::{StatsOutput, StatsWriter},
+        accumulate::StatsOutput,
         export::{Clock, CsvOpts},
         print::{Format, StatsPrinter, TraceSink},
         sink::FanOut,
@@ -157,14 +157,9 @@ impl StatsArgs {
         } else {
             flags.attach(false)?
         };
-        let mut writers: Vec<Box<dyn StatsWriter>> = vec![Box::new(StatsPrinter::new(
-            std::io::stdout().lock(),
-            self.format,
-            true,
-        ))];
-        writers.extend(csv.map(|c| Box::new(c) as Box<dyn StatsWriter>));
+        let printer = StatsPrinter::new(std::io::stdout().lock(), self.format, true);
         let interval = self.interval.unwrap_or(Duration::from_secs(5));
-        let mut sink = StatsOutput::new(writers);
+        let mut sink = StatsOutput::printing(printer, csv);
         if in_kernel {
             aggregate::run(&mut probes, &filter.opcodes, &mut sink, &stop, interval)?;
         } else {
@@ -201,11 +196,8 @@ impl RecordArgs {
         })?;
         let header = recorder::header_now(probes.describe(), &filter);
         let mut recorder = Recorder::new(file, &self.output, &header)?;
-        let mut stats = StatsOutput::new(vec![Box::new(StatsPrinter::new(
-            std::io::stdout().lock(),
-            self.format,
-            false,
-        ))]);
+        let printer = StatsPrinter::new(std::io::stdout().lock(), self.format, false);
+        let mut stats = StatsOutput::printing(printer, None);
         // The recorder flushes every tick: a cut-off file loses at most 200 ms.
         session::run(
             &mut probes,

@@ -261,11 +261,8 @@ pub fn run(args: &BenchConsumerArgs) -> Result<ConsumerReport> {
     for _ in 0..args.repeat {
         let (elapsed, n) = match args.sink {
             BenchSink::Stats => {
-                let mut sink = StatsOutput::new(vec![Box::new(StatsPrinter::new(
-                    io::sink(),
-                    Format::Text,
-                    true,
-                ))]);
+                let printer = StatsPrinter::new(io::sink(), Format::Text, true);
+                let mut sink = StatsOutput::printing(printer, None);
                 pass(&records, record_len, &connections, &mut sink)?
             }
             BenchSink::Trace => {

@@ -98,11 +98,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         };
         crate::tui::run(&mut probes, &filter, &stop, &opts)
     } else {
-        let mut sink = StatsOutput::new(vec![Box::new(StatsPrinter::new(
-            std::io::stdout().lock(),
-            args.format,
-            false,
-        ))]);
+        let printer = StatsPrinter::new(std::io::stdout().lock(), args.format, false);
+        let mut sink = StatsOutput::printing(printer, None);
         session::run(
             &mut probes,
             &filter,

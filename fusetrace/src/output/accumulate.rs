@@ -7,7 +7,7 @@
 use anyhow::Result;
 
 use crate::{
-    output::{sink::Sink, stats::Stats},
+    output::{export::CsvWriter, sink::Sink, stats::Stats},
     pipeline::{connections::ConnectionTable, lifecycle::RequestLifecycle, session::RunSummary},
 };
 
@@ -37,6 +37,14 @@ pub struct StatsOutput<'a> {
 }
 
 impl<'a> StatsOutput<'a> {
+    /// What every command writes: a printer (table or JSON), and the CSV
+    /// file when one was asked for.
+    pub fn printing(printer: impl StatsWriter + 'a, csv: Option<CsvWriter>) -> Self {
+        let mut writers: Vec<Box<dyn StatsWriter + 'a>> = vec![Box::new(printer)];
+        writers.extend(csv.map(|c| Box::new(c) as Box<dyn StatsWriter>));
+        StatsOutput::new(writers)
+    }
+
     pub fn new(writers: Vec<Box<dyn StatsWriter + 'a>>) -> Self {
         StatsOutput {
             interval: Stats::default(),

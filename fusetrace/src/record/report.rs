@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::replay::{MergedNames, ReplayTicks, add_summary, replay_file};
 use crate::{
-    output::accumulate::{StatsOutput, StatsWriter},
+    output::accumulate::StatsOutput,
     output::export::{Clock, CsvOpts},
     output::print::{Format, StatsPrinter},
     output::sink::Sink,
@@ -39,13 +39,8 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         .interval
         .filter(|_| csv.is_some())
         .map(|every| ReplayTicks { every, clock });
-    let mut writers: Vec<Box<dyn StatsWriter>> = vec![Box::new(StatsPrinter::new(
-        std::io::stdout().lock(),
-        args.format,
-        false,
-    ))];
-    writers.extend(csv.map(|c| Box::new(c) as Box<dyn StatsWriter>));
-    let mut sink = StatsOutput::new(writers);
+    let printer = StatsPrinter::new(std::io::stdout().lock(), args.format, false);
+    let mut sink = StatsOutput::printing(printer, csv);
     let mut merged = MergedNames::default();
     let mut total = RunSummary::default();
     for path in &args.files {
