@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::Result;
+use fusetrace_common::{EventKind, FuseEvent, opcode};
 use serde::Serialize;
 
 use crate::{
@@ -32,11 +33,37 @@ pub struct Filter {
     /// Requester process or thread id.
     pub pid: Option<u32>,
     pub opcodes: Vec<u32>,
+    /// Named connections whose mount went away during the run (see
+    /// [`Filter::admit`]): their numbers now belong to other mounts.
+    pub gone: Vec<u32>,
 }
 
 impl Filter {
     fn wants_connection(&self, connection: u32) -> bool {
-        self.connections.is_empty() || self.connections.contains(&connection)
+        (self.connections.is_empty() || self.connections.contains(&connection))
+            && !self.gone.contains(&connection)
+    }
+
+    /// Whether the run takes `ev`. A `--mount` names a mount by its
+    /// connection number, the superblock's dev_t, which the kernel hands to
+    /// the next mount once that one is unmounted. Every mount begins with
+    /// INIT, sent before any other request of it, and the named mounts
+    /// existed (were initialised) at the start: an INIT on a named
+    /// connection means its mount is gone and the number now names another,
+    /// whose traffic stays out from that INIT on. Returns the connection
+    /// when that happens, for the caller to say so.
+    pub fn admit(&mut self, ev: &FuseEvent) -> (bool, Option<u32>) {
+        if !self.wants_connection(ev.connection) {
+            return (false, None);
+        }
+        if !self.connections.is_empty()
+            && ev.kind == EventKind::Sent as u8
+            && ev.opcode == opcode::INIT
+        {
+            self.gone.push(ev.connection);
+            return (false, Some(ev.connection));
+        }
+        (true, None)
     }
 
     pub fn wants(&self, rec: &RequestLifecycle) -> bool {
@@ -69,6 +96,9 @@ pub struct RunSummary {
     pub takes_unresolved: u64,
     /// Records the decoder rejected.
     pub undecodable: u64,
+    /// Named mounts (`--mount`) unmounted during the run whose connection
+    /// number a new mount took: the new mount's traffic was left out.
+    pub mounts_gone: u64,
     /// Set when latencies were counted in the kernel (`stats` without
     /// `--stages`): what the kernel could not count.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,6 +128,12 @@ impl RunSummary {
                     self.takes_unresolved
                 ));
             }
+        }
+        if self.mounts_gone > 0 {
+            s.push_str(&format!(
+                "; {} traced mounts were unmounted during the run and their connection numbers taken by new mounts, left out",
+                self.mounts_gone
+            ));
         }
         if self.tracker.sends_without_id > 0 {
             s.push_str(&format!(
@@ -206,6 +242,8 @@ pub fn run(
     stop: &StopWhen,
     tick: Duration,
 ) -> Result<RunSummary> {
+    let mut filter = filter.clone();
+    let filter = &mut filter;
     let mut names = ConnectionTable::load();
     let mut tracker = Tracker::new(TrackerConfig::default());
     let mut finished = Vec::new();
@@ -217,13 +255,23 @@ pub fn run(
         let stopping =
             stop.flag.load(Ordering::Relaxed) || stop.after.is_some_and(|d| started.elapsed() >= d);
         let mut event_err = None;
-        let got = probes.poll(Duration::from_millis(50), |ev| {
-            if filter.wants_connection(ev.connection) {
+        let got = probes.poll(Duration::from_millis(50), |ev| match filter.admit(&ev) {
+            (true, _) => {
                 if event_err.is_none() {
                     event_err = sink.event(&ev).err();
                 }
                 tracker.observe(&ev, &mut finished);
             }
+            (false, Some(conn)) => {
+                summary.mounts_gone += 1;
+                eprintln!(
+                    "fusetrace: {} was unmounted and a new mount took its connection number {}:{}; the new mount is not traced",
+                    names.name(conn),
+                    conn >> 20,
+                    conn & 0xfffff
+                );
+            }
+            (false, None) => {}
         })?;
         if let Some(e) = event_err {
             return Err(e);
@@ -291,4 +339,40 @@ pub(crate) fn report(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(connection: u32, opcode: u32) -> FuseEvent {
+        FuseEvent {
+            connection,
+            opcode,
+            kind: EventKind::Sent as u8,
+            ..FuseEvent::default()
+        }
+    }
+
+    #[test]
+    fn an_init_on_a_named_connection_retires_it() {
+        let mut f = Filter {
+            connections: vec![7],
+            ..Filter::default()
+        };
+        assert_eq!(f.admit(&sent(7, opcode::GETATTR)), (true, None));
+        assert_eq!(f.admit(&sent(8, opcode::GETATTR)), (false, None));
+        assert_eq!(f.admit(&sent(7, opcode::INIT)), (false, Some(7)));
+        // The number now names another mount: none of its traffic comes in,
+        // and the retirement is announced once.
+        assert_eq!(f.admit(&sent(7, opcode::GETATTR)), (false, None));
+        assert_eq!(f.admit(&sent(7, opcode::INIT)), (false, None));
+    }
+
+    #[test]
+    fn without_named_mounts_a_new_mount_is_traced() {
+        let mut f = Filter::default();
+        assert_eq!(f.admit(&sent(7, opcode::INIT)), (true, None));
+        assert_eq!(f.admit(&sent(7, opcode::GETATTR)), (true, None));
+    }
 }

@@ -147,6 +147,7 @@ pub fn replay_file(
         connections: Vec::new(),
         pid: header.filter.pid,
         opcodes: header.filter.opcodes.clone(),
+        gone: Vec::new(),
     };
     let mut ids: HashMap<u32, u32> = HashMap::new();
     for c in &header.connections {
