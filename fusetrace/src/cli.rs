@@ -185,6 +185,10 @@ pub struct RecordArgs {
     /// Also record applications' writes to FUSE files, for `diagnose --from`.
     #[arg(long)]
     pub app_writes: bool,
+    /// At the end, also convert the recording to a Perfetto trace at this
+    /// file (as `report FILE --perfetto OUT` does).
+    #[arg(long, value_name = "OUT")]
+    pub perfetto: Option<PathBuf>,
 }
 
 impl RecordArgs {
@@ -209,6 +213,10 @@ impl RecordArgs {
             &stop,
             Duration::from_millis(200),
         )?;
+        drop(recorder);
+        if let Some(out) = &self.perfetto {
+            crate::record::report::to_perfetto(std::slice::from_ref(&self.output), out)?;
+        }
         Ok(())
     }
 }

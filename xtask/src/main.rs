@@ -225,7 +225,36 @@ fn setup() -> Result<()> {
     setup_system_packages()?;
     setup_toolchain()?;
     setup_bpf_linker()?;
-    setup_cargo_fuzz()
+    setup_cargo_fuzz()?;
+    setup_python()
+}
+
+/// Perfetto's compiled trace protos (PyPI `perfetto`), with which the
+/// tests read `--perfetto` exports back.
+const PERFETTO_VERSION: &str = "0.59.1";
+
+/// A venv under .tools/py with the `perfetto` package (the system Python
+/// stays clean); the tests run its python3.
+fn setup_python() -> Result<()> {
+    let venv = root().join(".tools/py");
+    let marker = venv.join(format!(".perfetto-{PERFETTO_VERSION}"));
+    if marker.exists() {
+        return Ok(());
+    }
+    let make = || {
+        run(Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))
+    };
+    if make().is_err() {
+        // Debian's python3 makes venvs only with python3-venv.
+        apt_install(&["python3-venv"], |_| "/nonexistent")?;
+        make()?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q"])
+        .arg(format!("perfetto=={PERFETTO_VERSION}")))?;
+    std::fs::write(&marker, "").map_err(|e| format!("cannot write {}: {e}", marker.display()))
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -250,7 +279,8 @@ struct Cli {
 #[derive(clap::Subcommand)]
 enum Task {
     /// Install what building and testing need: Debian packages, the pinned
-    /// nightly with rust-src, bpf-linker and cargo-fuzz (into .tools/).
+    /// nightly with rust-src, bpf-linker and cargo-fuzz (into .tools/), and
+    /// a Python venv with Perfetto's trace protos (.tools/py).
     Setup,
     /// Set up, then build the release binary (target/release/fusetrace).
     Build,

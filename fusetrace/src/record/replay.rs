@@ -249,6 +249,7 @@ pub fn add_summary(a: &mut RunSummary, b: &RunSummary) {
     a.splice_transfers += b.splice_transfers;
     a.undecodable += b.undecodable;
     a.takes_unresolved += b.takes_unresolved;
+    a.mounts_gone += b.mounts_gone;
     let (t, u) = (&mut a.tracker, &b.tracker);
     t.events += u.events;
     t.finished += u.finished;

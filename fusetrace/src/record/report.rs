@@ -1,17 +1,28 @@
-//! `fusetrace report`: the `stats` tables (and CSV) of one or more
-//! recordings, offline.
+//! `fusetrace report`: one or more recordings, offline: the `stats`
+//! tables (and CSV), one line per request (`--requests`, with report-time
+//! filters), or a Perfetto trace (`--perfetto`).
 
-use std::{cell::Cell, path::PathBuf, rc::Rc, time::Duration};
+use std::{
+    cell::Cell,
+    io::BufWriter,
+    path::{Path, PathBuf},
+    rc::Rc,
+    time::Duration,
+};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use super::replay::{MergedNames, ReplayTicks, add_summary, replay_file};
+use super::replay::{self, MergedNames, ReplayTicks, add_summary, replay_file};
 use crate::{
     output::accumulate::StatsOutput,
     output::export::{Clock, CsvOpts},
-    output::print::{Format, StatsPrinter},
+    output::perfetto::PerfettoSink,
+    output::print::{Format, StatsPrinter, TraceSink},
     output::sink::Sink,
-    pipeline::session::RunSummary,
+    pipeline::{
+        connections::ConnectionTable, lifecycle::RequestLifecycle, opcode, session::RunSummary,
+        tracker::TrackerConfig,
+    },
     units::parse_duration,
 };
 
@@ -28,9 +39,93 @@ pub struct ReportArgs {
     /// With --csv: one block of rows per interval of recorded time.
     #[arg(long, value_parser = parse_duration, requires = "csv")]
     pub interval: Option<Duration>,
+    /// One line per request, as `trace` prints them (`perf script` for
+    /// recordings), instead of the tables; narrowed by the options below.
+    #[arg(long, conflicts_with_all = ["csv", "interval"])]
+    pub requests: bool,
+    #[command(flatten)]
+    pub select: Selection,
+    /// Write the recordings as a Perfetto trace (protobuf) to this file,
+    /// for ui.perfetto.dev: requests as slices on their threads' tracks
+    /// with their stages, the daemon's service on its threads' tracks,
+    /// flows between them, and per mount requests in flight and per second.
+    #[arg(long, value_name = "OUT", conflicts_with_all = ["csv", "interval", "requests"])]
+    pub perfetto: Option<PathBuf>,
+}
+
+/// `report --requests`' filters, applied to finished requests.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Selection {
+    /// Only requests made by this process or thread id (repeatable).
+    #[arg(long = "pid", requires = "requests")]
+    pub pids: Vec<u32>,
+    /// Only this opcode, e.g. READ (repeatable).
+    #[arg(long = "op", value_name = "OPCODE", value_parser = opcode::parse, requires = "requests")]
+    pub ops: Vec<u32>,
+    /// Only requests of the mount recorded at this path (repeatable).
+    #[arg(long = "mount", value_name = "PATH", requires = "requests")]
+    pub mounts: Vec<PathBuf>,
+    /// Only requests that took at least this long (send to end), e.g. 10ms.
+    #[arg(long, value_parser = parse_duration, requires = "requests")]
+    pub min: Option<Duration>,
+    /// Only requests that began at least this far into their recording, e.g. 2.5s.
+    #[arg(long, value_parser = parse_duration, requires = "requests")]
+    pub since: Option<Duration>,
+    /// Only requests that began before this far into their recording.
+    #[arg(long, value_parser = parse_duration, requires = "requests")]
+    pub until: Option<Duration>,
+}
+
+impl Selection {
+    /// Whether `rec`, of a recording that started at `origin_ns`, is wanted.
+    pub fn wants(&self, rec: &RequestLifecycle, origin_ns: u64, names: &ConnectionTable) -> bool {
+        let began = rec.first_seen_ns().saturating_sub(origin_ns);
+        (self.pids.is_empty()
+            || [rec.requester_pid, rec.requester_tid]
+                .iter()
+                .any(|p| p.is_some_and(|p| self.pids.contains(&p))))
+            && (self.ops.is_empty() || self.ops.contains(&rec.opcode))
+            && (self.mounts.is_empty()
+                || names
+                    .get(rec.connection)
+                    .is_some_and(|m| self.mounts.contains(&m.mount_point)))
+            && self.min.is_none_or(|min| {
+                rec.latency(crate::pipeline::lifecycle::LatencyStage::Total)
+                    .is_some_and(|t| t >= min.as_nanos() as u64)
+            })
+            && self.since.is_none_or(|s| began >= s.as_nanos() as u64)
+            && self.until.is_none_or(|u| began < u.as_nanos() as u64)
+    }
+}
+
+/// A sink that hands on only the requests a [`Selection`] wants.
+struct Selected<'a, S> {
+    inner: S,
+    select: &'a Selection,
+    /// The start of the recording being replayed.
+    origin_ns: &'a Cell<u64>,
+}
+
+impl<S: Sink> Sink for Selected<'_, S> {
+    fn request(&mut self, rec: &RequestLifecycle, names: &mut ConnectionTable) -> Result<()> {
+        if self.select.wants(rec, self.origin_ns.get(), names) {
+            self.inner.request(rec, names)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
+        self.inner.finish(summary, names)
+    }
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
+    if args.requests {
+        return run_requests(args);
+    }
+    if let Some(out) = &args.perfetto {
+        return to_perfetto(&args.files, out);
+    }
     let clock = Rc::new(Cell::new(0));
     let csv = args
         .csv
@@ -41,24 +136,86 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         .map(|every| ReplayTicks { every, clock });
     let printer = StatsPrinter::new(std::io::stdout().lock(), args.format, false);
     let mut sink = StatsOutput::printing(printer, csv);
+    let (mut merged, total) = replay_all(&args.files, &mut sink, ticks.as_ref(), &Cell::new(0))?;
+    sink.finish(&total, &mut merged.names)
+}
+
+/// Replays every file into `sink`, saying what each one lacks, and returns
+/// the merged names and summary (`sink.finish` is the caller's).
+/// `origin` is set to each file's start before it is replayed.
+fn replay_all(
+    files: &[PathBuf],
+    sink: &mut dyn Sink,
+    ticks: Option<&ReplayTicks>,
+    origin: &Cell<u64>,
+) -> Result<(MergedNames, RunSummary)> {
     let mut merged = MergedNames::default();
     let mut total = RunSummary::default();
-    for path in &args.files {
-        let r = replay_file(path, &mut sink, &mut merged, ticks.as_ref())?;
-        if let Some(at) = r.cut_off_at {
-            eprintln!(
-                "fusetrace: {} ends mid-record at byte {at} (cut off while recording): reporting its {} whole records",
-                path.display(),
-                r.records
-            );
-        }
-        if !r.ended {
-            eprintln!(
-                "fusetrace: {} has no end record (the recording did not finish): its ring buffer drop and fault counts are unknown, shown as 0",
-                path.display()
-            );
-        }
+    for path in files {
+        origin.set(replay::open(path)?.header.start_monotonic_ns);
+        let r = replay_file(path, sink, &mut merged, ticks)?;
+        warn_incomplete(path, &r);
         add_summary(&mut total, &r.summary);
     }
+    Ok((merged, total))
+}
+
+fn warn_incomplete(path: &Path, r: &replay::Replayed) {
+    if let Some(at) = r.cut_off_at {
+        eprintln!(
+            "fusetrace: {} ends mid-record at byte {at} (cut off while recording): reporting its {} whole records",
+            path.display(),
+            r.records
+        );
+    }
+    if !r.ended {
+        eprintln!(
+            "fusetrace: {} has no end record (the recording did not finish): its ring buffer drop and fault counts are unknown, shown as 0",
+            path.display()
+        );
+    }
+}
+
+/// `report --requests`: the selected requests, one line each.
+fn run_requests(args: &ReportArgs) -> Result<()> {
+    // Text lines give seconds since the first recording's start.
+    let first = replay::open(&args.files[0])?.header.start_monotonic_ns;
+    let origin = Cell::new(first);
+    let out = BufWriter::new(std::io::stdout().lock());
+    let mut sink = Selected {
+        inner: TraceSink::new(out, args.format, first),
+        select: &args.select,
+        origin_ns: &origin,
+    };
+    let (mut merged, total) = replay_all(&args.files, &mut sink, None, &origin)?;
     sink.finish(&total, &mut merged.names)
+}
+
+/// Converts recordings to a Perfetto trace at `out`; says what it wrote.
+pub fn to_perfetto(files: &[PathBuf], out: &Path) -> Result<()> {
+    let file = std::fs::File::create(out)
+        .with_context(|| format!("cannot create Perfetto trace {}", out.display()))?;
+    let mut sink = PerfettoSink::new(
+        BufWriter::with_capacity(1 << 16, file),
+        TrackerConfig::default().reorder_window_ns,
+    );
+    let (mut merged, total) = replay_all(files, &mut sink, None, &Cell::new(0))?;
+    sink.finish(&total, &mut merged.names)
+        .with_context(|| format!("cannot write Perfetto trace {}", out.display()))?;
+    let c = sink.counts;
+    eprintln!(
+        "fusetrace: wrote {} requests as slices to {}{}",
+        c.slices,
+        out.display(),
+        if c.not_drawn > 0 {
+            format!(
+                "; {} not drawn (their send or end is not in the recording: begun before it, never ended, or FORGET)",
+                c.not_drawn
+            )
+        } else {
+            String::new()
+        }
+    );
+    eprintln!("fusetrace: {}", total.render());
+    Ok(())
 }

@@ -1,0 +1,594 @@
+//! `report --perfetto` and `record --perfetto`: requests as a Perfetto
+//! trace, for the timeline a table of percentiles cannot show (requests
+//! queued behind one busy daemon thread, a burst of WRITEs at close()).
+//!
+//! Format: Perfetto's protobuf (`perfetto.protos.Trace`, a stream of
+//! `TracePacket`s), not Chrome's JSON trace events. The protobuf is written
+//! one packet at a time (a file is a concatenation of packets, so the
+//! export streams), is about a third of the JSON's size and loads faster
+//! (BENCHMARKS.md has the figures for a million requests); JSON has no
+//! counter tracks nested under a mount, and its flow events bind by
+//! enclosing slice, which breaks on overlapping requests. The messages are
+//! declared here with prost's derive at the field numbers of Perfetto's
+//! published `trace.proto` (only the fields we write), so no protoc is
+//! needed to build; the tests read the output back with Perfetto's own
+//! compiled protos (the `perfetto` package on PyPI).
+//!
+//! What is drawn:
+//! - each request (sent and ended seen) a slice named after its opcode on
+//!   its requester thread's track, with its stages `queue`, `daemon` and
+//!   `complete` as child slices, and arguments (mount, unique, node,
+//!   error, sizes);
+//! - the daemon's service of it a slice on the daemon thread's track
+//!   (taken to replied);
+//! - a flow from the request's queue stage to the daemon thread's slice to
+//!   the completion;
+//! - per mount, counter tracks of requests in flight and of requests ended
+//!   per second.
+//!
+//! Slices on one track must nest; requests of one thread can overlap
+//! (background READs and WRITEs), so a thread gets lanes: a request goes on
+//! the first lane free since before it began, extra lanes as child tracks
+//! of the thread. Memory is bounded by threads, lanes and requests in
+//! flight, not by the recording's length: in-flight counts come from the
+//! events (sent +1, ended -1) through a reorder buffer as long as the
+//! tracker's reorder window.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet},
+    io::Write,
+};
+
+use anyhow::{Context, Result};
+use fusetrace_common::{EventKind, FuseEvent, opcode as op};
+use prost::Message;
+
+use crate::{
+    output::sink::Sink,
+    pipeline::{
+        connections::ConnectionTable, lifecycle::RequestLifecycle, opcode, session::RunSummary,
+    },
+};
+
+#[derive(Clone, PartialEq, Message)]
+struct TracePacket {
+    #[prost(uint64, optional, tag = "8")]
+    timestamp: Option<u64>,
+    #[prost(uint32, optional, tag = "10")]
+    trusted_packet_sequence_id: Option<u32>,
+    #[prost(message, optional, tag = "11")]
+    track_event: Option<TrackEvent>,
+    #[prost(uint32, optional, tag = "13")]
+    sequence_flags: Option<u32>,
+    #[prost(message, optional, tag = "60")]
+    track_descriptor: Option<TrackDescriptor>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TrackEvent {
+    #[prost(message, repeated, tag = "4")]
+    debug_annotations: Vec<DebugAnnotation>,
+    #[prost(int32, optional, tag = "9")]
+    r#type: Option<i32>,
+    #[prost(uint64, optional, tag = "11")]
+    track_uuid: Option<u64>,
+    #[prost(string, optional, tag = "23")]
+    name: Option<String>,
+    #[prost(int64, optional, tag = "30")]
+    counter_value: Option<i64>,
+    #[prost(fixed64, repeated, packed = "false", tag = "47")]
+    flow_ids: Vec<u64>,
+    #[prost(fixed64, repeated, packed = "false", tag = "48")]
+    terminating_flow_ids: Vec<u64>,
+}
+
+/// `TrackEvent.Type`.
+const SLICE_BEGIN: i32 = 1;
+const SLICE_END: i32 = 2;
+const COUNTER: i32 = 4;
+/// `TracePacket.SequenceFlags.SEQ_INCREMENTAL_STATE_CLEARED`.
+const SEQ_INCREMENTAL_STATE_CLEARED: u32 = 1;
+/// `CounterDescriptor.Unit.UNIT_COUNT`.
+const UNIT_COUNT: i32 = 2;
+/// Every packet is ours: one sequence.
+const SEQUENCE: u32 = 1;
+
+#[derive(Clone, PartialEq, Message)]
+struct DebugAnnotation {
+    #[prost(uint64, optional, tag = "3")]
+    uint_value: Option<u64>,
+    #[prost(int64, optional, tag = "4")]
+    int_value: Option<i64>,
+    #[prost(string, optional, tag = "6")]
+    string_value: Option<String>,
+    #[prost(string, optional, tag = "10")]
+    name: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TrackDescriptor {
+    #[prost(uint64, optional, tag = "1")]
+    uuid: Option<u64>,
+    #[prost(string, optional, tag = "2")]
+    name: Option<String>,
+    #[prost(message, optional, tag = "3")]
+    process: Option<ProcessDescriptor>,
+    #[prost(message, optional, tag = "4")]
+    thread: Option<ThreadDescriptor>,
+    #[prost(uint64, optional, tag = "5")]
+    parent_uuid: Option<u64>,
+    #[prost(message, optional, tag = "8")]
+    counter: Option<CounterDescriptor>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ProcessDescriptor {
+    #[prost(int32, optional, tag = "1")]
+    pid: Option<i32>,
+    #[prost(string, optional, tag = "6")]
+    process_name: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ThreadDescriptor {
+    #[prost(int32, optional, tag = "1")]
+    pid: Option<i32>,
+    #[prost(int32, optional, tag = "2")]
+    tid: Option<i32>,
+    #[prost(string, optional, tag = "5")]
+    thread_name: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct CounterDescriptor {
+    #[prost(int32, optional, tag = "3")]
+    unit: Option<i32>,
+}
+
+fn uint(name: &str, v: u64) -> DebugAnnotation {
+    DebugAnnotation {
+        name: Some(name.into()),
+        uint_value: Some(v),
+        ..DebugAnnotation::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> DebugAnnotation {
+    DebugAnnotation {
+        name: Some(name.into()),
+        int_value: Some(v),
+        ..DebugAnnotation::default()
+    }
+}
+
+fn string(name: &str, v: String) -> DebugAnnotation {
+    DebugAnnotation {
+        name: Some(name.into()),
+        string_value: Some(v),
+        ..DebugAnnotation::default()
+    }
+}
+
+/// Track uuids: the kind in the top byte, so ids of different kinds never
+/// meet.
+mod uuid {
+    pub fn process(pid: u32) -> u64 {
+        (1 << 56) | u64::from(pid)
+    }
+    pub fn thread(tid: u32) -> u64 {
+        (2 << 56) | u64::from(tid)
+    }
+    pub fn lane(tid: u32, lane: usize) -> u64 {
+        (3 << 56) | ((lane as u64) << 32) | u64::from(tid)
+    }
+    pub fn in_flight(conn: u32) -> u64 {
+        (4 << 56) | u64::from(conn)
+    }
+    pub fn per_second(conn: u32) -> u64 {
+        (5 << 56) | u64::from(conn)
+    }
+}
+
+/// One flow per request; ids are unique within the trace (a request id
+/// repeats across mounts and remounts, so the send time goes in).
+fn flow_id(rec: &RequestLifecycle, sent_ns: u64) -> u64 {
+    let mut x = u64::from(rec.connection)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(rec.unique)
+        .rotate_left(29)
+        ^ sent_ns;
+    // splitmix64's finaliser.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Whose thread a track is: the requester's side or the daemon's.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Side {
+    Requester,
+    Daemon,
+}
+
+/// An in-flight change waiting in the reorder buffer.
+type Change = Reverse<(u64, u64, u32, i8)>;
+
+/// What a finished export says about itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PerfettoCounts {
+    pub slices: u64,
+    /// Requests without a seen send or end (begun before the recording,
+    /// never ended, FORGET): not drawn.
+    pub not_drawn: u64,
+}
+
+/// The Perfetto exporter: a sink fed by a replay.
+pub struct PerfettoSink<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    first: bool,
+    /// Tracks whose descriptor was written.
+    described: HashSet<u64>,
+    /// Per (side, thread): when each lane is free again.
+    lanes: HashMap<(Side, u32), Vec<u64>>,
+    /// Thread id -> (process id, command), from the events' current task.
+    threads: HashMap<u32, (u32, [u8; 16])>,
+    /// Requests sent and not yet ended, by (connection, pointer or id).
+    open: HashSet<(u32, u64)>,
+    changes: BinaryHeap<Change>,
+    order: u64,
+    window_ns: u64,
+    watermark_ns: u64,
+    in_flight: HashMap<u32, i64>,
+    /// Per connection: the second being counted and its ends so far.
+    rate: HashMap<u32, (u64, i64)>,
+    pub counts: PerfettoCounts,
+}
+
+impl<W: Write> PerfettoSink<W> {
+    /// `window_ns`: how far out of time order events may arrive (the
+    /// recording's reorder window).
+    pub fn new(out: W, window_ns: u64) -> Self {
+        PerfettoSink {
+            out,
+            buf: Vec::with_capacity(256),
+            first: true,
+            described: HashSet::new(),
+            lanes: HashMap::new(),
+            threads: HashMap::new(),
+            open: HashSet::new(),
+            changes: BinaryHeap::new(),
+            order: 0,
+            window_ns,
+            watermark_ns: 0,
+            in_flight: HashMap::new(),
+            rate: HashMap::new(),
+            counts: PerfettoCounts::default(),
+        }
+    }
+
+    /// The underlying writer (flushed by `finish`).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn packet(&mut self, mut p: TracePacket) -> Result<()> {
+        p.trusted_packet_sequence_id = Some(SEQUENCE);
+        if self.first {
+            p.sequence_flags = Some(SEQ_INCREMENTAL_STATE_CLEARED);
+            self.first = false;
+        }
+        self.buf.clear();
+        // `Trace.packet` is field 1, length-delimited.
+        self.buf.push(0x0a);
+        p.encode_length_delimited(&mut self.buf)?;
+        self.out.write_all(&self.buf)?;
+        Ok(())
+    }
+
+    fn describe(&mut self, d: TrackDescriptor) -> Result<()> {
+        let uuid = d.uuid.unwrap_or_default();
+        if self.described.insert(uuid) {
+            self.packet(TracePacket {
+                track_descriptor: Some(d),
+                ..TracePacket::default()
+            })?;
+        }
+        Ok(())
+    }
+
+    fn comm_of(&self, tid: u32) -> Option<String> {
+        self.threads.get(&tid).map(|(_, c)| {
+            let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+            String::from_utf8_lossy(&c[..end]).into_owned()
+        })
+    }
+
+    /// The track for a slice of `tid` over [start, end]: the thread's own
+    /// or one of its lanes, described on first use.
+    fn track(
+        &mut self,
+        side: Side,
+        tid: u32,
+        pid: Option<u32>,
+        name: Option<String>,
+        start: u64,
+        end: u64,
+    ) -> Result<u64> {
+        let pid = pid
+            .or_else(|| self.threads.get(&tid).map(|t| t.0))
+            .unwrap_or(tid);
+        let name = name.or_else(|| self.comm_of(tid));
+        if !self.described.contains(&uuid::thread(tid)) {
+            self.describe(TrackDescriptor {
+                uuid: Some(uuid::process(pid)),
+                process: Some(ProcessDescriptor {
+                    pid: Some(pid as i32),
+                    process_name: if pid == tid { name.clone() } else { None },
+                }),
+                ..TrackDescriptor::default()
+            })?;
+            self.describe(TrackDescriptor {
+                uuid: Some(uuid::thread(tid)),
+                thread: Some(ThreadDescriptor {
+                    pid: Some(pid as i32),
+                    tid: Some(tid as i32),
+                    thread_name: name,
+                }),
+                ..TrackDescriptor::default()
+            })?;
+        }
+        let lanes = self.lanes.entry((side, tid)).or_default();
+        let lane = match lanes.iter().position(|&free| free <= start) {
+            Some(i) => {
+                lanes[i] = end;
+                i
+            }
+            None => {
+                lanes.push(end);
+                lanes.len() - 1
+            }
+        };
+        // Lane numbers are per side; the daemon's lanes of a thread that
+        // also requests (rare) come after the requester's.
+        let lane = match side {
+            Side::Requester => lane,
+            Side::Daemon => lane + 1_000,
+        };
+        if lane == 0 {
+            return Ok(uuid::thread(tid));
+        }
+        let u = uuid::lane(tid, lane);
+        self.describe(TrackDescriptor {
+            uuid: Some(u),
+            parent_uuid: Some(uuid::thread(tid)),
+            name: Some(match side {
+                Side::Requester => format!("{tid} overlapping requests {lane}"),
+                Side::Daemon => format!("{tid} daemon service {}", lane - 1_000),
+            }),
+            ..TrackDescriptor::default()
+        })?;
+        Ok(u)
+    }
+
+    fn slice(
+        &mut self,
+        kind: i32,
+        ts: u64,
+        track: u64,
+        name: Option<&str>,
+        fill: impl FnOnce(&mut TrackEvent),
+    ) -> Result<()> {
+        let mut e = TrackEvent {
+            r#type: Some(kind),
+            track_uuid: Some(track),
+            name: name.map(str::to_string),
+            ..TrackEvent::default()
+        };
+        fill(&mut e);
+        self.packet(TracePacket {
+            timestamp: Some(ts),
+            track_event: Some(e),
+            ..TracePacket::default()
+        })
+    }
+
+    fn counter(&mut self, track: u64, ts: u64, value: i64) -> Result<()> {
+        self.packet(TracePacket {
+            timestamp: Some(ts),
+            track_event: Some(TrackEvent {
+                r#type: Some(COUNTER),
+                track_uuid: Some(track),
+                counter_value: Some(value),
+                ..TrackEvent::default()
+            }),
+            ..TracePacket::default()
+        })
+    }
+
+    fn counter_tracks(&mut self, conn: u32, names: &mut ConnectionTable) -> Result<()> {
+        if self.described.contains(&uuid::in_flight(conn)) {
+            return Ok(());
+        }
+        let mount = names.name(conn);
+        for (u, what) in [
+            (uuid::in_flight(conn), "requests in flight"),
+            (uuid::per_second(conn), "requests ended per second"),
+        ] {
+            self.describe(TrackDescriptor {
+                uuid: Some(u),
+                name: Some(format!("{mount} {what}")),
+                counter: Some(CounterDescriptor {
+                    unit: Some(UNIT_COUNT),
+                }),
+                ..TrackDescriptor::default()
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Applies the buffered in-flight changes older than `until_ns`, in
+    /// time order, writing a counter sample for each.
+    fn drain(&mut self, until_ns: u64, names: &mut ConnectionTable) -> Result<()> {
+        while let Some(Reverse((ts, _, conn, delta))) = self.changes.peek().copied() {
+            if ts > until_ns {
+                break;
+            }
+            self.changes.pop();
+            self.counter_tracks(conn, names)?;
+            let n = self.in_flight.entry(conn).or_default();
+            *n += i64::from(delta);
+            let n = *n;
+            self.counter(uuid::in_flight(conn), ts, n)?;
+            if delta < 0 {
+                self.count_end(conn, ts)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests ended per second: a sample at each second's start, once
+    /// the second is over (and a zero after a quiet gap).
+    fn count_end(&mut self, conn: u32, ts: u64) -> Result<()> {
+        let sec = ts / 1_000_000_000;
+        let (cur, n) = *self.rate.entry(conn).or_insert((sec, 0));
+        if sec != cur {
+            self.close_second(conn, cur, n, Some(sec))?;
+            self.rate.insert(conn, (sec, 1));
+        } else {
+            self.rate.insert(conn, (cur, n + 1));
+        }
+        Ok(())
+    }
+
+    fn close_second(&mut self, conn: u32, sec: u64, n: i64, next: Option<u64>) -> Result<()> {
+        self.counter(uuid::per_second(conn), sec * 1_000_000_000, n)?;
+        if next.is_none_or(|s| s > sec + 1) {
+            self.counter(uuid::per_second(conn), (sec + 1) * 1_000_000_000, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// The key an event names its request by: the `struct fuse_req *` where
+/// the recording has it (a send may come before its id), else the id.
+fn request_key(ev: &FuseEvent) -> (u32, u64) {
+    if ev.req != 0 {
+        (ev.connection, ev.req)
+    } else {
+        (ev.connection, ev.unique)
+    }
+}
+
+impl<W: Write> Sink for PerfettoSink<W> {
+    fn event(&mut self, ev: &FuseEvent) -> Result<()> {
+        let kind = EventKind::from_u8(ev.kind);
+        if matches!(
+            kind,
+            Some(EventKind::Sent | EventKind::Taken | EventKind::Replied)
+        ) {
+            self.threads.insert(ev.tid, (ev.tgid, ev.comm));
+        }
+        let delta = match kind {
+            Some(EventKind::Sent)
+                if !matches!(ev.opcode, op::FORGET | op::BATCH_FORGET | op::INTERRUPT) =>
+            {
+                self.open.insert(request_key(ev));
+                1
+            }
+            Some(EventKind::Ended) if self.open.remove(&request_key(ev)) => -1,
+            _ => 0,
+        };
+        if delta != 0 {
+            self.order += 1;
+            self.changes
+                .push(Reverse((ev.ts_ns, self.order, ev.connection, delta)));
+        }
+        // Samples are written by `request` and `finish`, which have the
+        // mount names for the counter tracks' descriptors.
+        self.watermark_ns = self.watermark_ns.max(ev.ts_ns);
+        Ok(())
+    }
+
+    fn request(&mut self, rec: &RequestLifecycle, names: &mut ConnectionTable) -> Result<()> {
+        let until = self.watermark_ns.saturating_sub(self.window_ns);
+        self.drain(until, names)?;
+        let (Some(start), Some(end)) = (rec.sent_ns, rec.ended_ns) else {
+            self.counts.not_drawn += 1;
+            return Ok(());
+        };
+        let name = opcode::name(rec.opcode);
+        // Background requests (RELEASE, writeback) have no requester: the
+        // thread that sent them stands in.
+        let (tid, pid, comm) = match rec.requester_tid {
+            Some(tid) => (tid, rec.requester_pid, rec.requester_comm),
+            None => (rec.sender_tid.unwrap_or(0), None, rec.sender_comm),
+        };
+        let comm = comm.map(|c| c.to_string());
+        let track = self.track(Side::Requester, tid, pid, comm, start, end)?;
+        let flow = flow_id(rec, start);
+        let mount = names.name(rec.connection);
+        self.slice(SLICE_BEGIN, start, track, Some(&name), |e| {
+            let a = &mut e.debug_annotations;
+            a.push(string("mount", mount));
+            a.push(uint("unique", rec.unique));
+            if let Some(n) = rec.nodeid {
+                a.push(uint("node", n));
+            }
+            if let Some(err) = rec.error {
+                a.push(int("error", i64::from(err)));
+            }
+            if let Some(l) = rec.request_len {
+                a.push(uint("request_len", u64::from(l)));
+            }
+            if let Some(l) = rec.reply_len {
+                a.push(uint("reply_len", u64::from(l)));
+            }
+            if let Some(b) = rec.background {
+                a.push(uint("background", u64::from(b)));
+            }
+        })?;
+        let served = rec.taken_ns.zip(rec.replied_ns);
+        if let Some(taken) = rec.taken_ns {
+            self.slice(SLICE_BEGIN, start, track, Some("queue"), |e| {
+                if served.is_some() {
+                    e.flow_ids.push(flow);
+                }
+            })?;
+            self.slice(SLICE_END, taken, track, None, |_| {})?;
+        }
+        if let Some((taken, replied)) = served {
+            self.slice(SLICE_BEGIN, taken, track, Some("daemon"), |_| {})?;
+            self.slice(SLICE_END, replied, track, None, |_| {})?;
+            if let Some(dtid) = rec.daemon_tid {
+                let dtrack = self.track(Side::Daemon, dtid, None, None, taken, replied)?;
+                self.slice(SLICE_BEGIN, taken, dtrack, Some(&name), |e| {
+                    e.flow_ids.push(flow);
+                    e.debug_annotations.push(uint("unique", rec.unique));
+                })?;
+                self.slice(SLICE_END, replied, dtrack, None, |_| {})?;
+            }
+        }
+        if let Some(replied) = rec.replied_ns {
+            self.slice(SLICE_BEGIN, replied, track, Some("complete"), |e| {
+                if served.is_some() {
+                    e.terminating_flow_ids.push(flow);
+                }
+            })?;
+            self.slice(SLICE_END, end, track, None, |_| {})?;
+        }
+        self.slice(SLICE_END, end, track, None, |_| {})?;
+        self.counts.slices += 1;
+        Ok(())
+    }
+
+    fn finish(&mut self, _summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
+        self.drain(u64::MAX, names)?;
+        let rates: Vec<(u32, (u64, i64))> = self.rate.drain().collect();
+        for (conn, (sec, n)) in rates {
+            self.close_second(conn, sec, n, None)?;
+        }
+        self.out.flush().context("cannot write the Perfetto trace")
+    }
+}

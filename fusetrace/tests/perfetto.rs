@@ -1,0 +1,277 @@
+//! `record --perfetto` / `report --perfetto` and `report --requests`: a
+//! recording of the reference daemon under load, its Perfetto export read
+//! back by Perfetto's own compiled protos (tests/perfetto_read.py, in the
+//! venv `cargo xtask setup` makes), compared with the recording's requests
+//! one by one.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::*;
+use serde_json::Value;
+
+fn python() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/py/bin/python3");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask setup` (it installs Perfetto's protos)",
+        p.display()
+    );
+    p
+}
+
+/// `report FILE --requests --format json ARGS`: the request records.
+fn requests(trace: &str, args: &[&str]) -> Vec<Value> {
+    let out = run_ok(
+        Command::new(bin())
+            .args(["report", trace, "--requests", "--format", "json"])
+            .args(args),
+    );
+    out.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+        .filter(|v| v.get("summary").is_none())
+        .collect()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn perfetto_export_matches_the_recording_request_by_request() {
+    require_root();
+    let daemon = Daemon::start("perfetto", &["--threads", "2", "--latency", "READ=2ms"]);
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let out = Scratch::new("perfetto-out");
+    let trace = out.path().join("run.trace");
+    let pf = out.path().join("run.pftrace");
+    let (trace_s, pf_s) = (trace.to_str().unwrap(), pf.to_str().unwrap());
+    let recorder = Tracer::start(&[
+        "record",
+        "-o",
+        trace_s,
+        "--mount",
+        &mount,
+        "--perfetto",
+        pf_s,
+        "--format",
+        "json",
+    ]);
+    run_ok(Command::new(bin()).args([
+        "load",
+        &mount,
+        "--workload",
+        "mixed",
+        "--ops",
+        "1500",
+        "--jobs",
+        "2",
+    ]));
+    // Nothing can start on the mount once it is gone: nothing in flight
+    // when the recorder stops.
+    daemon.stop();
+    let recorded = recorder.stop();
+    assert_nothing_lost(&recorded.summary);
+    assert!(
+        recorded.stderr.contains("requests as slices to"),
+        "{}",
+        recorded.stderr
+    );
+
+    let recs = requests(trace_s, &[]);
+    let drawn: Vec<&Value> = recs
+        .iter()
+        .filter(|r| !r["sent_ns"].is_null() && !r["ended_ns"].is_null())
+        .collect();
+    assert!(drawn.len() > 1000, "too few requests: {}", drawn.len());
+
+    let read = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perfetto_read.py"))
+        .arg(&pf)
+        .output()
+        .expect("run python");
+    assert!(
+        read.status.success(),
+        "Perfetto's reader rejected the trace: {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let pft: Value = serde_json::from_slice(&read.stdout).unwrap();
+    let slices = pft["slices"].as_array().unwrap();
+
+    // Top-level slices by (unique, start): the request's on its requester
+    // thread (it has stage children), the daemon's on the daemon thread.
+    let mut req_slices: HashMap<(u64, u64), &Value> = HashMap::new();
+    let mut daemon_slices: HashMap<(u64, u64), &Value> = HashMap::new();
+    for s in slices {
+        let key = (u(&s["args"]["unique"]), u(&s["ts"]));
+        let map = if s["children"].as_array().unwrap().is_empty() {
+            &mut daemon_slices
+        } else {
+            &mut req_slices
+        };
+        assert!(map.insert(key, s).is_none(), "two slices for {key:?}");
+    }
+    assert_eq!(req_slices.len(), drawn.len(), "one slice per request");
+
+    let mut per_op: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for r in &drawn {
+        let key = (u(&r["unique"]), u(&r["sent_ns"]));
+        let s = req_slices
+            .get(&key)
+            .unwrap_or_else(|| panic!("no slice for request {r}"));
+        per_op
+            .entry(r["op"].as_str().unwrap().into())
+            .or_default()
+            .0 += 1;
+        per_op
+            .entry(s["name"].as_str().unwrap().into())
+            .or_default()
+            .1 += 1;
+        assert_eq!(u(&s["dur"]), u(&r["total_ns"]), "total of {r}");
+        // Background requests (RELEASE, writeback) have no requester: the
+        // thread that sent them stands in.
+        let thread = if r["requester_tid"].is_null() {
+            &r["sender_tid"]
+        } else {
+            &r["requester_tid"]
+        };
+        assert_eq!(&s["tid"], thread, "requester thread of {r}");
+        assert_eq!(s["args"]["mount"], r["mount"]);
+        let children: HashMap<&str, &Value> = s["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c))
+            .collect();
+        for (stage, field) in [
+            ("queue", "queue_ns"),
+            ("daemon", "daemon_ns"),
+            ("complete", "complete_ns"),
+        ] {
+            assert_eq!(
+                children.get(stage).map(|c| u(&c["dur"])),
+                r[field].as_u64(),
+                "{stage} of {r}"
+            );
+        }
+        // The daemon thread's slice, and the flow requester -> daemon ->
+        // completion through it.
+        let d = daemon_slices
+            .get(&(u(&r["unique"]), u(&r["taken_ns"])))
+            .unwrap_or_else(|| panic!("no daemon slice for {r}"));
+        assert_eq!(d["tid"], r["daemon_tid"], "daemon thread of {r}");
+        assert_eq!(u(&d["dur"]), u(&r["daemon_ns"]));
+        let flow = &children["queue"]["flow_ids"];
+        assert_eq!(flow.as_array().unwrap().len(), 1, "{r}");
+        assert_eq!(&d["flow_ids"], flow, "flow into the daemon of {r}");
+        assert_eq!(
+            &children["complete"]["terminating_flow_ids"], flow,
+            "flow back to the requester of {r}"
+        );
+        if r["op"] == "READ" {
+            assert!(u(&r["daemon_ns"]) >= 2_000_000, "injected latency: {r}");
+        }
+    }
+    for (op, (recorded, exported)) in &per_op {
+        assert_eq!(recorded, exported, "{op}: recorded vs exported slices");
+    }
+
+    // Counters: at every sample, requests in flight equal the request
+    // slices open then (begun at or before it, not yet ended); the
+    // per-second counts add up to every request.
+    let mut starts: Vec<u64> = drawn.iter().map(|r| u(&r["sent_ns"])).collect();
+    let mut ends: Vec<u64> = drawn.iter().map(|r| u(&r["ended_ns"])).collect();
+    starts.sort_unstable();
+    ends.sort_unstable();
+    let counters = pft["counters"].as_object().unwrap();
+    let in_flight = counters[&format!("{mount} requests in flight")]
+        .as_array()
+        .unwrap();
+    assert!(in_flight.len() >= 2 * drawn.len(), "{}", in_flight.len());
+    for sample in in_flight {
+        let (t, v) = (u(&sample[0]), sample[1].as_i64().unwrap());
+        let open = starts.partition_point(|&s| s <= t) - ends.partition_point(|&e| e <= t);
+        assert_eq!(v, open as i64, "in flight at {t}");
+    }
+    let per_second: i64 = counters[&format!("{mount} requests ended per second")]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[1].as_i64().unwrap())
+        .sum();
+    assert_eq!(per_second, drawn.len() as i64);
+
+    // report --perfetto writes the same trace as record --perfetto.
+    let again = out.path().join("again.pftrace");
+    run_ok(Command::new(bin()).args(["report", trace_s, "--perfetto", again.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&pf).unwrap());
+}
+
+#[test]
+fn report_requests_filters_by_op_latency_pid_and_time() {
+    require_root();
+    let daemon = Daemon::start("requests", &["--latency", "READ=3ms"]);
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let out = Scratch::new("requests-out");
+    let trace = out.path().join("run.trace");
+    let trace_s = trace.to_str().unwrap();
+    let recorder = Tracer::start(&["record", "-o", trace_s, "--mount", &mount]);
+    run_ok(Command::new(bin()).args(["load", &mount, "--workload", "mixed", "--ops", "600"]));
+    daemon.stop();
+    recorder.stop();
+
+    let all = requests(trace_s, &[]);
+    let reads: Vec<&Value> = all.iter().filter(|r| r["op"] == "READ").collect();
+    assert!(!reads.is_empty());
+    // --op and --min: the READs (3 ms in the daemon) and nothing faster.
+    let slow = requests(trace_s, &["--op", "READ", "--min", "3ms"]);
+    assert_eq!(slow.len(), reads.len());
+    assert!(slow.iter().all(|r| r["op"] == "READ"));
+    assert!(requests(trace_s, &["--min", "1h"]).is_empty());
+    // --pid: the load's requests, by the pid the recording gives them.
+    let pid = all
+        .iter()
+        .find_map(|r| r["requester_pid"].as_u64())
+        .unwrap();
+    let of_pid = requests(trace_s, &["--pid", &pid.to_string()]);
+    let expected = all
+        .iter()
+        .filter(|r| {
+            r["requester_pid"].as_u64() == Some(pid) || r["requester_tid"].as_u64() == Some(pid)
+        })
+        .count();
+    assert_eq!(of_pid.len(), expected);
+    // --since and --until split the recording without loss or overlap.
+    let mid = all[all.len() / 2]["sent_ns"].as_u64().unwrap();
+    let header_start = recording_start(&trace);
+    let cut = format!("{}ns", mid - header_start);
+    let before = requests(trace_s, &["--until", &cut]);
+    let after = requests(trace_s, &["--since", &cut]);
+    assert_eq!(before.len() + after.len(), all.len());
+    assert!(!before.is_empty() && !after.is_empty());
+    // Text lines, one per request (plus the header line).
+    let text = run_ok(Command::new(bin()).args(["report", trace_s, "--requests", "--op", "READ"]));
+    assert_eq!(text.lines().count(), reads.len() + 1, "{text}");
+    // --pid without --requests is refused in one line.
+    let bad = Command::new(bin())
+        .args(["report", trace_s, "--pid", "1"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("--requests"), "{err}");
+}
+
+/// The recording's start (its header), for `--since` / `--until`.
+fn recording_start(path: &Path) -> u64 {
+    let file = std::fs::File::open(path).unwrap();
+    fusetrace::record::format::Reader::new(std::io::BufReader::new(file))
+        .unwrap()
+        .header
+        .start_monotonic_ns
+}
