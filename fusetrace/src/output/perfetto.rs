@@ -24,7 +24,14 @@
 //! - a flow from the request's queue stage to the daemon thread's slice to
 //!   the completion;
 //! - per mount, counter tracks of requests in flight and of requests ended
-//!   per second.
+//!   per second;
+//! - with `record --app-writes`, each application write(2) a slice on its
+//!   thread's `write(2)` track, with a flow to every WRITE request that
+//!   carried some of its bytes (same node, overlapping range, sent after
+//!   the write began): inside the call when write-through, at close() or
+//!   from a flusher thread with the writeback cache. A write is drawn once
+//!   all its bytes went out (or at the end), since its flows must be known
+//!   when its slice is written; the trace processor sorts by time.
 //!
 //! Slices on one track must nest; requests of one thread can overlap
 //! (background READs and WRITEs), so a thread gets lanes: a request goes on
@@ -188,20 +195,41 @@ mod uuid {
     pub fn per_second(conn: u32) -> u64 {
         (5 << 56) | u64::from(conn)
     }
+    pub fn app_writes(tid: u32) -> u64 {
+        (6 << 56) | u64::from(tid)
+    }
 }
+
+fn mix(a: u64, b: u64) -> u64 {
+    let mut x = a.rotate_left(17) ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// An application's write(2) (recorded with `--app-writes`) waiting for
+/// the WRITE requests that carry its bytes; drawn once they all went out.
+struct PendingWrite {
+    tid: u32,
+    pos: u64,
+    len: u64,
+    enter_ns: u64,
+    exit_ns: u64,
+    /// Bytes of it that WRITE requests carried so far.
+    carried: u64,
+    /// One flow to each of those WRITE requests.
+    flows: Vec<u64>,
+}
+
+/// Application writes waiting at once, beyond which the oldest are drawn
+/// with the flows they have (bounded memory on a mount whose dirty pages
+/// never go out while recorded).
+const MAX_PENDING_WRITES: usize = 65_536;
 
 /// One flow per request; ids are unique within the trace (a request id
 /// repeats across mounts and remounts, so the send time goes in).
 fn flow_id(rec: &RequestLifecycle, sent_ns: u64) -> u64 {
-    let mut x = u64::from(rec.connection)
-        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        .wrapping_add(rec.unique)
-        .rotate_left(29)
-        ^ sent_ns;
-    // splitmix64's finaliser.
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+    mix(mix(u64::from(rec.connection), rec.unique), sent_ns)
 }
 
 /// Whose thread a track is: the requester's side or the daemon's.
@@ -218,6 +246,9 @@ type Change = Reverse<(u64, u64, u32, i8)>;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PerfettoCounts {
     pub slices: u64,
+    /// Applications' write(2)s drawn, and of those, linked to WRITE requests.
+    pub app_writes: u64,
+    pub app_writes_linked: u64,
     /// Requests without a seen send or end (begun before the recording,
     /// never ended, FORGET): not drawn.
     pub not_drawn: u64,
@@ -243,6 +274,9 @@ pub struct PerfettoSink<W: Write> {
     in_flight: HashMap<u32, i64>,
     /// Per connection: the second being counted and its ends so far.
     rate: HashMap<u32, (u64, i64)>,
+    /// Per (connection, node): application writes not yet carried.
+    pending_writes: HashMap<(u32, u64), Vec<PendingWrite>>,
+    pending_count: usize,
     pub counts: PerfettoCounts,
 }
 
@@ -264,6 +298,8 @@ impl<W: Write> PerfettoSink<W> {
             watermark_ns: 0,
             in_flight: HashMap::new(),
             rate: HashMap::new(),
+            pending_writes: HashMap::new(),
+            pending_count: 0,
             counts: PerfettoCounts::default(),
         }
     }
@@ -305,17 +341,76 @@ impl<W: Write> PerfettoSink<W> {
         })
     }
 
-    /// The track for a slice of `tid` over [start, end]: the thread's own
-    /// or one of its lanes, described on first use.
-    fn track(
-        &mut self,
-        side: Side,
-        tid: u32,
-        pid: Option<u32>,
-        name: Option<String>,
-        start: u64,
-        end: u64,
-    ) -> Result<u64> {
+    /// Draws an application's write(2) on its thread's `write(2)` track,
+    /// with a flow to each WRITE request that carried its bytes.
+    fn draw_app_write(&mut self, w: PendingWrite) -> Result<()> {
+        self.describe_thread(w.tid, None, None)?;
+        let track = uuid::app_writes(w.tid);
+        self.describe(TrackDescriptor {
+            uuid: Some(track),
+            parent_uuid: Some(uuid::thread(w.tid)),
+            name: Some(format!("{} write(2)", w.tid)),
+            ..TrackDescriptor::default()
+        })?;
+        self.counts.app_writes += 1;
+        if !w.flows.is_empty() {
+            self.counts.app_writes_linked += 1;
+        }
+        self.slice(SLICE_BEGIN, w.enter_ns, track, Some("write(2)"), |e| {
+            e.debug_annotations.push(uint("pos", w.pos));
+            e.debug_annotations.push(uint("len", w.len));
+            e.flow_ids = w.flows;
+        })?;
+        self.slice(SLICE_END, w.exit_ns, track, None, |_| {})
+    }
+
+    /// The flows from the pending application writes whose bytes the WRITE
+    /// request `rec` carries; those now wholly carried are drawn.
+    fn carry(&mut self, rec: &RequestLifecycle, flow: u64) -> Result<Vec<u64>> {
+        let (Some([offset, size_flags]), Some(node), Some(sent)) =
+            (rec.send_args, rec.nodeid, rec.sent_ns)
+        else {
+            return Ok(Vec::new());
+        };
+        let size = size_flags & 0xffff_ffff;
+        let Some(pending) = self.pending_writes.get_mut(&(rec.connection, node)) else {
+            return Ok(Vec::new());
+        };
+        let mut ids = Vec::new();
+        for w in pending.iter_mut() {
+            let overlap = (w.pos + w.len)
+                .min(offset + size)
+                .saturating_sub(w.pos.max(offset));
+            if overlap > 0 && w.enter_ns <= sent {
+                let id = mix(flow, w.enter_ns);
+                w.flows.push(id);
+                w.carried += overlap;
+                ids.push(id);
+            }
+        }
+        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(pending)
+            .into_iter()
+            .partition(|w| w.carried >= w.len);
+        *pending = rest;
+        self.pending_count -= done.len();
+        for w in done {
+            self.draw_app_write(w)?;
+        }
+        Ok(ids)
+    }
+
+    /// Draws every application write still waiting.
+    fn draw_pending_writes(&mut self) -> Result<()> {
+        let all: Vec<PendingWrite> = self.pending_writes.drain().flat_map(|(_, v)| v).collect();
+        self.pending_count = 0;
+        for w in all {
+            self.draw_app_write(w)?;
+        }
+        Ok(())
+    }
+
+    /// Describes `tid`'s thread track and its process, once.
+    fn describe_thread(&mut self, tid: u32, pid: Option<u32>, name: Option<String>) -> Result<()> {
         let pid = pid
             .or_else(|| self.threads.get(&tid).map(|t| t.0))
             .unwrap_or(tid);
@@ -339,6 +434,21 @@ impl<W: Write> PerfettoSink<W> {
                 ..TrackDescriptor::default()
             })?;
         }
+        Ok(())
+    }
+
+    /// The track for a slice of `tid` over [start, end]: the thread's own
+    /// or one of its lanes, described on first use.
+    fn track(
+        &mut self,
+        side: Side,
+        tid: u32,
+        pid: Option<u32>,
+        name: Option<String>,
+        start: u64,
+        end: u64,
+    ) -> Result<u64> {
+        self.describe_thread(tid, pid, name)?;
         let lanes = self.lanes.entry((side, tid)).or_default();
         let lane = match lanes.iter().position(|&free| free <= start) {
             Some(i) => {
@@ -486,9 +596,27 @@ impl<W: Write> Sink for PerfettoSink<W> {
         let kind = EventKind::from_u8(ev.kind);
         if matches!(
             kind,
-            Some(EventKind::Sent | EventKind::Taken | EventKind::Replied)
+            Some(EventKind::Sent | EventKind::Taken | EventKind::Replied | EventKind::AppWrite)
         ) {
             self.threads.insert(ev.tid, (ev.tgid, ev.comm));
+        }
+        if kind == Some(EventKind::AppWrite) && ev.error == 0 && ev.len > 0 {
+            if self.pending_count >= MAX_PENDING_WRITES {
+                self.draw_pending_writes()?;
+            }
+            self.pending_count += 1;
+            self.pending_writes
+                .entry((ev.connection, ev.nodeid))
+                .or_default()
+                .push(PendingWrite {
+                    tid: ev.tid,
+                    pos: ev.arg0,
+                    len: u64::from(ev.len),
+                    enter_ns: ev.aux_ns,
+                    exit_ns: ev.ts_ns,
+                    carried: 0,
+                    flows: Vec::new(),
+                });
         }
         let delta = match kind {
             Some(EventKind::Sent)
@@ -528,8 +656,14 @@ impl<W: Write> Sink for PerfettoSink<W> {
         let comm = comm.map(|c| c.to_string());
         let track = self.track(Side::Requester, tid, pid, comm, start, end)?;
         let flow = flow_id(rec, start);
+        let carried = if rec.opcode == op::WRITE {
+            self.carry(rec, flow)?
+        } else {
+            Vec::new()
+        };
         let mount = names.name(rec.connection);
         self.slice(SLICE_BEGIN, start, track, Some(&name), |e| {
+            e.terminating_flow_ids = carried;
             let a = &mut e.debug_annotations;
             a.push(string("mount", mount));
             a.push(uint("unique", rec.unique));
@@ -544,6 +678,11 @@ impl<W: Write> Sink for PerfettoSink<W> {
             }
             if let Some(l) = rec.reply_len {
                 a.push(uint("reply_len", u64::from(l)));
+            }
+            if let (op::READ | op::WRITE, Some([offset, size_flags])) = (rec.opcode, rec.send_args)
+            {
+                a.push(uint("offset", offset));
+                a.push(uint("size", size_flags & 0xffff_ffff));
             }
             if let Some(b) = rec.background {
                 a.push(uint("background", u64::from(b)));
@@ -585,10 +724,93 @@ impl<W: Write> Sink for PerfettoSink<W> {
 
     fn finish(&mut self, _summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
         self.drain(u64::MAX, names)?;
+        self.draw_pending_writes()?;
         let rates: Vec<(u32, (u64, i64))> = self.rate.drain().collect();
         for (conn, (sec, n)) in rates {
             self.close_second(conn, sec, n, None)?;
         }
         self.out.flush().context("cannot write the Perfetto trace")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(unique: u64, tid: u32, sent: u64, ended: u64) -> RequestLifecycle {
+        RequestLifecycle {
+            connection: 1,
+            unique,
+            opcode: op::READ,
+            nodeid: Some(2),
+            requester_pid: Some(tid),
+            requester_tid: Some(tid),
+            requester_uid: None,
+            requester_comm: None,
+            background: None,
+            daemon_tid: None,
+            reply_tid: None,
+            sent_ns: Some(sent),
+            taken_ns: None,
+            replied_ns: None,
+            ended_ns: Some(ended),
+            error: Some(0),
+            request_len: None,
+            reply_len: None,
+            interrupted: false,
+            outcome: None,
+            submitted_ns: None,
+            virtq_ns: None,
+            device_irq_ns: None,
+            device_done_ns: None,
+            sender_tid: None,
+            sender_comm: None,
+            writeback_cache: None,
+            send_args: None,
+            end_args: None,
+        }
+    }
+
+    /// The track uuid each request's slice was written on.
+    fn tracks_of(out: &[u8]) -> Vec<u64> {
+        let mut buf = out;
+        let mut tracks = Vec::new();
+        while !buf.is_empty() {
+            assert_eq!(buf[0], 0x0a);
+            buf = &buf[1..];
+            let p = TracePacket::decode_length_delimited(&mut buf).unwrap();
+            if let Some(e) = p.track_event
+                && e.r#type == Some(SLICE_BEGIN)
+            {
+                tracks.push(e.track_uuid.unwrap());
+            }
+        }
+        tracks
+    }
+
+    #[test]
+    fn overlapping_requests_of_one_thread_take_lanes_and_free_ones_are_reused() {
+        let mut sink = PerfettoSink::new(Vec::new(), 0);
+        let mut names = ConnectionTable::frozen([]);
+        // Finished in end order: [10,20], [5,25] overlaps it, [21,30] fits
+        // after the first, [26,40] after the second.
+        for r in [
+            rec(1, 7, 10, 20),
+            rec(2, 7, 5, 25),
+            rec(3, 7, 21, 30),
+            rec(4, 7, 26, 40),
+        ] {
+            sink.request(&r, &mut names).unwrap();
+        }
+        let t = tracks_of(&sink.into_inner());
+        assert_eq!(
+            t,
+            vec![
+                uuid::thread(7),
+                uuid::lane(7, 1),
+                uuid::thread(7),
+                uuid::lane(7, 1)
+            ]
+        );
     }
 }

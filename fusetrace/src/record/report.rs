@@ -216,6 +216,12 @@ pub fn to_perfetto(files: &[PathBuf], out: &Path) -> Result<()> {
             String::new()
         }
     );
+    if c.app_writes > 0 {
+        eprintln!(
+            "fusetrace: {} application writes drawn, {} of them linked to the WRITE requests that carried their bytes",
+            c.app_writes, c.app_writes_linked
+        );
+    }
     eprintln!("fusetrace: {}", total.render());
     Ok(())
 }
