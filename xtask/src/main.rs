@@ -225,8 +225,7 @@ fn setup() -> Result<()> {
     setup_system_packages()?;
     setup_toolchain()?;
     setup_bpf_linker()?;
-    setup_cargo_fuzz()?;
-    setup_python()
+    setup_cargo_fuzz()
 }
 
 /// Perfetto's compiled trace protos (PyPI `perfetto`), with which the
@@ -234,7 +233,8 @@ fn setup() -> Result<()> {
 const PERFETTO_VERSION: &str = "0.59.1";
 
 /// A venv under .tools/py with the `perfetto` package (the system Python
-/// stays clean); the tests run its python3.
+/// stays clean); the tests run its python3. Only `setup` and `test` make
+/// it: running fusetrace needs no Python.
 fn setup_python() -> Result<()> {
     let venv = root().join(".tools/py");
     let marker = venv.join(format!(".perfetto-{PERFETTO_VERSION}"));
@@ -309,7 +309,7 @@ fn main() -> ExitCode {
     let cli = <Cli as clap::Parser>::parse();
     let release = || cargo(&["build", "--release", "-p", "fusetrace"]);
     let result = match cli.task {
-        Task::Setup => setup(),
+        Task::Setup => setup().and_then(|()| setup_python()),
         Task::Build => setup().and_then(|()| release()),
         Task::Demo { args } => setup().and_then(|()| release()).and_then(|()| {
             run(Command::new(root().join("target/release/fusetrace"))
@@ -317,6 +317,7 @@ fn main() -> ExitCode {
                 .args(&args))
         }),
         Task::Test => setup()
+            .and_then(|()| setup_python())
             .and_then(|()| cargo(&["fmt", "--all", "--check"]))
             .and_then(|()| cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]))
             .and_then(|()| cargo(&["test"]))
