@@ -24,7 +24,9 @@ def fail(msg):
     sys.exit(1)
 
 
-def annotation(a):
+def annotation(a, strings):
+    if a.HasField("string_value_iid"):
+        return strings[a.string_value_iid]
     for field in ("uint_value", "int_value", "string_value", "bool_value", "double_value"):
         if a.HasField(field):
             return getattr(a, field)
@@ -38,9 +40,24 @@ def main(path):
     tracks = {}
     events = {}
     order = 0
+    # Interned strings, per table, as the sequence defines them (in file
+    # order, before any sorting: the trace processor does the same).
+    event_names, arg_names, arg_strings = {}, {}, {}
+    cleared = False
     for p in trace.packet:
         if p.trusted_packet_sequence_id == 0:
             fail("a packet without a sequence id")
+        if p.sequence_flags & pb.TracePacket.SequenceFlags.SEQ_INCREMENTAL_STATE_CLEARED:
+            cleared = True
+        if p.HasField("interned_data"):
+            if not cleared:
+                fail("interned data before the sequence's state was cleared")
+            i = p.interned_data
+            event_names.update((e.iid, e.name) for e in i.event_names)
+            arg_names.update((e.iid, e.name) for e in i.debug_annotation_names)
+            arg_strings.update(
+                (e.iid, e.str.decode()) for e in i.debug_annotation_string_values
+            )
         if p.HasField("track_descriptor"):
             d = p.track_descriptor
             tracks[d.uuid] = d
@@ -49,7 +66,14 @@ def main(path):
             if e.track_uuid not in tracks:
                 fail(f"an event on undescribed track {e.track_uuid}")
             order += 1
-            events.setdefault(e.track_uuid, []).append((p.timestamp, order, e))
+            name = event_names[e.name_iid] if e.HasField("name_iid") else e.name
+            args = {
+                (arg_names[a.name_iid] if a.HasField("name_iid") else a.name): annotation(
+                    a, arg_strings
+                )
+                for a in e.debug_annotations
+            }
+            events.setdefault(e.track_uuid, []).append((p.timestamp, order, e, name, args))
 
     def thread_of(uuid):
         d = tracks[uuid]
@@ -62,15 +86,15 @@ def main(path):
     for uuid, evs in events.items():
         evs.sort(key=lambda x: (x[0], x[1]))
         stack = []
-        for ts, _, e in evs:
+        for ts, _, e, name, args in evs:
             if e.type == BEGIN:
                 s = {
                     "tid": thread_of(uuid),
                     "track": uuid,
-                    "name": e.name,
+                    "name": name,
                     "ts": ts,
                     "depth": len(stack),
-                    "args": {a.name: annotation(a) for a in e.debug_annotations},
+                    "args": args,
                     "flow_ids": list(e.flow_ids),
                     "terminating_flow_ids": list(e.terminating_flow_ids),
                     "children": [],

@@ -66,6 +66,8 @@ struct TracePacket {
     trusted_packet_sequence_id: Option<u32>,
     #[prost(message, optional, tag = "11")]
     track_event: Option<TrackEvent>,
+    #[prost(message, optional, tag = "12")]
+    interned_data: Option<InternedData>,
     #[prost(uint32, optional, tag = "13")]
     sequence_flags: Option<u32>,
     #[prost(message, optional, tag = "60")]
@@ -78,6 +80,8 @@ struct TrackEvent {
     debug_annotations: Vec<DebugAnnotation>,
     #[prost(int32, optional, tag = "9")]
     r#type: Option<i32>,
+    #[prost(uint64, optional, tag = "10")]
+    name_iid: Option<u64>,
     #[prost(uint64, optional, tag = "11")]
     track_uuid: Option<u64>,
     #[prost(string, optional, tag = "23")]
@@ -94,8 +98,10 @@ struct TrackEvent {
 const SLICE_BEGIN: i32 = 1;
 const SLICE_END: i32 = 2;
 const COUNTER: i32 = 4;
-/// `TracePacket.SequenceFlags.SEQ_INCREMENTAL_STATE_CLEARED`.
+/// `TracePacket.SequenceFlags`: the first packet clears the interning
+/// state; every packet may use interned strings.
 const SEQ_INCREMENTAL_STATE_CLEARED: u32 = 1;
+const SEQ_NEEDS_INCREMENTAL_STATE: u32 = 2;
 /// `CounterDescriptor.Unit.UNIT_COUNT`.
 const UNIT_COUNT: i32 = 2;
 /// Every packet is ours: one sequence.
@@ -103,6 +109,8 @@ const SEQUENCE: u32 = 1;
 
 #[derive(Clone, PartialEq, Message)]
 struct DebugAnnotation {
+    #[prost(uint64, optional, tag = "1")]
+    name_iid: Option<u64>,
     #[prost(uint64, optional, tag = "3")]
     uint_value: Option<u64>,
     #[prost(int64, optional, tag = "4")]
@@ -111,6 +119,38 @@ struct DebugAnnotation {
     string_value: Option<String>,
     #[prost(string, optional, tag = "10")]
     name: Option<String>,
+    #[prost(uint64, optional, tag = "17")]
+    string_value_iid: Option<u64>,
+}
+
+/// Strings sent once per trace and then named by number (`iid`): event
+/// names, argument names, argument strings (mount points).
+#[derive(Clone, PartialEq, Message)]
+struct InternedData {
+    #[prost(message, repeated, tag = "2")]
+    event_names: Vec<Interned>,
+    #[prost(message, repeated, tag = "3")]
+    debug_annotation_names: Vec<Interned>,
+    #[prost(message, repeated, tag = "29")]
+    debug_annotation_string_values: Vec<Interned>,
+}
+
+/// `EventName`, `DebugAnnotationName` and `InternedString` share this
+/// shape (iid 1, the text 2; `InternedString.str` is bytes, same wire type).
+#[derive(Clone, PartialEq, Message)]
+struct Interned {
+    #[prost(uint64, optional, tag = "1")]
+    iid: Option<u64>,
+    #[prost(string, optional, tag = "2")]
+    name: Option<String>,
+}
+
+/// Which table of `InternedData` a string goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    EventName,
+    ArgName,
+    ArgString,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -177,26 +217,29 @@ fn string(name: &str, v: String) -> DebugAnnotation {
     }
 }
 
-/// Track uuids: the kind in the top byte, so ids of different kinds never
-/// meet.
+/// Track uuids: the kind in the low 4 bits, so ids of different kinds
+/// never meet and common ones stay short varints.
 mod uuid {
+    fn of(kind: u64, id: u32) -> u64 {
+        (u64::from(id) << 4) | kind
+    }
     pub fn process(pid: u32) -> u64 {
-        (1 << 56) | u64::from(pid)
+        of(1, pid)
     }
     pub fn thread(tid: u32) -> u64 {
-        (2 << 56) | u64::from(tid)
+        of(2, tid)
     }
     pub fn lane(tid: u32, lane: usize) -> u64 {
-        (3 << 56) | ((lane as u64) << 32) | u64::from(tid)
+        ((lane as u64) << 36) | of(3, tid)
     }
     pub fn in_flight(conn: u32) -> u64 {
-        (4 << 56) | u64::from(conn)
+        of(4, conn)
     }
     pub fn per_second(conn: u32) -> u64 {
-        (5 << 56) | u64::from(conn)
+        of(5, conn)
     }
     pub fn app_writes(tid: u32) -> u64 {
-        (6 << 56) | u64::from(tid)
+        of(6, tid)
     }
 }
 
@@ -259,6 +302,10 @@ pub struct PerfettoSink<W: Write> {
     out: W,
     buf: Vec<u8>,
     first: bool,
+    /// Interned strings, and those new since the last packet.
+    interned: [HashMap<String, u64>; 3],
+    next_iid: u64,
+    new_interned: InternedData,
     /// Tracks whose descriptor was written.
     described: HashSet<u64>,
     /// Per (side, thread): when each lane is free again.
@@ -288,6 +335,9 @@ impl<W: Write> PerfettoSink<W> {
             out,
             buf: Vec::with_capacity(256),
             first: true,
+            interned: Default::default(),
+            next_iid: 1,
+            new_interned: InternedData::default(),
             described: HashSet::new(),
             lanes: HashMap::new(),
             threads: HashMap::new(),
@@ -309,12 +359,57 @@ impl<W: Write> PerfettoSink<W> {
         self.out
     }
 
-    fn packet(&mut self, mut p: TracePacket) -> Result<()> {
-        p.trusted_packet_sequence_id = Some(SEQUENCE);
-        if self.first {
-            p.sequence_flags = Some(SEQ_INCREMENTAL_STATE_CLEARED);
-            self.first = false;
+    /// The iid of `text` in `table`, interning it on first use.
+    fn intern(&mut self, table: Table, text: String) -> u64 {
+        if let Some(&iid) = self.interned[table as usize].get(text.as_str()) {
+            return iid;
         }
+        let iid = self.next_iid;
+        self.next_iid += 1;
+        let entry = Interned {
+            iid: Some(iid),
+            name: Some(text.clone()),
+        };
+        let n = &mut self.new_interned;
+        match table {
+            Table::EventName => n.event_names.push(entry),
+            Table::ArgName => n.debug_annotation_names.push(entry),
+            Table::ArgString => n.debug_annotation_string_values.push(entry),
+        }
+        self.interned[table as usize].insert(text, iid);
+        iid
+    }
+
+    /// Writes one packet, its strings replaced by interned ids (new ones
+    /// sent along in the same packet).
+    fn packet(&mut self, mut p: TracePacket) -> Result<()> {
+        if let Some(e) = p.track_event.as_mut() {
+            if let Some(n) = e.name.take() {
+                e.name_iid = Some(self.intern(Table::EventName, n));
+            }
+            for a in &mut e.debug_annotations {
+                if let Some(n) = a.name.take() {
+                    a.name_iid = Some(self.intern(Table::ArgName, n));
+                }
+                if let Some(v) = a.string_value.take() {
+                    a.string_value_iid = Some(self.intern(Table::ArgString, v));
+                }
+            }
+        }
+        let n = &self.new_interned;
+        if !(n.event_names.is_empty()
+            && n.debug_annotation_names.is_empty()
+            && n.debug_annotation_string_values.is_empty())
+        {
+            p.interned_data = Some(std::mem::take(&mut self.new_interned));
+        }
+        p.trusted_packet_sequence_id = Some(SEQUENCE);
+        p.sequence_flags = Some(if self.first {
+            SEQ_INCREMENTAL_STATE_CLEARED | SEQ_NEEDS_INCREMENTAL_STATE
+        } else {
+            SEQ_NEEDS_INCREMENTAL_STATE
+        });
+        self.first = false;
         self.buf.clear();
         // `Trace.packet` is field 1, length-delimited.
         self.buf.push(0x0a);
