@@ -349,3 +349,48 @@ fn recording_start(path: &Path) -> u64 {
         .header
         .start_monotonic_ns
 }
+
+#[test]
+fn bad_input_to_the_export_is_one_line_and_leaves_no_file() {
+    let dir = Scratch::new("perfetto-bad");
+    let garbage = dir.path().join("garbage.trace");
+    std::fs::write(&garbage, b"not a recording at all, just text").unwrap();
+    let out = dir.path().join("out.pftrace");
+    for (args, says) in [
+        (
+            vec![
+                "report",
+                garbage.to_str().unwrap(),
+                "--perfetto",
+                out.to_str().unwrap(),
+            ],
+            "garbage.trace",
+        ),
+        (
+            vec![
+                "report",
+                "/nonexistent/run.trace",
+                "--perfetto",
+                out.to_str().unwrap(),
+            ],
+            "/nonexistent/run.trace",
+        ),
+        (
+            vec![
+                "report",
+                garbage.to_str().unwrap(),
+                "--perfetto",
+                out.to_str().unwrap(),
+                "--requests",
+            ],
+            "--requests",
+        ),
+    ] {
+        let o = Command::new(bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+        assert!(!o.status.success(), "{args:?}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+}

@@ -193,8 +193,19 @@ fn run_requests(args: &ReportArgs) -> Result<()> {
 
 /// Converts recordings to a Perfetto trace at `out`; says what it wrote.
 pub fn to_perfetto(files: &[PathBuf], out: &Path) -> Result<()> {
+    // Every input is checked before the output is created: a bad file
+    // leaves nothing behind.
+    for path in files {
+        replay::open(path)?;
+    }
     let file = std::fs::File::create(out)
         .with_context(|| format!("cannot create Perfetto trace {}", out.display()))?;
+    convert(files, out, file).inspect_err(|_| {
+        let _ = std::fs::remove_file(out);
+    })
+}
+
+fn convert(files: &[PathBuf], out: &Path, file: std::fs::File) -> Result<()> {
     let mut sink = PerfettoSink::new(
         BufWriter::with_capacity(1 << 16, file),
         TrackerConfig::default().reorder_window_ns,
