@@ -81,6 +81,11 @@ impl Bench {
                 eprint!("{c}");
                 report.push_str(&c);
             }
+            if !opts.export.is_zero() {
+                let e = self.export(opts.export)?;
+                eprint!("{e}");
+                report.push_str(&e);
+            }
             if opts.in_flight > 0 {
                 let f = self.in_flight(opts.in_flight)?;
                 eprint!("{f}");
@@ -293,7 +298,7 @@ impl Bench {
              | events | sink | M events/s (median of 5) | ns/event |\n| --- | --- | ---: | ---: |\n",
         );
         let recording = self.scratch.join("metadata.ftr");
-        self.record_metadata(&recording)?;
+        self.record_metadata(&recording, Duration::from_secs(1))?;
         for source in [None, Some(&recording)] {
             for sink in ["stats", "trace"] {
                 let mut cmd = Command::new(&self.fusetrace);
@@ -315,8 +320,8 @@ impl Bench {
         Ok(out)
     }
 
-    /// Records one second of the metadata storm on the reference daemon.
-    pub(crate) fn record_metadata(&self, file: &Path) -> Result<()> {
+    /// Records `duration` of the metadata storm on the reference daemon.
+    pub(crate) fn record_metadata(&self, file: &Path, duration: Duration) -> Result<()> {
         let w = WORKLOADS.iter().find(|w| w.name == "metadata").unwrap();
         let mount = Mount::new(self, Target::Reference, w)?;
         let result = (|| -> Result<()> {
@@ -332,7 +337,8 @@ impl Bench {
                 .arg("load")
                 .arg(&mount.dir)
                 .args(w.load)
-                .args(["--duration", "1s"])
+                .arg("--duration")
+                .arg(format!("{}ms", duration.as_millis()))
                 .output();
             t.stop()?;
             match load {

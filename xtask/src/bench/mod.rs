@@ -43,6 +43,7 @@ pub(crate) struct Options {
     pub(crate) targets: Vec<Target>,
     pub(crate) in_flight: u64,
     pub(crate) consumer: bool,
+    pub(crate) export: Duration,
     pub(crate) kernel_cost: bool,
     pub(crate) out: PathBuf,
 }
@@ -73,6 +74,11 @@ pub struct BenchArgs {
     /// Skip the consumer micro-benchmark.
     #[arg(long)]
     no_consumer: bool,
+    /// Seconds of the metadata storm to record for the export benchmark
+    /// (`report --perfetto` on that recording and on one a tenth as long:
+    /// time, peak RSS, size); 0 skips it.
+    #[arg(long, default_value = "0", value_parser = seconds_or_zero)]
+    export: Duration,
     /// Skip the BPF run-time measurement (kernel.bpf_stats_enabled).
     #[arg(long)]
     no_kernel_cost: bool,
@@ -91,6 +97,13 @@ fn seconds(text: &str) -> std::result::Result<Duration, String> {
         .filter(|s| *s > 0.0)
         .map(Duration::from_secs_f64)
         .ok_or_else(|| format!("`{text}` is not a number of seconds, e.g. 2 or 2s"))
+}
+
+fn seconds_or_zero(text: &str) -> std::result::Result<Duration, String> {
+    if text.trim_end_matches('s') == "0" {
+        return Ok(Duration::ZERO);
+    }
+    seconds(text)
 }
 
 impl BenchArgs {
@@ -119,6 +132,7 @@ impl BenchArgs {
                 .collect(),
             in_flight: self.in_flight,
             consumer: !self.no_consumer,
+            export: self.export,
             kernel_cost: !self.no_kernel_cost,
             out: self
                 .out
@@ -145,6 +159,7 @@ pub(crate) fn install_bench_packages() -> Result<()> {
     apt_install(BENCH_APT_PACKAGES, |p| p)
 }
 
+mod export;
 mod harness;
 mod model;
 mod mounts;
