@@ -25,6 +25,22 @@ fn python() -> PathBuf {
     p
 }
 
+/// The trace at `pf` as Perfetto's own protos read it
+/// (tests/perfetto_read.py): `{"slices": [...], "counters": {...}}`.
+fn read_back(pf: &Path) -> Value {
+    let read = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perfetto_read.py"))
+        .arg(pf)
+        .output()
+        .expect("run python");
+    assert!(
+        read.status.success(),
+        "Perfetto's reader rejected the trace: {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    serde_json::from_slice(&read.stdout).unwrap()
+}
+
 /// `report FILE --requests --format json ARGS`: the request records.
 fn requests(trace: &str, args: &[&str]) -> Vec<Value> {
     let out = run_ok(
@@ -90,17 +106,7 @@ fn perfetto_export_matches_the_recording_request_by_request() {
         .collect();
     assert!(drawn.len() > 1000, "too few requests: {}", drawn.len());
 
-    let read = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perfetto_read.py"))
-        .arg(&pf)
-        .output()
-        .expect("run python");
-    assert!(
-        read.status.success(),
-        "Perfetto's reader rejected the trace: {}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    let pft: Value = serde_json::from_slice(&read.stdout).unwrap();
+    let pft = read_back(&pf);
     let slices = pft["slices"].as_array().unwrap();
 
     // Top-level slices by (unique, start): the request's on its requester
@@ -306,17 +312,7 @@ fn application_writes_link_to_the_write_requests_that_carried_them() {
         "{}",
         recorded.stderr
     );
-    let read = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perfetto_read.py"))
-        .arg(&pf)
-        .output()
-        .expect("run python");
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    let pft: Value = serde_json::from_slice(&read.stdout).unwrap();
+    let pft = read_back(&pf);
     let slices = pft["slices"].as_array().unwrap();
     let writes: Vec<&Value> = slices.iter().filter(|s| s["name"] == "write(2)").collect();
     assert_eq!(writes.len(), 32);
