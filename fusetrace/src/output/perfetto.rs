@@ -54,7 +54,10 @@ use prost::Message;
 use crate::{
     output::sink::Sink,
     pipeline::{
-        connections::ConnectionTable, lifecycle::RequestLifecycle, opcode, session::RunSummary,
+        connections::ConnectionTable,
+        lifecycle::{LatencyStage, RequestLifecycle},
+        opcode,
+        session::RunSummary,
     },
 };
 
@@ -785,15 +788,27 @@ impl<W: Write> Sink for PerfettoSink<W> {
         })?;
         let served = rec.taken_ns.zip(rec.replied_ns);
         if let Some(taken) = rec.taken_ns {
-            self.slice(SLICE_BEGIN, start, track, Some("queue"), |e| {
-                if served.is_some() {
-                    e.flow_ids.push(flow);
-                }
-            })?;
+            self.slice(
+                SLICE_BEGIN,
+                start,
+                track,
+                Some(LatencyStage::QueueWait.name()),
+                |e| {
+                    if served.is_some() {
+                        e.flow_ids.push(flow);
+                    }
+                },
+            )?;
             self.slice(SLICE_END, taken, track, None, |_| {})?;
         }
         if let Some((taken, replied)) = served {
-            self.slice(SLICE_BEGIN, taken, track, Some("daemon"), |_| {})?;
+            self.slice(
+                SLICE_BEGIN,
+                taken,
+                track,
+                Some(LatencyStage::DaemonService.name()),
+                |_| {},
+            )?;
             self.slice(SLICE_END, replied, track, None, |_| {})?;
             if let Some(dtid) = rec.daemon_tid {
                 let dtrack = self.track(Side::Daemon, dtid, None, None, taken, replied)?;
@@ -805,11 +820,17 @@ impl<W: Write> Sink for PerfettoSink<W> {
             }
         }
         if let Some(replied) = rec.replied_ns {
-            self.slice(SLICE_BEGIN, replied, track, Some("complete"), |e| {
-                if served.is_some() {
-                    e.terminating_flow_ids.push(flow);
-                }
-            })?;
+            self.slice(
+                SLICE_BEGIN,
+                replied,
+                track,
+                Some(LatencyStage::Completion.name()),
+                |e| {
+                    if served.is_some() {
+                        e.terminating_flow_ids.push(flow);
+                    }
+                },
+            )?;
             self.slice(SLICE_END, end, track, None, |_| {})?;
         }
         self.slice(SLICE_END, end, track, None, |_| {})?;
