@@ -17,8 +17,8 @@
 //! What is drawn:
 //! - each request (sent and ended seen) a slice named after its opcode on
 //!   its requester thread's track, with its stages `queue`, `daemon` and
-//!   `complete` as child slices, and arguments (mount, unique, node,
-//!   error, sizes);
+//!   `complete` (virtio-fs: `virtqueue`, `device`, `complete`) as child
+//!   slices, and arguments (mount, unique, node, error, sizes);
 //! - the daemon's service of it a slice on the daemon thread's track
 //!   (taken to replied);
 //! - a flow from the request's queue stage to the daemon thread's slice to
@@ -55,7 +55,7 @@ use crate::{
     output::sink::Sink,
     pipeline::{
         connections::ConnectionTable,
-        lifecycle::{LatencyStage, RequestLifecycle},
+        lifecycle::{ExtraStage, LatencyStage, RequestLifecycle},
         opcode,
         session::RunSummary,
     },
@@ -786,31 +786,41 @@ impl<W: Write> Sink for PerfettoSink<W> {
                 a.push(uint("background", u64::from(b)));
             }
         })?;
+        // The stages as child slices; a flow runs from the first through
+        // the daemon thread's slice to the last when the daemon was seen.
         let served = rec.taken_ns.zip(rec.replied_ns);
-        if let Some(taken) = rec.taken_ns {
-            self.slice(
-                SLICE_BEGIN,
-                start,
-                track,
-                Some(LatencyStage::QueueWait.name()),
-                |e| {
-                    if served.is_some() {
-                        e.flow_ids.push(flow);
-                    }
-                },
-            )?;
-            self.slice(SLICE_END, taken, track, None, |_| {})?;
-        }
-        if let Some((taken, replied)) = served {
-            self.slice(
-                SLICE_BEGIN,
-                taken,
-                track,
-                Some(LatencyStage::DaemonService.name()),
-                |_| {},
-            )?;
-            self.slice(SLICE_END, replied, track, None, |_| {})?;
-            if let Some(dtid) = rec.daemon_tid {
+        let stages = if rec.is_virtio() {
+            [
+                (ExtraStage::Virtqueue.name(), Some(start), rec.virtq_ns),
+                (ExtraStage::Device.name(), rec.virtq_ns, rec.device_done_ns),
+                (
+                    LatencyStage::Completion.name(),
+                    rec.device_done_ns,
+                    Some(end),
+                ),
+            ]
+        } else {
+            [
+                (LatencyStage::QueueWait.name(), Some(start), rec.taken_ns),
+                (
+                    LatencyStage::DaemonService.name(),
+                    rec.taken_ns,
+                    rec.replied_ns,
+                ),
+                (LatencyStage::Completion.name(), rec.replied_ns, Some(end)),
+            ]
+        };
+        for (i, (stage, from, to)) in stages.into_iter().enumerate() {
+            let (Some(from), Some(to)) = (from, to) else {
+                continue;
+            };
+            self.slice(SLICE_BEGIN, from, track, Some(stage), |e| match i {
+                0 if served.is_some() => e.flow_ids.push(flow),
+                2 if served.is_some() => e.terminating_flow_ids.push(flow),
+                _ => {}
+            })?;
+            self.slice(SLICE_END, to, track, None, |_| {})?;
+            if let (1, Some((taken, replied)), Some(dtid)) = (i, served, rec.daemon_tid) {
                 let dtrack = self.track(Side::Daemon, dtid, None, None, taken, replied)?;
                 self.slice(SLICE_BEGIN, taken, dtrack, Some(&name), |e| {
                     e.flow_ids.push(flow);
@@ -818,20 +828,6 @@ impl<W: Write> Sink for PerfettoSink<W> {
                 })?;
                 self.slice(SLICE_END, replied, dtrack, None, |_| {})?;
             }
-        }
-        if let Some(replied) = rec.replied_ns {
-            self.slice(
-                SLICE_BEGIN,
-                replied,
-                track,
-                Some(LatencyStage::Completion.name()),
-                |e| {
-                    if served.is_some() {
-                        e.terminating_flow_ids.push(flow);
-                    }
-                },
-            )?;
-            self.slice(SLICE_END, end, track, None, |_| {})?;
         }
         self.slice(SLICE_END, end, track, None, |_| {})?;
         self.counts.slices += 1;
@@ -887,21 +883,47 @@ mod tests {
         }
     }
 
-    /// The track uuid each request's slice was written on.
-    fn tracks_of(out: &[u8]) -> Vec<u64> {
+    /// (track uuid, name) of every slice begun, interned names resolved.
+    fn begins(out: &[u8]) -> Vec<(u64, String)> {
         let mut buf = out;
-        let mut tracks = Vec::new();
+        let mut names = HashMap::new();
+        let mut begins = Vec::new();
         while !buf.is_empty() {
             assert_eq!(buf[0], 0x0a);
             buf = &buf[1..];
             let p = TracePacket::decode_length_delimited(&mut buf).unwrap();
+            if let Some(i) = p.interned_data {
+                for n in i.event_names {
+                    names.insert(n.iid.unwrap(), n.name.unwrap());
+                }
+            }
             if let Some(e) = p.track_event
                 && e.r#type == Some(SLICE_BEGIN)
             {
-                tracks.push(e.track_uuid.unwrap());
+                begins.push((e.track_uuid.unwrap(), names[&e.name_iid.unwrap()].clone()));
             }
         }
-        tracks
+        begins
+    }
+
+    /// The track uuid each request's slice was written on.
+    fn tracks_of(out: &[u8]) -> Vec<u64> {
+        begins(out).into_iter().map(|(t, _)| t).collect()
+    }
+
+    #[test]
+    fn virtio_requests_show_their_virtqueue_and_device_stages() {
+        let mut sink = PerfettoSink::new(Vec::new(), 0);
+        let mut names = ConnectionTable::frozen([]);
+        let mut r = rec(1, 7, 10, 50);
+        r.virtq_ns = Some(12);
+        r.device_done_ns = Some(40);
+        sink.request(&r, &mut names).unwrap();
+        let got: Vec<String> = begins(&sink.into_inner())
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(got, ["READ", "virtqueue", "device", "complete"]);
     }
 
     #[test]
