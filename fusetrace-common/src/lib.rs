@@ -252,6 +252,10 @@ pub struct KernelLayout {
     /// `agg_connection_count`; 0: all).
     pub agg_connection_count: u32,
     pub agg_connections: [u32; AGG_MAX_CONNECTIONS],
+    /// In-kernel aggregation of stages (`stats --stages`): the daemon-side
+    /// hooks stamp the request's slot instead of reporting events, and the
+    /// end counts queue, daemon and completion as well as the total.
+    pub agg_stages: u32,
     /// `offsetof(struct fuse_dev, pq)` + `offsetof(struct fuse_pqueue,
     /// processing)`: the hash table of requests a daemon has taken.
     pub fuse_dev_processing: u32,
@@ -298,7 +302,11 @@ pub mod counters {
     /// Daemon takes whose request was not found in the connection's
     /// processing table (joined at the request's end instead).
     pub const TAKE_UNRESOLVED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// In-kernel stages: requests that ended without both daemon points
+    /// seen (taken before tracing began, aborted, or their take or reply
+    /// not found): counted in the total only.
+    pub const AGG_STAGES_MISSING: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Requests the in-kernel aggregation can hold in flight at once: each in
@@ -317,6 +325,12 @@ pub const AGG_CELLS: u32 = 1 << 16;
 pub mod agg_stage {
     /// From `fuse_request_send` to `fuse_request_end`.
     pub const TOTAL: u8 = 0;
+    /// Sent until a daemon thread took it.
+    pub const QUEUE: u8 = 1;
+    /// Taken until the daemon's reply.
+    pub const DAEMON: u8 = 2;
+    /// Reply until the end.
+    pub const COMPLETE: u8 = 3;
 }
 
 /// One cell of the in-kernel latency histograms: how many requests of this

@@ -35,11 +35,14 @@ static AGG_SLOTS: Array<Slot> = Array::with_max_entries(AGG_IN_FLIGHT, 0);
 #[map]
 static AGG_SENT: HashMap<u64, Sent> = HashMap::with_max_entries(AGG_OVERFLOW, 0);
 
-/// What the end needs of the send.
+/// What the end needs of the send, and (`stats --stages`) the daemon's
+/// points the daemon-side hooks stamp in (0: not seen).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Sent {
     ts_ns: u64,
+    taken_ns: u64,
+    replied_ns: u64,
     connection: u32,
     _pad: u32,
 }
@@ -153,6 +156,8 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     }
     let sent = Sent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
+        taken_ns: 0,
+        replied_ns: 0,
         connection,
         _pad: 0,
     };
@@ -229,17 +234,90 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
         errored: (error.unwrap_or(0) != 0) as u8,
         _pad: 0,
     };
-    match AGG_HISTOGRAMS.get_ptr_mut(&key) {
+    if !count(&key) {
+        return;
+    }
+    bump(counters::AGG_ENDED);
+    if layout_field!(agg_stages) != 0 {
+        let (taken, replied) = (sent.taken_ns, sent.replied_ns);
+        if taken < sent.ts_ns || replied < taken || now < replied || taken == 0 {
+            bump(counters::AGG_STAGES_MISSING);
+            return;
+        }
+        for (stage, from, to) in [
+            (agg_stage::QUEUE, sent.ts_ns, taken),
+            (agg_stage::DAEMON, taken, replied),
+            (agg_stage::COMPLETE, replied, now),
+        ] {
+            let key = HistogramKey {
+                bucket: latency_bucket(to - from),
+                stage,
+                ..key
+            };
+            count(&key);
+        }
+    }
+}
+
+/// Adds one to a histogram cell; false (counted) when the map is full.
+#[inline(always)]
+fn count(key: &HistogramKey) -> bool {
+    match AGG_HISTOGRAMS.get_ptr_mut(key) {
         // SAFETY: this CPU's slot; programs on one CPU do not interleave.
         Some(count) => unsafe { *count += 1 },
         None => {
-            if AGG_HISTOGRAMS.insert(&key, &1, 0).is_err() {
+            if AGG_HISTOGRAMS.insert(key, &1, 0).is_err() {
                 bump(counters::AGG_HISTOGRAM_FULL);
-                return;
+                return false;
             }
         }
     }
-    bump(counters::AGG_ENDED);
+    true
+}
+
+/// `stats --stages`: a daemon thread took (`replied` false) or answered
+/// request `unique` of `connection` through `file`: stamp the time in the
+/// request's slot, found by its id (the slot holds the `struct fuse_req *`
+/// whose id is checked), or for a request waiting in the overflow hash
+/// (its slot was taken, or its send came before its id) by its pointer,
+/// looked up in the connection's processing table.
+#[inline(always)]
+pub fn agg_daemon_point(file: u64, connection: u32, unique: u64, replied: bool) {
+    if !open() || !wanted_connection(connection) {
+        return;
+    }
+    // Notifications (id 0) and INTERRUPTs are not requests in the table.
+    if unique == 0 || unique & fusetrace_common::FUSE_INT_REQ_BIT != 0 {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let stamp = |sent: *mut Sent| {
+        // SAFETY: a map value; a racing end at worst loses this stamp.
+        unsafe {
+            if replied {
+                (*sent).replied_ns = now;
+            } else {
+                (*sent).taken_ns = now;
+            }
+        }
+    };
+    if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique, connection)) {
+        // SAFETY: a map value; see `agg_send`.
+        let req = unsafe { (*slot).req };
+        if req != 0
+            && unique_of::<false>(req) == unique
+            && unsafe { (*slot).sent.connection } == connection
+        {
+            stamp(unsafe { &mut (*slot).sent });
+            return;
+        }
+    }
+    let req = crate::taken_request(file, unique, layout());
+    if req != 0
+        && let Some(sent) = AGG_SENT.get_ptr_mut(&req)
+    {
+        stamp(sent);
+    }
 }
 
 #[btf_tracepoint(function = "fuse_request_send")]

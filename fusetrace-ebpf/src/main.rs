@@ -535,6 +535,12 @@ fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
         bump(counters::READ_FAULTS);
         return 0;
     };
+    if l.agg_stages != 0 {
+        if fusetrace_common::opcode::expects_reply(h.opcode) {
+            aggregate::agg_daemon_point(file, connection, h.unique, false);
+        }
+        return 0;
+    }
     // FORGET and BATCH_FORGET are not requests the kernel keeps (no reply);
     // an INTERRUPT's id has FUSE_INT_REQ_BIT set.
     let kept = fusetrace_common::opcode::expects_reply(h.opcode);
@@ -651,6 +657,10 @@ fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
         bump(counters::READ_FAULTS);
         return 0;
     };
+    if l.agg_stages != 0 {
+        aggregate::agg_daemon_point(file, connection, h.unique, true);
+        return 0;
+    }
     submit(FuseEvent {
         kind: EventKind::Replied as u8,
         connection,

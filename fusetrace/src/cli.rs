@@ -127,11 +127,15 @@ pub struct StatsArgs {
     #[arg(long, value_parser = parse_duration)]
     pub interval: Option<Duration>,
     /// Split each request's latency into queue wait, daemon service and
-    /// completion. Without it the kernel counts whole latencies into
-    /// histograms itself (send and end hooks only), which costs the
-    /// traced file system several times less.
+    /// completion (the daemon-side hooks run too). Counted in the kernel
+    /// like the whole latency, with no event per request.
     #[arg(long)]
     pub stages: bool,
+    /// Join every request's events in user space instead of counting in
+    /// the kernel (what `trace` and `top` do; it costs the traced file
+    /// system more, and adds the background-wait and virtio-fs stages).
+    #[arg(long)]
+    pub from_events: bool,
     #[command(flatten)]
     pub csv: CsvOpts,
 }
@@ -145,13 +149,14 @@ impl StatsArgs {
         let csv = self.csv.writer(self.interval.is_some(), Clock::Wall)?;
         // The plain tracepoints carry no request pointer to key a
         // kernel-side table by: that backend splits stages or nothing.
-        let in_kernel = !self.stages && flags.backend != Some(Backend::Tracepoint);
+        let in_kernel = !self.from_events && flags.backend != Some(Backend::Tracepoint);
         let mut probes = if in_kernel {
             flags.attach_options(ProbeOptions {
                 backend: flags.backend,
                 aggregate: Some(KernelFilter {
                     pid: filter.pid,
                     connections: filter.connections.clone(),
+                    stages: self.stages,
                 }),
                 ..ProbeOptions::default()
             })?
@@ -162,7 +167,14 @@ impl StatsArgs {
         let interval = self.interval.unwrap_or(Duration::from_secs(5));
         let mut sink = StatsOutput::printing(printer, csv);
         if in_kernel {
-            aggregate::run(&mut probes, &filter.opcodes, &mut sink, &stop, interval)?;
+            aggregate::run(
+                &mut probes,
+                self.stages,
+                &filter.opcodes,
+                &mut sink,
+                &stop,
+                interval,
+            )?;
         } else {
             session::run(&mut probes, &filter, &mut sink, &stop, interval)?;
         }

@@ -1,7 +1,8 @@
 //! `fusetrace stats` counting in the kernel: real mounts, real programs.
-//! Its counts must equal what the daemon served, its latencies agree with
-//! the event pipeline's (`stats --stages`), other mounts stay out, and a
-//! request that never ends is reported in flight.
+//! Its counts must equal what the daemon served, its latencies (whole, and
+//! per stage with `--stages`) agree with the event pipeline's (`stats
+//! --stages --from-events`), other mounts stay out, and a request that
+//! never ends is reported in flight.
 
 mod common;
 
@@ -41,7 +42,16 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
     let other = Daemon::start("agg-other", &["--ttl", "0s"]);
     let mount = ours.path().to_str().unwrap().to_string();
     let in_kernel = Tracer::start(&["stats", "--format", "json", "--mount", &mount]);
-    let pipeline = Tracer::start(&["stats", "--stages", "--format", "json", "--mount", &mount]);
+    let staged = Tracer::start(&["stats", "--stages", "--format", "json", "--mount", &mount]);
+    let pipeline = Tracer::start(&[
+        "stats",
+        "--stages",
+        "--from-events",
+        "--format",
+        "json",
+        "--mount",
+        &mount,
+    ]);
     // What was served until now is not the tracers' to see.
     let before = ours.snapshot();
     let load = |dir: &Path, workload: &str| {
@@ -61,6 +71,7 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
     let served = ours.stop_since(&before);
     other.stop();
     let counted = in_kernel.stop();
+    let staged = staged.stop();
     let split = pipeline.stop();
 
     // Forgets are not queued requests: the kernel batches them on a list
@@ -117,6 +128,40 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
                 (a - b).abs() <= 20_000.0 + 0.25 * b,
                 "{op}: median {a} ns in the kernel vs {b} ns from events"
             );
+        }
+    }
+
+    // `stats --stages` counts the stages in the kernel too: the same
+    // counts, every request split, each stage's median agreeing with the
+    // event pipeline's as the totals do.
+    let s = &staged.summary;
+    assert_eq!(s["kernel_aggregation"]["stages"].as_u64(), Some(0), "{s}");
+    assert_eq!(s["in_flight_at_exit"].as_u64(), Some(0), "{s}");
+    let staged_by_op = whole_run_by_op(&staged);
+    assert_eq!(
+        staged_by_op
+            .iter()
+            .map(|(op, o)| (op.clone(), o["count"].as_u64().unwrap()))
+            .collect::<BTreeMap<_, _>>(),
+        got,
+        "stats --stages (left) vs stats (right)"
+    );
+    for (op, o) in &staged_by_op {
+        let other = &split_by_op[op];
+        for name in ["queue_wait", "daemon_service", "completion", "total"] {
+            assert_eq!(
+                stage(o, name)["samples"],
+                o["count"],
+                "{op}: every request has its {name} counted"
+            );
+            if o["count"].as_u64().unwrap() >= 100 {
+                let a = stage(o, name)["p50_ns"].as_u64().unwrap() as f64;
+                let b = stage(other, name)["p50_ns"].as_u64().unwrap() as f64;
+                assert!(
+                    (a - b).abs() <= 20_000.0 + 0.25 * b,
+                    "{op} {name}: median {a} ns in the kernel vs {b} ns from events"
+                );
+            }
         }
     }
 }
@@ -252,7 +297,7 @@ fn too_many_mounts_for_the_kernel_filter_get_one_line() {
     assert!(!out.status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("at most 8 --mount") && stderr.contains("--stages"),
+        stderr.contains("at most 8 --mount") && stderr.contains("--from-events"),
         "{stderr}"
     );
     daemon.stop();

@@ -100,11 +100,12 @@ fn report_of_a_recording_gives_the_live_numbers() {
     let recorder = Tracer::start(&[
         "record", "-o", trace_s, "--mount", &mount, "--format", "json",
     ]);
-    // --stages: the event pipeline the recorder shares (plain `stats`
-    // counts in the kernel, with whole latencies only).
+    // --from-events: the event pipeline the recorder shares (plain
+    // `stats` and `stats --stages` count in the kernel).
     let stats = Tracer::start(&[
         "stats",
         "--stages",
+        "--from-events",
         "--mount",
         &mount,
         "--format",

@@ -261,49 +261,58 @@ pub const HOOK_TABLE: &[(Point, &[Hook])] = &[
     ),
 ];
 
-/// The hooks of in-kernel aggregation (`stats`): send and end only, each
-/// counting into kernel maps instead of the ring buffer.
+/// In-kernel aggregation's send and end hooks: each counts into kernel
+/// maps instead of the ring buffer.
+const AGG_SENT_HOOKS: &[Hook] = &[
+    Hook {
+        backend: Backend::TpBtf,
+        programs: &[("agg_sent_btf", Attach::TpBtf("fuse_request_send"))],
+        has_header: true,
+    },
+    Hook {
+        backend: Backend::Fentry,
+        programs: &[("agg_sent_fe", Attach::FEntry(&kfunc::SENT))],
+        has_header: true,
+    },
+    Hook {
+        backend: Backend::Kprobe,
+        programs: &[("agg_sent_kp", Attach::KProbe(&kfunc::SENT))],
+        has_header: true,
+    },
+];
+
+const AGG_ENDED_HOOKS: &[Hook] = &[
+    Hook {
+        backend: Backend::TpBtf,
+        programs: &[("agg_ended_btf", Attach::TpBtf("fuse_request_end"))],
+        has_header: true,
+    },
+    Hook {
+        backend: Backend::Fentry,
+        programs: &[("agg_ended_fe", Attach::FEntry(&kfunc::ENDED))],
+        has_header: true,
+    },
+    Hook {
+        backend: Backend::Kprobe,
+        programs: &[("agg_ended_kp", Attach::KProbe(&kfunc::ENDED))],
+        has_header: true,
+    },
+];
+
+/// The hooks of in-kernel aggregation (`stats`): send and end only.
 pub const AGGREGATE_HOOK_TABLE: &[(Point, &[Hook])] = &[
-    (
-        Point::Sent,
-        &[
-            Hook {
-                backend: Backend::TpBtf,
-                programs: &[("agg_sent_btf", Attach::TpBtf("fuse_request_send"))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Fentry,
-                programs: &[("agg_sent_fe", Attach::FEntry(&kfunc::SENT))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Kprobe,
-                programs: &[("agg_sent_kp", Attach::KProbe(&kfunc::SENT))],
-                has_header: true,
-            },
-        ],
-    ),
-    (
-        Point::Ended,
-        &[
-            Hook {
-                backend: Backend::TpBtf,
-                programs: &[("agg_ended_btf", Attach::TpBtf("fuse_request_end"))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Fentry,
-                programs: &[("agg_ended_fe", Attach::FEntry(&kfunc::ENDED))],
-                has_header: true,
-            },
-            Hook {
-                backend: Backend::Kprobe,
-                programs: &[("agg_ended_kp", Attach::KProbe(&kfunc::ENDED))],
-                has_header: true,
-            },
-        ],
-    ),
+    (Point::Sent, AGG_SENT_HOOKS),
+    (Point::Ended, AGG_ENDED_HOOKS),
+];
+
+/// In-kernel aggregation of stages (`stats --stages`): the daemon-side
+/// hooks as well, which then stamp the request's slot (`agg_stages` in the
+/// layout) instead of reporting events.
+pub const AGGREGATE_STAGES_HOOK_TABLE: &[(Point, &[Hook])] = &[
+    (Point::Sent, AGG_SENT_HOOKS),
+    (Point::Taken, &syscall_hooks(DAEMON_TAKE_SYSCALLS, true)),
+    (Point::Replied, &syscall_hooks(DAEMON_REPLY_SYSCALLS, false)),
+    (Point::Ended, AGG_ENDED_HOOKS),
 ];
 
 /// What was chosen for one point, and why the better hooks were not.

@@ -18,8 +18,8 @@ use fusetrace_common::{FuseEvent, HistogramKey, KernelLayout, counters};
 use crate::kernel::{
     btf::Btf,
     hooks::{
-        AGGREGATE_HOOK_TABLE, APP_WRITES_HOOKS, Attach, Backend, DIAGNOSE_PROGRAMS, HOOK_TABLE,
-        Hook, Point, PointChoice, backend_of,
+        AGGREGATE_HOOK_TABLE, AGGREGATE_STAGES_HOOK_TABLE, APP_WRITES_HOOKS, Attach, Backend,
+        DIAGNOSE_PROGRAMS, HOOK_TABLE, Hook, Point, PointChoice, backend_of,
     },
     kallsyms::Kallsyms,
     kfunc::{self, KFunc, Resolved},
@@ -52,6 +52,9 @@ pub struct KernelFilter {
     pub pid: Option<u32>,
     /// Only these connections; empty means all.
     pub connections: Vec<u32>,
+    /// Count the stages too (queue, daemon, completion): the daemon-side
+    /// hooks stamp each request's slot.
+    pub stages: bool,
 }
 
 /// How long [`Probes::poll`] lets events gather once some have arrived.
@@ -96,6 +99,8 @@ pub struct KernelCounters {
     pub sent_before_id: u64,
     /// Daemon takes whose request the kernel side did not find.
     pub take_unresolved: u64,
+    /// In-kernel stages: ends counted in the total only.
+    pub agg_stages_missing: u64,
 }
 
 impl Probes {
@@ -120,11 +125,12 @@ impl Probes {
             layout.agg_pid = f.pid.unwrap_or(0);
             if f.connections.len() > layout.agg_connections.len() {
                 bail!(
-                    "stats counts in the kernel for at most {} --mount paths; give fewer, or add --stages",
+                    "stats counts in the kernel for at most {} --mount paths; give fewer, or add --from-events",
                     layout.agg_connections.len()
                 );
             }
             layout.agg_connection_count = f.connections.len() as u32;
+            layout.agg_stages = u32::from(f.stages);
             layout.agg_connections[..f.connections.len()].copy_from_slice(&f.connections);
         }
         if opts.diagnose {
@@ -133,7 +139,8 @@ impl Probes {
             layout.track_app_io = 1;
         }
         let (mut ebpf, aya_btf) = load_object(&layout)?;
-        let table = match opts.aggregate {
+        let table = match &opts.aggregate {
+            Some(f) if f.stages => AGGREGATE_STAGES_HOOK_TABLE,
             Some(_) => AGGREGATE_HOOK_TABLE,
             None => HOOK_TABLE,
         };
@@ -272,6 +279,7 @@ impl Probes {
             agg_histogram_full: sum(counters::AGG_HISTOGRAM_FULL),
             sent_before_id: sum(counters::SENT_BEFORE_ID),
             take_unresolved: sum(counters::TAKE_UNRESOLVED),
+            agg_stages_missing: sum(counters::AGG_STAGES_MISSING),
         }
     }
 

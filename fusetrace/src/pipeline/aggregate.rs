@@ -54,9 +54,13 @@ pub fn to_stats(cells: &[(HistogramKey, u64)], opcodes: &[u32]) -> Stats {
         }
         let stage = match key.stage {
             agg_stage::TOTAL => LatencyStage::Total,
+            agg_stage::QUEUE => LatencyStage::QueueWait,
+            agg_stage::DAEMON => LatencyStage::DaemonService,
+            agg_stage::COMPLETE => LatencyStage::Completion,
             _ => continue,
         };
         let (low, high) = bucket_bounds(key.bucket);
+        // Counts and errors come from the total's cells only.
         stats
             .ops
             .entry((key.connection, key.opcode))
@@ -68,8 +72,10 @@ pub fn to_stats(cells: &[(HistogramKey, u64)], opcodes: &[u32]) -> Stats {
 
 /// Reads the kernel's cells every `tick` until `stop`, handing each
 /// interval's growth to `sink`, then the summary.
+/// `stages`: the probes count queue, daemon and completion as well.
 pub fn run(
     probes: &mut Probes,
+    stages: bool,
     opcodes: &[u32],
     sink: &mut dyn Sink,
     stop: &StopWhen,
@@ -110,6 +116,7 @@ pub fn run(
         kernel_aggregation: Some(AggregationLosses {
             in_flight_table_full: k.agg_table_full,
             histogram_full: k.agg_histogram_full,
+            stages: stages.then_some(k.agg_stages_missing),
         }),
         ..RunSummary::default()
     };

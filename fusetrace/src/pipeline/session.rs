@@ -112,6 +112,10 @@ pub struct AggregationLosses {
     pub in_flight_table_full: u64,
     /// Latencies not counted: the kernel's histogram map was full.
     pub histogram_full: u64,
+    /// Stages counted too (`stats --stages`): the requests counted in the
+    /// total only, their daemon points not both seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<u64>,
 }
 
 impl RunSummary {
@@ -146,8 +150,20 @@ impl RunSummary {
 
     fn render_counts(&self) -> String {
         if let Some(losses) = &self.kernel_aggregation {
+            let (what, stages_missing) = match losses.stages {
+                Some(n) => (
+                    "stages and total",
+                    format!(
+                        ", {n} counted in the total only (their daemon take or reply not seen)"
+                    ),
+                ),
+                None => (
+                    "whole latency, send to end; `stats --stages` splits it into queue, daemon and completion at a higher cost",
+                    String::new(),
+                ),
+            };
             return format!(
-                "{} requests counted in the kernel (whole latency, send to end; `stats --stages` splits it into queue, daemon and completion at a higher cost), {} in flight at exit; lost or unmatched: {} ring buffer drops, {} ends without submission, {} sends not counted (in-flight table full), {} latencies not counted (histogram map full)",
+                "{} requests counted in the kernel ({what}), {} in flight at exit; lost or unmatched: {} ring buffer drops, {} ends without submission, {} sends not counted (in-flight table full), {} latencies not counted (histogram map full){stages_missing}",
                 self.requests,
                 self.in_flight_at_exit,
                 self.ring_drops,

@@ -8,6 +8,7 @@ pub(crate) struct Bench {
     pub(crate) has_top: bool,
     /// `stats --stages` exists (then plain `stats` counts in the kernel).
     pub(crate) has_stages: bool,
+    pub(crate) has_from_events: bool,
     pub(crate) scratch: PathBuf,
 }
 
@@ -32,6 +33,7 @@ impl Bench {
             script: root().join("xtask/bench/fuse-latency.bt"),
             has_top: help.contains("--headless"),
             has_stages: stats_help.contains("--stages"),
+            has_from_events: stats_help.contains("--from-events"),
             scratch,
         })
     }
@@ -40,6 +42,9 @@ impl Bench {
         let mut v = vec![Variant::Untraced, Variant::Stats];
         if self.has_stages {
             v.push(Variant::StatsStages);
+        }
+        if self.has_from_events {
+            v.push(Variant::StatsEvents);
         }
         v.push(Variant::Trace);
         if self.has_top {
@@ -214,6 +219,9 @@ impl Bench {
             if self.has_stages {
                 variants.push(Variant::StatsStages);
             }
+            if self.has_from_events {
+                variants.push(Variant::StatsEvents);
+            }
             variants.push(Variant::Bpftrace);
             for variant in variants {
                 let before = bpf_programs()?;
@@ -358,6 +366,9 @@ impl Bench {
         let mut tracers: Vec<&[&str]> = vec![&["stats", "--format", "json"]];
         if self.has_stages {
             tracers.push(&["stats", "--stages", "--format", "json"]);
+        }
+        if self.has_from_events {
+            tracers.push(&["stats", "--stages", "--from-events", "--format", "json"]);
         }
         tracers.push(&["trace"]);
         if self.has_top {

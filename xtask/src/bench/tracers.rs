@@ -37,6 +37,13 @@ impl Tracer {
                     .arg(&mount.dir)
                     .stdout(Stdio::piped());
             }
+            Variant::StatsEvents => {
+                cmd = Command::new(&bench.fusetrace);
+                cmd.args(["stats", "--stages", "--from-events", "--format", "json"])
+                    .arg("--mount")
+                    .arg(&mount.dir)
+                    .stdout(Stdio::piped());
+            }
             Variant::Trace => {
                 cmd = Command::new(&bench.fusetrace);
                 cmd.args(["trace", "--mount"])
