@@ -100,7 +100,7 @@ pub struct RunSummary {
     /// number a new mount took: the new mount's traffic was left out.
     pub mounts_gone: u64,
     /// Set when latencies were counted in the kernel (`stats` without
-    /// `--stages`): what the kernel could not count.
+    /// `--from-events`): what the kernel could not count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_aggregation: Option<AggregationLosses>,
 }
@@ -158,7 +158,7 @@ impl RunSummary {
                     ),
                 ),
                 None => (
-                    "whole latency, send to end; `stats --stages` splits it into queue, daemon and completion at a higher cost",
+                    "whole latency, send to end; `stats --stages` splits it into queue, daemon and completion",
                     String::new(),
                 ),
             };
