@@ -26,7 +26,8 @@ enum Command {
     /// prints the whole-run stats at exit. --mount filters what is recorded;
     /// --pid and --op are stored and applied by `report`.
     Record(cli::RecordArgs),
-    /// The `stats` tables (and CSV) of recordings; several files are merged.
+    /// Recordings offline: the `stats` tables (and CSV), one line per request
+    /// (`--requests`), or a Perfetto trace (`--perfetto`); several files are merged.
     Report(record::report::ReportArgs),
     /// Run the embedded reference FUSE file system.
     Daemon(lab::daemon::DaemonArgs),
