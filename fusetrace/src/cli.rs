@@ -58,7 +58,7 @@ impl TracingFlags {
                 .collect::<Result<_>>()?,
             pid: self.pid,
             opcodes: self.ops.clone(),
-            gone: Vec::new(),
+            ..Filter::default()
         })
     }
 

@@ -124,6 +124,11 @@ pub fn parse_major_minor(text: &str) -> Option<u32> {
     Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
 }
 
+/// The kernel's `dev_t` encoding as `"major:minor"` ([`parse_major_minor`]'s inverse).
+pub fn major_minor(dev: u32) -> String {
+    format!("{}:{}", dev >> 20, dev & 0xfffff)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +136,7 @@ mod tests {
     #[test]
     fn major_minor_uses_kernel_encoding() {
         assert_eq!(parse_major_minor("0:52"), Some(52));
+        assert_eq!(major_minor((10 << 20) | 229), "10:229");
         assert_eq!(parse_major_minor("10:229"), Some((10 << 20) | 229));
         assert_eq!(parse_major_minor("x"), None);
     }

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::kernel::layout::parse_major_minor;
+use crate::kernel::layout::{major_minor, parse_major_minor};
 
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +141,7 @@ impl ConnectionTable {
         }
         match self.mounts.get(&connection) {
             Some(m) => m.mount_point.display().to_string(),
-            None => format!("conn {}:{}", connection >> 20, connection & 0xfffff),
+            None => format!("conn {}", major_minor(connection)),
         }
     }
 }

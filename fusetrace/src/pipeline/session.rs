@@ -16,6 +16,7 @@ use fusetrace_common::{EventKind, FuseEvent, opcode};
 use serde::Serialize;
 
 use crate::{
+    kernel::layout::major_minor,
     kernel::probes::{KernelCounters, Probes},
     output::sink::Sink,
     pipeline::connections::ConnectionTable,
@@ -281,10 +282,9 @@ pub fn run(
             (false, Some(conn)) => {
                 summary.mounts_gone += 1;
                 eprintln!(
-                    "fusetrace: {} was unmounted and a new mount took its connection number {}:{}; the new mount is not traced",
+                    "fusetrace: {} was unmounted and a new mount took its connection number {}; the new mount is not traced",
                     names.name(conn),
-                    conn >> 20,
-                    conn & 0xfffff
+                    major_minor(conn)
                 );
             }
             (false, None) => {}

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, anyhow};
 
 use super::format::{ConnectionInfo, Header, Reader, Record};
 use crate::{
+    kernel::layout::major_minor,
     output::sink::Sink,
     pipeline::connections::{ConnectionTable, MountEntry},
     pipeline::session::{self, Filter, RunSummary},
@@ -93,7 +94,7 @@ impl MergedNames {
     fn adopt_unnamed(&mut self, connection: u32) -> u32 {
         self.adopt(&ConnectionInfo {
             connection,
-            mount_point: format!("conn {}:{}", connection >> 20, connection & 0xfffff),
+            mount_point: format!("conn {}", major_minor(connection)),
             fs_type: String::new(),
         })
     }
@@ -147,7 +148,7 @@ pub fn replay_file(
         connections: Vec::new(),
         pid: header.filter.pid,
         opcodes: header.filter.opcodes.clone(),
-        gone: Vec::new(),
+        ..Filter::default()
     };
     let mut ids: HashMap<u32, u32> = HashMap::new();
     for c in &header.connections {
