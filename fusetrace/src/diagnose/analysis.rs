@@ -197,11 +197,6 @@ impl Evidence {
     }
 }
 
-fn io_range(rec: &RequestLifecycle) -> Option<(u64, u64, u32)> {
-    let [offset, size_flags] = rec.send_args?;
-    Some((offset, size_flags & 0xffff_ffff, (size_flags >> 32) as u32))
-}
-
 fn overlaps(a_start: u64, a_len: u64, b_start: u64, b_len: u64) -> bool {
     a_start < b_start + b_len && b_start < a_start + a_len
 }
@@ -249,7 +244,7 @@ fn diagnose(connection: u32, mount: String, ev: &ConnectionEvidence) -> Diagnosi
         let node = rec.nodeid.unwrap_or(0);
         match rec.opcode {
             OP_WRITE => {
-                let Some((offset, size, flags)) = io_range(rec) else {
+                let Some((offset, size, flags)) = rec.io_range() else {
                     d.write_requests
                         .add(u64::from(rec.request_len.unwrap_or(0)));
                     continue;
@@ -349,7 +344,10 @@ fn diagnose(connection: u32, mount: String, ev: &ConnectionEvidence) -> Diagnosi
             writes
                 .iter()
                 .filter(|r| r.sent_ns.is_some_and(|s| s >= w.enter_ns))
-                .filter(|r| io_range(r).is_some_and(|(o, s, _)| overlaps(o, s, w.pos, w.len)))
+                .filter(|r| {
+                    r.io_range()
+                        .is_some_and(|(o, s, _)| overlaps(o, s, w.pos, w.len))
+                })
                 .min_by_key(|r| r.sent_ns)
         });
         let Some(carrier) = carrier else {

@@ -9,7 +9,7 @@ use anyhow::Result;
 use fusetrace_common::{EventKind, FuseEvent};
 
 use crate::{
-    kernel::hooks::{APP_WRITES_HOOKS, Backend},
+    kernel::hooks::Backend,
     kernel::probes::{ProbeOptions, Probes},
     output::sink::Sink,
     pipeline::connections::{ConnectionTable, connection_of},
@@ -158,7 +158,7 @@ fn run_from_recordings(args: &DiagnoseArgs) -> Result<()> {
     let mut total = RunSummary::default();
     for path in &args.from {
         let r = replay_file(path, &mut sink, &mut merged, None)?;
-        if !r.header.hooks.iter().any(|h| h == APP_WRITES_HOOKS) {
+        if !r.header.has_app_writes() {
             eprintln!(
                 "fusetrace: {} was recorded without --app-writes: the applications' side of the writes is missing",
                 path.display()

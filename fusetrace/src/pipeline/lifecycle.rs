@@ -226,6 +226,14 @@ impl RequestLifecycle {
         }
     }
 
+    /// A READ's or WRITE's (offset, size, flags), from its send arguments
+    /// (`send_args`: offset, then size in the low and flags in the high 32
+    /// bits); `None` when the hooks read no arguments.
+    pub fn io_range(&self) -> Option<(u64, u64, u32)> {
+        let [offset, size_flags] = self.send_args?;
+        Some((offset, size_flags & 0xffff_ffff, (size_flags >> 32) as u32))
+    }
+
     /// A virtio-fs request (served by a device, not a `/dev/fuse` daemon).
     pub fn is_virtio(&self) -> bool {
         self.virtq_ns.is_some() || self.device_done_ns.is_some()
