@@ -279,11 +279,22 @@ fn report_requests_filters_by_op_latency_pid_and_time() {
 /// byte range covers it.
 #[test]
 fn application_writes_link_to_the_write_requests_that_carried_them() {
+    app_writes_link_to_their_write_requests("perfetto-wb", &["--writeback-cache"]);
+}
+
+/// The same write-through: each write(2) sends its WRITE inside the call,
+/// which ends before the write(2)'s own event arrives.
+#[test]
+fn write_through_application_writes_link_to_their_write_requests() {
+    app_writes_link_to_their_write_requests("perfetto-wt", &[]);
+}
+
+fn app_writes_link_to_their_write_requests(name: &str, daemon_args: &[&str]) {
     use std::{io::Write, os::unix::fs::MetadataExt};
     require_root();
-    let daemon = Daemon::start("perfetto-aw", &["--writeback-cache"]);
+    let daemon = Daemon::start(name, daemon_args);
     let mount = daemon.path().to_str().unwrap().to_string();
-    let out = Scratch::new("perfetto-aw-out");
+    let out = Scratch::new(&format!("{name}-out"));
     let trace = out.path().join("run.trace");
     let pf = out.path().join("run.pftrace");
     let recorder = Tracer::start(&[
@@ -335,6 +346,15 @@ fn application_writes_link_to_the_write_requests_that_carried_them() {
             );
         }
     }
+    // One recording always converts to the same bytes.
+    let again = out.path().join("again.pftrace");
+    run_ok(Command::new(bin()).args([
+        "report",
+        trace.to_str().unwrap(),
+        "--perfetto",
+        again.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&pf).unwrap());
 }
 
 /// The recording's start (its header), for `--since` / `--until`.

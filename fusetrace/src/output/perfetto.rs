@@ -43,7 +43,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, HashSet},
+    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
     io::Write,
 };
 
@@ -55,7 +55,7 @@ use crate::{
     output::sink::Sink,
     pipeline::{
         connections::ConnectionTable,
-        lifecycle::{ExtraStage, LatencyStage, RequestLifecycle},
+        lifecycle::{Comm, ExtraStage, LatencyStage, RequestLifecycle},
         opcode,
         session::RunSummary,
     },
@@ -272,6 +272,38 @@ struct PendingWrite {
 /// never go out while recorded).
 const MAX_PENDING_WRITES: usize = 65_536;
 
+/// How long (recorded time after its end) a WRITE request waits to be
+/// drawn when application writes are recorded: a write-through WRITE ends
+/// inside the write(2) that carries it, whose event comes at the call's
+/// exit. A write(2) longer than this links only to its last WRITEs.
+const WRITE_HOLD_NS: u64 = 1_000_000_000;
+
+/// A finished WRITE request waiting ([`WRITE_HOLD_NS`]) for the
+/// application writes whose bytes it carried.
+struct HeldWrite {
+    rec: RequestLifecycle,
+    flow: u64,
+    /// Flows from the application writes it carried, ending at its slice.
+    carried: Vec<u64>,
+}
+
+/// Links application write `w` to WRITE request `rec` (flow `flow`) when
+/// the request carried some of its bytes: same node (the caller's key), an
+/// overlapping range, sent after the write began. The flow's id, or `None`.
+fn link(w: &mut PendingWrite, rec: &RequestLifecycle, flow: u64) -> Option<u64> {
+    let (offset, size, _) = rec.io_range()?;
+    let overlap = (w.pos + w.len)
+        .min(offset + size)
+        .saturating_sub(w.pos.max(offset));
+    if overlap == 0 || w.enter_ns > rec.sent_ns? {
+        return None;
+    }
+    let id = mix(flow, w.enter_ns);
+    w.flows.push(id);
+    w.carried += overlap;
+    Some(id)
+}
+
 /// One flow per request; ids are unique within the trace (a request id
 /// repeats across mounts and remounts, so the send time goes in).
 fn flow_id(rec: &RequestLifecycle, sent_ns: u64) -> u64 {
@@ -314,7 +346,7 @@ pub struct PerfettoSink<W: Write> {
     /// Per (side, thread): when each lane is free again.
     lanes: HashMap<(Side, u32), Vec<u64>>,
     /// Thread id -> (process id, command), from the events' current task.
-    threads: HashMap<u32, (u32, [u8; 16])>,
+    threads: HashMap<u32, (u32, Comm)>,
     /// Requests sent and not yet ended, by (connection, pointer or id).
     open: HashSet<(u32, u64)>,
     changes: BinaryHeap<Change>,
@@ -327,13 +359,20 @@ pub struct PerfettoSink<W: Write> {
     /// Per (connection, node): application writes not yet carried.
     pending_writes: HashMap<(u32, u64), Vec<PendingWrite>>,
     pending_count: usize,
+    /// The recordings hold application writes: WRITE requests are held.
+    app_writes: bool,
+    /// Per (connection, node): finished WRITE requests not yet drawn, in
+    /// the order they finished; and every one's (release time, key).
+    held: HashMap<(u32, u64), VecDeque<HeldWrite>>,
+    held_order: VecDeque<(u64, (u32, u64))>,
     pub counts: PerfettoCounts,
 }
 
 impl<W: Write> PerfettoSink<W> {
     /// `window_ns`: how far out of time order events may arrive (the
-    /// recording's reorder window).
-    pub fn new(out: W, window_ns: u64) -> Self {
+    /// recording's reorder window); `app_writes`: the recordings hold
+    /// applications' writes (`record --app-writes`).
+    pub fn new(out: W, window_ns: u64, app_writes: bool) -> Self {
         PerfettoSink {
             out,
             buf: Vec::with_capacity(256),
@@ -353,6 +392,9 @@ impl<W: Write> PerfettoSink<W> {
             rate: HashMap::new(),
             pending_writes: HashMap::new(),
             pending_count: 0,
+            app_writes,
+            held: HashMap::new(),
+            held_order: VecDeque::new(),
             counts: PerfettoCounts::default(),
         }
     }
@@ -432,13 +474,6 @@ impl<W: Write> PerfettoSink<W> {
         Ok(())
     }
 
-    fn comm_of(&self, tid: u32) -> Option<String> {
-        self.threads.get(&tid).map(|(_, c)| {
-            let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-            String::from_utf8_lossy(&c[..end]).into_owned()
-        })
-    }
-
     /// Draws an application's write(2) on its thread's `write(2)` track,
     /// with a flow to each WRITE request that carried its bytes.
     fn draw_app_write(&mut self, w: PendingWrite) -> Result<()> {
@@ -465,27 +500,16 @@ impl<W: Write> PerfettoSink<W> {
     /// The flows from the pending application writes whose bytes the WRITE
     /// request `rec` carries; those now wholly carried are drawn.
     fn carry(&mut self, rec: &RequestLifecycle, flow: u64) -> Result<Vec<u64>> {
-        let (Some([offset, size_flags]), Some(node), Some(sent)) =
-            (rec.send_args, rec.nodeid, rec.sent_ns)
+        let Some(pending) = rec
+            .nodeid
+            .and_then(|node| self.pending_writes.get_mut(&(rec.connection, node)))
         else {
             return Ok(Vec::new());
         };
-        let size = size_flags & 0xffff_ffff;
-        let Some(pending) = self.pending_writes.get_mut(&(rec.connection, node)) else {
-            return Ok(Vec::new());
-        };
-        let mut ids = Vec::new();
-        for w in pending.iter_mut() {
-            let overlap = (w.pos + w.len)
-                .min(offset + size)
-                .saturating_sub(w.pos.max(offset));
-            if overlap > 0 && w.enter_ns <= sent {
-                let id = mix(flow, w.enter_ns);
-                w.flows.push(id);
-                w.carried += overlap;
-                ids.push(id);
-            }
-        }
+        let ids: Vec<u64> = pending
+            .iter_mut()
+            .filter_map(|w| link(w, rec, flow))
+            .collect();
         let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(pending)
             .into_iter()
             .partition(|w| w.carried >= w.len);
@@ -497,9 +521,11 @@ impl<W: Write> PerfettoSink<W> {
         Ok(ids)
     }
 
-    /// Draws every application write still waiting.
+    /// Draws every application write still waiting (in a fixed order, so
+    /// that one recording always converts to the same bytes).
     fn draw_pending_writes(&mut self) -> Result<()> {
-        let all: Vec<PendingWrite> = self.pending_writes.drain().flat_map(|(_, v)| v).collect();
+        let mut all: Vec<PendingWrite> = self.pending_writes.drain().flat_map(|(_, v)| v).collect();
+        all.sort_by_key(|w| (w.enter_ns, w.tid));
         self.pending_count = 0;
         for w in all {
             self.draw_app_write(w)?;
@@ -507,32 +533,32 @@ impl<W: Write> PerfettoSink<W> {
         Ok(())
     }
 
-    /// Describes `tid`'s thread track and its process, once.
-    fn describe_thread(&mut self, tid: u32, pid: Option<u32>, name: Option<String>) -> Result<()> {
-        let pid = pid
-            .or_else(|| self.threads.get(&tid).map(|t| t.0))
-            .unwrap_or(tid);
-        let name = name.or_else(|| self.comm_of(tid));
-        if !self.described.contains(&uuid::thread(tid)) {
-            self.describe(TrackDescriptor {
-                uuid: Some(uuid::process(pid)),
-                process: Some(ProcessDescriptor {
-                    pid: Some(pid as i32),
-                    process_name: if pid == tid { name.clone() } else { None },
-                }),
-                ..TrackDescriptor::default()
-            })?;
-            self.describe(TrackDescriptor {
-                uuid: Some(uuid::thread(tid)),
-                thread: Some(ThreadDescriptor {
-                    pid: Some(pid as i32),
-                    tid: Some(tid as i32),
-                    thread_name: name,
-                }),
-                ..TrackDescriptor::default()
-            })?;
+    /// Describes `tid`'s thread track and its process, once; the process
+    /// and name default to what the events said of the thread.
+    fn describe_thread(&mut self, tid: u32, pid: Option<u32>, name: Option<Comm>) -> Result<()> {
+        if self.described.contains(&uuid::thread(tid)) {
+            return Ok(());
         }
-        Ok(())
+        let known = self.threads.get(&tid).copied();
+        let pid = pid.or(known.map(|t| t.0)).unwrap_or(tid);
+        let name = name.or(known.map(|t| t.1)).map(|c| c.to_string());
+        self.describe(TrackDescriptor {
+            uuid: Some(uuid::process(pid)),
+            process: Some(ProcessDescriptor {
+                pid: Some(pid as i32),
+                process_name: if pid == tid { name.clone() } else { None },
+            }),
+            ..TrackDescriptor::default()
+        })?;
+        self.describe(TrackDescriptor {
+            uuid: Some(uuid::thread(tid)),
+            thread: Some(ThreadDescriptor {
+                pid: Some(pid as i32),
+                tid: Some(tid as i32),
+                thread_name: name,
+            }),
+            ..TrackDescriptor::default()
+        })
     }
 
     /// The track for a slice of `tid` over [start, end]: the thread's own
@@ -542,7 +568,7 @@ impl<W: Write> PerfettoSink<W> {
         side: Side,
         tid: u32,
         pid: Option<u32>,
-        name: Option<String>,
+        name: Option<Comm>,
         start: u64,
         end: u64,
     ) -> Result<u64> {
@@ -696,25 +722,34 @@ impl<W: Write> Sink for PerfettoSink<W> {
             kind,
             Some(EventKind::Sent | EventKind::Taken | EventKind::Replied | EventKind::AppWrite)
         ) {
-            self.threads.insert(ev.tid, (ev.tgid, ev.comm));
+            self.threads.insert(ev.tid, (ev.tgid, Comm(ev.comm)));
         }
         if kind == Some(EventKind::AppWrite) && ev.error == 0 && ev.len > 0 {
             if self.pending_count >= MAX_PENDING_WRITES {
                 self.draw_pending_writes()?;
             }
-            self.pending_count += 1;
-            self.pending_writes
-                .entry((ev.connection, ev.nodeid))
-                .or_default()
-                .push(PendingWrite {
-                    tid: ev.tid,
-                    pos: ev.arg0,
-                    len: u64::from(ev.len),
-                    enter_ns: ev.aux_ns,
-                    exit_ns: ev.ts_ns,
-                    carried: 0,
-                    flows: Vec::new(),
-                });
+            let key = (ev.connection, ev.nodeid);
+            let mut w = PendingWrite {
+                tid: ev.tid,
+                pos: ev.arg0,
+                len: u64::from(ev.len),
+                enter_ns: ev.aux_ns,
+                exit_ns: ev.ts_ns,
+                carried: 0,
+                flows: Vec::new(),
+            };
+            // Write-through: the WRITEs it carried ended before its exit.
+            for h in self.held.get_mut(&key).into_iter().flatten() {
+                if let Some(id) = link(&mut w, &h.rec, h.flow) {
+                    h.carried.push(id);
+                }
+            }
+            if w.carried >= w.len {
+                self.draw_app_write(w)?;
+            } else {
+                self.pending_count += 1;
+                self.pending_writes.entry(key).or_default().push(w);
+            }
         }
         let delta = match kind {
             Some(EventKind::Sent)
@@ -740,10 +775,79 @@ impl<W: Write> Sink for PerfettoSink<W> {
     fn request(&mut self, rec: &RequestLifecycle, names: &mut ConnectionTable) -> Result<()> {
         let until = self.watermark_ns.saturating_sub(self.window_ns);
         self.drain(until, names)?;
+        self.release_held(self.watermark_ns.saturating_sub(WRITE_HOLD_NS), names)?;
         let (Some(start), Some(end)) = (rec.sent_ns, rec.ended_ns) else {
             self.counts.not_drawn += 1;
             return Ok(());
         };
+        let flow = flow_id(rec, start);
+        if rec.opcode != op::WRITE {
+            return self.draw(rec, start, end, flow, Vec::new(), names);
+        }
+        // Writeback: the application writes it carries came before it.
+        let carried = self.carry(rec, flow)?;
+        match rec.nodeid {
+            Some(node) if self.app_writes => {
+                let key = (rec.connection, node);
+                self.held.entry(key).or_default().push_back(HeldWrite {
+                    rec: rec.clone(),
+                    flow,
+                    carried,
+                });
+                self.held_order
+                    .push_back((end.saturating_add(WRITE_HOLD_NS), key));
+                Ok(())
+            }
+            _ => self.draw(rec, start, end, flow, carried, names),
+        }
+    }
+
+    fn finish(&mut self, _summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
+        self.drain(u64::MAX, names)?;
+        self.release_held(u64::MAX, names)?;
+        self.draw_pending_writes()?;
+        let mut rates: Vec<(u32, (u64, i64))> = self.rate.drain().collect();
+        rates.sort_unstable();
+        for (conn, (sec, n)) in rates {
+            self.close_second(conn, sec, n, None)?;
+        }
+        self.out.flush().context("cannot write the Perfetto trace")
+    }
+}
+
+impl<W: Write> PerfettoSink<W> {
+    /// Draws the held WRITE requests due by `until_ns` (recorded time).
+    fn release_held(&mut self, until_ns: u64, names: &mut ConnectionTable) -> Result<()> {
+        while let Some(&(due, key)) = self.held_order.front() {
+            if due > until_ns {
+                break;
+            }
+            self.held_order.pop_front();
+            let Some(h) = self.held.get_mut(&key).and_then(VecDeque::pop_front) else {
+                continue;
+            };
+            if self.held.get(&key).is_some_and(VecDeque::is_empty) {
+                self.held.remove(&key);
+            }
+            let (Some(start), Some(end)) = (h.rec.sent_ns, h.rec.ended_ns) else {
+                continue;
+            };
+            self.draw(&h.rec, start, end, h.flow, h.carried, names)?;
+        }
+        Ok(())
+    }
+
+    /// Writes request `rec`'s slices (sent at `start`, ended at `end`, flow
+    /// `flow`); `carried`: flows from the application writes it carried.
+    fn draw(
+        &mut self,
+        rec: &RequestLifecycle,
+        start: u64,
+        end: u64,
+        flow: u64,
+        carried: Vec<u64>,
+        names: &mut ConnectionTable,
+    ) -> Result<()> {
         let name = opcode::name(rec.opcode);
         // Background requests (RELEASE, writeback) have no requester: the
         // thread that sent them stands in.
@@ -751,14 +855,7 @@ impl<W: Write> Sink for PerfettoSink<W> {
             Some(tid) => (tid, rec.requester_pid, rec.requester_comm),
             None => (rec.sender_tid.unwrap_or(0), None, rec.sender_comm),
         };
-        let comm = comm.map(|c| c.to_string());
         let track = self.track(Side::Requester, tid, pid, comm, start, end)?;
-        let flow = flow_id(rec, start);
-        let carried = if rec.opcode == op::WRITE {
-            self.carry(rec, flow)?
-        } else {
-            Vec::new()
-        };
         let mount = names.name(rec.connection);
         self.slice(SLICE_BEGIN, start, track, Some(&name), |e| {
             e.terminating_flow_ids = carried;
@@ -777,10 +874,9 @@ impl<W: Write> Sink for PerfettoSink<W> {
             if let Some(l) = rec.reply_len {
                 a.push(uint("reply_len", u64::from(l)));
             }
-            if let (op::READ | op::WRITE, Some([offset, size_flags])) = (rec.opcode, rec.send_args)
-            {
+            if let (op::READ | op::WRITE, Some((offset, size, _))) = (rec.opcode, rec.io_range()) {
                 a.push(uint("offset", offset));
-                a.push(uint("size", size_flags & 0xffff_ffff));
+                a.push(uint("size", size));
             }
             if let Some(b) = rec.background {
                 a.push(uint("background", u64::from(b)));
@@ -832,16 +928,6 @@ impl<W: Write> Sink for PerfettoSink<W> {
         self.slice(SLICE_END, end, track, None, |_| {})?;
         self.counts.slices += 1;
         Ok(())
-    }
-
-    fn finish(&mut self, _summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
-        self.drain(u64::MAX, names)?;
-        self.draw_pending_writes()?;
-        let rates: Vec<(u32, (u64, i64))> = self.rate.drain().collect();
-        for (conn, (sec, n)) in rates {
-            self.close_second(conn, sec, n, None)?;
-        }
-        self.out.flush().context("cannot write the Perfetto trace")
     }
 }
 
@@ -913,7 +999,7 @@ mod tests {
 
     #[test]
     fn virtio_requests_show_their_virtqueue_and_device_stages() {
-        let mut sink = PerfettoSink::new(Vec::new(), 0);
+        let mut sink = PerfettoSink::new(Vec::new(), 0, false);
         let mut names = ConnectionTable::frozen([]);
         let mut r = rec(1, 7, 10, 50);
         r.virtq_ns = Some(12);
@@ -928,7 +1014,7 @@ mod tests {
 
     #[test]
     fn overlapping_requests_of_one_thread_take_lanes_and_free_ones_are_reused() {
-        let mut sink = PerfettoSink::new(Vec::new(), 0);
+        let mut sink = PerfettoSink::new(Vec::new(), 0, false);
         let mut names = ConnectionTable::frozen([]);
         // Finished in end order: [10,20], [5,25] overlaps it, [21,30] fits
         // after the first, [26,40] after the second.

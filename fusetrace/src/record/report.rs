@@ -195,20 +195,22 @@ fn run_requests(args: &ReportArgs) -> Result<()> {
 pub fn to_perfetto(files: &[PathBuf], out: &Path) -> Result<()> {
     // Every input is checked before the output is created: a bad file
     // leaves nothing behind.
+    let mut app_writes = false;
     for path in files {
-        replay::open(path)?;
+        app_writes |= replay::open(path)?.header.has_app_writes();
     }
     let file = std::fs::File::create(out)
         .with_context(|| format!("cannot create Perfetto trace {}", out.display()))?;
-    convert(files, out, file).inspect_err(|_| {
+    convert(files, out, file, app_writes).inspect_err(|_| {
         let _ = std::fs::remove_file(out);
     })
 }
 
-fn convert(files: &[PathBuf], out: &Path, file: std::fs::File) -> Result<()> {
+fn convert(files: &[PathBuf], out: &Path, file: std::fs::File, app_writes: bool) -> Result<()> {
     let mut sink = PerfettoSink::new(
         BufWriter::with_capacity(1 << 16, file),
         TrackerConfig::default().reorder_window_ns,
+        app_writes,
     );
     let (mut merged, total) = replay_all(files, &mut sink, None, &Cell::new(0))?;
     sink.finish(&total, &mut merged.names)
