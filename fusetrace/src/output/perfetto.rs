@@ -31,7 +31,9 @@
 //!   the write began): inside the call when write-through, at close() or
 //!   from a flusher thread with the writeback cache. A write is drawn once
 //!   all its bytes went out (or at the end), since its flows must be known
-//!   when its slice is written; the trace processor sorts by time.
+//!   when its slice is written; a WRITE request waits 1 s of recorded time
+//!   (`WRITE_HOLD_NS`), since a write-through WRITE ends before the event
+//!   of the write(2) that carried it. The trace processor sorts by time.
 //!
 //! Slices on one track must nest; requests of one thread can overlap
 //! (background READs and WRITEs), so a thread gets lanes: a request goes on
