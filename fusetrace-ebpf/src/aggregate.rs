@@ -240,7 +240,8 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
     bump(counters::AGG_ENDED);
     if layout_field!(agg_stages) != 0 {
         let (taken, replied) = (sent.taken_ns, sent.replied_ns);
-        if taken < sent.ts_ns || replied < taken || now < replied || taken == 0 {
+        // An unseen point is 0, before the send: out of order either way.
+        if taken < sent.ts_ns || replied < taken || now < replied {
             bump(counters::AGG_STAGES_MISSING);
             return;
         }

@@ -535,15 +535,15 @@ fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
         bump(counters::READ_FAULTS);
         return 0;
     };
+    // FORGET and BATCH_FORGET are not requests the kernel keeps (no reply);
+    // an INTERRUPT's id has FUSE_INT_REQ_BIT set.
+    let kept = fusetrace_common::opcode::expects_reply(h.opcode);
     if l.agg_stages != 0 {
-        if fusetrace_common::opcode::expects_reply(h.opcode) {
+        if kept {
             aggregate::agg_daemon_point(file, connection, h.unique, false);
         }
         return 0;
     }
-    // FORGET and BATCH_FORGET are not requests the kernel keeps (no reply);
-    // an INTERRUPT's id has FUSE_INT_REQ_BIT set.
-    let kept = fusetrace_common::opcode::expects_reply(h.opcode);
     let req = if kept && ID_LATE.get(0).copied() == Some(1) {
         taken_request(file, h.unique, &l)
     } else {
