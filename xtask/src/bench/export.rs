@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Bench, tracers::wait4_nohang};
+use super::{Bench, parsing::number_after, tracers::wait4_blocking};
 use crate::Result;
 
 /// One finished command: wall time, peak RSS and what it said on stderr.
@@ -31,12 +31,7 @@ fn measure(mut cmd: Command) -> Result<Measured> {
         .spawn()
         .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     let pid = child.id();
-    let (status, ru) = loop {
-        if let Some(done) = wait4_nohang(pid)? {
-            break done;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (status, ru) = wait4_blocking(pid)?;
     let seconds = started.elapsed().as_secs_f64();
     // Reaped by wait4: keep std from waiting on it again.
     std::mem::forget(child);
@@ -49,16 +44,6 @@ fn measure(mut cmd: Command) -> Result<Measured> {
         peak_rss_kib: ru.ru_maxrss as u64,
         stderr,
     })
-}
-
-/// "wrote N requests as slices" in the export's stderr.
-fn slices(stderr: &str) -> u64 {
-    stderr
-        .split("wrote ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 impl Bench {
@@ -91,7 +76,10 @@ impl Bench {
                     samples.push(measure(cmd)?);
                 }
             }
-            let drawn = slices(&runs[1].1[0].stderr).max(1);
+            // "wrote N requests as slices to ..."
+            let drawn = number_after(&runs[1].1[0].stderr, "wrote ")
+                .unwrap_or(0)
+                .max(1);
             let pf_bytes = fs::metadata(&pf).map(|m| m.len()).unwrap_or(0);
             for (what, samples) in &runs {
                 let mut t: Vec<f64> = samples.iter().map(|m| m.seconds).collect();

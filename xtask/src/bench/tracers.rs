@@ -187,10 +187,19 @@ pub(crate) fn signal(pid: u32, sig: i32) {
 
 /// Reaps `pid` if it exited: its wait status and resource use.
 pub(crate) fn wait4_nohang(pid: u32) -> Result<Option<(i32, libc::rusage)>> {
+    wait4(pid, libc::WNOHANG)
+}
+
+/// Waits for child `pid` to exit: its status and resource usage.
+pub(crate) fn wait4_blocking(pid: u32) -> Result<(i32, libc::rusage)> {
+    wait4(pid, 0)?.ok_or_else(|| format!("wait4({pid}) returned without the child"))
+}
+
+fn wait4(pid: u32, options: i32) -> Result<Option<(i32, libc::rusage)>> {
     let mut status = 0;
     // SAFETY: zeroed rusage is valid; wait4 fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut ru) };
+    let rc = unsafe { libc::wait4(pid as i32, &mut status, options, &mut ru) };
     match rc {
         0 => Ok(None),
         r if r == pid as i32 => Ok(Some((status, ru))),
