@@ -15,7 +15,7 @@ use crate::{
     pipeline::connections::{ConnectionTable, connection_of},
     pipeline::lifecycle::RequestLifecycle,
     pipeline::session::{self, Filter, RunSummary, StopWhen},
-    record::replay::{MergedNames, add_summary, replay_file},
+    record::replay::{MergedNames, add_summary, has_app_writes, replay_file},
     units::parse_duration,
 };
 use analysis::{Diagnosis, Evidence};
@@ -158,7 +158,7 @@ fn run_from_recordings(args: &DiagnoseArgs) -> Result<()> {
     let mut total = RunSummary::default();
     for path in &args.from {
         let r = replay_file(path, &mut sink, &mut merged, None)?;
-        if !r.header.has_app_writes() {
+        if !has_app_writes(&r.header) {
             eprintln!(
                 "fusetrace: {} was recorded without --app-writes: the applications' side of the writes is missing",
                 path.display()

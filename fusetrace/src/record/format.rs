@@ -101,15 +101,6 @@ pub struct Header {
     pub reorder_window_ns: Option<u64>,
 }
 
-impl Header {
-    /// Recorded with `--app-writes`: applications' writes are in the file.
-    pub fn has_app_writes(&self) -> bool {
-        self.hooks
-            .iter()
-            .any(|h| h == crate::kernel::hooks::APP_WRITES_HOOKS)
-    }
-}
-
 /// What the recording run's kernel side counted (written once, at the end).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EndCounters {

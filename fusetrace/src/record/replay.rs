@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow};
 
 use super::format::{ConnectionInfo, Header, Reader, Record};
 use crate::{
-    kernel::layout::major_minor,
+    kernel::{hooks::APP_WRITES_HOOKS, layout::major_minor},
     output::sink::Sink,
     pipeline::connections::{ConnectionTable, MountEntry},
     pipeline::session::{self, Filter, RunSummary},
@@ -237,6 +237,13 @@ pub fn replay_file(
         cut_off_at: reader.truncated_at(),
         ended: end.is_some(),
     })
+}
+
+/// Recorded with `--app-writes`: applications' writes are in the file.
+/// (Not a `Header` method: format.rs is also built alone, into the fuzz
+/// target, without the kernel module.)
+pub fn has_app_writes(header: &Header) -> bool {
+    header.hooks.iter().any(|h| h == APP_WRITES_HOOKS)
 }
 
 /// Adds `b`'s counts to `a` (merging the summaries of several recordings).

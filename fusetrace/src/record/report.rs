@@ -197,7 +197,7 @@ pub fn to_perfetto(files: &[PathBuf], out: &Path) -> Result<()> {
     // leaves nothing behind.
     let mut app_writes = false;
     for path in files {
-        app_writes |= replay::open(path)?.header.has_app_writes();
+        app_writes |= replay::has_app_writes(&replay::open(path)?.header);
     }
     let file = std::fs::File::create(out)
         .with_context(|| format!("cannot create Perfetto trace {}", out.display()))?;
