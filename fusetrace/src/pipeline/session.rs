@@ -37,6 +37,8 @@ pub struct Filter {
     /// Named connections whose mount went away during the run (see
     /// [`Filter::admit`]): their numbers now belong to other mounts.
     pub gone: Vec<u32>,
+    /// Named connections that have had a request other than INIT this run.
+    pub active: Vec<u32>,
 }
 
 impl Filter {
@@ -48,21 +50,28 @@ impl Filter {
     /// Whether the run takes `ev`. A `--mount` names a mount by its
     /// connection number, the superblock's dev_t, which the kernel hands to
     /// the next mount once that one is unmounted. Every mount begins with
-    /// INIT, sent before any other request of it, and the named mounts
-    /// existed (were initialised) at the start: an INIT on a named
-    /// connection means its mount is gone and the number now names another,
-    /// whose traffic stays out from that INIT on. Returns the connection
-    /// when that happens, for the caller to say so.
+    /// INIT, sent before any other request of it: an INIT on a named
+    /// connection that already had other requests this run means its mount
+    /// is gone and the number now names another, whose traffic stays out
+    /// from that INIT on. (An INIT before any other request is the named
+    /// mount's own, when it was mounted after tracing began, as the demo
+    /// does.) Returns the connection when that happens, for the caller to
+    /// say so.
     pub fn admit(&mut self, ev: &FuseEvent) -> (bool, Option<u32>) {
         if !self.wants_connection(ev.connection) {
             return (false, None);
         }
-        if !self.connections.is_empty()
-            && ev.kind == EventKind::Sent as u8
-            && ev.opcode == opcode::INIT
-        {
+        if self.connections.is_empty() {
+            return (true, None);
+        }
+        let init = ev.kind == EventKind::Sent as u8 && ev.opcode == opcode::INIT;
+        let active = self.active.contains(&ev.connection);
+        if init && active {
             self.gone.push(ev.connection);
             return (false, Some(ev.connection));
+        }
+        if !init && !active {
+            self.active.push(ev.connection);
         }
         (true, None)
     }
@@ -376,6 +385,8 @@ mod tests {
             connections: vec![7],
             ..Filter::default()
         };
+        // The named mount's own INIT (mounted after tracing began) is its.
+        assert_eq!(f.admit(&sent(7, opcode::INIT)), (true, None));
         assert_eq!(f.admit(&sent(7, opcode::GETATTR)), (true, None));
         assert_eq!(f.admit(&sent(8, opcode::GETATTR)), (false, None));
         assert_eq!(f.admit(&sent(7, opcode::INIT)), (false, Some(7)));
