@@ -306,7 +306,10 @@ pub mod counters {
     /// seen (taken before tracing began, aborted, or their take or reply
     /// not found): counted in the total only.
     pub const AGG_STAGES_MISSING: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// In-kernel aggregation: INITs of connections the generation table
+    /// had no room for (their later mounts share generation 0).
+    pub const AGG_GENERATIONS_FULL: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Requests the in-kernel aggregation can hold in flight at once: each in
@@ -320,6 +323,11 @@ pub const AGG_IN_FLIGHT: u32 = 1 << AGG_IN_FLIGHT_BITS;
 pub const AGG_OVERFLOW: u32 = 1 << 16;
 /// Distinct (connection, opcode, stage, bucket, error) histogram cells.
 pub const AGG_CELLS: u32 = 1 << 16;
+/// Connections whose mounts the generation table numbers (see
+/// [`HistogramKey::generation`]).
+pub const AGG_MAX_GENERATIONS: u32 = 4096;
+/// `FUSE_INIT`: the first request of every mount.
+pub const FUSE_INIT: u32 = 26;
 
 /// Which latency an in-kernel histogram cell counts.
 pub mod agg_stage {
@@ -335,7 +343,8 @@ pub mod agg_stage {
 
 /// One cell of the in-kernel latency histograms: how many requests of this
 /// opcode on this connection took a latency in `bucket` (see
-/// [`latency_bucket`]). 16 bytes, no implicit padding (it is a hash key).
+/// [`latency_bucket`]), and their latencies' sum ([`CellCounts`]).
+/// 16 bytes, no implicit padding (it is a hash key).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HistogramKey {
@@ -344,9 +353,47 @@ pub struct HistogramKey {
     pub bucket: u16,
     /// One of [`agg_stage`].
     pub stage: u8,
-    /// 1 when the reply carried an error.
-    pub errored: u8,
+    /// The reply's errno (0: success; 255: 255 or above).
+    pub error: u8,
+    /// Which mount of this connection number: the INITs sent on it since
+    /// the probes were loaded. The kernel gives a freed number to the
+    /// next mount, so without it a new mount's requests would add to the
+    /// old one's cells (`fusetrace serve` retires a generation with its
+    /// mount).
+    pub generation: u32,
+}
+
+/// A request in flight in the in-kernel aggregation's tables: what its end
+/// needs of its send, and (`stats --stages`) the daemon's points the
+/// daemon-side hooks stamp in (0: not seen). Shared with user space,
+/// which reads the table of them (`fusetrace serve`: requests in flight
+/// and the oldest one's age).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AggSent {
+    pub ts_ns: u64,
+    pub taken_ns: u64,
+    pub replied_ns: u64,
+    pub connection: u32,
     pub _pad: u32,
+}
+
+/// One slot of the in-flight array: `req` (the `struct fuse_req *`) 0 is
+/// a free slot; written last by the send, cleared first by the end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AggSlot {
+    pub req: u64,
+    pub sent: AggSent,
+}
+
+/// What a histogram cell holds, per CPU: requests counted and the sum of
+/// their latencies (ns), so that a histogram's `_sum` is exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CellCounts {
+    pub count: u64,
+    pub sum_ns: u64,
 }
 
 /// Sub-buckets per power of two: latencies are counted to 1/16 of their
@@ -436,6 +483,8 @@ mod user {
     unsafe impl aya::Pod for super::KernelLayout {}
     unsafe impl aya::Pod for super::FuseEvent {}
     unsafe impl aya::Pod for super::HistogramKey {}
+    unsafe impl aya::Pod for super::CellCounts {}
+    unsafe impl aya::Pod for super::AggSent {}
 }
 
 #[cfg(test)]

@@ -19,15 +19,26 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 use fusetrace_common::{
-    AGG_CELLS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, AGG_OVERFLOW, FuseInHeader, FuseOutHeader,
-    HistogramKey, agg_stage, counters, latency_bucket,
+    AGG_CELLS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, AGG_MAX_GENERATIONS, AGG_OVERFLOW, AggSent,
+    AggSlot, CellCounts, FUSE_INIT, FuseInHeader, FuseOutHeader, HistogramKey, agg_stage, counters,
+    latency_bucket,
 };
 
 use crate::{GATE, UNIQUE_IN_HEADER, bump, fentry_arg, kprobe_arg, kread, layout, layout_field};
 
+/// `BPF_F_MMAPABLE`: user space maps the array to read it in one pass.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// Requests in flight, one per slot (`slot_of`); `req` 0 is a free slot.
+/// Mappable: `fusetrace serve` scans it for the requests in flight per
+/// mount and the oldest one's age, without a syscall per slot.
 #[map]
-static AGG_SLOTS: Array<Slot> = Array::with_max_entries(AGG_IN_FLIGHT, 0);
+static AGG_SLOTS: Array<Slot> = Array::with_max_entries(AGG_IN_FLIGHT, BPF_F_MMAPABLE);
+
+/// INITs sent per connection number since loading: the generation of the
+/// mount that holds the number now (see `HistogramKey::generation`).
+#[map]
+static AGG_GENERATIONS: HashMap<u32, u32> = HashMap::with_max_entries(AGG_MAX_GENERATIONS, 0);
 
 /// Requests in flight whose slot was taken, keyed by `struct fuse_req *`.
 /// A plain hash, not an LRU: a request is never forgotten silently; a full
@@ -35,23 +46,8 @@ static AGG_SLOTS: Array<Slot> = Array::with_max_entries(AGG_IN_FLIGHT, 0);
 #[map]
 static AGG_SENT: HashMap<u64, Sent> = HashMap::with_max_entries(AGG_OVERFLOW, 0);
 
-/// What the end needs of the send, and (`stats --stages`) the daemon's
-/// points the daemon-side hooks stamp in (0: not seen).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Sent {
-    ts_ns: u64,
-    taken_ns: u64,
-    replied_ns: u64,
-    connection: u32,
-    _pad: u32,
-}
-
-#[repr(C)]
-struct Slot {
-    req: u64,
-    sent: Sent,
-}
+type Sent = AggSent;
+type Slot = AggSlot;
 
 /// The slot of request `req` of `connection`: ids step by two, and the
 /// connection's Fibonacci hash moves each connection's run of ids to its
@@ -63,9 +59,10 @@ fn slot_of(unique: u64, connection: u32) -> u32 {
     ((unique >> 1) as u32 ^ mix as u32) & (AGG_IN_FLIGHT - 1)
 }
 
-/// Request counts per histogram cell, per CPU (no atomics on the hot path).
+/// Request counts and latency sums per histogram cell, per CPU (no
+/// atomics on the hot path).
 #[map]
-static AGG_HISTOGRAMS: PerCpuHashMap<HistogramKey, u64> =
+static AGG_HISTOGRAMS: PerCpuHashMap<HistogramKey, CellCounts> =
     PerCpuHashMap::with_max_entries(AGG_CELLS, 0);
 
 #[inline(always)]
@@ -145,6 +142,16 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     if !open() {
         return;
     }
+    // Before the filters: a mount is numbered whoever mounts it.
+    let opcode = load::<u32, DIRECT>(
+        req,
+        layout_field!(req_in_h) + offset_of!(FuseInHeader, opcode) as u32,
+    );
+    if opcode == Some(FUSE_INIT)
+        && let Some(connection) = connection_of::<DIRECT>(req)
+    {
+        next_generation(connection);
+    }
     if !wanted_requester::<DIRECT>(req) {
         return;
     }
@@ -179,6 +186,21 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     match AGG_SENT.insert(&req, &sent, 0) {
         Ok(()) => bump(counters::AGG_STARTED),
         Err(_) => bump(counters::AGG_TABLE_FULL),
+    }
+}
+
+/// A mount begins (its INIT is sent): its connection number's generation
+/// steps on. Only at INITs, so a request costs a lookup, never an update.
+#[inline(always)]
+fn next_generation(connection: u32) {
+    match AGG_GENERATIONS.get_ptr_mut(&connection) {
+        // SAFETY: a map value; INITs of one connection never race (one per mount).
+        Some(g) => unsafe { *g += 1 },
+        None => {
+            if AGG_GENERATIONS.insert(&connection, &1, 0).is_err() {
+                bump(counters::AGG_GENERATIONS_FULL);
+            }
+        }
     }
 }
 
@@ -226,15 +248,23 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
         req,
         layout_field!(req_out_h) + offset_of!(FuseOutHeader, error) as u32,
     );
+    // The number is freed only once every request of its mount ended, so
+    // the generation now is the one the request was sent in.
+    // SAFETY: a map value, copied.
+    let generation = unsafe { AGG_GENERATIONS.get(&sent.connection) }
+        .copied()
+        .unwrap_or(0);
+    let errno = error.unwrap_or(0).unsigned_abs();
+    let latency = now.saturating_sub(sent.ts_ns);
     let key = HistogramKey {
         connection: sent.connection,
         opcode: opcode.unwrap_or(0),
-        bucket: latency_bucket(now.saturating_sub(sent.ts_ns)),
+        bucket: latency_bucket(latency),
         stage: agg_stage::TOTAL,
-        errored: (error.unwrap_or(0) != 0) as u8,
-        _pad: 0,
+        error: if errno > 255 { 255 } else { errno as u8 },
+        generation,
     };
-    if !count(&key) {
+    if !count(&key, latency) {
         return;
     }
     bump(counters::AGG_ENDED);
@@ -255,19 +285,27 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
                 stage,
                 ..key
             };
-            count(&key);
+            count(&key, to - from);
         }
     }
 }
 
-/// Adds one to a histogram cell; false (counted) when the map is full.
+/// Adds one request of `ns` to a histogram cell; false (counted) when the
+/// map is full.
 #[inline(always)]
-fn count(key: &HistogramKey) -> bool {
+fn count(key: &HistogramKey, ns: u64) -> bool {
     match AGG_HISTOGRAMS.get_ptr_mut(key) {
         // SAFETY: this CPU's slot; programs on one CPU do not interleave.
-        Some(count) => unsafe { *count += 1 },
+        Some(cell) => unsafe {
+            (*cell).count += 1;
+            (*cell).sum_ns += ns;
+        },
         None => {
-            if AGG_HISTOGRAMS.insert(key, &1, 0).is_err() {
+            let cell = CellCounts {
+                count: 1,
+                sum_ns: ns,
+            };
+            if AGG_HISTOGRAMS.insert(key, &cell, 0).is_err() {
                 bump(counters::AGG_HISTOGRAM_FULL);
                 return false;
             }

@@ -15,4 +15,5 @@ pub mod kfunc;
 pub mod layout;
 pub mod modfentry;
 pub mod probes;
+pub mod slots;
 pub mod tracefs;

@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
-use fusetrace_common::{FuseEvent, HistogramKey, KernelLayout, counters};
+use fusetrace_common::{CellCounts, FuseEvent, HistogramKey, KernelLayout, counters};
 
 use crate::kernel::{
     btf::Btf,
@@ -25,6 +25,7 @@ use crate::kernel::{
     kfunc::{self, KFunc, Resolved},
     layout::{diagnose_layout, kernel_layout},
     modfentry::{self, ModuleFEntry},
+    slots::{InFlight, InFlightTables},
     tracefs::{self, RecordFormat},
 };
 
@@ -71,8 +72,8 @@ const FULL_BATCH: usize = 4096;
 pub struct Probes {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    /// In-kernel aggregation: the latency histogram cells.
-    histograms: Option<PerCpuHashMap<MapData, HistogramKey, u64>>,
+    /// In-kernel aggregation: the latency histogram cells and the rest.
+    aggregate: Option<AggregateMaps>,
     pub choices: Vec<PointChoice>,
     undecodable: u64,
     /// The diagnosis hooks on applications' writes are attached.
@@ -81,6 +82,13 @@ pub struct Probes {
     _module_fentry: Vec<ModuleFEntry>,
     // Owns the programs and links; kept last so maps above drop first.
     _ebpf: Ebpf,
+}
+
+/// The in-kernel aggregation's maps.
+struct AggregateMaps {
+    histograms: PerCpuHashMap<MapData, HistogramKey, CellCounts>,
+    generations: aya::maps::HashMap<MapData, u32, u32>,
+    in_flight: InFlightTables,
 }
 
 /// Kernel-side counters of what could not be delivered or decoded.
@@ -101,6 +109,8 @@ pub struct KernelCounters {
     pub take_unresolved: u64,
     /// In-kernel stages: ends counted in the total only.
     pub agg_stages_missing: u64,
+    /// In-kernel aggregation: INITs the generation table had no room for.
+    pub agg_generations_full: u64,
 }
 
 impl Probes {
@@ -183,11 +193,24 @@ impl Probes {
                 );
             }
         }
-        let histograms = match opts.aggregate {
-            Some(_) => Some(PerCpuHashMap::try_from(
-                ebpf.take_map("AGG_HISTOGRAMS")
-                    .context("AGG_HISTOGRAMS map missing")?,
-            )?),
+        let aggregate = match opts.aggregate {
+            Some(_) => {
+                let mut take = |name: &str| {
+                    ebpf.take_map(name)
+                        .with_context(|| format!("{name} map missing"))
+                };
+                let histograms = PerCpuHashMap::try_from(take("AGG_HISTOGRAMS")?)?;
+                let generations = aya::maps::HashMap::try_from(take("AGG_GENERATIONS")?)?;
+                let overflow = aya::maps::HashMap::try_from(take("AGG_SENT")?)?;
+                let aya::maps::Map::Array(slots) = take("AGG_SLOTS")? else {
+                    bail!("AGG_SLOTS is not an array");
+                };
+                Some(AggregateMaps {
+                    histograms,
+                    generations,
+                    in_flight: InFlightTables::new(slots, overflow)?,
+                })
+            }
             None => None,
         };
         // Every point's hook is attached: open the gate, so all points
@@ -201,7 +224,7 @@ impl Probes {
         Ok(Probes {
             ring,
             counters,
-            histograms,
+            aggregate,
             choices,
             undecodable: 0,
             app_writes: opts.diagnose,
@@ -280,21 +303,61 @@ impl Probes {
             sent_before_id: sum(counters::SENT_BEFORE_ID),
             take_unresolved: sum(counters::TAKE_UNRESOLVED),
             agg_stages_missing: sum(counters::AGG_STAGES_MISSING),
+            agg_generations_full: sum(counters::AGG_GENERATIONS_FULL),
         }
     }
 
-    /// In-kernel aggregation: every histogram cell with its count summed
-    /// over the CPUs (counts only grow during a run).
-    pub fn histogram_cells(&self) -> Result<Vec<(HistogramKey, u64)>> {
-        let Some(map) = &self.histograms else {
-            bail!("the probes were attached without in-kernel aggregation");
-        };
-        map.iter()
+    fn aggregate(&self) -> Result<&AggregateMaps> {
+        self.aggregate
+            .as_ref()
+            .context("the probes were attached without in-kernel aggregation")
+    }
+
+    /// In-kernel aggregation: every histogram cell with its counts summed
+    /// over the CPUs (they only grow while the cell exists).
+    pub fn histogram_cells(&self) -> Result<Vec<(HistogramKey, CellCounts)>> {
+        self.aggregate()?
+            .histograms
+            .iter()
             .map(|cell| {
                 let (key, per_cpu) = cell.context("reading the kernel's latency histograms")?;
-                Ok((key, per_cpu.iter().sum()))
+                let mut sum = CellCounts::default();
+                for c in per_cpu.iter() {
+                    sum.count += c.count;
+                    sum.sum_ns += c.sum_ns;
+                }
+                Ok((key, sum))
             })
             .collect()
+    }
+
+    /// In-kernel aggregation: forgets cells (of a mount that is gone).
+    pub fn remove_cells(&mut self, keys: &[HistogramKey]) -> Result<()> {
+        let Some(maps) = self.aggregate.as_mut() else {
+            bail!("the probes were attached without in-kernel aggregation");
+        };
+        for key in keys {
+            match maps.histograms.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("removing a histogram cell"),
+            }
+        }
+        Ok(())
+    }
+
+    /// In-kernel aggregation: each connection number's mount generation
+    /// (INITs sent on it since loading; absent: 0).
+    pub fn generations(&self) -> Result<std::collections::HashMap<u32, u32>> {
+        self.aggregate()?
+            .generations
+            .iter()
+            .map(|e| e.context("reading the kernel's mount generations"))
+            .collect()
+    }
+
+    /// In-kernel aggregation: the requests in flight now.
+    pub fn in_flight(&self) -> Result<Vec<InFlight>> {
+        Ok(self.aggregate()?.in_flight.scan())
     }
 
     /// Ring buffer records the decoder rejected.

@@ -65,7 +65,7 @@ pub fn to_stats(cells: &[(HistogramKey, u64)], opcodes: &[u32]) -> Stats {
             .ops
             .entry((key.connection, key.opcode))
             .or_default()
-            .record_n(stage, low + (high - low) / 2, *n, key.errored != 0);
+            .record_n(stage, low + (high - low) / 2, *n, key.error != 0);
     }
     stats
 }
@@ -91,7 +91,12 @@ pub fn run(
             stop.flag.load(Ordering::Relaxed) || stop.after.is_some_and(|d| started.elapsed() >= d);
         let now = Instant::now();
         if stopping || now >= next_tick {
-            let grown = to_stats(&deltas.update(&probes.histogram_cells()?), opcodes);
+            let cells: Vec<_> = probes
+                .histogram_cells()?
+                .into_iter()
+                .map(|(key, c)| (key, c.count))
+                .collect();
+            let grown = to_stats(&deltas.update(&cells), opcodes);
             requests += grown.total_requests();
             sink.stats(&grown)?;
             if stopping {
@@ -135,8 +140,8 @@ mod tests {
             opcode,
             bucket: latency_bucket(ns),
             stage: agg_stage::TOTAL,
-            errored: errored as u8,
-            _pad: 0,
+            error: if errored { libc::EIO as u8 } else { 0 },
+            generation: 0,
         }
     }
 
