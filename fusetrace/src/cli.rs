@@ -49,7 +49,7 @@ pub struct TracingFlags {
 }
 
 impl TracingFlags {
-    fn filter(&self) -> Result<Filter> {
+    pub(crate) fn filter(&self) -> Result<Filter> {
         Ok(Filter {
             connections: self
                 .mounts

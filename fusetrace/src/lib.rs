@@ -19,5 +19,6 @@ pub mod lab;
 pub mod output;
 pub mod pipeline;
 pub mod record;
+pub mod serve;
 pub mod tui;
 pub mod units;

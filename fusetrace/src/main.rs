@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use fusetrace::{cli, diagnose, kernel::doctor, lab, pipeline::opcode, record};
+use fusetrace::{cli, diagnose, kernel::doctor, lab, pipeline::opcode, record, serve};
 
 /// Where the time goes in FUSE file systems: every request's whole life,
 /// traced with eBPF.
@@ -41,6 +41,9 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Live view of the requests in flight, per-opcode latency and stalls.
     Top(cli::TopCommandArgs),
+    /// Serve the in-kernel counts at /metrics for Prometheus: latency
+    /// histograms, errors and requests in flight per mount and opcode.
+    Serve(serve::ServeArgs),
     /// List the FUSE opcode names `--op` accepts.
     Ops,
     /// Events per second the decoder, tracker and sinks digest on one
@@ -61,6 +64,7 @@ fn run(command: Command) -> Result<()> {
         Command::Diagnose(args) => diagnose::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Top(args) => args.run(),
+        Command::Serve(args) => args.run(),
         Command::BenchConsumer(args) => lab::bench_consumer::main(&args),
         Command::Ops => {
             for (n, name) in opcode::OPCODES {

@@ -355,6 +355,31 @@ impl Probes {
             .collect()
     }
 
+    /// The backend serving the send point (`tp-btf`, `kprobe`, ...).
+    pub fn sent_backend(&self) -> &'static str {
+        self.choices
+            .iter()
+            .find(|c| c.point == Point::Sent)
+            .and_then(|c| c.hook.as_ref())
+            .map_or("none", |h| h.backend.name())
+    }
+
+    /// Each loaded program's CPU time (seconds) and runs, as the kernel
+    /// counts them while `kernel.bpf_stats_enabled` is on (else zeros).
+    pub fn program_stats(&self) -> Vec<(String, f64, u64)> {
+        self._ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((
+                    name.to_string(),
+                    info.run_time().as_secs_f64(),
+                    info.run_count(),
+                ))
+            })
+            .collect()
+    }
+
     /// In-kernel aggregation: the requests in flight now.
     pub fn in_flight(&self) -> Result<Vec<InFlight>> {
         Ok(self.aggregate()?.in_flight.scan())

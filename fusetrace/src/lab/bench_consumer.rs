@@ -214,6 +214,7 @@ fn pass(
     // Every connection named, as a live run's mounts are: an unknown
     // connection makes the table re-read mountinfo on every lookup.
     let mut names = ConnectionTable::frozen(connections.iter().map(|&c| MountEntry {
+        mount_id: 0,
         connection: c,
         mount_point: PathBuf::from(format!("/tmp/bench-{c}")),
         fs_type: "fuse.bench".into(),

@@ -336,6 +336,7 @@ mod tests {
     #[test]
     fn text_lines_are_the_columns_they_always_were() {
         let mut names = ConnectionTable::frozen([MountEntry {
+            mount_id: 0,
             connection: 52,
             mount_point: "/tmp/my mnt".into(),
             fs_type: "fuse.bindfs".into(),

@@ -17,6 +17,8 @@ use crate::kernel::layout::{major_minor, parse_major_minor};
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// mountinfo's mount id: a new mount gets a new one (0: unknown).
+    pub mount_id: u32,
     /// Kernel `dev_t` of the superblock: for FUSE, the connection id.
     pub connection: u32,
     pub mount_point: PathBuf,
@@ -41,6 +43,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             // id parent major:minor root mount-point options [optional...] - fstype source superoptions
             let (left, right) = line.split_once(" - ")?;
             let fields: Vec<&str> = left.split(' ').collect();
+            let mount_id = fields.first()?.parse().ok()?;
             let connection = parse_major_minor(fields.get(2)?)?;
             let mount_point = PathBuf::from(OsString::from_vec(unescape(fields.get(4)?)));
             let mut right = right.split(' ');
@@ -48,6 +51,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let source =
                 String::from_utf8_lossy(&unescape(right.next().unwrap_or(""))).into_owned();
             Some(MountEntry {
+                mount_id,
                 connection,
                 mount_point,
                 fs_type,

@@ -70,6 +70,7 @@ impl MergedNames {
     /// share a connection) the last name wins, as in a live run's table.
     fn rename(&mut self, id: u32, info: &ConnectionInfo) {
         self.names.insert(MountEntry {
+            mount_id: 0,
             connection: id,
             mount_point: PathBuf::from(&info.mount_point),
             fs_type: info.fs_type.clone(),

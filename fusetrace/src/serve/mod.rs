@@ -1,0 +1,305 @@
+//! `fusetrace serve`: the in-kernel counts (`stats`' path: no event per
+//! request) as a Prometheus/OpenMetrics endpoint, for fleets that scrape.
+//!
+//! One direction: kernel maps -> [`mounts::MountBook`] (which mount each
+//! cell is) -> [`metrics::Snapshot`] per scrape -> [`http`]. The main
+//! thread owns the probes and answers scrapes the HTTP thread hands it;
+//! between scrapes it follows the mount table and retires the mounts that
+//! left it once their grace period is over.
+
+pub mod http;
+pub mod metrics;
+pub mod mounts;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::{atomic::Ordering, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    cli::TracingFlags,
+    kernel::{
+        hooks::Backend,
+        probes::{KernelFilter, ProbeOptions, Probes},
+    },
+    pipeline::{
+        connections::{MountEntry, fuse_mounts},
+        session::{StopWhen, monotonic_ns},
+    },
+    units::parse_duration,
+};
+use metrics::{Bounds, Inputs, Snapshot};
+use mounts::{MountBook, MountKey, fuse_holders, pick_daemon};
+
+/// `fusetrace serve`: request latency, errors and requests in flight per
+/// mount and opcode, counted in the kernel, served at `/metrics` in the
+/// Prometheus text format or OpenMetrics (as the client asks).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub flags: TracingFlags,
+    /// Address and port to serve on. Loopback unless you give another
+    /// (e.g. 0.0.0.0:9464 for every interface).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+    /// Also count the stages (queue, daemon, complete) per mount and
+    /// opcode; the daemon-side hooks run too, which costs more.
+    #[arg(long)]
+    pub stages: bool,
+    /// Histogram buckets per power of two, from 2 us to 34 s: 1, 2, 4, 8
+    /// or 16 (16: the kernel's own resolution, eight times the series of 2).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub buckets_per_octave: u32,
+    /// Histogram bucket bounds instead, e.g. 100us,1ms,10ms,100ms,1s; each
+    /// moves to the nearest edge of the kernel's buckets (printed at start).
+    #[arg(long, value_name = "DURATIONS", value_delimiter = ',', value_parser = parse_duration)]
+    pub buckets: Vec<Duration>,
+    /// Most mounts with series of their own; the mounts above it are
+    /// counted together under mountpoint="(other)".
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_mounts: usize,
+    /// How long an unmounted mount's series stay before they go.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Have the kernel count each eBPF program's run time while serving
+    /// (BPF_ENABLE_STATS, undone at exit), for fusetrace_bpf_program_*.
+    #[arg(long)]
+    pub bpf_stats: bool,
+}
+
+/// How often the mount table is read between scrapes.
+const MOUNT_POLL: Duration = Duration::from_secs(1);
+/// A scrape within this long of the last collection gets its results
+/// again: a client polling in a loop costs no more kernel reads.
+const REUSE: Duration = Duration::from_millis(200);
+/// Mounts in namespaces we cannot list are looked for in the daemons'
+/// mount tables at most this often.
+const HOLDER_RESCAN: Duration = Duration::from_secs(10);
+
+impl ServeArgs {
+    pub fn run(&self) -> Result<()> {
+        let flags = &self.flags;
+        if flags.backend == Some(Backend::Tracepoint) {
+            bail!(
+                "serve counts in the kernel, which the plain tracepoints cannot (they carry no request pointer); use another --backend"
+            );
+        }
+        let bounds = if self.buckets.is_empty() {
+            Bounds::per_octave(self.buckets_per_octave)?
+        } else {
+            let b = Bounds::snapped(&self.buckets)?;
+            eprintln!(
+                "fusetrace: histogram bounds (s): {}",
+                b.seconds()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            b
+        };
+        let filter = flags.filter()?;
+        let stop = StopWhen::on_signals(flags.duration)?;
+        // Before attaching: a taken port or a bad address fails first.
+        let listener = std::net::TcpListener::bind(self.listen)
+            .with_context(|| format!("cannot listen on {}", self.listen))?;
+        let mut probes = Probes::attach(&ProbeOptions {
+            backend: flags.backend,
+            aggregate: Some(KernelFilter {
+                pid: filter.pid,
+                connections: filter.connections.clone(),
+                stages: self.stages,
+            }),
+            ..ProbeOptions::default()
+        })?;
+        let _stats_fd = if self.bpf_stats {
+            Some(
+                aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                    .context("--bpf-stats: the kernel refused BPF_ENABLE_STATS")?,
+            )
+        } else {
+            None
+        };
+        let (scrapes, scrape_rx) = mpsc::channel();
+        let mut server = http::Server::spawn(listener, scrapes)?;
+        // Tests and scripts wait for this line before scraping.
+        eprintln!(
+            "fusetrace: serving http://{}/metrics ({}); Ctrl-C to stop",
+            self.listen,
+            probes.describe().join("; ")
+        );
+        let mut collector = Collector {
+            book: MountBook::new(self.max_mounts, self.grace),
+            bounds,
+            stages: self.stages,
+            opcodes: filter.opcodes.clone(),
+            bpf_stats: self.bpf_stats,
+            last_mountinfo: String::new(),
+            last_holder_scan: None,
+            cached: [None, None],
+        };
+        let started = Instant::now();
+        let mut next_poll = started;
+        let result = loop {
+            if stop.flag.load(Ordering::Relaxed)
+                || stop.after.is_some_and(|d| started.elapsed() >= d)
+            {
+                break Ok(());
+            }
+            if Instant::now() >= next_poll {
+                if let Err(e) = collector.follow_mounts(&mut probes, false) {
+                    break Err(e);
+                }
+                next_poll = Instant::now() + MOUNT_POLL;
+            }
+            match scrape_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(scrape) => match collector.scrape(&mut probes, scrape.openmetrics) {
+                    Ok(body) => {
+                        let _ = scrape.reply.send(body);
+                    }
+                    Err(e) => break Err(e),
+                },
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break Err(anyhow::anyhow!("the HTTP server stopped"));
+                }
+            }
+        };
+        server.stop();
+        drop(probes);
+        result
+    }
+}
+
+struct Collector {
+    book: MountBook,
+    bounds: Bounds,
+    stages: bool,
+    opcodes: Vec<u32>,
+    bpf_stats: bool,
+    last_mountinfo: String,
+    last_holder_scan: Option<Instant>,
+    /// The last body per format (text, OpenMetrics) and when it was made.
+    cached: [Option<(Instant, String)>; 2],
+}
+
+impl Collector {
+    /// Ties the mounts listed now to their kernel generations and retires
+    /// the ones gone for the grace period. `unknown_cells`: the cells hold
+    /// mounts the book does not know (look in the daemons' namespaces).
+    fn follow_mounts(&mut self, probes: &mut Probes, unknown_cells: bool) -> Result<()> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .context("cannot read /proc/self/mountinfo")?;
+        let changed = text != self.last_mountinfo;
+        let rescan = unknown_cells
+            && self
+                .last_holder_scan
+                .is_none_or(|t| t.elapsed() >= HOLDER_RESCAN);
+        let now = Instant::now();
+        if changed || rescan {
+            // Generations before and after the listing: equal, or try later.
+            let before = probes.generations()?;
+            let mut mounts = fuse_mounts(&text);
+            let holders = if changed || rescan {
+                self.last_holder_scan = Some(now);
+                fuse_holders()
+            } else {
+                Vec::new()
+            };
+            // Mounts in other mount namespaces (rootless containers), as
+            // their daemons see them.
+            let mut seen: HashSet<u32> = mounts.iter().map(|m| m.connection).collect();
+            for h in &holders {
+                if let Ok(t) = std::fs::read_to_string(format!("/proc/{}/mountinfo", h.pid)) {
+                    for m in fuse_mounts(&t) {
+                        if seen.insert(m.connection) {
+                            mounts.push(m);
+                        }
+                    }
+                }
+            }
+            let after = probes.generations()?;
+            if before == after {
+                self.book.observe(&mounts, &after, now, |m: &MountEntry| {
+                    pick_daemon(m, &holders)
+                });
+                self.last_mountinfo = text;
+            }
+        }
+        let gone = self.book.retire(now);
+        if !gone.is_empty() {
+            let gone: HashSet<MountKey> = gone.into_iter().collect();
+            let keys: Vec<_> = probes
+                .histogram_cells()?
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| gone.contains(&(k.connection, k.generation)))
+                .collect();
+            probes.remove_cells(&keys)?;
+        }
+        Ok(())
+    }
+
+    fn scrape(&mut self, probes: &mut Probes, openmetrics: bool) -> Result<String> {
+        let slot = openmetrics as usize;
+        if let Some((at, body)) = &self.cached[slot]
+            && at.elapsed() < REUSE
+        {
+            return Ok(body.clone());
+        }
+        let mut cells = probes.histogram_cells()?;
+        let keys: HashSet<MountKey> = cells
+            .iter()
+            .map(|(k, _)| (k.connection, k.generation))
+            .collect();
+        let generations: HashMap<u32, u32> = probes.generations()?;
+        if !keys.iter().all(|k| self.book.knows(*k)) {
+            self.follow_mounts(probes, true)?;
+            self.book.observe_cells(&keys, &generations, Instant::now());
+        }
+        if !self.opcodes.is_empty() {
+            cells.retain(|(k, _)| self.opcodes.contains(&k.opcode));
+        }
+        let in_flight = probes.in_flight()?;
+        let counters = probes.counters();
+        let programs = if self.bpf_stats || bpf_stats_enabled() {
+            probes.program_stats()
+        } else {
+            Vec::new()
+        };
+        let snapshot = Snapshot::build(
+            Inputs {
+                cells: &cells,
+                generations: &generations,
+                in_flight: &in_flight,
+                now_ns: monotonic_ns(),
+                counters: &counters,
+                stages: self.stages,
+                build: vec![
+                    ("version", env!("CARGO_PKG_VERSION").to_string()),
+                    ("kernel", kernel_release()),
+                    ("backend", probes.sent_backend().to_string()),
+                ],
+                programs,
+            },
+            &self.book,
+            &self.bounds,
+        );
+        let body = snapshot.encode(openmetrics);
+        self.cached[slot] = Some((Instant::now(), body.clone()));
+        Ok(body)
+    }
+}
+
+fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
