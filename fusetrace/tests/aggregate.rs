@@ -9,7 +9,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -166,48 +166,6 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
     }
 }
 
-/// `/sys/fs/fuse/connections`, mounted for the test when it is not.
-struct FuseCtl {
-    mounted_here: bool,
-}
-
-impl FuseCtl {
-    fn new() -> FuseCtl {
-        let dir = Path::new("/sys/fs/fuse/connections");
-        let mounts = fs::read_to_string("/proc/mounts").unwrap();
-        let mounted = mounts
-            .lines()
-            .any(|l| l.contains(" /sys/fs/fuse/connections "));
-        if !mounted {
-            run_ok(
-                Command::new("mount")
-                    .args(["-t", "fusectl", "fusectl"])
-                    .arg(dir),
-            );
-        }
-        FuseCtl {
-            mounted_here: !mounted,
-        }
-    }
-
-    fn file(&self, connection: u64, name: &str) -> PathBuf {
-        // Named by the kernel's dev_t, which is how fusetrace names connections.
-        Path::new("/sys/fs/fuse/connections")
-            .join(connection.to_string())
-            .join(name)
-    }
-}
-
-impl Drop for FuseCtl {
-    fn drop(&mut self) {
-        if self.mounted_here {
-            let _ = Command::new("umount")
-                .arg("/sys/fs/fuse/connections")
-                .status();
-        }
-    }
-}
-
 #[test]
 fn a_request_that_never_ends_is_reported_in_flight() {
     let _alone = tracing_alone();
@@ -266,16 +224,6 @@ fn a_request_that_never_ends_is_reported_in_flight() {
         !is_mounted(daemon.path()),
         "the stuck mount was left behind"
     );
-}
-
-/// Aborts a FUSE connection when dropped (its fusectl `abort` file): every
-/// request it holds fails, its daemon exits, its mount can go.
-struct AbortOnDrop(PathBuf);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::write(&self.0, "1");
-    }
 }
 
 #[test]

@@ -60,7 +60,10 @@ pub struct Server {
 impl Server {
     /// Serves on `listener` (already bound, so that a taken port fails
     /// before any probe is attached), handing scrapes to `scrapes`.
-    pub fn spawn(listener: std::net::TcpListener, scrapes: mpsc::Sender<Scrape>) -> Result<Server> {
+    pub fn spawn(
+        listener: std::net::TcpListener,
+        scrapes: mpsc::Sender<super::Message>,
+    ) -> Result<Server> {
         listener
             .set_nonblocking(true)
             .context("setting the listening socket non-blocking")?;
@@ -98,7 +101,7 @@ impl Drop for Server {
 
 async fn accept_loop(
     listener: std::net::TcpListener,
-    scrapes: mpsc::Sender<Scrape>,
+    scrapes: mpsc::Sender<super::Message>,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -155,7 +158,7 @@ fn respond(
 
 async fn handle(
     req: Request<Incoming>,
-    scrapes: mpsc::Sender<Scrape>,
+    scrapes: mpsc::Sender<super::Message>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     let path = req.uri().path();
@@ -198,7 +201,10 @@ async fn handle(
             .unwrap_or(""),
     );
     let (reply, body) = oneshot::channel();
-    if scrapes.send(Scrape { openmetrics, reply }).is_err() {
+    if scrapes
+        .send(super::Message::Scrape(Scrape { openmetrics, reply }))
+        .is_err()
+    {
         return Ok(respond(
             StatusCode::SERVICE_UNAVAILABLE,
             PLAIN,

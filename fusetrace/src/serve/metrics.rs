@@ -165,9 +165,13 @@ impl Snapshot {
                 *s.errors.entry((labels, key.opcode, key.error)).or_default() += cell.count;
             }
         }
-        // Every live mount shows its in-flight gauges, 0 when idle.
-        for (key, _) in s.histograms.keys().map(|k| (k.0.clone(), ())) {
-            s.in_flight.entry(key).or_insert((0, 0.0));
+        // Every mount shows its in-flight gauges, 0 when idle.
+        for labels in book
+            .listed()
+            .cloned()
+            .chain(s.histograms.keys().map(|k| k.0.clone()))
+        {
+            s.in_flight.entry(labels).or_insert((0, 0.0));
         }
         for r in inputs.in_flight {
             let labels = book.labels(current(r.connection));

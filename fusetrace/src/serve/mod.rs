@@ -106,6 +106,8 @@ impl ServeArgs {
         // Before attaching: a taken port or a bad address fails first.
         let listener = std::net::TcpListener::bind(self.listen)
             .with_context(|| format!("cannot listen on {}", self.listen))?;
+        // The port the kernel chose, for `--listen ADDR:0`.
+        let address = listener.local_addr().context("the listening address")?;
         let mut probes = Probes::attach(&ProbeOptions {
             backend: flags.backend,
             aggregate: Some(KernelFilter {
@@ -123,12 +125,12 @@ impl ServeArgs {
         } else {
             None
         };
-        let (scrapes, scrape_rx) = mpsc::channel();
-        let mut server = http::Server::spawn(listener, scrapes)?;
+        let (to_main, messages) = mpsc::channel();
+        watch_mounts(to_main.clone())?;
+        let mut server = http::Server::spawn(listener, to_main)?;
         // Tests and scripts wait for this line before scraping.
         eprintln!(
-            "fusetrace: serving http://{}/metrics ({}); Ctrl-C to stop",
-            self.listen,
+            "fusetrace: serving http://{address}/metrics ({}); Ctrl-C to stop",
             probes.describe().join("; ")
         );
         let mut collector = Collector {
@@ -137,8 +139,8 @@ impl ServeArgs {
             stages: self.stages,
             opcodes: filter.opcodes.clone(),
             bpf_stats: self.bpf_stats,
-            last_mountinfo: String::new(),
             last_holder_scan: None,
+            reread: true,
             cached: [None, None],
         };
         let started = Instant::now();
@@ -149,19 +151,22 @@ impl ServeArgs {
             {
                 break Ok(());
             }
-            if Instant::now() >= next_poll {
+            if Instant::now() >= next_poll || collector.reread {
                 if let Err(e) = collector.follow_mounts(&mut probes, false) {
                     break Err(e);
                 }
                 next_poll = Instant::now() + MOUNT_POLL;
             }
-            match scrape_rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(scrape) => match collector.scrape(&mut probes, scrape.openmetrics) {
-                    Ok(body) => {
-                        let _ = scrape.reply.send(body);
+            match messages.recv_timeout(Duration::from_millis(100)) {
+                Ok(Message::MountsChanged) => collector.reread = true,
+                Ok(Message::Scrape(scrape)) => {
+                    match collector.scrape(&mut probes, scrape.openmetrics) {
+                        Ok(body) => {
+                            let _ = scrape.reply.send(body);
+                        }
+                        Err(e) => break Err(e),
                     }
-                    Err(e) => break Err(e),
-                },
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     break Err(anyhow::anyhow!("the HTTP server stopped"));
@@ -180,8 +185,9 @@ struct Collector {
     stages: bool,
     opcodes: Vec<u32>,
     bpf_stats: bool,
-    last_mountinfo: String,
     last_holder_scan: Option<Instant>,
+    /// The mount table must be read again (it changed, or a race).
+    reread: bool,
     /// The last body per format (text, OpenMetrics) and when it was made.
     cached: [Option<(Instant, String)>; 2],
 }
@@ -191,9 +197,7 @@ impl Collector {
     /// the ones gone for the grace period. `unknown_cells`: the cells hold
     /// mounts the book does not know (look in the daemons' namespaces).
     fn follow_mounts(&mut self, probes: &mut Probes, unknown_cells: bool) -> Result<()> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo")
-            .context("cannot read /proc/self/mountinfo")?;
-        let changed = text != self.last_mountinfo;
+        let changed = std::mem::take(&mut self.reread);
         let rescan = unknown_cells
             && self
                 .last_holder_scan
@@ -202,6 +206,8 @@ impl Collector {
         if changed || rescan {
             // Generations before and after the listing: equal, or try later.
             let before = probes.generations()?;
+            let text = std::fs::read_to_string("/proc/self/mountinfo")
+                .context("cannot read /proc/self/mountinfo")?;
             let mut mounts = fuse_mounts(&text);
             let holders = if changed || rescan {
                 self.last_holder_scan = Some(now);
@@ -226,7 +232,9 @@ impl Collector {
                 self.book.observe(&mounts, &after, now, |m: &MountEntry| {
                     pick_daemon(m, &holders)
                 });
-                self.last_mountinfo = text;
+            } else {
+                // A mount came or went meanwhile: read again next round.
+                self.reread = true;
             }
         }
         let gone = self.book.retire(now);
@@ -292,6 +300,42 @@ impl Collector {
         self.cached[slot] = Some((Instant::now(), body.clone()));
         Ok(body)
     }
+}
+
+/// What the main thread waits for.
+pub enum Message {
+    /// The HTTP thread asks for the metrics.
+    Scrape(http::Scrape),
+    /// The mount table changed: read it now, so that a mount that lives
+    /// briefly still gets its name.
+    MountsChanged,
+}
+
+/// A thread that says when the mount table changes: poll(2) on mountinfo
+/// reports POLLPRI then. It ends when the main thread is gone.
+fn watch_mounts(to_main: mpsc::Sender<Message>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let mountinfo =
+        std::fs::File::open("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    std::thread::Builder::new()
+        .name("fusetrace-mounts".into())
+        .spawn(move || {
+            loop {
+                let mut fd = libc::pollfd {
+                    fd: mountinfo.as_raw_fd(),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                let n = unsafe { libc::poll(&mut fd, 1, 1000) };
+                let changed = n > 0 && fd.revents & (libc::POLLPRI | libc::POLLERR) != 0;
+                if changed && to_main.send(Message::MountsChanged).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("starting the mount watcher")?;
+    Ok(())
 }
 
 fn bpf_stats_enabled() -> bool {

@@ -146,6 +146,10 @@ impl MountBook {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.generations.is_empty()
+    }
+
     /// Whether a mount's cells have labels yet.
     pub fn knows(&self, key: MountKey) -> bool {
         self.generations.contains_key(&key)
@@ -175,6 +179,14 @@ impl MountBook {
             .values()
             .filter(|g| g.gone_since.is_none() && *g.labels != MountLabels::over_cap())
             .count()
+    }
+
+    /// The labels of every mount still listed.
+    pub fn listed(&self) -> impl Iterator<Item = &Arc<MountLabels>> {
+        self.generations
+            .values()
+            .filter(|g| g.listed && g.gone_since.is_none())
+            .map(|g| &g.labels)
     }
 
     /// Mounts counted under `(other)` so far.

@@ -367,3 +367,55 @@ pub fn stage<'a>(op: &'a Value, name: &str) -> &'a Value {
         .find(|s| s["stage"] == name)
         .unwrap_or_else(|| panic!("no stage {name} in {op}"))
 }
+
+/// `/sys/fs/fuse/connections`, mounted for the test when it is not.
+pub struct FuseCtl {
+    mounted_here: bool,
+}
+
+impl FuseCtl {
+    pub fn new() -> FuseCtl {
+        let dir = Path::new("/sys/fs/fuse/connections");
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let mounted = mounts
+            .lines()
+            .any(|l| l.contains(" /sys/fs/fuse/connections "));
+        if !mounted {
+            run_ok(
+                Command::new("mount")
+                    .args(["-t", "fusectl", "fusectl"])
+                    .arg(dir),
+            );
+        }
+        FuseCtl {
+            mounted_here: !mounted,
+        }
+    }
+
+    pub fn file(&self, connection: u64, name: &str) -> PathBuf {
+        // Named by the kernel's dev_t, which is how fusetrace names connections.
+        Path::new("/sys/fs/fuse/connections")
+            .join(connection.to_string())
+            .join(name)
+    }
+}
+
+impl Drop for FuseCtl {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount")
+                .arg("/sys/fs/fuse/connections")
+                .status();
+        }
+    }
+}
+
+/// Aborts a FUSE connection when dropped (its fusectl `abort` file): every
+/// request it holds fails, its daemon exits, its mount can go.
+pub struct AbortOnDrop(pub PathBuf);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "1");
+    }
+}
