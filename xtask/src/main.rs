@@ -20,8 +20,9 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const FUZZ_SECONDS: u32 = 60;
 /// Debian packages the tests use: fusermount3 for mounting, bindfs as a
 /// daemon we did not write, bpftool to check that probes detach, g++ for
-/// libFuzzer (cargo-fuzz), tmux to run `fusetrace top` in a real terminal.
-const APT_PACKAGES: &[&str] = &["fuse3", "bindfs", "bpftool", "g++", "tmux"];
+/// libFuzzer (cargo-fuzz), tmux to run `fusetrace top` in a real terminal,
+/// prometheus to scrape `fusetrace serve` as fleets do.
+const APT_PACKAGES: &[&str] = &["fuse3", "bindfs", "bpftool", "g++", "tmux", "prometheus"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -211,8 +211,15 @@ fn test_executables(targets: &[&str]) -> Result<Vec<PathBuf>> {
 
 /// The script the guest runs: doctor, then per backend (each must be
 /// offered) the exact-accounting tests, the call/background test, the
-/// virtio-fs walk and the in-kernel stats tests, then the doctor tests.
-fn guest_script(guest: &Guest, trace: &Path, coverage: &Path, aggregate: &Path) -> String {
+/// virtio-fs walk, the in-kernel stats tests and `serve` scraped by
+/// Prometheus, then the doctor tests.
+fn guest_script(
+    guest: &Guest,
+    trace: &Path,
+    coverage: &Path,
+    aggregate: &Path,
+    serve: &Path,
+) -> String {
     let bin = root().join("target/debug/fusetrace");
     format!(
         r#"cd {root}
@@ -232,6 +239,7 @@ for backend in {backends}; do
             virtio_fs_walk_matches_an_independent_end_count || status=1
         {aggregate} --test-threads=1 --nocapture \
             kernel_counts_equal_served_requests a_request_that_never_ends || status=1
+        {serve} --test-threads=1 --nocapture prometheus_scrapes || status=1
         unset FUSETRACE_TEST_BACKEND
     else
         echo "vmtest: {series}: backend $backend NOT OFFERED by this kernel:"
@@ -250,6 +258,7 @@ echo "vmtest: guest status $status"
         trace = trace.display(),
         coverage = coverage.display(),
         aggregate = aggregate.display(),
+        serve = serve.display(),
     )
 }
 
@@ -262,7 +271,7 @@ pub fn vmtest(only: Option<&str>) -> Result<()> {
     apt_packages()?;
     let vng = vng()?;
     let virtiofsd = virtiofsd()?;
-    let exes = test_executables(&["trace", "kernel_coverage", "aggregate"])?;
+    let exes = test_executables(&["trace", "kernel_coverage", "aggregate", "serve"])?;
     // vng starts `virtme-run` through PATH: the venv's bin/ goes first.
     let path = format!(
         "{}:{}:{}",
@@ -291,7 +300,7 @@ pub fn vmtest(only: Option<&str>) -> Result<()> {
 fn run_guest(guest: &Guest, vng: &Path, path: &str, exes: &[PathBuf]) -> Result<()> {
     let kernel = kernel(guest)?;
     let script = root().join("target/vm").join(guest.series).join("guest.sh");
-    std::fs::write(&script, guest_script(guest, &exes[0], &exes[1], &exes[2]))
+    std::fs::write(&script, guest_script(guest, &exes[0], &exes[1], &exes[2], &exes[3]))
         .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
     eprintln!("xtask: booting {} under TCG", kernel.display());
     let started = std::time::Instant::now();
