@@ -62,6 +62,20 @@ impl TracingFlags {
         })
     }
 
+    /// Options for counting in the kernel (`stats`, `serve`): `filter`'s
+    /// pid and mounts applied there, the stages too with `stages`.
+    pub(crate) fn in_kernel(&self, filter: &Filter, stages: bool) -> ProbeOptions {
+        ProbeOptions {
+            backend: self.backend,
+            aggregate: Some(KernelFilter {
+                pid: filter.pid,
+                connections: filter.connections.clone(),
+                stages,
+            }),
+            ..ProbeOptions::default()
+        }
+    }
+
     /// Attaches the event pipeline's hooks (`app_writes`: also
     /// applications' writes to FUSE files, for diagnose).
     fn attach(&self, app_writes: bool) -> Result<Probes> {
@@ -151,15 +165,7 @@ impl StatsArgs {
         // kernel-side table by: that backend splits stages or nothing.
         let in_kernel = !self.from_events && flags.backend != Some(Backend::Tracepoint);
         let mut probes = if in_kernel {
-            flags.attach_options(ProbeOptions {
-                backend: flags.backend,
-                aggregate: Some(KernelFilter {
-                    pid: filter.pid,
-                    connections: filter.connections.clone(),
-                    stages: self.stages,
-                }),
-                ..ProbeOptions::default()
-            })?
+            flags.attach_options(flags.in_kernel(&filter, self.stages))?
         } else {
             flags.attach(false)?
         };

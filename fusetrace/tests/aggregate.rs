@@ -15,22 +15,6 @@ use std::{
 };
 
 use common::*;
-use serde_json::Value;
-
-/// The whole-run table of a stopped `stats --format json`, by opcode.
-fn whole_run_by_op(out: &TraceOutput) -> BTreeMap<String, Value> {
-    let whole = out
-        .records
-        .iter()
-        .find(|v| v["period"] == "whole run")
-        .unwrap_or_else(|| panic!("no whole-run table; stderr: {}", out.stderr));
-    whole["ops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| (o["opcode"].as_str().unwrap().to_string(), o.clone()))
-        .collect()
-}
 
 #[test]
 fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {

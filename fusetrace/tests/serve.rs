@@ -26,6 +26,17 @@ struct Serve {
     child: Child,
     addr: String,
     stderr: mpsc::Receiver<String>,
+    stopped: bool,
+}
+
+/// A failed assertion must not leave serve running (attached).
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Serve {
@@ -57,17 +68,41 @@ impl Serve {
             child,
             addr,
             stderr,
+            stopped: false,
         }
     }
 
-    /// SIGTERM: it must exit 0, promptly, and free its port.
+    /// SIGTERM: it must exit 0, free its port and leave no program of
+    /// its own attached.
     fn stop(mut self) {
         signal(&self.child, libc::SIGTERM);
         let status = self.child.wait().unwrap();
+        self.stopped = true;
         let rest: Vec<String> = self.stderr.try_iter().collect();
         assert!(status.success(), "serve exited with {status}: {rest:?}");
         TcpListener::bind(&self.addr).expect("serve's port is free after it exited");
+        assert_eq!(in_kernel_links(), 0, "in-kernel counting left attached");
     }
+}
+
+/// BPF links of the in-kernel counting programs (`agg_*`): the tests of
+/// this binary run one tracer at a time, so none once it stopped.
+fn in_kernel_links() -> usize {
+    let json = |what: &str| -> Vec<Value> {
+        serde_json::from_str(&run_ok(
+            Command::new("bpftool").args([what, "show", "--json"]),
+        ))
+        .expect("bpftool JSON")
+    };
+    let ours: Vec<u64> = json("prog")
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("agg_")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    json("link")
+        .iter()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ours.contains(&id)))
+        .count()
 }
 
 fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
@@ -249,21 +284,6 @@ impl Drop for Prometheus {
 
 fn mount_selector(daemon: &Daemon) -> String {
     format!("mountpoint=\"{}\"", daemon.path().display())
-}
-
-/// `fusetrace stats --format json`'s whole-run rows, by opcode.
-fn whole_run_by_op(out: &TraceOutput) -> BTreeMap<String, Value> {
-    let whole = out
-        .records
-        .iter()
-        .find(|v| v["period"] == "whole run")
-        .unwrap_or_else(|| panic!("no whole-run table; stderr: {}", out.stderr));
-    whole["ops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| (o["opcode"].as_str().unwrap().to_string(), o.clone()))
-        .collect()
 }
 
 #[test]
@@ -448,7 +468,10 @@ fn unmount_gone(path: &Path) {
 #[test]
 fn refuses_bad_requests_and_outlasts_idle_clients() {
     let _alone = tracing_alone();
-    let serve = Serve::start(&[]);
+    // --bpf-stats: the kernel counts each program's run time while serving
+    // (BPF_ENABLE_STATS: undone when serve's descriptor closes; the sysctl
+    // shows only its own setting).
+    let serve = Serve::start(&["--bpf-stats"]);
     let addr = serve.addr.clone();
     assert_eq!(get(&addr, "/nope").0, 404);
     assert_eq!(
@@ -516,6 +539,22 @@ fn refuses_bad_requests_and_outlasts_idle_clients() {
                 && l.contains("opcode=\"GETATTR\"")
                 && l.ends_with(&format!(" {getattr}"))),
         "GETATTR {getattr} not in\n{body}"
+    );
+    let runs: u64 = body
+        .lines()
+        .filter(|l| l.starts_with("fusetrace_bpf_program_runs_total{program=\"agg_ended"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    // Every request of the daemon's that passed the request queue (all but
+    // forgets) ran it once; other FUSE traffic may add runs.
+    let ended: u64 = served
+        .iter()
+        .filter(|(op, _)| !matches!(op.as_str(), "FORGET" | "BATCH_FORGET"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        runs >= ended,
+        "the end program ran {runs} times for {ended} requests"
     );
     drop(idle);
     serve.stop();

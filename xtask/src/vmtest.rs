@@ -300,8 +300,11 @@ pub fn vmtest(only: Option<&str>) -> Result<()> {
 fn run_guest(guest: &Guest, vng: &Path, path: &str, exes: &[PathBuf]) -> Result<()> {
     let kernel = kernel(guest)?;
     let script = root().join("target/vm").join(guest.series).join("guest.sh");
-    std::fs::write(&script, guest_script(guest, &exes[0], &exes[1], &exes[2], &exes[3]))
-        .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+    std::fs::write(
+        &script,
+        guest_script(guest, &exes[0], &exes[1], &exes[2], &exes[3]),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
     eprintln!("xtask: booting {} under TCG", kernel.display());
     let started = std::time::Instant::now();
     let mut child = Command::new("timeout")

@@ -22,10 +22,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cli::TracingFlags,
-    kernel::{
-        hooks::Backend,
-        probes::{KernelFilter, ProbeOptions, Probes},
-    },
+    kernel::{hooks::Backend, probes::Probes},
     pipeline::{
         connections::{MountEntry, fuse_mounts},
         session::{StopWhen, monotonic_ns},
@@ -108,15 +105,7 @@ impl ServeArgs {
             .with_context(|| format!("cannot listen on {}", self.listen))?;
         // The port the kernel chose, for `--listen ADDR:0`.
         let address = listener.local_addr().context("the listening address")?;
-        let mut probes = Probes::attach(&ProbeOptions {
-            backend: flags.backend,
-            aggregate: Some(KernelFilter {
-                pid: filter.pid,
-                connections: filter.connections.clone(),
-                stages: self.stages,
-            }),
-            ..ProbeOptions::default()
-        })?;
+        let mut probes = Probes::attach(&flags.in_kernel(&filter, self.stages))?;
         let _stats_fd = if self.bpf_stats {
             Some(
                 aya::sys::enable_stats(aya::sys::Stats::RunTime)
@@ -140,6 +129,7 @@ impl ServeArgs {
             opcodes: filter.opcodes.clone(),
             bpf_stats: self.bpf_stats,
             last_holder_scan: None,
+            holders: Vec::new(),
             reread: true,
             cached: [None, None],
         };
@@ -186,6 +176,8 @@ struct Collector {
     opcodes: Vec<u32>,
     bpf_stats: bool,
     last_holder_scan: Option<Instant>,
+    /// The processes holding `/dev/fuse` at the last walk over `/proc`.
+    holders: Vec<mounts::Holder>,
     /// The mount table must be read again (it changed, or a race).
     reread: bool,
     /// The last body per format (text, OpenMetrics) and when it was made.
@@ -197,7 +189,9 @@ impl Collector {
     /// the ones gone for the grace period. `unknown_cells`: the cells hold
     /// mounts the book does not know (look in the daemons' namespaces).
     fn follow_mounts(&mut self, probes: &mut Probes, unknown_cells: bool) -> Result<()> {
-        let changed = std::mem::take(&mut self.reread);
+        // Mounts in other namespaces change unseen: look every round.
+        let changed =
+            std::mem::take(&mut self.reread) || self.holders.iter().any(|h| h.other_namespace);
         let rescan = unknown_cells
             && self
                 .last_holder_scan
@@ -209,16 +203,20 @@ impl Collector {
             let text = std::fs::read_to_string("/proc/self/mountinfo")
                 .context("cannot read /proc/self/mountinfo")?;
             let mut mounts = fuse_mounts(&text);
-            let holders = if changed || rescan {
+            let new = mounts.iter().any(|m| {
+                let generation = before.get(&m.connection).copied().unwrap_or(0);
+                !self.book.knows((m.connection, generation))
+            });
+            // The walk over /proc only for a mount to name, or cells of an
+            // unknown one.
+            if new || rescan {
+                self.holders = fuse_holders();
                 self.last_holder_scan = Some(now);
-                fuse_holders()
-            } else {
-                Vec::new()
-            };
+            }
             // Mounts in other mount namespaces (rootless containers), as
             // their daemons see them.
             let mut seen: HashSet<u32> = mounts.iter().map(|m| m.connection).collect();
-            for h in &holders {
+            for h in self.holders.iter().filter(|h| h.other_namespace) {
                 if let Ok(t) = std::fs::read_to_string(format!("/proc/{}/mountinfo", h.pid)) {
                     for m in fuse_mounts(&t) {
                         if seen.insert(m.connection) {
@@ -229,8 +227,9 @@ impl Collector {
             }
             let after = probes.generations()?;
             if before == after {
+                let holders = &self.holders;
                 self.book.observe(&mounts, &after, now, |m: &MountEntry| {
-                    pick_daemon(m, &holders)
+                    pick_daemon(m, holders)
                 });
             } else {
                 // A mount came or went meanwhile: read again next round.

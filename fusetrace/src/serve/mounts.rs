@@ -77,8 +77,6 @@ pub struct MountBook {
     generations: HashMap<MountKey, Generation>,
     max_mounts: usize,
     grace: Duration,
-    /// Mounts counted under `(other)` because of `max_mounts`.
-    over_cap: usize,
 }
 
 impl MountBook {
@@ -87,7 +85,6 @@ impl MountBook {
             generations: HashMap::new(),
             max_mounts,
             grace,
-            over_cap: 0,
         }
     }
 
@@ -111,7 +108,6 @@ impl MountBook {
                 continue;
             }
             let labels = if self.live() >= self.max_mounts {
-                self.over_cap += 1;
                 MountLabels::over_cap()
             } else {
                 MountLabels {
@@ -189,9 +185,12 @@ impl MountBook {
             .map(|g| &g.labels)
     }
 
-    /// Mounts counted under `(other)` so far.
+    /// Mounts counted under `(other)` now.
     pub fn over_cap(&self) -> usize {
-        self.over_cap
+        self.generations
+            .values()
+            .filter(|g| *g.labels == MountLabels::over_cap())
+            .count()
     }
 
     /// The labels of a mount's cells (unknown ones by device number).
@@ -227,6 +226,9 @@ pub struct Holder {
     /// Its command-line arguments, relative ones resolved against its
     /// working directory.
     pub args: Vec<PathBuf>,
+    /// It lives in another mount namespace than ours (its mounts are not
+    /// in our mountinfo).
+    pub other_namespace: bool,
 }
 
 /// The daemon serving `mount`: the holder of `/dev/fuse` whose command
@@ -258,6 +260,7 @@ pub fn fuse_holders() -> Vec<Holder> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let our_namespace = std::fs::read_link("/proc/self/ns/mnt").ok();
     let mut out = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry
@@ -291,7 +294,13 @@ pub fn fuse_holders() -> Vec<Holder> {
                 ))
             })
             .collect();
-        out.push(Holder { pid, comm, args });
+        let other_namespace = std::fs::read_link(proc.join("ns/mnt")).ok() != our_namespace;
+        out.push(Holder {
+            pid,
+            comm,
+            args,
+            other_namespace,
+        });
     }
     out
 }
@@ -363,11 +372,13 @@ mod tests {
                 pid: 10,
                 comm: "sshfs".into(),
                 args: vec!["/usr/bin/sshfs".into(), "/home/u/remote".into()],
+                other_namespace: false,
             },
             Holder {
                 pid: 11,
                 comm: "bindfs".into(),
                 args: vec!["/src".into(), "/mnt/x/".into()],
+                other_namespace: false,
             },
         ];
         let x = mount(1, 1, "/mnt/x", "fuse.bindfs");

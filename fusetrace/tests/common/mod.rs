@@ -306,11 +306,29 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Asserts the run lost nothing: no drops, nothing unmatched, nothing left in flight.
+/// Reads of a daemon's buffer (user memory) that the daemon-side hooks
+/// could not make. A BPF program cannot fault a page in, and a page that
+/// is being moved at that instant (khugepaged collapsing the daemon's heap
+/// into a huge page, compaction) reads as a fault: seen once in 7 415
+/// requests in the 6.1 guest. Each is counted (`read_faults`) and costs
+/// its request the daemon's stages, nothing else; a run may have one in a
+/// thousand requests.
+pub fn allowed_read_faults(summary: &Value) -> u64 {
+    let faults = summary["read_faults"].as_u64().expect("read_faults");
+    let requests = summary["requests"].as_u64().expect("requests");
+    assert!(
+        faults <= requests / 1000,
+        "{faults} read faults in {requests} requests: {summary}"
+    );
+    faults
+}
+
+/// Asserts the run lost nothing: no drops, nothing unmatched, nothing left
+/// in flight, no read fault beyond [`allowed_read_faults`].
 pub fn assert_nothing_lost(summary: &Value) {
+    allowed_read_faults(summary);
     for key in [
         "ring_drops",
-        "read_faults",
         "undecodable",
         "in_flight_at_exit",
         "takes_unresolved",
@@ -418,4 +436,19 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::write(&self.0, "1");
     }
+}
+
+/// The whole-run table of a stopped `stats --format json`, by opcode.
+pub fn whole_run_by_op(out: &TraceOutput) -> BTreeMap<String, Value> {
+    let whole = out
+        .records
+        .iter()
+        .find(|v| v["period"] == "whole run")
+        .unwrap_or_else(|| panic!("no whole-run table; stderr: {}", out.stderr));
+    whole["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["opcode"].as_str().unwrap().to_string(), o.clone()))
+        .collect()
 }

@@ -9,6 +9,7 @@ pub(crate) struct Bench {
     /// `stats --stages` exists (then plain `stats` counts in the kernel).
     pub(crate) has_stages: bool,
     pub(crate) has_from_events: bool,
+    pub(crate) has_serve: bool,
     pub(crate) scratch: PathBuf,
 }
 
@@ -25,6 +26,10 @@ impl Bench {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
+        let has_serve = Command::new(&fusetrace)
+            .args(["serve", "--help"])
+            .output()
+            .is_ok_and(|o| o.status.success());
         let scratch = std::env::temp_dir().join(format!("fusetrace-bench-{}", std::process::id()));
         fs::create_dir_all(&scratch)
             .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
@@ -34,6 +39,7 @@ impl Bench {
             has_top: help.contains("--headless"),
             has_stages: stats_help.contains("--stages"),
             has_from_events: stats_help.contains("--from-events"),
+            has_serve,
             scratch,
         })
     }
@@ -49,6 +55,9 @@ impl Bench {
         v.push(Variant::Trace);
         if self.has_top {
             v.push(Variant::Top);
+        }
+        if self.has_serve {
+            v.push(Variant::Serve);
         }
         v.push(Variant::Bpftrace);
         v
@@ -90,6 +99,16 @@ impl Bench {
                 let e = self.export(opts.export)?;
                 eprint!("{e}");
                 report.push_str(&e);
+            }
+            if opts.serve_mounts > 0 {
+                let s = self.serve_scale(opts.serve_mounts)?;
+                eprint!("{s}");
+                report.push_str(&s);
+            }
+            if !opts.serve_churn.is_zero() {
+                let s = self.serve_churn(opts.serve_churn)?;
+                eprint!("{s}");
+                report.push_str(&s);
             }
             if opts.in_flight > 0 {
                 let f = self.in_flight(opts.in_flight)?;
@@ -169,6 +188,11 @@ impl Bench {
             .stderr(Stdio::inherit())
             .output();
         let cpu_after = tracer.as_ref().and_then(|t| task_cpu_ns(t.pid()));
+        // serve: one scrape, as Prometheus would make, for its count.
+        let scraped = match (&tracer, variant) {
+            (Some(t), Variant::Serve) => Some(t.scrape()?.0),
+            _ => None,
+        };
         let load = match load {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
             Ok(o) => {
@@ -188,7 +212,7 @@ impl Bench {
         };
         if let Some(t) = tracer {
             let end = t.stop()?;
-            s.requests = end.requests;
+            s.requests = end.requests.or(scraped);
             s.events = end.events;
             s.ring_drops = end.ring_drops;
             s.peak_rss_kib = Some(end.peak_rss_kib);

@@ -45,6 +45,8 @@ pub(crate) struct Options {
     pub(crate) consumer: bool,
     pub(crate) export: Duration,
     pub(crate) kernel_cost: bool,
+    pub(crate) serve_mounts: usize,
+    pub(crate) serve_churn: Duration,
     pub(crate) out: PathBuf,
 }
 
@@ -82,6 +84,14 @@ pub struct BenchArgs {
     /// Skip the BPF run-time measurement (kernel.bpf_stats_enabled).
     #[arg(long)]
     no_kernel_cost: bool,
+    /// Mounts for the `fusetrace serve` scrape-cost measurement (CPU per
+    /// scrape with that many loaded mounts); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    serve_mounts: usize,
+    /// Seconds of mount churn under `fusetrace serve` (its RSS over time);
+    /// 0 skips it.
+    #[arg(long, default_value = "0", value_parser = seconds_or_zero)]
+    serve_churn: Duration,
     /// Where the Markdown tables go (default target/bench/results.md).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -134,6 +144,8 @@ impl BenchArgs {
             consumer: !self.no_consumer,
             export: self.export,
             kernel_cost: !self.no_kernel_cost,
+            serve_mounts: self.serve_mounts,
+            serve_churn: self.serve_churn,
             out: self
                 .out
                 .clone()
@@ -165,6 +177,7 @@ mod model;
 mod mounts;
 mod parsing;
 mod report;
+mod serve;
 mod stall;
 mod tracers;
 

@@ -84,6 +84,7 @@ pub(crate) enum Variant {
     StatsEvents,
     Trace,
     Top,
+    Serve,
     Bpftrace,
 }
 
@@ -96,6 +97,7 @@ impl Variant {
             Variant::StatsEvents => "fusetrace stats --stages --from-events",
             Variant::Trace => "fusetrace trace >/dev/null",
             Variant::Top => "fusetrace top --headless",
+            Variant::Serve => "fusetrace serve (scraped)",
             Variant::Bpftrace => "bpftrace script",
         }
     }

@@ -56,6 +56,12 @@ impl Tracer {
                     .arg(&mount.dir)
                     .stdout(Stdio::null());
             }
+            Variant::Serve => {
+                cmd = Command::new(&bench.fusetrace);
+                cmd.args(["serve", "--listen", "127.0.0.1:0", "--mount"])
+                    .arg(&mount.dir)
+                    .stdout(Stdio::null());
+            }
             Variant::Bpftrace => {
                 cmd = Command::new("bpftrace");
                 cmd.arg(&bench.script)
@@ -63,10 +69,10 @@ impl Tracer {
                     .stdout(Stdio::piped());
             }
         }
-        let ready = if variant == Variant::Bpftrace {
-            "Attaching"
-        } else {
-            "tracing ("
+        let ready = match variant {
+            Variant::Bpftrace => "Attaching",
+            Variant::Serve => "fusetrace: serving",
+            _ => "tracing (",
         };
         Tracer::spawn(cmd, ready)
     }
@@ -125,6 +131,27 @@ impl Tracer {
         self.child.id()
     }
 
+    /// `fusetrace serve`: the requests its `/metrics` counts now (the sum
+    /// of `fusetrace_requests_total`), and the scrape's size in bytes.
+    pub(crate) fn scrape(&self) -> Result<(u64, usize)> {
+        let addr = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.strip_prefix("fusetrace: serving http://"))
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_string)
+            .ok_or("fusetrace serve did not say where it serves")?;
+        let body = http_get(&addr, "/metrics")?;
+        let requests = body
+            .lines()
+            .filter(|l| l.starts_with("fusetrace_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        Ok((requests, body.len()))
+    }
+
     /// Ctrl-C, then collect its closing words and resource use.
     pub(crate) fn stop(self) -> Result<TracerEnd> {
         let pid = self.child.id();
@@ -177,6 +204,28 @@ impl Tracer {
             end.requests = number_after(l, "@requests: ");
         }
         Ok(end)
+    }
+}
+
+/// One plain HTTP/1.0 GET: the body of a 200 answer.
+pub(crate) fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") =>
+        {
+            Ok(body.to_string())
+        }
+        _ => Err(format!(
+            "GET {path}: {}",
+            response.lines().next().unwrap_or("")
+        )),
     }
 }
 
