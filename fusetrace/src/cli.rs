@@ -176,6 +176,7 @@ impl StatsArgs {
             aggregate::run(
                 &mut probes,
                 self.stages,
+                &filter.connections,
                 &filter.opcodes,
                 &mut sink,
                 &stop,

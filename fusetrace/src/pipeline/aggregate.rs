@@ -7,16 +7,16 @@
 //! request passes through the ring buffer or the tracker.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
-use fusetrace_common::{HistogramKey, agg_stage, bucket_bounds};
+use fusetrace_common::{CellCounts, HistogramKey, agg_stage, bucket_bounds};
 
 use crate::{
-    kernel::probes::Probes,
+    kernel::{layout::major_minor, probes::Probes},
     output::sink::Sink,
     output::stats::Stats,
     pipeline::connections::ConnectionTable,
@@ -43,6 +43,33 @@ impl CellDeltas {
         }
         grown
     }
+}
+
+/// The cells of the mounts `--mount` named: with names given, only
+/// generation 0 (the mounts that existed when the probes were loaded, the
+/// named ones among them; a later INIT on their number is a new mount that
+/// took a freed number). Connections whose new mount showed up are added
+/// to `gone`; the ones new there are returned, to be said once.
+pub fn named_mount_cells(
+    cells: Vec<(HistogramKey, CellCounts)>,
+    named: &[u32],
+    gone: &mut BTreeSet<u32>,
+) -> (Vec<(HistogramKey, u64)>, Vec<u32>) {
+    let mut newly_gone = Vec::new();
+    let kept = cells
+        .into_iter()
+        .filter(|(key, _)| {
+            if named.is_empty() || key.generation == 0 {
+                return true;
+            }
+            if gone.insert(key.connection) {
+                newly_gone.push(key.connection);
+            }
+            false
+        })
+        .map(|(key, c)| (key, c.count))
+        .collect();
+    (kept, newly_gone)
 }
 
 /// Stats of the given cells; `opcodes` (when not empty) keeps only those.
@@ -76,6 +103,7 @@ pub fn to_stats(cells: &[(HistogramKey, u64)], opcodes: &[u32]) -> Stats {
 pub fn run(
     probes: &mut Probes,
     stages: bool,
+    named: &[u32],
     opcodes: &[u32],
     sink: &mut dyn Sink,
     stop: &StopWhen,
@@ -83,6 +111,7 @@ pub fn run(
 ) -> Result<RunSummary> {
     let mut names = ConnectionTable::load();
     let mut deltas = CellDeltas::default();
+    let mut gone = BTreeSet::new();
     let mut requests = 0;
     let started = Instant::now();
     let mut next_tick = started + tick;
@@ -91,11 +120,15 @@ pub fn run(
             stop.flag.load(Ordering::Relaxed) || stop.after.is_some_and(|d| started.elapsed() >= d);
         let now = Instant::now();
         if stopping || now >= next_tick {
-            let cells: Vec<_> = probes
-                .histogram_cells()?
-                .into_iter()
-                .map(|(key, c)| (key, c.count))
-                .collect();
+            let (cells, newly_gone) =
+                named_mount_cells(probes.histogram_cells()?, named, &mut gone);
+            for conn in newly_gone {
+                eprintln!(
+                    "fusetrace: {} was unmounted and a new mount took its connection number {}; the new mount is not traced",
+                    names.name(conn),
+                    major_minor(conn)
+                );
+            }
             let grown = to_stats(&deltas.update(&cells), opcodes);
             requests += grown.total_requests();
             sink.stats(&grown)?;
@@ -113,6 +146,7 @@ pub fn run(
     let summary = RunSummary {
         requests,
         in_flight_at_exit: k.agg_started.saturating_sub(k.agg_ended),
+        mounts_gone: gone.len() as u64,
         tracker: TrackerCounters {
             unmatched_ends: k.agg_unmatched_ends,
             sent_before_id: k.sent_before_id,
@@ -143,6 +177,28 @@ mod tests {
             error: if errored { libc::EIO as u8 } else { 0 },
             generation: 0,
         }
+    }
+
+    #[test]
+    fn a_named_number_taken_by_a_new_mount_is_left_out_and_said_once() {
+        let count = |n| CellCounts {
+            count: n,
+            sum_ns: 0,
+        };
+        let old = cell(1, 10_000, false);
+        let new = HistogramKey {
+            generation: 1,
+            ..old
+        };
+        let mut gone = BTreeSet::new();
+        let cells = vec![(old, count(5)), (new, count(3))];
+        let (kept, said) = named_mount_cells(cells.clone(), &[52], &mut gone);
+        assert_eq!((kept, said), (vec![(old, 5)], vec![52]));
+        let (_, said) = named_mount_cells(cells.clone(), &[52], &mut gone);
+        assert!(said.is_empty(), "said once");
+        // Without --mount, every mount counts.
+        let (kept, _) = named_mount_cells(cells, &[], &mut BTreeSet::new());
+        assert_eq!(kept.len(), 2);
     }
 
     #[test]
