@@ -145,7 +145,11 @@ impl Bench {
         let mount = Mount::new(self, target, w)?;
         let mut samples: BTreeMap<Variant, Vec<Sample>> = BTreeMap::new();
         for round in 0..opts.rounds {
-            for variant in self.variants() {
+            for variant in self
+                .variants()
+                .into_iter()
+                .filter(|v| opts.variants.is_empty() || opts.variants.iter().any(|k| k == v.key()))
+            {
                 let s = self.one(variant, &mount, w, opts.duration).map_err(|e| {
                     format!("{} / {} / {}: {e}", target.name(), w.name, variant.name())
                 })?;

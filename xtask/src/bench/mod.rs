@@ -47,6 +47,8 @@ pub(crate) struct Options {
     pub(crate) kernel_cost: bool,
     pub(crate) serve_mounts: usize,
     pub(crate) serve_churn: Duration,
+    /// Only these variants in the workload rounds (empty: all).
+    pub(crate) variants: Vec<String>,
     pub(crate) out: PathBuf,
 }
 
@@ -84,6 +86,10 @@ pub struct BenchArgs {
     /// Skip the BPF run-time measurement (kernel.bpf_stats_enabled).
     #[arg(long)]
     no_kernel_cost: bool,
+    /// Only these variants in the workload rounds, comma-separated (default:
+    /// all; untraced is the baseline, keep it).
+    #[arg(long, value_delimiter = ',', value_parser = ["untraced", "stats", "stages", "from-events", "trace", "top", "serve", "bpftrace"])]
+    variants: Vec<String>,
     /// Mounts for the `fusetrace serve` scrape-cost measurement (CPU per
     /// scrape with that many loaded mounts); 0 skips it.
     #[arg(long, default_value_t = 0)]
@@ -145,6 +151,7 @@ impl BenchArgs {
             export: self.export,
             kernel_cost: !self.no_kernel_cost,
             serve_mounts: self.serve_mounts,
+            variants: self.variants.clone(),
             serve_churn: self.serve_churn,
             out: self
                 .out

@@ -89,6 +89,20 @@ pub(crate) enum Variant {
 }
 
 impl Variant {
+    /// The name `--variants` takes.
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            Variant::Untraced => "untraced",
+            Variant::Stats => "stats",
+            Variant::StatsStages => "stages",
+            Variant::StatsEvents => "from-events",
+            Variant::Trace => "trace",
+            Variant::Top => "top",
+            Variant::Serve => "serve",
+            Variant::Bpftrace => "bpftrace",
+        }
+    }
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             Variant::Untraced => "untraced",
