@@ -667,18 +667,31 @@ impl<W: Write> PerfettoSink<W> {
     /// Applies the buffered in-flight changes older than `until_ns`, in
     /// time order, writing a counter sample for each.
     fn drain(&mut self, until_ns: u64, names: &mut ConnectionTable) -> Result<()> {
-        while let Some(Reverse((ts, _, conn, delta))) = self.changes.peek().copied() {
+        while let Some(Reverse((ts, ..))) = self.changes.peek().copied() {
             if ts > until_ns {
                 break;
             }
-            self.changes.pop();
-            self.counter_tracks(conn, names)?;
-            let n = self.in_flight.entry(conn).or_default();
-            *n += i64::from(delta);
-            let n = *n;
-            self.counter(uuid::in_flight(conn), ts, n)?;
-            if delta < 0 {
-                self.count_end(conn, ts)?;
+            // Every change of this nanosecond first (requests on two CPUs
+            // may begin or end in the same one): then one sample per
+            // mount, the count after them all.
+            let mut touched: Vec<u32> = Vec::new();
+            while let Some(Reverse((t, _, conn, delta))) = self.changes.peek().copied() {
+                if t != ts {
+                    break;
+                }
+                self.changes.pop();
+                self.counter_tracks(conn, names)?;
+                *self.in_flight.entry(conn).or_default() += i64::from(delta);
+                if delta < 0 {
+                    self.count_end(conn, ts)?;
+                }
+                if !touched.contains(&conn) {
+                    touched.push(conn);
+                }
+            }
+            for conn in touched {
+                let n = self.in_flight[&conn];
+                self.counter(uuid::in_flight(conn), ts, n)?;
             }
         }
         Ok(())
@@ -1038,5 +1051,44 @@ mod tests {
                 uuid::lane(7, 1)
             ]
         );
+    }
+
+    #[test]
+    fn changes_in_one_nanosecond_make_one_sample() {
+        let mut sink = PerfettoSink::new(Vec::new(), 0, false);
+        let mut names = ConnectionTable::frozen([]);
+        let ev = |kind: EventKind, req: u64, ts_ns: u64| FuseEvent {
+            kind: kind as u8,
+            connection: 1,
+            req,
+            unique: req,
+            opcode: op::READ,
+            ts_ns,
+            ..FuseEvent::default()
+        };
+        // B is sent in the nanosecond A ends (two CPUs).
+        for e in [
+            ev(EventKind::Sent, 2, 10),
+            ev(EventKind::Sent, 4, 20),
+            ev(EventKind::Ended, 2, 20),
+            ev(EventKind::Ended, 4, 30),
+        ] {
+            sink.event(&e).unwrap();
+        }
+        sink.finish(&RunSummary::default(), &mut names).unwrap();
+        let out = sink.into_inner();
+        let mut buf = &out[..];
+        let mut samples = Vec::new();
+        while !buf.is_empty() {
+            buf = &buf[1..];
+            let p = TracePacket::decode_length_delimited(&mut buf).unwrap();
+            if let Some(e) = p.track_event
+                && e.r#type == Some(COUNTER)
+                && e.track_uuid == Some(uuid::in_flight(1))
+            {
+                samples.push((p.timestamp.unwrap(), e.counter_value.unwrap()));
+            }
+        }
+        assert_eq!(samples, [(10, 1), (20, 1), (30, 0)]);
     }
 }
