@@ -3,19 +3,19 @@
 
 use std::time::Duration;
 
-const DURATION_FORM: &str = "expected a number followed by a unit, e.g. 500us, 5ms, 2s \
-     (units: ns, us, ms, s, m, h)";
+const DURATION_FORM: &str = "expected a number of seconds or a number with a unit, \
+     e.g. 2, 500us, 5ms, 2s (units: ns, us, ms, s, m, h)";
 
-/// Parses a duration that always carries a unit: `10ns`, `200us` (or `µs`),
-/// `5ms`, `1.5s`, `2m`, `1h`. A bare number is rejected: `5` could mean
-/// seconds or milliseconds, so the unit is required.
+/// Parses a duration: `10ns`, `200us` (or `µs`), `5ms`, `1.5s`, `2m`,
+/// `1h`; a bare number is seconds (`5`, `0.5`), as BCC's tools take it.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("invalid duration `{text}`: missing unit; {DURATION_FORM}"))?;
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let nanos_per_unit: f64 = match unit.trim() {
+        "" => 1e9,
         "ns" => 1.0,
         "us" | "µs" => 1e3,
         "ms" => 1e6,
@@ -106,9 +106,15 @@ mod tests {
     }
 
     #[test]
-    fn durations_require_a_unit() {
+    fn a_bare_number_is_seconds() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_durations_are_refused() {
         for bad in [
-            "5",
             "",
             "ms",
             "5 parsecs",

@@ -262,7 +262,7 @@ fn bad_input_gets_one_clear_line() {
             &["trace", "--duration", "10s", "--mount", "/nonexistent/path"],
             "cannot stat /nonexistent/path",
         ),
-        (&["trace", "--duration", "5"], "duration"),
+        (&["trace", "--duration", "5 parsecs"], "invalid duration"),
         (&["daemon", "/nonexistent/mnt"], "/nonexistent/mnt"),
     ];
     for (args, needle) in cases {
@@ -275,4 +275,24 @@ fn bad_input_gets_one_clear_line() {
         );
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     }
+}
+
+#[test]
+fn a_bare_number_duration_is_seconds() {
+    require_root();
+    let started = std::time::Instant::now();
+    let out = Command::new(bin())
+        .args(["stats", "--duration", "0.5", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let took = started.elapsed();
+    // Half a second of tracing, not half a millisecond or 500 s; the
+    // attach takes its own time before it.
+    assert!(took >= std::time::Duration::from_millis(500), "{took:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"summary\""));
 }
