@@ -203,7 +203,7 @@ fn diagnosis_from_a_recording_equals_the_live_one() {
     let mount = daemon.path().to_str().unwrap().to_string();
     let file = std::env::temp_dir().join(format!("fusetrace-diag-{}.trace", std::process::id()));
     let file_arg = file.to_str().unwrap().to_string();
-    let live = Tracer::start(&["diagnose", "--json", "--mount", &mount]);
+    let live = Tracer::start(&["diagnose", "--format", "json", "--mount", &mount]);
     let recorder = Tracer::start(&["record", "--app-writes", "--mount", &mount, "-o", &file_arg]);
     run(daemon.path(), Workload::Unaligned);
     daemon.stop();

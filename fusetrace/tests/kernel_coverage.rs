@@ -78,6 +78,31 @@ fn doctor_names_the_backend_and_what_is_unavailable() {
             "kprobes line: {kprobes}"
         );
     }
+    // The same facts as JSON (`--format json`, and `--json` its alias).
+    for flag in [&["--format", "json"][..], &["--json"][..]] {
+        let json = Command::new(bin())
+            .arg("doctor")
+            .args(flag)
+            .output()
+            .unwrap();
+        assert!(json.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON object");
+        assert_eq!(v["complete"], true);
+        assert_eq!(v["backend"].as_str(), Some(backend));
+        let kprobes_json = v["offers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["what"] == "kprobes")
+            .unwrap()
+            .clone();
+        assert_eq!(kprobes_json["available"], kprobes.starts_with("yes"));
+        let points = out
+            .lines()
+            .filter(|l| l.starts_with("  ") && l.contains(": "))
+            .count();
+        assert!(v["points"].as_array().unwrap().len() <= points, "{v}");
+    }
     // Whatever doctor says of fentry, a forced fentry trace agrees.
     let fentry = offer(&out, "fentry");
     let forced = Command::new(bin())

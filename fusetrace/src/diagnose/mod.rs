@@ -11,7 +11,7 @@ use fusetrace_common::{EventKind, FuseEvent};
 use crate::{
     kernel::hooks::Backend,
     kernel::probes::{ProbeOptions, Probes},
-    output::sink::Sink,
+    output::{print::Format, sink::Sink},
     pipeline::connections::{ConnectionTable, connection_of},
     pipeline::lifecycle::RequestLifecycle,
     pipeline::session::{self, Filter, RunSummary, StopWhen},
@@ -32,9 +32,19 @@ pub struct DiagnoseArgs {
     /// of the live system.
     #[arg(long = "from", value_name = "FILE", conflicts_with_all = ["mounts", "duration"])]
     pub from: Vec<PathBuf>,
-    /// Print the facts as one JSON object: `{"diagnoses": [one per connection]}`.
-    #[arg(long)]
+    /// Output format; json: the facts as one JSON object,
+    /// `{"diagnoses": [one per connection]}`.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Same as `--format json`.
+    #[arg(long, hide = true)]
     pub json: bool,
+}
+
+impl DiagnoseArgs {
+    fn json(&self) -> bool {
+        self.json || self.format == Format::Json
+    }
 }
 
 /// Feeds finished requests and application writes to the evidence.
@@ -135,7 +145,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<()> {
     }
     let mut sink = DiagnoseSink {
         evidence: Evidence::default(),
-        json: args.json,
+        json: args.json(),
     };
     session::run(
         &mut probes,
@@ -152,7 +162,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<()> {
 fn run_from_recordings(args: &DiagnoseArgs) -> Result<()> {
     let mut sink = DiagnoseSink {
         evidence: Evidence::default(),
-        json: args.json,
+        json: args.json(),
     };
     let mut merged = MergedNames::default();
     let mut total = RunSummary::default();

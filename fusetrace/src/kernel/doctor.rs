@@ -10,6 +10,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::output::print::Format;
+
 use crate::{
     kernel::hooks::{Backend, Point, PointChoice, backend_of},
     kernel::probes::{self, KPROBE_PMU, KernelFunctions},
@@ -22,6 +24,83 @@ pub struct DoctorArgs {
     /// Show the choice with this backend forced (as `trace --backend`).
     #[arg(long, value_enum)]
     pub backend: Option<Backend>,
+    /// Output format (json: one object with the same facts).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Same as `--format json`.
+    #[arg(long, hide = true)]
+    pub json: bool,
+}
+
+/// What `doctor` found, as data: printed as text lines or one JSON object.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub kernel: String,
+    /// What the kernel offers: (what, available, detail).
+    pub offers: Vec<Offer>,
+    /// `--backend`, when forced.
+    pub forced_backend: Option<&'static str>,
+    pub points: Vec<PointReport>,
+    pub backend: &'static str,
+    pub request_id_at_send: String,
+    pub complete: bool,
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Offer {
+    pub what: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PointReport {
+    pub point: &'static str,
+    pub observed: bool,
+    /// The hook and backend chosen, or why none (as the text line).
+    pub description: String,
+    /// Better hooks skipped, and why.
+    pub skipped: Vec<String>,
+}
+
+impl Report {
+    /// The text lines `doctor` prints.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![format!("kernel: {}", self.kernel), "offers:".into()];
+        for o in &self.offers {
+            lines.push(format!(
+                "  {:<20} {} ({})",
+                o.what,
+                if o.available { "yes" } else { "no" },
+                o.detail
+            ));
+        }
+        lines.push(match self.forced_backend {
+            Some(b) => format!("points (--backend {b}):"),
+            None => "points:".into(),
+        });
+        for p in &self.points {
+            lines.push(format!("  {}", p.description));
+            if p.observed {
+                for s in &p.skipped {
+                    lines.push(format!("      not {s}"));
+                }
+            }
+        }
+        lines.push(format!("backend: {}", self.backend));
+        lines.push(format!("request id at send: {}", self.request_id_at_send));
+        lines.push(format!(
+            "verdict: {}: {}",
+            if self.complete {
+                "complete lifecycles can be traced"
+            } else {
+                "complete lifecycles cannot be traced"
+            },
+            self.verdict
+        ));
+        lines
+    }
 }
 
 /// What the report concludes.
@@ -69,10 +148,6 @@ pub fn verdict(choices: &[PointChoice]) -> Verdict {
     }
 }
 
-fn yes_no(ok: bool, detail: String) -> String {
-    format!("{} ({detail})", if ok { "yes" } else { "no" })
-}
-
 /// Whether a forced backend can observe the end point, and why not.
 fn backend_works(backend: Backend) -> (bool, String) {
     match probes::survey(Some(backend)) {
@@ -101,26 +176,38 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The report, as lines; `Err` only when nothing could be examined.
-pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
+/// The report; `Err` only when nothing could be examined.
+pub fn report(args: &DoctorArgs) -> Result<Report> {
     let (choices, kernel) = probes::survey(args.backend)?;
-    let mut lines = vec![format!("kernel: {}", kernel_release()), "offers:".into()];
-    let mut offer = |what: &str, answer: String| lines.push(format!("  {what:<20} {answer}"));
+    let mut offers = Vec::new();
+    let mut offer = |what: &'static str, (available, detail): (bool, String)| {
+        offers.push(Offer {
+            what,
+            available,
+            detail,
+        })
+    };
     offer(
         "BTF",
-        yes_no(
+        (
             Path::new("/sys/kernel/btf/vmlinux").exists(),
             "/sys/kernel/btf/vmlinux; struct fuse_req found".into(),
         ),
     );
-    offer("FUSE", fuse_where(&kernel));
+    offer(
+        "FUSE",
+        (
+            kernel.kallsyms.resolve("fuse_request_end").is_some(),
+            fuse_where(&kernel),
+        ),
+    );
     let tracefs = tracefs::ensure_mounted()?;
     let tp = ["fuse_request_send", "fuse_request_end"]
         .iter()
         .all(|e| tracefs::RecordFormat::exists(&tracefs, "fuse", e));
     offer(
         "FUSE tracepoints",
-        yes_no(tp, "fuse:fuse_request_send, fuse:fuse_request_end".into()),
+        (tp, "fuse:fuse_request_send, fuse:fuse_request_end".into()),
     );
     let kprobes = if kernel.kprobe_pmu {
         backend_works(Backend::Kprobe)
@@ -130,13 +217,12 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
             format!("no {KPROBE_PMU}: the kernel is built without CONFIG_KPROBES"),
         )
     };
-    offer("kprobes", yes_no(kprobes.0, kprobes.1));
-    let fentry = backend_works(Backend::Fentry);
-    offer("fentry", yes_no(fentry.0, fentry.1));
+    offer("kprobes", kprobes);
+    offer("fentry", backend_works(Backend::Fentry));
     let virtio = kernel.kallsyms.resolve("virtio_fs_vq_done").is_some();
     offer(
         "virtio-fs",
-        yes_no(
+        (
             virtio,
             if virtio {
                 "virtio_fs_vq_done present".into()
@@ -148,7 +234,7 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
     let uring = kernel.kallsyms.resolve("fuse_uring_cmd").is_some();
     offer(
         "io_uring transport",
-        yes_no(
+        (
             uring,
             if uring {
                 "fuse_uring_cmd present (CONFIG_FUSE_IO_URING); its requests are not traced yet"
@@ -158,42 +244,30 @@ pub fn report(args: &DoctorArgs) -> Result<(Vec<String>, Verdict)> {
             },
         ),
     );
-    lines.push(match args.backend {
-        Some(b) => format!("points (--backend {}):", b.name()),
-        None => "points:".into(),
-    });
-    for c in &choices {
-        lines.push(format!("  {}", c.describe()));
-        if c.hook.is_some() {
-            for s in &c.skipped {
-                lines.push(format!("      not {s}"));
-            }
-        }
-    }
-    lines.push(format!(
-        "backend: {}",
-        backend_of(&choices).map(|b| b.name()).unwrap_or("none")
-    ));
     let send_function = kernel.get(&crate::kernel::kfunc::SENT).ok().map(|r| r.name);
     let assigns_first = kernel
         .kallsyms
         .resolve("fuse_request_assign_unique")
         .is_some();
-    lines.push(format!(
-        "request id at send: {}",
-        id_at_send(backend_of(&choices), send_function, assigns_first)
-    ));
     let v = verdict(&choices);
-    lines.push(format!(
-        "verdict: {}: {}",
-        if v.complete {
-            "complete lifecycles can be traced"
-        } else {
-            "complete lifecycles cannot be traced"
-        },
-        v.reason
-    ));
-    Ok((lines, v))
+    Ok(Report {
+        kernel: kernel_release(),
+        offers,
+        forced_backend: args.backend.map(|b| b.name()),
+        points: choices
+            .iter()
+            .map(|c| PointReport {
+                point: c.point.name(),
+                observed: c.hook.is_some(),
+                description: c.describe(),
+                skipped: c.skipped.clone(),
+            })
+            .collect(),
+        backend: backend_of(&choices).map(|b| b.name()).unwrap_or("none"),
+        request_id_at_send: id_at_send(backend_of(&choices), send_function, assigns_first),
+        complete: v.complete,
+        verdict: v.reason,
+    })
 }
 
 /// Whether the send point sees the request's id, and how requests are
@@ -237,14 +311,18 @@ fn fuse_where(kernel: &KernelFunctions) -> String {
 
 /// Prints the report; fails (non-zero exit) when no complete lifecycle can be traced.
 pub fn run(args: &DoctorArgs) -> Result<()> {
-    let (lines, v) = report(args)?;
-    for l in lines {
-        println!("{l}");
+    let r = report(args)?;
+    if args.json || args.format == Format::Json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        for l in r.lines() {
+            println!("{l}");
+        }
     }
-    if !v.complete {
+    if !r.complete {
         anyhow::bail!(
             "no complete FUSE request lifecycle can be traced here: {}",
-            v.reason
+            r.verdict
         );
     }
     Ok(())
