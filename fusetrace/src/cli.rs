@@ -150,6 +150,10 @@ pub struct StatsArgs {
     /// system more, and adds the background-wait and virtio-fs stages).
     #[arg(long)]
     pub from_events: bool,
+    /// Also print log2 histograms of each opcode's latency per stage, in
+    /// microseconds, as bpftrace's hist() draws them.
+    #[arg(long)]
+    pub hist: bool,
     #[command(flatten)]
     pub csv: CsvOpts,
 }
@@ -169,7 +173,8 @@ impl StatsArgs {
         } else {
             flags.attach(false)?
         };
-        let printer = StatsPrinter::new(std::io::stdout().lock(), self.format, true);
+        let printer =
+            StatsPrinter::new(std::io::stdout().lock(), self.format, true).with_hist(self.hist);
         let interval = self.interval.unwrap_or(Duration::from_secs(5));
         let mut sink = StatsOutput::printing(printer, csv);
         if in_kernel {

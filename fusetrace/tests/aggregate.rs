@@ -234,3 +234,44 @@ fn too_many_mounts_for_the_kernel_filter_get_one_line() {
     );
     daemon.stop();
 }
+
+#[test]
+fn hist_buckets_add_up_to_each_stage_and_show_the_injected_latency() {
+    let _alone = tracing_alone();
+    let daemon = Daemon::start("agg-hist", &["--direct-io", "--latency", "READ=3ms"]);
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let tracer = Tracer::start(&["stats", "--hist", "--format", "json", "--mount", &mount]);
+    run_ok(Command::new(bin()).args(["load", &mount, "--workload", "mixed", "--ops", "600"]));
+    daemon.stop();
+    let out = tracer.stop();
+    let whole = out
+        .records
+        .iter()
+        .find(|v| v["period"] == "whole run")
+        .expect("whole-run object");
+    let by_op = whole_run_by_op(&out);
+    let hists = whole["hist"].as_array().expect("a hist list with --hist");
+    assert!(!hists.is_empty());
+    for h in hists {
+        let op = h["opcode"].as_str().unwrap();
+        let sum: u64 = h["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        let samples = stage(&by_op[op], h["stage"].as_str().unwrap())["samples"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(sum, samples, "{op}: bucket counts vs samples");
+    }
+    // Every READ took 3 ms and a little more: the [2048, 4096) us bucket.
+    let read = hists.iter().find(|h| h["opcode"] == "READ").expect("READ");
+    let buckets = read["buckets"].as_array().unwrap();
+    let in_3ms: u64 = buckets
+        .iter()
+        .filter(|b| b["low_us"] == 2048)
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(in_3ms, by_op["READ"]["count"].as_u64().unwrap(), "{read}");
+}

@@ -7,6 +7,7 @@
 
 pub mod accumulate;
 pub mod export;
+pub mod hist;
 pub mod perfetto;
 pub mod print;
 pub mod sink;

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     output::sink::Sink,
-    output::{accumulate::StatsWriter, stats::Stats},
+    output::{accumulate::StatsWriter, hist, stats::Stats},
     pipeline::connections::ConnectionTable,
     pipeline::lifecycle::{ExtraStage, LatencyStage, RequestLifecycle},
     pipeline::opcode,
@@ -202,6 +202,8 @@ pub struct StatsPrinter<W: Write> {
     out: W,
     format: Format,
     per_interval: bool,
+    /// Also the log2 histograms (`--hist`).
+    hist: bool,
 }
 
 impl<W: Write> StatsPrinter<W> {
@@ -210,22 +212,39 @@ impl<W: Write> StatsPrinter<W> {
             out,
             format,
             per_interval,
+            hist: false,
         }
+    }
+
+    /// With `--hist`: the log2 histograms after each table (in JSON, a
+    /// `hist` list beside `ops`).
+    pub fn with_hist(mut self, hist: bool) -> Self {
+        self.hist = hist;
+        self
     }
 
     fn print(&mut self, which: &str, stats: &Stats, names: &mut ConnectionTable) -> Result<()> {
         let mut name = |c| names.name(c);
         match self.format {
             Format::Json => {
-                serde_json::to_writer(
-                    &mut self.out,
-                    &serde_json::json!({ "period": which, "ops": stats.summaries(&mut name) }),
-                )?;
+                let mut v =
+                    serde_json::json!({ "period": which, "ops": stats.summaries(&mut name) });
+                if self.hist {
+                    v["hist"] = serde_json::to_value(hist::stage_hists(stats, &mut name))?;
+                }
+                serde_json::to_writer(&mut self.out, &v)?;
                 writeln!(self.out)?;
             }
             Format::Text => {
                 writeln!(self.out, "--- {which} ---")?;
                 write!(self.out, "{}", stats.render_table(&mut name))?;
+                if self.hist {
+                    write!(
+                        self.out,
+                        "{}",
+                        hist::render(&hist::stage_hists(stats, &mut name))
+                    )?;
+                }
             }
         }
         self.out.flush()?;

@@ -39,6 +39,10 @@ pub struct ReportArgs {
     /// With --csv: one block of rows per interval of recorded time.
     #[arg(long, value_parser = parse_duration, requires = "csv")]
     pub interval: Option<Duration>,
+    /// Also print log2 histograms of each opcode's latency per stage, in
+    /// microseconds, as bpftrace's hist() draws them.
+    #[arg(long, conflicts_with_all = ["requests", "perfetto"])]
+    pub hist: bool,
     /// One line per request, as `trace` prints them (`perf script` for
     /// recordings), instead of the tables; narrowed by the options below.
     #[arg(long, conflicts_with_all = ["csv", "interval"])]
@@ -134,7 +138,8 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         .interval
         .filter(|_| csv.is_some())
         .map(|every| ReplayTicks { every, clock });
-    let printer = StatsPrinter::new(std::io::stdout().lock(), args.format, false);
+    let printer =
+        StatsPrinter::new(std::io::stdout().lock(), args.format, false).with_hist(args.hist);
     let mut sink = StatsOutput::printing(printer, csv);
     let (mut merged, total) = replay_all(&args.files, &mut sink, ticks.as_ref(), &Cell::new(0))?;
     sink.finish(&total, &mut merged.names)
