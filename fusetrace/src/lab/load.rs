@@ -500,7 +500,9 @@ mod tests {
             (4, 1 << 20, 65536)
         );
         assert!(Cli::try_parse_from(["x", "/mnt", "--ops", "5", "--duration", "1s"]).is_err());
-        assert!(Cli::try_parse_from(["x", "/mnt", "--duration", "5"]).is_err());
+        assert!(Cli::try_parse_from(["x", "/mnt", "--duration", "5x"]).is_err());
+        let bare = Cli::try_parse_from(["x", "/mnt", "--duration", "5"]).unwrap();
+        assert_eq!(bare.load.duration, Some(Duration::from_secs(5)), "seconds");
         assert!(Cli::try_parse_from(["x", "/mnt", "--workload", "bogus"]).is_err());
         assert!(Cli::try_parse_from(["x", "/mnt", "--jobs", "0"]).is_err());
     }

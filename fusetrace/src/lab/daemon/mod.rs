@@ -782,8 +782,13 @@ mod tests {
             (16, Duration::from_secs(1))
         );
         assert!(parse_latency("READ").unwrap_err().contains("OP=DURATION"));
+        // A bare number is seconds.
+        assert_eq!(
+            parse_latency("READ=5").unwrap(),
+            (15, Duration::from_secs(5))
+        );
         assert!(
-            parse_latency("READ=5")
+            parse_latency("READ=5 parsecs")
                 .unwrap_err()
                 .contains("invalid duration")
         );
@@ -846,7 +851,7 @@ mod tests {
         assert!(plain.daemon.latency.is_empty());
         for bad in [
             &["x", "/mnt", "--threads", "0"][..],
-            &["x", "/mnt", "--latency", "READ=5"],
+            &["x", "/mnt", "--latency", "READ=5x"],
             &["x", "/mnt", "--max-write", "100"],
             &["x", "/mnt", "--max-background", "0"],
             &["x"],
