@@ -3,15 +3,7 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-use serde_json::Value;
-
-fn bpftool_json(what: &str) -> Vec<Value> {
-    let out = run_ok(Command::new("bpftool").args([what, "show", "--json"]));
-    serde_json::from_str(&out).expect("bpftool JSON")
-}
 
 /// BPF links in the kernel that attach one of our programs. (Links go away
 /// when the tracer's file descriptors close; the programs themselves are

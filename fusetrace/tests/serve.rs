@@ -54,16 +54,19 @@ impl Serve {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn fusetrace serve");
-        let stderr = lines_of(child.stderr.take().unwrap());
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = loop {
-            let line = stderr
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("fusetrace serve never said it was serving");
-            if let Some(rest) = line.strip_prefix("fusetrace: serving http://") {
-                break rest.split('/').next().unwrap().to_string();
-            }
-        };
+        let stderr = line_channel(child.stderr.take().unwrap());
+        let seen = wait_for_line_within(
+            &stderr,
+            "fusetrace: serving http://",
+            "fusetrace serve",
+            START_TIMEOUT,
+        );
+        let addr = seen
+            .last()
+            .and_then(|l| l.strip_prefix("fusetrace: serving http://"))
+            .and_then(|rest| rest.split('/').next())
+            .expect("an address in the serving line")
+            .to_string();
         Serve {
             child,
             addr,
@@ -88,34 +91,15 @@ impl Serve {
 /// BPF links of the in-kernel counting programs (`agg_*`): the tests of
 /// this binary run one tracer at a time, so none once it stopped.
 fn in_kernel_links() -> usize {
-    let json = |what: &str| -> Vec<Value> {
-        serde_json::from_str(&run_ok(
-            Command::new("bpftool").args([what, "show", "--json"]),
-        ))
-        .expect("bpftool JSON")
-    };
-    let ours: Vec<u64> = json("prog")
+    let ours: Vec<u64> = bpftool_json("prog")
         .iter()
         .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("agg_")))
         .filter_map(|p| p["id"].as_u64())
         .collect();
-    json("link")
+    bpftool_json("link")
         .iter()
         .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ours.contains(&id)))
         .count()
-}
-
-fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// One HTTP/1.0 exchange: (status, body); `raw` is sent as it is.

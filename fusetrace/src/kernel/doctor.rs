@@ -170,7 +170,8 @@ fn backend_works(backend: Backend) -> (bool, String) {
     }
 }
 
-fn kernel_release() -> String {
+/// `uname -r` ("unknown" when it cannot be read).
+pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

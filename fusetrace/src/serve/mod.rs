@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cli::TracingFlags,
-    kernel::{hooks::Backend, probes::Probes},
+    kernel::{doctor, hooks::Backend, probes::Probes},
     pipeline::{
         connections::{MountEntry, fuse_mounts},
         session::{StopWhen, monotonic_ns},
@@ -128,6 +128,11 @@ impl ServeArgs {
             stages: self.stages,
             opcodes: filter.opcodes.clone(),
             bpf_stats: self.bpf_stats,
+            build: vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("kernel", doctor::kernel_release()),
+                ("backend", probes.sent_backend().to_string()),
+            ],
             last_holder_scan: None,
             holders: Vec::new(),
             reread: true,
@@ -175,6 +180,8 @@ struct Collector {
     stages: bool,
     opcodes: Vec<u32>,
     bpf_stats: bool,
+    /// `fusetrace_build_info`'s labels: fixed for the run.
+    build: Vec<(&'static str, String)>,
     last_holder_scan: Option<Instant>,
     /// The processes holding `/dev/fuse` at the last walk over `/proc`.
     holders: Vec<mounts::Holder>,
@@ -285,11 +292,7 @@ impl Collector {
                 now_ns: monotonic_ns(),
                 counters: &counters,
                 stages: self.stages,
-                build: vec![
-                    ("version", env!("CARGO_PKG_VERSION").to_string()),
-                    ("kernel", kernel_release()),
-                    ("backend", probes.sent_backend().to_string()),
-                ],
+                build: self.build.clone(),
                 programs,
             },
             &self.book,
@@ -339,10 +342,4 @@ fn watch_mounts(to_main: mpsc::Sender<Message>) -> Result<()> {
 
 fn bpf_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }

@@ -84,7 +84,7 @@ pub fn signal(child: &Child, sig: i32) {
 }
 
 /// Reads lines of a child's pipe on a thread, so waits can time out.
-fn line_channel(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+pub fn line_channel(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
@@ -102,7 +102,7 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, what: &str) -> Vec<S
     wait_for_line_within(rx, needle, what, STEP_TIMEOUT)
 }
 
-fn wait_for_line_within(
+pub fn wait_for_line_within(
     rx: &mpsc::Receiver<String>,
     needle: &str,
     what: &str,
@@ -321,6 +321,12 @@ pub fn allowed_read_faults(summary: &Value) -> u64 {
         "{faults} read faults in {requests} requests: {summary}"
     );
     faults
+}
+
+/// `bpftool WHAT show --json`, parsed.
+pub fn bpftool_json(what: &str) -> Vec<Value> {
+    let out = run_ok(Command::new("bpftool").args([what, "show", "--json"]));
+    serde_json::from_str(&out).expect("bpftool JSON")
 }
 
 /// Asserts the run lost nothing: no drops, nothing unmatched, nothing left

@@ -194,7 +194,7 @@ impl Bench {
         let cpu_after = tracer.as_ref().and_then(|t| task_cpu_ns(t.pid()));
         // serve: one scrape, as Prometheus would make, for its count.
         let scraped = match (&tracer, variant) {
-            (Some(t), Variant::Serve) => Some(t.scrape()?.0),
+            (Some(t), Variant::Serve) => Some(t.scraped_requests()?),
             _ => None,
         };
         let load = match load {

@@ -31,14 +31,7 @@ fn load(bench: &Bench, dir: &Path, ops: u64) -> Result<()> {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    vm_kib(pid, "VmRSS:").unwrap_or(0)
 }
 
 impl Bench {
@@ -56,28 +49,17 @@ impl Bench {
                 load(self, &m.dir, 300)?;
                 daemons.push(m);
             }
-            let (requests, _) = serve.scrape()?;
+            let requests = serve.scraped_requests()?;
             let cpu_before = task_cpu_ns(serve.pid()).ok_or("serve's CPU time")?;
             let started = Instant::now();
-            let mut size = 0;
+            let mut body = String::new();
             for _ in 0..SCRAPES {
                 // Past serve's 200 ms reuse of a collection: every scrape reads the kernel.
                 thread::sleep(Duration::from_millis(250));
-                size = serve.scrape()?.1;
+                body = serve.metrics()?;
             }
             let wall = started.elapsed().as_secs_f64() - 0.25 * SCRAPES as f64;
             let cpu = task_cpu_ns(serve.pid()).ok_or("serve's CPU time")? - cpu_before;
-            let body = {
-                let t = serve.lines.lock().unwrap();
-                let addr = t
-                    .iter()
-                    .find_map(|l| l.strip_prefix("fusetrace: serving http://"))
-                    .and_then(|r| r.split('/').next())
-                    .unwrap_or("")
-                    .to_string();
-                drop(t);
-                http_get(&addr, "/metrics")?
-            };
             let series = body.lines().filter(|l| !l.starts_with('#')).count();
             let rss = rss_kib(serve.pid());
             for m in daemons {
@@ -92,7 +74,7 @@ impl Bench {
                  | {:.1} ms | {:.1} ms | {:.0} KiB | {series} | {:.1} MiB |\n",
                 cpu as f64 / 1e6 / SCRAPES as f64,
                 wall * 1e3 / SCRAPES as f64,
-                size as f64 / 1024.0,
+                body.len() as f64 / 1024.0,
                 rss as f64 / 1024.0,
             ))
         })();
@@ -123,7 +105,7 @@ impl Bench {
                 m.stop()?;
                 mounts += 1;
                 if Instant::now() >= next_scrape {
-                    let (_, size) = serve.scrape()?;
+                    let size = serve.metrics()?.len();
                     rows.push((
                         started.elapsed().as_secs(),
                         mounts,

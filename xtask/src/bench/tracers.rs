@@ -131,9 +131,9 @@ impl Tracer {
         self.child.id()
     }
 
-    /// `fusetrace serve`: the requests its `/metrics` counts now (the sum
-    /// of `fusetrace_requests_total`), and the scrape's size in bytes.
-    pub(crate) fn scrape(&self) -> Result<(u64, usize)> {
+    /// `fusetrace serve`: one scrape of its `/metrics` (the address from
+    /// its serving line).
+    pub(crate) fn metrics(&self) -> Result<String> {
         let addr = self
             .lines
             .lock()
@@ -143,13 +143,18 @@ impl Tracer {
             .and_then(|rest| rest.split('/').next())
             .map(str::to_string)
             .ok_or("fusetrace serve did not say where it serves")?;
-        let body = http_get(&addr, "/metrics")?;
-        let requests = body
+        http_get(&addr, "/metrics")
+    }
+
+    /// `fusetrace serve`: the requests its `/metrics` counts now (the sum
+    /// of `fusetrace_requests_total`).
+    pub(crate) fn scraped_requests(&self) -> Result<u64> {
+        Ok(self
+            .metrics()?
             .lines()
             .filter(|l| l.starts_with("fusetrace_requests_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
-        Ok((requests, body.len()))
+            .sum())
     }
 
     /// Ctrl-C, then collect its closing words and resource use.
