@@ -981,6 +981,7 @@ mod tests {
             writeback_cache: None,
             send_args: None,
             end_args: None,
+            path: None,
         }
     }
 

@@ -74,6 +74,14 @@ pub struct RequestLifecycle {
     /// reply flags.
     pub send_args: Option<[u64; 2]>,
     pub end_args: Option<[u64; 2]>,
+    /// The file the request is about, as a path (the mount point joined
+    /// with the names the run saw travel: LOOKUP, CREATE, RENAME...), in
+    /// its display form: bytes that are not printable UTF-8 are escaped
+    /// (`\n`, `\xff`), so it never breaks a line, a CSV row or the TUI.
+    /// `None` when the node's name was not seen (looked up before tracing
+    /// began): views show `node N` then. Set after tracking, from
+    /// `pipeline::names`.
+    pub path: Option<std::sync::Arc<str>>,
 }
 
 /// A task's command name as the kernel keeps it (no allocation per request).

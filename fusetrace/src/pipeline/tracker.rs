@@ -203,6 +203,7 @@ impl Live {
             writeback_cache: self.get(WRITEBACK_KNOWN, self.has(WRITEBACK)),
             send_args: self.get(SEND_ARGS, self.send_args),
             end_args: rare.and_then(|r| r.end_args),
+            path: None,
         }
     }
 }
@@ -1063,6 +1064,7 @@ mod tests {
             writeback_cache: Some(true),
             send_args: Some([8_192, 4_096]),
             end_args: None,
+            path: None,
         };
         assert!(out.is_empty());
         let live: Vec<_> = t.in_flight().filter(|r| r.unique == 60).collect();
