@@ -57,6 +57,28 @@ pub const FLAG_SPLICE: u8 = 1 << 2;
 /// `flags` bit (`Sent`): the connection has the writeback cache on (`fuse_conn.writeback_cache`).
 pub const FLAG_WRITEBACK_CACHE: u8 = 1 << 3;
 
+/// `flags` bit (`Sent`): the record is a [`NamedEvent`], the event followed
+/// by the names its request carries (LOOKUP, CREATE, RENAME...).
+pub const FLAG_NAMES: u8 = 1 << 4;
+
+/// Bytes kept of each name a request carries: `NAME_MAX` (255) and a NUL.
+pub const NAME_BYTES: usize = 256;
+
+/// The send of a request that carries names, as one ring buffer record
+/// (so the name costs no second reservation): `N` is 1, or 2 for
+/// RENAME/RENAME2. `names[0]` is the entry's name (RENAME: the old one),
+/// `names[1]` RENAME's new one; `len` is each name's length without its
+/// NUL. In `ev`, `nodeid` is the directory; `arg0` RENAME's new directory
+/// or LINK's linked node, `arg1` RENAME2's flags. 376 or 632 bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NamedEvent<const N: usize> {
+    pub ev: FuseEvent,
+    pub len: [u16; 2],
+    pub _pad: u32,
+    pub names: [[u8; NAME_BYTES]; N],
+}
+
 /// `FUSE_WRITE_CACHE` in `fuse_write_in.write_flags`: delayed write from the page cache.
 pub const FUSE_WRITE_CACHE: u32 = 1 << 0;
 /// `FUSE_WRITEBACK_CACHE` in `fuse_init_out.flags`.
@@ -108,8 +130,11 @@ pub struct FuseEvent {
     /// `arg1` the size in the low 32 bits and the read/write flags in the
     /// high 32 (`FUSE_WRITE_CACHE`: a page-cache writeback). `Ended` of OPEN:
     /// `arg1` the open flags (`FOPEN_DIRECT_IO`); of CREATE: `arg0` the new
-    /// node id, `arg1` the open flags; of INIT: `arg0` the negotiated flags
-    /// (`flags | flags2 << 32`), `arg1` max_write. Read only by the tp-btf hooks.
+    /// node id, `arg1` the open flags; of LOOKUP, MKNOD, MKDIR, SYMLINK and
+    /// LINK: `arg0` the entry's node id (0: none); of INIT: `arg0` the
+    /// negotiated flags (`flags | flags2 << 32`), `arg1` max_write. `Sent`
+    /// of a request with names: see [`NamedEvent`]. Read by the hooks that
+    /// see the `struct fuse_req *` (tp-btf, kprobe, fentry).
     pub arg0: u64,
     pub arg1: u64,
     /// The kernel's `struct fuse_req *` (0 when the hook does not see it):
@@ -263,6 +288,10 @@ pub struct KernelLayout {
     pub req_list: u32,
     /// `sizeof(struct list_head)`: the stride of the processing table.
     pub list_head_size: u32,
+    /// `offsetof(struct fuse_args, in_numargs)` and `offsetof(struct
+    /// fuse_arg, size)`: where the names a request carries are found.
+    pub args_in_numargs: u32,
+    pub fuse_arg_size: u32,
 }
 
 /// Most `--mount` filters in-kernel aggregation takes.

@@ -1,4 +1,5 @@
-//! Observations for `fusetrace diagnose` (writeback versus write-through):
+//! Observations for `fusetrace diagnose` (writeback versus write-through)
+//! and for paths (the node id a LOOKUP-like reply names):
 //! the arguments of READ/WRITE requests, the flags negotiated by INIT and
 //! returned by OPEN/CREATE, and applications' writes to FUSE files.
 
@@ -15,8 +16,8 @@ use fusetrace_common::{
 use crate::{fd_file, kread, layout, submit, tp_field};
 
 use fusetrace_common::opcode::{
-    CREATE as FUSE_CREATE, INIT as FUSE_INIT, OPEN as FUSE_OPEN, READ as FUSE_READ,
-    WRITE as FUSE_WRITE,
+    CREATE as FUSE_CREATE, INIT as FUSE_INIT, LINK, LOOKUP, MKDIR, MKNOD, OPEN as FUSE_OPEN,
+    READ as FUSE_READ, SYMLINK, WRITE as FUSE_WRITE,
 };
 
 /// The first fields of `fuse_read_in` and `fuse_write_in` (uapi).
@@ -63,7 +64,10 @@ pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &
     }
     let wanted = match kind {
         EventKind::Sent => ev.opcode == FUSE_READ || ev.opcode == FUSE_WRITE,
-        EventKind::Ended => matches!(ev.opcode, FUSE_OPEN | FUSE_CREATE | FUSE_INIT),
+        EventKind::Ended => matches!(
+            ev.opcode,
+            FUSE_OPEN | FUSE_CREATE | FUSE_INIT | LOOKUP | MKNOD | MKDIR | SYMLINK | LINK
+        ),
         _ => false,
     };
     if !wanted || l.fuse_arg_stride == 0 {
@@ -100,13 +104,22 @@ pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &
                 ev.arg1 = u64::from(open.open_flags);
             }
         }
-        _ => {
+        (_, FUSE_INIT) => {
             if let Some(p) = arg_value(args, l.args_out_args, 0, l)
                 && let Some(init) = kread::<InitOut>(p, 0)
             {
                 // flags at word 3, max_write at word 5, flags2 at word 8.
                 ev.arg0 = u64::from(init.words[3]) | (u64::from(init.words[8]) << 32);
                 ev.arg1 = u64::from(init.words[5]);
+            }
+        }
+        // The entry a name now stands for (`fuse_entry_out.nodeid`), for
+        // user space's table of paths.
+        _ => {
+            if let Some(p) = arg_value(args, l.args_out_args, 0, l)
+                && let Some(nodeid) = kread::<u64>(p, 0)
+            {
+                ev.arg0 = nodeid;
             }
         }
     }

@@ -8,6 +8,7 @@
 
 mod aggregate;
 mod diagnose;
+mod names;
 
 use aya_ebpf::{
     EbpfContext,
@@ -95,12 +96,11 @@ fn uread<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_user(addr as *const T).ok() }
 }
 
-/// Fills the fields every event has and submits it; counts a drop when the
-/// ring buffer is full.
+/// Fills the fields every event has; false while the gate is closed.
 #[inline(always)]
-fn submit(mut ev: FuseEvent) {
+fn stamp(ev: &mut FuseEvent) -> bool {
     if GATE.get(0).copied() != Some(1) {
-        return;
+        return false;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -109,6 +109,16 @@ fn submit(mut ev: FuseEvent) {
     // Only the requester's command is shown (daemon threads go by tid).
     if ev.kind == EventKind::Sent as u8 || ev.kind == EventKind::AppWrite as u8 {
         ev.comm = bpf_get_current_comm().unwrap_or_default();
+    }
+    true
+}
+
+/// Fills the fields every event has and submits it; counts a drop when the
+/// ring buffer is full.
+#[inline(always)]
+fn submit(mut ev: FuseEvent) {
+    if !stamp(&mut ev) {
+        return;
     }
     match EVENTS.reserve::<FuseEvent>(0) {
         Some(mut slot) => {
@@ -220,6 +230,11 @@ fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, aux_ns: u64) 
             ev.aux_ns = aux_ns;
             if kind == EventKind::Sent {
                 note_sent_id(ev.unique);
+                if let Some(req) = req
+                    && names::submit_sent(&mut ev, req, l)
+                {
+                    return;
+                }
             }
             submit(ev)
         }

@@ -8,6 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Result;
 use fusetrace_common::{EventKind, FuseEvent};
 
+use crate::record::format::Names;
 use crate::{
     kernel::hooks::Backend,
     kernel::probes::{ProbeOptions, Probes},
@@ -59,7 +60,7 @@ impl Sink for DiagnoseSink {
         Ok(())
     }
 
-    fn event(&mut self, ev: &FuseEvent) -> Result<()> {
+    fn event(&mut self, ev: &FuseEvent, _names: Option<&Names>) -> Result<()> {
         if ev.kind == EventKind::AppWrite as u8 {
             self.evidence.app_write(ev);
         }

@@ -1,6 +1,8 @@
-//! Ring buffer records to [`FuseEvent`]s.
+//! Ring buffer records to [`FuseEvent`]s (and the [`Names`] a send carried).
 
-use fusetrace_common::{EventKind, FuseEvent};
+use fusetrace_common::{EventKind, FLAG_NAMES, FuseEvent, NAME_BYTES, NamedEvent};
+
+use crate::record::format::Names;
 
 /// Decodes one ring buffer record; `None` for a record of the wrong size or
 /// an unknown kind (a mismatched eBPF object, never expected).
@@ -12,6 +14,31 @@ pub fn decode(bytes: &[u8]) -> Option<FuseEvent> {
     let ev: FuseEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     EventKind::from_u8(ev.kind)?;
     Some(ev)
+}
+
+/// The names a [`NamedEvent`] record carries after its event (`ev` is
+/// [`decode`]'s result for the same bytes); `None` for other records, or
+/// one too short for the names it claims.
+pub fn names(bytes: &[u8], ev: &FuseEvent) -> Option<Names> {
+    if ev.flags & FLAG_NAMES == 0 {
+        return None;
+    }
+    let head = std::mem::offset_of!(NamedEvent<1>, names);
+    let lens = std::mem::offset_of!(NamedEvent<1>, len);
+    let len = |i: usize| {
+        let at = lens + 2 * i;
+        let l = u16::from_ne_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]) as usize;
+        Some(l.min(NAME_BYTES - 1))
+    };
+    let name = |i: usize| -> Option<Vec<u8>> {
+        let start = head + i * NAME_BYTES;
+        bytes.get(start..start + len(i)?).map(<[u8]>::to_vec)
+    };
+    let two = bytes.len() >= std::mem::size_of::<NamedEvent<2>>();
+    Some(Names {
+        first: name(0)?,
+        second: if two { name(1)? } else { Vec::new() },
+    })
 }
 
 /// A task's command name from the kernel's fixed, NUL-padded buffer.

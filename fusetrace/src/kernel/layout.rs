@@ -91,6 +91,8 @@ pub(crate) fn diagnose_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
     l.args_out_args = btf.offset_of("fuse_args", "out_args")?;
     l.fuse_arg_stride = btf.size_of("fuse_arg")?;
     l.fuse_arg_value = btf.offset_of("fuse_arg", "value")?;
+    l.fuse_arg_size = btf.offset_of("fuse_arg", "size")?;
+    l.args_in_numargs = btf.offset_of("fuse_args", "in_numargs")?;
     let wb = btf.bit_offset_of("fuse_conn", "writeback_cache")?;
     l.conn_wb_byte = wb / 8;
     l.conn_wb_mask = 1 << (wb % 8);

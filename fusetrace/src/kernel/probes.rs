@@ -28,6 +28,7 @@ use crate::kernel::{
     slots::{InFlight, InFlightTables},
     tracefs::{self, RecordFormat},
 };
+use crate::record::format::Names;
 
 /// The compiled eBPF object, built by build.rs from `fusetrace-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FUSETRACE_EBPF_OBJECT"));
@@ -240,7 +241,11 @@ impl Probes {
     /// [`BATCH_WINDOW`] for more events before returning. Waking on every
     /// event would cost the traced system a wakeup (and a context switch
     /// on its CPUs) per event; this costs at most one per window.
-    pub fn poll(&mut self, timeout: Duration, mut sink: impl FnMut(FuseEvent)) -> Result<usize> {
+    pub fn poll(
+        &mut self,
+        timeout: Duration,
+        mut sink: impl FnMut(FuseEvent, Option<Names>),
+    ) -> Result<usize> {
         let mut n = self.drain(&mut sink);
         if n >= FULL_BATCH {
             return Ok(n);
@@ -268,7 +273,7 @@ impl Probes {
         Ok(n)
     }
 
-    fn drain(&mut self, sink: &mut impl FnMut(FuseEvent)) -> usize {
+    fn drain(&mut self, sink: &mut impl FnMut(FuseEvent, Option<Names>)) -> usize {
         let mut n = 0;
         // Bounded, so a ring buffer that never empties cannot starve the
         // caller's ticks (the TUI's frames, stats intervals, Ctrl-C).
@@ -276,7 +281,7 @@ impl Probes {
             && let Some(item) = self.ring.next()
         {
             match crate::kernel::decode::decode(&item) {
-                Some(ev) => sink(ev),
+                Some(ev) => sink(ev, crate::kernel::decode::names(&item, &ev)),
                 None => self.undecodable += 1,
             }
             n += 1;

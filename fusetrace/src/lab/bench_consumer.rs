@@ -27,6 +27,7 @@ use crate::{
     pipeline::session::{self, Filter, RunSummary},
     pipeline::{
         lifecycle::RequestLifecycle,
+        paths::PathBook,
         tracker::{Tracker, TrackerConfig},
     },
     record::{format::Record, replay},
@@ -157,7 +158,7 @@ fn from_recording(path: &std::path::Path, events: u64) -> Result<Vec<FuseEvent>>
         .next_record()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
     {
-        if let Record::Event(ev) = rec {
+        if let Record::Event(ev, _) = rec {
             once.push(ev);
         }
     }
@@ -221,21 +222,37 @@ fn pass(
         source: "bench".into(),
     }));
     let mut tracker = Tracker::new(TrackerConfig::default());
+    let mut paths = PathBook::default();
     let mut finished = Vec::new();
     let mut summary = RunSummary::default();
     let started = Instant::now();
     for (i, bytes) in records.chunks_exact(record_len).enumerate() {
         if let Some(ev) = decode::decode(bytes) {
+            paths.observe(&ev, decode::names(bytes, &ev).as_ref());
             tracker.observe(&ev, &mut finished);
         }
         // The live loop reports after every ring buffer drain; drains
         // hold a few hundred events when the consumer is busy.
         if i % 256 == 255 {
-            session::report(&mut finished, &filter, sink, &mut summary, &mut names)?;
+            session::report(
+                &mut finished,
+                &filter,
+                sink,
+                &mut summary,
+                &mut names,
+                &mut paths,
+            )?;
         }
     }
     tracker.flush(&mut finished);
-    session::report(&mut finished, &filter, sink, &mut summary, &mut names)?;
+    session::report(
+        &mut finished,
+        &filter,
+        sink,
+        &mut summary,
+        &mut names,
+        &mut paths,
+    )?;
     Ok((started.elapsed(), summary.requests))
 }
 

@@ -53,6 +53,7 @@ use anyhow::{Context, Result};
 use fusetrace_common::{EventKind, FuseEvent, opcode as op};
 use prost::Message;
 
+use crate::record::format::Names;
 use crate::{
     output::sink::Sink,
     pipeline::{
@@ -731,7 +732,7 @@ fn request_key(ev: &FuseEvent) -> (u32, u64) {
 }
 
 impl<W: Write> Sink for PerfettoSink<W> {
-    fn event(&mut self, ev: &FuseEvent) -> Result<()> {
+    fn event(&mut self, ev: &FuseEvent, _names: Option<&Names>) -> Result<()> {
         let kind = EventKind::from_u8(ev.kind);
         if matches!(
             kind,
@@ -1074,7 +1075,7 @@ mod tests {
             ev(EventKind::Ended, 2, 20),
             ev(EventKind::Ended, 4, 30),
         ] {
-            sink.event(&e).unwrap();
+            sink.event(&e, None).unwrap();
         }
         sink.finish(&RunSummary::default(), &mut names).unwrap();
         let out = sink.into_inner();

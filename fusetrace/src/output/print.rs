@@ -123,7 +123,7 @@ impl<W: Write> Sink for TraceSink<W> {
                 if !self.header_done {
                     writeln!(
                         self.out,
-                        "{:<12} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6}",
+                        "{:<12} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6} PATH",
                         "TIME(s)",
                         "MOUNT",
                         "OP",
@@ -165,7 +165,7 @@ impl<W: Write> Sink for TraceSink<W> {
                 let us = |stage| Cell(rec.latency(stage).map(|ns| ns as f64 / 1000.0));
                 writeln!(
                     self.out,
-                    "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>6}",
+                    "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>6} {}",
                     t,
                     mount,
                     op,
@@ -179,6 +179,7 @@ impl<W: Write> Sink for TraceSink<W> {
                     us(LatencyStage::Completion),
                     us(LatencyStage::Total),
                     Cell(rec.error),
+                    rec.shown_path(),
                 )?;
             }
         }
@@ -331,7 +332,7 @@ mod tests {
             op.push('!');
         }
         format!(
-            "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6}",
+            "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6} {}",
             rec.first_seen_ns().saturating_sub(start) as f64 / 1e9,
             names.name(rec.connection),
             op,
@@ -349,6 +350,11 @@ mod tests {
             rec.error
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "-".into()),
+            match (&rec.path, rec.nodeid) {
+                (Some(p), _) => p.to_string(),
+                (None, Some(n)) => format!("node {n}"),
+                (None, None) => "-".into(),
+            },
         )
     }
 

@@ -12,6 +12,7 @@ use crate::{
         lifecycle::RequestLifecycle,
         session::{LiveView, RunSummary},
     },
+    record::format::Names,
 };
 
 /// A consumer of finished requests.
@@ -27,9 +28,9 @@ pub trait Sink {
     fn live(&mut self, _live: &LiveView, _names: &mut ConnectionTable) -> Result<()> {
         Ok(())
     }
-    /// Every decoded event of a wanted connection, before the tracker sees
-    /// it (the recorder writes these).
-    fn event(&mut self, _ev: &FuseEvent) -> Result<()> {
+    /// Every decoded event of a wanted connection, with the names its send
+    /// carried, before the tracker sees it (the recorder writes these).
+    fn event(&mut self, _ev: &FuseEvent, _names: Option<&Names>) -> Result<()> {
         Ok(())
     }
     /// The pipeline was idle and advanced the tracker's clock to `now_ns`.
@@ -69,8 +70,8 @@ impl Sink for FanOut<'_> {
         self.sinks.iter_mut().try_for_each(|s| s.live(live, names))
     }
 
-    fn event(&mut self, ev: &FuseEvent) -> Result<()> {
-        self.sinks.iter_mut().try_for_each(|s| s.event(ev))
+    fn event(&mut self, ev: &FuseEvent, names: Option<&Names>) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.event(ev, names))
     }
 
     fn idle(&mut self, now_ns: u64) -> Result<()> {

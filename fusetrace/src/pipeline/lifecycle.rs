@@ -80,8 +80,21 @@ pub struct RequestLifecycle {
     /// (`\n`, `\xff`), so it never breaks a line, a CSV row or the TUI.
     /// `None` when the node's name was not seen (looked up before tracing
     /// began): views show `node N` then. Set after tracking, from
-    /// `pipeline::names`.
+    /// `pipeline::paths`.
     pub path: Option<std::sync::Arc<str>>,
+}
+
+/// [`RequestLifecycle::shown_path`]: formats without allocating.
+pub struct ShownPath<'a>(&'a RequestLifecycle);
+
+impl std::fmt::Display for ShownPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.0.path, self.0.nodeid) {
+            (Some(p), _) => f.pad(p),
+            (None, Some(n)) if n != 0 => f.pad(&format!("node {n}")),
+            _ => f.pad("-"),
+        }
+    }
 }
 
 /// A task's command name as the kernel keeps it (no allocation per request).
@@ -281,6 +294,12 @@ impl RequestLifecycle {
         } else {
             "queued"
         }
+    }
+
+    /// The path as views print it: `rec.path`, else `node N` (its name was
+    /// not seen this run), else `-` (no node).
+    pub fn shown_path(&self) -> ShownPath<'_> {
+        ShownPath(self)
     }
 
     /// Earliest time seen for this request.

@@ -2,12 +2,14 @@
 //! to the lifecycle tracker (`tracker`, pure), which joins them into
 //! `lifecycle::RequestLifecycle`s, and hands finished requests to the
 //! outputs; `aggregate` reads the latency counts the kernel kept itself
-//! (plain `stats`). Connections are named from mountinfo (`connections`);
+//! (plain `stats`). Connections are named from mountinfo (`connections`),
+//! node ids turned into paths from the names requests carry (`paths`);
 //! opcodes are named and parsed in `opcode`.
 
 pub mod aggregate;
 pub mod connections;
 pub mod lifecycle;
 pub mod opcode;
+pub mod paths;
 pub mod session;
 pub mod tracker;

@@ -22,6 +22,7 @@ use crate::{
     pipeline::connections::ConnectionTable,
     pipeline::{
         lifecycle::RequestLifecycle,
+        paths::{PathBook, PathCounters},
         tracker::{Tracker, TrackerConfig, TrackerCounters},
     },
 };
@@ -109,6 +110,8 @@ pub struct RunSummary {
     /// Named mounts (`--mount`) unmounted during the run whose connection
     /// number a new mount took: the new mount's traffic was left out.
     pub mounts_gone: u64,
+    /// What the table of paths could not keep.
+    pub paths: PathCounters,
     /// Set when latencies were counted in the kernel (`stats` without
     /// `--from-events`): what the kernel could not count.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -214,6 +217,8 @@ impl RunSummary {
 /// The run as it is now: requests still in flight and the loss counters.
 pub struct LiveView<'a> {
     pub tracker: &'a Tracker,
+    /// Paths of the requests in flight.
+    pub paths: &'a PathBook,
     pub filter: &'a Filter,
     pub kernel: KernelCounters,
     /// Records the decoder rejected so far.
@@ -224,9 +229,16 @@ pub struct LiveView<'a> {
 }
 
 impl LiveView<'_> {
-    /// Requests not yet ended that the filter wants.
+    /// Requests not yet ended that the filter wants, with their paths.
     pub fn in_flight(&self) -> impl Iterator<Item = RequestLifecycle> {
-        self.tracker.in_flight().filter(|r| self.filter.wants(r))
+        let paths = self.paths;
+        self.tracker
+            .in_flight()
+            .filter(|r| self.filter.wants(r))
+            .map(|mut r| {
+                r.path = paths.path_of(&r);
+                r
+            })
     }
 }
 
@@ -272,6 +284,7 @@ pub fn run(
     let filter = &mut filter;
     let mut names = ConnectionTable::load();
     let mut tracker = Tracker::new(TrackerConfig::default());
+    let mut paths = PathBook::default();
     let mut finished = Vec::new();
     let mut summary = RunSummary::default();
     let started = Instant::now();
@@ -281,11 +294,12 @@ pub fn run(
         let stopping =
             stop.flag.load(Ordering::Relaxed) || stop.after.is_some_and(|d| started.elapsed() >= d);
         let mut event_err = None;
-        let got = probes.poll(Duration::from_millis(50), |ev| match filter.admit(&ev) {
+        let got = probes.poll(Duration::from_millis(50), |ev, ev_names| match filter.admit(&ev) {
             (true, _) => {
                 if event_err.is_none() {
-                    event_err = sink.event(&ev).err();
+                    event_err = sink.event(&ev, ev_names.as_ref()).err();
                 }
+                paths.observe(&ev, ev_names.as_ref());
                 tracker.observe(&ev, &mut finished);
             }
             (false, Some(conn)) => {
@@ -306,11 +320,19 @@ pub fn run(
             sink.idle(now)?;
             tracker.advance(now, &mut finished);
         }
-        report(&mut finished, filter, sink, &mut summary, &mut names)?;
+        report(
+            &mut finished,
+            filter,
+            sink,
+            &mut summary,
+            &mut names,
+            &mut paths,
+        )?;
         if Instant::now() >= next_tick {
             next_tick += tick;
             let live = LiveView {
                 tracker: &tracker,
+                paths: &paths,
                 filter,
                 kernel: probes.counters(),
                 undecodable: probes.undecodable(),
@@ -326,9 +348,17 @@ pub fn run(
         }
     }
     tracker.flush(&mut finished);
-    report(&mut finished, filter, sink, &mut summary, &mut names)?;
+    report(
+        &mut finished,
+        filter,
+        sink,
+        &mut summary,
+        &mut names,
+        &mut paths,
+    )?;
     let live = LiveView {
         tracker: &tracker,
+        paths: &paths,
         filter,
         kernel: probes.counters(),
         undecodable: probes.undecodable(),
@@ -343,6 +373,7 @@ pub fn run(
     summary.splice_transfers = k.splice_transfers;
     summary.takes_unresolved = k.take_unresolved;
     summary.undecodable = probes.undecodable();
+    summary.paths = paths.counters();
     sink.finish(&summary, &mut names)?;
     Ok(summary)
 }
@@ -354,8 +385,11 @@ pub(crate) fn report(
     sink: &mut dyn Sink,
     summary: &mut RunSummary,
     names: &mut ConnectionTable,
+    paths: &mut PathBook,
 ) -> Result<()> {
-    for rec in finished.drain(..) {
+    for mut rec in finished.drain(..) {
+        // Every finished request, wanted or not: a FORGET drops its node.
+        paths.name_finished(&mut rec, names);
         if filter.wants(&rec) {
             summary.requests += 1;
             summary.fully_observed += u64::from(rec.fully_observed());

@@ -1,8 +1,8 @@
-//! The recording file format (version 1): the decoded event stream of a run.
+//! The recording file format (version 2): the decoded event stream of a run.
 //!
 //! ```text
 //! offset 0   8 bytes  magic "FUSETRCE"
-//!        8   u16 LE   format version (1)
+//!        8   u16 LE   format version (2; version 1 files read too)
 //!       10   u32 LE   header length H
 //!       14   H bytes  header: JSON object (see [`Header`])
 //!     14+H   u32 LE   CRC-32 of the header JSON
@@ -24,7 +24,11 @@
 //! the comm of the previous event with the same tid), 15 aux_ns (1 + zigzag difference from
 //! ts_ns), 16 arg0, 17 arg1, 18 req (the `struct fuse_req *`; written only
 //! once a send without its id has been seen, which is when the replay
-//! needs it to join that send). Idle: varint now_ns. Connection: varint
+//! needs it to join that send), 19 and 20 (bytes, version 2) the names a
+//! send carried ([`Names`]: the entry's name, RENAME's new name; version
+//! 2 exists for them: a version 1 reader would skip them and report node
+//! ids where the recording has paths, so it asks for a newer fusetrace
+//! instead). Idle: varint now_ns. Connection: varint
 //! connection, varint-length UTF-8 mount point and fs type. End: varints
 //! ring_drops, read_faults, splice_transfers, undecodable, and (written
 //! since the field exists; absent in older files) takes_unresolved.
@@ -48,13 +52,16 @@ use fusetrace_common::{EventKind, FuseEvent};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"FUSETRCE";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest record payload a reader accepts; a larger length is corruption.
 pub const MAX_PAYLOAD: u64 = 1 << 16;
 /// Largest header a reader accepts.
 pub const MAX_HEADER: u64 = 1 << 24;
 /// Bytes before the header JSON.
 pub const PREAMBLE_LEN: u64 = 14;
+
+/// Longest name a request carries (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
 
 const KIND_EVENT: u8 = 1;
 const KIND_IDLE: u8 = 2;
@@ -111,10 +118,20 @@ pub struct EndCounters {
     pub takes_unresolved: u64,
 }
 
+/// The names a request's send carried (`fusetrace_common::NamedEvent`):
+/// `first` the entry's name (RENAME: the old one), `second` RENAME's new
+/// name; raw bytes, as the kernel passed them (any byte but NUL and `/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    pub first: Vec<u8>,
+    pub second: Vec<u8>,
+}
+
 #[derive(Debug, Clone)]
 pub enum Record {
-    /// A decoded event, as the ring buffer delivered it.
-    Event(FuseEvent),
+    /// A decoded event, as the ring buffer delivered it, with the names
+    /// its send carried.
+    Event(FuseEvent, Option<Box<Names>>),
     /// The pipeline was idle and advanced the tracker's clock to `now_ns`
     /// (lets a replay finish lingering requests exactly when the live run did).
     Idle { now_ns: u64 },
@@ -225,7 +242,7 @@ impl<W: Write> Writer<W> {
     pub fn write(&mut self, rec: &Record) -> io::Result<()> {
         let mut payload = Vec::with_capacity(64);
         let kind = match rec {
-            Record::Event(ev) => {
+            Record::Event(ev, names) => {
                 self.with_req |= ev.kind == EventKind::Sent as u8 && ev.unique == 0;
                 encode_event(
                     &mut payload,
@@ -234,6 +251,12 @@ impl<W: Write> Writer<W> {
                     &mut self.comms,
                     self.with_req,
                 );
+                if let Some(n) = names {
+                    for (field, name) in [(19u64, &n.first), (20, &n.second)] {
+                        put_varint(&mut payload, field << 1 | WIRE_BYTES);
+                        put_bytes(&mut payload, name);
+                    }
+                }
                 self.prev_ts = ev.ts_ns;
                 KIND_EVENT
             }
@@ -335,7 +358,12 @@ fn encode_event(
     }
 }
 
-fn decode_event(p: &mut Payload<'_>, prev_ts: u64, comms: &mut Comms) -> Result<FuseEvent, String> {
+fn decode_event(
+    p: &mut Payload<'_>,
+    prev_ts: u64,
+    comms: &mut Comms,
+) -> Result<(FuseEvent, Option<Box<Names>>), String> {
+    let mut names: Option<Box<Names>> = None;
     let mut ev = FuseEvent {
         ts_ns: prev_ts,
         ..Default::default()
@@ -359,6 +387,11 @@ fn decode_event(p: &mut Payload<'_>, prev_ts: u64, comms: &mut Comms) -> Result<
                     has_comm = true;
                 }
                 14 => return Err(format!("comm of {} bytes, at most 16", b.len())),
+                19 | 20 if b.len() > NAME_MAX => {
+                    return Err(format!("name of {} bytes, at most {NAME_MAX}", b.len()));
+                }
+                19 => names.get_or_insert_default().first = b.to_vec(),
+                20 => names.get_or_insert_default().second = b.to_vec(),
                 1..=18 => return Err(format!("field {field} must be a number")),
                 _ => {} // a newer writer's field
             }
@@ -399,7 +432,7 @@ fn decode_event(p: &mut Payload<'_>, prev_ts: u64, comms: &mut Comms) -> Result<
     } else if let Some(c) = comms.get(&ev.tid) {
         ev.comm = *c;
     }
-    Ok(ev)
+    Ok((ev, names))
 }
 
 /// Reads a recording record by record.
@@ -638,9 +671,9 @@ impl<R: Read> Reader<R> {
     fn decode(&mut self, kind: u8, p: &mut Payload<'_>) -> Result<Record, String> {
         Ok(match kind {
             KIND_EVENT => {
-                let ev = decode_event(p, self.prev_ts, &mut self.comms)?;
+                let (ev, names) = decode_event(p, self.prev_ts, &mut self.comms)?;
                 self.prev_ts = ev.ts_ns;
-                Record::Event(ev)
+                Record::Event(ev, names)
             }
             KIND_IDLE => Record::Idle {
                 now_ns: p.varint()?,
@@ -709,7 +742,7 @@ mod tests {
         let (mut wc, mut rc) = (Comms::new(), Comms::new());
         let mut b = Vec::new();
         encode_event(&mut b, &ev, 5, &mut wc, true);
-        let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
+        let (back, _) = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
         // SAFETY: viewing plain old data as bytes.
         let bytes = |e: &FuseEvent| unsafe {
             std::slice::from_raw_parts(
@@ -724,7 +757,7 @@ mod tests {
         let mut b = Vec::new();
         encode_event(&mut b, &ev, 5, &mut wc, true);
         assert!(!b.windows(3).any(|w| w == b"012"));
-        let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
+        let (back, _) = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
         assert_eq!(back.comm, ev.comm);
         let empty = FuseEvent {
             comm: [0; 16],
@@ -732,8 +765,41 @@ mod tests {
         };
         let mut b = Vec::new();
         encode_event(&mut b, &empty, 5, &mut wc, true);
-        let back = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
+        let (back, _) = decode_event(&mut Payload { bytes: &b, at: 0 }, 5, &mut rc).unwrap();
         assert_eq!(back.comm, [0; 16]);
+    }
+
+    #[test]
+    fn names_round_trip_and_oversized_ones_are_corrupt() {
+        let ev = FuseEvent {
+            kind: EventKind::Sent as u8,
+            opcode: 12,
+            ..FuseEvent::default()
+        };
+        let names = Names {
+            first: b"old\nname\xff".to_vec(),
+            second: vec![b'n'; NAME_MAX],
+        };
+        let mut w = Writer::new(Vec::new(), &Header::default()).unwrap();
+        w.write(&Record::Event(ev, Some(Box::new(names.clone()))))
+            .unwrap();
+        w.write(&Record::Event(ev, None)).unwrap();
+        let (_, recs, _) = read_all(w.get_mut()).unwrap();
+        let got: Vec<_> = recs
+            .iter()
+            .map(|r| match r {
+                Record::Event(_, n) => n.as_deref().cloned(),
+                _ => panic!("only events were written"),
+            })
+            .collect();
+        assert_eq!(got, vec![Some(names), None]);
+        let mut b = Vec::new();
+        put_varint(&mut b, 12 << 1 | WIRE_VARINT);
+        put_varint(&mut b, 1);
+        put_varint(&mut b, 19 << 1 | WIRE_BYTES);
+        put_bytes(&mut b, &[b'x'; NAME_MAX + 1]);
+        let err = decode_event(&mut Payload { bytes: &b, at: 0 }, 0, &mut Comms::new());
+        assert!(err.unwrap_err().contains("at most 255"));
     }
 
     #[test]

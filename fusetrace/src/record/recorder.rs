@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use fusetrace_common::FuseEvent;
 
 use super::format::{ConnectionInfo, EndCounters, Header, Record, RecordedFilter, Writer};
+use crate::record::format::Names;
 use crate::{
     output::sink::Sink,
     pipeline::connections::{ConnectionTable, MountEntry, fuse_mounts},
@@ -134,13 +135,13 @@ impl Sink for Recorder {
         Ok(())
     }
 
-    fn event(&mut self, ev: &FuseEvent) -> Result<()> {
+    fn event(&mut self, ev: &FuseEvent, names: Option<&Names>) -> Result<()> {
         self.write_pending_idle()?;
         if !self.named.contains(&ev.connection) && self.unnamed.insert(ev.connection) {
             // A mount that appeared after the start: name it before its first event.
             self.name_connections(&[ev.connection])?;
         }
-        self.write(&Record::Event(*ev))
+        self.write(&Record::Event(*ev, names.cloned().map(Box::new)))
     }
 
     fn idle(&mut self, now_ns: u64) -> Result<()> {

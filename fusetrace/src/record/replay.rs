@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context, Result, anyhow};
 
 use super::format::{ConnectionInfo, Header, Reader, Record};
+use crate::pipeline::paths::PathBook;
 use crate::{
     kernel::{hooks::APP_WRITES_HOOKS, layout::major_minor},
     output::sink::Sink,
@@ -160,6 +161,7 @@ pub fn replay_file(
         config.reorder_window_ns = ns;
     }
     let mut tracker = Tracker::new(config);
+    let mut paths = PathBook::default();
     let mut finished = Vec::new();
     let mut summary = RunSummary::default();
     let mut end = None;
@@ -180,7 +182,7 @@ pub fn replay_file(
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let Some(rec) = rec else { break };
         match rec {
-            Record::Event(mut ev) => {
+            Record::Event(mut ev, ev_names) => {
                 ev.connection = match ids.get(&ev.connection) {
                     Some(id) => *id,
                     None => {
@@ -191,7 +193,8 @@ pub fn replay_file(
                 };
                 tick_until(ev.ts_ns, sink, &mut merged.names)?;
                 // As live: sinks see every event before the tracker does.
-                sink.event(&ev)?;
+                sink.event(&ev, ev_names.as_deref())?;
+                paths.observe(&ev, ev_names.as_deref());
                 tracker.observe(&ev, &mut finished);
             }
             Record::Idle { now_ns } => {
@@ -207,6 +210,7 @@ pub fn replay_file(
             sink,
             &mut summary,
             &mut merged.names,
+            &mut paths,
         )?;
     }
     tracker.flush(&mut finished);
@@ -216,6 +220,7 @@ pub fn replay_file(
         sink,
         &mut summary,
         &mut merged.names,
+        &mut paths,
     )?;
     if let Some(t) = ticks {
         // Close this file's last, partial interval.
@@ -224,6 +229,7 @@ pub fn replay_file(
     }
     summary.in_flight_at_exit = tracker.in_flight().filter(|r| filter.wants(r)).count() as u64;
     summary.tracker = tracker.counters();
+    summary.paths = paths.counters();
     if let Some(c) = end {
         summary.ring_drops = c.ring_drops;
         summary.read_faults = c.read_faults;

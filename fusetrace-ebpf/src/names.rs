@@ -1,0 +1,114 @@
+//! The names requests carry (LOOKUP, CREATE, MKDIR, MKNOD, SYMLINK, LINK,
+//! UNLINK, RMDIR, RENAME, RENAME2), sent with the request's send as one
+//! [`NamedEvent`] record, so that user space can turn node ids into paths.
+//!
+//! A name is one of the request's input arguments (`args->in_args[i]`),
+//! which differ between kernels: since 6.14 `in_args[0]` is an empty
+//! header slot and LOOKUP's name has its NUL in a separate argument. So
+//! the name is found by counting the *non-empty* arguments, which is the
+//! same on every kernel: LOOKUP, UNLINK, RMDIR and SYMLINK carry it first,
+//! the others after their fixed `fuse_*_in` struct (RENAME's new name
+//! follows the old one). Offsets come from BTF through [`KernelLayout`].
+
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel_str;
+use fusetrace_common::{
+    FLAG_NAMES, FuseEvent, KernelLayout, NAME_BYTES, NamedEvent, counters,
+    opcode::{CREATE, LINK, LOOKUP, MKDIR, MKNOD, RENAME, RENAME2, RMDIR, SYMLINK, UNLINK},
+};
+
+use crate::{EVENTS, bump, kread, stamp};
+
+/// Most input arguments a request has (`fuse_args.in_args[4]` since 6.14;
+/// 3 before, bounded by `in_numargs` there).
+const MAX_IN_ARGS: u32 = 4;
+
+/// Where `opcode`'s names are among its non-empty input arguments: the
+/// first one's index and how many (0: it carries none).
+#[inline(always)]
+fn name_args(opcode: u32) -> (u32, u32) {
+    match opcode {
+        LOOKUP | UNLINK | RMDIR | SYMLINK => (0, 1),
+        MKNOD | MKDIR | CREATE | LINK => (1, 1),
+        RENAME | RENAME2 => (1, 2),
+        _ => (0, 0),
+    }
+}
+
+/// Submits the send `ev` of request `req` with its names when its opcode
+/// carries any. Returns false when it does not (the caller submits `ev`
+/// as usual).
+#[inline(always)]
+pub fn submit_sent(ev: &mut FuseEvent, req: u64, l: &KernelLayout) -> bool {
+    let (first, count) = name_args(ev.opcode);
+    if count == 0 || l.fuse_arg_stride == 0 {
+        return false;
+    }
+    let Some(args) = kread::<u64>(req, l.req_args) else {
+        return false;
+    };
+    if !stamp(ev) {
+        return true;
+    }
+    ev.flags |= FLAG_NAMES;
+    // The non-empty arguments: [fixed struct,] name[, new name].
+    let mut values = [0u64; 3];
+    let numargs = kread::<u8>(args, l.args_in_numargs).unwrap_or(0) as u32;
+    let mut found = 0usize;
+    for i in 0..MAX_IN_ARGS {
+        if i >= numargs || found >= values.len() {
+            break;
+        }
+        let at = l.args_in_args + i * l.fuse_arg_stride;
+        if kread::<u32>(args, at + l.fuse_arg_size).unwrap_or(0) == 0 {
+            continue;
+        }
+        values[found] = kread::<u64>(args, at + l.fuse_arg_value).unwrap_or(0);
+        found += 1;
+    }
+    // RENAME's new directory and RENAME2's flags, LINK's linked node: the
+    // first fields of their fixed struct.
+    if first == 1 && values[0] != 0 && matches!(ev.opcode, RENAME | RENAME2 | LINK) {
+        ev.arg0 = kread::<u64>(values[0], 0).unwrap_or(0);
+        if ev.opcode == RENAME2 {
+            ev.arg1 = u64::from(kread::<u32>(values[0], 8).unwrap_or(0));
+        }
+    }
+    if count == 2 {
+        emit::<2>(ev, [values[1], values[2]])
+    } else {
+        emit::<1>(ev, [values[first as usize & 1], 0])
+    }
+    true
+}
+
+/// Reserves a [`NamedEvent`] and reads the names straight into it (632
+/// bytes would not fit the eBPF stack).
+#[inline(always)]
+fn emit<const N: usize>(ev: &FuseEvent, names: [u64; 2]) {
+    let Some(mut slot) = EVENTS.reserve::<NamedEvent<N>>(0) else {
+        bump(counters::RING_DROPS);
+        return;
+    };
+    let p = slot.as_mut_ptr();
+    // SAFETY: `p` is the reserved record; every field written is inside it.
+    unsafe {
+        core::ptr::addr_of_mut!((*p).ev).write(*ev);
+        core::ptr::addr_of_mut!((*p)._pad).write(0);
+        let mut len = [0u16; 2];
+        for (i, &src) in names.iter().enumerate().take(N) {
+            let dst = core::ptr::addr_of_mut!((*p).names[i]).cast::<core::ffi::c_void>();
+            let n = if src == 0 {
+                0
+            } else {
+                bpf_probe_read_kernel_str(dst, NAME_BYTES as u32, src as *const _)
+            };
+            if n < 0 {
+                bump(counters::READ_FAULTS);
+            }
+            // The helper counts the NUL it wrote.
+            len[i] = if n > 0 { (n - 1) as u16 } else { 0 };
+        }
+        core::ptr::addr_of_mut!((*p).len).write(len);
+    }
+    slot.submit(0);
+}
