@@ -172,6 +172,10 @@ enum PendingKey {
     Id(u32, u64),
 }
 
+/// A finished name-carrying request's path below its mount, and a
+/// RENAME's destination.
+type EndedPath = (Vec<u8>, Option<Vec<u8>>);
+
 /// Node ids to paths, for every connection the run sees.
 #[derive(Default)]
 pub struct PathBook {
@@ -179,7 +183,7 @@ pub struct PathBook {
     pending: HashMap<PendingKey, Pending>,
     /// Paths of name-carrying requests that ended (below their mount; a
     /// RENAME's two), until they are reported.
-    ended: HashMap<(u32, u64), (Vec<u8>, Option<Vec<u8>>)>,
+    ended: HashMap<(u32, u64), EndedPath>,
     /// Mount points, as `ConnectionTable` names them, per connection.
     mounts: HashMap<u32, Arc<str>>,
     counters: PathCounters,
@@ -335,10 +339,9 @@ impl PathBook {
     }
 
     fn mount(&mut self, conn: u32, names: &mut ConnectionTable) {
-        if !self.mounts.contains_key(&conn) {
-            let name = names.name(conn);
-            self.mounts.insert(conn, name.into());
-        }
+        self.mounts
+            .entry(conn)
+            .or_insert_with(|| names.name(conn).into());
     }
 
     /// A path below `conn`'s mount (starting with `/`, or empty for its
@@ -475,8 +478,7 @@ mod tests {
             op: u32,
             dir: u64,
             first: &[u8],
-            other: u64,
-            second: &[u8],
+            (other, second): (u64, &[u8]),
             reply_node: u64,
             error: i32,
         ) -> String {
@@ -542,15 +544,15 @@ mod tests {
     fn lookups_build_paths_and_requests_show_theirs() {
         let mut r = Run::new();
         assert_eq!(
-            r.named(opcode::LOOKUP, 1, b"dir", 0, b"", 10, 0),
+            r.named(opcode::LOOKUP, 1, b"dir", (0, b""), 10, 0),
             "/mnt/t/dir"
         );
         assert_eq!(
-            r.named(opcode::MKDIR, 10, b"sub", 0, b"", 11, 0),
+            r.named(opcode::MKDIR, 10, b"sub", (0, b""), 11, 0),
             "/mnt/t/dir/sub"
         );
         assert_eq!(
-            r.named(opcode::CREATE, 11, b"f", 0, b"", 12, 0),
+            r.named(opcode::CREATE, 11, b"f", (0, b""), 12, 0),
             "/mnt/t/dir/sub/f"
         );
         assert_eq!(r.path(12), "/mnt/t/dir/sub/f");
@@ -558,12 +560,12 @@ mod tests {
         assert_eq!(r.path(99), "", "never named: no path");
         // A failed LOOKUP names nothing, but shows what it looked for.
         assert_eq!(
-            r.named(opcode::LOOKUP, 11, b"missing", 0, b"", 0, -2),
+            r.named(opcode::LOOKUP, 11, b"missing", (0, b""), 0, -2),
             "/mnt/t/dir/sub/missing"
         );
         // A node under an unknown directory keeps what is known.
         assert_eq!(
-            r.named(opcode::LOOKUP, 500, b"x", 0, b"", 501, 0),
+            r.named(opcode::LOOKUP, 500, b"x", (0, b""), 501, 0),
             "/mnt/t/(node 500)/x"
         );
         assert_eq!(r.path(501), "/mnt/t/(node 500)/x");
@@ -572,17 +574,17 @@ mod tests {
     #[test]
     fn renames_unlinks_exchanges_and_forgets_update_the_table() {
         let mut r = Run::new();
-        r.named(opcode::MKDIR, 1, b"a", 0, b"", 10, 0);
-        r.named(opcode::MKDIR, 1, b"b", 0, b"", 11, 0);
-        r.named(opcode::CREATE, 10, b"f", 0, b"", 12, 0);
-        r.named(opcode::CREATE, 11, b"g", 0, b"", 13, 0);
+        r.named(opcode::MKDIR, 1, b"a", (0, b""), 10, 0);
+        r.named(opcode::MKDIR, 1, b"b", (0, b""), 11, 0);
+        r.named(opcode::CREATE, 10, b"f", (0, b""), 12, 0);
+        r.named(opcode::CREATE, 11, b"g", (0, b""), 13, 0);
         assert_eq!(
-            r.named(opcode::RENAME, 10, b"f", 11, b"h", 0, 0),
+            r.named(opcode::RENAME, 10, b"f", (11, b"h"), 0, 0),
             "/mnt/t/a/f -> /mnt/t/b/h"
         );
         assert_eq!(r.path(12), "/mnt/t/b/h");
         // Renaming a directory moves everything under it.
-        r.named(opcode::RENAME, 1, b"b", 1, b"c", 0, 0);
+        r.named(opcode::RENAME, 1, b"b", (1, b"c"), 0, 0);
         assert_eq!(r.path(12), "/mnt/t/c/h");
         // RENAME_EXCHANGE swaps the two names.
         r.next += 2;
@@ -615,12 +617,12 @@ mod tests {
         assert_eq!(r.path(13), "/mnt/t/c/h");
         // An unlinked file lives on while open, as deleted.
         assert_eq!(
-            r.named(opcode::UNLINK, 11, b"g", 0, b"", 0, 0),
+            r.named(opcode::UNLINK, 11, b"g", (0, b""), 0, 0),
             "/mnt/t/c/g"
         );
         assert_eq!(r.path(12), "/mnt/t/c/g (deleted)");
         // A failed UNLINK changes nothing.
-        r.named(opcode::UNLINK, 11, b"h", 0, b"", 0, -13);
+        r.named(opcode::UNLINK, 11, b"h", (0, b""), 0, -13);
         assert_eq!(r.path(13), "/mnt/t/c/h");
         // FORGET drops the node.
         r.next += 2;
@@ -643,7 +645,7 @@ mod tests {
     #[test]
     fn names_are_escaped_and_never_break_a_line() {
         let mut r = Run::new();
-        let p = r.named(opcode::CREATE, 1, b"new\nline\xff\\x\x07", 0, b"", 20, 0);
+        let p = r.named(opcode::CREATE, 1, b"new\nline\xff\\x\x07", (0, b""), 20, 0);
         assert_eq!(p, "/mnt/t/new\\nline\\xff\\\\x\\x07");
         assert_eq!(r.path(20), p);
         assert_eq!(escape("é\u{85}".as_bytes()), "é\\u{85}");
