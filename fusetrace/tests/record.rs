@@ -386,8 +386,11 @@ fn synthetic() -> Vec<u8> {
             EventKind::Ended,
         ] {
             t += 7_000;
-            w.write(&Record::Event(event(kind, unique, t, -(unique as i32))))
-                .unwrap();
+            w.write(&Record::Event(
+                event(kind, unique, t, -(unique as i32)),
+                None,
+            ))
+            .unwrap();
         }
     }
     w.write(&Record::Idle {
@@ -400,7 +403,7 @@ fn synthetic() -> Vec<u8> {
         fs_type: "fuse.bindfs".into(),
     }))
     .unwrap();
-    w.write(&Record::Event(event(EventKind::Sent, 6, t + 1, 0)))
+    w.write(&Record::Event(event(EventKind::Sent, 6, t + 1, 0), None))
         .unwrap();
     w.write(&Record::End(EndCounters {
         ring_drops: 1,
@@ -420,7 +423,7 @@ fn every_record_reads_back() {
     assert_eq!(h, header());
     assert_eq!(cut, None);
     assert_eq!(recs.len(), 12);
-    let Record::Event(ev) = &recs[3] else {
+    let Record::Event(ev, _) = &recs[3] else {
         panic!()
     };
     assert_eq!(
@@ -498,11 +501,20 @@ fn broken_recordings_get_one_clear_line() {
     assert!(e.contains("file ends at byte 30, inside the header"), "{e}");
 
     let mut future = good.clone();
-    future[8] = 2;
+    future[8] = 3;
     let e = fails(&["report", &write_file(dir.path(), "future", &future)]);
     assert!(
-        e.contains("format version 2 at byte 8") && e.contains("newer fusetrace"),
+        e.contains("format version 3 at byte 8") && e.contains("newer fusetrace"),
         "{e}"
+    );
+    // Version 1 (before names) still reads: the same records, no names.
+    let mut v1 = good.clone();
+    v1[8] = 1;
+    let out = fusetrace(&["report", &write_file(dir.path(), "v1", &v1)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // A flipped bit in the header JSON: the checksum catches it.

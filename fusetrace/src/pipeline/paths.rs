@@ -50,6 +50,9 @@ pub struct PathCounters {
     pub nodes_forgotten: u64,
     /// Name-carrying sends dropped because too many were in flight.
     pub pending_dropped: u64,
+    /// Requests on a node whose name was not seen (looked up before
+    /// tracing began): shown as `node N`.
+    pub unnamed_requests: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +192,16 @@ pub struct PathBook {
     counters: PathCounters,
 }
 
+impl PathCounters {
+    /// Adds `b`'s counts (merging recordings).
+    pub fn add(&mut self, b: &PathCounters) {
+        self.named_requests += b.named_requests;
+        self.nodes_forgotten += b.nodes_forgotten;
+        self.pending_dropped += b.pending_dropped;
+        self.unnamed_requests += b.unnamed_requests;
+    }
+}
+
 impl PathBook {
     pub fn counters(&self) -> PathCounters {
         self.counters
@@ -313,6 +326,9 @@ impl PathBook {
             return;
         }
         rec.path = self.path_of(rec);
+        if rec.path.is_none() && rec.nodeid.is_some_and(|n| n != 0) {
+            self.counters.unnamed_requests += 1;
+        }
         if let (Some(node), Some(t)) = (rec.nodeid, self.tables.get_mut(&rec.connection)) {
             // Keep the node and its directories young.
             let mut cur = node;

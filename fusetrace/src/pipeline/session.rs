@@ -146,6 +146,19 @@ impl RunSummary {
                 ));
             }
         }
+        let p = &self.paths;
+        if p.unnamed_requests > 0 {
+            s.push_str(&format!(
+                "; {} requests were on files whose names were not seen (looked up before tracing began), shown as `node N`: their paths appear once the kernel looks them up again",
+                p.unnamed_requests
+            ));
+        }
+        if p.nodes_forgotten + p.pending_dropped > 0 {
+            s.push_str(&format!(
+                "; the path table forgot {} nodes (full) and {} names (too many requests in flight)",
+                p.nodes_forgotten, p.pending_dropped
+            ));
+        }
         if self.mounts_gone > 0 {
             s.push_str(&format!(
                 "; {} traced mounts were unmounted during the run and their connection numbers taken by new mounts, left out",

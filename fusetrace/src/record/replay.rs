@@ -265,6 +265,7 @@ pub fn add_summary(a: &mut RunSummary, b: &RunSummary) {
     a.undecodable += b.undecodable;
     a.takes_unresolved += b.takes_unresolved;
     a.mounts_gone += b.mounts_gone;
+    a.paths.add(&b.paths);
     let (t, u) = (&mut a.tracker, &b.tracker);
     t.events += u.events;
     t.finished += u.finished;
