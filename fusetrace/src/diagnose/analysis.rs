@@ -78,6 +78,16 @@ impl SizeDistribution {
     }
 }
 
+/// WRITE requests to one file.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FileWrites {
+    pub path: String,
+    pub write_requests: u64,
+    pub bytes: u64,
+    /// Of those, page-cache writeback (`FUSE_WRITE_CACHE`).
+    pub writeback_write_requests: u64,
+}
+
 /// Latency summary in nanoseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DelaySummary {
@@ -139,6 +149,9 @@ pub struct Diagnosis {
     pub app_writes_with_reads: u64,
     /// Pages carried by more than one WRITE request.
     pub pages_written_more_than_once: u64,
+    /// The files most WRITE requests went to (at most five, busiest
+    /// first), by path where its name was seen (else `node N`).
+    pub files_written: Vec<FileWrites>,
     pub verdict: String,
     pub advice: Vec<String>,
 }
@@ -224,6 +237,7 @@ fn diagnose(connection: u32, mount: String, ev: &ConnectionEvidence) -> Diagnosi
         reads_caused_by_writes: 0,
         app_writes_with_reads: 0,
         pages_written_more_than_once: 0,
+        files_written: Vec::new(),
         verdict: String::new(),
         advice: Vec::new(),
     };
@@ -240,10 +254,20 @@ fn diagnose(connection: u32, mount: String, ev: &ConnectionEvidence) -> Diagnosi
     let mut syncs_by_node: HashMap<u64, Vec<&RequestLifecycle>> = HashMap::new();
     let mut page_hits: HashMap<(u64, u64), u32> = HashMap::new();
     let mut writes_with_reads = vec![false; ev.app_writes.len()];
+    let mut files: HashMap<u64, FileWrites> = HashMap::new();
     for rec in &ev.requests {
         let node = rec.nodeid.unwrap_or(0);
         match rec.opcode {
             OP_WRITE => {
+                let file = files.entry(node).or_insert_with(|| FileWrites {
+                    path: rec.shown_path().to_string(),
+                    ..FileWrites::default()
+                });
+                file.write_requests += 1;
+                if let Some((_, size, flags)) = rec.io_range() {
+                    file.bytes += size;
+                    file.writeback_write_requests += u64::from(flags & FUSE_WRITE_CACHE != 0);
+                }
                 let Some((offset, size, flags)) = rec.io_range() else {
                     d.write_requests
                         .add(u64::from(rec.request_len.unwrap_or(0)));
@@ -303,6 +327,10 @@ fn diagnose(connection: u32, mount: String, ev: &ConnectionEvidence) -> Diagnosi
     }
     d.app_writes_with_reads = writes_with_reads.iter().filter(|b| **b).count() as u64;
     d.pages_written_more_than_once = page_hits.values().filter(|n| **n > 1).count() as u64;
+    d.files_written = files.into_values().collect();
+    d.files_written
+        .sort_by(|a, b| (b.write_requests, &a.path).cmp(&(a.write_requests, &b.path)));
+    d.files_written.truncate(5);
 
     // WRITEs a thread sent right before its own FLUSH/FSYNC of the file,
     // outside any write(2) of its own: flushed dirty pages (each counted once
@@ -484,6 +512,14 @@ fn verdict(d: &Diagnosis) -> (String, Vec<String>) {
                 d.pages_written_more_than_once
             ));
         }
+        if !d.files_written.is_empty() {
+            let list: Vec<String> = d
+                .files_written
+                .iter()
+                .map(|f| format!("{} ({} WRITE requests)", f.path, f.write_requests))
+                .collect();
+            text.push_str(&format!("; written most: {}", list.join(", ")));
+        }
     }
     let mut advice = Vec::new();
     if d.writeback_cache == Some(false)
@@ -662,6 +698,12 @@ mod tests {
         assert_eq!(d.writeback_write_requests, 2);
         assert_eq!(d.writes_at_flush_or_fsync, 1);
         assert_eq!(d.reads_caused_by_writes, 1);
+        // The file written is named by its node (no name was seen).
+        assert_eq!(d.files_written.len(), 1);
+        assert_eq!(d.files_written[0].path, format!("node {NODE}"));
+        assert_eq!(d.files_written[0].write_requests, 2);
+        assert_eq!(d.files_written[0].bytes, 8192 + 4096);
+        assert!(d.verdict.contains("written most: node"), "{}", d.verdict);
         assert_eq!(d.app_writes_with_reads, 1);
         assert_eq!(d.pages_written_more_than_once, 1);
         assert_eq!(d.write_to_request_delay.samples, 2);

@@ -881,6 +881,9 @@ impl<W: Write> PerfettoSink<W> {
             if let Some(n) = rec.nodeid {
                 a.push(uint("node", n));
             }
+            if let Some(p) = &rec.path {
+                a.push(string("path", p.to_string()));
+            }
             if let Some(err) = rec.error {
                 a.push(int("error", i64::from(err)));
             }
