@@ -9,8 +9,13 @@
 //! same on every kernel: LOOKUP, UNLINK, RMDIR and SYMLINK carry it first,
 //! the others after their fixed `fuse_*_in` struct (RENAME's new name
 //! follows the old one). Offsets come from BTF through [`KernelLayout`].
+//!
+//! A name is read for its argument's size, never up to a NUL: a name in a
+//! path walk points into the whole path (`a/absent` when looking up `a`),
+//! and since 6.14 the size excludes the NUL. User space cuts a trailing
+//! NUL (older kernels count it).
 
-use aya_ebpf::helpers::generated::bpf_probe_read_kernel_str;
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use fusetrace_common::{
     FLAG_NAMES, FuseEvent, KernelLayout, NAME_BYTES, NamedEvent, counters,
     opcode::{CREATE, LINK, LOOKUP, MKDIR, MKNOD, RENAME, RENAME2, RMDIR, SYMLINK, UNLINK},
@@ -52,6 +57,7 @@ pub fn submit_sent(ev: &mut FuseEvent, req: u64, l: &KernelLayout) -> bool {
     ev.flags |= FLAG_NAMES;
     // The non-empty arguments: [fixed struct,] name[, new name].
     let mut values = [0u64; 3];
+    let mut sizes = [0u32; 3];
     let numargs = kread::<u8>(args, l.args_in_numargs).unwrap_or(0) as u32;
     let mut found = 0usize;
     for i in 0..MAX_IN_ARGS {
@@ -59,9 +65,11 @@ pub fn submit_sent(ev: &mut FuseEvent, req: u64, l: &KernelLayout) -> bool {
             break;
         }
         let at = l.args_in_args + i * l.fuse_arg_stride;
-        if kread::<u32>(args, at + l.fuse_arg_size).unwrap_or(0) == 0 {
+        let size = kread::<u32>(args, at + l.fuse_arg_size).unwrap_or(0);
+        if size == 0 {
             continue;
         }
+        sizes[found] = size;
         values[found] = kread::<u64>(args, at + l.fuse_arg_value).unwrap_or(0);
         found += 1;
     }
@@ -74,9 +82,10 @@ pub fn submit_sent(ev: &mut FuseEvent, req: u64, l: &KernelLayout) -> bool {
         }
     }
     if count == 2 {
-        emit::<2>(ev, [values[1], values[2]])
+        emit::<2>(ev, [(values[1], sizes[1]), (values[2], sizes[2])])
     } else {
-        emit::<1>(ev, [values[first as usize & 1], 0])
+        let i = first as usize & 1;
+        emit::<1>(ev, [(values[i], sizes[i]), (0, 0)])
     }
     true
 }
@@ -84,7 +93,7 @@ pub fn submit_sent(ev: &mut FuseEvent, req: u64, l: &KernelLayout) -> bool {
 /// Reserves a [`NamedEvent`] and reads the names straight into it (632
 /// bytes would not fit the eBPF stack).
 #[inline(always)]
-fn emit<const N: usize>(ev: &FuseEvent, names: [u64; 2]) {
+fn emit<const N: usize>(ev: &FuseEvent, names: [(u64, u32); 2]) {
     let Some(mut slot) = EVENTS.reserve::<NamedEvent<N>>(0) else {
         bump(counters::RING_DROPS);
         return;
@@ -95,18 +104,18 @@ fn emit<const N: usize>(ev: &FuseEvent, names: [u64; 2]) {
         core::ptr::addr_of_mut!((*p).ev).write(*ev);
         core::ptr::addr_of_mut!((*p)._pad).write(0);
         let mut len = [0u16; 2];
-        for (i, &src) in names.iter().enumerate().take(N) {
+        for (i, &(src, size)) in names.iter().enumerate().take(N) {
             let dst = core::ptr::addr_of_mut!((*p).names[i]).cast::<core::ffi::c_void>();
-            let n = if src == 0 {
-                0
-            } else {
-                bpf_probe_read_kernel_str(dst, NAME_BYTES as u32, src as *const _)
-            };
-            if n < 0 {
-                bump(counters::READ_FAULTS);
+            // Bounded for the verifier: at most the buffer.
+            let n = size.min(NAME_BYTES as u32) & (2 * NAME_BYTES as u32 - 1);
+            if src == 0 || n == 0 || n > NAME_BYTES as u32 {
+                continue;
             }
-            // The helper counts the NUL it wrote.
-            len[i] = if n > 0 { (n - 1) as u16 } else { 0 };
+            if bpf_probe_read_kernel(dst, n, src as *const _) < 0 {
+                bump(counters::READ_FAULTS);
+                continue;
+            }
+            len[i] = n as u16;
         }
         core::ptr::addr_of_mut!((*p).len).write(len);
     }

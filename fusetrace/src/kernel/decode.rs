@@ -28,11 +28,14 @@ pub fn names(bytes: &[u8], ev: &FuseEvent) -> Option<Names> {
     let len = |i: usize| {
         let at = lens + 2 * i;
         let l = u16::from_ne_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]) as usize;
-        Some(l.min(NAME_BYTES - 1))
+        Some(l.min(NAME_BYTES))
     };
+    // Up to a NUL: kernels before 6.14 count the name's NUL in its size.
     let name = |i: usize| -> Option<Vec<u8>> {
         let start = head + i * NAME_BYTES;
-        bytes.get(start..start + len(i)?).map(<[u8]>::to_vec)
+        let raw = bytes.get(start..start + len(i)?)?;
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        Some(raw[..end].to_vec())
     };
     let two = bytes.len() >= std::mem::size_of::<NamedEvent<2>>();
     Some(Names {

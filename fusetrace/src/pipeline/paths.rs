@@ -184,9 +184,9 @@ type EndedPath = (Vec<u8>, Option<Vec<u8>>);
 pub struct PathBook {
     tables: HashMap<u32, Table>,
     pending: HashMap<PendingKey, Pending>,
-    /// Paths of name-carrying requests that ended (below their mount; a
-    /// RENAME's two), until they are reported.
-    ended: HashMap<(u32, u64), EndedPath>,
+    /// Paths of requests that ended (below their mount; a RENAME's two;
+    /// `None`: not known), until they are reported.
+    ended: HashMap<(u32, u64), Option<EndedPath>>,
     /// Mount points, as `ConnectionTable` names them, per connection.
     mounts: HashMap<u32, Arc<str>>,
     counters: PathCounters,
@@ -237,7 +237,7 @@ impl PathBook {
                     },
                 );
             }
-        } else if kind == Some(EventKind::Ended) && !self.pending.is_empty() {
+        } else if kind == Some(EventKind::Ended) {
             let p = [
                 PendingKey::Req(ev.req),
                 PendingKey::Id(ev.connection, ev.unique),
@@ -245,8 +245,37 @@ impl PathBook {
             .into_iter()
             .filter(|k| *k != PendingKey::Req(0))
             .find_map(|k| self.pending.remove(&k));
-            if let Some(p) = p {
-                self.ended(ev, p);
+            match p {
+                Some(p) => self.ended(ev, p),
+                None if ev.nodeid != 0 && self.tables.contains_key(&ev.connection) => {
+                    // Its path as it is now, not as it is when the request
+                    // is reported (later events may have renamed it): the
+                    // same live as in a replay, whatever the batching.
+                    self.touch(ev.connection, ev.nodeid);
+                    let path = self.node_path(ev.connection, ev.nodeid);
+                    self.remember(ev, path.map(|p| (p, None)));
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn remember(&mut self, ev: &FuseEvent, path: Option<EndedPath>) {
+        if self.ended.len() >= MAX_PENDING {
+            self.ended.clear();
+        }
+        self.ended.insert((ev.connection, ev.unique), path);
+    }
+
+    /// Moves `node` and its directories to the young generation.
+    fn touch(&mut self, conn: u32, node: u64) {
+        if let Some(t) = self.tables.get_mut(&conn) {
+            let mut cur = node;
+            for _ in 0..MAX_DEPTH {
+                match t.node(cur) {
+                    Some(n) if cur != ROOT => cur = n.parent,
+                    _ => break,
+                }
             }
         }
     }
@@ -258,10 +287,7 @@ impl PathBook {
         let path = self.child_path(conn, p.parent, &p.names.first);
         let to = matches!(ev.opcode, opcode::RENAME | opcode::RENAME2)
             .then(|| self.child_path(conn, p.other, &p.names.second));
-        if self.ended.len() >= MAX_PENDING {
-            self.ended.clear();
-        }
-        self.ended.insert((conn, ev.unique), (path, to));
+        self.remember(ev, Some((path, to)));
         if ev.error != 0 {
             return;
         }
@@ -316,28 +342,21 @@ impl PathBook {
     /// Sets `rec.path` for a finished request (and forgets a FORGET's node).
     pub fn name_finished(&mut self, rec: &mut RequestLifecycle, names: &mut ConnectionTable) {
         self.mount(rec.connection, names);
-        if let Some((from, to)) = self.ended.remove(&(rec.connection, rec.unique)) {
-            let mut path = self.under_mount(rec.connection, from);
-            if let Some(to) = to {
-                path.extend_from_slice(b" -> ");
-                path.extend(self.under_mount(rec.connection, to));
+        rec.path = match self.ended.remove(&(rec.connection, rec.unique)) {
+            Some(Some((from, to))) => {
+                let mut path = self.under_mount(rec.connection, from);
+                if let Some(to) = to {
+                    path.extend_from_slice(b" -> ");
+                    path.extend(self.under_mount(rec.connection, to));
+                }
+                Some(escape(&path).into())
             }
-            rec.path = Some(escape(&path).into());
-            return;
-        }
-        rec.path = self.path_of(rec);
+            Some(None) => None,
+            // Not ended (FORGET), or seen only in part: as it is now.
+            None => self.path_of(rec),
+        };
         if rec.path.is_none() && rec.nodeid.is_some_and(|n| n != 0) {
             self.counters.unnamed_requests += 1;
-        }
-        if let (Some(node), Some(t)) = (rec.nodeid, self.tables.get_mut(&rec.connection)) {
-            // Keep the node and its directories young.
-            let mut cur = node;
-            for _ in 0..MAX_DEPTH {
-                match t.node(cur) {
-                    Some(n) if cur != ROOT => cur = n.parent,
-                    _ => break,
-                }
-            }
         }
         if rec.opcode == opcode::FORGET
             && let (Some(node), Some(t)) = (rec.nodeid, self.tables.get_mut(&rec.connection))

@@ -210,6 +210,8 @@ pub struct TraceOutput {
     pub records: Vec<Value>,
     pub summary: Value,
     pub stderr: String,
+    /// Everything it printed (text output).
+    pub stdout: String,
 }
 
 impl TraceOutput {
@@ -291,6 +293,7 @@ impl Tracer {
             records,
             summary,
             stderr,
+            stdout,
         }
     }
 }
