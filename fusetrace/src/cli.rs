@@ -220,10 +220,11 @@ impl RecordArgs {
         let filter = self.flags.filter()?;
         let stop = StopWhen::on_signals(self.flags.duration)?;
         let file = recorder::create_file(&self.output)?;
+        let mounts = recorder::current_fuse_mounts();
         let mut probes = self.flags.attach(self.app_writes).inspect_err(|_| {
             let _ = std::fs::remove_file(&self.output);
         })?;
-        let header = recorder::header_now(probes.describe(), &filter);
+        let header = recorder::header_now(probes.describe(), &filter, &mounts);
         let mut recorder = Recorder::new(file, &self.output, &header)?;
         let printer = StatsPrinter::new(std::io::stdout().lock(), self.format, false);
         let mut stats = StatsOutput::printing(printer, None);

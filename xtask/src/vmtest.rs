@@ -211,14 +211,15 @@ fn test_executables(targets: &[&str]) -> Result<Vec<PathBuf>> {
 
 /// The script the guest runs: doctor, then per backend (each must be
 /// offered) the exact-accounting tests, the call/background test, the
-/// virtio-fs walk, the in-kernel stats tests and `serve` scraped by
-/// Prometheus, then the doctor tests.
+/// virtio-fs walk, the in-kernel stats tests, `serve` scraped by
+/// Prometheus and paths for node ids, then the doctor tests.
 fn guest_script(
     guest: &Guest,
     trace: &Path,
     coverage: &Path,
     aggregate: &Path,
     serve: &Path,
+    paths: &Path,
 ) -> String {
     let bin = root().join("target/debug/fusetrace");
     format!(
@@ -240,6 +241,7 @@ for backend in {backends}; do
         {aggregate} --test-threads=1 --nocapture \
             kernel_counts_equal_served_requests a_request_that_never_ends || status=1
         {serve} --test-threads=1 --nocapture prometheus_scrapes || status=1
+        {paths} --test-threads=1 --nocapture every_request_carries_its_path || status=1
         unset FUSETRACE_TEST_BACKEND
     else
         echo "vmtest: {series}: backend $backend NOT OFFERED by this kernel:"
@@ -259,6 +261,7 @@ echo "vmtest: guest status $status"
         coverage = coverage.display(),
         aggregate = aggregate.display(),
         serve = serve.display(),
+        paths = paths.display(),
     )
 }
 
@@ -271,7 +274,7 @@ pub fn vmtest(only: Option<&str>) -> Result<()> {
     apt_packages()?;
     let vng = vng()?;
     let virtiofsd = virtiofsd()?;
-    let exes = test_executables(&["trace", "kernel_coverage", "aggregate", "serve"])?;
+    let exes = test_executables(&["trace", "kernel_coverage", "aggregate", "serve", "paths"])?;
     // vng starts `virtme-run` through PATH: the venv's bin/ goes first.
     let path = format!(
         "{}:{}:{}",
@@ -302,7 +305,7 @@ fn run_guest(guest: &Guest, vng: &Path, path: &str, exes: &[PathBuf]) -> Result<
     let script = root().join("target/vm").join(guest.series).join("guest.sh");
     std::fs::write(
         &script,
-        guest_script(guest, &exes[0], &exes[1], &exes[2], &exes[3]),
+        guest_script(guest, &exes[0], &exes[1], &exes[2], &exes[3], &exes[4]),
     )
     .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
     eprintln!("xtask: booting {} under TCG", kernel.display());

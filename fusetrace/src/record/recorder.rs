@@ -42,14 +42,17 @@ fn info(m: &MountEntry) -> ConnectionInfo {
     }
 }
 
-fn current_fuse_mounts() -> Vec<MountEntry> {
+pub fn current_fuse_mounts() -> Vec<MountEntry> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .map(|t| fuse_mounts(&t))
         .unwrap_or_default()
 }
 
-/// The header of a recording starting now.
-pub fn header_now(hooks: Vec<String>, filter: &Filter) -> Header {
+/// The header of a recording starting now. `mounts` are the FUSE mounts
+/// read *before* the probes were attached: a mount unmounted right after
+/// (its requests already in the ring buffer) must still be named, and one
+/// mounted in between is named at its first event.
+pub fn header_now(hooks: Vec<String>, filter: &Filter, mounts: &[MountEntry]) -> Header {
     let start_unix_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -62,7 +65,7 @@ pub fn header_now(hooks: Vec<String>, filter: &Filter) -> Header {
         hooks,
         start_monotonic_ns: monotonic_ns(),
         start_unix_ns,
-        connections: current_fuse_mounts().iter().map(info).collect(),
+        connections: mounts.iter().map(info).collect(),
         filter: RecordedFilter {
             connections: filter.connections.clone(),
             pid: filter.pid,
