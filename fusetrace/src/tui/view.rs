@@ -87,6 +87,24 @@ pub fn tail(text: &str, width: usize) -> String {
     }
 }
 
+/// A path in at most `width` characters, keeping its file name: the
+/// start of the directories, `…`, then the name (`/mnt/ref/a/…/file.txt`);
+/// a name too long by itself keeps its tail, as [`tail`] does. Paths are
+/// already in display form (escaped), so counting chars is counting cells.
+pub fn shorten_path(path: &str, width: usize) -> String {
+    let n = path.chars().count();
+    if n <= width {
+        return path.to_string();
+    }
+    let name = path.rfind('/').map_or(path, |i| &path[i..]);
+    let name_len = name.chars().count();
+    if name_len + 2 > width {
+        return tail(path, width);
+    }
+    let head: String = path.chars().take(width - name_len - 1).collect();
+    format!("{head}…{name}")
+}
+
 /// Draws one frame.
 pub fn draw(frame: &mut Frame, state: &TopState) {
     let [header, body, footer] = Layout::vertical([
@@ -219,10 +237,10 @@ fn draw_footer(frame: &mut Frame, area: Rect, state: &TopState) {
         } else {
             Style::new()
         };
-        spans.push(Span::styled(format!(" {} ", v.title()), style));
+        spans.push(Span::styled(format!(" {} ", state.view_title(v)), style));
     }
     spans.push(Span::raw(
-        "  Tab view · s sort · / filter · p pause · ? help · q quit",
+        "  Tab view · b by op/file/process · s sort · / filter · p pause · ? help · q quit",
     ));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
@@ -231,6 +249,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, state: &TopState) {
 pub const HELP: &[(&str, &str)] = &[
     ("↑/↓ j/k", "move the selection (PgUp/PgDn, g/G)"),
     ("Tab", "next view: in flight, per opcode, detail"),
+    ("b", "per opcode, per file, per process (2nd view)"),
     ("Enter", "detail of the selected request or opcode"),
     ("Esc", "back from the detail; clear the filter"),
     ("s", "sort by the next column"),
@@ -256,10 +275,10 @@ fn draw_help(frame: &mut Frame, state: &TopState) {
         .chain([
             Line::raw(""),
             Line::raw(format!(
-                "Rows in flight for {} or more are red. Node ids are",
+                "Rows in flight for {} or more are red. Files whose",
                 format_duration(std::time::Duration::from_nanos(state.config.stall_ns))
             )),
-            Line::raw("shown as numbers (LOOKUP names are not traced)."),
+            Line::raw("name was not seen (looked up earlier) show as node N."),
         ])
         .collect();
     let height = (lines.len() as u16 + 2).min(frame.area().height);
