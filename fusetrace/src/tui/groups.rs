@@ -160,3 +160,126 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+    use crate::tui::{
+        buffer_text,
+        state::{RunCounters, TopConfig, TopState, View},
+        view,
+    };
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
+    use ratatui::{Terminal, backend::TestBackend};
+
+    const LONG: &str =
+        "/mnt/ref/projects/fusetrace/target/debug/deps/libfusetrace_common-0123.rlib";
+
+    /// A READ of `path` by `cat` (pid 42): finished after `total_ns`, or
+    /// still in the daemon when `total_ns` is `None`.
+    fn read(unique: u64, path: Option<&str>, total_ns: Option<u64>) -> RequestLifecycle {
+        let mut t = crate::pipeline::tracker::Tracker::new(Default::default());
+        let mut out = Vec::new();
+        let mut events = vec![(EventKind::Sent, 1_000), (EventKind::Taken, 2_000)];
+        if let Some(total) = total_ns {
+            events.extend([
+                (EventKind::Replied, total),
+                (EventKind::Ended, 1_000 + total),
+            ]);
+        }
+        for (kind, ts) in events {
+            let ev = FuseEvent {
+                kind: kind as u8,
+                flags: FLAG_HAS_HEADER,
+                connection: 52,
+                unique,
+                opcode: 15,
+                ts_ns: ts,
+                tgid: 42,
+                tid: 42,
+                req_pid: 42,
+                nodeid: 9,
+                comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
+                ..Default::default()
+            };
+            t.observe(&ev, &mut out);
+        }
+        let mut rec = match total_ns {
+            Some(_) => out.pop().unwrap(),
+            None => t.in_flight().next().unwrap(),
+        };
+        rec.path = path.map(Into::into);
+        rec
+    }
+
+    fn frame(state: &TopState, width: u16) -> String {
+        let mut term = Terminal::new(TestBackend::new(width, 24)).unwrap();
+        term.draw(|f| view::draw(f, state)).unwrap();
+        buffer_text(term.backend().buffer())
+    }
+
+    fn key(state: &mut TopState, c: char) {
+        state.handle_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+    }
+
+    #[test]
+    fn b_switches_between_opcodes_files_and_processes() {
+        let mut state = TopState::new(TopConfig::default());
+        state.record(&read(2, Some(LONG), Some(50_000)));
+        state.record(&read(4, Some("/mnt/ref/small"), Some(5_000)));
+        state.record(&read(6, None, Some(5_000)));
+        let in_flight = read(8, Some(LONG), None);
+        state.tick(
+            1_000_000_000,
+            std::iter::once(in_flight),
+            RunCounters::default(),
+            &mut |_| "/mnt/ref".into(),
+        );
+        // In flight: the file, shortened to its column keeping its name.
+        let text = frame(&state, 120);
+        assert!(text.contains("FILE"), "{text}");
+        let row = text.lines().find(|l| l.contains("in daemon")).unwrap();
+        assert!(row.contains("…/libfusetrace_common-0123.rlib"), "{text}");
+        assert!(text.contains("b by op/file/process"), "footer: {text}");
+
+        key(&mut state, 'b');
+        assert_eq!((state.view, state.group), (View::Summary, GroupBy::Op));
+        key(&mut state, 'b');
+        assert_eq!(state.group, GroupBy::File);
+        let text = frame(&state, 80);
+        assert!(text.contains("per file, last 10s: 3 of 3"), "{text}");
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.contains("FILE"))
+            .skip(1)
+            .take(3)
+            .collect();
+        // Slowest total first; the long path keeps its file name at 80
+        // columns; a node without a path names its mount.
+        assert!(
+            rows[0].contains("…/libfusetrace_common-0123.rlib"),
+            "{text}"
+        );
+        assert!(rows[0].starts_with("/mnt/re…/"), "{text}");
+        // (Equal times: by key, an unknown path first.)
+        assert!(rows[1].starts_with("node 9 (/mnt/ref)"), "{text}");
+        assert!(rows[2].starts_with("/mnt/ref/small"), "{text}");
+
+        key(&mut state, 'b');
+        assert_eq!(state.group, GroupBy::Process);
+        let text = frame(&state, 80);
+        assert!(text.contains("per process"), "{text}");
+        let row = text.lines().find(|l| l.contains("cat")).unwrap();
+        assert!(row.trim_start().starts_with("42"), "{text}");
+        // A filter that matches no process empties the table.
+        key(&mut state, '/');
+        for c in "comm:dd".chars() {
+            key(&mut state, c);
+        }
+        state.handle_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+        assert!(state.visible_groups().0.is_empty());
+        key(&mut state, 'b');
+        assert_eq!(state.group, GroupBy::Op, "and round again");
+    }
+}

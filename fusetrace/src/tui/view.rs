@@ -89,12 +89,21 @@ pub fn tail(text: &str, width: usize) -> String {
 
 /// A path in at most `width` characters, keeping its file name: the
 /// start of the directories, `…`, then the name (`/mnt/ref/a/…/file.txt`);
-/// a name too long by itself keeps its tail, as [`tail`] does. Paths are
-/// already in display form (escaped), so counting chars is counting cells.
+/// a name too long by itself keeps its tail, as [`tail`] does. What is not
+/// a path (`node 42 (/mnt)`) keeps its start. Paths are already in display
+/// form (escaped), so counting chars is counting cells.
 pub fn shorten_path(path: &str, width: usize) -> String {
     let n = path.chars().count();
     if n <= width {
         return path.to_string();
+    }
+    if !path.starts_with('/') {
+        let head: String = path.chars().take(width.saturating_sub(1)).collect();
+        return if width == 0 {
+            head
+        } else {
+            format!("{head}…")
+        };
     }
     let name = path.rfind('/').map_or(path, |i| &path[i..]);
     let name_len = name.chars().count();
@@ -297,4 +306,28 @@ fn draw_help(frame: &mut Frame, state: &TopState) {
         ),
         area,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_path_keeps_its_file_name() {
+        let path = "/mnt/ref/projects/fusetrace/target/debug/deps/libfoo.rlib";
+        assert_eq!(shorten_path(path, 80), path, "fits: unchanged");
+        let short = shorten_path(path, 30);
+        assert_eq!(short.chars().count(), 30);
+        assert!(short.ends_with("/libfoo.rlib"), "{short}");
+        assert!(short.starts_with("/mnt/ref/"), "{short}");
+        assert_eq!(short, "/mnt/ref/projects…/libfoo.rlib");
+        // A name wider than the column keeps its end.
+        assert_eq!(
+            shorten_path("/m/averyveryverylongname.txt", 10),
+            "…gname.txt"
+        );
+        // Escaped bytes stay as they are (already display text).
+        assert_eq!(shorten_path("/m/a\\nb", 20), "/m/a\\nb");
+        assert_eq!(shorten_path("node 42 (/mnt/ref)", 8), "node 42…");
+    }
 }
