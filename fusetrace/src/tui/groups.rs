@@ -230,12 +230,15 @@ mod view_tests {
         state.record(&read(4, Some("/mnt/ref/small"), Some(5_000)));
         state.record(&read(6, None, Some(5_000)));
         let in_flight = read(8, Some(LONG), None);
-        state.tick(
-            1_000_000_000,
-            std::iter::once(in_flight),
-            RunCounters::default(),
-            &mut |_| "/mnt/ref".into(),
-        );
+        let tick = |state: &mut TopState| {
+            state.tick(
+                1_000_000_000,
+                std::iter::once(in_flight.clone()),
+                RunCounters::default(),
+                &mut |_| "/mnt/ref".into(),
+            )
+        };
+        tick(&mut state);
         // In flight: the file, shortened to its column keeping its name.
         let text = frame(&state, 120);
         assert!(text.contains("FILE"), "{text}");
@@ -247,6 +250,8 @@ mod view_tests {
         assert_eq!((state.view, state.group), (View::Summary, GroupBy::Op));
         key(&mut state, 'b');
         assert_eq!(state.group, GroupBy::File);
+        assert!(state.shown.files.0.is_empty(), "built for the screen only");
+        tick(&mut state);
         let text = frame(&state, 80);
         assert!(text.contains("per file, last 10s: 3 of 3"), "{text}");
         let rows: Vec<&str> = text
@@ -268,6 +273,7 @@ mod view_tests {
 
         key(&mut state, 'b');
         assert_eq!(state.group, GroupBy::Process);
+        tick(&mut state);
         let text = frame(&state, 80);
         assert!(text.contains("per process"), "{text}");
         let row = text.lines().find(|l| l.contains("cat")).unwrap();

@@ -396,8 +396,9 @@ pub struct Snapshot {
     /// Connections seen, by id, with their mount points.
     pub connections: Vec<(u32, String)>,
     pub window_ns: u64,
-    /// The window's busiest files and processes (largest total time
-    /// first), each with the `(other)` row of keys over the cap.
+    /// The window's busiest files or processes (largest total time
+    /// first), each with the `(other)` row of keys over the cap; only the
+    /// one on screen (empty otherwise, until the next frame).
     pub files: (Vec<GroupRow>, Option<GroupRow>),
     pub processes: (Vec<GroupRow>, Option<GroupRow>),
     /// How much time the window covered (for the rates of those rows).
@@ -600,10 +601,16 @@ impl TopState {
                 .in_flight += 1;
         }
         // Nodes without a path are named with their mount, as seen once.
+        // Only the table on screen is built: the windows' slots are merged
+        // per frame, which the other views need not pay for.
         let names = &mut self.names;
         let mut mount = |c: u32| names.entry(c).or_insert_with(|| name(c)).clone();
-        let files = self.files.rows(&mut mount);
-        let processes = self.processes.rows(&mut mount);
+        let (mut files, mut processes) = Default::default();
+        match (self.view, self.group) {
+            (View::Summary, GroupBy::File) => files = self.files.rows(&mut mount),
+            (View::Summary, GroupBy::Process) => processes = self.processes.rows(&mut mount),
+            _ => {}
+        }
         self.shown = Snapshot {
             now_ns,
             in_flight,
