@@ -189,15 +189,26 @@ struct Cells {
 }
 
 impl Cells {
-    fn record_n(&mut self, ns: u64, n: u64) {
-        let b = latency_bucket(ns);
-        match self.buckets.binary_search_by_key(&b, |(b, _)| *b) {
+    fn add_to_bucket(&mut self, bucket: u16, n: u64) {
+        match self.buckets.binary_search_by_key(&bucket, |(b, _)| *b) {
             Ok(i) => self.buckets[i].1 += n,
-            Err(i) => self.buckets.insert(i, (b, n)),
+            Err(i) => self.buckets.insert(i, (bucket, n)),
         }
         self.samples += n;
+    }
+
+    fn record_n(&mut self, ns: u64, n: u64) {
+        self.add_to_bucket(latency_bucket(ns), n);
         self.sum_ns = self.sum_ns.saturating_add(ns.saturating_mul(n));
         self.max_ns = self.max_ns.max(ns);
+    }
+
+    fn merge(&mut self, other: &Cells) {
+        for (bucket, n) in &other.buckets {
+            self.add_to_bucket(*bucket, *n);
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
     }
 
     /// The bucket's upper bound (at most the maximum seen) holding the
@@ -500,15 +511,7 @@ impl Grouped {
                 into.comm = row.comm;
             }
             for (a, b) in into.stages.iter_mut().zip(&row.stages) {
-                for (bucket, n) in &b.buckets {
-                    match a.buckets.binary_search_by_key(bucket, |(b, _)| *b) {
-                        Ok(i) => a.buckets[i].1 += n,
-                        Err(i) => a.buckets.insert(i, (*bucket, *n)),
-                    }
-                }
-                a.samples += b.samples;
-                a.sum_ns = a.sum_ns.saturating_add(b.sum_ns);
-                a.max_ns = a.max_ns.max(b.max_ns);
+                a.merge(b);
             }
         }
     }
@@ -989,6 +992,24 @@ mod tests {
         );
         let p99 = rows[0]["stages"][3]["p99_ns"].as_u64().unwrap();
         assert!((1_900_000..=2_130_000).contains(&p99), "within 1/16: {p99}");
+    }
+
+    #[test]
+    fn merged_tables_add_rows_and_the_other_row() {
+        let by = grouping("path");
+        let mut a = Grouped::new(by.keys.clone(), 1);
+        a.record(&req(READ, 10_000, 1, "cat", Some("/mnt/ref/a")));
+        a.record(&req(READ, 20_000, 1, "cat", Some("/mnt/ref/b")));
+        let mut b = Grouped::new(by.keys.clone(), 1);
+        b.record(&req(READ, 30_000, 1, "cat", Some("/mnt/ref/a")));
+        let mut all = Grouped::new(by.keys.clone(), 10);
+        all.merge(&a);
+        all.merge(&b);
+        let (rows, other) = all.rows(SortBy::Total, &mut name);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].count, rows[0].max_ns), (2, 30_000));
+        assert_eq!(rows[0].total_ns, 40_000);
+        assert_eq!(other.map(|o| o.count), Some(1), "b's over-cap row kept");
     }
 
     #[test]
