@@ -47,6 +47,18 @@ fn per_process_and_per_command_rows_count_what_each_asked() {
     let by_comm = Tracer::start(&[
         "stats", "--by", "comm,op", "--format", "json", "--mount", &mount,
     ]);
+    // Far more files than rows: the rest is one (other) row.
+    let capped = Tracer::start(&[
+        "stats",
+        "--by",
+        "path",
+        "--max-rows",
+        "3",
+        "--format",
+        "json",
+        "--mount",
+        &mount,
+    ]);
     let top = Tracer::start(&[
         "stats", "--by", "op", "--top", "2", "--format", "json", "--mount", &mount,
     ]);
@@ -97,6 +109,7 @@ fn per_process_and_per_command_rows_count_what_each_asked() {
     let pid_out = by_pid.stop();
     let comm_out = by_comm.stop();
     let top_out = top.stop();
+    let capped_out = capped.stop();
     let recorded = recorder.stop();
     assert_nothing_lost(&pid_out.summary);
     assert_nothing_lost(&comm_out.summary);
@@ -160,6 +173,29 @@ fn per_process_and_per_command_rows_count_what_each_asked() {
         total(&pid_rows),
         total(&comm_rows),
         "every request in a row"
+    );
+
+    // --max-rows 3: three files (nodes until names are traced), and every
+    // other request in the (other) row, said in JSON; none lost.
+    let capped_whole = capped_out
+        .records
+        .iter()
+        .find(|v| v["period"] == "whole run")
+        .unwrap();
+    let files = capped_whole["rows"].as_array().unwrap();
+    assert_eq!(files.len(), 3, "{capped_whole}");
+    assert!(
+        files
+            .iter()
+            .all(|r| r["path"].as_str().unwrap().starts_with("node ")),
+        "{capped_whole}"
+    );
+    let other = &capped_whole["other"];
+    assert_eq!(other["path"], "(other)", "{capped_whole}");
+    assert_eq!(
+        total(files) + other["count"].as_u64().unwrap(),
+        total(&pid_rows),
+        "the capped table counts every request"
     );
 
     // --top 2 by op: two rows, largest total time first, the rest counted;
