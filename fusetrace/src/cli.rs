@@ -14,9 +14,10 @@ use crate::{
     },
     output::{
         accumulate::StatsOutput,
+        by::{ByOpts, GroupedPrinter},
         export::{Clock, CsvOpts},
         print::{Format, StatsPrinter, TraceSink},
-        sink::FanOut,
+        sink::{FanOut, Sink},
     },
     pipeline::{
         aggregate,
@@ -128,7 +129,8 @@ impl TraceArgs {
     }
 }
 
-/// `fusetrace stats`: per-opcode latency statistics.
+/// `fusetrace stats`: per-opcode latency statistics (or per file,
+/// process, command or mount with `--by`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct StatsArgs {
     #[command(flatten)]
@@ -156,6 +158,8 @@ pub struct StatsArgs {
     pub hist: bool,
     #[command(flatten)]
     pub csv: CsvOpts,
+    #[command(flatten)]
+    pub by: ByOpts,
 }
 
 impl StatsArgs {
@@ -165,30 +169,49 @@ impl StatsArgs {
         let stop = StopWhen::on_signals(flags.duration)?;
         // Before attaching, so a bad --csv path fails first.
         let csv = self.csv.writer(self.interval.is_some(), Clock::Wall)?;
+        let grouping = self.by.grouping(self.stages);
+        // The kernel counts per (mount, opcode): a pid, comm or path key
+        // needs each request's events.
+        let by_events = grouping.as_ref().is_some_and(|g| !g.keys.in_kernel());
+        if by_events && !self.from_events {
+            eprintln!(
+                "fusetrace: --by {} counts from every request's events (as --from-events; costs the traced file system more than counting in the kernel)",
+                grouping
+                    .as_ref()
+                    .map(|g| g.keys.to_string())
+                    .unwrap_or_default()
+            );
+        }
         // The plain tracepoints carry no request pointer to key a
         // kernel-side table by: that backend splits stages or nothing.
-        let in_kernel = !self.from_events && flags.backend != Some(Backend::Tracepoint);
+        let in_kernel =
+            !self.from_events && !by_events && flags.backend != Some(Backend::Tracepoint);
         let mut probes = if in_kernel {
             flags.attach_options(flags.in_kernel(&filter, self.stages))?
         } else {
             flags.attach(false)?
         };
-        let printer =
-            StatsPrinter::new(std::io::stdout().lock(), self.format, true).with_hist(self.hist);
         let interval = self.interval.unwrap_or(Duration::from_secs(5));
-        let mut sink = StatsOutput::printing(printer, csv);
+        let stdout = std::io::stdout().lock();
+        let mut sink: Box<dyn Sink> = match grouping {
+            Some(g) => Box::new(GroupedPrinter::new(stdout, self.format, true, g)),
+            None => Box::new(StatsOutput::printing(
+                StatsPrinter::new(stdout, self.format, true).with_hist(self.hist),
+                csv,
+            )),
+        };
         if in_kernel {
             aggregate::run(
                 &mut probes,
                 self.stages,
                 &filter.connections,
                 &filter.opcodes,
-                &mut sink,
+                &mut *sink,
                 &stop,
                 interval,
             )?;
         } else {
-            session::run(&mut probes, &filter, &mut sink, &stop, interval)?;
+            session::run(&mut probes, &filter, &mut *sink, &stop, interval)?;
         }
         Ok(())
     }

@@ -672,6 +672,8 @@ fn headless_top_renders_without_a_terminal() {
         row.trim_start().starts_with(|c: char| c.is_ascii_digit()),
         "age first: {row}"
     );
+    // The file column: no path until names are traced, so its node.
+    assert!(row.contains(" node "), "the file: {row}");
     assert!(
         rest.iter().any(|l| l.contains("frames drawn")),
         "{}",

@@ -95,6 +95,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let opts = crate::tui::TopOptions {
             config: crate::tui::state::TopConfig::default(),
             headless: false,
+            view: crate::tui::StartView::default(),
         };
         crate::tui::run(&mut probes, &filter, &stop, &opts)
     } else {

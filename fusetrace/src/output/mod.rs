@@ -1,11 +1,13 @@
 //! What a run shows. Latency statistics are counted once (`accumulate`, on
 //! `stats`' histograms) and written as tables or JSON (`print`, which also
 //! prints trace lines and the closing summary) and as CSV (`export`).
+//! `by` groups the table by file, process, command or mount instead.
 //! `sink` holds the `Sink` trait every output implements and `FanOut`,
 //! several outputs at once. The live view is in `crate::tui`, recordings in
 //! `crate::record`.
 
 pub mod accumulate;
+pub mod by;
 pub mod export;
 pub mod hist;
 pub mod perfetto;

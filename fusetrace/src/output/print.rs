@@ -51,7 +51,11 @@ impl std::fmt::Display for Either<'_> {
 
 /// The closing summary: a `{"summary": ...}` line in JSON output, and the
 /// human line on stderr either way (nothing lost goes unsaid).
-fn write_summary(out: &mut impl Write, format: Format, summary: &RunSummary) -> Result<()> {
+pub(crate) fn write_summary(
+    out: &mut impl Write,
+    format: Format,
+    summary: &RunSummary,
+) -> Result<()> {
     if format == Format::Json {
         serde_json::to_writer(&mut *out, &serde_json::json!({ "summary": summary }))?;
         writeln!(out)?;

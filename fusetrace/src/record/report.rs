@@ -1,5 +1,5 @@
 //! `fusetrace report`: one or more recordings, offline: the `stats`
-//! tables (and CSV), one line per request (`--requests`, with report-time
+//! tables (and CSV; or grouped `--by` file, process...), one line per request (`--requests`, with report-time
 //! filters), or a Perfetto trace (`--perfetto`).
 
 use std::{
@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use super::replay::{self, MergedNames, ReplayTicks, add_summary, replay_file};
 use crate::{
     output::accumulate::StatsOutput,
+    output::by::{ByOpts, GroupedPrinter},
     output::export::{Clock, CsvOpts},
     output::perfetto::PerfettoSink,
     output::print::{Format, StatsPrinter, TraceSink},
@@ -45,7 +46,7 @@ pub struct ReportArgs {
     pub hist: bool,
     /// One line per request, as `trace` prints them (`perf script` for
     /// recordings), instead of the tables; narrowed by the options below.
-    #[arg(long, conflicts_with_all = ["csv", "interval"])]
+    #[arg(long, conflicts_with_all = ["csv", "interval", "by", "top", "sort"])]
     pub requests: bool,
     #[command(flatten)]
     pub select: Selection,
@@ -53,8 +54,10 @@ pub struct ReportArgs {
     /// for ui.perfetto.dev: requests as slices on their threads' tracks
     /// with their stages, the daemon's service on its threads' tracks,
     /// flows between them, and per mount requests in flight and per second.
-    #[arg(long, value_name = "OUT", conflicts_with_all = ["csv", "interval", "requests"])]
+    #[arg(long, value_name = "OUT", conflicts_with_all = ["csv", "interval", "requests", "by", "top", "sort"])]
     pub perfetto: Option<PathBuf>,
+    #[command(flatten)]
+    pub by: ByOpts,
 }
 
 /// `report --requests`' filters, applied to finished requests.
@@ -129,6 +132,11 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     }
     if let Some(out) = &args.perfetto {
         return to_perfetto(&args.files, out);
+    }
+    if let Some(grouping) = args.by.grouping(false) {
+        let mut sink = GroupedPrinter::new(std::io::stdout().lock(), args.format, false, grouping);
+        let (mut merged, total) = replay_all(&args.files, &mut sink, None, &Cell::new(0))?;
+        return sink.finish(&total, &mut merged.names);
     }
     let clock = Rc::new(Cell::new(0));
     let csv = args

@@ -12,7 +12,7 @@ use ratatui::{
 
 use super::{
     state::{DetailOf, InFlightRow, TopState},
-    view::{fmt_ns, fmt_opt, fmt_opt_ns, stage_color},
+    view::{fmt_ns, fmt_opt, fmt_opt_ns, shorten_path, stage_color},
     window::BAR_LABELS,
 };
 use crate::{pipeline::lifecycle::LatencyStage, pipeline::opcode, units::format_duration};
@@ -115,7 +115,7 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
 
 fn request_line(r: &InFlightRow, age_ns: u64) -> Line<'static> {
     let mut parts = vec![format!("request {}", r.unique)];
-    parts.push(format!("node {}", fmt_opt(r.nodeid)));
+    parts.push(r.file());
     parts.push(format!(
         "pid {} ({})",
         fmt_opt(r.requester_pid.or(r.requester_tid)),
@@ -175,17 +175,23 @@ fn draw_slowest(frame: &mut Frame, area: Rect, slowest: &[super::window::SlowReq
         return;
     }
     let right = |s: String| Cell::from(Line::from(s).right_aligned());
+    // The file takes what the other columns leave.
+    let file_width = area.width.saturating_sub(6 * 4 + 9 + 7 + 15 + 5 + 9) as usize;
     let rows = slowest.iter().map(|s| {
+        let file = match &s.path {
+            Some(p) => p.to_string(),
+            None => format!("node {}", fmt_opt(s.nodeid)),
+        };
         Row::new(vec![
             right(fmt_opt_ns(s.stages[3])),
             right(fmt_opt_ns(s.stages[0])),
             right(fmt_opt_ns(s.stages[1])),
             right(fmt_opt_ns(s.stages[2])),
             right(s.unique.to_string()),
-            right(fmt_opt(s.nodeid)),
             right(fmt_opt(s.pid)),
             Cell::from(s.comm.clone().unwrap_or_else(|| "-".into())),
             right(fmt_opt(s.error)),
+            Cell::from(shorten_path(&file, file_width)),
         ])
     });
     let head = |t: &'static str| Cell::from(Line::from(t).right_aligned());
@@ -198,10 +204,10 @@ fn draw_slowest(frame: &mut Frame, area: Rect, slowest: &[super::window::SlowReq
                 Constraint::Length(6),
                 Constraint::Length(6),
                 Constraint::Length(9),
-                Constraint::Length(8),
                 Constraint::Length(7),
                 Constraint::Length(15),
                 Constraint::Length(5),
+                Constraint::Fill(1),
             ],
         )
         .header(
@@ -211,10 +217,10 @@ fn draw_slowest(frame: &mut Frame, area: Rect, slowest: &[super::window::SlowReq
                 head("DAEMON"),
                 head("COMPL"),
                 head("UNIQUE"),
-                head("NODE"),
                 head("PID"),
                 Cell::from("SLOWEST"),
                 head("ERR"),
+                Cell::from("FILE"),
             ])
             .bold(),
         ),

@@ -10,12 +10,14 @@ use ratatui::{
 
 use super::{
     state::{InFlightColumn, TopState},
-    view::{SELECTED, STALLED, fmt_ns, fmt_opt, tail},
+    view::{SELECTED, STALLED, fmt_ns, fmt_opt, shorten_path, tail},
 };
 use crate::pipeline::opcode;
 
-/// Widths of every column but the last (mount), which takes the rest.
-const WIDTHS: [u16; 7] = [6, 11, 8, 7, 12, 7, 17];
+/// Widths of the columns but the file's and the mount's (in
+/// [`InFlightColumn::ALL`] order, without those two), which share the
+/// rest: two thirds for the file, a third for the mount.
+const WIDTHS: [u16; 6] = [6, 11, 7, 12, 7, 17];
 
 /// The body block: title with counts, sort and filter.
 pub fn body_block(title: String, state: &TopState) -> Block<'static> {
@@ -45,8 +47,10 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
         frame.render_widget(Paragraph::new(text).block(block), area);
         return;
     }
-    let used: u16 = WIDTHS.iter().sum::<u16>() + WIDTHS.len() as u16;
-    let mount_width = area.width.saturating_sub(used) as usize;
+    let used: u16 = WIDTHS.iter().sum::<u16>() + WIDTHS.len() as u16 + 1;
+    let rest = area.width.saturating_sub(used);
+    let file_width = rest - rest / 3;
+    let mount_width = (rest / 3) as usize;
     let shown = &state.shown;
     let sort = InFlightColumn::ALL[state.in_flight_sort.column];
     let header = Row::new(InFlightColumn::ALL.map(|c| {
@@ -82,7 +86,7 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
         let row = Row::new(vec![
             Cell::from(Line::from(fmt_ns(shown.age_ns(r))).right_aligned()),
             Cell::from(op),
-            Cell::from(Line::from(fmt_opt(r.nodeid)).right_aligned()),
+            Cell::from(shorten_path(&r.file(), file_width as usize)),
             Cell::from(Line::from(fmt_opt(r.requester_pid.or(r.requester_tid))).right_aligned()),
             Cell::from(r.requester_comm.as_deref().unwrap_or("-").to_string()),
             Cell::from(Line::from(fmt_opt(r.daemon_tid)).right_aligned()),
@@ -95,10 +99,17 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
             row
         }
     });
-    let widths = WIDTHS
-        .iter()
-        .map(|w| Constraint::Length(*w))
-        .chain([Constraint::Fill(1)]);
+    let w = |i: usize| Constraint::Length(WIDTHS[i]);
+    let widths = [
+        w(0),
+        w(1),
+        Constraint::Length(file_width),
+        w(2),
+        w(3),
+        w(4),
+        w(5),
+        Constraint::Fill(1),
+    ];
     let table = Table::new(table_rows, widths)
         .header(header)
         .block(block)

@@ -7,6 +7,7 @@
 //! in-memory buffer instead of a terminal, for benchmarks and tests.
 
 pub mod detail;
+pub mod groups;
 pub mod inflight;
 pub mod state;
 pub mod summary;
@@ -53,6 +54,22 @@ pub struct TopOptions {
     pub config: TopConfig,
     /// Render into memory instead of a terminal; no keys.
     pub headless: bool,
+    /// The view shown first.
+    pub view: StartView,
+}
+
+/// The view `top` starts in (`--view`); keys move on from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StartView {
+    /// Every request in flight.
+    #[default]
+    InFlight,
+    /// Per opcode over the window.
+    Ops,
+    /// Per file over the window (`b` in the second view).
+    Files,
+    /// Per process over the window.
+    Processes,
 }
 
 /// `fusetrace top`'s own options (the filters are `trace`'s).
@@ -68,6 +85,10 @@ pub struct TopArgs {
     /// keys; runs until Ctrl-C or --duration and prints the last frame.
     #[arg(long)]
     pub headless: bool,
+    /// The view to start in (what --headless prints): in-flight, ops,
+    /// files or processes; `Tab` and `b` switch views later.
+    #[arg(long, value_enum, default_value = "in-flight")]
+    pub view: StartView,
 }
 
 impl TopArgs {
@@ -78,6 +99,7 @@ impl TopArgs {
                 window_ns: (self.window.as_nanos() as u64).max(1_000_000),
             },
             headless: self.headless,
+            view: self.view,
         }
     }
 }
@@ -283,11 +305,13 @@ pub fn run(
     let quit = Arc::clone(&stop.flag);
     let (summary, frames, last) = if opts.headless {
         let mut sink = TopSink::headless(opts.config, quit, HEADLESS_SIZE);
+        sink.state.start_in(opts.view);
         let summary = session::run(probes, filter, &mut sink, stop, INPUT_INTERVAL)?;
         let last = sink.buffer().map(buffer_text);
         (summary, sink.frame_stats, last)
     } else {
         let mut sink = TopSink::terminal(opts.config, quit)?;
+        sink.state.start_in(opts.view);
         let summary = session::run(probes, filter, &mut sink, stop, INPUT_INTERVAL);
         let frames = sink.frame_stats;
         // Restores the terminal before anything is printed.

@@ -11,12 +11,17 @@
 use std::{
     cell::Cell,
     collections::{BTreeMap, VecDeque},
+    sync::Arc,
 };
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::window::{OpKey, OpTotals, SLOWEST_KEPT, SlowRequest, Windows, bars};
+use super::{
+    groups::{GroupBy, GroupWindow},
+    window::{OpKey, OpTotals, SLOWEST_KEPT, SlowRequest, Windows, bars},
+};
 use crate::{
+    output::by::{GroupRow, Key},
     pipeline::lifecycle::{Comm, LatencyStage, RequestLifecycle},
     pipeline::opcode,
 };
@@ -107,7 +112,8 @@ impl DetailOf {
 pub enum InFlightColumn {
     Age,
     Op,
-    Node,
+    /// The file's path, or its node id when the path is unknown.
+    File,
     Pid,
     Comm,
     Daemon,
@@ -119,7 +125,7 @@ impl InFlightColumn {
     pub const ALL: [InFlightColumn; 8] = [
         InFlightColumn::Age,
         InFlightColumn::Op,
-        InFlightColumn::Node,
+        InFlightColumn::File,
         InFlightColumn::Pid,
         InFlightColumn::Comm,
         InFlightColumn::Daemon,
@@ -131,7 +137,7 @@ impl InFlightColumn {
         match self {
             InFlightColumn::Age => "AGE",
             InFlightColumn::Op => "OP",
-            InFlightColumn::Node => "NODE",
+            InFlightColumn::File => "FILE",
             InFlightColumn::Pid => "PID",
             InFlightColumn::Comm => "COMMAND",
             InFlightColumn::Daemon => "DAEMON",
@@ -311,8 +317,8 @@ impl OpRow {
 }
 
 /// What the in-flight table and a request's detail show of one request:
-/// the snapshot keeps this, not the whole [`RequestLifecycle`] (128 bytes
-/// instead of 320: 100 000 requests in flight are 13 MB, not 32).
+/// the snapshot keeps this, not the whole [`RequestLifecycle`] (144 bytes
+/// instead of 336: 100 000 requests in flight are 14 MB, not 34).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InFlightRow {
     pub connection: u32,
@@ -320,6 +326,8 @@ pub struct InFlightRow {
     pub opcode: u32,
     pub interrupted: bool,
     pub nodeid: Option<u64>,
+    /// Shared with the node table, not copied.
+    pub path: Option<Arc<str>>,
     pub requester_pid: Option<u32>,
     pub requester_tid: Option<u32>,
     pub requester_comm: Option<Comm>,
@@ -339,6 +347,7 @@ impl InFlightRow {
             opcode: rec.opcode,
             interrupted: rec.interrupted,
             nodeid: rec.nodeid,
+            path: rec.path.clone(),
             requester_pid: rec.requester_pid,
             requester_tid: rec.requester_tid,
             requester_comm: rec.requester_comm,
@@ -362,6 +371,14 @@ impl InFlightRow {
     pub fn first_seen_ns(&self) -> u64 {
         self.first_seen_ns
     }
+
+    /// The file as the views show it: its path, else `node N`.
+    pub fn file(&self) -> String {
+        match &self.path {
+            Some(p) => p.to_string(),
+            None => format!("node {}", self.nodeid.map_or("-".into(), |n| n.to_string())),
+        }
+    }
 }
 
 /// What is on screen: rebuilt every tick, kept while paused.
@@ -379,6 +396,13 @@ pub struct Snapshot {
     /// Connections seen, by id, with their mount points.
     pub connections: Vec<(u32, String)>,
     pub window_ns: u64,
+    /// The window's busiest files or processes (largest total time
+    /// first), each with the `(other)` row of keys over the cap; only the
+    /// one on screen (empty otherwise, until the next frame).
+    pub files: (Vec<GroupRow>, Option<GroupRow>),
+    pub processes: (Vec<GroupRow>, Option<GroupRow>),
+    /// How much time the window covered (for the rates of those rows).
+    pub covered_ns: u64,
 }
 
 impl Snapshot {
@@ -410,6 +434,8 @@ const THROUGHPUT_SAMPLES: usize = 400;
 pub struct TopState {
     pub config: TopConfig,
     windows: Windows,
+    files: GroupWindow,
+    processes: GroupWindow,
     finished: u64,
     /// (time, finished, events) of recent ticks, for the rates.
     rate_samples: VecDeque<(u64, u64, u64)>,
@@ -435,6 +461,8 @@ pub struct TopState {
     pub paused: bool,
     /// Only this connection; `None` means all.
     pub mount: Option<u32>,
+    /// What the second view's table is keyed by (`b`).
+    pub group: GroupBy,
 }
 
 impl TopState {
@@ -442,6 +470,8 @@ impl TopState {
         TopState {
             config,
             windows: Windows::new(config.window_ns),
+            files: GroupWindow::new(Key::Path, config.window_ns),
+            processes: GroupWindow::new(Key::Pid, config.window_ns),
             finished: 0,
             rate_samples: VecDeque::new(),
             throughput: VecDeque::new(),
@@ -466,13 +496,27 @@ impl TopState {
             help: false,
             paused: false,
             mount: None,
+            group: GroupBy::Op,
         }
+    }
+
+    /// Shows `start` first (`top --view`).
+    pub fn start_in(&mut self, start: super::StartView) {
+        use super::StartView;
+        (self.view, self.group) = match start {
+            StartView::InFlight => (View::InFlight, GroupBy::Op),
+            StartView::Ops => (View::Summary, GroupBy::Op),
+            StartView::Files => (View::Summary, GroupBy::File),
+            StartView::Processes => (View::Summary, GroupBy::Process),
+        };
     }
 
     /// A finished request.
     pub fn record(&mut self, rec: &RequestLifecycle) {
         self.finished += 1;
         self.windows.record(rec);
+        self.files.record(rec);
+        self.processes.record(rec);
     }
 
     /// One frame: moves the window to `now_ns`, updates the rates and, unless
@@ -485,6 +529,8 @@ impl TopState {
         name: &mut dyn FnMut(u32) -> String,
     ) {
         self.windows.advance(now_ns);
+        self.files.advance(now_ns);
+        self.processes.advance(now_ns);
 
         // Rates over the last second of ticks.
         self.rate_samples
@@ -554,6 +600,17 @@ impl TopState {
                 .or_insert_with(|| OpRow::new(key, None, covered))
                 .in_flight += 1;
         }
+        // Nodes without a path are named with their mount, as seen once.
+        // Only the table on screen is built: the windows' slots are merged
+        // per frame, which the other views need not pay for.
+        let names = &mut self.names;
+        let mut mount = |c: u32| names.entry(c).or_insert_with(|| name(c)).clone();
+        let (mut files, mut processes) = Default::default();
+        match (self.view, self.group) {
+            (View::Summary, GroupBy::File) => files = self.files.rows(&mut mount),
+            (View::Summary, GroupBy::Process) => processes = self.processes.rows(&mut mount),
+            _ => {}
+        }
         self.shown = Snapshot {
             now_ns,
             in_flight,
@@ -564,6 +621,9 @@ impl TopState {
             counters,
             connections: self.names.iter().map(|(c, n)| (*c, n.clone())).collect(),
             window_ns: self.windows.window_ns(),
+            files,
+            processes,
+            covered_ns: covered,
         };
     }
 
@@ -596,7 +656,7 @@ impl TopState {
                 // Oldest first.
                 InFlightColumn::Age => a.first_seen_ns().cmp(&b.first_seen_ns()),
                 InFlightColumn::Op => opcode::name(a.opcode).cmp(&opcode::name(b.opcode)),
-                InFlightColumn::Node => a.nodeid.cmp(&b.nodeid),
+                InFlightColumn::File => (&a.path, a.nodeid).cmp(&(&b.path, b.nodeid)),
                 InFlightColumn::Pid => pid(a).cmp(&pid(b)),
                 InFlightColumn::Comm => a.requester_comm.cmp(&b.requester_comm),
                 InFlightColumn::Daemon => a.daemon_tid.cmp(&b.daemon_tid),
@@ -648,6 +708,33 @@ impl TopState {
             }
         });
         rows
+    }
+
+    /// The per-file or per-process rows shown (with the `(other)` row),
+    /// filtered: bare words and `mount:` match a file's path, `pid:` and
+    /// `comm:` a process.
+    pub fn visible_groups(&self) -> (Vec<&GroupRow>, Option<&GroupRow>) {
+        let (rows, other) = match self.group {
+            GroupBy::Op | GroupBy::File => &self.shown.files,
+            GroupBy::Process => &self.shown.processes,
+        };
+        let wanted = |r: &&GroupRow| match self.group {
+            GroupBy::Process => self.filter.matches(
+                "",
+                "",
+                Some((r.keys[0].parse().ok(), r.keys.get(1).map(String::as_str))),
+            ),
+            _ => self.filter.matches("", &r.keys[0], None),
+        };
+        (rows.iter().filter(wanted).collect(), other.as_ref())
+    }
+
+    /// The second view's title: per opcode, per file or per process.
+    pub fn view_title(&self, view: View) -> &'static str {
+        match view {
+            View::Summary => self.group.title(),
+            v => v.title(),
+        }
     }
 
     /// The opcode row the detail view shows, if it has one.
@@ -732,6 +819,15 @@ impl TopState {
             KeyCode::Char('/') => self.input = Some(self.filter.text.clone()),
             KeyCode::Char('p') | KeyCode::Char(' ') => self.paused = !self.paused,
             KeyCode::Char('m') => self.cycle_mount(),
+            KeyCode::Char('b') => {
+                // To the second view, or on to its next grouping.
+                if self.view == View::Summary {
+                    self.group = self.group.next();
+                } else {
+                    self.view = View::Summary;
+                }
+                self.summary_selected = 0;
+            }
             KeyCode::Enter => self.open_detail(),
             KeyCode::Esc => {
                 if self.view == View::Detail {
@@ -773,6 +869,8 @@ impl TopState {
                     unique: r.unique,
                 })
             }
+            // Files and processes have no detail view (yet).
+            View::Summary if self.group != GroupBy::Op => None,
             View::Summary => {
                 let rows = self.visible_ops();
                 let r = rows.get(self.summary_selected.min(rows.len().saturating_sub(1)))?;
@@ -796,6 +894,9 @@ impl TopState {
     fn move_selection(&mut self, by: isize) {
         let (len, sel) = match self.view {
             View::InFlight => (self.visible_in_flight().len(), &mut self.in_flight_selected),
+            View::Summary if self.group != GroupBy::Op => {
+                (self.visible_groups().0.len(), &mut self.summary_selected)
+            }
             View::Summary => (self.visible_ops().len(), &mut self.summary_selected),
             View::Detail => return,
         };
@@ -807,6 +908,8 @@ impl TopState {
 
     fn sort_mut(&mut self) -> Option<&mut SortState> {
         match self.view {
+            // Files and processes: by total time only.
+            View::Summary if self.group != GroupBy::Op => None,
             View::InFlight => Some(&mut self.in_flight_sort),
             View::Summary => Some(&mut self.summary_sort),
             View::Detail => None,
@@ -868,6 +971,9 @@ impl TopState {
                 .to_lowercase(),
                 self.in_flight_sort.reversed,
             ),
+            View::Summary if self.group != GroupBy::Op => {
+                return "sort: total time".to_string();
+            }
             View::Summary => (
                 SummaryColumn::ALL[self.summary_sort.column]
                     .title()
@@ -891,6 +997,6 @@ mod tests {
     /// The snapshot holds one row per request in flight (100 000 and more).
     #[test]
     fn in_flight_rows_stay_small() {
-        assert!(std::mem::size_of::<InFlightRow>() <= 128);
+        assert!(std::mem::size_of::<InFlightRow>() <= 144);
     }
 }

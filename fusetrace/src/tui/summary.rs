@@ -1,18 +1,20 @@
 //! The per-opcode summary: rate, in flight, errors, and p50/p99 of each
-//! stage over the sliding window.
+//! stage over the sliding window; or (`b`) the same window per file or
+//! per process: rate, errors, p50/p99/max and total time of each.
 
 use ratatui::{
     Frame,
     layout::{Constraint, Rect},
-    style::Style,
+    style::{Style, Stylize},
     text::{Line, Text},
     widgets::{Cell, Paragraph, Row, Table, TableState},
 };
 
 use super::{
+    groups::GroupBy,
     inflight::body_block,
     state::{SummaryColumn, TopState},
-    view::{SELECTED, fmt_ns, fmt_rate, tail},
+    view::{SELECTED, fmt_ns, fmt_rate, shorten_path, tail},
 };
 use crate::{pipeline::lifecycle::LatencyStage, pipeline::opcode, units::format_duration};
 
@@ -21,6 +23,9 @@ use crate::{pipeline::lifecycle::LatencyStage, pipeline::opcode, units::format_d
 const MOUNT_COLUMN_FROM: u16 = 100;
 
 pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
+    if state.group != GroupBy::Op {
+        return draw_groups(frame, area, state);
+    }
     let rows = state.visible_ops();
     let block = body_block(
         format!(
@@ -143,5 +148,90 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
         .row_highlight_style(SELECTED);
     let mut table_state =
         TableState::default().with_selected(Some(state.summary_selected.min(rows.len() - 1)));
+    frame.render_stateful_widget(table, area, &mut table_state);
+}
+
+/// Widths of the number columns of the per-file and per-process tables.
+const GROUP_NUMBERS: [(&str, u16); 6] = [
+    ("REQ/s", 6),
+    ("ERR", 5),
+    ("p50", 6),
+    ("p99", 6),
+    ("max", 6),
+    ("TIME", 6),
+];
+
+/// Hot files or processes: the key columns first (a file's path takes
+/// what the numbers leave, shortened keeping its name), largest total
+/// time first, and the `(other)` row of keys over the cap last.
+fn draw_groups(frame: &mut Frame, area: Rect, state: &TopState) {
+    let (rows, other) = state.visible_groups();
+    let all = match state.group {
+        GroupBy::Process => state.shown.processes.0.len(),
+        _ => state.shown.files.0.len(),
+    };
+    let block = body_block(
+        format!(
+            "{}, last {}: {} of {}",
+            state.group.title(),
+            format_duration(std::time::Duration::from_nanos(state.shown.window_ns)),
+            rows.len(),
+            all
+        ),
+        state,
+    );
+    if rows.is_empty() && other.is_none() {
+        let text = if all == 0 {
+            "no request in the window"
+        } else {
+            "no row matches the filter (Esc clears it)"
+        };
+        frame.render_widget(Paragraph::new(text).block(block), area);
+        return;
+    }
+    let numbers: u16 = GROUP_NUMBERS.iter().map(|(_, w)| w + 1).sum();
+    let keys: Vec<(&str, u16)> = match state.group {
+        GroupBy::Process => vec![("PID", 8), ("COMMAND", 16)],
+        _ => vec![("FILE", area.width.saturating_sub(numbers + 1).max(8))],
+    };
+    let right = |s: String| Cell::from(Line::from(s).right_aligned());
+    let covered = state.shown.covered_ns.max(100_000_000);
+    let row = |r: &crate::output::by::GroupRow| {
+        let mut cells: Vec<Cell> = keys
+            .iter()
+            .zip(&r.keys)
+            .map(|((_, w), text)| Cell::from(shorten_path(text, *w as usize)))
+            .collect();
+        let time = |ns: u64| if r.count == 0 { "-".into() } else { fmt_ns(ns) };
+        cells.extend([
+            right(fmt_rate(r.count as f64 * 1e9 / covered as f64)),
+            right(r.errors.to_string()),
+            right(time(r.p50_ns)),
+            right(time(r.p99_ns)),
+            right(time(r.max_ns)),
+            right(time(r.total_ns)),
+        ]);
+        Row::new(cells)
+    };
+    let table_rows: Vec<Row> = rows.iter().map(|r| row(r)).chain(other.map(row)).collect();
+    let header = Row::new(
+        keys.iter()
+            .map(|(t, _)| Cell::from(*t))
+            .chain(GROUP_NUMBERS.iter().map(|(t, _)| right(t.to_string()))),
+    )
+    .bold();
+    let widths: Vec<Constraint> = keys
+        .iter()
+        .chain(&GROUP_NUMBERS)
+        .map(|(_, w)| Constraint::Length(*w))
+        .collect();
+    let selected = state
+        .summary_selected
+        .min(table_rows.len().saturating_sub(1));
+    let table = Table::new(table_rows, widths)
+        .header(header)
+        .block(block)
+        .row_highlight_style(SELECTED);
+    let mut table_state = TableState::default().with_selected(Some(selected));
     frame.render_stateful_widget(table, area, &mut table_state);
 }

@@ -87,6 +87,33 @@ pub fn tail(text: &str, width: usize) -> String {
     }
 }
 
+/// A path in at most `width` characters, keeping its file name: the
+/// start of the directories, `…`, then the name (`/mnt/ref/a/…/file.txt`);
+/// a name too long by itself keeps its tail, as [`tail`] does. What is not
+/// a path (`node 42 (/mnt)`) keeps its start. Paths are already in display
+/// form (escaped), so counting chars is counting cells.
+pub fn shorten_path(path: &str, width: usize) -> String {
+    let n = path.chars().count();
+    if n <= width {
+        return path.to_string();
+    }
+    if !path.starts_with('/') {
+        let head: String = path.chars().take(width.saturating_sub(1)).collect();
+        return if width == 0 {
+            head
+        } else {
+            format!("{head}…")
+        };
+    }
+    let name = path.rfind('/').map_or(path, |i| &path[i..]);
+    let name_len = name.chars().count();
+    if name_len + 2 > width {
+        return tail(path, width);
+    }
+    let head: String = path.chars().take(width - name_len - 1).collect();
+    format!("{head}…{name}")
+}
+
 /// Draws one frame.
 pub fn draw(frame: &mut Frame, state: &TopState) {
     let [header, body, footer] = Layout::vertical([
@@ -219,10 +246,10 @@ fn draw_footer(frame: &mut Frame, area: Rect, state: &TopState) {
         } else {
             Style::new()
         };
-        spans.push(Span::styled(format!(" {} ", v.title()), style));
+        spans.push(Span::styled(format!(" {} ", state.view_title(v)), style));
     }
     spans.push(Span::raw(
-        "  Tab view · s sort · / filter · p pause · ? help · q quit",
+        "  Tab view · b by op/file/process · s sort · / filter · p pause · ? help · q quit",
     ));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
@@ -231,6 +258,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, state: &TopState) {
 pub const HELP: &[(&str, &str)] = &[
     ("↑/↓ j/k", "move the selection (PgUp/PgDn, g/G)"),
     ("Tab", "next view: in flight, per opcode, detail"),
+    ("b", "per opcode, per file, per process (2nd view)"),
     ("Enter", "detail of the selected request or opcode"),
     ("Esc", "back from the detail; clear the filter"),
     ("s", "sort by the next column"),
@@ -256,10 +284,10 @@ fn draw_help(frame: &mut Frame, state: &TopState) {
         .chain([
             Line::raw(""),
             Line::raw(format!(
-                "Rows in flight for {} or more are red. Node ids are",
+                "Rows in flight for {} or more are red. Files whose",
                 format_duration(std::time::Duration::from_nanos(state.config.stall_ns))
             )),
-            Line::raw("shown as numbers (LOOKUP names are not traced)."),
+            Line::raw("name was not seen (looked up earlier) show as node N."),
         ])
         .collect();
     let height = (lines.len() as u16 + 2).min(frame.area().height);
@@ -278,4 +306,28 @@ fn draw_help(frame: &mut Frame, state: &TopState) {
         ),
         area,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_path_keeps_its_file_name() {
+        let path = "/mnt/ref/projects/fusetrace/target/debug/deps/libfoo.rlib";
+        assert_eq!(shorten_path(path, 80), path, "fits: unchanged");
+        let short = shorten_path(path, 30);
+        assert_eq!(short.chars().count(), 30);
+        assert!(short.ends_with("/libfoo.rlib"), "{short}");
+        assert!(short.starts_with("/mnt/ref/"), "{short}");
+        assert_eq!(short, "/mnt/ref/projects…/libfoo.rlib");
+        // A name wider than the column keeps its end.
+        assert_eq!(
+            shorten_path("/m/averyveryverylongname.txt", 10),
+            "…gname.txt"
+        );
+        // Escaped bytes stay as they are (already display text).
+        assert_eq!(shorten_path("/m/a\\nb", 20), "/m/a\\nb");
+        assert_eq!(shorten_path("node 42 (/mnt/ref)", 8), "node 42…");
+    }
 }

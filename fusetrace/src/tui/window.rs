@@ -71,6 +71,7 @@ impl StageHistograms {
 pub struct SlowRequest {
     pub unique: u64,
     pub nodeid: Option<u64>,
+    pub path: Option<std::sync::Arc<str>>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub daemon_tid: Option<u32>,
@@ -85,6 +86,7 @@ impl SlowRequest {
         SlowRequest {
             unique: rec.unique,
             nodeid: rec.nodeid,
+            path: rec.path.clone(),
             pid: rec.requester_pid.or(rec.requester_tid),
             comm: rec.requester_comm.map(|c| c.to_string()),
             daemon_tid: rec.daemon_tid,
