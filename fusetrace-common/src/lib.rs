@@ -292,6 +292,8 @@ pub struct KernelLayout {
     /// fuse_arg, size)`: where the names a request carries are found.
     pub args_in_numargs: u32,
     pub fuse_arg_size: u32,
+    /// 1: read no names (`--no-paths`).
+    pub names_off: u32,
 }
 
 /// Most `--mount` filters in-kernel aggregation takes.

@@ -45,7 +45,7 @@ fn name_args(opcode: u32) -> (u32, u32) {
 #[inline(always)]
 pub fn submit_sent(ev: &mut FuseEvent, req: u64, l: &KernelLayout) -> bool {
     let (first, count) = name_args(ev.opcode);
-    if count == 0 || l.fuse_arg_stride == 0 {
+    if count == 0 || l.fuse_arg_stride == 0 || l.names_off != 0 {
         return false;
     }
     let Some(args) = kread::<u64>(req, l.req_args) else {

@@ -47,6 +47,11 @@ pub struct TracingFlags {
     /// Force a probe backend instead of choosing per stage.
     #[arg(long, value_enum)]
     pub backend: Option<Backend>,
+    /// Read no file names: requests show `node N` instead of their path
+    /// (for names that must not leave the machine, or the last bit of
+    /// cost on a name-heavy load).
+    #[arg(long)]
+    pub no_paths: bool,
 }
 
 impl TracingFlags {
@@ -83,6 +88,7 @@ impl TracingFlags {
         self.attach_options(ProbeOptions {
             backend: self.backend,
             diagnose: app_writes,
+            no_paths: self.no_paths,
             ..ProbeOptions::default()
         })
     }

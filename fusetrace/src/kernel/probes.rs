@@ -42,6 +42,8 @@ pub struct ProbeOptions {
     pub daemon_tgid: Option<u32>,
     /// Also observe applications' writes to FUSE files (`fusetrace diagnose`).
     pub diagnose: bool,
+    /// Read no file names (`--no-paths`): views show `node N`.
+    pub no_paths: bool,
     /// Count latencies into histograms in the kernel (`stats`) instead of
     /// reporting every event: only these requests.
     pub aggregate: Option<KernelFilter>,
@@ -144,6 +146,7 @@ impl Probes {
             layout.agg_stages = u32::from(f.stages);
             layout.agg_connections[..f.connections.len()].copy_from_slice(&f.connections);
         }
+        layout.names_off = u32::from(opts.no_paths);
         if opts.diagnose {
             diagnose_layout(&mut layout, &btf)
                 .context("fusetrace diagnose cannot run on this kernel")?;

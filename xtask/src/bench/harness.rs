@@ -10,6 +10,8 @@ pub(crate) struct Bench {
     pub(crate) has_stages: bool,
     pub(crate) has_from_events: bool,
     pub(crate) has_serve: bool,
+    /// `--no-paths` exists (then `trace` reads file names).
+    pub(crate) has_no_paths: bool,
     pub(crate) scratch: PathBuf,
 }
 
@@ -40,6 +42,7 @@ impl Bench {
             has_stages: stats_help.contains("--stages"),
             has_from_events: stats_help.contains("--from-events"),
             has_serve,
+            has_no_paths: stats_help.contains("--no-paths"),
             scratch,
         })
     }
@@ -53,6 +56,9 @@ impl Bench {
             v.push(Variant::StatsEvents);
         }
         v.push(Variant::Trace);
+        if self.has_no_paths {
+            v.push(Variant::TraceNoPaths);
+        }
         if self.has_top {
             v.push(Variant::Top);
         }

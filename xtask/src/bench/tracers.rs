@@ -50,6 +50,12 @@ impl Tracer {
                     .arg(&mount.dir)
                     .stdout(Stdio::null());
             }
+            Variant::TraceNoPaths => {
+                cmd = Command::new(&bench.fusetrace);
+                cmd.args(["trace", "--no-paths", "--mount"])
+                    .arg(&mount.dir)
+                    .stdout(Stdio::null());
+            }
             Variant::Top => {
                 cmd = Command::new(&bench.fusetrace);
                 cmd.args(["top", "--headless", "--mount"])
