@@ -201,3 +201,43 @@ fn every_request_carries_its_path_in_trace_json_and_a_recording() {
     }
     assert!(!Path::new(&m).join("a").exists(), "unmounted");
 }
+
+#[test]
+fn no_paths_reads_no_names_and_says_node_n() {
+    require_root();
+    let src = Scratch::new("nopaths-src");
+    let mnt = Scratch::new("nopaths-mnt");
+    fs::create_dir_all(src.path().join("d")).unwrap();
+    fs::write(src.path().join("d/f"), b"x").unwrap();
+    run_ok(
+        Command::new("bindfs")
+            .args(["-o", "attr_timeout=0,entry_timeout=0"])
+            .arg(src.path())
+            .arg(mnt.path()),
+    );
+    let conn = connection_of(mnt.path());
+    let m = mnt.path().to_str().unwrap().to_string();
+    let tracer = Tracer::start(&["trace", "--no-paths", "--format", "json", "--mount", &m]);
+    assert_eq!(fs::read(mnt.path().join("d/f")).unwrap(), b"x");
+    run_ok(Command::new("fusermount3").arg("-u").arg(mnt.path()));
+    let out = tracer.stop();
+    let ours = out.on(conn);
+    let read = ours
+        .iter()
+        .find(|r| r["op"] == "READ")
+        .expect("the READ was traced");
+    assert!(read["path"].is_null(), "{read}");
+    assert_eq!(out.summary["paths"]["named_requests"], 0);
+    assert!(out.summary["paths"]["unnamed_requests"].as_u64().unwrap() > 0);
+    assert!(
+        out.stderr.contains("shown as `node N`"),
+        "the closing line says why: {}",
+        out.stderr
+    );
+    // The mount's root needs no name.
+    assert!(
+        ours.iter()
+            .any(|r| r["nodeid"] == 1 && path_of(r) == Some(m.as_str())),
+        "{ours:?}"
+    );
+}

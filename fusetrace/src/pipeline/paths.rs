@@ -61,6 +61,8 @@ struct Node {
     name: Arc<[u8]>,
     /// Unlinked (or renamed over) while the node lived on.
     deleted: bool,
+    /// Its display path, and the table's epoch when it was rendered.
+    shown: Option<(u64, Arc<str>)>,
 }
 
 #[derive(Default)]
@@ -74,6 +76,10 @@ struct Generation {
 struct Table {
     young: Generation,
     old: Generation,
+    /// Bumped by every change that can alter a known node's path (a rename,
+    /// an unlink, a node named anew): cached display paths of an older
+    /// epoch are rendered again.
+    epoch: u64,
 }
 
 impl Table {
@@ -109,7 +115,9 @@ impl Table {
 
     /// Names `id` (parent, name); returns nodes forgotten to make room.
     fn insert(&mut self, id: u64, parent: u64, name: &[u8]) -> u64 {
-        self.remove(id);
+        if self.remove(id).is_some() {
+            self.epoch += 1;
+        }
         let mut forgotten = 0;
         if self.young.nodes.len() >= NODES_PER_CONNECTION / 2 {
             forgotten = self.old.nodes.len() as u64;
@@ -123,6 +131,7 @@ impl Table {
                 parent,
                 name,
                 deleted: false,
+                shown: None,
             },
         );
         forgotten
@@ -145,6 +154,7 @@ impl Table {
     /// (open files) as deleted.
     fn unlink(&mut self, parent: u64, name: &[u8]) -> Option<u64> {
         let id = self.child(parent, name)?;
+        self.epoch += 1;
         let key = (parent, Arc::<[u8]>::from(name));
         self.young.children.remove(&key);
         self.old.children.remove(&key);
@@ -175,19 +185,16 @@ enum PendingKey {
     Id(u32, u64),
 }
 
-/// A finished name-carrying request's path below its mount, and a
-/// RENAME's destination.
-type EndedPath = (Vec<u8>, Option<Vec<u8>>);
-
 /// Node ids to paths, for every connection the run sees.
 #[derive(Default)]
 pub struct PathBook {
     tables: HashMap<u32, Table>,
     pending: HashMap<PendingKey, Pending>,
-    /// Paths of requests that ended (below their mount; a RENAME's two;
-    /// `None`: not known), until they are reported.
-    ended: HashMap<(u32, u64), Option<EndedPath>>,
-    /// Mount points, as `ConnectionTable` names them, per connection.
+    /// Paths of requests that ended (`None`: not known), until they are
+    /// reported.
+    ended: HashMap<(u32, u64), Option<Arc<str>>>,
+    /// Mount points in display form (escaped), per connection: each
+    /// mount's root's path.
     mounts: HashMap<u32, Arc<str>>,
     counters: PathCounters,
 }
@@ -207,8 +214,9 @@ impl PathBook {
         self.counters
     }
 
-    /// Every admitted event, in order, before the tracker sees it.
-    pub fn observe(&mut self, ev: &FuseEvent, names: Option<&Names>) {
+    /// Every admitted event, in order, before the tracker sees it; `mounts`
+    /// names the connections.
+    pub fn observe(&mut self, ev: &FuseEvent, names: Option<&Names>, mounts: &mut ConnectionTable) {
         let kind = EventKind::from_u8(ev.kind);
         if kind == Some(EventKind::Sent) {
             if ev.opcode == opcode::INIT {
@@ -238,56 +246,49 @@ impl PathBook {
                 );
             }
         } else if kind == Some(EventKind::Ended) {
-            let p = [
-                PendingKey::Req(ev.req),
-                PendingKey::Id(ev.connection, ev.unique),
-            ]
-            .into_iter()
-            .filter(|k| *k != PendingKey::Req(0))
-            .find_map(|k| self.pending.remove(&k));
+            let p = if self.pending.is_empty() {
+                None
+            } else {
+                [
+                    PendingKey::Req(ev.req),
+                    PendingKey::Id(ev.connection, ev.unique),
+                ]
+                .into_iter()
+                .filter(|k| *k != PendingKey::Req(0))
+                .find_map(|k| self.pending.remove(&k))
+            };
+            self.mount(ev.connection, mounts);
             match p {
                 Some(p) => self.ended(ev, p),
-                None if ev.nodeid != 0 && self.tables.contains_key(&ev.connection) => {
+                None if ev.nodeid == ROOT || self.tables.contains_key(&ev.connection) => {
                     // Its path as it is now, not as it is when the request
                     // is reported (later events may have renamed it): the
                     // same live as in a replay, whatever the batching.
-                    self.touch(ev.connection, ev.nodeid);
-                    let path = self.node_path(ev.connection, ev.nodeid);
-                    self.remember(ev, path.map(|p| (p, None)));
+                    let path = self.shown(ev.connection, ev.nodeid);
+                    self.remember(ev, path);
                 }
                 None => {}
             }
         }
     }
 
-    fn remember(&mut self, ev: &FuseEvent, path: Option<EndedPath>) {
+    fn remember(&mut self, ev: &FuseEvent, path: Option<Arc<str>>) {
         if self.ended.len() >= MAX_PENDING {
             self.ended.clear();
         }
         self.ended.insert((ev.connection, ev.unique), path);
     }
 
-    /// Moves `node` and its directories to the young generation.
-    fn touch(&mut self, conn: u32, node: u64) {
-        if let Some(t) = self.tables.get_mut(&conn) {
-            let mut cur = node;
-            for _ in 0..MAX_DEPTH {
-                match t.node(cur) {
-                    Some(n) if cur != ROOT => cur = n.parent,
-                    _ => break,
-                }
-            }
-        }
-    }
-
     /// A name-carrying request ended: fixes its own path, then applies
     /// what it changed when it succeeded.
     fn ended(&mut self, ev: &FuseEvent, p: Pending) {
         let conn = ev.connection;
-        let path = self.child_path(conn, p.parent, &p.names.first);
-        let to = matches!(ev.opcode, opcode::RENAME | opcode::RENAME2)
-            .then(|| self.child_path(conn, p.other, &p.names.second));
-        self.remember(ev, Some((path, to)));
+        let mut path = self.child_shown(conn, p.parent, &p.names.first);
+        if matches!(ev.opcode, opcode::RENAME | opcode::RENAME2) {
+            path.push_str(" -> ");
+            path.push_str(&self.child_shown(conn, p.other, &p.names.second));
+        }
+        self.remember(ev, Some(path.into()));
         if ev.error != 0 {
             return;
         }
@@ -301,16 +302,21 @@ impl PathBook {
             | opcode::LINK
                 if ev.arg0 != 0 =>
             {
-                let keep = ev.opcode == opcode::LINK && table.node(ev.arg0).is_some();
-                if keep {
+                let known = table
+                    .node(ev.arg0)
+                    .map(|n| n.parent == p.parent && *n.name == *p.names.first && !n.deleted);
+                match known {
+                    // The same name again (a LOOKUP storm): nothing changes.
+                    Some(true) => 0,
                     // A second name of a known node: it keeps the first.
-                    table
-                        .young
-                        .children
-                        .insert((p.parent, p.names.first.as_slice().into()), ev.arg0);
-                    0
-                } else {
-                    table.insert(ev.arg0, p.parent, &p.names.first)
+                    Some(false) if ev.opcode == opcode::LINK => {
+                        table
+                            .young
+                            .children
+                            .insert((p.parent, p.names.first.as_slice().into()), ev.arg0);
+                        0
+                    }
+                    _ => table.insert(ev.arg0, p.parent, &p.names.first),
                 }
             }
             opcode::UNLINK | opcode::RMDIR => {
@@ -340,20 +346,14 @@ impl PathBook {
     }
 
     /// Sets `rec.path` for a finished request (and forgets a FORGET's node).
-    pub fn name_finished(&mut self, rec: &mut RequestLifecycle, names: &mut ConnectionTable) {
-        self.mount(rec.connection, names);
+    pub fn name_finished(&mut self, rec: &mut RequestLifecycle, mounts: &mut ConnectionTable) {
         rec.path = match self.ended.remove(&(rec.connection, rec.unique)) {
-            Some(Some((from, to))) => {
-                let mut path = self.under_mount(rec.connection, from);
-                if let Some(to) = to {
-                    path.extend_from_slice(b" -> ");
-                    path.extend(self.under_mount(rec.connection, to));
-                }
-                Some(escape(&path).into())
-            }
-            Some(None) => None,
+            Some(path) => path,
             // Not ended (FORGET), or seen only in part: as it is now.
-            None => self.path_of(rec),
+            None => {
+                self.mount(rec.connection, mounts);
+                self.path_of(rec)
+            }
         };
         if rec.path.is_none() && rec.nodeid.is_some_and(|n| n != 0) {
             self.counters.unnamed_requests += 1;
@@ -369,29 +369,64 @@ impl PathBook {
     /// a name-carrying request in flight shows its directory).
     pub fn path_of(&self, rec: &RequestLifecycle) -> Option<Arc<str>> {
         let node = rec.nodeid.filter(|&n| n != 0)?;
-        let path = self.node_path(rec.connection, node)?;
-        Some(escape(&self.under_mount(rec.connection, path)).into())
+        let t = self.tables.get(&rec.connection);
+        if let Some(n) = t.and_then(|t| t.get(node))
+            && let Some((epoch, shown)) = &n.shown
+            && Some(*epoch) == t.map(|t| t.epoch)
+        {
+            return Some(shown.clone());
+        }
+        self.render(rec.connection, node).map(Arc::from)
     }
 
     fn mount(&mut self, conn: u32, names: &mut ConnectionTable) {
         self.mounts
             .entry(conn)
-            .or_insert_with(|| names.name(conn).into());
+            .or_insert_with(|| escape(names.name(conn).as_bytes()).into());
     }
 
-    /// A path below `conn`'s mount (starting with `/`, or empty for its
-    /// root) joined to the mount point.
-    fn under_mount(&self, conn: u32, rel: Vec<u8>) -> Vec<u8> {
-        let mut out = match self.mounts.get(&conn) {
-            Some(m) if &**m == "/" => Vec::new(),
-            Some(m) => m.as_bytes().to_vec(),
-            None => format!("({})", crate::kernel::layout::major_minor(conn)).into_bytes(),
-        };
-        out.extend(rel);
-        if out.is_empty() {
-            out.push(b'/');
+    /// `node`'s path as views show it (mount point, escaped names), kept
+    /// with the node until a rename or unlink in its table makes it stale.
+    fn shown(&mut self, conn: u32, node: u64) -> Option<Arc<str>> {
+        if node == ROOT
+            && let Some(m) = self.mounts.get(&conn)
+        {
+            return Some(m.clone());
         }
-        out
+        let cached = self.tables.get_mut(&conn).and_then(|t| {
+            let epoch = t.epoch;
+            let n = t.node(node)?;
+            n.shown
+                .as_ref()
+                .filter(|(e, _)| *e == epoch)
+                .map(|(_, s)| s.clone())
+        });
+        if cached.is_some() {
+            return cached;
+        }
+        let shown: Arc<str> = self.render(conn, node)?.into();
+        if let Some(t) = self.tables.get_mut(&conn) {
+            let epoch = t.epoch;
+            if let Some(n) = t.young.nodes.get_mut(&node) {
+                n.shown = Some((epoch, shown.clone()));
+            }
+        }
+        Some(shown)
+    }
+
+    /// Renders `node`'s path: `None` when not even its own name is known.
+    fn render(&self, conn: u32, node: u64) -> Option<String> {
+        let rel = self.node_path(conn, node)?;
+        let mut out = match self.mounts.get(&conn) {
+            Some(m) if &**m == "/" => String::new(),
+            Some(m) => m.to_string(),
+            None => format!("({})", crate::kernel::layout::major_minor(conn)),
+        };
+        out.push_str(&escape(&rel));
+        if out.is_empty() {
+            out.push('/');
+        }
+        Some(out)
     }
 
     /// `node`'s path below its mount (empty: the root); `None` when not
@@ -438,14 +473,22 @@ impl PathBook {
         Some(out)
     }
 
-    /// `dir`'s path joined with `name` (`dir` unknown: `(node D)/name`).
-    fn child_path(&self, conn: u32, dir: u64, name: &[u8]) -> Vec<u8> {
-        let mut out = match self.node_path(conn, dir) {
-            Some(p) => p,
-            None => format!("/(node {dir})").into_bytes(),
+    /// `dir`'s shown path joined with `name` (`dir` unknown: `(node D)/name`).
+    fn child_shown(&mut self, conn: u32, dir: u64, name: &[u8]) -> String {
+        let mut out = match self.shown(conn, dir) {
+            Some(p) if &*p == "/" => String::new(),
+            Some(p) => p.to_string(),
+            None => {
+                let mount = match self.mounts.get(&conn) {
+                    Some(m) if &**m == "/" => "",
+                    Some(m) => m,
+                    None => "",
+                };
+                format!("{mount}/(node {dir})")
+            }
         };
-        out.push(b'/');
-        out.extend_from_slice(name);
+        out.push('/');
+        out.push_str(&escape(name));
         out
     }
 }
@@ -534,14 +577,14 @@ mod tests {
                 first: first.to_vec(),
                 second: second.to_vec(),
             };
-            self.book.observe(&sent, Some(&names));
+            self.book.observe(&sent, Some(&names), &mut self.mounts);
             let ended = FuseEvent {
                 kind: EventKind::Ended as u8,
                 arg0: reply_node,
                 error,
                 ..sent
             };
-            self.book.observe(&ended, None);
+            self.book.observe(&ended, None, &mut self.mounts);
             self.finished(op, dir, unique)
         }
 
@@ -639,7 +682,7 @@ mod tests {
             first: b"h".to_vec(),
             second: b"g".to_vec(),
         };
-        r.book.observe(&sent, Some(&names));
+        r.book.observe(&sent, Some(&names), &mut r.mounts);
         r.book.observe(
             &FuseEvent {
                 kind: EventKind::Ended as u8,
@@ -647,6 +690,7 @@ mod tests {
                 ..sent
             },
             None,
+            &mut r.mounts,
         );
         assert_eq!(r.path(12), "/mnt/t/c/g");
         assert_eq!(r.path(13), "/mnt/t/c/h");
@@ -673,6 +717,7 @@ mod tests {
                 ..FuseEvent::default()
             },
             None,
+            &mut r.mounts,
         );
         assert_eq!(r.path(10), "");
     }
