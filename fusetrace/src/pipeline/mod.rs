@@ -3,9 +3,11 @@
 //! `lifecycle::RequestLifecycle`s, and hands finished requests to the
 //! outputs; `aggregate` reads the latency counts the kernel kept itself
 //! (plain `stats`). Connections are named from mountinfo (`connections`);
-//! opcodes are named and parsed in `opcode`.
+//! opcodes are named and parsed in `opcode`; `command` runs the one
+//! command `-c` traces.
 
 pub mod aggregate;
+pub mod command;
 pub mod connections;
 pub mod lifecycle;
 pub mod opcode;
