@@ -101,14 +101,20 @@ fn connection_of<const DIRECT: bool>(req: u64) -> Option<u32> {
     load::<_, DIRECT>(fc, layout_field!(conn_dev))
 }
 
-/// Whether `stats -p` wants the request being sent (the requester is
-/// the current task, or named in the header, for one of the pids).
+/// The task sending a request, and whether it is the request's
+/// requester as user space decides it (the event pipeline's tracker): the
+/// header names this thread, or names nobody and the request is not a
+/// background one. So `stats -p/--comm` count what `trace -p/--comm` show.
+#[derive(Clone, Copy, Default)]
+struct Sender {
+    tgid: u32,
+    tid: u32,
+    header_pid: u32,
+    is_requester: bool,
+}
+
 #[inline(always)]
-fn wanted_requester<const DIRECT: bool>(req: u64) -> bool {
-    let n = layout_field!(agg_pid_count) as usize;
-    if n == 0 {
-        return true;
-    }
+fn sender<const DIRECT: bool>(req: u64) -> Sender {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let header_pid = load::<u32, DIRECT>(
@@ -116,41 +122,51 @@ fn wanted_requester<const DIRECT: bool>(req: u64) -> bool {
         layout_field!(req_in_h) + offset_of!(FuseInHeader, pid) as u32,
     )
     .unwrap_or(0);
+    let is_requester = if header_pid != 0 {
+        header_pid == tid
+    } else {
+        let flags = load::<u64, DIRECT>(req, layout_field!(req_flags)).unwrap_or(0);
+        flags & (1u64 << (layout_field!(fr_background_bit) & 63)) == 0
+    };
+    Sender {
+        tgid,
+        tid,
+        header_pid,
+        is_requester,
+    }
+}
+
+/// Whether `stats -p` wants the request being sent: one of the pids is
+/// the requester named in the header, or the sending task (thread or
+/// process) when that is the requester.
+#[inline(always)]
+fn wanted_requester(s: &Sender) -> bool {
+    let n = layout_field!(agg_pid_count) as usize;
+    if n == 0 {
+        return true;
+    }
     let pids = layout_field!(agg_pids);
     for (i, p) in pids.iter().enumerate() {
-        if i < n && (*p == tgid || *p == tid || *p == header_pid) {
+        if i < n && (*p == s.header_pid || (s.is_requester && (*p == s.tgid || *p == s.tid))) {
             return true;
         }
     }
     false
 }
 
-/// Whether `stats --comm` wants the request being sent: the current task
-/// is its requester (as user space decides it: the header names this
-/// thread, or names nobody and the request is not a background one) and
-/// its command name is one of the names. A background request sent from
-/// another context (a flusher writing back pages, a daemon thread whose
-/// reply let a queued one go) has no requester comm and is left out.
+/// Whether `stats --comm` wants the request being sent: the sending task
+/// is its requester and its command name is one of the names. A
+/// background request sent from another context (a flusher writing back
+/// pages, a daemon thread whose reply let a queued one go) has no
+/// requester comm and is left out.
 #[inline(always)]
-fn wanted_comm<const DIRECT: bool>(req: u64) -> bool {
+fn wanted_comm(s: &Sender) -> bool {
     let n = layout_field!(agg_comm_count) as usize;
     if n == 0 {
         return true;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let header_pid = load::<u32, DIRECT>(
-        req,
-        layout_field!(req_in_h) + offset_of!(FuseInHeader, pid) as u32,
-    )
-    .unwrap_or(0);
-    if header_pid != 0 && header_pid != tid {
+    if !s.is_requester {
         return false;
-    }
-    if header_pid == 0 {
-        let flags = load::<u64, DIRECT>(req, layout_field!(req_flags)).unwrap_or(0);
-        if flags & (1u64 << (layout_field!(fr_background_bit) & 63)) != 0 {
-            return false;
-        }
     }
     let Ok(comm) = bpf_get_current_comm() else {
         return false;
@@ -170,25 +186,6 @@ fn wanted_comm<const DIRECT: bool>(req: u64) -> bool {
         }
     }
     false
-}
-
-/// The current task's process when it is the requester of `req` (the
-/// header names this thread), else 0. Only `trace --min` shows it.
-#[inline(always)]
-fn sender_is_requester<const DIRECT: bool>(req: u64) -> u32 {
-    if layout_field!(agg_whole) == 0 {
-        return 0;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let header_pid = load::<u32, DIRECT>(
-        req,
-        layout_field!(req_in_h) + offset_of!(FuseInHeader, pid) as u32,
-    );
-    if header_pid == Some(pid_tgid as u32) {
-        (pid_tgid >> 32) as u32
-    } else {
-        0
-    }
 }
 
 /// Whether `-c` wants a request the current task sends: it is in the
@@ -234,7 +231,19 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     {
         next_generation(connection);
     }
-    if !wanted_cgroup() || !wanted_requester::<DIRECT>(req) || !wanted_comm::<DIRECT>(req) {
+    if !wanted_cgroup() {
+        return;
+    }
+    // Read only when a filter or `trace --min` needs it.
+    let who = if layout_field!(agg_pid_count) != 0
+        || layout_field!(agg_comm_count) != 0
+        || layout_field!(agg_whole) != 0
+    {
+        sender::<DIRECT>(req)
+    } else {
+        Sender::default()
+    };
+    if !wanted_requester(&who) || !wanted_comm(&who) {
         return;
     }
     let Some(connection) = connection_of::<DIRECT>(req) else {
@@ -248,7 +257,8 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
         taken_ns: 0,
         replied_ns: 0,
         connection,
-        requester_tgid: sender_is_requester::<DIRECT>(req),
+        // Only `trace --min` shows it (0: not the requester).
+        requester_tgid: if who.is_requester { who.tgid } else { 0 },
     };
     let unique = unique_of::<DIRECT>(req);
     if unique == 0 {
