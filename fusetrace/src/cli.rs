@@ -45,7 +45,8 @@ pub struct TracingFlags {
     #[arg(long = "mount", value_name = "PATH")]
     pub mounts: Vec<PathBuf>,
     /// Only requests made by this process or thread id (repeatable:
-    /// -p 1 -p 2). Counting in the kernel (stats, serve) takes at most 8.
+    /// -p 1 -p 2). Counting in the kernel (stats, serve, trace --min)
+    /// takes at most 8.
     #[arg(short = 'p', long = "pid", value_name = "PID",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
@@ -54,7 +55,7 @@ pub struct TracingFlags {
     /// truncated to those. Only requests the requester sent itself carry
     /// its name: a background request sent from another context (pages
     /// written back by a flusher) is left out. Counting in the kernel
-    /// (stats, serve) takes at most 8.
+    /// (stats, serve, trace --min) takes at most 8.
     #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
     pub comms: Vec<Comm>,
     /// Only this opcode, e.g. READ or LOOKUP (repeatable).
@@ -72,8 +73,8 @@ pub struct TracingFlags {
     /// (`-c ls -l /mnt`, or `-c -- CMD ...`): give the options before it.
     /// It runs in a cgroup v2 of its own, made under fusetrace's and
     /// removed at the end; only requests its processes send are its (not
-    /// pages a flusher writes back for it). Ctrl-C or SIGTERM stops the
-    /// command too.
+    /// pages a flusher writes back for it). Needs cgroup v2. Ctrl-C or
+    /// SIGTERM stops the command too.
     #[arg(
         short = 'c',
         long = "command",

@@ -24,7 +24,7 @@ enum Command {
     Stats(cli::StatsArgs),
     /// Record the decoded event stream to a file for `fusetrace report`;
     /// prints the whole-run stats at exit. --mount filters what is recorded;
-    /// --pid and --op are stored and applied by `report`.
+    /// -p/--pid, --comm and --op are stored and applied by `report`.
     Record(cli::RecordArgs),
     /// Recordings offline: the `stats` tables (and CSV), one line per request
     /// (`--requests`), or a Perfetto trace (`--perfetto`); several files are merged.

@@ -393,7 +393,14 @@ pub fn run(
     let mut next_tick = started + tick;
 
     loop {
-        let stopping = stop.due(started, || tracker.in_flight_count() as u64);
+        let stopping = stop.due(started, || match probes.whole_min_ns() {
+            // `trace --min`: the requests in flight are in the kernel's table.
+            Some(_) => {
+                let k = probes.counters();
+                k.agg_started.saturating_sub(k.agg_ended)
+            }
+            None => tracker.in_flight_count() as u64,
+        });
         let mut event_err = None;
         let got = probes.poll(Duration::from_millis(50), |ev| match filter.admit(&ev) {
             (true, _) => {
