@@ -229,86 +229,98 @@ fn command_traces_exactly_its_own_requests_and_passes_its_exit_status() {
     let mount = daemon.path().to_str().unwrap().to_string();
     fs::write(daemon.path().join("f"), b"y".repeat(20000)).unwrap();
     let scratch = Scratch::new("flags-cmd");
-    let pids_file = scratch.path().join("pids");
-    // Someone else works on the same mount all along.
-    let mut bystander = Command::new(bin())
-        .args([
-            "load",
-            &mount,
-            "--workload",
-            "metadata",
-            "--duration",
-            "30s",
-        ])
-        .stdout(Stdio::null())
+    // Someone else works on the same mount all along (paced, so the
+    // unfiltered tracer keeps up in a debug build).
+    let mut bystander = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while :; do stat {mount}/f > /dev/null; ls {mount} > /dev/null; sleep 0.01; done"
+        ))
         .spawn()
         .unwrap();
     let all = Tracer::start(&["trace", "--format", "json", "--mount", &mount]);
     // The command: a shell whose two children read and list the mount;
     // each child writes its pid first (`$!` is the pid that execs cat).
-    let script = format!(
-        "cat {m}/f > /dev/null & echo $! >> {p}; ls -l {m} > /dev/null & echo $! >> {p}; wait; exit 7",
-        m = mount,
-        p = pids_file.display()
-    );
-    let out = Command::new(bin())
-        .args(["trace", "--format", "json", "--mount", &mount, "-c"])
-        .args(["sh", "-c", &script])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(7), "the command's status: {stderr}");
-    signal(&bystander, libc::SIGINT);
+    // Run under `trace -c`, then under in-kernel `stats -c`.
+    let run = |verb: &str, pids_file: &Path| {
+        let script = format!(
+            "cat {m}/f > /dev/null & echo $! >> {p}; ls -l {m} > /dev/null & echo $! >> {p}; wait; exit 7",
+            m = mount,
+            p = pids_file.display()
+        );
+        let out = Command::new(bin())
+            .args([verb, "--format", "json", "--mount", &mount, "-c"])
+            .args(["sh", "-c", &script])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(7), "the command's status: {stderr}");
+        let mut parsed = TraceOutput {
+            records: Vec::new(),
+            summary: Value::Null,
+            stderr,
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue; // the command's own output
+            };
+            if v.get("summary").is_some() {
+                parsed.summary = v["summary"].clone();
+            } else {
+                parsed.records.push(v);
+            }
+        }
+        let pids: Vec<u32> = fs::read_to_string(pids_file)
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2, "two children ran");
+        (parsed, pids)
+    };
+    let (traced, pids) = run("trace", &scratch.path().join("trace-pids"));
+    let (counted, stats_pids) = run("stats", &scratch.path().join("stats-pids"));
+    // Its work is not checked: it only has to have been there.
+    let _ = bystander.kill();
     let _ = bystander.wait();
     daemon.stop();
     let all = all.stop();
 
-    let pids: Vec<u32> = fs::read_to_string(&pids_file)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 2, "two children ran");
-    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{') && !l.contains("\"summary\""))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let traced: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["connection"].as_u64() == Some(conn))
-        .collect();
     // The independent count: the unfiltered trace's requests sent by the
     // command's children (single-threaded: thread id = pid; the shell
     // itself does not touch the mount), background ones they sent too.
-    let theirs: Vec<&Value> = all
-        .on(conn)
-        .into_iter()
-        .filter(|r| {
-            r["sender_tid"]
-                .as_u64()
-                .is_some_and(|p| pids.contains(&(p as u32)))
-        })
-        .collect();
-    let expected = count_by_op(&theirs);
+    let sent_by = |pids: &[u32]| {
+        let theirs: Vec<&Value> = all
+            .on(conn)
+            .into_iter()
+            .filter(|r| {
+                r["sender_tid"]
+                    .as_u64()
+                    .is_some_and(|p| pids.contains(&(p as u32)))
+            })
+            .collect();
+        count_by_op(&theirs)
+    };
+    let expected = sent_by(&pids);
     for op in ["READ", "READDIR", "OPEN"] {
         assert!(expected.contains_key(op), "no {op}: {expected:?}");
     }
     assert_eq!(
-        count_by_op(&traced),
+        count_by_op(&traced.on(conn)),
         expected,
         "trace -c (left) vs the unfiltered trace's requests of the command's processes (right)"
     );
+    assert_nothing_lost(&traced.summary);
+    assert_eq!(
+        stats_counts(&counted),
+        sent_by(&stats_pids),
+        "stats -c, counted in the kernel (left), vs the unfiltered trace (right)"
+    );
+    let theirs: u64 = expected.values().sum();
     assert!(
-        all.on(conn).len() > theirs.len() + 100,
+        all.on(conn).len() as u64 > theirs + 100,
         "the bystander's requests were there to leave out"
     );
-    let summary: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.contains("\"summary\""))
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["summary"].clone())
-        .expect("summary");
-    assert_nothing_lost(&summary);
     assert!(leftover_cgroups().is_empty(), "{:?}", leftover_cgroups());
 }
 

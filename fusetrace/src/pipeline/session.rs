@@ -391,6 +391,9 @@ pub fn run(
     let mut summary = RunSummary::default();
     let started = Instant::now();
     let mut next_tick = started + tick;
+    // When the stop was requested, and the latest event time seen.
+    let mut stop_ns: Option<u64> = None;
+    let mut latest_ns = 0;
 
     loop {
         let stopping = stop.due(started, || match probes.whole_min_ns() {
@@ -402,22 +405,28 @@ pub fn run(
             None => tracker.in_flight_count() as u64,
         });
         let mut event_err = None;
-        let got = probes.poll(Duration::from_millis(50), |ev| match filter.admit(&ev) {
-            (true, _) => {
-                if event_err.is_none() {
-                    event_err = sink.event(&ev).err();
+        if stopping && stop_ns.is_none() {
+            stop_ns = Some(monotonic_ns());
+        }
+        let got = probes.poll(Duration::from_millis(50), |ev| {
+            latest_ns = latest_ns.max(ev.ts_ns);
+            match filter.admit(&ev) {
+                (true, _) => {
+                    if event_err.is_none() {
+                        event_err = sink.event(&ev).err();
+                    }
+                    tracker.observe(&ev, &mut finished);
                 }
-                tracker.observe(&ev, &mut finished);
+                (false, Some(conn)) => {
+                    summary.mounts_gone += 1;
+                    eprintln!(
+                        "fusetrace: {} was unmounted and a new mount took its connection number {}; the new mount is not traced",
+                        names.name(conn),
+                        major_minor(conn)
+                    );
+                }
+                (false, None) => {}
             }
-            (false, Some(conn)) => {
-                summary.mounts_gone += 1;
-                eprintln!(
-                    "fusetrace: {} was unmounted and a new mount took its connection number {}; the new mount is not traced",
-                    names.name(conn),
-                    major_minor(conn)
-                );
-            }
-            (false, None) => {}
         })?;
         if let Some(e) = event_err {
             return Err(e);
@@ -440,9 +449,10 @@ pub fn run(
             sink.live(&live, &mut names)?;
             sink.tick(&mut names)?;
         }
-        // Stop only once the ring buffer is empty: events emitted before the
-        // stop request are all reported.
-        if stopping && got == 0 {
+        // Stop once the ring buffer is empty, or (a busy machine's never
+        // is) once its events are from after the stop request: events
+        // emitted before it are all reported.
+        if stopping && (got == 0 || stop_ns.is_some_and(|t| latest_ns >= t)) {
             break;
         }
     }
