@@ -352,9 +352,16 @@ fn command_killed_by_a_signal_exits_as_a_shell_says_and_stats_takes_it() {
 #[test]
 fn ctrl_c_stops_the_command_and_removes_its_cgroup() {
     let _alone = tracing_alone();
-    let tracer = Tracer::start(&["trace", "-c", "sleep", "600"]);
+    // Not `Tracer::start`: a backend it appends would go to the command.
+    let mut child = Command::new(bin())
+        .args(["trace", "-c", "sleep", "600"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = line_channel(child.stderr.take().unwrap());
+    wait_for_line_within(&stderr, "fusetrace: tracing", "fusetrace", START_TIMEOUT);
     assert_eq!(leftover_cgroups().len(), 1, "the command's cgroup exists");
-    let mut child = tracer.child;
     signal(&child, libc::SIGINT);
     let status = child.wait().unwrap();
     // The command got SIGTERM from the tracer.
