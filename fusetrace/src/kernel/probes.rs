@@ -767,3 +767,31 @@ fn check_privileges() -> Result<()> {
     }
     bail!("fusetrace needs root (or CAP_BPF and CAP_PERFMON): run it with sudo")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_filters_take_at_most_eight_of_each() {
+        let eight = KernelFilter {
+            pids: (1..=8).collect(),
+            comms: vec![[b'a'; 16]; 8],
+            connections: (1..=8).collect(),
+            ..KernelFilter::default()
+        };
+        assert!(eight.check().is_ok());
+        let nine_pids = KernelFilter {
+            pids: (1..=9).collect(),
+            ..eight.clone()
+        };
+        let err = nine_pids.check().unwrap_err().to_string();
+        assert!(err.contains("at most 8 -p/--pid values (got 9)"), "{err}");
+        let nine_comms = KernelFilter {
+            comms: vec![[b'a'; 16]; 9],
+            ..eight
+        };
+        let err = nine_comms.check().unwrap_err().to_string();
+        assert!(err.contains("at most 8 --comm names"), "{err}");
+    }
+}
