@@ -31,6 +31,16 @@ pub enum EventKind {
     /// entry, `arg0` the file position written at, `len` the bytes written
     /// (`error` the negative errno when it failed).
     AppWrite = 7,
+    /// A whole request in one record (`trace --min`: only requests at
+    /// least that slow leave the kernel), sent by the in-kernel
+    /// aggregation's end. Fields: `ts_ns` the end, `aux_ns` the send,
+    /// `arg0`/`arg1` the daemon's take and reply (0: not seen);
+    /// `unique`, `nodeid`, `opcode`, `req_pid`, `req_uid` and `len` (the
+    /// request's) from the request header, `error` from the reply's;
+    /// `tgid` the requester's process when it sent the request itself
+    /// (else 0); `tid` 0 and `comm` empty: neither the requester's name nor
+    /// the daemon thread is known at the end.
+    Whole = 8,
 }
 
 impl EventKind {
@@ -43,6 +53,7 @@ impl EventKind {
             5 => Some(Self::Virtq),
             6 => Some(Self::DeviceDone),
             7 => Some(Self::AppWrite),
+            8 => Some(Self::Whole),
             _ => None,
         }
     }
@@ -270,13 +281,21 @@ pub struct KernelLayout {
     pub sys_enter_arg3: u32,
     /// Report applications' writes to FUSE files (`AppWrite`, for diagnose).
     pub track_app_io: u32,
-    /// In-kernel aggregation (`stats`): only requests whose requester's
-    /// thread or thread group is this (0: all).
-    pub agg_pid: u32,
+    /// In-kernel aggregation (`stats`, `serve`): only requests whose
+    /// requester's thread or thread group is one of the first
+    /// `agg_pid_count` of `agg_pids` (`-p`; 0: all).
+    pub agg_pid_count: u32,
+    pub agg_pids: [u32; AGG_MAX_PIDS],
     /// In-kernel aggregation: only these connections (the first
     /// `agg_connection_count`; 0: all).
     pub agg_connection_count: u32,
     pub agg_connections: [u32; AGG_MAX_CONNECTIONS],
+    /// In-kernel aggregation: only requests their requester sent itself
+    /// whose command name (`comm`, NUL-padded as the kernel keeps it) is
+    /// one of the first `agg_comm_count` of `agg_comms` (`--comm`; 0: all),
+    /// each name's 16 bytes as two native-endian u64s (compared so).
+    pub agg_comm_count: u32,
+    pub agg_comms: [[u64; 2]; AGG_MAX_COMMS],
     /// In-kernel aggregation of stages (`stats --stages`): the daemon-side
     /// hooks stamp the request's slot instead of reporting events, and the
     /// end counts queue, daemon and completion as well as the total.
@@ -294,10 +313,24 @@ pub struct KernelLayout {
     pub fuse_arg_size: u32,
     /// 1: read no names (`--no-paths`).
     pub names_off: u32,
+    /// `trace --min` (1): the aggregation's end sends every request whose
+    /// total (send to end) is at least `agg_min_ns` to the ring buffer as
+    /// one [`EventKind::Whole`] record, and counts no histogram.
+    pub agg_whole: u32,
+    pub agg_min_ns: u64,
+    /// `-c`: only sends from tasks of this cgroup v2 (its id, as
+    /// `bpf_get_current_cgroup_id` gives it; 0: every task), on the event
+    /// pipeline and in-kernel aggregation alike.
+    pub filter_cgroup: u64,
 }
 
 /// Most `--mount` filters in-kernel aggregation takes.
 pub const AGG_MAX_CONNECTIONS: usize = 8;
+/// Most `-p`/`--pid` filters in-kernel aggregation takes (each costs the
+/// send program two compares).
+pub const AGG_MAX_PIDS: usize = 8;
+/// Most `--comm` filters in-kernel aggregation takes.
+pub const AGG_MAX_COMMS: usize = 8;
 
 impl KernelLayout {
     pub const fn zeroed() -> Self {
@@ -406,7 +439,9 @@ pub struct AggSent {
     pub taken_ns: u64,
     pub replied_ns: u64,
     pub connection: u32,
-    pub _pad: u32,
+    /// The requester's process when it sent the request itself (0: sent
+    /// from another context), for `trace --min`'s records.
+    pub requester_tgid: u32,
 }
 
 /// One slot of the in-flight array: `req` (the `struct fuse_req *`) 0 is

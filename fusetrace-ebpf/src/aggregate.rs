@@ -13,15 +13,17 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
     macros::{btf_tracepoint, fentry, kprobe, map},
     maps::{Array, HashMap, PerCpuHashMap},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 use fusetrace_common::{
-    AGG_CELLS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, AGG_MAX_GENERATIONS, AGG_OVERFLOW, AggSent,
-    AggSlot, CellCounts, FUSE_INIT, FuseInHeader, FuseOutHeader, HistogramKey, agg_stage, counters,
-    latency_bucket,
+    AGG_CELLS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, AGG_MAX_COMMS, AGG_MAX_GENERATIONS, AGG_OVERFLOW,
+    AggSent, AggSlot, CellCounts, EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FUSE_INIT,
+    FuseEvent, FuseInHeader, FuseOutHeader, HistogramKey, agg_stage, counters, latency_bucket,
 };
 
 use crate::{GATE, UNIQUE_IN_HEADER, bump, fentry_arg, kprobe_arg, kread, layout, layout_field};
@@ -99,23 +101,100 @@ fn connection_of<const DIRECT: bool>(req: u64) -> Option<u32> {
     load::<_, DIRECT>(fc, layout_field!(conn_dev))
 }
 
-/// Whether `stats --pid` wants the request being sent (the requester is
-/// the current task, or named in the header).
+/// The task sending a request, and whether it is the request's
+/// requester as user space decides it (the event pipeline's tracker): the
+/// header names this thread, or names nobody and the request is not a
+/// background one. So `stats -p/--comm` count what `trace -p/--comm` show.
+#[derive(Clone, Copy, Default)]
+struct Sender {
+    tgid: u32,
+    tid: u32,
+    header_pid: u32,
+    is_requester: bool,
+}
+
 #[inline(always)]
-fn wanted_requester<const DIRECT: bool>(req: u64) -> bool {
-    let pid = layout_field!(agg_pid);
-    if pid == 0 {
-        return true;
-    }
+fn sender<const DIRECT: bool>(req: u64) -> Sender {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == pid || pid_tgid as u32 == pid {
-        return true;
-    }
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let header_pid = load::<u32, DIRECT>(
         req,
         layout_field!(req_in_h) + offset_of!(FuseInHeader, pid) as u32,
-    );
-    header_pid == Some(pid)
+    )
+    .unwrap_or(0);
+    let is_requester = if header_pid != 0 {
+        header_pid == tid
+    } else {
+        let flags = load::<u64, DIRECT>(req, layout_field!(req_flags)).unwrap_or(0);
+        flags & (1u64 << (layout_field!(fr_background_bit) & 63)) == 0
+    };
+    Sender {
+        tgid,
+        tid,
+        header_pid,
+        is_requester,
+    }
+}
+
+/// Whether `stats -p` wants the request being sent: one of the pids is
+/// the requester named in the header, or the sending task (thread or
+/// process) when that is the requester.
+#[inline(always)]
+fn wanted_requester(s: &Sender) -> bool {
+    let n = layout_field!(agg_pid_count) as usize;
+    if n == 0 {
+        return true;
+    }
+    let pids = layout_field!(agg_pids);
+    for (i, p) in pids.iter().enumerate() {
+        if i < n && (*p == s.header_pid || (s.is_requester && (*p == s.tgid || *p == s.tid))) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether `stats --comm` wants the request being sent: the sending task
+/// is its requester and its command name is one of the names. A
+/// background request sent from another context (a flusher writing back
+/// pages, a daemon thread whose reply let a queued one go) has no
+/// requester comm and is left out.
+#[inline(always)]
+fn wanted_comm(s: &Sender) -> bool {
+    let n = layout_field!(agg_comm_count) as usize;
+    if n == 0 {
+        return true;
+    }
+    if !s.is_requester {
+        return false;
+    }
+    let Ok(comm) = bpf_get_current_comm() else {
+        return false;
+    };
+    // Two u64 compares per name instead of sixteen byte compares.
+    // SAFETY: 16 bytes read as two u64s.
+    let have: [u64; 2] = unsafe { core::ptr::read_unaligned(comm.as_ptr().cast()) };
+    for i in 0..AGG_MAX_COMMS {
+        if i >= n {
+            break;
+        }
+        // One name at a time: the whole table would not fit the stack.
+        // SAFETY: see `layout`; `i` is in bounds.
+        let want = unsafe { core::ptr::read_volatile(&crate::LAYOUT.agg_comms[i]) };
+        if want == have {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether `-c` wants a request the current task sends: it is in the
+/// command's cgroup (or no command was given).
+#[inline(always)]
+pub(crate) fn wanted_cgroup() -> bool {
+    let cgroup = layout_field!(filter_cgroup);
+    // SAFETY: a helper without arguments.
+    cgroup == 0 || unsafe { bpf_get_current_cgroup_id() } == cgroup
 }
 
 /// Whether `stats --mount` wants the connection (a few compares against
@@ -152,7 +231,19 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     {
         next_generation(connection);
     }
-    if !wanted_requester::<DIRECT>(req) {
+    if !wanted_cgroup() {
+        return;
+    }
+    // Read only when a filter or `trace --min` needs it.
+    let who = if layout_field!(agg_pid_count) != 0
+        || layout_field!(agg_comm_count) != 0
+        || layout_field!(agg_whole) != 0
+    {
+        sender::<DIRECT>(req)
+    } else {
+        Sender::default()
+    };
+    if !wanted_requester(&who) || !wanted_comm(&who) {
         return;
     }
     let Some(connection) = connection_of::<DIRECT>(req) else {
@@ -166,7 +257,8 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
         taken_ns: 0,
         replied_ns: 0,
         connection,
-        _pad: 0,
+        // Only `trace --min` shows it (0: not the requester).
+        requester_tgid: if who.is_requester { who.tgid } else { 0 },
     };
     let unique = unique_of::<DIRECT>(req);
     if unique == 0 {
@@ -235,7 +327,11 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
     let Some(sent) = take_sent::<DIRECT>(req, connection) else {
         // Sent before tracing began, or filtered out at send. Only the
         // first is a loss, and only a wanted connection's.
-        if layout_field!(agg_pid) == 0 && wanted_connection(connection) {
+        if layout_field!(agg_pid_count) == 0
+            && layout_field!(agg_comm_count) == 0
+            && layout_field!(filter_cgroup) == 0
+            && wanted_connection(connection)
+        {
             bump(counters::AGG_UNMATCHED_ENDS);
         }
         return;
@@ -254,8 +350,15 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
     let generation = unsafe { AGG_GENERATIONS.get(&sent.connection) }
         .copied()
         .unwrap_or(0);
-    let errno = error.unwrap_or(0).unsigned_abs();
     let latency = now.saturating_sub(sent.ts_ns);
+    if layout_field!(agg_whole) != 0 {
+        bump(counters::AGG_ENDED);
+        if latency >= layout_field!(agg_min_ns) {
+            submit_whole::<DIRECT>(req, &sent, now, error.unwrap_or(0));
+        }
+        return;
+    }
+    let errno = error.unwrap_or(0).unsigned_abs();
     let key = HistogramKey {
         connection: sent.connection,
         opcode: opcode.unwrap_or(0),
@@ -287,6 +390,42 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
             };
             count(&key, to - from);
         }
+    }
+}
+
+/// `trace --min`: a request at least that slow, whole, to the ring
+/// buffer (see `EventKind::Whole` for which field holds what).
+#[inline(always)]
+fn submit_whole<const DIRECT: bool>(req: u64, sent: &Sent, now: u64, error: i32) {
+    let h = layout_field!(req_in_h);
+    let field = |offset: usize| h + offset as u32;
+    let flags = load::<u64, DIRECT>(req, layout_field!(req_flags)).unwrap_or(0);
+    let background = flags & (1u64 << (layout_field!(fr_background_bit) & 63)) != 0;
+    let ev = FuseEvent {
+        ts_ns: now,
+        unique: load::<u64, DIRECT>(req, field(offset_of!(FuseInHeader, unique))).unwrap_or(0),
+        nodeid: load::<u64, DIRECT>(req, field(offset_of!(FuseInHeader, nodeid))).unwrap_or(0),
+        connection: sent.connection,
+        opcode: load::<u32, DIRECT>(req, field(offset_of!(FuseInHeader, opcode))).unwrap_or(0),
+        len: load::<u32, DIRECT>(req, field(offset_of!(FuseInHeader, len))).unwrap_or(0),
+        error,
+        tgid: sent.requester_tgid,
+        req_pid: load::<u32, DIRECT>(req, field(offset_of!(FuseInHeader, pid))).unwrap_or(0),
+        req_uid: load::<u32, DIRECT>(req, field(offset_of!(FuseInHeader, uid))).unwrap_or(0),
+        kind: EventKind::Whole as u8,
+        flags: FLAG_HAS_HEADER | if background { FLAG_BACKGROUND } else { 0 },
+        aux_ns: sent.ts_ns,
+        arg0: sent.taken_ns,
+        arg1: sent.replied_ns,
+        req,
+        ..FuseEvent::default()
+    };
+    match crate::EVENTS.reserve::<FuseEvent>(0) {
+        Some(mut slot) => {
+            slot.write(ev);
+            slot.submit(0);
+        }
+        None => bump(counters::RING_DROPS),
     }
 }
 

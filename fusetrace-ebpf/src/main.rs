@@ -102,6 +102,11 @@ fn stamp(ev: &mut FuseEvent) -> bool {
     if GATE.get(0).copied() != Some(1) {
         return false;
     }
+    // `-c`: only the command's sends (its other points are kept out in
+    // user space, by the sends that came).
+    if ev.kind == EventKind::Sent as u8 && !aggregate::wanted_cgroup() {
+        return false;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.tgid = (pid_tgid >> 32) as u32;

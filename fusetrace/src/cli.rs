@@ -3,9 +3,9 @@
 //! `diagnose` and `doctor` do in their own modules. The flags they share
 //! are [`TracingFlags`]; their doc comments are the `--help` text.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::{
     kernel::{
@@ -21,13 +21,23 @@ use crate::{
     },
     pipeline::{
         aggregate,
+        command::{CommandCgroup, RunningCommand},
         connections::connection_of,
+        lifecycle::Comm,
         opcode,
-        session::{self, Filter, StopWhen},
+        session::{self, CommandRequests, Filter, StopWhen},
     },
     record::recorder::{self, Recorder},
     units::parse_duration,
 };
+
+/// A `--comm` name as the kernel would keep it.
+fn parse_comm(name: &str) -> std::result::Result<Comm, String> {
+    if name.is_empty() {
+        return Err("a command name is not empty".into());
+    }
+    Ok(Comm::truncated(name))
+}
 
 /// What every tracing command takes: which requests, for how long, how.
 #[derive(clap::Args, Debug, Clone)]
@@ -35,9 +45,20 @@ pub struct TracingFlags {
     /// Only requests of the FUSE mount at this path (repeatable).
     #[arg(long = "mount", value_name = "PATH")]
     pub mounts: Vec<PathBuf>,
-    /// Only requests made by this process or thread id.
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// Only requests made by this process or thread id (repeatable:
+    /// -p 1 -p 2). Counting in the kernel (stats, serve, trace --min)
+    /// takes at most 8.
+    #[arg(short = 'p', long = "pid", value_name = "PID",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+    /// Only requests whose requester's command name is NAME (repeatable).
+    /// The kernel keeps 15 bytes of a name: a longer NAME is compared
+    /// truncated to those. Only requests the requester sent itself carry
+    /// its name: a background request sent from another context (pages
+    /// written back by a flusher) is left out. Counting in the kernel
+    /// (stats, serve, trace --min) takes at most 8.
+    #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
+    pub comms: Vec<Comm>,
     /// Only this opcode, e.g. READ or LOOKUP (repeatable).
     #[arg(long = "op", value_name = "OPCODE", value_parser = opcode::parse)]
     pub ops: Vec<u32>,
@@ -52,9 +73,72 @@ pub struct TracingFlags {
     /// cost on a name-heavy load).
     #[arg(long)]
     pub no_paths: bool,
+    /// Run CMD ARGS... and trace only its requests (its children's too),
+    /// from its start to its exit; then exit with its exit status (128+N
+    /// when signal N killed it). Everything after -c is the command
+    /// (`-c ls -l /mnt`, or `-c -- CMD ...`): give the options before it.
+    /// It runs in a cgroup v2 of its own, made under fusetrace's and
+    /// removed at the end; only requests its processes send are its (not
+    /// pages a flusher writes back for it). Needs cgroup v2. Ctrl-C or
+    /// SIGTERM stops the command too.
+    #[arg(
+        short = 'c',
+        long = "command",
+        requires = "argv",
+        conflicts_with = "duration"
+    )]
+    pub command: bool,
+    /// The command -c runs, and its arguments.
+    #[arg(
+        value_name = "CMD",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        requires = "command"
+    )]
+    pub argv: Vec<String>,
+}
+
+/// A run's start: its filter, when it stops, and `-c`'s cgroup (made
+/// before the probes load: its id goes into them).
+pub(crate) struct Start {
+    pub filter: Filter,
+    pub stop: StopWhen,
+    cgroup: Option<CommandCgroup>,
+}
+
+impl Start {
+    /// `-c`: starts the command, once the probes are attached.
+    fn launch(&mut self, flags: &TracingFlags) -> Result<Option<RunningCommand>> {
+        self.cgroup
+            .take()
+            .map(|c| c.spawn(&flags.argv, &self.stop))
+            .transpose()
+    }
+}
+
+/// The run's exit status: `-c`'s command's, else success.
+fn exit_code(command: Option<RunningCommand>) -> Result<ExitCode> {
+    command.map_or(Ok(ExitCode::SUCCESS), RunningCommand::finish)
 }
 
 impl TracingFlags {
+    /// The filter, the stop conditions and (`-c`) the command's cgroup.
+    pub(crate) fn start(&self) -> Result<Start> {
+        let mut filter = self.filter()?;
+        let cgroup = if self.command {
+            filter.command = Some(CommandRequests::default());
+            Some(CommandCgroup::create(&self.argv)?)
+        } else {
+            None
+        };
+        let stop = StopWhen::on_signals(self.duration)?;
+        Ok(Start {
+            filter,
+            stop,
+            cgroup,
+        })
+    }
+
     pub(crate) fn filter(&self) -> Result<Filter> {
         Ok(Filter {
             connections: self
@@ -62,7 +146,8 @@ impl TracingFlags {
                 .iter()
                 .map(|m| connection_of(m))
                 .collect::<Result<_>>()?,
-            pid: self.pid,
+            pids: self.pids.clone(),
+            comms: self.comms.clone(),
             opcodes: self.ops.clone(),
             ..Filter::default()
         })
@@ -74,9 +159,11 @@ impl TracingFlags {
         ProbeOptions {
             backend: self.backend,
             aggregate: Some(KernelFilter {
-                pid: filter.pid,
+                pids: filter.pids.clone(),
+                comms: filter.comms.iter().map(|c| c.0).collect(),
                 connections: filter.connections.clone(),
                 stages,
+                whole_min_ns: None,
             }),
             ..ProbeOptions::default()
         }
@@ -84,16 +171,21 @@ impl TracingFlags {
 
     /// Attaches the event pipeline's hooks (`app_writes`: also
     /// applications' writes to FUSE files, for diagnose).
-    fn attach(&self, app_writes: bool) -> Result<Probes> {
-        self.attach_options(ProbeOptions {
-            backend: self.backend,
-            diagnose: app_writes,
-            no_paths: self.no_paths,
-            ..ProbeOptions::default()
-        })
+    fn attach(&self, app_writes: bool, start: &Start) -> Result<Probes> {
+        self.attach_options(
+            ProbeOptions {
+                backend: self.backend,
+                diagnose: app_writes,
+                no_paths: self.no_paths,
+                ..ProbeOptions::default()
+            },
+            start,
+        )
     }
 
-    fn attach_options(&self, options: ProbeOptions) -> Result<Probes> {
+    /// Attaches with `options`, and `-c`'s cgroup filter when given.
+    fn attach_options(&self, mut options: ProbeOptions, start: &Start) -> Result<Probes> {
+        options.cgroup = start.cgroup.as_ref().map(CommandCgroup::id);
         let probes = Probes::attach(&options)?;
         // Tests and scripts wait for this line before starting load.
         eprintln!(
@@ -112,13 +204,41 @@ pub struct TraceArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Only requests that took at least this long, send to end (e.g. 10ms;
+    /// a bare number is seconds). Timed in the kernel: a faster request
+    /// costs no ring buffer record. Its lines show every stage, the
+    /// requester's pid and uid, but neither the requester's command name
+    /// nor the daemon thread (COMM and DAEMON are `-`), and no FORGETs
+    /// (never ended) or INTERRUPTs.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min: Option<Duration>,
 }
 
 impl TraceArgs {
-    pub fn run(&self) -> Result<()> {
-        let filter = self.flags.filter()?;
-        let stop = StopWhen::on_signals(self.flags.duration)?;
-        let mut probes = self.flags.attach(false)?;
+    pub fn run(&self) -> Result<ExitCode> {
+        let mut start = self.flags.start()?;
+        let filter = &mut start.filter;
+        let mut probes = match self.min {
+            Some(min) => {
+                if self.flags.backend == Some(Backend::Tracepoint) {
+                    bail!(
+                        "--min times requests in the kernel, which the plain tracepoints cannot (they carry no request pointer); use another --backend"
+                    );
+                }
+                let mut options = self.flags.in_kernel(filter, true);
+                if let Some(f) = options.aggregate.as_mut() {
+                    f.whole_min_ns = Some(min.as_nanos().min(u64::MAX as u128) as u64);
+                }
+                // The kernel applied the requester filters at the send
+                // (where the requester's name is known, which the records
+                // do not carry).
+                filter.pids.clear();
+                filter.comms.clear();
+                self.flags.attach_options(options, &start)?
+            }
+            None => self.flags.attach(false, &start)?,
+        };
+        let command = start.launch(&self.flags)?;
         let mut sink = TraceSink::new(
             std::io::BufWriter::new(std::io::stdout().lock()),
             self.format,
@@ -126,12 +246,13 @@ impl TraceArgs {
         );
         session::run(
             &mut probes,
-            &filter,
+            &start.filter,
             &mut sink,
-            &stop,
+            &start.stop,
             Duration::from_millis(200),
         )?;
-        Ok(())
+        drop(probes);
+        exit_code(command)
     }
 }
 
@@ -169,10 +290,9 @@ pub struct StatsArgs {
 }
 
 impl StatsArgs {
-    pub fn run(&self) -> Result<()> {
+    pub fn run(&self) -> Result<ExitCode> {
         let flags = &self.flags;
-        let filter = flags.filter()?;
-        let stop = StopWhen::on_signals(flags.duration)?;
+        let mut start = flags.start()?;
         // Before attaching, so a bad --csv path fails first.
         let csv = self.csv.writer(self.interval.is_some(), Clock::Wall)?;
         let grouping = self.by.grouping(self.stages);
@@ -193,10 +313,12 @@ impl StatsArgs {
         let in_kernel =
             !self.from_events && !by_events && flags.backend != Some(Backend::Tracepoint);
         let mut probes = if in_kernel {
-            flags.attach_options(flags.in_kernel(&filter, self.stages))?
+            flags.attach_options(flags.in_kernel(&start.filter, self.stages), &start)?
         } else {
-            flags.attach(false)?
+            flags.attach(false, &start)?
         };
+        let command = start.launch(flags)?;
+        let (filter, stop) = (&start.filter, &start.stop);
         let interval = self.interval.unwrap_or(Duration::from_secs(5));
         let stdout = std::io::stdout().lock();
         let mut sink: Box<dyn Sink> = match grouping {
@@ -213,13 +335,14 @@ impl StatsArgs {
                 &filter.connections,
                 &filter.opcodes,
                 &mut *sink,
-                &stop,
+                stop,
                 interval,
             )?;
         } else {
-            session::run(&mut probes, &filter, &mut *sink, &stop, interval)?;
+            session::run(&mut probes, filter, &mut *sink, stop, interval)?;
         }
-        Ok(())
+        drop(probes);
+        exit_code(command)
     }
 }
 
@@ -245,33 +368,37 @@ pub struct RecordArgs {
 }
 
 impl RecordArgs {
-    pub fn run(&self) -> Result<()> {
-        let filter = self.flags.filter()?;
-        let stop = StopWhen::on_signals(self.flags.duration)?;
+    pub fn run(&self) -> Result<ExitCode> {
+        let mut start = self.flags.start()?;
         let file = recorder::create_file(&self.output)?;
         let mounts = recorder::current_fuse_mounts();
-        let mut probes = self.flags.attach(self.app_writes).inspect_err(|_| {
-            let _ = std::fs::remove_file(&self.output);
-        })?;
-        let header = recorder::header_now(probes.describe(), &filter, &mounts);
+        let mut probes = self
+            .flags
+            .attach(self.app_writes, &start)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&self.output);
+            })?;
+        let header = recorder::header_now(probes.describe(), &start.filter, &mounts);
         let mut recorder = Recorder::new(file, &self.output, &header)?;
         let printer = StatsPrinter::new(std::io::stdout().lock(), self.format, false);
         let mut stats = StatsOutput::printing(printer, None);
+        let command = start.launch(&self.flags)?;
         // The recorder flushes every tick: a cut-off file loses at most 200 ms.
         session::run(
             &mut probes,
-            &filter,
+            &start.filter,
             &mut FanOut {
                 sinks: vec![&mut recorder, &mut stats],
             },
-            &stop,
+            &start.stop,
             Duration::from_millis(200),
         )?;
         drop(recorder);
+        drop(probes);
         if let Some(out) = &self.perfetto {
             crate::record::report::to_perfetto(std::slice::from_ref(&self.output), out)?;
         }
-        Ok(())
+        exit_code(command)
     }
 }
 
@@ -286,14 +413,16 @@ pub struct TopCommandArgs {
 }
 
 impl TopCommandArgs {
-    pub fn run(&self) -> Result<()> {
+    pub fn run(&self) -> Result<ExitCode> {
         if !self.top.headless {
             // Before attaching: nothing to undo.
             crate::tui::require_terminal()?;
         }
-        let filter = self.flags.filter()?;
-        let stop = StopWhen::on_signals(self.flags.duration)?;
-        let mut probes = self.flags.attach(false)?;
-        crate::tui::run(&mut probes, &filter, &stop, &self.top.options()).map(drop)
+        let mut start = self.flags.start()?;
+        let mut probes = self.flags.attach(false, &start)?;
+        let command = start.launch(&self.flags)?;
+        crate::tui::run(&mut probes, &start.filter, &start.stop, &self.top.options())?;
+        drop(probes);
+        exit_code(command)
     }
 }

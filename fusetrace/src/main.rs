@@ -24,7 +24,7 @@ enum Command {
     Stats(cli::StatsArgs),
     /// Record the decoded event stream to a file for `fusetrace report`;
     /// prints the whole-run stats at exit. --mount filters what is recorded;
-    /// --pid and --op are stored and applied by `report`.
+    /// -p/--pid, --comm and --op are stored and applied by `report`.
     Record(cli::RecordArgs),
     /// Recordings offline: the `stats` tables (and CSV), one line per request
     /// (`--requests`), or a Perfetto trace (`--perfetto`); several files are merged.
@@ -52,18 +52,19 @@ enum Command {
     BenchConsumer(lab::bench_consumer::BenchConsumerArgs),
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Trace(args) => args.run(),
-        Command::Stats(args) => args.run(),
-        Command::Record(args) => args.run(),
+        // The tracing verbs exit as `-c`'s command did.
+        Command::Trace(args) => return args.run(),
+        Command::Stats(args) => return args.run(),
+        Command::Record(args) => return args.run(),
+        Command::Top(args) => return args.run(),
         Command::Report(args) => record::report::run(&args),
         Command::Daemon(args) => lab::daemon::run(&args),
         Command::Load(args) => lab::load::run(&args).map(|report| println!("{report}")),
         Command::Demo(args) => lab::demo::run(&args),
         Command::Diagnose(args) => diagnose::run(&args),
         Command::Doctor(args) => doctor::run(&args),
-        Command::Top(args) => args.run(),
         Command::Serve(args) => args.run(),
         Command::BenchConsumer(args) => lab::bench_consumer::main(&args),
         Command::Ops => {
@@ -72,12 +73,13 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-    }
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse().command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("fusetrace: error: {e:#}");
             ExitCode::FAILURE

@@ -13,7 +13,10 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
-use fusetrace_common::{CellCounts, FuseEvent, HistogramKey, KernelLayout, counters};
+use fusetrace_common::{
+    AGG_MAX_COMMS, AGG_MAX_CONNECTIONS, AGG_MAX_PIDS, CellCounts, FuseEvent, HistogramKey,
+    KernelLayout, counters,
+};
 
 use crate::kernel::{
     btf::Btf,
@@ -47,18 +50,43 @@ pub struct ProbeOptions {
     /// Count latencies into histograms in the kernel (`stats`) instead of
     /// reporting every event: only these requests.
     pub aggregate: Option<KernelFilter>,
+    /// `-c`: only sends from this cgroup v2 (its id), on either path.
+    pub cgroup: Option<u64>,
 }
 
 /// Which requests in-kernel aggregation counts.
 #[derive(Debug, Clone, Default)]
 pub struct KernelFilter {
-    /// Requester thread or thread group (0: all).
-    pub pid: Option<u32>,
+    /// Requester threads or thread groups; empty means all.
+    pub pids: Vec<u32>,
+    /// Requesters' command names, NUL-padded; empty means all.
+    pub comms: Vec<[u8; 16]>,
     /// Only these connections; empty means all.
     pub connections: Vec<u32>,
     /// Count the stages too (queue, daemon, completion): the daemon-side
     /// hooks stamp each request's slot.
     pub stages: bool,
+    /// `trace --min`: count nothing, send each request at least this slow
+    /// (ns, send to end) whole to the ring buffer; the stages are stamped.
+    pub whole_min_ns: Option<u64>,
+}
+
+impl KernelFilter {
+    /// The kernel side takes a few of each filter (compares against
+    /// read-only data, no map): more is refused in one line.
+    pub fn check(&self) -> Result<()> {
+        let over = |what: &str, given: usize, most: usize| -> Result<()> {
+            if given > most {
+                bail!(
+                    "counting in the kernel takes at most {most} {what} (got {given}); give fewer, or use `stats --from-events` or `trace`"
+                );
+            }
+            Ok(())
+        };
+        over("--mount paths", self.connections.len(), AGG_MAX_CONNECTIONS)?;
+        over("-p/--pid values", self.pids.len(), AGG_MAX_PIDS)?;
+        over("--comm names", self.comms.len(), AGG_MAX_COMMS)
+    }
 }
 
 /// How long [`Probes::poll`] lets events gather once some have arrived.
@@ -81,6 +109,8 @@ pub struct Probes {
     undecodable: u64,
     /// The diagnosis hooks on applications' writes are attached.
     app_writes: bool,
+    /// `trace --min`: only requests at least this slow (ns) come, whole.
+    whole_min_ns: Option<u64>,
     /// fentry programs on module functions, loaded outside aya.
     _module_fentry: Vec<ModuleFEntry>,
     // Owns the programs and links; kept last so maps above drop first.
@@ -127,6 +157,10 @@ impl Probes {
     }
 
     fn load_and_attach(opts: &ProbeOptions) -> Result<Probes> {
+        if let Some(f) = &opts.aggregate {
+            // Before reading the kernel: bad input fails first.
+            f.check()?;
+        }
         let Startup {
             tracefs,
             btf,
@@ -134,16 +168,24 @@ impl Probes {
             mut layout,
         } = Startup::read_kernel()?;
         layout.daemon_tgid = opts.daemon_tgid.unwrap_or(0);
+        layout.filter_cgroup = opts.cgroup.unwrap_or(0);
         if let Some(f) = &opts.aggregate {
-            layout.agg_pid = f.pid.unwrap_or(0);
-            if f.connections.len() > layout.agg_connections.len() {
-                bail!(
-                    "stats counts in the kernel for at most {} --mount paths; give fewer, or add --from-events",
-                    layout.agg_connections.len()
-                );
+            layout.agg_pid_count = f.pids.len() as u32;
+            layout.agg_pids[..f.pids.len()].copy_from_slice(&f.pids);
+            layout.agg_comm_count = f.comms.len() as u32;
+            for (slot, name) in layout.agg_comms.iter_mut().zip(&f.comms) {
+                let (a, b) = name.split_at(8);
+                *slot = [
+                    u64::from_ne_bytes(a.try_into().unwrap()),
+                    u64::from_ne_bytes(b.try_into().unwrap()),
+                ];
             }
             layout.agg_connection_count = f.connections.len() as u32;
-            layout.agg_stages = u32::from(f.stages);
+            layout.agg_stages = u32::from(f.stages || f.whole_min_ns.is_some());
+            if let Some(min) = f.whole_min_ns {
+                layout.agg_whole = 1;
+                layout.agg_min_ns = min;
+            }
             layout.agg_connections[..f.connections.len()].copy_from_slice(&f.connections);
         }
         layout.names_off = u32::from(opts.no_paths);
@@ -154,7 +196,7 @@ impl Probes {
         }
         let (mut ebpf, aya_btf) = load_object(&layout)?;
         let table = match &opts.aggregate {
-            Some(f) if f.stages => AGGREGATE_STAGES_HOOK_TABLE,
+            Some(f) if f.stages || f.whole_min_ns.is_some() => AGGREGATE_STAGES_HOOK_TABLE,
             Some(_) => AGGREGATE_HOOK_TABLE,
             None => HOOK_TABLE,
         };
@@ -232,6 +274,7 @@ impl Probes {
             choices,
             undecodable: 0,
             app_writes: opts.diagnose,
+            whole_min_ns: opts.aggregate.as_ref().and_then(|f| f.whole_min_ns),
             _module_fentry: kernel.module_fentry.take(),
             _ebpf: ebpf,
         })
@@ -391,6 +434,11 @@ impl Probes {
     /// In-kernel aggregation: the requests in flight now.
     pub fn in_flight(&self) -> Result<Vec<InFlight>> {
         Ok(self.aggregate()?.in_flight.scan())
+    }
+
+    /// `trace --min`: the least total (ns) a request needs to be sent.
+    pub fn whole_min_ns(&self) -> Option<u64> {
+        self.whole_min_ns
     }
 
     /// Ring buffer records the decoder rejected.
@@ -726,4 +774,32 @@ fn check_privileges() -> Result<()> {
         return Ok(());
     }
     bail!("fusetrace needs root (or CAP_BPF and CAP_PERFMON): run it with sudo")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_filters_take_at_most_eight_of_each() {
+        let eight = KernelFilter {
+            pids: (1..=8).collect(),
+            comms: vec![[b'a'; 16]; 8],
+            connections: (1..=8).collect(),
+            ..KernelFilter::default()
+        };
+        assert!(eight.check().is_ok());
+        let nine_pids = KernelFilter {
+            pids: (1..=9).collect(),
+            ..eight.clone()
+        };
+        let err = nine_pids.check().unwrap_err().to_string();
+        assert!(err.contains("at most 8 -p/--pid values (got 9)"), "{err}");
+        let nine_comms = KernelFilter {
+            comms: vec![[b'a'; 16]; 9],
+            ..eight
+        };
+        let err = nine_comms.check().unwrap_err().to_string();
+        assert!(err.contains("at most 8 --comm names"), "{err}");
+    }
 }

@@ -8,7 +8,6 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -116,8 +115,10 @@ pub fn run(
     let started = Instant::now();
     let mut next_tick = started + tick;
     loop {
-        let stopping =
-            stop.flag.load(Ordering::Relaxed) || stop.after.is_some_and(|d| started.elapsed() >= d);
+        let stopping = stop.due(started, || {
+            let k = probes.counters();
+            k.agg_started.saturating_sub(k.agg_ended)
+        });
         let now = Instant::now();
         if stopping || now >= next_tick {
             let (cells, newly_gone) =

@@ -111,6 +111,16 @@ impl Comm {
         Comm(c)
     }
 
+    /// `name` as the kernel keeps a task's name: its first 15 bytes
+    /// (`TASK_COMM_LEN` 16 with the NUL), so a longer name given to
+    /// `--comm` matches the truncated one the kernel reports.
+    pub fn truncated(name: &str) -> Comm {
+        let mut c = [0u8; 16];
+        let n = name.len().min(15);
+        c[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Comm(c)
+    }
+
     fn bytes(&self) -> &[u8] {
         let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
         &self.0[..end]
@@ -302,6 +312,48 @@ impl RequestLifecycle {
         ShownPath(self)
     }
 
+    /// A request the in-kernel aggregation sent whole (`trace --min`,
+    /// `EventKind::Whole`): its points and header, no requester name and
+    /// no daemon thread (the kernel side does not keep them).
+    pub fn from_whole(ev: &fusetrace_common::FuseEvent) -> RequestLifecycle {
+        use fusetrace_common::FLAG_BACKGROUND;
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        RequestLifecycle {
+            connection: ev.connection,
+            unique: ev.unique,
+            opcode: ev.opcode,
+            nodeid: Some(ev.nodeid),
+            requester_pid: (ev.tgid != 0).then_some(ev.tgid),
+            requester_tid: (ev.req_pid != 0).then_some(ev.req_pid),
+            requester_uid: Some(ev.req_uid),
+            requester_comm: None,
+            background: Some(ev.flags & FLAG_BACKGROUND != 0),
+            daemon_tid: None,
+            reply_tid: None,
+            sent_ns: nonzero(ev.aux_ns),
+            // A point seen out of order (a take racing the send's stamp)
+            // is not shown rather than shown as a negative stage.
+            taken_ns: nonzero(ev.arg0).filter(|&t| t >= ev.aux_ns && t <= ev.ts_ns),
+            replied_ns: nonzero(ev.arg1).filter(|&r| ev.arg0 != 0 && r >= ev.arg0 && r <= ev.ts_ns),
+            ended_ns: Some(ev.ts_ns),
+            error: Some(ev.error),
+            request_len: Some(ev.len),
+            reply_len: None,
+            interrupted: false,
+            outcome: Some(Outcome::Ended),
+            submitted_ns: None,
+            virtq_ns: None,
+            device_irq_ns: None,
+            device_done_ns: None,
+            sender_tid: None,
+            sender_comm: None,
+            writeback_cache: None,
+            send_args: None,
+            end_args: None,
+            path: None,
+        }
+    }
+
     /// Earliest time seen for this request.
     pub fn first_seen_ns(&self) -> u64 {
         [self.sent_ns, self.taken_ns, self.replied_ns, self.ended_ns]
@@ -317,6 +369,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_whole_record_becomes_a_lifecycle_with_its_stages() {
+        use fusetrace_common::{EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FuseEvent};
+        let ev = FuseEvent {
+            kind: EventKind::Whole as u8,
+            flags: FLAG_HAS_HEADER,
+            connection: 52,
+            unique: 8,
+            opcode: 15,
+            nodeid: 2,
+            req_pid: 4242,
+            tgid: 4240,
+            aux_ns: 1_000,
+            arg0: 1_500,
+            arg1: 9_500,
+            ts_ns: 10_000,
+            error: -5,
+            ..FuseEvent::default()
+        };
+        let r = RequestLifecycle::from_whole(&ev);
+        assert_eq!(r.latency(LatencyStage::Total), Some(9_000));
+        assert_eq!(r.latency(LatencyStage::QueueWait), Some(500));
+        assert_eq!(r.latency(LatencyStage::DaemonService), Some(8_000));
+        assert_eq!(r.latency(LatencyStage::Completion), Some(500));
+        assert_eq!((r.requester_pid, r.requester_tid), (Some(4240), Some(4242)));
+        assert_eq!((r.error, r.background), (Some(-5), Some(false)));
+        assert!(r.fully_observed() && r.requester_comm.is_none());
+        // Daemon points not seen (0) are unknown, not zero-length stages.
+        let r = RequestLifecycle::from_whole(&FuseEvent {
+            arg0: 0,
+            arg1: 0,
+            tgid: 0,
+            flags: FLAG_HAS_HEADER | FLAG_BACKGROUND,
+            ..ev
+        });
+        assert_eq!(r.latency(LatencyStage::QueueWait), None);
+        assert_eq!(r.latency(LatencyStage::Total), Some(9_000));
+        assert_eq!((r.requester_pid, r.background), (None, Some(true)));
+    }
+
+    #[test]
     fn comm_reads_prints_and_sorts_as_its_text() {
         let short = Comm::new("ab");
         let long = Comm::new("abc");
@@ -330,5 +422,11 @@ mod tests {
         assert_eq!(&*odd, "ok", "read: the valid start");
         assert_eq!(odd.to_string(), "ok\u{fffd}x", "printed: lossy");
         assert_eq!(&*Comm([b'a'; 16]), "a".repeat(16), "no NUL: all 16 bytes");
+        // --comm names compare as the kernel truncates them.
+        assert_eq!(
+            Comm::truncated("fusetrace-reader-long"),
+            Comm::new("fusetrace-reade")
+        );
+        assert_eq!(Comm::truncated("cat"), Comm::new("cat"));
     }
 }

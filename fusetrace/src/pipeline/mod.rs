@@ -4,9 +4,11 @@
 //! outputs; `aggregate` reads the latency counts the kernel kept itself
 //! (plain `stats`). Connections are named from mountinfo (`connections`),
 //! node ids turned into paths from the names requests carry (`paths`);
-//! opcodes are named and parsed in `opcode`.
+//! opcodes are named and parsed in `opcode`; `command` runs the one
+//! command `-c` traces.
 
 pub mod aggregate;
+pub mod command;
 pub mod connections;
 pub mod lifecycle;
 pub mod opcode;

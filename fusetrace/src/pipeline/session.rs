@@ -21,7 +21,7 @@ use crate::{
     output::sink::Sink,
     pipeline::connections::ConnectionTable,
     pipeline::{
-        lifecycle::RequestLifecycle,
+        lifecycle::{Comm, RequestLifecycle},
         paths::{PathBook, PathCounters},
         tracker::{Tracker, TrackerConfig, TrackerCounters},
     },
@@ -32,14 +32,76 @@ use crate::{
 pub struct Filter {
     /// Only these connections (mounts); empty means all.
     pub connections: Vec<u32>,
-    /// Requester process or thread id.
-    pub pid: Option<u32>,
+    /// Requester process or thread ids (`-p`); empty means all.
+    pub pids: Vec<u32>,
+    /// Requester command names (`--comm`, as the kernel truncates them);
+    /// empty means all. A request without a known requester comm (sent
+    /// from another context) is left out when given.
+    pub comms: Vec<Comm>,
     pub opcodes: Vec<u32>,
     /// Named connections whose mount went away during the run (see
     /// [`Filter::admit`]): their numbers now belong to other mounts.
     pub gone: Vec<u32>,
     /// Named connections that have had a request other than INIT this run.
     pub active: Vec<u32>,
+    /// `-c`: the kernel lets through only the command's sends; this keeps
+    /// the other points of everybody else's requests out (instead of
+    /// counting them as unmatched).
+    pub command: Option<CommandRequests>,
+}
+
+/// `-c`: the requests whose send the kernel let through, by id and by
+/// `struct fuse_req *` (a send may come before its id), until their end.
+/// The ring buffer keeps each request's points in the order they happened
+/// (the send is reserved before the request is queued, the reply before
+/// the end), so a point of a wanted request always finds its send here.
+#[derive(Debug, Clone, Default)]
+pub struct CommandRequests {
+    by_id: std::collections::HashSet<(u32, u64)>,
+    by_req: std::collections::HashSet<u64>,
+}
+
+impl CommandRequests {
+    fn admit(&mut self, ev: &FuseEvent) -> bool {
+        // An INTERRUPT's points carry its target's id with the low bit set.
+        let id = (
+            ev.connection,
+            ev.unique & !fusetrace_common::FUSE_INT_REQ_BIT,
+        );
+        match EventKind::from_u8(ev.kind) {
+            Some(EventKind::Sent) => {
+                if ev.unique != 0 {
+                    self.by_id.insert(id);
+                }
+                if ev.req != 0 {
+                    self.by_req.insert(ev.req);
+                }
+                true
+            }
+            Some(EventKind::Ended) => {
+                let by_id = ev.unique != 0 && self.by_id.remove(&id);
+                let by_req = ev.req != 0 && self.by_req.remove(&ev.req);
+                by_id || by_req
+            }
+            Some(
+                EventKind::Taken | EventKind::Replied | EventKind::Virtq | EventKind::DeviceDone,
+            ) => {
+                if ev.unique != 0 && self.by_id.contains(&id) {
+                    return true;
+                }
+                // A send before its id: the take names both.
+                let known = ev.req != 0 && self.by_req.contains(&ev.req);
+                if known && ev.unique != 0 {
+                    self.by_id.insert(id);
+                }
+                known
+            }
+            // Joined and filtered in the kernel already; applications'
+            // writes are not requests (not filtered).
+            Some(EventKind::Whole | EventKind::AppWrite) => true,
+            None => false,
+        }
+    }
 }
 
 impl Filter {
@@ -62,6 +124,11 @@ impl Filter {
         if !self.wants_connection(ev.connection) {
             return (false, None);
         }
+        if let Some(command) = &mut self.command
+            && !command.admit(ev)
+        {
+            return (false, None);
+        }
         if self.connections.is_empty() {
             return (true, None);
         }
@@ -79,9 +146,12 @@ impl Filter {
 
     pub fn wants(&self, rec: &RequestLifecycle) -> bool {
         self.wants_connection(rec.connection)
-            && self
-                .pid
-                .is_none_or(|p| rec.requester_pid == Some(p) || rec.requester_tid == Some(p))
+            && (self.pids.is_empty()
+                || [rec.requester_pid, rec.requester_tid]
+                    .iter()
+                    .any(|p| p.is_some_and(|p| self.pids.contains(&p))))
+            && (self.comms.is_empty()
+                || rec.requester_comm.is_some_and(|c| self.comms.contains(&c)))
             && (self.opcodes.is_empty() || self.opcodes.contains(&rec.opcode))
     }
 }
@@ -116,6 +186,21 @@ pub struct RunSummary {
     /// `--from-events`): what the kernel could not count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_aggregation: Option<AggregationLosses>,
+    /// Set for `trace --min`: the kernel timed every request and sent only
+    /// the slow ones (`requests` counts those).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_only: Option<SlowOnly>,
+}
+
+/// What `trace --min` timed in the kernel and did not send.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SlowOnly {
+    /// The minimum total latency (ns) of a request sent.
+    pub min_ns: u64,
+    /// Requests the kernel timed (sent to end), slow or not.
+    pub timed: u64,
+    /// Sends not timed: the kernel's in-flight table was full.
+    pub in_flight_table_full: u64,
 }
 
 /// What in-kernel aggregation could not count.
@@ -175,6 +260,19 @@ impl RunSummary {
     }
 
     fn render_counts(&self) -> String {
+        if let Some(slow) = &self.slow_only {
+            return format!(
+                "{} requests took at least {} of {} timed in the kernel (the faster ones never left it), {} in flight at exit; lost or unmatched: {} ring buffer drops, {} ends without submission, {} sends not timed (in-flight table full), {} undecodable",
+                self.requests,
+                crate::units::format_duration(Duration::from_nanos(slow.min_ns)),
+                slow.timed,
+                self.in_flight_at_exit,
+                self.ring_drops,
+                self.tracker.unmatched_ends,
+                slow.in_flight_table_full,
+                self.undecodable,
+            );
+        }
         if let Some(losses) = &self.kernel_aggregation {
             let (what, stages_missing) = match losses.stages {
                 Some(n) => (
@@ -260,6 +358,10 @@ impl LiveView<'_> {
 pub struct StopWhen {
     pub flag: Arc<AtomicBool>,
     pub after: Option<Duration>,
+    /// `-c`: set when the command exited. Runs that know their requests
+    /// in flight stop once none is left ([`StopWhen::due`]); `flag`
+    /// follows `command::SETTLE` later for the others.
+    pub command_exited: Arc<AtomicBool>,
 }
 
 impl StopWhen {
@@ -269,7 +371,20 @@ impl StopWhen {
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(sig, Arc::clone(&flag))?;
         }
-        Ok(StopWhen { flag, after })
+        Ok(StopWhen {
+            flag,
+            after,
+            command_exited: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Whether a run that began at `started` stops now: stopped, out of
+    /// time, or (`-c`) the command exited and `in_flight` (its requests
+    /// not yet ended) is 0.
+    pub fn due(&self, started: Instant, in_flight: impl FnOnce() -> u64) -> bool {
+        self.flag.load(Ordering::Relaxed)
+            || self.after.is_some_and(|d| started.elapsed() >= d)
+            || (self.command_exited.load(Ordering::Relaxed) && in_flight() == 0)
     }
 }
 
@@ -302,28 +417,43 @@ pub fn run(
     let mut summary = RunSummary::default();
     let started = Instant::now();
     let mut next_tick = started + tick;
+    // When the stop was requested, and the latest event time seen.
+    let mut stop_ns: Option<u64> = None;
+    let mut latest_ns = 0;
 
     loop {
-        let stopping =
-            stop.flag.load(Ordering::Relaxed) || stop.after.is_some_and(|d| started.elapsed() >= d);
+        let stopping = stop.due(started, || match probes.whole_min_ns() {
+            // `trace --min`: the requests in flight are in the kernel's table.
+            Some(_) => {
+                let k = probes.counters();
+                k.agg_started.saturating_sub(k.agg_ended)
+            }
+            None => tracker.in_flight_count() as u64,
+        });
         let mut event_err = None;
-        let got = probes.poll(Duration::from_millis(50), |ev, ev_names| match filter.admit(&ev) {
-            (true, _) => {
-                if event_err.is_none() {
-                    event_err = sink.event(&ev, ev_names.as_ref()).err();
+        if stopping && stop_ns.is_none() {
+            stop_ns = Some(monotonic_ns());
+        }
+        let got = probes.poll(Duration::from_millis(50), |ev, ev_names| {
+            latest_ns = latest_ns.max(ev.ts_ns);
+            match filter.admit(&ev) {
+                (true, _) => {
+                    if event_err.is_none() {
+                        event_err = sink.event(&ev, ev_names.as_ref()).err();
+                    }
+                    paths.observe(&ev, ev_names.as_ref(), &mut names);
+                    tracker.observe(&ev, &mut finished);
                 }
-                paths.observe(&ev, ev_names.as_ref(), &mut names);
-                tracker.observe(&ev, &mut finished);
+                (false, Some(conn)) => {
+                    summary.mounts_gone += 1;
+                    eprintln!(
+                        "fusetrace: {} was unmounted and a new mount took its connection number {}; the new mount is not traced",
+                        names.name(conn),
+                        major_minor(conn)
+                    );
+                }
+                (false, None) => {}
             }
-            (false, Some(conn)) => {
-                summary.mounts_gone += 1;
-                eprintln!(
-                    "fusetrace: {} was unmounted and a new mount took its connection number {}; the new mount is not traced",
-                    names.name(conn),
-                    major_minor(conn)
-                );
-            }
-            (false, None) => {}
         })?;
         if let Some(e) = event_err {
             return Err(e);
@@ -354,9 +484,10 @@ pub fn run(
             sink.live(&live, &mut names)?;
             sink.tick(&mut names)?;
         }
-        // Stop only once the ring buffer is empty: events emitted before the
-        // stop request are all reported.
-        if stopping && got == 0 {
+        // Stop once the ring buffer is empty, or (a busy machine's never
+        // is) once its events are from after the stop request: events
+        // emitted before it are all reported.
+        if stopping && (got == 0 || stop_ns.is_some_and(|t| latest_ns >= t)) {
             break;
         }
     }
@@ -387,6 +518,17 @@ pub fn run(
     summary.takes_unresolved = k.take_unresolved;
     summary.undecodable = probes.undecodable();
     summary.paths = paths.counters();
+    if let Some(min_ns) = probes.whole_min_ns() {
+        // The kernel joined the requests: its counts are the run's.
+        summary.in_flight_at_exit = k.agg_started.saturating_sub(k.agg_ended);
+        summary.tracker.unmatched_ends = k.agg_unmatched_ends;
+        summary.tracker.sent_before_id = k.sent_before_id;
+        summary.slow_only = Some(SlowOnly {
+            min_ns,
+            timed: k.agg_ended,
+            in_flight_table_full: k.agg_table_full,
+        });
+    }
     sink.finish(&summary, &mut names)?;
     Ok(summary)
 }
@@ -441,6 +583,38 @@ mod tests {
         // and the retirement is announced once.
         assert_eq!(f.admit(&sent(7, opcode::GETATTR)), (false, None));
         assert_eq!(f.admit(&sent(7, opcode::INIT)), (false, None));
+    }
+
+    #[test]
+    fn with_a_command_only_the_points_of_its_sends_come_in() {
+        let mut f = Filter {
+            command: Some(CommandRequests::default()),
+            ..Filter::default()
+        };
+        let point = |kind: EventKind, unique: u64, req: u64| FuseEvent {
+            connection: 7,
+            unique,
+            req,
+            kind: kind as u8,
+            ..FuseEvent::default()
+        };
+        // The kernel let the send of request 10 through; 12 is someone else's.
+        assert!(f.admit(&point(EventKind::Sent, 10, 0xa0)).0);
+        assert!(f.admit(&point(EventKind::Taken, 10, 0)).0);
+        assert!(!f.admit(&point(EventKind::Taken, 12, 0)).0);
+        // Its INTERRUPT (id | 1) is its too.
+        assert!(f.admit(&point(EventKind::Taken, 11, 0)).0);
+        assert!(f.admit(&point(EventKind::Replied, 10, 0)).0);
+        assert!(!f.admit(&point(EventKind::Replied, 12, 0)).0);
+        assert!(f.admit(&point(EventKind::Ended, 10, 0xa0)).0);
+        assert!(!f.admit(&point(EventKind::Ended, 12, 0xb0)).0);
+        // Ended: forgotten, so a reused id of someone else stays out.
+        assert!(!f.admit(&point(EventKind::Taken, 10, 0)).0);
+        // A send before its id is known by its pointer until the take.
+        assert!(f.admit(&point(EventKind::Sent, 0, 0xc0)).0);
+        assert!(f.admit(&point(EventKind::Taken, 14, 0xc0)).0);
+        assert!(f.admit(&point(EventKind::Replied, 14, 0)).0);
+        assert!(f.admit(&point(EventKind::Ended, 14, 0xc0)).0);
     }
 
     #[test]

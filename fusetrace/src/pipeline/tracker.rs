@@ -319,6 +319,8 @@ impl Tracker {
             EventKind::Virtq | EventKind::DeviceDone => self.on_virtio(ev, kind, out),
             // Not a request stage: application writes are for the diagnosis.
             EventKind::AppWrite => {}
+            // `trace --min`: the kernel joined it already.
+            EventKind::Whole => out.push(RequestLifecycle::from_whole(ev)),
         }
         self.advance(self.watermark_ns, out);
     }

@@ -83,8 +83,26 @@ pub struct ConnectionInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedFilter {
     pub connections: Vec<u32>,
+    /// The one `--pid` of a run that gave one (what older readers apply).
     pub pid: Option<u32>,
     pub opcodes: Vec<u32>,
+    /// Every `-p`/`--pid` (repeatable since issue 15); absent in older files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
+    /// `--comm` names (as the kernel truncates them); absent in older files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comms: Vec<String>,
+}
+
+impl RecordedFilter {
+    /// The pids `report` applies: `pids`, or an older file's `pid`.
+    pub fn pids_or_pid(&self) -> Vec<u32> {
+        if self.pids.is_empty() {
+            self.pid.into_iter().collect()
+        } else {
+            self.pids.clone()
+        }
+    }
 }
 
 /// What the file says about the run that wrote it.

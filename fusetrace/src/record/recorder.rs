@@ -68,7 +68,13 @@ pub fn header_now(hooks: Vec<String>, filter: &Filter, mounts: &[MountEntry]) ->
         connections: mounts.iter().map(info).collect(),
         filter: RecordedFilter {
             connections: filter.connections.clone(),
-            pid: filter.pid,
+            pid: filter
+                .pids
+                .first()
+                .copied()
+                .filter(|_| filter.pids.len() == 1),
+            pids: filter.pids.clone(),
+            comms: filter.comms.iter().map(|c| c.to_string()).collect(),
             opcodes: filter.opcodes.clone(),
         },
         reorder_window_ns: Some(TrackerConfig::default().reorder_window_ns),

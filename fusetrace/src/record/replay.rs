@@ -148,7 +148,13 @@ pub fn replay_file(
     // filters apply to finished requests, here.
     let filter = Filter {
         connections: Vec::new(),
-        pid: header.filter.pid,
+        pids: header.filter.pids_or_pid(),
+        comms: header
+            .filter
+            .comms
+            .iter()
+            .map(|c| crate::pipeline::lifecycle::Comm::truncated(c))
+            .collect(),
         opcodes: header.filter.opcodes.clone(),
         ..Filter::default()
     };

@@ -80,6 +80,9 @@ const HOLDER_RESCAN: Duration = Duration::from_secs(10);
 impl ServeArgs {
     pub fn run(&self) -> Result<()> {
         let flags = &self.flags;
+        if flags.command {
+            bail!("serve runs until stopped: -c is for trace, stats, record and top");
+        }
         if flags.backend == Some(Backend::Tracepoint) {
             bail!(
                 "serve counts in the kernel, which the plain tracepoints cannot (they carry no request pointer); use another --backend"

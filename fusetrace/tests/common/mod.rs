@@ -215,6 +215,29 @@ pub struct TraceOutput {
 }
 
 impl TraceOutput {
+    /// What a `--format json` run printed: its request lines and summary
+    /// (other lines, e.g. a `-c` command's own output, are skipped).
+    pub fn parse(stdout: String, stderr: String) -> TraceOutput {
+        let mut records = Vec::new();
+        let mut summary = Value::Null;
+        for line in stdout.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v.get("summary").is_some() {
+                summary = v["summary"].clone();
+            } else {
+                records.push(v);
+            }
+        }
+        TraceOutput {
+            records,
+            summary,
+            stderr,
+            stdout,
+        }
+    }
+
     /// Records of one connection.
     pub fn on(&self, connection: u64) -> Vec<&Value> {
         self.records
@@ -279,22 +302,7 @@ impl Tracer {
         let stderr: Vec<String> = self.stderr.try_iter().collect();
         let stderr = stderr.join("\n");
         assert!(status.success(), "fusetrace exited with {status}: {stderr}");
-        let mut records = Vec::new();
-        let mut summary = Value::Null;
-        for line in stdout.lines().filter(|l| l.starts_with('{')) {
-            let v: Value = serde_json::from_str(line).expect("JSON line");
-            if v.get("summary").is_some() {
-                summary = v["summary"].clone();
-            } else {
-                records.push(v);
-            }
-        }
-        TraceOutput {
-            records,
-            summary,
-            stderr,
-            stdout,
-        }
+        TraceOutput::parse(stdout, stderr)
     }
 }
 
