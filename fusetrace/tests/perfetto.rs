@@ -198,7 +198,9 @@ fn perfetto_export_matches_the_recording_request_by_request() {
     let in_flight = counters[&format!("{mount} requests in flight")]
         .as_array()
         .unwrap();
-    assert!(in_flight.len() >= 2 * drawn.len(), "{}", in_flight.len());
+    // A sample per change, but changes at the same nanosecond (a request
+    // ending as the next begins) make one: at least one per request.
+    assert!(in_flight.len() >= drawn.len(), "{}", in_flight.len());
     for sample in in_flight {
         let (t, v) = (u(&sample[0]), sample[1].as_i64().unwrap());
         let open = starts.partition_point(|&s| s <= t) - ends.partition_point(|&e| e <= t);
@@ -253,7 +255,9 @@ fn report_requests_filters_by_op_latency_pid_and_time() {
         .count();
     assert_eq!(of_pid.len(), expected);
     // --since and --until split the recording without loss or overlap.
-    let mid = all[all.len() / 2]["sent_ns"].as_u64().unwrap();
+    // (FORGETs have no send: the middle request that has one.)
+    let sent: Vec<u64> = all.iter().filter_map(|r| r["sent_ns"].as_u64()).collect();
+    let mid = sent[sent.len() / 2];
     let header_start = recording_start(&trace);
     let cut = format!("{}ns", mid - header_start);
     let before = requests(trace_s, &["--until", &cut]);

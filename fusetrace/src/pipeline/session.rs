@@ -388,6 +388,10 @@ impl StopWhen {
     }
 }
 
+/// How far past the stop request a busy ring buffer's events must be
+/// before a run stops without having emptied it.
+const STOP_MARGIN_NS: u64 = 20_000_000;
+
 /// Monotonic clock, the same one `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -485,9 +489,12 @@ pub fn run(
             sink.tick(&mut names)?;
         }
         // Stop once the ring buffer is empty, or (a busy machine's never
-        // is) once its events are from after the stop request: events
-        // emitted before it are all reported.
-        if stopping && (got == 0 || stop_ns.is_some_and(|t| latest_ns >= t)) {
+        // is) once its events are from well after the stop request: events
+        // emitted before it are all reported. (The ring buffer keeps the
+        // order events were reserved in, which can differ from their
+        // timestamps' by the time a hook takes between the two: hence the
+        // margin.)
+        if stopping && (got == 0 || stop_ns.is_some_and(|t| latest_ns >= t + STOP_MARGIN_NS)) {
             break;
         }
     }
