@@ -76,11 +76,12 @@ pub const FLAG_NAMES: u8 = 1 << 4;
 pub const NAME_BYTES: usize = 256;
 
 /// The send of a request that carries names, as one ring buffer record
-/// (so the name costs no second reservation): `N` is 1, or 2 for
-/// RENAME/RENAME2. `names[0]` is the entry's name (RENAME: the old one),
-/// `names[1]` RENAME's new one; `len` is each name's length without its
-/// NUL. In `ev`, `nodeid` is the directory; `arg0` RENAME's new directory
-/// or LINK's linked node, `arg1` RENAME2's flags. 376 or 632 bytes.
+/// (so the name costs no second record), cut after the last name's bytes
+/// (120 bytes and the name, for most): `N` is 1, or 2 for RENAME/RENAME2,
+/// whose new name follows a whole first slot. `names[0]` is the entry's name (RENAME: the old one),
+/// `names[1]` RENAME's new one; `len` is each name's length (older kernels
+/// count a NUL). In `ev`, `nodeid` is the directory; `arg0` RENAME's new
+/// directory or LINK's linked node, `arg1` RENAME2's flags.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct NamedEvent<const N: usize> {

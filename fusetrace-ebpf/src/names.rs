@@ -15,7 +15,7 @@
 //! and since 6.14 the size excludes the NUL. User space cuts a trailing
 //! NUL (older kernels count it).
 
-use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::map, maps::PerCpuArray};
 use fusetrace_common::{
     FLAG_NAMES, FuseEvent, KernelLayout, NAME_BYTES, NamedEvent, counters,
     opcode::{CREATE, LINK, LOOKUP, MKDIR, MKNOD, RENAME, RENAME2, RMDIR, SYMLINK, UNLINK},
@@ -90,20 +90,27 @@ pub fn submit_sent(ev: &mut FuseEvent, req: u64, l: &KernelLayout) -> bool {
     true
 }
 
-/// Reserves a [`NamedEvent`] and reads the names straight into it (632
-/// bytes would not fit the eBPF stack).
+/// Where a [`NamedEvent`] is put together (632 bytes would not fit the
+/// eBPF stack) before it is copied to the ring buffer cut to the names'
+/// length: a name is 10 to 20 bytes far more often than 255, and a
+/// fixed-size record would take the ring buffer's room three times over.
+#[map]
+static SCRATCH: PerCpuArray<NamedEvent<2>> = PerCpuArray::with_max_entries(1, 0);
+
+/// Builds the record of `ev` and its names in [`SCRATCH`] and sends the
+/// part that holds something: the event, the lengths, the first name
+/// (and for two names the whole first slot, then the second name).
 #[inline(always)]
 fn emit<const N: usize>(ev: &FuseEvent, names: [(u64, u32); 2]) {
-    let Some(mut slot) = EVENTS.reserve::<NamedEvent<N>>(0) else {
-        bump(counters::RING_DROPS);
+    let Some(p) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let p = slot.as_mut_ptr();
-    // SAFETY: `p` is the reserved record; every field written is inside it.
+    let head = core::mem::offset_of!(NamedEvent<2>, names);
+    let mut len = [0u16; 2];
+    // SAFETY: `p` is this CPU's scratch slot; every field written is inside it.
     unsafe {
         core::ptr::addr_of_mut!((*p).ev).write(*ev);
         core::ptr::addr_of_mut!((*p)._pad).write(0);
-        let mut len = [0u16; 2];
         for (i, &(src, size)) in names.iter().enumerate().take(N) {
             let dst = core::ptr::addr_of_mut!((*p).names[i]).cast::<core::ffi::c_void>();
             // Bounded for the verifier: at most the buffer.
@@ -119,5 +126,17 @@ fn emit<const N: usize>(ev: &FuseEvent, names: [(u64, u32); 2]) {
         }
         core::ptr::addr_of_mut!((*p).len).write(len);
     }
-    slot.submit(0);
+    let used = if N == 2 {
+        head + NAME_BYTES + len[1] as usize
+    } else {
+        head + len[0] as usize
+    };
+    // Bounded for the verifier: at most the record.
+    let used = used.min(core::mem::size_of::<NamedEvent<2>>());
+    // SAFETY: `used` bytes of the scratch slot, all initialised above or
+    // earlier (a per-CPU array starts zeroed).
+    let bytes = unsafe { core::slice::from_raw_parts(p.cast::<u8>(), used) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        bump(counters::RING_DROPS);
+    }
 }

@@ -37,7 +37,8 @@ pub fn names(bytes: &[u8], ev: &FuseEvent) -> Option<Names> {
         let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
         Some(raw[..end].to_vec())
     };
-    let two = bytes.len() >= std::mem::size_of::<NamedEvent<2>>();
+    // Records are cut to their names: a second name follows a whole first slot.
+    let two = bytes.len() > head + NAME_BYTES;
     Some(Names {
         first: name(0)?,
         second: if two { name(1)? } else { Vec::new() },
