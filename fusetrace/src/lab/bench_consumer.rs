@@ -228,7 +228,7 @@ fn pass(
     let started = Instant::now();
     for (i, bytes) in records.chunks_exact(record_len).enumerate() {
         if let Some(ev) = decode::decode(bytes) {
-            paths.observe(&ev, decode::names(bytes, &ev).as_ref(), &mut names);
+            paths.observe(&ev, decode::names(bytes, &ev), &mut names);
             tracker.observe(&ev, &mut finished);
         }
         // The live loop reports after every ring buffer drain; drains

@@ -216,7 +216,7 @@ impl PathBook {
 
     /// Every admitted event, in order, before the tracker sees it; `mounts`
     /// names the connections.
-    pub fn observe(&mut self, ev: &FuseEvent, names: Option<&Names>, mounts: &mut ConnectionTable) {
+    pub fn observe(&mut self, ev: &FuseEvent, names: Option<Names>, mounts: &mut ConnectionTable) {
         let kind = EventKind::from_u8(ev.kind);
         if kind == Some(EventKind::Sent) {
             if ev.opcode == opcode::INIT {
@@ -241,7 +241,7 @@ impl PathBook {
                         parent: ev.nodeid,
                         other: ev.arg0,
                         flags: ev.arg1,
-                        names: names.clone(),
+                        names,
                     },
                 );
             }
@@ -577,7 +577,7 @@ mod tests {
                 first: first.to_vec(),
                 second: second.to_vec(),
             };
-            self.book.observe(&sent, Some(&names), &mut self.mounts);
+            self.book.observe(&sent, Some(names), &mut self.mounts);
             let ended = FuseEvent {
                 kind: EventKind::Ended as u8,
                 arg0: reply_node,
@@ -682,7 +682,7 @@ mod tests {
             first: b"h".to_vec(),
             second: b"g".to_vec(),
         };
-        r.book.observe(&sent, Some(&names), &mut r.mounts);
+        r.book.observe(&sent, Some(names), &mut r.mounts);
         r.book.observe(
             &FuseEvent {
                 kind: EventKind::Ended as u8,

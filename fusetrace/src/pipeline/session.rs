@@ -445,7 +445,7 @@ pub fn run(
                     if event_err.is_none() {
                         event_err = sink.event(&ev, ev_names.as_ref()).err();
                     }
-                    paths.observe(&ev, ev_names.as_ref(), &mut names);
+                    paths.observe(&ev, ev_names, &mut names);
                     tracker.observe(&ev, &mut finished);
                 }
                 (false, Some(conn)) => {

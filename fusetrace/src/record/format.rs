@@ -257,25 +257,31 @@ impl<W: Write> Writer<W> {
         })
     }
 
+    /// Writes an event record with the names its send carried, borrowed
+    /// (the recorder's hot path: no copy into a [`Record`]).
+    pub fn write_event(&mut self, ev: &FuseEvent, names: Option<&Names>) -> io::Result<()> {
+        let mut payload = Vec::with_capacity(64);
+        self.encode_event(&mut payload, ev, names);
+        self.frame(KIND_EVENT, &payload)
+    }
+
+    fn encode_event(&mut self, payload: &mut Vec<u8>, ev: &FuseEvent, names: Option<&Names>) {
+        self.with_req |= ev.kind == EventKind::Sent as u8 && ev.unique == 0;
+        encode_event(payload, ev, self.prev_ts, &mut self.comms, self.with_req);
+        if let Some(n) = names {
+            for (field, name) in [(19u64, &n.first), (20, &n.second)] {
+                put_varint(payload, field << 1 | WIRE_BYTES);
+                put_bytes(payload, name);
+            }
+        }
+        self.prev_ts = ev.ts_ns;
+    }
+
     pub fn write(&mut self, rec: &Record) -> io::Result<()> {
         let mut payload = Vec::with_capacity(64);
         let kind = match rec {
             Record::Event(ev, names) => {
-                self.with_req |= ev.kind == EventKind::Sent as u8 && ev.unique == 0;
-                encode_event(
-                    &mut payload,
-                    ev,
-                    self.prev_ts,
-                    &mut self.comms,
-                    self.with_req,
-                );
-                if let Some(n) = names {
-                    for (field, name) in [(19u64, &n.first), (20, &n.second)] {
-                        put_varint(&mut payload, field << 1 | WIRE_BYTES);
-                        put_bytes(&mut payload, name);
-                    }
-                }
-                self.prev_ts = ev.ts_ns;
+                self.encode_event(&mut payload, ev, names.as_deref());
                 KIND_EVENT
             }
             Record::Idle { now_ns } => {
@@ -301,10 +307,15 @@ impl<W: Write> Writer<W> {
                 KIND_END
             }
         };
+        self.frame(kind, &payload)
+    }
+
+    /// Writes one record: kind, length, payload, checksum.
+    fn frame(&mut self, kind: u8, payload: &[u8]) -> io::Result<()> {
         self.buf.clear();
         self.buf.push(kind);
         put_varint(&mut self.buf, payload.len() as u64);
-        self.buf.extend_from_slice(&payload);
+        self.buf.extend_from_slice(payload);
         let crc = crc32fast::hash(&self.buf);
         self.buf.extend_from_slice(&crc.to_le_bytes());
         self.out.write_all(&self.buf)

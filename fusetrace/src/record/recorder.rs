@@ -150,7 +150,9 @@ impl Sink for Recorder {
             // A mount that appeared after the start: name it before its first event.
             self.name_connections(&[ev.connection])?;
         }
-        self.write(&Record::Event(*ev, names.cloned().map(Box::new)))
+        self.writer
+            .write_event(ev, names)
+            .with_context(|| format!("cannot write recording {}", self.path.display()))
     }
 
     fn idle(&mut self, now_ns: u64) -> Result<()> {

@@ -200,7 +200,7 @@ pub fn replay_file(
                 tick_until(ev.ts_ns, sink, &mut merged.names)?;
                 // As live: sinks see every event before the tracker does.
                 sink.event(&ev, ev_names.as_deref())?;
-                paths.observe(&ev, ev_names.as_deref(), &mut merged.names);
+                paths.observe(&ev, ev_names.map(|n| *n), &mut merged.names);
                 tracker.observe(&ev, &mut finished);
             }
             Record::Idle { now_ns } => {
