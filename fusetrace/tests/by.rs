@@ -284,28 +284,6 @@ fn a_bad_key_is_refused_in_one_line() {
     }
 }
 
-/// `top --headless --view V` until `dd` has written, then its last frame.
-fn headless_frame(view: &str, mount: &str, work: impl FnOnce()) -> String {
-    let mut top = Command::new(bin())
-        .args(["top", "--headless", "--view", view, "--mount", mount])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn top");
-    let stderr = line_channel(top.stderr.take().unwrap());
-    wait_for_line_within(
-        &stderr,
-        "fusetrace: tracing",
-        "fusetrace top",
-        START_TIMEOUT,
-    );
-    work();
-    signal(&top, libc::SIGINT);
-    let out = top.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn headless_top_shows_the_busiest_processes_and_files() {
     let _alone = tracing_alone();
@@ -324,7 +302,7 @@ fn headless_top_shows_the_busiest_processes_and_files() {
             .expect("spawn dd");
         assert!(status.success());
     };
-    let frame = headless_frame("processes", &mount, dd);
+    let frame = top_frame("processes", &mount, dd);
     assert!(frame.contains("per process, last 10s"), "{frame}");
     let header = frame
         .lines()
@@ -345,7 +323,7 @@ fn headless_top_shows_the_busiest_processes_and_files() {
 
     // Per file: until the tracer fills paths in, the files dd touched
     // show as node numbers on their mount.
-    let frame = headless_frame("files", &mount, dd);
+    let frame = top_frame("files", &mount, dd);
     assert!(frame.contains("per file, last 10s"), "{frame}");
     assert!(
         frame

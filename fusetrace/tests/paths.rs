@@ -66,19 +66,21 @@ fn every_request_carries_its_path_in_trace_json_and_a_recording() {
     ]);
 
     let at = |p: &str| mnt.path().join(p);
-    assert_eq!(fs::read(at("a/b/file.txt")).unwrap(), b"nested\n");
-    assert_eq!(fs::read(at("new\nline")).unwrap(), b"newline\n");
-    assert_eq!(fs::read(mnt.path().join(bad)).unwrap(), b"not utf-8\n");
-    fs::rename(at("a/old"), at("a/b/renamed")).unwrap();
-    assert_eq!(fs::read(at("a/b/renamed")).unwrap(), b"to be renamed\n");
-    fs::remove_file(at("a/b/renamed")).unwrap();
-    fs::create_dir(at("a/c")).unwrap();
-    let mut f = fs::File::create(at("a/c/made")).unwrap();
-    f.write_all(b"made under trace").unwrap();
-    drop(f);
-    assert!(fs::metadata(at("a/absent")).is_err());
-    run_ok(Command::new("fusermount3").arg("-u").arg(mnt.path()));
-
+    // `top`'s per-file view runs alongside; its last frame is checked below.
+    let frame = top_frame("files", &m, || {
+        assert_eq!(fs::read(at("a/b/file.txt")).unwrap(), b"nested\n");
+        assert_eq!(fs::read(at("new\nline")).unwrap(), b"newline\n");
+        assert_eq!(fs::read(mnt.path().join(bad)).unwrap(), b"not utf-8\n");
+        fs::rename(at("a/old"), at("a/b/renamed")).unwrap();
+        assert_eq!(fs::read(at("a/b/renamed")).unwrap(), b"to be renamed\n");
+        fs::remove_file(at("a/b/renamed")).unwrap();
+        fs::create_dir(at("a/c")).unwrap();
+        let mut f = fs::File::create(at("a/c/made")).unwrap();
+        f.write_all(b"made under trace").unwrap();
+        drop(f);
+        assert!(fs::metadata(at("a/absent")).is_err());
+        run_ok(Command::new("fusermount3").arg("-u").arg(mnt.path()));
+    });
     let json = json.stop();
     let text = text.stop();
     let recorded = recorder.stop();
@@ -165,6 +167,13 @@ fn every_request_carries_its_path_in_trace_json_and_a_recording() {
             "no text line for {op} {path}"
         );
     }
+
+    // top's files view: a row per file, the file name kept when the path is
+    // shortened, escaped like everywhere else.
+    for name in ["file.txt", "made", "new\\nline", "bad\\xffname"] {
+        assert!(frame.contains(name), "no row of {name} in top:\n{frame}");
+    }
+    assert!(!frame.contains("node "), "every file has a path:\n{frame}");
 
     // The recording's report gives every request the live path.
     assert_nothing_lost(&recorded.summary);

@@ -306,6 +306,28 @@ impl Tracer {
     }
 }
 
+/// `top --headless --view V` while `work` runs, then its last frame.
+pub fn top_frame(view: &str, mount: &str, work: impl FnOnce()) -> String {
+    let mut top = Command::new(bin())
+        .args(["top", "--headless", "--view", view, "--mount", mount])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn top");
+    let stderr = line_channel(top.stderr.take().unwrap());
+    wait_for_line_within(
+        &stderr,
+        "fusetrace: tracing",
+        "fusetrace top",
+        START_TIMEOUT,
+    );
+    work();
+    signal(&top, libc::SIGINT);
+    let out = top.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs a command to completion and returns its stdout; panics on failure.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
