@@ -76,8 +76,8 @@ struct Generation {
 struct Table {
     young: Generation,
     old: Generation,
-    /// Bumped by every change that can alter a known node's path (a rename,
-    /// an unlink, a node named anew): cached display paths of an older
+    /// Bumped by every change that can alter other nodes' paths (a node
+    /// named anew elsewhere: a rename): cached display paths of an older
     /// epoch are rendered again.
     epoch: u64,
 }
@@ -115,7 +115,12 @@ impl Table {
 
     /// Names `id` (parent, name); returns nodes forgotten to make room.
     fn insert(&mut self, id: u64, parent: u64, name: &[u8]) -> u64 {
-        if self.remove(id).is_some() {
+        // A node named anew elsewhere (a rename, a reused id) may be a
+        // directory: every cached path below it is stale. The same name
+        // again changes nothing.
+        if let Some(old) = self.remove(id)
+            && (old.parent != parent || *old.name != *name)
+        {
             self.epoch += 1;
         }
         let mut forgotten = 0;
@@ -154,13 +159,15 @@ impl Table {
     /// (open files) as deleted.
     fn unlink(&mut self, parent: u64, name: &[u8]) -> Option<u64> {
         let id = self.child(parent, name)?;
-        self.epoch += 1;
         let key = (parent, Arc::<[u8]>::from(name));
         self.young.children.remove(&key);
         self.old.children.remove(&key);
+        // Only its own path changes (` (deleted)`): UNLINK takes no
+        // directory, RMDIR only an empty one.
         for g in [&mut self.young, &mut self.old] {
             if let Some(n) = g.nodes.get_mut(&id) {
                 n.deleted = true;
+                n.shown = None;
             }
         }
         Some(id)
