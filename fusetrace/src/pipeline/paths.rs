@@ -20,7 +20,12 @@
 //! the old one is dropped when the young one fills), and every node
 //! forgotten so is counted.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+/// The maps are looked up several times per request: foldhash instead of
+/// SipHash. Its `RandomState` is seeded per process, so names crafted to
+/// collide cannot be made on purpose.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use fusetrace_common::{EventKind, FLAG_NAMES, FuseEvent, opcode};
 use serde::Serialize;
