@@ -43,13 +43,7 @@ fn every_request_carries_its_path_in_trace_json_and_a_recording() {
     fs::write(src.path().join("new\nline"), b"newline\n").unwrap();
     let bad = OsStr::from_bytes(b"bad\xffname");
     fs::write(src.path().join(bad), b"not utf-8\n").unwrap();
-    run_ok(
-        Command::new("bindfs")
-            .args(["-o", "attr_timeout=0,entry_timeout=0"])
-            .arg(src.path())
-            .arg(mnt.path()),
-    );
-    assert!(is_mounted(mnt.path()));
+    mount_bindfs(src.path(), mnt.path());
     let conn = connection_of(mnt.path());
     let m = mnt.path().to_str().unwrap().to_string();
     let recording = rec_dir.path().join("paths.trace");
@@ -218,12 +212,7 @@ fn no_paths_reads_no_names_and_says_node_n() {
     let mnt = Scratch::new("nopaths-mnt");
     fs::create_dir_all(src.path().join("d")).unwrap();
     fs::write(src.path().join("d/f"), b"x").unwrap();
-    run_ok(
-        Command::new("bindfs")
-            .args(["-o", "attr_timeout=0,entry_timeout=0"])
-            .arg(src.path())
-            .arg(mnt.path()),
-    );
+    mount_bindfs(src.path(), mnt.path());
     let conn = connection_of(mnt.path());
     let m = mnt.path().to_str().unwrap().to_string();
     let tracer = Tracer::start(&["trace", "--no-paths", "--format", "json", "--mount", &m]);

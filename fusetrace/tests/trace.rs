@@ -138,13 +138,7 @@ fn bindfs_requests_have_all_four_stages() {
     let src = Scratch::new("bindfs-src");
     let mnt = Scratch::new("bindfs-mnt");
     fs::write(src.path().join("hello"), b"hello from bindfs\n").unwrap();
-    run_ok(
-        Command::new("bindfs")
-            .args(["-o", "attr_timeout=0,entry_timeout=0"])
-            .arg(src.path())
-            .arg(mnt.path()),
-    );
-    assert!(is_mounted(mnt.path()));
+    mount_bindfs(src.path(), mnt.path());
     let conn = connection_of(mnt.path());
     let mount = mnt.path().to_str().unwrap().to_string();
     let tracer = Tracer::start(&["trace", "--format", "json", "--mount", &mount]);

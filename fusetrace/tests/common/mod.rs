@@ -306,6 +306,18 @@ impl Tracer {
     }
 }
 
+/// Mounts `src` at `mnt` with bindfs, attribute and entry caches off (so
+/// every access reaches the daemon), and checks it is mounted.
+pub fn mount_bindfs(src: &Path, mnt: &Path) {
+    run_ok(
+        Command::new("bindfs")
+            .args(["-o", "attr_timeout=0,entry_timeout=0"])
+            .arg(src)
+            .arg(mnt),
+    );
+    assert!(is_mounted(mnt), "bindfs did not mount {}", mnt.display());
+}
+
 /// `top --headless --view V` while `work` runs, then its last frame.
 pub fn top_frame(view: &str, mount: &str, work: impl FnOnce()) -> String {
     let mut top = Command::new(bin())
