@@ -72,6 +72,12 @@ pub const FLAG_WRITEBACK_CACHE: u8 = 1 << 3;
 /// by the names its request carries (LOOKUP, CREATE, RENAME...).
 pub const FLAG_NAMES: u8 = 1 << 4;
 
+/// `flags` bit (`Taken`, `Replied`): the daemon took or answered the
+/// request through FUSE over io_uring (a ring entry's completion, a
+/// COMMIT_AND_FETCH submission) instead of read(2)/write(2) on
+/// `/dev/fuse`. `Taken` then has the ring queue's id in `arg0`.
+pub const FLAG_URING: u8 = 1 << 5;
+
 /// Bytes kept of each name a request carries: `NAME_MAX` (255) and a NUL.
 pub const NAME_BYTES: usize = 256;
 
@@ -323,6 +329,56 @@ pub struct KernelLayout {
     /// `bpf_get_current_cgroup_id` gives it; 0: every task), on the event
     /// pipeline and in-kernel aggregation alike.
     pub filter_cgroup: u64,
+    /// FUSE over io_uring (6.14+): 1 when every offset below was found in
+    /// BTF, so the io_uring hooks can follow the ring's requests.
+    pub uring_on: u32,
+    /// `IORING_OP_URING_CMD` (`enum io_uring_op`).
+    pub uring_cmd_opcode: u32,
+    /// `offsetof(struct io_kiocb, opcode)` and `ctx`.
+    pub kiocb_opcode: u32,
+    pub kiocb_ctx: u32,
+    /// `struct io_uring_cmd` (which sits at the start of `struct
+    /// io_kiocb`): `file`, `sqe`, `cmd_op`, `pdu` (FUSE keeps its ring
+    /// entry there).
+    pub ucmd_file: u32,
+    pub ucmd_sqe: u32,
+    pub ucmd_cmd_op: u32,
+    pub ucmd_pdu: u32,
+    /// `struct fuse_ring_ent`: `fuse_req`, `queue`; `struct
+    /// fuse_ring_queue`: `qid`.
+    pub ring_ent_req: u32,
+    pub ring_ent_queue: u32,
+    pub ring_queue_qid: u32,
+    /// Registered files, for a commit submitted with `IOSQE_FIXED_FILE`:
+    /// `io_ring_ctx.file_table.data.{nr,nodes}`, `io_rsrc_node.file_ptr`.
+    pub ctx_files_nr: u32,
+    pub ctx_files_nodes: u32,
+    pub rsrc_node_file: u32,
+    /// `struct fuse_conn.ring`, `struct fuse_ring.{ready,nr_queues}`: what
+    /// `doctor` reads of each connection (0 when absent).
+    pub conn_ring: u32,
+    pub ring_ready: u32,
+    pub ring_nr_queues: u32,
+    /// `offsetof(struct task_struct, tgid)` and `comm` (the `doctor` iterator).
+    pub task_tgid: u32,
+    pub task_comm: u32,
+}
+
+/// One `/dev/fuse` file a process holds, as the `transports` iterator
+/// reports it to `doctor`: which transport the connection serves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DevFuseFile {
+    pub tgid: u32,
+    pub fd: u32,
+    /// Kernel `dev_t` of the connection.
+    pub connection: u32,
+    /// 1: the connection has a FUSE over io_uring ring whose every queue
+    /// has a registered entry (requests go through io_uring).
+    pub ring_ready: u32,
+    /// Queues of the ring (0: no ring).
+    pub ring_queues: u64,
+    pub comm: [u8; 16],
 }
 
 /// Most `--mount` filters in-kernel aggregation takes.
@@ -374,7 +430,11 @@ pub mod counters {
     /// In-kernel aggregation: INITs of connections the generation table
     /// had no room for (their later mounts share generation 0).
     pub const AGG_GENERATIONS_FULL: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// io_uring COMMIT_AND_FETCH submissions on a FUSE ring whose
+    /// connection could not be found (not a FUSE file, or a registered
+    /// file the table walk did not resolve).
+    pub const URING_UNRESOLVED: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Requests the in-kernel aggregation can hold in flight at once: each in

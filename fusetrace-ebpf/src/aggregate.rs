@@ -454,13 +454,19 @@ fn count(key: &HistogramKey, ns: u64) -> bool {
 }
 
 /// `stats --stages`: a daemon thread took (`replied` false) or answered
-/// request `unique` of `connection` through `file`: stamp the time in the
-/// request's slot, found by its id (the slot holds the `struct fuse_req *`
-/// whose id is checked), or for a request waiting in the overflow hash
-/// (its slot was taken, or its send came before its id) by its pointer,
-/// looked up in the connection's processing table.
+/// request `unique` of `connection`: stamp the time in the request's slot,
+/// found by its id (the slot holds the `struct fuse_req *` whose id is
+/// checked), or for a request waiting in the overflow hash (its slot was
+/// taken, or its send came before its id) by its pointer, which
+/// `find_req` gives (`/dev/fuse`: looked up in the connection's
+/// processing table; io_uring: the ring entry's request; 0: not known).
 #[inline(always)]
-pub fn agg_daemon_point(file: u64, connection: u32, unique: u64, replied: bool) {
+pub fn agg_daemon_point(
+    connection: u32,
+    unique: u64,
+    replied: bool,
+    find_req: impl FnOnce() -> u64,
+) {
     if !open() || !wanted_connection(connection) {
         return;
     }
@@ -490,7 +496,7 @@ pub fn agg_daemon_point(file: u64, connection: u32, unique: u64, replied: bool) 
             return;
         }
     }
-    let req = crate::taken_request(file, unique, layout());
+    let req = find_req();
     if req != 0
         && let Some(sent) = AGG_SENT.get_ptr_mut(&req)
     {

@@ -9,6 +9,7 @@
 mod aggregate;
 mod diagnose;
 mod names;
+mod uring;
 
 use aya_ebpf::{
     EbpfContext,
@@ -560,7 +561,9 @@ fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
     let kept = fusetrace_common::opcode::expects_reply(h.opcode);
     if l.agg_stages != 0 {
         if kept {
-            aggregate::agg_daemon_point(file, connection, h.unique, false);
+            aggregate::agg_daemon_point(connection, h.unique, false, || {
+                taken_request(file, h.unique, l)
+            });
         }
         return 0;
     }
@@ -678,7 +681,9 @@ fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
         return 0;
     };
     if l.agg_stages != 0 {
-        aggregate::agg_daemon_point(file, connection, h.unique, true);
+        aggregate::agg_daemon_point(connection, h.unique, true, || {
+            taken_request(file, h.unique, l)
+        });
         return 0;
     }
     submit(FuseEvent {

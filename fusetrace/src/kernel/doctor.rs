@@ -10,10 +10,12 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use fusetrace_common::DevFuseFile;
+
 use crate::output::print::Format;
 
 use crate::{
-    kernel::hooks::{Backend, Point, PointChoice, backend_of},
+    kernel::hooks::{Backend, Point, PointChoice, Transport, backend_of},
     kernel::probes::{self, KPROBE_PMU, KernelFunctions},
     kernel::tracefs,
 };
@@ -45,6 +47,8 @@ pub struct Report {
     pub request_id_at_send: String,
     pub complete: bool,
     pub verdict: String,
+    /// Every FUSE mount with its transport, or why they could not be read.
+    pub mounts: Result<Vec<MountReport>, String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -89,6 +93,28 @@ impl Report {
             }
         }
         lines.push(format!("backend: {}", self.backend));
+        match &self.mounts {
+            Ok(mounts) if mounts.is_empty() => lines.push("mounts: no FUSE mount".into()),
+            Ok(mounts) => {
+                lines.push("mounts:".into());
+                for m in mounts {
+                    let queues = m
+                        .ring_queues
+                        .map(|q| format!(", {q} queues"))
+                        .unwrap_or_default();
+                    let daemons = if m.daemons.is_empty() {
+                        "no process holds its /dev/fuse".to_string()
+                    } else {
+                        format!("daemon {}", m.daemons.join(", "))
+                    };
+                    lines.push(format!(
+                        "  {} ({}, connection {}): {}{queues}, {daemons}; traced: {}",
+                        m.mount_point, m.fs_type, m.connection, m.transport, m.traced
+                    ));
+                }
+            }
+            Err(e) => lines.push(format!("mounts: cannot be listed ({e})")),
+        }
         lines.push(format!("request id at send: {}", self.request_id_at_send));
         lines.push(format!(
             "verdict: {}: {}",
@@ -152,8 +178,8 @@ pub fn verdict(choices: &[PointChoice]) -> Verdict {
 fn backend_works(backend: Backend) -> (bool, String) {
     match probes::survey(Some(backend)) {
         Err(e) => (false, format!("{e:#}")),
-        Ok((choices, _)) => {
-            let end = choices.iter().find(|c| c.point == Point::Ended);
+        Ok(survey) => {
+            let end = survey.choices.iter().find(|c| c.point == Point::Ended);
             match end {
                 Some(c) if c.hook.is_some() => (true, c.describe()),
                 Some(c) => (
@@ -179,7 +205,11 @@ pub(crate) fn kernel_release() -> String {
 
 /// The report; `Err` only when nothing could be examined.
 pub fn report(args: &DoctorArgs) -> Result<Report> {
-    let (choices, kernel) = probes::survey(args.backend)?;
+    let probes::Survey {
+        choices,
+        kernel,
+        dev_fuse_files,
+    } = probes::survey(args.backend)?;
     let mut offers = Vec::new();
     let mut offer = |what: &'static str, (available, detail): (bool, String)| {
         offers.push(Offer {
@@ -233,18 +263,7 @@ pub fn report(args: &DoctorArgs) -> Result<Report> {
         ),
     );
     let uring = kernel.kallsyms.resolve("fuse_uring_cmd").is_some();
-    offer(
-        "io_uring transport",
-        (
-            uring,
-            if uring {
-                "fuse_uring_cmd present (CONFIG_FUSE_IO_URING); its requests are not traced yet"
-                    .into()
-            } else {
-                "no fuse_uring_cmd".into()
-            },
-        ),
-    );
+    offer("io_uring transport", (uring, uring_offer(uring, &choices)));
     let send_function = kernel.get(&crate::kernel::kfunc::SENT).ok().map(|r| r.name);
     let assigns_first = kernel
         .kallsyms
@@ -268,7 +287,129 @@ pub fn report(args: &DoctorArgs) -> Result<Report> {
         request_id_at_send: id_at_send(backend_of(&choices), send_function, assigns_first),
         complete: v.complete,
         verdict: v.reason,
+        mounts: mount_reports(dev_fuse_files, &choices),
     })
+}
+
+/// Whether this kernel has FUSE over io_uring, whether daemons may use it,
+/// and what of it is traced.
+fn uring_offer(present: bool, choices: &[PointChoice]) -> String {
+    if !present {
+        return "no fuse_uring_cmd: this kernel has no FUSE over io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING)".into();
+    }
+    let param = std::fs::read_to_string(URING_PARAMETER)
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let allowed = if param == "Y" {
+        "enable_uring=Y: daemons may register rings".to_string()
+    } else {
+        format!(
+            "enable_uring={param}: new daemons cannot use it until root writes Y to {URING_PARAMETER}"
+        )
+    };
+    let traced = uring_traced(choices);
+    format!(
+        "fuse_uring_cmd present; {allowed}; {}",
+        if traced {
+            "its daemon side is traced"
+        } else {
+            "its daemon side cannot be traced (see the io_uring points)"
+        }
+    )
+}
+
+/// Where root allows FUSE over io_uring (off by default).
+pub const URING_PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
+
+fn uring_traced(choices: &[PointChoice]) -> bool {
+    [Point::Taken, Point::Replied].iter().all(|p| {
+        choices
+            .iter()
+            .any(|c| c.point == *p && c.transport == Transport::IoUring && c.hook.is_some())
+    })
+}
+
+fn dev_fuse_traced(choices: &[PointChoice]) -> bool {
+    [Point::Taken, Point::Replied].iter().all(|p| {
+        choices
+            .iter()
+            .any(|c| c.point == *p && c.transport == Transport::DevFuse && c.hook.is_some())
+    })
+}
+
+/// One FUSE mount: which transport its daemon uses, and what is traced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MountReport {
+    pub mount_point: String,
+    pub fs_type: String,
+    /// `major:minor` of the connection.
+    pub connection: String,
+    /// `/dev/fuse`, `io_uring`, or `unknown` (no process holds its
+    /// `/dev/fuse` file: virtio-fs, or a daemon in another PID namespace's
+    /// view is still listed by the kernel, so mostly virtio-fs).
+    pub transport: String,
+    /// io_uring: the ring's queues (one per possible CPU).
+    pub ring_queues: Option<u64>,
+    /// `comm[pid]` of the processes holding the connection's `/dev/fuse`.
+    pub daemons: Vec<String>,
+    /// What of its daemon side is traced, in words.
+    pub traced: String,
+}
+
+fn mount_reports(
+    files: std::result::Result<Vec<DevFuseFile>, String>,
+    choices: &[PointChoice],
+) -> Result<Vec<MountReport>, String> {
+    let files = files?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+    let mounts = crate::pipeline::connections::fuse_mounts(&mountinfo);
+    Ok(mounts
+        .into_iter()
+        .map(|m| {
+            let held: Vec<&DevFuseFile> =
+                files.iter().filter(|f| f.connection == m.connection).collect();
+            let ring = held.iter().find(|f| f.ring_queues > 0);
+            let (transport, ring_queues) = match ring {
+                Some(f) if f.ring_ready != 0 => (Transport::IoUring.name(), Some(f.ring_queues)),
+                // Registering, or a queue has no entry: requests still
+                // go through /dev/fuse until every queue has one.
+                Some(f) => (Transport::DevFuse.name(), Some(f.ring_queues)),
+                None if held.is_empty() => ("unknown", None),
+                None => (Transport::DevFuse.name(), None),
+            };
+            let traced = if m.fs_type == "virtiofs" {
+                "virtio-fs: no daemon in this kernel (see the virtq and device-done points)".to_string()
+            } else if transport == Transport::IoUring.name() {
+                if uring_traced(choices) {
+                    "every point: taken and replied through io_uring's tracepoints".into()
+                } else {
+                    "sent and ended only: the io_uring points cannot be observed here".into()
+                }
+            } else if dev_fuse_traced(choices) {
+                "every point: taken and replied at /dev/fuse (splice(2) transfers counted, not decoded)".into()
+            } else {
+                "sent and ended only".into()
+            };
+            MountReport {
+                mount_point: m.mount_point.display().to_string(),
+                fs_type: m.fs_type.clone(),
+                connection: crate::kernel::layout::major_minor(m.connection),
+                transport: transport.into(),
+                ring_queues,
+                daemons: held
+                    .iter()
+                    .map(|f| format!("{}[{}]", comm_text(&f.comm), f.tgid))
+                    .collect(),
+                traced,
+            }
+        })
+        .collect())
+}
+
+fn comm_text(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 /// Whether the send point sees the request's id, and how requests are
@@ -338,6 +479,7 @@ mod tests {
         HOOK_TABLE
             .iter()
             .map(|(point, hooks)| PointChoice {
+                transport: crate::kernel::hooks::Transport::DevFuse,
                 point: *point,
                 hook: with.contains(point).then(|| hooks[0]),
                 skipped: vec![],

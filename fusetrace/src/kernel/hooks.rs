@@ -120,10 +120,11 @@ const DAEMON_REPLY_SYSCALLS: &[(&str, Attach)] = &[
     ),
 ];
 
-/// The daemon side is seen at the syscall boundary by every backend: the
-/// syscall tracepoints exist wherever kprobes or fentry do, and they carry
-/// FORGET and INTERRUPT headers that no request-carrying function sees.
-const fn syscall_hooks(programs: &'static [(&'static str, Attach)], has_header: bool) -> [Hook; 4] {
+/// A hook every backend uses alike. The daemon side is seen at the syscall
+/// boundary by every backend: the syscall tracepoints exist wherever
+/// kprobes or fentry do, and they carry FORGET and INTERRUPT headers that no
+/// request-carrying function sees. io_uring's tracepoints likewise.
+const fn every_backend(programs: &'static [(&'static str, Attach)], has_header: bool) -> [Hook; 4] {
     [
         Hook {
             backend: Backend::TpBtf,
@@ -175,8 +176,8 @@ pub const HOOK_TABLE: &[(Point, &[Hook])] = &[
             },
         ],
     ),
-    (Point::Taken, &syscall_hooks(DAEMON_TAKE_SYSCALLS, true)),
-    (Point::Replied, &syscall_hooks(DAEMON_REPLY_SYSCALLS, false)),
+    (Point::Taken, &every_backend(DAEMON_TAKE_SYSCALLS, true)),
+    (Point::Replied, &every_backend(DAEMON_REPLY_SYSCALLS, false)),
     (
         Point::Ended,
         &[
@@ -310,37 +311,77 @@ pub const AGGREGATE_HOOK_TABLE: &[(Point, &[Hook])] = &[
 /// layout) instead of reporting events.
 pub const AGGREGATE_STAGES_HOOK_TABLE: &[(Point, &[Hook])] = &[
     (Point::Sent, AGG_SENT_HOOKS),
-    (Point::Taken, &syscall_hooks(DAEMON_TAKE_SYSCALLS, true)),
-    (Point::Replied, &syscall_hooks(DAEMON_REPLY_SYSCALLS, false)),
+    (Point::Taken, &every_backend(DAEMON_TAKE_SYSCALLS, true)),
+    (Point::Replied, &every_backend(DAEMON_REPLY_SYSCALLS, false)),
     (Point::Ended, AGG_ENDED_HOOKS),
+];
+
+/// How a daemon takes requests and answers them: the daemon-side points
+/// are observed per transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Transport {
+    /// read(2)/write(2) (or splice) on `/dev/fuse`.
+    #[serde(rename = "/dev/fuse")]
+    DevFuse,
+    /// FUSE over io_uring (Linux 6.14+): ring entries per CPU queue.
+    #[serde(rename = "io_uring")]
+    IoUring,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::DevFuse => "/dev/fuse",
+            Transport::IoUring => "io_uring",
+        }
+    }
+}
+
+/// The daemon side of FUSE over io_uring, observed on io_uring's own
+/// tracepoints (`fusetrace-ebpf/src/uring.rs`): the same programs serve
+/// the event pipeline and in-kernel stages. Chosen besides the
+/// `/dev/fuse` hooks wherever the daemon side is traced, and only on
+/// kernels with FUSE over io_uring.
+pub const URING_HOOK_TABLE: &[(Point, &[Hook])] = &[
+    (
+        Point::Taken,
+        &every_backend(
+            &[("taken_uring_btf", Attach::TpBtf("io_uring_complete"))],
+            true,
+        ),
+    ),
+    (
+        Point::Replied,
+        &every_backend(
+            &[("replied_uring_btf", Attach::TpBtf("io_uring_submit_req"))],
+            false,
+        ),
+    ),
 ];
 
 /// What was chosen for one point, and why the better hooks were not.
 #[derive(Debug, Clone)]
 pub struct PointChoice {
     pub point: Point,
+    /// Which transport's daemon side (`/dev/fuse` for the kernel-side points).
+    pub transport: Transport,
     pub hook: Option<Hook>,
     pub skipped: Vec<String>,
 }
 
 impl PointChoice {
     pub fn describe(&self) -> String {
+        let point = match self.transport {
+            Transport::DevFuse => self.point.name().to_string(),
+            t => format!("{} ({})", self.point.name(), t.name()),
+        };
         match &self.hook {
             Some(h) => {
                 let programs: Vec<String> =
                     h.programs.iter().map(|(_, a)| attach_name(a)).collect();
-                format!(
-                    "{}: {} via {}",
-                    self.point.name(),
-                    h.backend.name(),
-                    programs.join(", ")
-                )
+                format!("{point}: {} via {}", h.backend.name(), programs.join(", "))
             }
-            None => format!(
-                "{}: no hook ({})",
-                self.point.name(),
-                self.skipped.join("; ")
-            ),
+            None => format!("{point}: no hook ({})", self.skipped.join("; ")),
         }
     }
 }
@@ -349,7 +390,7 @@ impl PointChoice {
 pub fn backend_of(choices: &[PointChoice]) -> Option<Backend> {
     choices
         .iter()
-        .find(|c| c.point == Point::Sent)
+        .find(|c| c.point == Point::Sent && c.transport == Transport::DevFuse)
         .and_then(|c| c.hook)
         .map(|h| h.backend)
 }

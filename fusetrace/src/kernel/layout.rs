@@ -43,6 +43,11 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
         l.req_list = list;
         l.list_head_size = size;
     }
+    // Optional: FUSE over io_uring (6.14+); without it the io_uring hooks
+    // say why they cannot load.
+    if uring_layout(&mut l, btf).is_err() {
+        l.uring_on = 0;
+    }
     // Optional: without these only `diagnose` is affected (checked there).
     if diagnose_layout(&mut l, btf).is_err() {
         l.fuse_arg_stride = 0;
@@ -142,4 +147,34 @@ mod tests {
         assert_eq!(parse_major_minor("10:229"), Some((10 << 20) | 229));
         assert_eq!(parse_major_minor("x"), None);
     }
+}
+
+/// The offsets the io_uring hooks and `doctor`'s `/dev/fuse` iterator read
+/// (`uring_on` 1 when the kernel has FUSE over io_uring).
+pub fn uring_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
+    l.task_tgid = btf.offset_of("task_struct", "tgid")?;
+    l.task_comm = btf.offset_of("task_struct", "comm")?;
+    if !btf.has_type("fuse_ring_ent") {
+        bail!("this kernel has no FUSE over io_uring (struct fuse_ring_ent is not in its BTF)");
+    }
+    l.conn_ring = btf.offset_of("fuse_conn", "ring")?;
+    l.ring_ready = btf.offset_of("fuse_ring", "ready")?;
+    l.ring_nr_queues = btf.offset_of("fuse_ring", "nr_queues")?;
+    l.uring_cmd_opcode = btf.enum_value("io_uring_op", "IORING_OP_URING_CMD")? as u32;
+    l.kiocb_opcode = btf.offset_of("io_kiocb", "opcode")?;
+    l.kiocb_ctx = btf.offset_of("io_kiocb", "ctx")?;
+    // The command lives in the request's first bytes (`io_kiocb_to_cmd`).
+    let cmd = btf.offset_of("io_kiocb", "cmd")?;
+    l.ucmd_file = cmd + btf.offset_of("io_uring_cmd", "file")?;
+    l.ucmd_sqe = cmd + btf.offset_of("io_uring_cmd", "sqe")?;
+    l.ucmd_cmd_op = cmd + btf.offset_of("io_uring_cmd", "cmd_op")?;
+    l.ucmd_pdu = cmd + btf.offset_of("io_uring_cmd", "pdu")?;
+    l.ring_ent_req = btf.offset_of("fuse_ring_ent", "fuse_req")?;
+    l.ring_ent_queue = btf.offset_of("fuse_ring_ent", "queue")?;
+    l.ring_queue_qid = btf.offset_of("fuse_ring_queue", "qid")?;
+    l.ctx_files_nr = btf.offset_of("io_ring_ctx", "file_table.data.nr")?;
+    l.ctx_files_nodes = btf.offset_of("io_ring_ctx", "file_table.data.nodes")?;
+    l.rsrc_node_file = btf.offset_of("io_rsrc_node", "file_ptr")?;
+    l.uring_on = 1;
+    Ok(())
 }

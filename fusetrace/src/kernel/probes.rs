@@ -14,15 +14,16 @@ use aya::{
     programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
 use fusetrace_common::{
-    AGG_MAX_COMMS, AGG_MAX_CONNECTIONS, AGG_MAX_PIDS, CellCounts, FuseEvent, HistogramKey,
-    KernelLayout, counters,
+    AGG_MAX_COMMS, AGG_MAX_CONNECTIONS, AGG_MAX_PIDS, CellCounts, DevFuseFile, FuseEvent,
+    HistogramKey, KernelLayout, counters,
 };
 
 use crate::kernel::{
     btf::Btf,
     hooks::{
         AGGREGATE_HOOK_TABLE, AGGREGATE_STAGES_HOOK_TABLE, APP_WRITES_HOOKS, Attach, Backend,
-        DIAGNOSE_PROGRAMS, HOOK_TABLE, Hook, Point, PointChoice, backend_of,
+        DIAGNOSE_PROGRAMS, HOOK_TABLE, Hook, Point, PointChoice, Transport, URING_HOOK_TABLE,
+        backend_of,
     },
     kallsyms::Kallsyms,
     kfunc::{self, KFunc, Resolved},
@@ -200,9 +201,10 @@ impl Probes {
             Some(_) => AGGREGATE_HOOK_TABLE,
             None => HOOK_TABLE,
         };
-        let choices = choose_hooks(
+        let choices = choose_all(
             &mut ebpf,
             table,
+            &layout,
             &kernel,
             &btf,
             &tracefs,
@@ -453,7 +455,10 @@ impl Probes {
         let mut lines: Vec<String> = self
             .choices
             .iter()
-            .filter(|c| c.hook.is_some() || !optional.contains(&c.point))
+            .filter(|c| {
+                c.hook.is_some()
+                    || (!optional.contains(&c.point) && c.transport == Transport::DevFuse)
+            })
             .map(PointChoice::describe)
             .collect();
         if self.app_writes {
@@ -527,11 +532,69 @@ impl KernelFunctions {
     }
 }
 
+/// `choose_hooks` for `table`, and where it traces the daemon side, for
+/// the io_uring transport's daemon side too ([`URING_HOOK_TABLE`]): each
+/// point of it skipped, with the reason, on kernels without FUSE over
+/// io_uring.
+#[allow(clippy::too_many_arguments)]
+fn choose_all(
+    ebpf: &mut Ebpf,
+    table: &[(Point, &[Hook])],
+    layout: &KernelLayout,
+    kernel: &KernelFunctions,
+    btf: &Btf,
+    tracefs: &Path,
+    aya_btf: &aya::Btf,
+    backend: Option<Backend>,
+) -> Vec<PointChoice> {
+    let mut choices = choose_hooks(
+        ebpf,
+        table,
+        Transport::DevFuse,
+        kernel,
+        btf,
+        tracefs,
+        aya_btf,
+        backend,
+    );
+    if !table.iter().any(|(p, _)| *p == Point::Taken) {
+        return choices;
+    }
+    if layout.uring_on == 0 {
+        let why = crate::kernel::layout::uring_layout(&mut KernelLayout::zeroed(), btf)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_else(|| "FUSE over io_uring offsets missing".into());
+        choices.extend(URING_HOOK_TABLE.iter().map(|(point, _)| PointChoice {
+            point: *point,
+            transport: Transport::IoUring,
+            hook: None,
+            skipped: vec![why.clone()],
+        }));
+        return choices;
+    }
+    let backend = backend.or_else(|| backend_of(&choices));
+    let uring = choose_hooks(
+        ebpf,
+        URING_HOOK_TABLE,
+        Transport::IoUring,
+        kernel,
+        btf,
+        tracefs,
+        aya_btf,
+        backend,
+    );
+    choices.extend(uring);
+    choices
+}
+
 /// For each point, the first hook (of `backend`, when forced) that the
 /// kernel offers and that loads and attaches; the reasons for the others.
+#[allow(clippy::too_many_arguments)]
 fn choose_hooks(
     ebpf: &mut Ebpf,
     table: &[(Point, &[Hook])],
+    transport: Transport,
     kernel: &KernelFunctions,
     btf: &Btf,
     tracefs: &Path,
@@ -542,6 +605,7 @@ fn choose_hooks(
     for (point, hooks) in table {
         let mut choice = PointChoice {
             point: *point,
+            transport,
             hook: None,
             skipped: Vec::new(),
         };
@@ -618,7 +682,15 @@ impl Startup {
 
 /// What `fusetrace doctor` reports: every point's choice, made by really
 /// loading and attaching (then detaching) the hooks.
-pub fn survey(backend: Option<Backend>) -> Result<(Vec<PointChoice>, KernelFunctions)> {
+pub struct Survey {
+    pub choices: Vec<PointChoice>,
+    pub kernel: KernelFunctions,
+    /// Every open `/dev/fuse` file with its connection's transport, or why
+    /// they could not be listed.
+    pub dev_fuse_files: std::result::Result<Vec<DevFuseFile>, String>,
+}
+
+pub fn survey(backend: Option<Backend>) -> Result<Survey> {
     let Startup {
         tracefs,
         btf,
@@ -626,10 +698,44 @@ pub fn survey(backend: Option<Backend>) -> Result<(Vec<PointChoice>, KernelFunct
         layout,
     } = Startup::read_kernel()?;
     let (mut ebpf, aya_btf) = load_object(&layout)?;
-    let choices = choose_hooks(
-        &mut ebpf, HOOK_TABLE, &kernel, &btf, &tracefs, &aya_btf, backend,
+    let choices = choose_all(
+        &mut ebpf, HOOK_TABLE, &layout, &kernel, &btf, &tracefs, &aya_btf, backend,
     );
-    Ok((choices, kernel))
+    let dev_fuse_files = dev_fuse_files(&mut ebpf, &aya_btf).map_err(|e| format!("{e:#}"));
+    Ok(Survey {
+        choices,
+        kernel,
+        dev_fuse_files,
+    })
+}
+
+/// Runs the `transports` iterator (`iter/task_file`) once: every
+/// `/dev/fuse` file open in any process, one per process and connection.
+fn dev_fuse_files(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<Vec<DevFuseFile>> {
+    use std::io::Read;
+    let prog: &mut aya::programs::Iter = ebpf
+        .program_mut("transports")
+        .context("program transports missing from the eBPF object")?
+        .try_into()?;
+    prog.load("task_file", btf)
+        .context("loading the task_file iterator")?;
+    let link = prog.attach().context("attaching the task_file iterator")?;
+    let link = prog.take_link(link)?;
+    let mut bytes = Vec::new();
+    link.into_file()
+        .context("opening the task_file iterator")?
+        .read_to_end(&mut bytes)
+        .context("reading the task_file iterator")?;
+    let size = std::mem::size_of::<DevFuseFile>();
+    let mut files: Vec<DevFuseFile> = bytes
+        .chunks_exact(size)
+        // SAFETY: the iterator writes whole `DevFuseFile` records (plain
+        // integers); read unaligned from the byte buffer.
+        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr() as *const DevFuseFile) })
+        .collect();
+    files.sort_by_key(|f| (f.connection, f.tgid, f.fd));
+    files.dedup_by_key(|f| (f.connection, f.tgid));
+    Ok(files)
 }
 
 /// The eBPF object loaded with `layout`, and aya's parse of the kernel BTF

@@ -986,6 +986,8 @@ mod tests {
             send_args: None,
             end_args: None,
             path: None,
+            transport: None,
+            ring_queue: None,
         }
     }
 

@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use crate::kernel::hooks::Transport;
+
 /// How a request's life ended, as far as the tracer could see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,6 +84,11 @@ pub struct RequestLifecycle {
     /// began): views show `node N` then. Set after tracking, from
     /// `pipeline::paths`.
     pub path: Option<std::sync::Arc<str>>,
+    /// How the daemon took and answered it (`None`: no daemon-side point
+    /// was seen, e.g. virtio-fs, or splice(2) on `/dev/fuse`).
+    pub transport: Option<Transport>,
+    /// io_uring: the ring queue (one per CPU) whose entry carried it.
+    pub ring_queue: Option<u16>,
 }
 
 /// [`RequestLifecycle::shown_path`]: formats without allocating.
@@ -351,6 +358,8 @@ impl RequestLifecycle {
             send_args: None,
             end_args: None,
             path: None,
+            transport: None,
+            ring_queue: None,
         }
     }
 

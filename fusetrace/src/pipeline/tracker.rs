@@ -13,10 +13,11 @@
 use std::collections::HashMap;
 
 use fusetrace_common::{
-    EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FLAG_WRITEBACK_CACHE, FuseEvent,
+    EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FLAG_URING, FLAG_WRITEBACK_CACHE, FuseEvent,
 };
 use serde::Serialize;
 
+use crate::kernel::hooks::Transport;
 use crate::pipeline::{
     lifecycle::{Comm, Outcome, RequestLifecycle},
     opcode,
@@ -52,6 +53,9 @@ mod seen {
     pub const WRITEBACK_KNOWN: u32 = 1 << 19;
     pub const WRITEBACK: u32 = 1 << 20;
     pub const INTERRUPTED: u32 = 1 << 21;
+    /// Taken or answered through FUSE over io_uring.
+    pub const URING: u32 = 1 << 22;
+    pub const RING_QUEUE: u32 = 1 << 23;
 }
 
 /// A request as the tracker keeps it until it is finished: the values of
@@ -81,6 +85,8 @@ struct Live {
     error: i32,
     sender_comm: Comm,
     seen: u32,
+    /// io_uring: the ring queue that took it (in the padding before `rare`).
+    ring_queue: u16,
     outcome: Option<Outcome>,
     rare: Option<Box<Rare>>,
 }
@@ -204,6 +210,14 @@ impl Live {
             send_args: self.get(SEND_ARGS, self.send_args),
             end_args: rare.and_then(|r| r.end_args),
             path: None,
+            transport: if self.has(URING) {
+                Some(Transport::IoUring)
+            } else if self.seen & (TAKEN | REPLIED) != 0 {
+                Some(Transport::DevFuse)
+            } else {
+                None
+            },
+            ring_queue: self.get(RING_QUEUE, self.ring_queue),
         }
     }
 }
@@ -470,6 +484,13 @@ impl Tracker {
         rec.taken_ns = ev.ts_ns;
         rec.daemon_tid = ev.tid;
         rec.seen |= seen::TAKEN | seen::DAEMON_TID;
+        if ev.flags & FLAG_URING != 0 {
+            rec.seen |= seen::URING;
+            if let Ok(q) = u16::try_from(ev.arg0) {
+                rec.ring_queue = q;
+                rec.seen |= seen::RING_QUEUE;
+            }
+        }
         rec.fill_header(ev);
         rec
     }
@@ -518,6 +539,9 @@ impl Tracker {
             rec.error = ev.error;
         }
         rec.seen |= seen::REPLIED | seen::REPLY_TID | seen::REPLY_LEN | seen::ERROR;
+        if ev.flags & FLAG_URING != 0 {
+            rec.seen |= seen::URING;
+        }
         if ev.unique & FUSE_INT_REQ_BIT != 0 {
             rec.outcome = Some(Outcome::Interrupt);
         }
@@ -1067,6 +1091,8 @@ mod tests {
             send_args: Some([8_192, 4_096]),
             end_args: None,
             path: None,
+            transport: None,
+            ring_queue: None,
         };
         assert!(out.is_empty());
         let live: Vec<_> = t.in_flight().filter(|r| r.unique == 60).collect();
