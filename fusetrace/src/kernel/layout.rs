@@ -136,19 +136,6 @@ pub fn major_minor(dev: u32) -> String {
     format!("{}:{}", dev >> 20, dev & 0xfffff)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn major_minor_uses_kernel_encoding() {
-        assert_eq!(parse_major_minor("0:52"), Some(52));
-        assert_eq!(major_minor((10 << 20) | 229), "10:229");
-        assert_eq!(parse_major_minor("10:229"), Some((10 << 20) | 229));
-        assert_eq!(parse_major_minor("x"), None);
-    }
-}
-
 /// The offsets the io_uring hooks and `doctor`'s `/dev/fuse` iterator read
 /// (`uring_on` 1 when the kernel has FUSE over io_uring).
 pub fn uring_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
@@ -177,4 +164,17 @@ pub fn uring_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
     l.rsrc_node_file = btf.offset_of("io_rsrc_node", "file_ptr")?;
     l.uring_on = 1;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn major_minor_uses_kernel_encoding() {
+        assert_eq!(parse_major_minor("0:52"), Some(52));
+        assert_eq!(major_minor((10 << 20) | 229), "10:229");
+        assert_eq!(parse_major_minor("10:229"), Some((10 << 20) | 229));
+        assert_eq!(parse_major_minor("x"), None);
+    }
 }
