@@ -277,7 +277,7 @@ fn a_bad_key_is_refused_in_one_line() {
         let first = stderr.lines().next().unwrap_or_default();
         assert!(
             first.contains(
-                "unknown key 'bogus': choose from op, path, pid, comm, mount (e.g. --by comm,op)"
+                "unknown key 'bogus': choose from op, path, pid, comm, mount, transport, queue (e.g. --by comm,op)"
             ),
             "{stderr}"
         );

@@ -318,7 +318,7 @@ pub const AGGREGATE_STAGES_HOOK_TABLE: &[(Point, &[Hook])] = &[
 
 /// How a daemon takes requests and answers them: the daemon-side points
 /// are observed per transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Transport {
     /// read(2)/write(2) (or splice) on `/dev/fuse`.
     #[serde(rename = "/dev/fuse")]

@@ -131,6 +131,8 @@ pub struct KernelCounters {
     pub ring_drops: u64,
     pub read_faults: u64,
     pub splice_transfers: u64,
+    /// io_uring commits whose connection was not found.
+    pub uring_unresolved: u64,
     /// In-kernel aggregation (see `fusetrace_common::counters::AGG_*`).
     pub agg_started: u64,
     pub agg_ended: u64,
@@ -348,6 +350,7 @@ impl Probes {
             ring_drops: sum(counters::RING_DROPS),
             read_faults: sum(counters::READ_FAULTS),
             splice_transfers: sum(counters::SPLICE_TRANSFERS),
+            uring_unresolved: sum(counters::URING_UNRESOLVED),
             agg_started: sum(counters::AGG_STARTED),
             agg_ended: sum(counters::AGG_ENDED),
             agg_unmatched_ends: sum(counters::AGG_UNMATCHED_ENDS),

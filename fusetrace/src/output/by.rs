@@ -13,6 +13,7 @@
 //! a row that saw a few latencies, where the whole-run table's 256 KiB HDR
 //! histograms per stage would make 10 000 rows gigabytes.
 
+use crate::kernel::hooks::Transport;
 use std::{collections::BTreeMap, fmt::Write as _, io::Write, sync::Arc};
 
 use anyhow::Result;
@@ -40,10 +41,22 @@ pub enum Key {
     Pid,
     Comm,
     Mount,
+    /// How the daemon took the request: `/dev/fuse` or `io_uring`.
+    Transport,
+    /// io_uring: the ring queue (one per CPU) that carried it.
+    Queue,
 }
 
 impl Key {
-    const ALL: [Key; 5] = [Key::Op, Key::Path, Key::Pid, Key::Comm, Key::Mount];
+    const ALL: [Key; 7] = [
+        Key::Op,
+        Key::Path,
+        Key::Pid,
+        Key::Comm,
+        Key::Mount,
+        Key::Transport,
+        Key::Queue,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -52,6 +65,8 @@ impl Key {
             Key::Pid => "pid",
             Key::Comm => "comm",
             Key::Mount => "mount",
+            Key::Transport => "transport",
+            Key::Queue => "queue",
         }
     }
 
@@ -62,6 +77,8 @@ impl Key {
             Key::Pid => "PID",
             Key::Comm => "COMM",
             Key::Mount => "MOUNT",
+            Key::Transport => "TRANSPORT",
+            Key::Queue => "QUEUE",
         }
     }
 }
@@ -132,9 +149,10 @@ pub enum SortBy {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ByOpts {
     /// Group the table by these keys instead of (mount, opcode): op,
-    /// path, pid (with its comm), comm, mount, or several, e.g. `path`,
-    /// `comm,op`, `mount,op`. Keys other than op and mount need every
-    /// request's events (as --from-events).
+    /// path, pid (with its comm), comm, mount, transport (/dev/fuse or
+    /// io_uring), queue (the io_uring queue), or several, e.g. `path`,
+    /// `comm,op`, `mount,op`, `transport,queue`. Keys other than op and
+    /// mount need every request's events (as --from-events).
     #[arg(long, value_name = "KEY[,KEY]", value_parser = Keys::parse, conflicts_with_all = ["hist", "csv"])]
     pub by: Option<Keys>,
     /// Only the first N rows in --sort order (the rest are counted in a
@@ -302,6 +320,8 @@ enum Part {
     Mount(u32),
     Pid(Option<u32>),
     Comm(Option<Comm>),
+    Transport(Option<Transport>),
+    Queue(Option<u16>),
     /// The path when known, otherwise the node on its connection.
     Path {
         path: Option<Arc<str>>,
@@ -360,6 +380,8 @@ impl Grouped {
                 Key::Mount => Part::Mount(rec.connection),
                 Key::Pid => Part::Pid(rec.requester_pid.or(rec.requester_tid)),
                 Key::Comm => Part::Comm(rec.requester_comm),
+                Key::Transport => Part::Transport(rec.transport),
+                Key::Queue => Part::Queue(rec.ring_queue),
                 Key::Path => Part::Path {
                     connection: rec.connection,
                     node: rec.nodeid.filter(|_| rec.path.is_none()),
@@ -395,6 +417,8 @@ impl Grouped {
                     Key::Mount => Part::Mount(*connection),
                     Key::Pid => Part::Pid(None),
                     Key::Comm => Part::Comm(None),
+                    Key::Transport => Part::Transport(None),
+                    Key::Queue => Part::Queue(None),
                     Key::Path => Part::Path {
                         path: None,
                         connection: *connection,
@@ -429,6 +453,14 @@ impl Grouped {
             },
             Part::Comm(comm) => match comm {
                 Some(c) => (c.to_string(), c.to_string().into()),
+                None => ("-".into(), serde_json::Value::Null),
+            },
+            Part::Transport(t) => match t {
+                Some(t) => (t.name().into(), t.name().into()),
+                None => ("-".into(), serde_json::Value::Null),
+            },
+            Part::Queue(q) => match q {
+                Some(q) => (q.to_string(), (*q).into()),
                 None => ("-".into(), serde_json::Value::Null),
             },
             Part::Path {
@@ -1029,7 +1061,7 @@ mod tests {
     fn bad_keys_are_refused_in_one_line() {
         assert_eq!(
             Keys::parse("comm,bogus").unwrap_err(),
-            "unknown key 'bogus': choose from op, path, pid, comm, mount (e.g. --by comm,op)"
+            "unknown key 'bogus': choose from op, path, pid, comm, mount, transport, queue (e.g. --by comm,op)"
         );
         assert_eq!(Keys::parse("op,op").unwrap_err(), "key 'op' given twice");
         assert!(Keys::parse("mount,op").unwrap().in_kernel());

@@ -884,6 +884,12 @@ impl<W: Write> PerfettoSink<W> {
             if let Some(p) = &rec.path {
                 a.push(string("path", p.to_string()));
             }
+            if let Some(t) = rec.transport {
+                a.push(string("transport", t.name().to_string()));
+            }
+            if let Some(q) = rec.ring_queue {
+                a.push(uint("ring_queue", u64::from(q)));
+            }
             if let Some(err) = rec.error {
                 a.push(int("error", i64::from(err)));
             }

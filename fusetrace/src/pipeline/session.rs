@@ -182,6 +182,8 @@ pub struct RunSummary {
     pub mounts_gone: u64,
     /// What the table of paths could not keep.
     pub paths: PathCounters,
+    /// Requests the daemon took through FUSE over io_uring, per ring queue.
+    pub io_uring: UringCounts,
     /// Set when latencies were counted in the kernel (`stats` without
     /// `--from-events`): what the kernel could not count.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,6 +203,19 @@ pub struct SlowOnly {
     pub timed: u64,
     /// Sends not timed: the kernel's in-flight table was full.
     pub in_flight_table_full: u64,
+}
+
+/// The io_uring transport's share of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UringCounts {
+    /// Requests taken through a ring (the rest went through `/dev/fuse`).
+    pub requests: u64,
+    /// Of those, per ring queue (one per CPU; the queue of the CPU the
+    /// requester ran on).
+    pub per_queue: std::collections::BTreeMap<u16, u64>,
+    /// COMMIT_AND_FETCH submissions whose connection the kernel side could
+    /// not find: those replies are missing from their requests.
+    pub replies_unresolved: u64,
 }
 
 /// What in-kernel aggregation could not count.
@@ -319,6 +334,25 @@ impl RunSummary {
             s.push_str(&format!(
                 "; {} splice(2) transfers on /dev/fuse were not decoded (their daemon stages show as unknown)",
                 self.splice_transfers
+            ));
+        }
+        let u = &self.io_uring;
+        if u.requests > 0 {
+            let queues: Vec<String> = u
+                .per_queue
+                .iter()
+                .map(|(q, n)| format!("queue {q}: {n}"))
+                .collect();
+            s.push_str(&format!(
+                "; {} requests went through io_uring ({})",
+                u.requests,
+                queues.join(", ")
+            ));
+        }
+        if u.replies_unresolved > 0 {
+            s.push_str(&format!(
+                "; {} io_uring replies whose connection was not found (their daemon stage shows as unknown)",
+                u.replies_unresolved
             ));
         }
         s
@@ -523,6 +557,7 @@ pub fn run(
     summary.read_faults = k.read_faults;
     summary.splice_transfers = k.splice_transfers;
     summary.takes_unresolved = k.take_unresolved;
+    summary.io_uring.replies_unresolved = k.uring_unresolved;
     summary.undecodable = probes.undecodable();
     summary.paths = paths.counters();
     if let Some(min_ns) = probes.whole_min_ns() {
@@ -556,6 +591,12 @@ pub(crate) fn report(
             summary.requests += 1;
             summary.fully_observed += u64::from(rec.fully_observed());
             summary.no_reply_expected += u64::from(!rec.expects_reply());
+            if rec.transport == Some(crate::kernel::hooks::Transport::IoUring) {
+                summary.io_uring.requests += 1;
+                if let Some(q) = rec.ring_queue {
+                    *summary.io_uring.per_queue.entry(q).or_default() += 1;
+                }
+            }
             sink.request(&rec, names)?;
         }
     }

@@ -124,6 +124,11 @@ fn request_line(r: &InFlightRow, age_ns: u64) -> Line<'static> {
     if let Some(d) = r.daemon_tid {
         parts.push(format!("daemon thread {d}"));
     }
+    match (r.transport, r.ring_queue) {
+        (Some(t), Some(q)) => parts.push(format!("via {} queue {q}", t.name())),
+        (Some(t), None) => parts.push(format!("via {}", t.name())),
+        _ => {}
+    }
     parts.push(format!("{} for {}", r.current_stage(), {
         // How long it has been in its current stage.
         fmt_ns(age_ns.saturating_sub(r.stage_since_ns.saturating_sub(r.first_seen_ns())))

@@ -332,6 +332,8 @@ pub struct InFlightRow {
     pub requester_tid: Option<u32>,
     pub requester_comm: Option<Comm>,
     pub daemon_tid: Option<u32>,
+    pub transport: Option<crate::kernel::hooks::Transport>,
+    pub ring_queue: Option<u16>,
     stage: &'static str,
     first_seen_ns: u64,
     /// When it entered its current stage.
@@ -351,6 +353,8 @@ impl InFlightRow {
             requester_pid: rec.requester_pid,
             requester_tid: rec.requester_tid,
             requester_comm: rec.requester_comm,
+            transport: rec.transport,
+            ring_queue: rec.ring_queue,
             daemon_tid: rec.daemon_tid,
             stage: rec.current_stage(),
             first_seen_ns: rec.first_seen_ns(),
