@@ -47,8 +47,11 @@ pub struct Report {
     pub request_id_at_send: String,
     pub complete: bool,
     pub verdict: String,
-    /// Every FUSE mount with its transport, or why they could not be read.
-    pub mounts: Result<Vec<MountReport>, String>,
+    /// Every FUSE mount with its transport.
+    pub mounts: Vec<MountReport>,
+    /// Why the mounts could not be listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mounts_error: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -93,9 +96,10 @@ impl Report {
             }
         }
         lines.push(format!("backend: {}", self.backend));
-        match &self.mounts {
-            Ok(mounts) if mounts.is_empty() => lines.push("mounts: no FUSE mount".into()),
-            Ok(mounts) => {
+        match (&self.mounts_error, &self.mounts) {
+            (Some(e), _) => lines.push(format!("mounts: cannot be listed ({e})")),
+            (None, mounts) if mounts.is_empty() => lines.push("mounts: no FUSE mount".into()),
+            (None, mounts) => {
                 lines.push("mounts:".into());
                 for m in mounts {
                     let queues = m
@@ -113,7 +117,6 @@ impl Report {
                     ));
                 }
             }
-            Err(e) => lines.push(format!("mounts: cannot be listed ({e})")),
         }
         lines.push(format!("request id at send: {}", self.request_id_at_send));
         lines.push(format!(
@@ -270,6 +273,10 @@ pub fn report(args: &DoctorArgs) -> Result<Report> {
         .resolve("fuse_request_assign_unique")
         .is_some();
     let v = verdict(&choices);
+    let (mounts, mounts_error) = match mount_reports(dev_fuse_files, &choices) {
+        Ok(m) => (m, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     Ok(Report {
         kernel: kernel_release(),
         offers,
@@ -287,7 +294,8 @@ pub fn report(args: &DoctorArgs) -> Result<Report> {
         request_id_at_send: id_at_send(backend_of(&choices), send_function, assigns_first),
         complete: v.complete,
         verdict: v.reason,
-        mounts: mount_reports(dev_fuse_files, &choices),
+        mounts,
+        mounts_error,
     })
 }
 
