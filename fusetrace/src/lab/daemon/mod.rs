@@ -490,7 +490,9 @@ impl MountedDaemon {
 
     /// Requests taken from io_uring entries (0 for the /dev/fuse transport).
     pub fn served_by_ring(&self) -> u64 {
-        self.transport.as_ref().map_or(0, TransportCounts::ring)
+        self.transport
+            .as_ref()
+            .map_or(0, TransportCounts::ring_total)
     }
 
     /// A handle that waits for the session to end (e.g. `fusermount3 -u`).

@@ -32,7 +32,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -72,20 +71,26 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where requests were taken from. Cheap to clone; clones share counters.
 #[derive(Clone, Debug, Default)]
 pub struct TransportCounts {
-    ring: Arc<AtomicU64>,
+    ring: ServedCounts,
     dev: ServedCounts,
 }
 
 impl TransportCounts {
-    /// Requests taken from io_uring entries.
-    pub fn ring(&self) -> u64 {
-        self.ring.load(Ordering::Relaxed)
+    /// Requests taken from io_uring entries, by opcode, whether or not they
+    /// count as served (e.g. STATX, answered ENOSYS, is here).
+    pub fn ring(&self) -> ServedCounts {
+        self.ring.clone()
     }
 
-    /// Requests read from /dev/fuse, by opcode (INIT, FORGET, ...),
-    /// whether or not they are counted as served.
+    /// Requests read from /dev/fuse, by opcode (INIT, FORGET, ...), whether
+    /// or not they count as served.
     pub fn dev(&self) -> ServedCounts {
         self.dev.clone()
+    }
+
+    /// All requests taken from io_uring entries.
+    pub fn ring_total(&self) -> u64 {
+        self.ring.by_opcode().values().sum()
     }
 }
 
@@ -559,9 +564,9 @@ impl Queue {
         let commit_id = wire::u64_at(header, COMMIT_ID).unwrap_or(0);
         let payload_sz =
             (wire::u32_at(header, PAYLOAD_SZ).unwrap_or(0) as usize).min(payload.len());
-        self.transport.ring.fetch_add(1, Ordering::Relaxed);
         let reply = match InHeader::parse(&header[..IN_HEADER_LEN]) {
             Some(h) => {
+                self.transport.ring.add(h.opcode);
                 let size = wire::fixed_size(h.opcode).unwrap_or(0);
                 let fixed = &header[OP_IN..OP_IN + size.min(OP_IN)];
                 wire::serve(&self.shared, &h, fixed, &payload[..payload_sz])

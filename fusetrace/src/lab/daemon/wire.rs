@@ -127,6 +127,7 @@ pub(crate) fn fixed_size(opcode: u32) -> Option<usize> {
         op::READ | op::WRITE | op::READDIR | op::READDIRPLUS => 40,
         op::GETLK | op::SETLK | op::SETLKW => 48,
         op::COPY_FILE_RANGE => 56,
+        op::SETATTR => 88,
         op::INIT => 64,
         _ => return None,
     })
@@ -726,6 +727,15 @@ mod tests {
 
     fn u16_at(b: &[u8], at: usize) -> Option<u16> {
         Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    }
+
+    #[test]
+    fn every_served_opcode_has_a_fixed_size() {
+        let unserved = [op::NOTIFY_REPLY, op::CUSE_INIT];
+        for (n, name) in fusetrace_common::opcode::OPCODES {
+            let served = *n < op::SETUPMAPPING && !unserved.contains(n);
+            assert_eq!(fixed_size(*n).is_some(), served, "{name}");
+        }
     }
 
     #[test]
