@@ -5,17 +5,19 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Scratch, UringParam, is_mounted, line_channel, wait_for_line_within};
 use fusetrace::lab::daemon::{DaemonConfig, MountedDaemon, ServedCounts};
+use fusetrace::lab::load::{self, LoadArgs, Workload};
 use fusetrace::pipeline::opcode;
 
 fn can_mount() -> bool {
@@ -470,5 +472,124 @@ fn teardown_leaves_no_mount_and_no_thread() {
         .unwrap();
     assert!(status.success(), "{status}: {err}");
     assert!(err.is_empty(), "{err}");
+    assert!(!is_mounted(dir.path()));
+}
+
+/// Requests served by opcode for one 1 MiB pwrite() and one 1 MiB pread()
+/// with FOPEN_DIRECT_IO and a 64 KiB max_write.
+fn direct_io_deltas(io_uring: bool) -> BTreeMap<u32, u64> {
+    let dir = Scratch::new("uring-direct");
+    let config = DaemonConfig {
+        io_uring,
+        direct_io: true,
+        max_write: Some(64 << 10),
+        ..ring_config()
+    };
+    let daemon = MountedDaemon::mount(dir.path(), config).unwrap();
+    let c = daemon.counts();
+    let path = dir.path().join("f");
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 241) as u8).collect();
+    let f = File::options()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let before = c.by_opcode();
+    f.write_all_at(&data, 0).unwrap();
+    let mut back = vec![0u8; data.len()];
+    f.read_exact_at(&mut back, 0).unwrap();
+    let after = c.by_opcode();
+    assert!(back == data, "read back differently (io_uring {io_uring})");
+    drop(f);
+    daemon.unmount().unwrap();
+    after
+        .into_iter()
+        .map(|(op, n)| (op, n - before.get(&op).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[test]
+fn direct_io_and_max_write_as_on_dev_fuse() {
+    let Some(_uring) = UringParam::enable() else {
+        return;
+    };
+    if !can_mount() {
+        return;
+    }
+    let ring = direct_io_deltas(true);
+    // 1 MiB in WRITEs of max_write (64 KiB) each.
+    assert_eq!(ring.get(&opcode::WRITE), Some(&16), "{ring:?}");
+    assert!(ring.get(&opcode::READ).is_some_and(|n| *n >= 1), "{ring:?}");
+    assert_eq!(ring, direct_io_deltas(false), "ring vs /dev/fuse transport");
+}
+
+#[test]
+fn writeback_cache_on_the_ring() {
+    let Some(_uring) = UringParam::enable() else {
+        return;
+    };
+    if !can_mount() {
+        return;
+    }
+    let dir = Scratch::new("uring-writeback");
+    let config = DaemonConfig {
+        writeback_cache: true,
+        max_write: Some(64 << 10),
+        max_background: Some(8),
+        ttl: Duration::from_secs(1),
+        ..ring_config()
+    };
+    let daemon = MountedDaemon::mount(dir.path(), config).unwrap();
+    let path = dir.path().join("big");
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 239) as u8).collect();
+    let mut f = File::create(&path).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(fs::read(&path).unwrap() == data);
+    let c = daemon.counts();
+    assert!(count(&c, "WRITE") >= 16, "{:?}", c.snapshot());
+    assert!(count(&c, "FSYNC") >= 1, "{:?}", c.snapshot());
+    let ring = daemon.transport().unwrap().ring();
+    assert_eq!(ring.get(opcode::WRITE), count(&c, "WRITE"));
+    fs::remove_file(&path).unwrap();
+    daemon.unmount().unwrap();
+}
+
+#[test]
+fn load_generator_on_both_queues() {
+    let Some(_uring) = UringParam::enable() else {
+        return;
+    };
+    if !can_mount() {
+        return;
+    }
+    let dir = Scratch::new("uring-load");
+    let daemon = MountedDaemon::mount(dir.path(), ring_config()).unwrap();
+    let report = load::run(&LoadArgs {
+        mountpoint: dir.path().to_path_buf(),
+        workload: Workload::Mixed,
+        duration: None,
+        ops: Some(600),
+        jobs: 4,
+        file_size: 256 << 10,
+        block_size: 4096,
+    })
+    .unwrap();
+    assert_eq!((report.ops, report.errors), (600, 0), "{report}");
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    let c = daemon.counts();
+    let transport = daemon.transport().unwrap();
+    for op in [
+        "CREATE", "UNLINK", "WRITE", "READ", "LOOKUP", "MKDIR", "RMDIR",
+    ] {
+        let n = count(&c, op);
+        assert!(n > 0, "{op}: {:?}", c.snapshot());
+        assert_eq!(transport.ring().get(opcode::parse(op).unwrap()), n, "{op}");
+    }
+    daemon.unmount().unwrap();
     assert!(!is_mounted(dir.path()));
 }

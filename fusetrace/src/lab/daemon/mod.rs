@@ -934,14 +934,34 @@ mod tests {
         assert_eq!(table[15], Duration::from_millis(5));
         assert_eq!(table[16], Duration::ZERO);
 
+        let ring = Cli::try_parse_from(["x", "/mnt", "--io-uring", "--queue-depth", "8"]).unwrap();
+        let config = DaemonConfig::from(&ring.daemon);
+        assert!(config.io_uring);
+        assert_eq!((config.threads, config.queue_depth), (1, 8));
+        assert!(config.validate().is_ok());
+        let both = DaemonConfig {
+            threads: 2,
+            ..config
+        };
+        assert!(
+            both.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--io-uring")
+        );
+
         let plain = Cli::try_parse_from(["x", "/mnt"]).unwrap();
         assert_eq!(plain.daemon.threads, 1);
+        assert!(!plain.daemon.io_uring);
         assert!(plain.daemon.latency.is_empty());
         for bad in [
             &["x", "/mnt", "--threads", "0"][..],
             &["x", "/mnt", "--latency", "READ=5x"],
             &["x", "/mnt", "--max-write", "100"],
             &["x", "/mnt", "--max-background", "0"],
+            &["x", "/mnt", "--queue-depth", "8"],
+            &["x", "/mnt", "--io-uring", "--threads", "2"],
+            &["x", "/mnt", "--io-uring", "--queue-depth", "0"],
             &["x"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");

@@ -49,6 +49,8 @@ const MAX_WRITE_SIZE: u32 = 16 << 20;
 /// FUSE_MIN_READ_BUFFER: the kernel's floor for read and payload buffers.
 const MIN_BUFFER: usize = 8192;
 const PAGE: usize = 4096;
+/// FUSE_DEFAULT_MAX_PAGES_PER_REQ.
+const DEFAULT_MAX_PAGES: usize = 32;
 
 /// `enum fuse_uring_cmd`.
 const FUSE_IO_URING_CMD_REGISTER: u32 = 1;
@@ -225,14 +227,19 @@ pub(crate) fn run_session(
         transport.dev.add(h.opcode);
         let body = &buf[IN_HEADER_LEN.min(n)..n.min(h.len as usize)];
         if h.opcode == op::INIT {
-            let reply = init(&shared, &lifecycle, &setup, max_write, body);
-            let ok = matches!(reply, Reply::Data(_));
+            let (reply, granted) = match init(&shared, &setup, max_write, body) {
+                Ok(out) => (Reply::Data(out.encode()), Some(out)),
+                Err(msg) => {
+                    lifecycle.set(Phase::Failed(msg));
+                    (Reply::Error(libc::EPROTO), None)
+                }
+            };
             if let Err(e) = send(fd, h.unique, reply) {
                 lifecycle.set(Phase::Failed(format!("answering INIT: {e}")));
                 break Err(e);
             }
-            if ok {
-                match start_queues(&dev, &shared, &setup, max_write, &transport) {
+            if let Some(out) = granted {
+                match start_queues(&dev, &shared, &setup, &out, &transport) {
                     Ok(handles) => {
                         queues = handles;
                         lifecycle.set(Phase::Ready);
@@ -261,38 +268,27 @@ pub(crate) fn run_session(
 }
 
 /// Answers INIT: the flags fuser would ask for, plus FUSE_INIT_EXT and
-/// FUSE_OVER_IO_URING. Counted like `Dispatcher::init`.
-fn init(
-    s: &Shared,
-    lifecycle: &Lifecycle,
-    setup: &RingSetup,
-    max_write: u32,
-    body: &[u8],
-) -> Reply {
+/// FUSE_OVER_IO_URING; or why not (replied EPROTO). Counted like
+/// `Dispatcher::init`.
+fn init(s: &Shared, setup: &RingSetup, max_write: u32, body: &[u8]) -> Result<InitOut, String> {
     s.counts.add(op::INIT);
     let delay = s.latency[op::INIT as usize % OPCODE_SLOTS];
     if !delay.is_zero() {
         thread::sleep(delay);
     }
-    let fail = |msg: String| {
-        lifecycle.set(Phase::Failed(msg));
-        Reply::Error(libc::EPROTO)
-    };
     let Some(init) = InitIn::parse(body) else {
-        return fail("the kernel's INIT request is truncated".to_string());
+        return Err("the kernel's INIT request is truncated".to_string());
     };
     if init.major != 7 {
-        return fail(format!(
+        return Err(format!(
             "unsupported FUSE protocol {}.{}",
             init.major, init.minor
         ));
     }
     if init.flags & wire::FUSE_OVER_IO_URING == 0 {
-        return fail(
-            "the kernel did not offer FUSE_OVER_IO_URING in INIT \
-             (is /sys/module/fuse/parameters/enable_uring Y?)"
-                .to_string(),
-        );
+        return Err(format!(
+            "the kernel did not offer FUSE_OVER_IO_URING in INIT (is {ENABLE_URING} Y?)"
+        ));
     }
     let mut want = wire::FUSE_ASYNC_READ
         | wire::FUSE_BIG_WRITES
@@ -301,21 +297,20 @@ fn init(
         | wire::FUSE_OVER_IO_URING;
     if setup.writeback_cache {
         if init.flags & wire::FUSE_WRITEBACK_CACHE == 0 {
-            return fail(
+            return Err(
                 "the kernel does not offer FUSE_WRITEBACK_CACHE (--writeback-cache)".to_string(),
             );
         }
         want |= wire::FUSE_WRITEBACK_CACHE;
     }
-    let out = InitOut {
+    Ok(InitOut {
         minor: init.minor.min(PROTO_MINOR),
         max_readahead: init.max_readahead,
         flags: init.flags & want,
         max_background: setup.max_background.unwrap_or(16),
         max_write,
         max_pages: max_pages(max_write, init.max_readahead),
-    };
-    Reply::Data(out.encode())
+    })
 }
 
 /// Pages per request we ask for (as fuser computes it).
@@ -331,15 +326,16 @@ fn start_queues(
     dev: &Arc<OwnedFd>,
     shared: &Arc<Shared>,
     setup: &RingSetup,
-    max_write: u32,
+    init: &InitOut,
     transport: &TransportCounts,
 ) -> Result<Vec<JoinHandle<()>>, (Vec<JoinHandle<()>>, String)> {
     let nr = possible_cpus().map_err(|e| (Vec::new(), format!("counting CPUs: {e}")))?;
-    // The kernel's ring->max_payload_sz is max(8192, max_write,
-    // max_pages * PAGE_SIZE) with its own max_pages clamped below ours.
-    let payload = MIN_BUFFER
-        .max(max_write as usize)
-        .max(usize::from(max_pages(max_write, 0)) * PAGE);
+    // Entries smaller than the kernel's ring->max_payload_sz are refused
+    // (EINVAL). It is max(8192, max_write, max_pages * PAGE_SIZE), its
+    // max_pages being ours clamped to fs.fuse.max_pages_limit, or 32
+    // (FUSE_DEFAULT_MAX_PAGES_PER_REQ) should FUSE_MAX_PAGES not be granted.
+    let pages = usize::from(init.max_pages).max(DEFAULT_MAX_PAGES);
+    let payload = MIN_BUFFER.max(init.max_write as usize).max(pages * PAGE);
     let (tx, rx) = mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
     for qid in 0..nr {
