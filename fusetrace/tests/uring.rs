@@ -593,3 +593,79 @@ fn load_generator_on_both_queues() {
     daemon.unmount().unwrap();
     assert!(!is_mounted(dir.path()));
 }
+
+#[test]
+fn interrupts_come_by_dev_fuse() {
+    let Some(_uring) = UringParam::enable() else {
+        return;
+    };
+    if !can_mount() {
+        return;
+    }
+    let dir = Scratch::new("uring-interrupt");
+    let config = DaemonConfig {
+        latency: vec![(opcode::GETATTR, Duration::from_millis(300))],
+        ..ring_config()
+    };
+    let daemon = MountedDaemon::mount(dir.path(), config).unwrap();
+    let (c, transport) = (daemon.counts(), daemon.transport().unwrap());
+    let path = dir.path().join("x");
+    fs::write(&path, b"1").unwrap();
+
+    // A signal (handled) while a GETATTR is in service: the kernel sends an
+    // INTERRUPT by /dev/fuse, which we answer ENOSYS (as fuser); the stat
+    // still gets its answer from the ring.
+    let script = "import os, signal, sys\n\
+                  signal.signal(signal.SIGUSR1, lambda *a: None)\n\
+                  print('ready', flush=True)\n\
+                  os.stat(sys.argv[1])\n";
+    // Nothing else touches the mount from here on.
+    let getattrs = transport.ring().get(opcode::GETATTR);
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = line_channel(child.stdout.take().unwrap());
+    wait_for_line_within(&lines, "ready", "python3", common::STEP_TIMEOUT);
+    assert!(eventually(
+        || transport.ring().get(opcode::GETATTR) > getattrs
+    ));
+    common::signal(&child, libc::SIGUSR1);
+    assert!(child.wait().unwrap().success());
+    let dev = transport.dev();
+    assert_eq!(dev.get(opcode::INTERRUPT), 1, "{:?}", dev.snapshot());
+    assert_eq!(count(&c, "INTERRUPT"), 0, "INTERRUPT is never counted");
+    daemon.unmount().unwrap();
+}
+
+#[test]
+fn forgets_come_by_dev_fuse() {
+    let Some(_uring) = UringParam::enable() else {
+        return;
+    };
+    if !can_mount() {
+        return;
+    }
+    let dir = Scratch::new("uring-forget");
+    let daemon = MountedDaemon::mount(dir.path(), ring_config()).unwrap();
+    let (c, transport) = (daemon.counts(), daemon.transport().unwrap());
+    let dev = transport.dev();
+    // Unlinked and evicted inodes are forgotten by /dev/fuse.
+    for i in 0..5 {
+        fs::write(dir.path().join(format!("f{i}")), b"x").unwrap();
+        fs::remove_file(dir.path().join(format!("f{i}"))).unwrap();
+    }
+    let forgets = || dev.get(opcode::FORGET) + dev.get(opcode::BATCH_FORGET);
+    assert!(eventually(|| forgets() > 0), "{:?}", dev.snapshot());
+    assert_eq!(
+        count(&c, "FORGET") + count(&c, "BATCH_FORGET"),
+        forgets(),
+        "{:?}",
+        c.snapshot()
+    );
+    let ring = transport.ring();
+    assert_eq!(ring.get(opcode::FORGET) + ring.get(opcode::BATCH_FORGET), 0);
+    daemon.unmount().unwrap();
+}
