@@ -503,3 +503,78 @@ pub fn whole_run_by_op(out: &TraceOutput) -> BTreeMap<String, Value> {
         .map(|o| (o["opcode"].as_str().unwrap().to_string(), o.clone()))
         .collect()
 }
+
+/// The kernel's FUSE-over-io_uring switch.
+pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Process-wide state of `UringParam`: tests in one binary run in
+/// parallel, so the parameter is set by the first shared guard and restored
+/// by the last one; an exclusive guard (a different value, or a test that
+/// needs no other mount of this binary around) waits for all of them.
+static URING_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+static URING_SHARED: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
+
+/// Holds `/sys/module/fuse/parameters/enable_uring` at a value while alive.
+pub struct UringParam {
+    _shared: Option<std::sync::RwLockReadGuard<'static, ()>>,
+    _exclusive: Option<std::sync::RwLockWriteGuard<'static, ()>>,
+    /// Exclusive guards: the value to put back.
+    restore: Option<String>,
+}
+
+impl UringParam {
+    /// `Y` while any shared guard lives; `None` (test skipped) when this
+    /// kernel has no FUSE over io_uring.
+    pub fn enable() -> Option<UringParam> {
+        if !Path::new(ENABLE_URING).exists() {
+            eprintln!("skipped: this kernel has no FUSE over io_uring ({ENABLE_URING})");
+            return None;
+        }
+        let read = URING_LOCK.read().unwrap_or_else(|e| e.into_inner());
+        let mut shared = URING_SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.0 == 0 {
+            let before = std::fs::read_to_string(ENABLE_URING).unwrap();
+            std::fs::write(ENABLE_URING, "Y").unwrap();
+            shared.1 = Some(before.trim().to_string());
+        }
+        shared.0 += 1;
+        Some(UringParam {
+            _shared: Some(read),
+            _exclusive: None,
+            restore: None,
+        })
+    }
+
+    /// `value` (`Y` or `N`) with no other guard of this process alive.
+    pub fn exclusive(value: &str) -> Option<UringParam> {
+        if !Path::new(ENABLE_URING).exists() {
+            eprintln!("skipped: this kernel has no FUSE over io_uring ({ENABLE_URING})");
+            return None;
+        }
+        let write = URING_LOCK.write().unwrap_or_else(|e| e.into_inner());
+        let before = std::fs::read_to_string(ENABLE_URING).unwrap();
+        std::fs::write(ENABLE_URING, value).unwrap();
+        Some(UringParam {
+            _shared: None,
+            _exclusive: Some(write),
+            restore: Some(before.trim().to_string()),
+        })
+    }
+}
+
+impl Drop for UringParam {
+    fn drop(&mut self) {
+        // Runs before the lock guards (fields) are released.
+        if let Some(before) = self.restore.take() {
+            let _ = std::fs::write(ENABLE_URING, before);
+            return;
+        }
+        let mut shared = URING_SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        shared.0 -= 1;
+        if shared.0 == 0
+            && let Some(before) = shared.1.take()
+        {
+            let _ = std::fs::write(ENABLE_URING, before);
+        }
+    }
+}

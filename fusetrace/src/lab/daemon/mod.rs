@@ -4,13 +4,21 @@
 //!
 //! See `dispatch.rs` for which opcodes reach (and are counted by) our code
 //! and which ones fuser answers by itself.
+//!
+//! With `--io-uring` requests come by FUSE over io_uring instead: fuser
+//! only mounts, `uring.rs` runs the rings and `wire.rs` is the codec.
 
 mod dispatch;
 mod fs;
+mod uring;
+mod wire;
+
+pub use uring::TransportCounts;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +39,7 @@ const MAX_WRITE_LIMIT: u32 = 16 << 20;
 /// The kernel never uses less than one page per WRITE.
 const MIN_MAX_WRITE: u32 = 4096;
 const MAX_THREADS: usize = 1024;
+const MAX_QUEUE_DEPTH: u16 = 64;
 /// How long `mount` waits for the kernel's INIT.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `unmount` waits for the session loop to notice the unmount.
@@ -67,6 +76,14 @@ pub struct DaemonArgs {
     /// Attribute and entry cache timeout given to the kernel (0s: no caching)
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub ttl: Duration,
+    /// Serve requests by FUSE over io_uring (Linux 6.14+; needs Y in
+    /// /sys/module/fuse/parameters/enable_uring): one queue thread per CPU
+    #[arg(long, conflicts_with = "threads")]
+    pub io_uring: bool,
+    /// With --io-uring: ring entries (requests in service) per CPU queue
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "io_uring",
+          value_parser = clap::value_parser!(u16).range(1..=MAX_QUEUE_DEPTH as i64))]
+    pub queue_depth: u16,
 }
 
 fn parse_threads(text: &str) -> Result<usize, String> {
@@ -115,6 +132,11 @@ pub struct DaemonConfig {
     pub max_background: Option<u16>,
     /// Attribute/entry cache timeout in replies.
     pub ttl: Duration,
+    /// Serve by FUSE over io_uring instead of read/write on /dev/fuse
+    /// (`threads` must then be 1: each CPU queue has its own thread).
+    pub io_uring: bool,
+    /// Ring entries per queue (io_uring only).
+    pub queue_depth: u16,
 }
 
 impl Default for DaemonConfig {
@@ -127,6 +149,8 @@ impl Default for DaemonConfig {
             max_write: None,
             max_background: None,
             ttl: Duration::from_secs(1),
+            io_uring: false,
+            queue_depth: 4,
         }
     }
 }
@@ -141,6 +165,8 @@ impl From<&DaemonArgs> for DaemonConfig {
             max_write: a.max_write,
             max_background: a.max_background,
             ttl: a.ttl,
+            io_uring: a.io_uring,
+            queue_depth: a.queue_depth,
         }
     }
 }
@@ -157,6 +183,15 @@ impl DaemonConfig {
         }
         if self.max_background == Some(0) {
             bail!("max-background must be at least 1");
+        }
+        if self.io_uring && self.threads != 1 {
+            bail!("--threads cannot be combined with --io-uring (one thread per CPU queue)");
+        }
+        if !(1..=MAX_QUEUE_DEPTH).contains(&self.queue_depth) {
+            bail!(
+                "queue depth must be 1..={MAX_QUEUE_DEPTH}, not {}",
+                self.queue_depth
+            );
         }
         for (op, _) in &self.latency {
             if *op as usize >= OPCODE_SLOTS {
@@ -282,6 +317,8 @@ pub struct MountedDaemon {
     connection: Option<u32>,
     /// The `fusermount3 ... auto_unmount` helper fuser started (and never reaps).
     helper: Option<i32>,
+    /// io_uring transport: where requests were taken from.
+    transport: Option<TransportCounts>,
 }
 
 impl std::fmt::Debug for MountedDaemon {
@@ -299,6 +336,9 @@ impl MountedDaemon {
     pub fn mount(mountpoint: &Path, config: DaemonConfig) -> Result<MountedDaemon> {
         config.validate()?;
         let mountpoint = preflight(mountpoint)?;
+        if config.io_uring {
+            uring::preflight()?;
+        }
         let lifecycle = Arc::new(Lifecycle::new());
         let counts = ServedCounts::default();
         let shared = Arc::new(Shared {
@@ -308,20 +348,6 @@ impl MountedDaemon {
             ttl: config.ttl,
             direct_io: config.direct_io,
         });
-        let (pool, workers) = if config.threads > 1 {
-            let (tx, workers) = spawn_workers(config.threads)?;
-            (Some(tx), workers)
-        } else {
-            (None, Vec::new())
-        };
-        let dispatcher = Dispatcher {
-            shared,
-            pool,
-            lifecycle: Arc::clone(&lifecycle),
-            writeback_cache: config.writeback_cache,
-            max_write: config.max_write,
-            max_background: config.max_background,
-        };
         let options = [
             MountOption::FSName("fusetrace".to_string()),
             MountOption::Subtype("fusetrace".to_string()),
@@ -330,31 +356,79 @@ impl MountedDaemon {
             // fusermount3 stays behind and unmounts if this process dies.
             MountOption::AutoUnmount,
         ];
-        let mut session = match Session::new(dispatcher, &mountpoint, &options) {
-            Ok(s) => s,
-            Err(e) => {
-                // The dispatcher (and the workers' channel) went with the error.
-                join_all(workers);
-                return Err(anyhow!(
-                    "cannot mount FUSE file system at {}: {e} (is fusermount3 from fuse3 working?)",
-                    mountpoint.display()
-                ));
-            }
+        let mount_error = |e: io::Error| {
+            anyhow!(
+                "cannot mount FUSE file system at {}: {e} (is fusermount3 from fuse3 working?)",
+                mountpoint.display()
+            )
         };
-        let unmounter = session.unmount_callable();
-        let lc = Arc::clone(&lifecycle);
-        let session = thread::Builder::new()
-            .name("fuse-session".to_string())
-            .spawn(move || {
-                let result = session.run();
-                lc.loop_done.store(true, Ordering::SeqCst);
-                // Drops the dispatcher (the workers then drain and stop) and
-                // the mount handle (fusermount3 cleans up if still mounted).
-                drop(session);
-                lc.set(Phase::Ended);
-                result
-            })
-            .context("spawning the FUSE session thread")?;
+        let (session, unmounter, workers, transport) = if config.io_uring {
+            // fuser only mounts; the session thread speaks the protocol.
+            let mut session =
+                Session::new(uring::MountOnly, &mountpoint, &options).map_err(mount_error)?;
+            let unmounter = session.unmount_callable();
+            let dev = session
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating the /dev/fuse descriptor")?;
+            let transport = TransportCounts::default();
+            let setup = uring::RingSetup {
+                writeback_cache: config.writeback_cache,
+                max_write: config.max_write,
+                max_background: config.max_background,
+                depth: usize::from(config.queue_depth),
+            };
+            let (lc, counts) = (Arc::clone(&lifecycle), transport.clone());
+            let handle = thread::Builder::new()
+                .name("fuse-session".to_string())
+                .spawn(move || {
+                    let result = uring::run_session(dev, shared, Arc::clone(&lc), setup, counts);
+                    lc.loop_done.store(true, Ordering::SeqCst);
+                    drop(session);
+                    lc.set(Phase::Ended);
+                    result
+                })
+                .context("spawning the FUSE session thread")?;
+            (handle, unmounter, Vec::new(), Some(transport))
+        } else {
+            let (pool, workers) = if config.threads > 1 {
+                let (tx, workers) = spawn_workers(config.threads)?;
+                (Some(tx), workers)
+            } else {
+                (None, Vec::new())
+            };
+            let dispatcher = Dispatcher {
+                shared,
+                pool,
+                lifecycle: Arc::clone(&lifecycle),
+                writeback_cache: config.writeback_cache,
+                max_write: config.max_write,
+                max_background: config.max_background,
+            };
+            let mut session = match Session::new(dispatcher, &mountpoint, &options) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The dispatcher (and the workers' channel) went with the error.
+                    join_all(workers);
+                    return Err(mount_error(e));
+                }
+            };
+            let unmounter = session.unmount_callable();
+            let lc = Arc::clone(&lifecycle);
+            let handle = thread::Builder::new()
+                .name("fuse-session".to_string())
+                .spawn(move || {
+                    let result = session.run();
+                    lc.loop_done.store(true, Ordering::SeqCst);
+                    // Drops the dispatcher (the workers then drain and stop) and
+                    // the mount handle (fusermount3 cleans up if still mounted).
+                    drop(session);
+                    lc.set(Phase::Ended);
+                    result
+                })
+                .context("spawning the FUSE session thread")?;
+            (handle, unmounter, workers, None)
+        };
         let mut daemon = MountedDaemon {
             mountpoint,
             counts,
@@ -364,6 +438,7 @@ impl MountedDaemon {
             unmounter: Some(unmounter),
             connection: None,
             helper: None,
+            transport,
         };
         daemon.helper = find_helper(&daemon.mountpoint);
         match daemon
@@ -405,6 +480,19 @@ impl MountedDaemon {
     /// The live per-opcode counters.
     pub fn counts(&self) -> ServedCounts {
         self.counts.clone()
+    }
+
+    /// With `io_uring`: how many requests were taken from the ring and which
+    /// ones were read from /dev/fuse. `None` for the /dev/fuse transport.
+    pub fn transport(&self) -> Option<TransportCounts> {
+        self.transport.clone()
+    }
+
+    /// Requests taken from io_uring entries (0 for the /dev/fuse transport).
+    pub fn served_by_ring(&self) -> u64 {
+        self.transport
+            .as_ref()
+            .map_or(0, TransportCounts::ring_total)
     }
 
     /// A handle that waits for the session to end (e.g. `fusermount3 -u`).
@@ -846,14 +934,34 @@ mod tests {
         assert_eq!(table[15], Duration::from_millis(5));
         assert_eq!(table[16], Duration::ZERO);
 
+        let ring = Cli::try_parse_from(["x", "/mnt", "--io-uring", "--queue-depth", "8"]).unwrap();
+        let config = DaemonConfig::from(&ring.daemon);
+        assert!(config.io_uring);
+        assert_eq!((config.threads, config.queue_depth), (1, 8));
+        assert!(config.validate().is_ok());
+        let both = DaemonConfig {
+            threads: 2,
+            ..config
+        };
+        assert!(
+            both.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--io-uring")
+        );
+
         let plain = Cli::try_parse_from(["x", "/mnt"]).unwrap();
         assert_eq!(plain.daemon.threads, 1);
+        assert!(!plain.daemon.io_uring);
         assert!(plain.daemon.latency.is_empty());
         for bad in [
             &["x", "/mnt", "--threads", "0"][..],
             &["x", "/mnt", "--latency", "READ=5x"],
             &["x", "/mnt", "--max-write", "100"],
             &["x", "/mnt", "--max-background", "0"],
+            &["x", "/mnt", "--queue-depth", "8"],
+            &["x", "/mnt", "--io-uring", "--threads", "2"],
+            &["x", "/mnt", "--io-uring", "--queue-depth", "0"],
             &["x"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
