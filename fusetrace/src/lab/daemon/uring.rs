@@ -225,7 +225,8 @@ pub(crate) fn run_session(
             continue;
         };
         transport.dev.add(h.opcode);
-        let body = &buf[IN_HEADER_LEN.min(n)..n.min(h.len as usize)];
+        // InHeader::parse saw IN_HEADER_LEN bytes; h.len is the kernel's.
+        let body = &buf[IN_HEADER_LEN..(h.len as usize).clamp(IN_HEADER_LEN, n)];
         if h.opcode == op::INIT {
             let (reply, granted) = match init(&shared, &setup, max_write, body) {
                 Ok(out) => (Reply::Data(out.encode()), Some(out)),
@@ -492,6 +493,9 @@ impl Queue {
         let mut inflight = self.depth;
         if let Err(e) = ring.submit() {
             let _ = ready.send(Err(format!("queue {}: registering: {e}", self.qid)));
+            // Whether the kernel took some of the entries is unknown: keep
+            // their memory rather than risk it being written after a free.
+            std::mem::forget(ents);
             return;
         }
         // REGISTER is handled while submitting: a failure has completed by now.
