@@ -6,11 +6,7 @@
 
 mod common;
 
-use std::{
-    fs,
-    io::Read,
-    process::Command,
-};
+use std::{fs, io::Read, process::Command};
 
 use common::*;
 use serde_json::Value;
@@ -79,9 +75,17 @@ fn ring_requests_are_counted_exactly_with_four_ordered_stages_beside_dev_fuse() 
 
     // Exact accounting on each mount, by opcode.
     let ours = out.on(ring_conn);
-    assert_eq!(count_by_op(&ours), ring_served, "io_uring: traced (left) vs served (right)");
+    assert_eq!(
+        count_by_op(&ours),
+        ring_served,
+        "io_uring: traced (left) vs served (right)"
+    );
     let theirs = out.on(plain_conn);
-    assert_eq!(count_by_op(&theirs), plain_served, "/dev/fuse: traced (left) vs served (right)");
+    assert_eq!(
+        count_by_op(&theirs),
+        plain_served,
+        "/dev/fuse: traced (left) vs served (right)"
+    );
 
     // Every answered request of the ring daemon went through its ring, with
     // four ordered points; FORGETs still come by /dev/fuse. The other mount
@@ -103,7 +107,10 @@ fn ring_requests_are_counted_exactly_with_four_ordered_stages_beside_dev_fuse() 
     assert!(getattrs.len() >= 10, "GETATTRs: {}", getattrs.len());
     for r in &getattrs {
         let daemon_ns = r["daemon_ns"].as_u64().unwrap();
-        assert!(daemon_ns >= 20_000_000, "GETATTR daemon stage {daemon_ns} ns: {r}");
+        assert!(
+            daemon_ns >= 20_000_000,
+            "GETATTR daemon stage {daemon_ns} ns: {r}"
+        );
         assert!(r["queue_ns"].as_u64().unwrap() < daemon_ns, "{r}");
     }
     // The closing summary counts the ring's requests per queue, and they add up.
@@ -114,10 +121,18 @@ fn ring_requests_are_counted_exactly_with_four_ordered_stages_beside_dev_fuse() 
         .values()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    assert_eq!(uring["requests"].as_u64(), Some(answered.len() as u64), "{uring}");
+    assert_eq!(
+        uring["requests"].as_u64(),
+        Some(answered.len() as u64),
+        "{uring}"
+    );
     assert_eq!(per_queue, answered.len() as u64, "{uring}");
     assert_eq!(uring["replies_unresolved"].as_u64(), Some(0), "{uring}");
-    assert!(out.stderr.contains("requests went through io_uring"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("requests went through io_uring"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -131,7 +146,14 @@ fn in_kernel_stages_count_the_ring_daemon_exactly() {
     let mount = ring.path().to_str().unwrap().to_string();
     fs::write(ring.path().join("f"), b"abc").unwrap();
     let tracer = Tracer::start(&[
-        "stats", "--stages", "--format", "json", "--mount", &mount, "--interval", "1h",
+        "stats",
+        "--stages",
+        "--format",
+        "json",
+        "--mount",
+        &mount,
+        "--interval",
+        "1h",
     ]);
     let before = ring.snapshot();
     for _ in 0..30 {
@@ -145,7 +167,7 @@ fn in_kernel_stages_count_the_ring_daemon_exactly() {
     // Every stage counted for every request: the daemon points came from the ring.
     for name in ["queue_wait", "daemon_service", "completion", "total"] {
         assert_eq!(
-            stage(getattr, name)["count"].as_u64(),
+            stage(getattr, name)["samples"].as_u64(),
             Some(served["GETATTR"]),
             "{name} in {getattr}"
         );
@@ -178,12 +200,19 @@ fn doctor_names_each_mounts_transport() {
     let (r, p) = (find(ring.path()), find(plain.path()));
     assert_eq!(r["transport"], "io_uring", "{r}");
     assert!(r["ring_queues"].as_u64().unwrap() >= 1, "{r}");
-    assert!(r["traced"].as_str().unwrap().starts_with("every point"), "{r}");
+    assert!(
+        r["traced"].as_str().unwrap().starts_with("every point"),
+        "{r}"
+    );
     assert_eq!(p["transport"], "/dev/fuse", "{p}");
     assert!(p["ring_queues"].is_null(), "{p}");
     let pid = ring.child.id();
     assert!(
-        r["daemons"].as_array().unwrap().iter().any(|d| d.as_str().unwrap().ends_with(&format!("[{pid}]"))),
+        r["daemons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d.as_str().unwrap().ends_with(&format!("[{pid}]"))),
         "the daemon holding /dev/fuse: {r}"
     );
     // The text form says the same in one line per mount.
