@@ -65,6 +65,28 @@ pub(crate) fn write_summary(
     Ok(())
 }
 
+/// The VIA column: how the daemon took the request (`/dev/fuse`,
+/// `io_uring:Q` with its ring queue, `-` when no daemon point was seen).
+struct Via<'a>(&'a RequestLifecycle);
+
+impl std::fmt::Display for Via<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // On the stack: this is formatted for every request.
+        let mut buf = [0u8; 24];
+        let text = match (self.0.transport, self.0.ring_queue) {
+            (Some(t), Some(q)) => {
+                let mut w = std::io::Cursor::new(&mut buf[..]);
+                let _ = write!(w, "{}:{q}", t.name());
+                let n = w.position() as usize;
+                std::str::from_utf8(&buf[..n]).unwrap_or("io_uring")
+            }
+            (Some(t), None) => t.name(),
+            (None, _) => "-",
+        };
+        f.pad(text)
+    }
+}
+
 /// A finished request as `trace --format json` prints it.
 #[derive(Serialize)]
 struct TraceRecord<'a> {
@@ -127,7 +149,7 @@ impl<W: Write> Sink for TraceSink<W> {
                 if !self.header_done {
                     writeln!(
                         self.out,
-                        "{:<12} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6} PATH",
+                        "{:<12} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:<10} {:>10} {:>10} {:>10} {:>10} {:>6} PATH",
                         "TIME(s)",
                         "MOUNT",
                         "OP",
@@ -136,6 +158,7 @@ impl<W: Write> Sink for TraceSink<W> {
                         "PID",
                         "COMM",
                         "DAEMON",
+                        "VIA",
                         "QUEUE_us",
                         "DAEMON_us",
                         "COMPL_us",
@@ -169,7 +192,7 @@ impl<W: Write> Sink for TraceSink<W> {
                 let us = |stage| Cell(rec.latency(stage).map(|ns| ns as f64 / 1000.0));
                 writeln!(
                     self.out,
-                    "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>6} {}",
+                    "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:<10} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>6} {}",
                     t,
                     mount,
                     op,
@@ -178,6 +201,7 @@ impl<W: Write> Sink for TraceSink<W> {
                     Cell(rec.requester_pid.or(rec.requester_tid)),
                     rec.requester_comm.as_deref().unwrap_or("-"),
                     Cell(rec.daemon_tid),
+                    Via(rec),
                     us(LatencyStage::QueueWait),
                     us(LatencyStage::DaemonService),
                     us(LatencyStage::Completion),
@@ -285,7 +309,7 @@ mod tests {
         pipeline::connections::MountEntry,
         pipeline::tracker::{Tracker, TrackerConfig},
     };
-    use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
+    use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FLAG_URING, FuseEvent};
 
     fn requests() -> Vec<RequestLifecycle> {
         let ev = |kind: EventKind, conn: u32, unique: u64, opcode: u32, ts: u64| FuseEvent {
@@ -313,6 +337,18 @@ mod tests {
             ev(EventKind::Taken, 52, 11, 36, 1_003_000),
             ev(EventKind::Replied, 52, 10, 0, 1_010_000),
             ev(EventKind::Ended, 52, 10, 15, 1_010_400),
+            // A GETATTR taken and answered through an io_uring queue.
+            ev(EventKind::Sent, 52, 20, 3, 1_500_000),
+            FuseEvent {
+                flags: FLAG_HAS_HEADER | FLAG_URING,
+                arg0: 1,
+                ..ev(EventKind::Taken, 52, 20, 3, 1_500_900)
+            },
+            FuseEvent {
+                flags: FLAG_URING,
+                ..ev(EventKind::Replied, 52, 20, 0, 1_501_500)
+            },
+            ev(EventKind::Ended, 52, 20, 3, 1_501_800),
             // Daemon stages never seen, error, on a connection nobody mounted.
             ev(EventKind::Sent, (300 << 20) | 7, 4, 3, 2_000_000),
             ev(EventKind::Ended, (300 << 20) | 7, 4, 3, 2_700_000),
@@ -336,7 +372,7 @@ mod tests {
             op.push('!');
         }
         format!(
-            "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6} {}",
+            "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:<10} {:>10} {:>10} {:>10} {:>10} {:>6} {}",
             rec.first_seen_ns().saturating_sub(start) as f64 / 1e9,
             names.name(rec.connection),
             op,
@@ -347,6 +383,11 @@ mod tests {
             opt(rec.requester_pid.or(rec.requester_tid)),
             rec.requester_comm.as_deref().unwrap_or("-"),
             opt(rec.daemon_tid),
+            match (rec.transport, rec.ring_queue) {
+                (Some(t), Some(q)) => format!("{}:{q}", t.name()),
+                (Some(t), None) => t.name().to_string(),
+                (None, _) => "-".to_string(),
+            },
             micros(rec.latency(LatencyStage::QueueWait)),
             micros(rec.latency(LatencyStage::DaemonService)),
             micros(rec.latency(LatencyStage::Completion)),
@@ -385,6 +426,8 @@ mod tests {
             assert_eq!(*line, with_strings(rec, &mut names, 500_000));
         }
         assert!(text.contains("READ!"), "{text}");
+        assert!(text.contains(" io_uring:1 "), "{text}");
+        assert!(text.contains(" /dev/fuse "), "{text}");
         assert!(text.contains("conn 300:7"), "{text}");
     }
 }

@@ -1053,10 +1053,15 @@ mod tests {
         end.len = 24;
         end.arg0 = 0x55;
         end.arg1 = 0x66;
+        // Taken through io_uring queue 3 (a ring daemon; the virtio-fs
+        // events only fill the other fields).
+        let mut take = daemon(ev(EventKind::Taken, 60, 16, 2_000), 501);
+        take.flags |= FLAG_URING;
+        take.arg0 = 3;
         let (mut t, mut out) = run(&[
             send,
             ev(EventKind::Virtq, 60, 16, 1_500),
-            daemon(ev(EventKind::Taken, 60, 16, 2_000), 501),
+            take,
             daemon(ev(EventKind::Taken, 61, opcode::INTERRUPT, 2_100), 503),
             done,
         ]);
@@ -1091,8 +1096,8 @@ mod tests {
             send_args: Some([8_192, 4_096]),
             end_args: None,
             path: None,
-            transport: None,
-            ring_queue: None,
+            transport: Some(Transport::IoUring),
+            ring_queue: Some(3),
         };
         assert!(out.is_empty());
         let live: Vec<_> = t.in_flight().filter(|r| r.unique == 60).collect();
