@@ -148,6 +148,10 @@ impl Bench {
         opts: &Options,
     ) -> Result<BTreeMap<Variant, Vec<Sample>>> {
         eprintln!("xtask: bench: {} on the {}", w.name, target.name());
+        let _uring = match target {
+            Target::ReferenceUring => Some(UringParam::enable()?),
+            _ => None,
+        };
         let mount = Mount::new(self, target, w)?;
         let mut samples: BTreeMap<Variant, Vec<Sample>> = BTreeMap::new();
         for round in 0..opts.rounds {

@@ -69,8 +69,10 @@ pub struct BenchArgs {
           value_parser = ["metadata", "randread", "seqwrite", "smallfiles", "metadata2", "none"])]
     workloads: Vec<String>,
     /// File systems to load, comma-separated.
+    /// (`reference-uring`: the reference daemon on FUSE over io_uring,
+    /// with the kernel's `enable_uring` set for the run and put back.)
     #[arg(long, value_delimiter = ',', default_value = "reference,bindfs",
-          value_parser = ["reference", "bindfs"])]
+          value_parser = ["reference", "reference-uring", "bindfs"])]
     targets: Vec<String>,
     /// Requests to hold in flight for the RSS measurement (0 skips it).
     #[arg(long, default_value_t = IN_FLIGHT_TARGET)]
@@ -143,6 +145,7 @@ impl BenchArgs {
                 .iter()
                 .map(|t| match t.as_str() {
                     "bindfs" => Target::Bindfs,
+                    "reference-uring" => Target::ReferenceUring,
                     _ => Target::Reference,
                 })
                 .collect(),

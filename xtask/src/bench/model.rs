@@ -3,6 +3,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Target {
     Reference,
+    /// The reference daemon on FUSE over io_uring (`daemon --io-uring`).
+    ReferenceUring,
     Bindfs,
 }
 
@@ -10,6 +12,7 @@ impl Target {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Target::Reference => "reference daemon",
+            Target::ReferenceUring => "reference daemon over io_uring",
             Target::Bindfs => "bindfs",
         }
     }

@@ -21,6 +21,22 @@ impl Mount {
                 cmd.arg("daemon").arg(&dir).args(w.daemon);
                 Mount::reference(cmd, &dir)
             }
+            Target::ReferenceUring => {
+                // Served on one thread per ring queue: --threads does not apply.
+                let mut args = w.daemon.iter();
+                let mut cmd = Command::new(&bench.fusetrace);
+                cmd.arg("daemon").arg(&dir).arg("--io-uring");
+                while let Some(a) = args.next() {
+                    if *a == "--threads" {
+                        args.next();
+                    } else {
+                        cmd.arg(a);
+                    }
+                }
+                let mut m = Mount::reference(cmd, &dir)?;
+                m.target = target;
+                Ok(m)
+            }
             Target::Bindfs => {
                 let src = bench.scratch.join(format!("src-{}", w.name));
                 fs::create_dir_all(&src).map_err(|e| format!("creating {}: {e}", src.display()))?;
@@ -175,6 +191,37 @@ impl Drop for FuseCtl {
     fn drop(&mut self) {
         if self.mounted_by_us {
             let _ = Command::new("umount").arg(FUSECTL).status();
+        }
+    }
+}
+
+/// FUSE over io_uring allowed for the run (`enable_uring`), put back
+/// afterwards: the io_uring target needs it.
+pub(crate) struct UringParam {
+    old: Option<String>,
+}
+
+pub(crate) const URING_PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
+
+impl UringParam {
+    pub(crate) fn enable() -> Result<UringParam> {
+        let old = fs::read_to_string(URING_PARAMETER).map_err(|e| {
+            format!(
+                "the io_uring target needs FUSE over io_uring (Linux 6.14+): {URING_PARAMETER}: {e}"
+            )
+        })?;
+        fs::write(URING_PARAMETER, "Y")
+            .map_err(|e| format!("cannot set {URING_PARAMETER}: {e}"))?;
+        Ok(UringParam {
+            old: Some(old.trim().to_string()),
+        })
+    }
+}
+
+impl Drop for UringParam {
+    fn drop(&mut self) {
+        if let Some(old) = self.old.take() {
+            let _ = fs::write(URING_PARAMETER, old);
         }
     }
 }
