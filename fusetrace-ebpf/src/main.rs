@@ -135,15 +135,11 @@ fn submit(mut ev: FuseEvent) {
     }
 }
 
-/// Reads what a `struct fuse_req *` says about itself.
+/// An event carrying a request header (`struct fuse_in_header`, from the
+/// kernel's request or the daemon's buffer).
 #[inline(always)]
-fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEvent> {
-    let h: FuseInHeader = kread(req, l.req_in_h)?;
-    let flags: u64 = kread(req, l.req_flags)?;
-    let fm: u64 = kread(req, l.req_fm)?;
-    let fc: u64 = kread(fm, l.mount_fc)?;
-    let connection: u32 = kread(fc, l.conn_dev)?;
-    let mut ev = FuseEvent {
+fn header_event(kind: EventKind, connection: u32, req: u64, h: &FuseInHeader) -> FuseEvent {
+    FuseEvent {
         kind: kind as u8,
         flags: FLAG_HAS_HEADER,
         connection,
@@ -155,7 +151,18 @@ fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEven
         req_uid: h.uid,
         len: h.len,
         ..FuseEvent::default()
-    };
+    }
+}
+
+/// Reads what a `struct fuse_req *` says about itself.
+#[inline(always)]
+fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEvent> {
+    let h: FuseInHeader = kread(req, l.req_in_h)?;
+    let flags: u64 = kread(req, l.req_flags)?;
+    let fm: u64 = kread(req, l.req_fm)?;
+    let fc: u64 = kread(fm, l.mount_fc)?;
+    let connection: u32 = kread(fc, l.conn_dev)?;
+    let mut ev = header_event(kind, connection, req, &h);
     if flags & (1u64 << (l.fr_background_bit & 63)) != 0 {
         ev.flags |= FLAG_BACKGROUND;
     }
@@ -572,19 +579,7 @@ fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
     } else {
         0
     };
-    submit(FuseEvent {
-        kind: EventKind::Taken as u8,
-        flags: FLAG_HAS_HEADER,
-        connection,
-        req,
-        unique: h.unique,
-        opcode: h.opcode,
-        nodeid: h.nodeid,
-        req_pid: h.pid,
-        req_uid: h.uid,
-        len: h.len,
-        ..FuseEvent::default()
-    });
+    submit(header_event(EventKind::Taken, connection, req, &h));
     0
 }
 

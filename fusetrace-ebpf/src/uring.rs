@@ -28,13 +28,13 @@ use aya_ebpf::{
     helpers::generated::bpf_seq_write, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use fusetrace_common::{
-    DevFuseFile, EventKind, FLAG_HAS_HEADER, FLAG_URING, FuseEvent, FuseInHeader, FuseOutHeader,
-    IoVec, KernelLayout, counters,
+    DevFuseFile, EventKind, FLAG_URING, FuseEvent, FuseInHeader, FuseOutHeader, IoVec,
+    KernelLayout, counters,
 };
 
 use crate::{
-    aggregate, bump, daemon_filtered_out, dev_fuse_connection, fd_file, kread, layout, submit,
-    uread,
+    aggregate, bump, daemon_filtered_out, dev_fuse_connection, fd_file, header_event, kread,
+    layout, submit, uread,
 };
 
 /// `FUSE_IO_URING_CMD_COMMIT_AND_FETCH` (`enum fuse_uring_cmd`, user ABI).
@@ -113,20 +113,10 @@ fn on_complete(req: u64, cqe: u64) {
     let qid: u32 = kread::<u64>(ent, l.ring_ent_queue)
         .and_then(|q| kread(q, l.ring_queue_qid))
         .unwrap_or(u32::MAX);
-    submit(FuseEvent {
-        kind: EventKind::Taken as u8,
-        flags: FLAG_HAS_HEADER | FLAG_URING,
-        connection,
-        req: freq,
-        unique: h.unique,
-        opcode: h.opcode,
-        nodeid: h.nodeid,
-        req_pid: h.pid,
-        req_uid: h.uid,
-        len: h.len,
-        arg0: u64::from(qid),
-        ..FuseEvent::default()
-    });
+    let mut ev = header_event(EventKind::Taken, connection, freq, &h);
+    ev.flags |= FLAG_URING;
+    ev.arg0 = u64::from(qid);
+    submit(ev);
 }
 
 #[inline(always)]

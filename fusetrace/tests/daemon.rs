@@ -1,6 +1,8 @@
 //! Mounts the reference daemon for real (needs root, /dev/fuse and
 //! fusermount3; skipped otherwise) and checks file semantics and counts.
 
+mod common;
+
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -10,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fusetrace::lab::daemon::{DaemonConfig, MountedDaemon, ServedCounts};
+use common::{count, eventually, xattr_get, xattr_set};
+use fusetrace::lab::daemon::{DaemonConfig, MountedDaemon};
 use fusetrace::lab::load::{self, LoadArgs, Workload};
 use fusetrace::pipeline::opcode;
 
@@ -70,53 +73,6 @@ fn mounted(path: &Path) -> bool {
                 .as_deref()
                 == path.to_str()
         })
-}
-
-fn count(c: &ServedCounts, name: &str) -> u64 {
-    c.get(opcode::parse(name).unwrap())
-}
-
-/// Waits (briefly) for asynchronous requests such as RELEASE to be counted.
-fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < until {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cond()
-}
-
-fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let rc = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn xattr_get(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    let rc = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(rc as usize);
-    Ok(buf)
 }
 
 #[test]

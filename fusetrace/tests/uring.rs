@@ -6,16 +6,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, UringParam, is_mounted, line_channel, wait_for_line_within};
+use common::{
+    Scratch, UringParam, count, cstring, eventually, is_mounted, line_channel,
+    wait_for_line_within, xattr_get, xattr_remove, xattr_set,
+};
 use fusetrace::lab::daemon::{DaemonConfig, MountedDaemon, ServedCounts};
 use fusetrace::lab::load::{self, LoadArgs, Workload};
 use fusetrace::pipeline::opcode;
@@ -33,70 +34,6 @@ fn ring_config() -> DaemonConfig {
         io_uring: true,
         ttl: Duration::ZERO,
         ..DaemonConfig::default()
-    }
-}
-
-fn count(c: &ServedCounts, name: &str) -> u64 {
-    c.get(opcode::parse(name).unwrap())
-}
-
-fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
-fn cstr(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).unwrap()
-}
-
-fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let n = CString::new(name).unwrap();
-    let rc = unsafe {
-        libc::setxattr(
-            cstr(path).as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn xattr_get(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    let rc = unsafe {
-        libc::getxattr(
-            cstr(path).as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(rc as usize);
-    Ok(buf)
-}
-
-fn xattr_remove(path: &Path, name: &str) -> std::io::Result<()> {
-    let n = CString::new(name).unwrap();
-    if unsafe { libc::removexattr(cstr(path).as_ptr(), n.as_ptr()) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -231,7 +168,10 @@ fn workload_through_the_ring() {
         .unwrap();
     assert_eq!(fs::read(&g).unwrap(), b"hello");
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(cstr(&root).as_ptr(), &mut st) }, 0);
+    assert_eq!(
+        unsafe { libc::statvfs(cstring(&root).as_ptr(), &mut st) },
+        0
+    );
     assert!(st.f_blocks > 0 && st.f_bfree > 0);
 
     // Errors come back through the ring too.
@@ -423,7 +363,7 @@ fn teardown_leaves_no_mount_and_no_thread() {
     let open = File::create(dir.path().join("b")).unwrap();
     let end = daemon.session_end();
     assert_eq!(
-        unsafe { libc::umount2(cstr(dir.path()).as_ptr(), libc::MNT_DETACH) },
+        unsafe { libc::umount2(cstring(dir.path()).as_ptr(), libc::MNT_DETACH) },
         0
     );
     assert!(!is_mounted(dir.path()));

@@ -15,7 +15,7 @@ use fusetrace_common::DevFuseFile;
 use crate::output::print::Format;
 
 use crate::{
-    kernel::hooks::{Backend, Point, PointChoice, Transport, backend_of},
+    kernel::hooks::{Backend, Point, PointChoice, Transport, URING_PARAMETER, backend_of},
     kernel::probes::{self, KPROBE_PMU, KernelFunctions},
     kernel::tracefs,
 };
@@ -325,9 +325,6 @@ fn uring_offer(present: bool, choices: &[PointChoice]) -> String {
         }
     )
 }
-
-/// Where root allows FUSE over io_uring (off by default).
-pub const URING_PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
 
 fn uring_traced(choices: &[PointChoice]) -> bool {
     [Point::Taken, Point::Replied].iter().all(|p| {

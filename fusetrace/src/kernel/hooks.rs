@@ -337,6 +337,10 @@ impl Transport {
     }
 }
 
+/// Where root allows FUSE over io_uring (off by default; `Y` lets daemons
+/// register rings).
+pub const URING_PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
+
 /// The daemon side of FUSE over io_uring, observed on io_uring's own
 /// tracepoints (`fusetrace-ebpf/src/uring.rs`): the same programs serve
 /// the event pipeline and in-kernel stages. Chosen besides the

@@ -578,3 +578,72 @@ impl Drop for UringParam {
         }
     }
 }
+
+/// A daemon's count of one opcode, by name.
+pub fn count(c: &fusetrace::lab::daemon::ServedCounts, name: &str) -> u64 {
+    c.get(fusetrace::pipeline::opcode::parse(name).unwrap())
+}
+
+/// Waits (briefly) for asynchronous requests such as RELEASE to be counted.
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+pub fn cstring(path: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap()
+}
+
+fn errno_result(rc: libc::c_int) -> std::io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+pub fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated strings and a buffer of the length given.
+    errno_result(unsafe {
+        libc::setxattr(
+            cstring(path).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+pub fn xattr_get(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::getxattr(
+            cstring(path).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+pub fn xattr_remove(path: &Path, name: &str) -> std::io::Result<()> {
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: as above.
+    errno_result(unsafe { libc::removexattr(cstring(path).as_ptr(), n.as_ptr()) })
+}

@@ -242,15 +242,42 @@ impl Bench {
     /// bpftrace script on the metadata storm. A separate run: the
     /// accounting itself costs two clock reads per program run.
     pub(crate) fn kernel_cost(&self, opts: &Options) -> Result<String> {
-        eprintln!("xtask: bench: BPF program run time (kernel.bpf_stats_enabled)");
+        // The reference daemon on each transport asked for (bindfs runs the
+        // same programs as the reference daemon on /dev/fuse).
+        let mut targets: Vec<Target> = opts
+            .targets
+            .iter()
+            .copied()
+            .filter(|t| *t != Target::Bindfs)
+            .collect();
+        if targets.is_empty() {
+            targets.push(Target::Reference);
+        }
+        let mut out = String::new();
+        for (i, target) in targets.into_iter().enumerate() {
+            out.push_str(&self.kernel_cost_on(target, opts, i == 0)?);
+        }
+        Ok(out)
+    }
+
+    fn kernel_cost_on(&self, target: Target, opts: &Options, with_tax: bool) -> Result<String> {
+        eprintln!(
+            "xtask: bench: BPF program run time (kernel.bpf_stats_enabled), {}",
+            target.name()
+        );
         let w = WORKLOADS.iter().find(|w| w.name == "metadata").unwrap();
-        let mut out = String::from(
-            "\n### Kernel side: BPF run time per traced request (reference daemon, metadata storm)\n\n\
+        let mut out = format!(
+            "\n### Kernel side: BPF run time per traced request ({}, metadata storm)\n\n\
              Measured in a separate run with `kernel.bpf_stats_enabled=1` (which itself adds two clock reads \
              per program run), from `bpftool prog show`.\n\n\
              | tracer | program | runs per request | ns per run | ns per request |\n| --- | --- | ---: | ---: | ---: |\n",
+            target.name()
         );
-        let mount = Mount::new(self, Target::Reference, w)?;
+        let _uring = match target {
+            Target::ReferenceUring => Some(UringParam::enable()?),
+            _ => None,
+        };
+        let mount = Mount::new(self, target, w)?;
         let result = (|| -> Result<()> {
             let _stats = Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", 1)?;
             let mut variants = vec![Variant::Stats];
@@ -260,6 +287,7 @@ impl Bench {
             if self.has_from_events {
                 variants.push(Variant::StatsEvents);
             }
+            variants.push(Variant::Trace);
             variants.push(Variant::Bpftrace);
             for variant in variants {
                 let before = bpf_programs()?;
@@ -293,7 +321,9 @@ impl Bench {
                 let _ = writeln!(out, "| {} | **all** | | | **{total:.0}** |", variant.name());
             }
             drop(_stats);
-            out.push_str(&self.syscall_tax(&mount, w, opts)?);
+            if with_tax {
+                out.push_str(&self.syscall_tax(&mount, w, opts)?);
+            }
             Ok(())
         })();
         mount.stop()?;

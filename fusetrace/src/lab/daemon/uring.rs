@@ -43,7 +43,7 @@ use super::ServedCounts;
 use super::dispatch::{Lifecycle, OPCODE_SLOTS, Phase, Shared, op};
 use super::wire::{self, IN_HEADER_LEN, InHeader, InitIn, InitOut, OUT_HEADER_LEN, Reply};
 
-const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+use crate::kernel::hooks::URING_PARAMETER as ENABLE_URING;
 /// Largest write fuser accepts, and its default max_write (kept the same).
 const MAX_WRITE_SIZE: u32 = 16 << 20;
 /// FUSE_MIN_READ_BUFFER: the kernel's floor for read and payload buffers.
