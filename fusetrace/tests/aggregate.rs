@@ -265,13 +265,20 @@ fn hist_buckets_add_up_to_each_stage_and_show_the_injected_latency() {
             .unwrap();
         assert_eq!(sum, samples, "{op}: bucket counts vs samples");
     }
-    // Every READ took 3 ms and a little more: the [2048, 4096) us bucket.
+    // Every READ took at least the injected 3 ms: none below the
+    // [2048, 4096) us bucket. Most took a little more and sit in it; the
+    // daemon's sleep can oversleep on a busy machine (seen: 1 of 150 in
+    // the next bucket while the rest of the suite ran), so not all.
     let read = hists.iter().find(|h| h["opcode"] == "READ").expect("READ");
     let buckets = read["buckets"].as_array().unwrap();
-    let in_3ms: u64 = buckets
-        .iter()
-        .filter(|b| b["low_us"] == 2048)
-        .map(|b| b["count"].as_u64().unwrap())
-        .sum();
-    assert_eq!(in_3ms, by_op["READ"]["count"].as_u64().unwrap(), "{read}");
+    let count_where = |f: &dyn Fn(u64) -> bool| -> u64 {
+        buckets
+            .iter()
+            .filter(|b| f(b["low_us"].as_u64().unwrap()))
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum()
+    };
+    let reads = by_op["READ"]["count"].as_u64().unwrap();
+    assert_eq!(count_where(&|low| low < 2048), 0, "{read}");
+    assert!(count_where(&|low| low == 2048) * 10 >= reads * 9, "{read}");
 }
