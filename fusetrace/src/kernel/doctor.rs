@@ -349,9 +349,9 @@ pub struct MountReport {
     pub fs_type: String,
     /// `major:minor` of the connection.
     pub connection: String,
-    /// `/dev/fuse`, `io_uring`, or `unknown` (no process holds its
-    /// `/dev/fuse` file: virtio-fs, or a daemon in another PID namespace's
-    /// view is still listed by the kernel, so mostly virtio-fs).
+    /// `/dev/fuse`, `io_uring`, `virtio-fs` (a virtqueue to the host, no
+    /// daemon here), or `unknown` (no process holds its `/dev/fuse`: the
+    /// daemon died, or passed its descriptor on and closed it).
     pub transport: String,
     /// io_uring: the ring's queues (one per possible CPU).
     pub ring_queues: Option<u64>,
@@ -376,6 +376,7 @@ fn mount_reports(
                 files.iter().filter(|f| f.connection == m.connection).collect();
             let ring = held.iter().find(|f| f.ring_queues > 0);
             let (transport, ring_queues) = match ring {
+                _ if m.fs_type == "virtiofs" => ("virtio-fs", None),
                 Some(f) if f.ring_ready != 0 => (Transport::IoUring.name(), Some(f.ring_queues)),
                 // Registering, or a queue has no entry: requests still
                 // go through /dev/fuse until every queue has one.
