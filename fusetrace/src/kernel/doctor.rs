@@ -13,6 +13,7 @@ use anyhow::Result;
 use fusetrace_common::DevFuseFile;
 
 use crate::output::print::Format;
+use crate::pipeline::lifecycle::Comm;
 
 use crate::{
     kernel::hooks::{Backend, Point, PointChoice, Transport, URING_PARAMETER, backend_of},
@@ -315,7 +316,7 @@ fn uring_offer(present: bool, choices: &[PointChoice]) -> String {
             "enable_uring={param}: new daemons cannot use it until root writes Y to {URING_PARAMETER}"
         )
     };
-    let traced = uring_traced(choices);
+    let traced = daemon_side_traced(choices, Transport::IoUring);
     format!(
         "fuse_uring_cmd present; {allowed}; {}",
         if traced {
@@ -326,19 +327,12 @@ fn uring_offer(present: bool, choices: &[PointChoice]) -> String {
     )
 }
 
-fn uring_traced(choices: &[PointChoice]) -> bool {
+/// Both daemon-side points of `transport` have a hook.
+fn daemon_side_traced(choices: &[PointChoice], transport: Transport) -> bool {
     [Point::Taken, Point::Replied].iter().all(|p| {
         choices
             .iter()
-            .any(|c| c.point == *p && c.transport == Transport::IoUring && c.hook.is_some())
-    })
-}
-
-fn dev_fuse_traced(choices: &[PointChoice]) -> bool {
-    [Point::Taken, Point::Replied].iter().all(|p| {
-        choices
-            .iter()
-            .any(|c| c.point == *p && c.transport == Transport::DevFuse && c.hook.is_some())
+            .any(|c| c.point == *p && c.transport == transport && c.hook.is_some())
     })
 }
 
@@ -387,12 +381,12 @@ fn mount_reports(
             let traced = if m.fs_type == "virtiofs" {
                 "virtio-fs: no daemon in this kernel (see the virtq and device-done points)".to_string()
             } else if transport == Transport::IoUring.name() {
-                if uring_traced(choices) {
+                if daemon_side_traced(choices, Transport::IoUring) {
                     "every point: taken and replied through io_uring's tracepoints".into()
                 } else {
                     "sent and ended only: the io_uring points cannot be observed here".into()
                 }
-            } else if dev_fuse_traced(choices) {
+            } else if daemon_side_traced(choices, Transport::DevFuse) {
                 "every point: taken and replied at /dev/fuse (splice(2) transfers counted, not decoded)".into()
             } else {
                 "sent and ended only".into()
@@ -405,17 +399,12 @@ fn mount_reports(
                 ring_queues,
                 daemons: held
                     .iter()
-                    .map(|f| format!("{}[{}]", comm_text(&f.comm), f.tgid))
+                    .map(|f| format!("{}[{}]", Comm(f.comm), f.tgid))
                     .collect(),
                 traced,
             }
         })
         .collect())
-}
-
-fn comm_text(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 /// Whether the send point sees the request's id, and how requests are

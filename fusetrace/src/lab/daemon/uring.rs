@@ -41,7 +41,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::ServedCounts;
 use super::dispatch::{Lifecycle, OPCODE_SLOTS, Phase, Shared, op};
-use super::wire::{self, IN_HEADER_LEN, InHeader, InitIn, InitOut, OUT_HEADER_LEN, Reply};
+use super::wire::{self, IN_HEADER_LEN, InitIn, InitOut, OUT_HEADER_LEN, Reply};
 
 use crate::kernel::hooks::URING_PARAMETER as ENABLE_URING;
 /// Largest write fuser accepts, and its default max_write (kept the same).
@@ -221,7 +221,7 @@ pub(crate) fn run_session(
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => break Ok(()),
             Err(e) => break Err(e),
         };
-        let Some(h) = InHeader::parse(&buf[..n]) else {
+        let Some(h) = wire::parse_in_header(&buf[..n]) else {
             continue;
         };
         transport.dev.add(h.opcode);
@@ -564,7 +564,7 @@ impl Queue {
         let commit_id = wire::u64_at(header, COMMIT_ID).unwrap_or(0);
         let payload_sz =
             (wire::u32_at(header, PAYLOAD_SZ).unwrap_or(0) as usize).min(payload.len());
-        let reply = match InHeader::parse(&header[..IN_HEADER_LEN]) {
+        let reply = match wire::parse_in_header(&header[..IN_HEADER_LEN]) {
             Some(h) => {
                 self.transport.ring.add(h.opcode);
                 let size = wire::fixed_size(h.opcode).unwrap_or(0);

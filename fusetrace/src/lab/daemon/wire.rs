@@ -30,7 +30,7 @@ use super::dispatch::{OPCODE_SLOTS, Shared, op};
 use super::fs::{Owner, SetAttr};
 
 /// `struct fuse_in_header`.
-pub(crate) const IN_HEADER_LEN: usize = 40;
+pub(crate) const IN_HEADER_LEN: usize = std::mem::size_of::<InHeader>();
 /// `struct fuse_out_header`.
 pub(crate) const OUT_HEADER_LEN: usize = 16;
 
@@ -65,28 +65,15 @@ pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// `struct fuse_in_header` (the fields we use).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct InHeader {
-    pub len: u32,
-    pub opcode: u32,
-    pub unique: u64,
-    pub nodeid: u64,
-    pub uid: u32,
-    pub gid: u32,
-}
+/// `struct fuse_in_header`: the ABI struct the eBPF side reads too.
+pub(crate) use fusetrace_common::FuseInHeader as InHeader;
 
-impl InHeader {
-    pub(crate) fn parse(b: &[u8]) -> Option<InHeader> {
-        Some(InHeader {
-            len: u32_at(b, 0)?,
-            opcode: u32_at(b, 4)?,
-            unique: u64_at(b, 8)?,
-            nodeid: u64_at(b, 16)?,
-            uid: u32_at(b, 24)?,
-            gid: u32_at(b, 28)?,
-        })
-    }
+/// The header at the start of `b`, if `b` holds a whole one.
+pub(crate) fn parse_in_header(b: &[u8]) -> Option<InHeader> {
+    let b = b.get(..IN_HEADER_LEN)?;
+    // SAFETY: `b` holds IN_HEADER_LEN bytes; the struct is plain integers
+    // (any bit pattern is valid), read unaligned.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<InHeader>()) })
 }
 
 /// `struct fuse_out_header` for `unique` with `error` (0 or -errno) and
