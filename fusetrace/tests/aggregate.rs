@@ -266,9 +266,13 @@ fn hist_buckets_add_up_to_each_stage_and_show_the_injected_latency() {
         assert_eq!(sum, samples, "{op}: bucket counts vs samples");
     }
     // Every READ took at least the injected 3 ms: none below the
-    // [2048, 4096) us bucket. Most took a little more and sit in it; the
-    // daemon's sleep can oversleep on a busy machine (seen: 1 of 150 in
-    // the next bucket while the rest of the suite ran), so not all.
+    // [2048, 4096) us bucket, and the buckets hold every READ. How far
+    // above 3 ms each lands is the scheduler's business: the daemon's
+    // sleep oversleeps on a busy machine (CI saw 19 of 150 READs past
+    // 4.096 ms while the rest of the suite ran), so the test asserts the
+    // ceiling only of the fastest READ: the lowest non-empty bucket is
+    // the one holding 3 ms. A histogram shifted by a bucket either way
+    // fails one of the two.
     let read = hists.iter().find(|h| h["opcode"] == "READ").expect("READ");
     let buckets = read["buckets"].as_array().unwrap();
     let count_where = |f: &dyn Fn(u64) -> bool| -> u64 {
@@ -279,6 +283,13 @@ fn hist_buckets_add_up_to_each_stage_and_show_the_injected_latency() {
             .sum()
     };
     let reads = by_op["READ"]["count"].as_u64().unwrap();
+    assert!(reads > 0, "{read}");
     assert_eq!(count_where(&|low| low < 2048), 0, "{read}");
-    assert!(count_where(&|low| low == 2048) * 10 >= reads * 9, "{read}");
+    assert_eq!(count_where(&|_| true), reads, "{read}");
+    let lowest = buckets
+        .iter()
+        .filter(|b| b["count"].as_u64().unwrap() > 0)
+        .map(|b| b["low_us"].as_u64().unwrap())
+        .min();
+    assert_eq!(lowest, Some(2048), "{read}");
 }
