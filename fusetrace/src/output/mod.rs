@@ -10,6 +10,7 @@ pub mod accumulate;
 pub mod by;
 pub mod export;
 pub mod hist;
+pub mod line;
 pub mod perfetto;
 pub mod print;
 pub mod sink;

@@ -6,6 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
+    output::line::{Align, Line},
     output::sink::Sink,
     output::{accumulate::StatsWriter, hist, stats::Stats},
     pipeline::connections::ConnectionTable,
@@ -22,33 +23,6 @@ pub enum Format {
     Json,
 }
 
-/// A table cell: the value with the column's width and precision, or `-`.
-struct Cell<T>(Option<T>);
-
-impl<T: std::fmt::Display> std::fmt::Display for Cell<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => f.pad("-"),
-        }
-    }
-}
-
-/// A mount point, borrowed either way.
-enum Either<'a> {
-    Path(std::path::Display<'a>),
-    Text(&'a str),
-}
-
-impl std::fmt::Display for Either<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Either::Path(p) => p.fmt(f),
-            Either::Text(t) => f.pad(t),
-        }
-    }
-}
-
 /// The closing summary: a `{"summary": ...}` line in JSON output, and the
 /// human line on stderr either way (nothing lost goes unsaid).
 pub(crate) fn write_summary(
@@ -63,28 +37,6 @@ pub(crate) fn write_summary(
     out.flush()?;
     eprintln!("fusetrace: {}", summary.render());
     Ok(())
-}
-
-/// The VIA column: how the daemon took the request (`/dev/fuse`,
-/// `io_uring:Q` with its ring queue, `-` when no daemon point was seen).
-struct Via<'a>(&'a RequestLifecycle);
-
-impl std::fmt::Display for Via<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // On the stack: this is formatted for every request.
-        let mut buf = [0u8; 24];
-        let text = match (self.0.transport, self.0.ring_queue) {
-            (Some(t), Some(q)) => {
-                let mut w = std::io::Cursor::new(&mut buf[..]);
-                let _ = write!(w, "{}:{q}", t.name());
-                let n = w.position() as usize;
-                std::str::from_utf8(&buf[..n]).unwrap_or("io_uring")
-            }
-            (Some(t), None) => t.name(),
-            (None, _) => "-",
-        };
-        f.pad(text)
-    }
 }
 
 /// A finished request as `trace --format json` prints it.
@@ -110,6 +62,11 @@ pub struct TraceSink<W: Write> {
     format: Format,
     start_ns: u64,
     header_done: bool,
+    /// The text line, its buffer reused.
+    line: Line,
+    /// Mount points as text, per (connection, mount id): a path's
+    /// `Display` goes through UTF-8 validation and `core::fmt` per request.
+    mount_text: Vec<(u32, u32, String)>,
     /// The name of the last connection the mount table did not know.
     unknown_mount: String,
 }
@@ -121,8 +78,104 @@ impl<W: Write> TraceSink<W> {
             format,
             start_ns,
             header_done: false,
+            line: Line::default(),
+            mount_text: Vec::new(),
             unknown_mount: String::new(),
         }
+    }
+
+    /// The mount column's text for `connection`.
+    fn mount_text(&mut self, connection: u32, names: &mut ConnectionTable) -> &str {
+        let Some(m) = names.get(connection) else {
+            // Unknown: the table looks again (a new mount) or names it by number.
+            self.unknown_mount = names.name(connection);
+            return &self.unknown_mount;
+        };
+        let at = match self
+            .mount_text
+            .iter()
+            .position(|(c, id, _)| *c == connection && *id == m.mount_id)
+        {
+            Some(at) => at,
+            None => {
+                let text = m.mount_point.display().to_string();
+                self.mount_text.retain(|(c, _, _)| *c != connection);
+                self.mount_text.push((connection, m.mount_id, text));
+                self.mount_text.len() - 1
+            }
+        };
+        &self.mount_text[at].2
+    }
+
+    /// One request as a text line, into `self.line`: the columns of the
+    /// header, fixed-point times (seconds to the us, stages to 0.1 us).
+    fn text_line(&mut self, rec: &RequestLifecycle, names: &mut ConnectionTable) {
+        use Align::{Left, Right};
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        let t = rec.first_seen_ns().saturating_sub(self.start_ns);
+        line.fixed(Some(t), 1_000_000_000, 6, 12, Left);
+        line.space();
+        line.cell(self.mount_text(rec.connection, names), 20, Left);
+        line.space();
+        match opcode::OPCODES.iter().find(|(n, _)| *n == rec.opcode) {
+            Some((_, name)) if !rec.interrupted => line.cell(name, 12, Left),
+            _ => {
+                let mut op = opcode::name(rec.opcode);
+                if rec.interrupted {
+                    op.push('!');
+                }
+                line.cell(&op, 12, Left);
+            }
+        }
+        line.space();
+        line.int(Some(rec.unique), 8, Right);
+        line.space();
+        line.int(rec.nodeid, 8, Right);
+        line.space();
+        line.int(rec.requester_pid.or(rec.requester_tid), 7, Right);
+        line.space();
+        line.cell(rec.requester_comm.as_deref().unwrap_or("-"), 15, Left);
+        line.space();
+        line.int(rec.daemon_tid, 7, Right);
+        line.space();
+        match (rec.transport, rec.ring_queue) {
+            (Some(t), Some(q)) => {
+                let mut digits = itoa::Buffer::new();
+                let q = digits.format(q);
+                let mut via = [0u8; 24];
+                let (name, n) = (t.name().as_bytes(), t.name().len());
+                via[..n].copy_from_slice(name);
+                via[n] = b':';
+                via[n + 1..n + 1 + q.len()].copy_from_slice(q.as_bytes());
+                let text = std::str::from_utf8(&via[..n + 1 + q.len()]).unwrap_or("io_uring");
+                line.cell(text, 10, Left);
+            }
+            (Some(t), None) => line.cell(t.name(), 10, Left),
+            (None, _) => line.cell("-", 10, Left),
+        }
+        for stage in [
+            LatencyStage::QueueWait,
+            LatencyStage::DaemonService,
+            LatencyStage::Completion,
+            LatencyStage::Total,
+        ] {
+            line.space();
+            line.fixed(rec.latency(stage), 1000, 1, 10, Right);
+        }
+        line.space();
+        line.int(rec.error, 6, Right);
+        line.space();
+        match (&rec.path, rec.nodeid) {
+            (Some(p), _) => line.text(p),
+            (None, Some(n)) if n != 0 => {
+                line.text("node ");
+                line.int(Some(n), 0, Left);
+            }
+            _ => line.text("-"),
+        }
+        line.newline();
+        self.line = line;
     }
 }
 
@@ -167,48 +220,8 @@ impl<W: Write> Sink for TraceSink<W> {
                     )?;
                     self.header_done = true;
                 }
-                // Formatted in place, without a String per field: at tens
-                // of thousands of requests a second this line is most of
-                // the tracer's work.
-                let t = rec.first_seen_ns().saturating_sub(self.start_ns) as f64 / 1e9;
-                if names.get(rec.connection).is_none() {
-                    // Unknown: the table looks again (a new mount) or names it by number.
-                    self.unknown_mount = names.name(rec.connection);
-                }
-                let mount = match names.get(rec.connection) {
-                    Some(m) => Either::Path(m.mount_point.display()),
-                    None => Either::Text(&self.unknown_mount),
-                };
-                let op = match opcode::OPCODES.iter().find(|(n, _)| *n == rec.opcode) {
-                    Some((_, name)) if !rec.interrupted => std::borrow::Cow::Borrowed(*name),
-                    _ => {
-                        let mut op = opcode::name(rec.opcode);
-                        if rec.interrupted {
-                            op.push('!');
-                        }
-                        std::borrow::Cow::Owned(op)
-                    }
-                };
-                let us = |stage| Cell(rec.latency(stage).map(|ns| ns as f64 / 1000.0));
-                writeln!(
-                    self.out,
-                    "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:<10} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>6} {}",
-                    t,
-                    mount,
-                    op,
-                    rec.unique,
-                    Cell(rec.nodeid),
-                    Cell(rec.requester_pid.or(rec.requester_tid)),
-                    rec.requester_comm.as_deref().unwrap_or("-"),
-                    Cell(rec.daemon_tid),
-                    Via(rec),
-                    us(LatencyStage::QueueWait),
-                    us(LatencyStage::DaemonService),
-                    us(LatencyStage::Completion),
-                    us(LatencyStage::Total),
-                    Cell(rec.error),
-                    rec.shown_path(),
-                )?;
+                self.text_line(rec, names);
+                self.out.write_all(self.line.bytes())?;
             }
         }
         Ok(())

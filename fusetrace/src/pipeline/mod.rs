@@ -15,3 +15,10 @@ pub mod opcode;
 pub mod paths;
 pub mod session;
 pub mod tracker;
+
+/// The maps looked up several times per request (the tracker's requests in
+/// flight, the path table): foldhash instead of SipHash, which a profile of
+/// `trace` on the metadata storm showed at 8-10% of the tracer's CPU. Its
+/// `RandomState` is seeded per process, so keys crafted to collide cannot
+/// be made on purpose.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

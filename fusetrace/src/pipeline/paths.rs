@@ -22,10 +22,7 @@
 
 use std::sync::Arc;
 
-/// The maps are looked up several times per request: foldhash instead of
-/// SipHash. Its `RandomState` is seeded per process, so names crafted to
-/// collide cannot be made on purpose.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use crate::pipeline::FastMap as HashMap;
 
 use fusetrace_common::{EventKind, FLAG_NAMES, FuseEvent, opcode};
 use serde::Serialize;

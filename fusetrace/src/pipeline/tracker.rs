@@ -10,14 +10,13 @@
 //! Pure state, no I/O: it is fed [`FuseEvent`]s and hands back finished
 //! records, so it is tested with synthetic sequences.
 
-use std::collections::HashMap;
-
 use fusetrace_common::{
     EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FLAG_URING, FLAG_WRITEBACK_CACHE, FuseEvent,
 };
 use serde::Serialize;
 
 use crate::kernel::hooks::Transport;
+use crate::pipeline::FastMap as HashMap;
 use crate::pipeline::{
     lifecycle::{Comm, Outcome, RequestLifecycle},
     opcode,
