@@ -14,7 +14,8 @@
 //! histograms per stage would make 10 000 rows gigabytes.
 
 use crate::kernel::hooks::Transport;
-use std::{collections::BTreeMap, fmt::Write as _, io::Write, sync::Arc};
+use crate::pipeline::FastMap;
+use std::{fmt::Write as _, io::Write, sync::Arc};
 
 use anyhow::Result;
 use fusetrace_common::{bucket_bounds, latency_bucket};
@@ -314,7 +315,7 @@ impl GroupRow {
 }
 
 /// One key's value in a row: numbers and pointers, named when printed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Part {
     Op(u32),
     Mount(u32),
@@ -335,9 +336,18 @@ enum Part {
 pub struct Grouped {
     keys: Keys,
     max_rows: usize,
-    rows: BTreeMap<Vec<Part>, Row>,
+    /// Hashed, not ordered: `top` records every request into two of
+    /// these, and a B-tree's key comparisons (paths among them) were a
+    /// sixth of its CPU on the metadata storm. Rows are ordered when shown.
+    rows: FastMap<Vec<Part>, Row>,
     /// Requests whose key found the table full.
     other: Row,
+    /// The key being looked up, its buffer reused: a request allocates
+    /// only when it opens a new row.
+    scratch: Vec<Part>,
+    /// Whether the queue, daemon and completion stages are counted too
+    /// (not where only totals are shown: `top`'s tables).
+    stages: bool,
 }
 
 /// A row as printed: the key columns' texts, then its numbers.
@@ -353,43 +363,54 @@ impl Grouped {
         Grouped {
             keys,
             max_rows,
-            rows: BTreeMap::new(),
+            rows: FastMap::default(),
             other: Row::default(),
+            scratch: Vec::new(),
+            stages: true,
         }
+    }
+
+    /// Counts only the total stage: each stage costs a bucket search per
+    /// request and row, and [`GroupRow`]s show only totals.
+    pub fn totals_only(mut self) -> Grouped {
+        self.stages = false;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty() && self.other.count == 0
     }
 
-    fn row(&mut self, key: Vec<Part>) -> &mut Row {
-        if self.rows.len() >= self.max_rows && !self.rows.contains_key(&key) {
-            return &mut self.other;
+    fn row(&mut self, key: &[Part]) -> &mut Row {
+        if !self.rows.contains_key(key) {
+            if self.rows.len() >= self.max_rows {
+                return &mut self.other;
+            }
+            return self.rows.entry(key.to_vec()).or_default();
         }
-        self.rows.entry(key).or_default()
+        self.rows.get_mut(key).expect("the row was found above")
     }
 
     /// One finished request (event pipeline, recordings).
     pub fn record(&mut self, rec: &RequestLifecycle) {
-        let key = self
-            .keys
-            .0
-            .iter()
-            .map(|k| match k {
-                Key::Op => Part::Op(rec.opcode),
-                Key::Mount => Part::Mount(rec.connection),
-                Key::Pid => Part::Pid(rec.requester_pid.or(rec.requester_tid)),
-                Key::Comm => Part::Comm(rec.requester_comm),
-                Key::Transport => Part::Transport(rec.transport),
-                Key::Queue => Part::Queue(rec.ring_queue),
-                Key::Path => Part::Path {
-                    connection: rec.connection,
-                    node: rec.nodeid.filter(|_| rec.path.is_none()),
-                    path: rec.path.clone(),
-                },
-            })
-            .collect();
-        let row = self.row(key);
+        let mut key = std::mem::take(&mut self.scratch);
+        key.clear();
+        key.extend(self.keys.0.iter().map(|k| match k {
+            Key::Op => Part::Op(rec.opcode),
+            Key::Mount => Part::Mount(rec.connection),
+            Key::Pid => Part::Pid(rec.requester_pid.or(rec.requester_tid)),
+            Key::Comm => Part::Comm(rec.requester_comm),
+            Key::Transport => Part::Transport(rec.transport),
+            Key::Queue => Part::Queue(rec.ring_queue),
+            Key::Path => Part::Path {
+                connection: rec.connection,
+                node: rec.nodeid.filter(|_| rec.path.is_none()),
+                path: rec.path.clone(),
+            },
+        }));
+        // Every stage, or the total alone (the last).
+        let skip = if self.stages { 0 } else { 3 };
+        let row = self.row(&key);
         row.count += 1;
         if rec.error.is_some_and(|e| e != 0) {
             row.errors += 1;
@@ -397,11 +418,12 @@ impl Grouped {
         if rec.requester_comm.is_some() {
             row.comm = rec.requester_comm;
         }
-        for (cells, stage) in row.stages.iter_mut().zip(LatencyStage::ALL) {
+        for (cells, stage) in row.stages.iter_mut().zip(LatencyStage::ALL).skip(skip) {
             if let Some(ns) = rec.latency(stage) {
                 cells.record_n(ns, 1);
             }
         }
+        self.scratch = key;
     }
 
     /// Latencies counted in the kernel per (mount, opcode): only for keys
@@ -425,8 +447,8 @@ impl Grouped {
                         node: None,
                     },
                 })
-                .collect();
-            let row = self.row(key);
+                .collect::<Vec<_>>();
+            let row = self.row(&key);
             row.count += s.count;
             row.errors += s.errors;
             for (cells, stage) in row.stages.iter_mut().zip(LatencyStage::ALL) {
@@ -534,7 +556,7 @@ impl Grouped {
                 continue;
             }
             let into = match key {
-                Some(k) => self.row(k.clone()),
+                Some(k) => self.row(k),
                 None => &mut self.other,
             };
             into.count += row.count;
@@ -998,6 +1020,27 @@ mod tests {
             table.contains("(other): 6 requests whose path found the table full (--max-rows 2)"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn totals_only_rows_are_the_full_rows_without_stage_cells() {
+        let by = grouping("path");
+        let mut full = Grouped::new(by.keys.clone(), 100);
+        let mut totals = Grouped::new(by.keys.clone(), 100).totals_only();
+        for (i, total) in [10_000, 2_000_000, 30_000, 5_000].into_iter().enumerate() {
+            let r = req(READ, total, 1, "cat", Some(["/a", "/b"][i % 2]));
+            full.record(&r);
+            totals.record(&r);
+        }
+        let (a, _) = full.rows(SortBy::Total, &mut name);
+        let (b, _) = totals.rows(SortBy::Total, &mut name);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a, b);
+        let stage_samples =
+            |g: &Grouped, i: usize| -> u64 { g.rows.values().map(|r| r.stages[i].samples).sum() };
+        assert_eq!(stage_samples(&full, 1), 4);
+        assert_eq!(stage_samples(&totals, 1), 0, "no daemon-stage cells");
+        assert_eq!(stage_samples(&totals, 3), 4);
     }
 
     #[test]

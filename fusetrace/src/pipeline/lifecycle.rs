@@ -106,7 +106,7 @@ impl std::fmt::Display for ShownPath<'_> {
 
 /// A task's command name as the kernel keeps it (no allocation per request).
 /// Ordered as its text is (NUL padding sorts first).
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Comm(pub [u8; 16]);
 
 impl Comm {

@@ -61,7 +61,7 @@ impl GroupWindow {
     }
 
     fn empty(&self) -> Grouped {
-        Grouped::new(self.keys.clone(), ROWS_PER_SLOT)
+        Grouped::new(self.keys.clone(), ROWS_PER_SLOT).totals_only()
     }
 
     /// Moves the window to end at `now_ns` (slots on the grid of the
@@ -91,7 +91,7 @@ impl GroupWindow {
 
     /// The window's rows, largest total time first, and the `(other)` row.
     pub fn rows(&self, name: Name<'_>) -> (Vec<GroupRow>, Option<GroupRow>) {
-        let mut all = Grouped::new(self.keys.clone(), ROWS_PER_SLOT * SLOTS as usize);
+        let mut all = Grouped::new(self.keys.clone(), ROWS_PER_SLOT * SLOTS as usize).totals_only();
         for (_, slot) in &self.slots {
             all.merge(slot);
         }
