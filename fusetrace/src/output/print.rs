@@ -154,26 +154,15 @@ impl<W: Write> TraceSink<W> {
             (Some(t), None) => line.cell(t.name(), 10, Left),
             (None, _) => line.cell("-", 10, Left),
         }
-        for stage in [
-            LatencyStage::QueueWait,
-            LatencyStage::DaemonService,
-            LatencyStage::Completion,
-            LatencyStage::Total,
-        ] {
+        for stage in LatencyStage::ALL {
             line.space();
             line.fixed(rec.latency(stage), 1000, 1, 10, Right);
         }
         line.space();
         line.int(rec.error, 6, Right);
         line.space();
-        match (&rec.path, rec.nodeid) {
-            (Some(p), _) => line.text(p),
-            (None, Some(n)) if n != 0 => {
-                line.text("node ");
-                line.int(Some(n), 0, Left);
-            }
-            _ => line.text("-"),
-        }
+        // The one rule for the PATH column (`node N` when unnamed).
+        let _ = std::fmt::Write::write_fmt(&mut line, format_args!("{}", rec.shown_path()));
         line.newline();
         self.line = line;
     }
