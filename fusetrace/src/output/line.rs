@@ -108,14 +108,6 @@ impl Line {
     }
 }
 
-/// For the rare column whose text comes from a `Display` (no padding).
-impl std::fmt::Write for Line {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.text(s);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use crate::{
     output::sink::Sink,
     output::{accumulate::StatsWriter, hist, stats::Stats},
     pipeline::connections::ConnectionTable,
-    pipeline::lifecycle::{ExtraStage, LatencyStage, RequestLifecycle},
+    pipeline::lifecycle::{ExtraStage, LatencyStage, PathShown, RequestLifecycle},
     pipeline::opcode,
     pipeline::session::RunSummary,
 };
@@ -161,8 +161,14 @@ impl<W: Write> TraceSink<W> {
         line.space();
         line.int(rec.error, 6, Right);
         line.space();
-        // The one rule for the PATH column (`node N` when unnamed).
-        let _ = std::fmt::Write::write_fmt(&mut line, format_args!("{}", rec.shown_path()));
+        match rec.shown_path().parts() {
+            PathShown::Path(p) => line.text(p),
+            PathShown::Node(n) => {
+                line.text("node ");
+                line.int(Some(n), 0, Left);
+            }
+            PathShown::None => line.text("-"),
+        }
         line.newline();
         self.line = line;
     }

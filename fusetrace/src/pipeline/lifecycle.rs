@@ -94,12 +94,32 @@ pub struct RequestLifecycle {
 /// [`RequestLifecycle::shown_path`]: formats without allocating.
 pub struct ShownPath<'a>(&'a RequestLifecycle);
 
+/// What the PATH column holds, before it is formatted.
+pub enum PathShown<'a> {
+    Path(&'a str),
+    /// An unnamed node: `node N`.
+    Node(u64),
+    /// No node: `-`.
+    None,
+}
+
+impl ShownPath<'_> {
+    /// The one rule, for views that format without `core::fmt` (`trace`).
+    pub fn parts(&self) -> PathShown<'_> {
+        match (&self.0.path, self.0.nodeid) {
+            (Some(p), _) => PathShown::Path(p),
+            (None, Some(n)) if n != 0 => PathShown::Node(n),
+            _ => PathShown::None,
+        }
+    }
+}
+
 impl std::fmt::Display for ShownPath<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.0.path, self.0.nodeid) {
-            (Some(p), _) => f.pad(p),
-            (None, Some(n)) if n != 0 => f.pad(&format!("node {n}")),
-            _ => f.pad("-"),
+        match self.parts() {
+            PathShown::Path(p) => f.pad(p),
+            PathShown::Node(n) => f.pad(&format!("node {n}")),
+            PathShown::None => f.pad("-"),
         }
     }
 }
