@@ -362,6 +362,14 @@ pub struct KernelLayout {
     /// `offsetof(struct task_struct, tgid)` and `comm` (the `doctor` iterator).
     pub task_tgid: u32,
     pub task_comm: u32,
+    /// The daemon side hooked in the kernel (kprobe/fentry kernels):
+    /// `struct fuse_copy_state`'s `write` (byte offset and bit mask: a bit
+    /// field in newer kernels, an int before) and `req`, and the argument
+    /// index of the copy state in `fuse_copy_args`.
+    pub cs_write_byte: u32,
+    pub cs_write_mask: u32,
+    pub cs_req: u32,
+    pub arg_copy_cs: u32,
 }
 
 /// One `/dev/fuse` file a process holds, as the `transports` iterator

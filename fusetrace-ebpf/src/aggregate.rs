@@ -324,7 +324,7 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let connection = connection_of::<DIRECT>(req).unwrap_or(0);
-    let Some(sent) = take_sent::<DIRECT>(req, connection) else {
+    let Some(mut sent) = take_sent::<DIRECT>(req, connection) else {
         // Sent before tracing began, or filtered out at send. Only the
         // first is a loss, and only a wanted connection's.
         if layout_field!(agg_pid_count) == 0
@@ -344,6 +344,12 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
         req,
         layout_field!(req_out_h) + offset_of!(FuseOutHeader, error) as u32,
     );
+    // The daemon side hooked in the kernel: the reply ending it began now.
+    if layout_field!(agg_stages) != 0
+        && let Some(ts) = crate::daemon::reply_started(error.unwrap_or(0))
+    {
+        sent.replied_ns = ts;
+    }
     // The number is freed only once every request of its mount ended, so
     // the generation now is the one the request was sent in.
     // SAFETY: a map value, copied.

@@ -7,6 +7,7 @@
 #![no_main]
 
 mod aggregate;
+mod daemon;
 mod diagnose;
 mod names;
 mod uring;
@@ -36,11 +37,12 @@ static LAYOUT: KernelLayout = KernelLayout::zeroed();
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// 1 once every hook is attached. Until then nothing is reported: a request
-/// sent while the end hook was not yet attached would otherwise look in
-/// flight forever.
+/// `[0]`: 1 once every hook is attached. Until then nothing is reported: a
+/// request sent while the end hook was not yet attached would otherwise
+/// look in flight forever. `[1]`: 1 when the replied point is hooked in the
+/// kernel (`daemon.rs`), whose time the end hooks then take.
 #[map]
-static GATE: Array<u32> = Array::with_max_entries(1, 0);
+static GATE: Array<u32> = Array::with_max_entries(2, 0);
 
 /// 1 once a send was seen before its request id was assigned (kernels 6.11
 /// to 6.15): from then on the daemon's takes look their request up in the
@@ -122,9 +124,18 @@ fn stamp(ev: &mut FuseEvent) -> bool {
 /// Fills the fields every event has and submits it; counts a drop when the
 /// ring buffer is full.
 #[inline(always)]
-fn submit(mut ev: FuseEvent) {
+fn submit(ev: FuseEvent) {
+    submit_at(ev, None)
+}
+
+/// [`submit`], for a moment observed earlier than now (`at`).
+#[inline(always)]
+fn submit_at(mut ev: FuseEvent, at: Option<u64>) {
     if !stamp(&mut ev) {
         return;
+    }
+    if let Some(ts) = at {
+        ev.ts_ns = ts;
     }
     match EVENTS.reserve::<FuseEvent>(0) {
         Some(mut slot) => {
@@ -189,7 +200,10 @@ pub fn ended_btf(ctx: BtfTracePointContext) -> i32 {
     let req: u64 = ctx.arg(0);
     let l = layout();
     match request_event(EventKind::Ended, req, &l) {
-        Some(ev) => submit(ev),
+        Some(ev) => {
+            daemon::reply_before_end(&ev);
+            submit(ev)
+        }
         None => bump(counters::READ_FAULTS),
     }
     0
@@ -248,6 +262,8 @@ fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, aux_ns: u64) 
                 {
                     return;
                 }
+            } else if kind == EventKind::Ended {
+                daemon::reply_before_end(&ev);
             }
             submit(ev)
         }
@@ -441,6 +457,7 @@ pub fn ended_tp(ctx: TracePointContext) -> u32 {
         error: tp_field(&ctx, l.tp_end_error).unwrap_or(0),
         ..FuseEvent::default()
     };
+    daemon::reply_before_end(&ev);
     submit(ev);
     0
 }

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     kernel::{
-        hooks::Backend,
+        hooks::{Backend, DaemonSide},
         probes::{KernelFilter, ProbeOptions, Probes},
     },
     output::{
@@ -68,6 +68,10 @@ pub struct TracingFlags {
     /// Force a probe backend instead of choosing per stage.
     #[arg(long, value_enum)]
     pub backend: Option<Backend>,
+    /// Where to see the daemon take and answer requests (default: in the
+    /// kernel where it has kprobes or fentry, else at its syscalls).
+    #[arg(long, value_enum, value_name = "WHERE")]
+    pub daemon_side: Option<DaemonSide>,
     /// Read no file names: requests show `node N` instead of their path
     /// (for names that must not leave the machine, or the last bit of
     /// cost on a name-heavy load).
@@ -158,6 +162,7 @@ impl TracingFlags {
     pub(crate) fn in_kernel(&self, filter: &Filter, stages: bool) -> ProbeOptions {
         ProbeOptions {
             backend: self.backend,
+            daemon_side: self.daemon_side,
             aggregate: Some(KernelFilter {
                 pids: filter.pids.clone(),
                 comms: filter.comms.iter().map(|c| c.0).collect(),
@@ -175,6 +180,7 @@ impl TracingFlags {
         self.attach_options(
             ProbeOptions {
                 backend: self.backend,
+                daemon_side: self.daemon_side,
                 diagnose: app_writes,
                 no_paths: self.no_paths,
                 ..ProbeOptions::default()

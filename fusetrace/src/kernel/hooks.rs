@@ -120,10 +120,79 @@ const DAEMON_REPLY_SYSCALLS: &[(&str, Attach)] = &[
     ),
 ];
 
-/// A hook every backend uses alike. The daemon side is seen at the syscall
-/// boundary by every backend: the syscall tracepoints exist wherever
-/// kprobes or fentry do, and they carry FORGET and INTERRUPT headers that no
-/// request-carrying function sees. io_uring's tracepoints likewise.
+/// The daemon side hooked in the kernel's own `/dev/fuse` routines
+/// (`fusetrace-ebpf/src/daemon.rs`): preferred wherever the kernel has
+/// kprobes or fentry, whatever serves the send and the end, since they put
+/// no tracepoint on every syscall of the machine and decode splice too.
+/// They see requests only (not FORGET, BATCH_FORGET or INTERRUPT).
+const KERNEL_TAKE: [Hook; 2] = [
+    Hook {
+        backend: Backend::Fentry,
+        programs: &[("taken_copy_fe", Attach::FEntry(&kfunc::COPY_ARGS))],
+        has_header: true,
+    },
+    Hook {
+        backend: Backend::Kprobe,
+        programs: &[("taken_copy_kp", Attach::KProbe(&kfunc::COPY_ARGS))],
+        has_header: true,
+    },
+];
+
+const KERNEL_REPLY: [Hook; 2] = [
+    Hook {
+        backend: Backend::Fentry,
+        programs: &[("replied_write_fe", Attach::FEntry(&kfunc::DEV_WRITE))],
+        has_header: false,
+    },
+    Hook {
+        backend: Backend::Kprobe,
+        programs: &[("replied_write_kp", Attach::KProbe(&kfunc::DEV_WRITE))],
+        has_header: false,
+    },
+];
+
+/// The kernel-side hooks first, then the syscall ones of every backend.
+const fn daemon_hooks(kernel: [Hook; 2], syscalls: [Hook; 4]) -> [Hook; 6] {
+    [
+        kernel[0], kernel[1], syscalls[0], syscalls[1], syscalls[2], syscalls[3],
+    ]
+}
+
+const TAKE_HOOKS: [Hook; 6] = daemon_hooks(KERNEL_TAKE, every_backend(DAEMON_TAKE_SYSCALLS, true));
+const REPLY_HOOKS: [Hook; 6] =
+    daemon_hooks(KERNEL_REPLY, every_backend(DAEMON_REPLY_SYSCALLS, false));
+
+/// Where the daemon side is seen: `--daemon-side`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DaemonSide {
+    /// In the kernel's `/dev/fuse` routines (kprobe or fentry): requests
+    /// only, read or spliced, at no cost to other syscalls.
+    Kernel,
+    /// At the daemon's read/write syscalls: FORGET, BATCH_FORGET and
+    /// INTERRUPT too, but spliced requests only counted, and every
+    /// syscall on the machine pays for the tracepoints.
+    Syscalls,
+}
+
+impl DaemonSide {
+    /// Which side a daemon-side hook is on (`None`: not a daemon-side hook).
+    pub fn of(hook: &Hook) -> Option<DaemonSide> {
+        hook.programs.iter().find_map(|(_, a)| match a {
+            Attach::TracePoint("syscalls", _) => Some(DaemonSide::Syscalls),
+            Attach::KProbe(f) | Attach::FEntry(f)
+                if std::ptr::eq(*f, &kfunc::COPY_ARGS) || std::ptr::eq(*f, &kfunc::DEV_WRITE) =>
+            {
+                Some(DaemonSide::Kernel)
+            }
+            _ => None,
+        })
+    }
+}
+
+/// A hook every backend uses alike: the daemon's syscalls (the syscall
+/// tracepoints exist wherever kprobes or fentry do, and they carry the
+/// FORGET and INTERRUPT headers no request-carrying function sees), and
+/// io_uring's tracepoints.
 const fn every_backend(programs: &'static [(&'static str, Attach)], has_header: bool) -> [Hook; 4] {
     [
         Hook {
@@ -176,8 +245,8 @@ pub const HOOK_TABLE: &[(Point, &[Hook])] = &[
             },
         ],
     ),
-    (Point::Taken, &every_backend(DAEMON_TAKE_SYSCALLS, true)),
-    (Point::Replied, &every_backend(DAEMON_REPLY_SYSCALLS, false)),
+    (Point::Taken, &TAKE_HOOKS),
+    (Point::Replied, &REPLY_HOOKS),
     (
         Point::Ended,
         &[
@@ -311,8 +380,8 @@ pub const AGGREGATE_HOOK_TABLE: &[(Point, &[Hook])] = &[
 /// layout) instead of reporting events.
 pub const AGGREGATE_STAGES_HOOK_TABLE: &[(Point, &[Hook])] = &[
     (Point::Sent, AGG_SENT_HOOKS),
-    (Point::Taken, &every_backend(DAEMON_TAKE_SYSCALLS, true)),
-    (Point::Replied, &every_backend(DAEMON_REPLY_SYSCALLS, false)),
+    (Point::Taken, &TAKE_HOOKS),
+    (Point::Replied, &REPLY_HOOKS),
     (Point::Ended, AGG_ENDED_HOOKS),
 ];
 

@@ -21,6 +21,7 @@ pub enum ArgSlot {
     Fixed,
     DeviceDoneReq,
     DeviceDoneFsvq,
+    CopyState,
 }
 
 /// A kernel function a program hooks, across kernel versions.
@@ -107,6 +108,7 @@ pub fn set_layout_args(l: &mut KernelLayout, r: &Resolved) {
             ArgSlot::Virtq => &mut l.arg_virtq,
             ArgSlot::DeviceDoneReq => &mut l.arg_device_done_req,
             ArgSlot::DeviceDoneFsvq => &mut l.arg_device_done_fsvq,
+            ArgSlot::CopyState => &mut l.arg_copy_cs,
             ArgSlot::Fixed => continue,
         };
         *field = *index;
@@ -164,6 +166,20 @@ pub static DEVICE_DONE: KFunc = KFunc {
         (ArgSlot::DeviceDoneReq, "fuse_req", 0),
         (ArgSlot::DeviceDoneFsvq, "virtio_fs_vq", 1),
     ],
+};
+
+/// `fuse_copy_args(cs, numargs, argpages, args, zeroing)`: copies a
+/// request's arguments to the daemon (`cs->write`) or its reply's from it.
+pub static COPY_ARGS: KFunc = KFunc {
+    names: &["fuse_copy_args"],
+    args: &[(ArgSlot::CopyState, "fuse_copy_state", 0)],
+};
+
+/// `fuse_dev_do_write(fud, cs, nbytes)`: a daemon's reply (write, writev
+/// or splice), which ends its request before returning.
+pub static DEV_WRITE: KFunc = KFunc {
+    names: &["fuse_dev_do_write"],
+    args: &[(ArgSlot::Fixed, "fuse_copy_state", 1)],
 };
 
 #[cfg(test)]

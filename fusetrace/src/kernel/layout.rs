@@ -43,6 +43,16 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
         l.req_list = list;
         l.list_head_size = size;
     }
+    // Optional: the daemon side hooked in the kernel (`taken_copy_*`);
+    // without it those hooks say why they cannot load.
+    if let (Ok(write), Ok(req)) = (
+        btf.bit_offset_of("fuse_copy_state", "write"),
+        btf.offset_of("fuse_copy_state", "req"),
+    ) {
+        l.cs_write_byte = write / 8;
+        l.cs_write_mask = 1 << (write % 8);
+        l.cs_req = req;
+    }
     // Optional: FUSE over io_uring (6.14+); without it the io_uring hooks
     // say why they cannot load.
     if uring_layout(&mut l, btf).is_err() {

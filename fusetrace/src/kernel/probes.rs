@@ -22,7 +22,7 @@ use crate::kernel::{
     btf::Btf,
     hooks::{
         AGGREGATE_HOOK_TABLE, AGGREGATE_STAGES_HOOK_TABLE, APP_WRITES_HOOKS, Attach, Backend,
-        DIAGNOSE_PROGRAMS, HOOK_TABLE, Hook, Point, PointChoice, Transport, URING_HOOK_TABLE,
+        DIAGNOSE_PROGRAMS, DaemonSide, HOOK_TABLE, Hook, Point, PointChoice, Transport, URING_HOOK_TABLE,
         backend_of,
     },
     kallsyms::Kallsyms,
@@ -42,6 +42,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FUSETRACE_EBPF_OBJ
 pub struct ProbeOptions {
     /// Force this backend for every point it can serve.
     pub backend: Option<Backend>,
+    /// See the daemon side only there (`--daemon-side`).
+    pub daemon_side: Option<DaemonSide>,
     /// Only observe daemon syscalls of this process.
     pub daemon_tgid: Option<u32>,
     /// Also observe applications' writes to FUSE files (`fusetrace diagnose`).
@@ -203,6 +205,13 @@ impl Probes {
             Some(_) => AGGREGATE_HOOK_TABLE,
             None => HOOK_TABLE,
         };
+        // diagnose reads applications' writes at the entry hook the
+        // syscall side of replies has.
+        let daemon_side = if opts.diagnose {
+            Some(DaemonSide::Syscalls)
+        } else {
+            opts.daemon_side
+        };
         let choices = choose_all(
             &mut ebpf,
             table,
@@ -211,7 +220,7 @@ impl Probes {
             &btf,
             &tracefs,
             &aya_btf,
-            opts.backend,
+            (opts.backend, daemon_side),
         );
         if opts.diagnose {
             let hook = Hook {
@@ -267,6 +276,11 @@ impl Probes {
         // start reporting at once.
         let mut gate: Array<_, u32> =
             Array::try_from(ebpf.map_mut("GATE").context("GATE map missing")?)?;
+        let replies_in_kernel = choices.iter().any(|c| {
+            c.point == Point::Replied
+                && c.hook.as_ref().and_then(DaemonSide::of) == Some(DaemonSide::Kernel)
+        });
+        gate.set(1, u32::from(replies_in_kernel), 0)?;
         gate.set(0, 1, 0)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
@@ -548,7 +562,7 @@ fn choose_all(
     btf: &Btf,
     tracefs: &Path,
     aya_btf: &aya::Btf,
-    backend: Option<Backend>,
+    (backend, daemon_side): (Option<Backend>, Option<DaemonSide>),
 ) -> Vec<PointChoice> {
     let mut choices = choose_hooks(
         ebpf,
@@ -558,7 +572,7 @@ fn choose_all(
         btf,
         tracefs,
         aya_btf,
-        backend,
+        (backend, daemon_side),
     );
     if !table.iter().any(|(p, _)| *p == Point::Taken) {
         return choices;
@@ -585,14 +599,15 @@ fn choose_all(
         btf,
         tracefs,
         aya_btf,
-        backend,
+        (backend, None),
     );
     choices.extend(uring);
     choices
 }
 
-/// For each point, the first hook (of `backend`, when forced) that the
-/// kernel offers and that loads and attaches; the reasons for the others.
+/// For each point, the first hook (of `backend` and on `daemon_side`,
+/// when forced) that the kernel offers and that loads and attaches; the
+/// reasons for the others.
 #[allow(clippy::too_many_arguments)]
 fn choose_hooks(
     ebpf: &mut Ebpf,
@@ -602,7 +617,7 @@ fn choose_hooks(
     btf: &Btf,
     tracefs: &Path,
     aya_btf: &aya::Btf,
-    backend: Option<Backend>,
+    (backend, daemon_side): (Option<Backend>, Option<DaemonSide>),
 ) -> Vec<PointChoice> {
     let mut choices: Vec<PointChoice> = Vec::new();
     for (point, hooks) in table {
@@ -628,11 +643,24 @@ fn choose_hooks(
             continue;
         }
         // Hooks shared by several backends (the syscall ones) are named
-        // after the backend that serves the submission.
+        // after the backend that serves the submission; the others keep
+        // the table's order.
+        let shared = |h: &Hook| {
+            hooks
+                .iter()
+                .filter(|g| g.programs[0].0 == h.programs[0].0)
+                .count()
+                > 1
+        };
         let mut ordered: Vec<&Hook> = hooks.iter().collect();
-        ordered.sort_by_key(|h| submit_backend.is_some_and(|b| b != h.backend));
+        ordered.sort_by_key(|h| shared(h) && submit_backend.is_some_and(|b| b != h.backend));
         for hook in ordered {
             if backend.is_some_and(|b| b != hook.backend) {
+                continue;
+            }
+            if let (Some(want), Some(side)) = (daemon_side, DaemonSide::of(hook))
+                && want != side
+            {
                 continue;
             }
             match offered(hook, btf, tracefs, kernel)
@@ -702,7 +730,14 @@ pub fn survey(backend: Option<Backend>) -> Result<Survey> {
     } = Startup::read_kernel()?;
     let (mut ebpf, aya_btf) = load_object(&layout)?;
     let choices = choose_all(
-        &mut ebpf, HOOK_TABLE, &layout, &kernel, &btf, &tracefs, &aya_btf, backend,
+        &mut ebpf,
+        HOOK_TABLE,
+        &layout,
+        &kernel,
+        &btf,
+        &tracefs,
+        &aya_btf,
+        (backend, None),
     );
     let dev_fuse_files = dev_fuse_files(&mut ebpf, &aya_btf).map_err(|e| format!("{e:#}"));
     Ok(Survey {

@@ -531,6 +531,13 @@ impl Tracker {
             self.counters.unmatched_replies += 1;
             return;
         };
+        // A reply before the take is not this request's (the kernel-side
+        // hook's time of a write that ended no request, left to an end in
+        // a failed read of the same thread).
+        if rec.has(seen::TAKEN) && ev.ts_ns < rec.taken_ns {
+            self.counters.unmatched_replies += 1;
+            return;
+        }
         rec.replied_ns = ev.ts_ns;
         rec.reply_tid = ev.tid;
         rec.reply_len = ev.len;
@@ -942,6 +949,26 @@ mod tests {
         assert_eq!(c.unmatched_replies, 1);
         assert_eq!(c.unmatched_ends, 1);
         assert_eq!(c.notifications, 1);
+    }
+
+    /// The kernel-side reply hook's time of a write that ended no request,
+    /// taken by an end in a failed read: earlier than the take, dropped
+    /// and counted; the request ends without a reply stage.
+    #[test]
+    fn a_reply_before_the_take_is_not_the_requests() {
+        let (t, out) = run(&[
+            ev(EventKind::Sent, 34, 3, 1_000),
+            daemon(ev(EventKind::Taken, 34, 3, 3_000), 501),
+            daemon(ev(EventKind::Replied, 34, 0, 2_000), 501),
+            ev(EventKind::Ended, 34, 3, 4_000),
+        ]);
+        // Without a reply it waits out the reorder window.
+        let (mut t, mut out) = (t, out);
+        t.advance(u64::MAX, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].replied_ns, None);
+        assert_eq!(out[0].taken_ns, Some(3_000));
+        assert_eq!(t.counters().unmatched_replies, 1);
     }
 
     #[test]

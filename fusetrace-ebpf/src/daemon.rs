@@ -1,0 +1,147 @@
+//! The daemon side hooked in the kernel, on kernels with kprobes or fentry
+//! (Debian's 6.1 and 6.12, most distributions): no syscall tracepoint, so
+//! no tax on every syscall of the machine, no walk of the daemon's fd
+//! table, and `splice(2)` transfers decoded like `read(2)`.
+//!
+//! - **taken**: `fuse_copy_args` entered with a copy state that writes to
+//!   the daemon (`cs->write`): `fuse_dev_do_read` copies a request's
+//!   arguments there, for read, readv and splice alike, after the header,
+//!   with the request in `cs->req` and still alive (the daemon cannot
+//!   answer a request it has not finished reading). FORGET, BATCH_FORGET
+//!   and INTERRUPT messages carry no request and are not seen here.
+//! - **replied**: `fuse_dev_do_write` entered (write, writev or splice
+//!   of a reply): the thread's time is kept, and the request it answers
+//!   is known when the kernel ends it, inside the same call and thread
+//!   (`fuse_request_end`, with the reply's header in `req->out.h`). The
+//!   end hooks take the kept time (`reply_started`). A write that ends no
+//!   request (a notification, an interrupt's answer, a stale id) leaves
+//!   its time behind; the thread's next write replaces it, and a request
+//!   ended by an abort in that thread is told apart by its error
+//!   (`-ECONNABORTED`); one ended in a failed read still takes it, and the
+//!   tracker drops a reply earlier than the take (counted as unmatched).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{fentry, kprobe, map},
+    maps::LruHashMap,
+    programs::{FEntryContext, ProbeContext},
+};
+use fusetrace_common::{EventKind, FuseEvent, KernelLayout};
+
+use crate::{
+    GATE, UNIQUE_IN_HEADER, aggregate, daemon_filtered_out, fentry_arg, kprobe_arg, kread,
+    layout, on_request, submit_at,
+};
+
+/// `-ECONNABORTED`: what an aborted connection's requests end with.
+const ECONNABORTED: i32 = -103;
+
+/// When each daemon thread entered `fuse_dev_do_write`, until an end in
+/// that thread takes it. An LRU: a thread that exits with a time left
+/// behind must not hold its entry forever.
+#[map]
+static REPLY_STARTED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// `GATE[1]` is 1 when the replied point is `replied_write_*`: only then
+/// do the end hooks look for a kept time.
+#[inline(always)]
+fn replies_in_kernel() -> bool {
+    GATE.get(1).copied() == Some(1)
+}
+
+/// The time the current thread began the reply that ends a request now,
+/// taken (an end outside a daemon's reply finds none). `error` is the
+/// request's: an abort's end is not a reply.
+#[inline(always)]
+pub(crate) fn reply_started(error: i32) -> Option<u64> {
+    if !replies_in_kernel() {
+        return None;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied before the entry is removed.
+    let ts = unsafe { REPLY_STARTED.get(&tid) }.copied()?;
+    let _ = REPLY_STARTED.remove(&tid);
+    (error != ECONNABORTED).then_some(ts)
+}
+
+/// Called by the event pipeline's end hooks before they report the end:
+/// the reply, as the syscall hooks would have reported it, at the time
+/// its write began.
+#[inline(always)]
+pub(crate) fn reply_before_end(end: &FuseEvent) {
+    if let Some(ts) = reply_started(end.error) {
+        let ev = FuseEvent {
+            kind: EventKind::Replied as u8,
+            connection: end.connection,
+            unique: end.unique,
+            error: end.error,
+            len: end.len,
+            ..FuseEvent::default()
+        };
+        submit_at(ev, Some(ts));
+    }
+}
+
+/// The copy state's `write` flag: true when copying to the daemon.
+#[inline(always)]
+fn copying_to_daemon(cs: u64, l: &KernelLayout) -> bool {
+    kread::<u8>(cs, l.cs_write_byte).is_some_and(|b| u32::from(b) & l.cs_write_mask != 0)
+}
+
+#[inline(always)]
+fn on_copy_args(cs: Option<u64>, l: &KernelLayout) {
+    let Some(cs) = cs else { return };
+    if !copying_to_daemon(cs, l) || daemon_filtered_out(l) {
+        return;
+    }
+    let Some(req) = kread::<u64>(cs, l.cs_req).filter(|r| *r != 0) else {
+        return;
+    };
+    if l.agg_stages != 0 {
+        let unique: u64 = kread(req, l.req_in_h + UNIQUE_IN_HEADER).unwrap_or(0);
+        let connection = kread::<u64>(req, l.req_fm)
+            .and_then(|fm| kread::<u64>(fm, l.mount_fc))
+            .and_then(|fc| kread::<u32>(fc, l.conn_dev));
+        if let Some(connection) = connection {
+            aggregate::agg_daemon_point(connection, unique, false, || req);
+        }
+        return;
+    }
+    on_request(EventKind::Taken, Some(req), l, 0);
+}
+
+#[inline(always)]
+fn on_dev_write(l: &KernelLayout) {
+    if GATE.get(0).copied() != Some(1) || daemon_filtered_out(l) {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = REPLY_STARTED.insert(&tid, &now, 0);
+}
+
+#[fentry]
+pub fn taken_copy_fe(ctx: FEntryContext) -> u32 {
+    let l = layout();
+    on_copy_args(fentry_arg(&ctx, l.arg_copy_cs), &l);
+    0
+}
+
+#[kprobe]
+pub fn taken_copy_kp(ctx: ProbeContext) -> u32 {
+    let l = layout();
+    on_copy_args(kprobe_arg(&ctx, &l, l.arg_copy_cs), &l);
+    0
+}
+
+#[fentry]
+pub fn replied_write_fe(_ctx: FEntryContext) -> u32 {
+    on_dev_write(&layout());
+    0
+}
+
+#[kprobe]
+pub fn replied_write_kp(_ctx: ProbeContext) -> u32 {
+    on_dev_write(&layout());
+    0
+}
