@@ -29,8 +29,8 @@ use aya_ebpf::{
 use fusetrace_common::{EventKind, FuseEvent, KernelLayout};
 
 use crate::{
-    GATE, UNIQUE_IN_HEADER, aggregate, daemon_filtered_out, fentry_arg, kprobe_arg, kread,
-    layout, on_request, submit_at,
+    GATE, UNIQUE_IN_HEADER, aggregate, daemon_filtered_out, fentry_arg, kprobe_arg, kread, layout,
+    on_request, submit_at,
 };
 
 /// `-ECONNABORTED`: what an aborted connection's requests end with.

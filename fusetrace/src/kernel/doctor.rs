@@ -16,7 +16,9 @@ use crate::output::print::Format;
 use crate::pipeline::lifecycle::Comm;
 
 use crate::{
-    kernel::hooks::{Backend, Point, PointChoice, Transport, URING_PARAMETER, backend_of},
+    kernel::hooks::{
+        Backend, DaemonSide, Point, PointChoice, Transport, URING_PARAMETER, backend_of,
+    },
     kernel::probes::{self, KPROBE_PMU, KernelFunctions},
     kernel::tracefs,
 };
@@ -387,7 +389,13 @@ fn mount_reports(
                     "sent and ended only: the io_uring points cannot be observed here".into()
                 }
             } else if daemon_side_traced(choices, Transport::DevFuse) {
-                "every point: taken and replied at /dev/fuse (splice(2) transfers counted, not decoded)".into()
+                let take = choices
+                    .iter()
+                    .find(|c| c.point == Point::Taken && c.transport == Transport::DevFuse);
+                match take.and_then(|c| c.hook.as_ref()).and_then(DaemonSide::of) {
+                    Some(DaemonSide::Kernel) => "every point: taken and replied in the kernel's /dev/fuse routines (read or spliced; FORGET, BATCH_FORGET and INTERRUPT not seen)".into(),
+                    _ => "every point: taken and replied at /dev/fuse (splice(2) transfers counted, not decoded)".into(),
+                }
             } else {
                 "sent and ended only".into()
             };

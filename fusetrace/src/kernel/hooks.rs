@@ -154,7 +154,12 @@ const KERNEL_REPLY: [Hook; 2] = [
 /// The kernel-side hooks first, then the syscall ones of every backend.
 const fn daemon_hooks(kernel: [Hook; 2], syscalls: [Hook; 4]) -> [Hook; 6] {
     [
-        kernel[0], kernel[1], syscalls[0], syscalls[1], syscalls[2], syscalls[3],
+        kernel[0],
+        kernel[1],
+        syscalls[0],
+        syscalls[1],
+        syscalls[2],
+        syscalls[3],
     ]
 }
 
@@ -452,7 +457,18 @@ impl PointChoice {
             Some(h) => {
                 let programs: Vec<String> =
                     h.programs.iter().map(|(_, a)| attach_name(a)).collect();
-                format!("{point}: {} via {}", h.backend.name(), programs.join(", "))
+                // What the kernel-side take cannot see, said where it is chosen.
+                let unseen = match (self.point, DaemonSide::of(h)) {
+                    (Point::Taken, Some(DaemonSide::Kernel)) => {
+                        " (requests only: FORGET, BATCH_FORGET and INTERRUPT are seen with --daemon-side syscalls)"
+                    }
+                    _ => "",
+                };
+                format!(
+                    "{point}: {} via {}{unseen}",
+                    h.backend.name(),
+                    programs.join(", ")
+                )
             }
             None => format!("{point}: no hook ({})", self.skipped.join("; ")),
         }

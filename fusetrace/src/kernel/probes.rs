@@ -22,8 +22,8 @@ use crate::kernel::{
     btf::Btf,
     hooks::{
         AGGREGATE_HOOK_TABLE, AGGREGATE_STAGES_HOOK_TABLE, APP_WRITES_HOOKS, Attach, Backend,
-        DIAGNOSE_PROGRAMS, DaemonSide, HOOK_TABLE, Hook, Point, PointChoice, Transport, URING_HOOK_TABLE,
-        backend_of,
+        DIAGNOSE_PROGRAMS, DaemonSide, HOOK_TABLE, Hook, Point, PointChoice, Transport,
+        URING_HOOK_TABLE, backend_of,
     },
     kallsyms::Kallsyms,
     kfunc::{self, KFunc, Resolved},

@@ -259,6 +259,8 @@ pub fn count_by_op(records: &[&Value]) -> BTreeMap<String, u64> {
 /// A running `fusetrace` tracing command.
 pub struct Tracer {
     pub child: Child,
+    /// What it printed up to its `tracing (...)` line, that line included.
+    started: Vec<String>,
     stderr: mpsc::Receiver<String>,
     stdout: thread::JoinHandle<String>,
 }
@@ -266,12 +268,19 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `fusetrace ARGS` and waits until its probes are attached.
     /// `FUSETRACE_TEST_BACKEND` forces a backend (the VM test runs the same
-    /// tests once per backend its kernel offers).
+    /// tests once per backend its kernel offers), and
+    /// `FUSETRACE_TEST_DAEMON_SIDE` where the daemon side is seen.
     pub fn start(args: &[&str]) -> Tracer {
         let mut args: Vec<&str> = args.to_vec();
         let forced = std::env::var("FUSETRACE_TEST_BACKEND").unwrap_or_default();
-        if !forced.is_empty() && matches!(args.first(), Some(&("trace" | "stats"))) {
-            args.extend(["--backend", forced.as_str()]);
+        let side = std::env::var("FUSETRACE_TEST_DAEMON_SIDE").unwrap_or_default();
+        if matches!(args.first(), Some(&("trace" | "stats"))) {
+            if !forced.is_empty() {
+                args.extend(["--backend", forced.as_str()]);
+            }
+            if !side.is_empty() {
+                args.extend(["--daemon-side", side.as_str()]);
+            }
         }
         let mut child = Command::new(bin())
             .args(&args)
@@ -286,9 +295,11 @@ impl Tracer {
             s
         });
         let stderr = line_channel(child.stderr.take().unwrap());
-        wait_for_line_within(&stderr, "fusetrace: tracing", "fusetrace", START_TIMEOUT);
+        let started =
+            wait_for_line_within(&stderr, "fusetrace: tracing", "fusetrace", START_TIMEOUT);
         Tracer {
             child,
+            started,
             stderr,
             stdout,
         }
@@ -299,7 +310,8 @@ impl Tracer {
         signal(&self.child, libc::SIGINT);
         let status = self.child.wait().unwrap();
         let stdout = self.stdout.join().unwrap();
-        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        let mut stderr = self.started;
+        stderr.extend(self.stderr.try_iter());
         let stderr = stderr.join("\n");
         assert!(status.success(), "fusetrace exited with {status}: {stderr}");
         TraceOutput::parse(stdout, stderr)
