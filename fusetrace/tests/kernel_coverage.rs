@@ -153,6 +153,73 @@ fn forcing_kprobes_without_them_fails_with_one_clear_line() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+#[test]
+fn forcing_the_kernel_daemon_side_without_kprobes_or_fentry_fails_with_one_clear_line() {
+    require_root();
+    if has_kprobes() {
+        eprintln!("this kernel has kprobes: nothing to refuse");
+        return;
+    }
+    let out = Command::new(bin())
+        .args(["trace", "--daemon-side", "kernel", "--duration", "10s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--daemon-side kernel traced anyway");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    for needle in [
+        "--daemon-side kernel",
+        "taken point",
+        "fuse_copy_args",
+        "no kprobes",
+        "doctor",
+    ] {
+        assert!(err.contains(needle), "`{needle}` missing from: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// With kprobes or fentry (the VM guests), the daemon side is seen in the
+/// kernel's `/dev/fuse` routines by default, and at the syscalls when
+/// asked; doctor says which, and what the kernel side does not see.
+#[test]
+fn the_daemon_side_is_hooked_in_the_kernel_where_it_can_be() {
+    require_root();
+    if !has_kprobes() {
+        eprintln!("no kprobes on this kernel: the syscall side only");
+        return;
+    }
+    let (ok, out, err) = doctor();
+    assert!(ok, "{err}");
+    let point = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} point in:\n{text}"))
+            .to_string()
+    };
+    let taken = point(&out, "taken");
+    assert!(taken.contains("/fuse_copy_args"), "{taken}");
+    assert!(taken.contains("requests only"), "{taken}");
+    assert!(
+        point(&out, "replied").contains("/fuse_dev_do_write"),
+        "{out}"
+    );
+    assert!(!out.contains("tracepoint/syscalls/sys_exit_read"), "{out}");
+    let tracer = Tracer::start(&["trace", "--daemon-side", "syscalls", "--duration", "1s"]);
+    let traced = tracer.stop();
+    assert!(
+        traced.stderr.contains("taken: ") && traced.stderr.contains("sys_exit_read"),
+        "{}",
+        traced.stderr
+    );
+    assert!(
+        !traced.stderr.contains("fuse_copy_args"),
+        "{}",
+        traced.stderr
+    );
+}
+
 /// Reads lines of a child's pipe on a thread, so waits can time out.
 fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();

@@ -267,6 +267,12 @@ for backend in {backends}; do
         watched {trace} --test-threads=1 --nocapture \
             traced_requests_equal_served_requests injected_read_latency \
             bindfs_requests_have_all_four_stages || status=1
+        # The daemon side at the syscalls too (FORGETs counted exactly).
+        export FUSETRACE_TEST_DAEMON_SIDE=syscalls
+        watched {trace} --test-threads=1 --nocapture \
+            traced_requests_equal_served_requests \
+            bindfs_requests_have_all_four_stages || status=1
+        unset FUSETRACE_TEST_DAEMON_SIDE
         watched {coverage} --test-threads=1 --nocapture --include-ignored \
             calls_are_joined_to_their_requests \
             virtio_fs_walk_matches_an_independent_end_count || status=1
@@ -282,7 +288,8 @@ for backend in {backends}; do
     fi
 done
 echo "vmtest: === {series}: doctor and backend choice"
-watched {coverage} --test-threads=1 --nocapture doctor_ forcing_ || status=1
+watched {coverage} --test-threads=1 --nocapture doctor_ forcing_ \
+    the_daemon_side_is_hooked_in_the_kernel || status=1
 echo "vmtest: guest status $status"
 "#,
         root = root().display(),

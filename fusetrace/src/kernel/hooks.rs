@@ -180,6 +180,13 @@ pub enum DaemonSide {
 }
 
 impl DaemonSide {
+    pub fn name(self) -> &'static str {
+        match self {
+            DaemonSide::Kernel => "kernel",
+            DaemonSide::Syscalls => "syscalls",
+        }
+    }
+
     /// Which side a daemon-side hook is on (`None`: not a daemon-side hook).
     pub fn of(hook: &Hook) -> Option<DaemonSide> {
         hook.programs.iter().find_map(|(_, a)| match a {

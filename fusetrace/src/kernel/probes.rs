@@ -252,6 +252,21 @@ impl Probes {
                 );
             }
         }
+        if let Some(side) = opts.daemon_side {
+            for c in &choices {
+                if matches!(c.point, Point::Taken | Point::Replied)
+                    && c.transport == Transport::DevFuse
+                    && c.hook.is_none()
+                {
+                    bail!(
+                        "--daemon-side {}: cannot observe the {} point there on this kernel ({}); `fusetrace doctor` shows what this kernel offers",
+                        side.name(),
+                        c.point.name(),
+                        c.skipped.join("; ")
+                    );
+                }
+            }
+        }
         let aggregate = match opts.aggregate {
             Some(_) => {
                 let mut take = |name: &str| {
