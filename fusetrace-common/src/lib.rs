@@ -370,6 +370,20 @@ pub struct KernelLayout {
     pub cs_write_mask: u32,
     pub cs_req: u32,
     pub arg_copy_cs: u32,
+    /// `fuse_dev_do_read(fud, file, cs, nbytes)`: the argument indexes of
+    /// `fud` and `cs`, and the index of its return value in an fexit
+    /// program's context (its argument count).
+    pub arg_read_fud: u32,
+    pub arg_read_cs: u32,
+    pub arg_read_ret: u32,
+    /// `offsetof(struct pt_regs, orig_ax)` (x86_64): the syscall number,
+    /// and the numbers of the read(2) family (the running architecture's).
+    pub regs_syscall_nr: u32,
+    pub nr_read: u32,
+    pub nr_pread64: u32,
+    pub nr_readv: u32,
+    pub nr_preadv: u32,
+    pub nr_preadv2: u32,
 }
 
 /// One `/dev/fuse` file a process holds, as the `transports` iterator

@@ -3,12 +3,17 @@
 //! no tax on every syscall of the machine, no walk of the daemon's fd
 //! table, and `splice(2)` transfers decoded like `read(2)`.
 //!
-//! - **taken**: `fuse_copy_args` entered with a copy state that writes to
-//!   the daemon (`cs->write`): `fuse_dev_do_read` copies a request's
-//!   arguments there, for read, readv and splice alike, after the header,
-//!   with the request in `cs->req` and still alive (the daemon cannot
-//!   answer a request it has not finished reading). FORGET, BATCH_FORGET
-//!   and INTERRUPT messages carry no request and are not seen here.
+//! - **taken**, fentry kernels: `fuse_dev_do_read` returning (fexit),
+//!   for read, readv and splice alike. A request is in the copy state
+//!   (`cs->req`), still alive: the daemon cannot answer a request it has
+//!   not finished reading. FORGET, BATCH_FORGET and INTERRUPT messages carry
+//!   no request: their header is read where read(2) or readv(2) put it in
+//!   the daemon's memory (a spliced one is counted, not decoded).
+//! - **taken**, kprobe kernels: `fuse_copy_args` entered with a copy state
+//!   that writes to the daemon (`cs->write`), which `fuse_dev_do_read`
+//!   calls for a request's arguments after its header. A kretprobe would
+//!   cost a second program per take, so FORGET, BATCH_FORGET and INTERRUPT
+//!   are not seen there (the tracer says so).
 //! - **replied**: `fuse_dev_do_write` entered (write, writev or splice
 //!   of a reply): the thread's time is kept, and the request it answers
 //!   is known when the kernel ends it, inside the same call and thread
@@ -22,15 +27,15 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{fentry, kprobe, map},
+    macros::{fentry, fexit, kprobe, map},
     maps::LruHashMap,
-    programs::{FEntryContext, ProbeContext},
+    programs::{FEntryContext, FExitContext, ProbeContext},
 };
-use fusetrace_common::{EventKind, FuseEvent, KernelLayout};
+use fusetrace_common::{EventKind, FuseEvent, FuseInHeader, IoVec, KernelLayout, counters};
 
 use crate::{
-    GATE, UNIQUE_IN_HEADER, aggregate, daemon_filtered_out, fentry_arg, kprobe_arg, kread, layout,
-    on_request, submit_at,
+    GATE, UNIQUE_IN_HEADER, aggregate, bump, daemon_filtered_out, fentry_arg, header_event,
+    kprobe_arg, kread, layout, on_request, submit, submit_at, syscall_args, uread,
 };
 
 /// `-ECONNABORTED`: what an aborted connection's requests end with.
@@ -94,9 +99,58 @@ fn on_copy_args(cs: Option<u64>, l: &KernelLayout) {
     if !copying_to_daemon(cs, l) || daemon_filtered_out(l) {
         return;
     }
-    let Some(req) = kread::<u64>(cs, l.cs_req).filter(|r| *r != 0) else {
+    if let Some(req) = kread::<u64>(cs, l.cs_req).filter(|r| *r != 0) {
+        on_taken_request(req, l);
+    }
+}
+
+/// `fuse_dev_do_read` gave the daemon `ret` bytes: a request (in the copy
+/// state), or a FORGET, BATCH_FORGET or INTERRUPT (in the daemon's buffer).
+#[inline(always)]
+fn on_read_return(ctx: &FExitContext, l: &KernelLayout) {
+    let ret = fentry_arg(ctx, l.arg_read_ret).unwrap_or(0) as i64;
+    if ret < core::mem::size_of::<FuseInHeader>() as i64 || daemon_filtered_out(l) {
+        return;
+    }
+    let Some(cs) = fentry_arg(ctx, l.arg_read_cs) else {
         return;
     };
+    if let Some(req) = kread::<u64>(cs, l.cs_req).filter(|r| *r != 0) {
+        on_taken_request(req, l);
+        return;
+    }
+    // Not a request: nothing of it is counted in the kernel.
+    if l.agg_stages != 0 {
+        return;
+    }
+    let Some([_, arg, _, nr]) = syscall_args(l) else {
+        return;
+    };
+    let nr = nr as u32;
+    let buf = if nr == l.nr_read || nr == l.nr_pread64 {
+        arg
+    } else if nr == l.nr_readv || nr == l.nr_preadv || nr == l.nr_preadv2 {
+        match uread::<IoVec>(arg) {
+            Some(iov) => iov.base,
+            None => return,
+        }
+    } else {
+        // splice(2): the message went to a pipe's pages.
+        bump(counters::SPLICE_TRANSFERS);
+        return;
+    };
+    let connection = fentry_arg(ctx, l.arg_read_fud)
+        .and_then(|fud| kread::<u64>(fud, l.fuse_dev_fc))
+        .and_then(|fc| kread::<u32>(fc, l.conn_dev));
+    match (connection, uread::<FuseInHeader>(buf)) {
+        (Some(connection), Some(h)) => submit(header_event(EventKind::Taken, connection, 0, &h)),
+        _ => bump(counters::READ_FAULTS),
+    }
+}
+
+/// A daemon took request `req`.
+#[inline(always)]
+fn on_taken_request(req: u64, l: &KernelLayout) {
     if l.agg_stages != 0 {
         let unique: u64 = kread(req, l.req_in_h + UNIQUE_IN_HEADER).unwrap_or(0);
         let connection = kread::<u64>(req, l.req_fm)
@@ -120,10 +174,9 @@ fn on_dev_write(l: &KernelLayout) {
     let _ = REPLY_STARTED.insert(&tid, &now, 0);
 }
 
-#[fentry]
-pub fn taken_copy_fe(ctx: FEntryContext) -> u32 {
-    let l = layout();
-    on_copy_args(fentry_arg(&ctx, l.arg_copy_cs), &l);
+#[fexit]
+pub fn taken_read_fx(ctx: FExitContext) -> u32 {
+    on_read_return(&ctx, &layout());
     0
 }
 

@@ -236,9 +236,10 @@ fn kprobe_arg(ctx: &ProbeContext, l: &KernelLayout, n: u32) -> Option<u64> {
     kread(ctx.as_ptr() as u64, off)
 }
 
-/// Argument `n` of an fentry-traced function (the context is an array of u64).
+/// Argument `n` of an fentry- or fexit-traced function (the context is an
+/// array of u64; fexit's return value follows the arguments).
 #[inline(always)]
-fn fentry_arg(ctx: &FEntryContext, n: u32) -> Option<u64> {
+fn fentry_arg(ctx: &impl EbpfContext, n: u32) -> Option<u64> {
     kread(ctx.as_ptr() as u64, n.min(5) * 8)
 }
 
@@ -526,11 +527,12 @@ fn daemon_filtered_out(l: &KernelLayout) -> bool {
     l.daemon_tgid != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 != l.daemon_tgid
 }
 
-/// The current syscall's n-th argument, from the user registers the kernel
-/// saved at entry (`bpf_task_pt_regs`). Works at syscall exit, so a read
-/// that began before fusetrace attached is still decoded when it returns.
+/// The current syscall's number and first three arguments, from the user
+/// registers the kernel saved at entry (`bpf_task_pt_regs`). Works at
+/// syscall exit, so a read that began before fusetrace attached is still
+/// decoded when it returns.
 #[inline(always)]
-fn syscall_args(l: &KernelLayout) -> Option<[u64; 3]> {
+fn syscall_args(l: &KernelLayout) -> Option<[u64; 4]> {
     // SAFETY: helpers take the BTF task pointer they return.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     if regs == 0 {
@@ -542,7 +544,12 @@ fn syscall_args(l: &KernelLayout) -> Option<[u64; 3]> {
         // SAFETY: see above; a fault reads as zero.
         unsafe { core::ptr::read_volatile((regs + off as u64) as *const u64) }
     };
-    Some([arg(l.regs_arg0), arg(l.regs_arg1), arg(l.regs_arg2)])
+    Some([
+        arg(l.regs_arg0),
+        arg(l.regs_arg1),
+        arg(l.regs_arg2),
+        arg(l.regs_syscall_nr),
+    ])
 }
 
 /// Shared by read(2) and readv(2) exit: the daemon took a request whose
@@ -554,7 +561,7 @@ fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
     if ret < core::mem::size_of::<FuseInHeader>() as i64 || daemon_filtered_out(&l) {
         return 0;
     }
-    let Some([fd, arg, count]) = syscall_args(l) else {
+    let Some([fd, arg, count, _]) = syscall_args(l) else {
         return 0;
     };
     // Daemons read into buffers of at least FUSE_MIN_READ_BUFFER bytes: a

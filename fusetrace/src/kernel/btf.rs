@@ -464,6 +464,16 @@ impl Btf {
         self.functions(func).next()?.1.blob.module.as_deref()
     }
 
+    /// How many parameters function `func` takes (where an fexit program
+    /// finds its return value).
+    pub fn param_count(&self, func: &str) -> Option<usize> {
+        let proto = self.functions(func).find_map(|(_, f)| {
+            self.resolve(f.type_id())
+                .filter(|p| p.kind() == KIND_FUNC_PROTO)
+        })?;
+        Some(proto.param_types().count())
+    }
+
     /// Index of the first parameter of function `func` that is a pointer
     /// to `struct pointee` (signatures differ between kernel versions).
     pub fn param_pointing_to(&self, func: &str, pointee: &str) -> Option<usize> {

@@ -392,8 +392,15 @@ fn mount_reports(
                 let take = choices
                     .iter()
                     .find(|c| c.point == Point::Taken && c.transport == Transport::DevFuse);
-                match take.and_then(|c| c.hook.as_ref()).and_then(DaemonSide::of) {
-                    Some(DaemonSide::Kernel) => "every point: taken and replied in the kernel's /dev/fuse routines (read or spliced; FORGET, BATCH_FORGET and INTERRUPT not seen)".into(),
+                match take.and_then(|c| c.hook.as_ref()) {
+                    Some(h) if DaemonSide::of(h) == Some(DaemonSide::Kernel) => format!(
+                        "every point: taken and replied in the kernel's /dev/fuse routines (read or spliced{})",
+                        if h.requests_only() {
+                            "; FORGET, BATCH_FORGET and INTERRUPT not seen"
+                        } else {
+                            ""
+                        }
+                    ),
                     _ => "every point: taken and replied at /dev/fuse (splice(2) transfers counted, not decoded)".into(),
                 }
             } else {

@@ -58,6 +58,8 @@ pub enum Attach {
     KProbe(&'static KFunc),
     /// fentry (BPF trampoline) on a kernel function described in BTF.
     FEntry(&'static KFunc),
+    /// fexit: the same, as the function returns (its value readable).
+    FExit(&'static KFunc),
 }
 
 /// One way of observing a point: one or more programs attached together.
@@ -68,6 +70,16 @@ pub struct Hook {
     pub programs: &'static [(&'static str, Attach)],
     /// Whether this hook reads the request header (node id, requester).
     pub has_header: bool,
+}
+
+impl Hook {
+    /// A daemon-side take that sees requests only, not FORGET,
+    /// BATCH_FORGET or INTERRUPT (the kprobe on `fuse_copy_args`).
+    pub fn requests_only(&self) -> bool {
+        self.programs
+            .iter()
+            .any(|(_, a)| matches!(a, Attach::KProbe(f) if std::ptr::eq(*f, &kfunc::COPY_ARGS)))
+    }
 }
 
 /// Families of hooks a user can force with `--backend`.
@@ -124,11 +136,12 @@ const DAEMON_REPLY_SYSCALLS: &[(&str, Attach)] = &[
 /// (`fusetrace-ebpf/src/daemon.rs`): preferred wherever the kernel has
 /// kprobes or fentry, whatever serves the send and the end, since they put
 /// no tracepoint on every syscall of the machine and decode splice too.
-/// They see requests only (not FORGET, BATCH_FORGET or INTERRUPT).
+/// The kprobe take sees requests only (not FORGET, BATCH_FORGET or
+/// INTERRUPT): see `fusetrace-ebpf/src/daemon.rs`.
 const KERNEL_TAKE: [Hook; 2] = [
     Hook {
         backend: Backend::Fentry,
-        programs: &[("taken_copy_fe", Attach::FEntry(&kfunc::COPY_ARGS))],
+        programs: &[("taken_read_fx", Attach::FExit(&kfunc::DEV_READ))],
         has_header: true,
     },
     Hook {
@@ -191,8 +204,10 @@ impl DaemonSide {
     pub fn of(hook: &Hook) -> Option<DaemonSide> {
         hook.programs.iter().find_map(|(_, a)| match a {
             Attach::TracePoint("syscalls", _) => Some(DaemonSide::Syscalls),
-            Attach::KProbe(f) | Attach::FEntry(f)
-                if std::ptr::eq(*f, &kfunc::COPY_ARGS) || std::ptr::eq(*f, &kfunc::DEV_WRITE) =>
+            Attach::KProbe(f) | Attach::FEntry(f) | Attach::FExit(f)
+                if [&kfunc::DEV_READ, &kfunc::COPY_ARGS, &kfunc::DEV_WRITE]
+                    .iter()
+                    .any(|g| std::ptr::eq(*f, *g)) =>
             {
                 Some(DaemonSide::Kernel)
             }
@@ -464,12 +479,11 @@ impl PointChoice {
             Some(h) => {
                 let programs: Vec<String> =
                     h.programs.iter().map(|(_, a)| attach_name(a)).collect();
-                // What the kernel-side take cannot see, said where it is chosen.
-                let unseen = match (self.point, DaemonSide::of(h)) {
-                    (Point::Taken, Some(DaemonSide::Kernel)) => {
-                        " (requests only: FORGET, BATCH_FORGET and INTERRUPT are seen with --daemon-side syscalls)"
-                    }
-                    _ => "",
+                // What the kprobe take cannot see, said where it is chosen.
+                let unseen = if h.requests_only() {
+                    " (requests only: FORGET, BATCH_FORGET and INTERRUPT are seen with --daemon-side syscalls)"
+                } else {
+                    ""
                 };
                 format!(
                     "{point}: {} via {}{unseen}",
@@ -497,6 +511,7 @@ fn attach_name(a: &Attach) -> String {
         Attach::TracePoint(c, n) => format!("tracepoint/{c}/{n}"),
         Attach::KProbe(f) => format!("kprobe/{}", f.names.join("|")),
         Attach::FEntry(f) => format!("fentry/{}", f.names.join("|")),
+        Attach::FExit(f) => format!("fexit/{}", f.names.join("|")),
     }
 }
 

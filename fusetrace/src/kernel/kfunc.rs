@@ -22,6 +22,8 @@ pub enum ArgSlot {
     DeviceDoneReq,
     DeviceDoneFsvq,
     CopyState,
+    ReadFud,
+    ReadCs,
 }
 
 /// A kernel function a program hooks, across kernel versions.
@@ -109,6 +111,8 @@ pub fn set_layout_args(l: &mut KernelLayout, r: &Resolved) {
             ArgSlot::DeviceDoneReq => &mut l.arg_device_done_req,
             ArgSlot::DeviceDoneFsvq => &mut l.arg_device_done_fsvq,
             ArgSlot::CopyState => &mut l.arg_copy_cs,
+            ArgSlot::ReadFud => &mut l.arg_read_fud,
+            ArgSlot::ReadCs => &mut l.arg_read_cs,
             ArgSlot::Fixed => continue,
         };
         *field = *index;
@@ -173,6 +177,17 @@ pub static DEVICE_DONE: KFunc = KFunc {
 pub static COPY_ARGS: KFunc = KFunc {
     names: &["fuse_copy_args"],
     args: &[(ArgSlot::CopyState, "fuse_copy_state", 0)],
+};
+
+/// `fuse_dev_do_read(fud, file, cs, nbytes)`: what a daemon's read(2),
+/// readv(2) or splice(2) of `/dev/fuse` gets (its return value is read
+/// at fexit, after the arguments).
+pub static DEV_READ: KFunc = KFunc {
+    names: &["fuse_dev_do_read"],
+    args: &[
+        (ArgSlot::ReadFud, "fuse_dev", 0),
+        (ArgSlot::ReadCs, "fuse_copy_state", 2),
+    ],
 };
 
 /// `fuse_dev_do_write(fud, cs, nbytes)`: a daemon's reply (write, writev

@@ -32,6 +32,14 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
     l.regs_arg0 = btf.offset_of("pt_regs", a0)?;
     l.regs_arg1 = btf.offset_of("pt_regs", a1)?;
     l.regs_arg2 = btf.offset_of("pt_regs", a2)?;
+    l.regs_syscall_nr = btf.offset_of("pt_regs", SYSCALL_NR_REG)?;
+    // The read(2) family, by this architecture's numbers: how the kernel-
+    // side take finds a FORGET's header in the daemon's memory.
+    l.nr_read = libc::SYS_read as u32;
+    l.nr_pread64 = libc::SYS_pread64 as u32;
+    l.nr_readv = libc::SYS_readv as u32;
+    l.nr_preadv = libc::SYS_preadv as u32;
+    l.nr_preadv2 = libc::SYS_preadv2 as u32;
     // Optional: without it, on kernels whose sends carry no id, a request
     // is joined to its send only when it ends.
     if let (Ok(pq), Ok(list), Ok(size)) = (
@@ -123,6 +131,9 @@ pub(crate) fn diagnose_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
 /// `struct pt_regs` members holding the first three syscall arguments.
 #[cfg(target_arch = "x86_64")]
 const SYSCALL_ARG_REGS: [&str; 3] = ["di", "si", "dx"];
+/// The `struct pt_regs` member holding the syscall number.
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_NR_REG: &str = "orig_ax";
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!(
     "fusetrace reads syscall arguments from x86_64 pt_regs; other architectures need their register names here"

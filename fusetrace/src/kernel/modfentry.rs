@@ -22,7 +22,8 @@ use aya::{
     maps::{Map, MapData},
 };
 use aya_obj::generated::{
-    bpf_attach_type::BPF_TRACE_FENTRY, bpf_attr, bpf_btf_info, bpf_cmd, bpf_insn,
+    bpf_attach_type::{BPF_TRACE_FENTRY, BPF_TRACE_FEXIT},
+    bpf_attr, bpf_btf_info, bpf_cmd, bpf_insn,
     bpf_prog_type::BPF_PROG_TYPE_TRACING,
 };
 
@@ -133,14 +134,15 @@ fn map_data(map: &Map) -> &MapData {
     }
 }
 
-/// Loads `program` of `object` as fentry on `func` of `module`, using the
-/// maps of `ebpf` (loaded from the same object), and attaches it.
+/// Loads `program` of `object` as fentry (fexit with `exit`) on `func` of
+/// `module`, using the maps of `ebpf` (loaded from the same object), and
+/// attaches it.
 pub fn attach(
     ebpf: &Ebpf,
     object: &[u8],
     program: &str,
-    module: &str,
-    func: &str,
+    (module, func): (&str, &str),
+    exit: bool,
 ) -> Result<ModuleFEntry> {
     let btf = Btf::from_running_kernel(&[module])?;
     // Only this module is added to vmlinux, so its ids are the kernel's.
@@ -182,7 +184,12 @@ pub fn attach(
     let mut attr: bpf_attr = unsafe { zeroed() };
     let load = unsafe { &mut attr.__bindgen_anon_3 };
     load.prog_type = BPF_PROG_TYPE_TRACING as u32;
-    load.expected_attach_type = BPF_TRACE_FENTRY as u32;
+    load.expected_attach_type = if exit {
+        BPF_TRACE_FEXIT
+    } else {
+        BPF_TRACE_FENTRY
+    } as u32;
+    let kind = if exit { "fexit" } else { "fentry" };
     load.insns = insns.as_ptr() as u64;
     load.insn_cnt = insns.len() as u32;
     let license: &CString = &prog.license;
@@ -201,13 +208,13 @@ pub fn attach(
             let len = log.iter().position(|&b| b == 0).unwrap_or(0);
             let text = String::from_utf8_lossy(&log[..len]);
             let last = text.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
-            bail!("loading fentry/{func} (module {module}): {e} {last}");
+            bail!("loading {kind}/{func} (module {module}): {e} {last}");
         }
     };
     let mut attr: bpf_attr = unsafe { zeroed() };
     attr.raw_tracepoint.prog_fd = prog_fd.as_raw_fd() as u32;
     let link = sys_bpf(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr)
-        .with_context(|| format!("attaching fentry/{func} (module {module})"))?;
+        .with_context(|| format!("attaching {kind}/{func} (module {module})"))?;
     Ok(ModuleFEntry {
         program: program.to_string(),
         _link: owned(link),

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
 };
 use fusetrace_common::{
     AGG_MAX_COMMS, AGG_MAX_CONNECTIONS, AGG_MAX_PIDS, CellCounts, DevFuseFile, FuseEvent,
@@ -522,7 +522,7 @@ impl KernelFunctions {
         for (_, hooks) in HOOK_TABLE {
             for hook in hooks.iter() {
                 for (_, attach) in hook.programs {
-                    if let Attach::KProbe(f) | Attach::FEntry(f) = attach
+                    if let Attach::KProbe(f) | Attach::FEntry(f) | Attach::FExit(f) = attach
                         && !resolved.iter().any(|(g, _)| std::ptr::eq(*g, *f))
                     {
                         let r = kfunc::resolve(f, btf).map_err(|e| format!("{e:#}"));
@@ -555,6 +555,9 @@ impl KernelFunctions {
         }
         if let Ok(off) = btf.offset_of("virtio_fs_vq", "vq") {
             l.fsvq_vq = off;
+        }
+        if let Some(n) = btf.param_count(kfunc::DEV_READ.names[0]) {
+            l.arg_read_ret = n as u32;
         }
         for (_, r) in &self.resolved {
             if let Ok(r) = r {
@@ -819,7 +822,7 @@ fn offered(hook: &Hook, btf: &Btf, tracefs: &Path, kernel: &KernelFunctions) -> 
                 }
                 kernel.get(f)?;
             }
-            Attach::FEntry(f) => {
+            Attach::FEntry(f) | Attach::FExit(f) => {
                 let r = kernel.get(f)?;
                 if !r.in_btf {
                     bail!("{} is not described in this kernel's BTF", r.name);
@@ -876,8 +879,10 @@ fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFuncti
                         .with_context(|| format!("attaching a kprobe to {symbol}"))?;
                 }
             }
-            Attach::FEntry(f) => {
+            Attach::FEntry(f) | Attach::FExit(f) => {
                 let r = kernel.get(f)?;
+                let exit = matches!(attach, Attach::FExit(_));
+                let kind = if exit { "fexit" } else { "fentry" };
                 if let Some(module) = &r.module {
                     let mut attached = kernel.module_fentry.borrow_mut();
                     if !attached.iter().any(|m| m.program == *program) {
@@ -885,27 +890,37 @@ fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFuncti
                             ebpf,
                             EBPF_OBJECT,
                             program,
-                            module,
-                            r.name,
+                            (module, r.name),
+                            exit,
                         )?);
                     }
                     continue;
                 }
-                let p: &mut FEntry = prog.try_into()?;
-                if p.fd().is_err() {
-                    p.load(r.name, btf).map_err(|e| match &e {
-                        aya::programs::ProgramError::LoadError { io_error, .. }
-                            if io_error.raw_os_error() == Some(libc::EPERM) =>
-                        {
-                            anyhow!(
-                                "loading fentry/{}: the kernel refuses BPF trampoline programs (BPF_PROG_LOAD: EPERM)",
-                                r.name
-                            )
-                        }
-                        _ => anyhow!("loading fentry/{}: {e}", r.name),
-                    })?;
-                    p.attach()
-                        .with_context(|| format!("attaching fentry/{}", r.name))?;
+                let refused = |e: aya::programs::ProgramError| match &e {
+                    aya::programs::ProgramError::LoadError { io_error, .. }
+                        if io_error.raw_os_error() == Some(libc::EPERM) =>
+                    {
+                        anyhow!(
+                            "loading {kind}/{}: the kernel refuses BPF trampoline programs (BPF_PROG_LOAD: EPERM)",
+                            r.name
+                        )
+                    }
+                    _ => anyhow!("loading {kind}/{}: {e}", r.name),
+                };
+                if exit {
+                    let p: &mut FExit = prog.try_into()?;
+                    if p.fd().is_err() {
+                        p.load(r.name, btf).map_err(refused)?;
+                        p.attach()
+                            .with_context(|| format!("attaching fexit/{}", r.name))?;
+                    }
+                } else {
+                    let p: &mut FEntry = prog.try_into()?;
+                    if p.fd().is_err() {
+                        p.load(r.name, btf).map_err(refused)?;
+                        p.attach()
+                            .with_context(|| format!("attaching fentry/{}", r.name))?;
+                    }
                 }
             }
         }
