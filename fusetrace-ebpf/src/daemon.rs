@@ -3,17 +3,21 @@
 //! no tax on every syscall of the machine, no walk of the daemon's fd
 //! table, and `splice(2)` transfers decoded like `read(2)`.
 //!
-//! - **taken**, fentry kernels: `fuse_dev_do_read` returning (fexit),
-//!   for read, readv and splice alike. A request is in the copy state
-//!   (`cs->req`), still alive: the daemon cannot answer a request it has
-//!   not finished reading. FORGET, BATCH_FORGET and INTERRUPT messages carry
-//!   no request: their header is read where read(2) or readv(2) put it in
-//!   the daemon's memory (a spliced one is counted, not decoded).
-//! - **taken**, kprobe kernels: `fuse_copy_args` entered with a copy state
+//! - **taken**, a request: `fuse_copy_args` entered with a copy state
 //!   that writes to the daemon (`cs->write`), which `fuse_dev_do_read`
-//!   calls for a request's arguments after its header. A kretprobe would
-//!   cost a second program per take, so FORGET, BATCH_FORGET and INTERRUPT
-//!   are not seen there (the tracer says so).
+//!   calls for a request's arguments after its header, for read, readv and
+//!   splice alike, with the request in `cs->req`. Not at the read's return
+//!   (fexit): a daemon thread already waiting in the read when the hook was
+//!   attached returns without passing through it, and its first request
+//!   would have no take.
+//! - **taken**, FORGET, BATCH_FORGET and INTERRUPT (fentry kernels): they
+//!   carry no request and copy no arguments; `fuse_dev_do_read` returning
+//!   (fexit) with no request in the copy state gave one, whose header is read
+//!   where read(2) or readv(2) put it in the daemon's memory (a spliced one
+//!   is counted, not decoded). Such a message that a thread was already
+//!   waiting for when tracing began is not seen (see above). With kprobes
+//!   a kretprobe would cost a second, slower program on every take: they
+//!   are not seen there at all (the tracer says so).
 //! - **replied**: `fuse_dev_do_write` entered (write, writev or splice
 //!   of a reply): the thread's time is kept, and the request it answers
 //!   is known when the kernel ends it, inside the same call and thread
@@ -104,8 +108,8 @@ fn on_copy_args(cs: Option<u64>, l: &KernelLayout) {
     }
 }
 
-/// `fuse_dev_do_read` gave the daemon `ret` bytes: a request (in the copy
-/// state), or a FORGET, BATCH_FORGET or INTERRUPT (in the daemon's buffer).
+/// `fuse_dev_do_read` gave the daemon `ret` bytes: with no request in the
+/// copy state, a FORGET, BATCH_FORGET or INTERRUPT (in the daemon's buffer).
 #[inline(always)]
 fn on_read_return(ctx: &FExitContext, l: &KernelLayout) {
     let ret = fentry_arg(ctx, l.arg_read_ret).unwrap_or(0) as i64;
@@ -115,12 +119,9 @@ fn on_read_return(ctx: &FExitContext, l: &KernelLayout) {
     let Some(cs) = fentry_arg(ctx, l.arg_read_cs) else {
         return;
     };
-    if let Some(req) = kread::<u64>(cs, l.cs_req).filter(|r| *r != 0) {
-        on_taken_request(req, l);
-        return;
-    }
-    // Not a request: nothing of it is counted in the kernel.
-    if l.agg_stages != 0 {
+    // A request: taken at `fuse_copy_args`. Other messages are not
+    // counted in the kernel.
+    if kread::<u64>(cs, l.cs_req).is_none_or(|r| r != 0) || l.agg_stages != 0 {
         return;
     }
     let Some([_, arg, _, nr]) = syscall_args(l) else {
@@ -172,6 +173,13 @@ fn on_dev_write(l: &KernelLayout) {
     let tid = bpf_get_current_pid_tgid() as u32;
     let now = unsafe { bpf_ktime_get_ns() };
     let _ = REPLY_STARTED.insert(&tid, &now, 0);
+}
+
+#[fentry]
+pub fn taken_copy_fe(ctx: FEntryContext) -> u32 {
+    let l = layout();
+    on_copy_args(fentry_arg(&ctx, l.arg_copy_cs), &l);
+    0
 }
 
 #[fexit]

@@ -171,7 +171,7 @@ fn forcing_the_kernel_daemon_side_without_kprobes_or_fentry_fails_with_one_clear
     for needle in [
         "--daemon-side kernel",
         "taken point",
-        "fuse_dev_do_read",
+        "fuse_copy_args",
         "no kprobes",
         "doctor",
     ] {
@@ -196,11 +196,12 @@ fn the_daemon_side_is_hooked_in_the_kernel_where_it_can_be() {
             .unwrap_or_else(|| panic!("no {name} point in:\n{text}"))
             .to_string()
     };
-    // Both guests have fentry: the take at fuse_dev_do_read's return sees
-    // every message.
+    // Both guests have fentry: requests taken at fuse_copy_args, other
+    // messages at fuse_dev_do_read's return.
     let (ok, out, err) = doctor();
     assert!(ok, "{err}");
     let taken = point(&out, "taken");
+    assert!(taken.contains("fentry/fuse_copy_args"), "{taken}");
     assert!(taken.contains("fexit/fuse_dev_do_read"), "{taken}");
     assert!(!taken.contains("requests only"), "{taken}");
     assert!(

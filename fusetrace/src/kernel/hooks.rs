@@ -141,7 +141,10 @@ const DAEMON_REPLY_SYSCALLS: &[(&str, Attach)] = &[
 const KERNEL_TAKE: [Hook; 2] = [
     Hook {
         backend: Backend::Fentry,
-        programs: &[("taken_read_fx", Attach::FExit(&kfunc::DEV_READ))],
+        programs: &[
+            ("taken_copy_fe", Attach::FEntry(&kfunc::COPY_ARGS)),
+            ("taken_read_fx", Attach::FExit(&kfunc::DEV_READ)),
+        ],
         has_header: true,
     },
     Hook {
@@ -176,7 +179,21 @@ const fn daemon_hooks(kernel: [Hook; 2], syscalls: [Hook; 4]) -> [Hook; 6] {
     ]
 }
 
+/// In-kernel stages count requests only: the take at `fuse_copy_args`.
+const KERNEL_TAKE_REQUESTS: [Hook; 2] = [
+    Hook {
+        backend: Backend::Fentry,
+        programs: &[("taken_copy_fe", Attach::FEntry(&kfunc::COPY_ARGS))],
+        has_header: true,
+    },
+    KERNEL_TAKE[1],
+];
+
 const TAKE_HOOKS: [Hook; 6] = daemon_hooks(KERNEL_TAKE, every_backend(DAEMON_TAKE_SYSCALLS, true));
+const AGG_TAKE_HOOKS: [Hook; 6] = daemon_hooks(
+    KERNEL_TAKE_REQUESTS,
+    every_backend(DAEMON_TAKE_SYSCALLS, true),
+);
 const REPLY_HOOKS: [Hook; 6] =
     daemon_hooks(KERNEL_REPLY, every_backend(DAEMON_REPLY_SYSCALLS, false));
 
@@ -407,7 +424,7 @@ pub const AGGREGATE_HOOK_TABLE: &[(Point, &[Hook])] = &[
 /// layout) instead of reporting events.
 pub const AGGREGATE_STAGES_HOOK_TABLE: &[(Point, &[Hook])] = &[
     (Point::Sent, AGG_SENT_HOOKS),
-    (Point::Taken, &TAKE_HOOKS),
+    (Point::Taken, &AGG_TAKE_HOOKS),
     (Point::Replied, &REPLY_HOOKS),
     (Point::Ended, AGG_ENDED_HOOKS),
 ];
