@@ -128,6 +128,19 @@ fn doctor_names_the_backend_and_what_is_unavailable() {
     }
 }
 
+/// `fusetrace ARGS` fails, printing one line that holds every needle.
+fn refuses_in_one_line(args: &[&str], needles: &[&str]) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} ran anyway");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "`{needle}` missing from: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn forcing_kprobes_without_them_fails_with_one_clear_line() {
     require_root();
@@ -136,21 +149,10 @@ fn forcing_kprobes_without_them_fails_with_one_clear_line() {
         eprintln!("this kernel has kprobes: nothing to refuse");
         return;
     }
-    let out = Command::new(bin())
-        .args(["trace", "--backend", "kprobe", "--duration", "10s"])
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "--backend kprobe traced without kprobes"
+    refuses_in_one_line(
+        &["trace", "--backend", "kprobe", "--duration", "10s"],
+        &["--backend kprobe", "no kprobes", "CONFIG_KPROBES", "doctor"],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line: {err}");
-    for needle in ["--backend kprobe", "no kprobes", "CONFIG_KPROBES", "doctor"] {
-        assert!(err.contains(needle), "`{needle}` missing from: {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
@@ -160,24 +162,16 @@ fn forcing_the_kernel_daemon_side_without_kprobes_or_fentry_fails_with_one_clear
         eprintln!("this kernel has kprobes: nothing to refuse");
         return;
     }
-    let out = Command::new(bin())
-        .args(["trace", "--daemon-side", "kernel", "--duration", "10s"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "--daemon-side kernel traced anyway");
-    let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line: {err}");
-    for needle in [
-        "--daemon-side kernel",
-        "taken point",
-        "fuse_copy_args",
-        "no kprobes",
-        "doctor",
-    ] {
-        assert!(err.contains(needle), "`{needle}` missing from: {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
+    refuses_in_one_line(
+        &["trace", "--daemon-side", "kernel", "--duration", "10s"],
+        &[
+            "--daemon-side kernel",
+            "taken point",
+            "fuse_copy_args",
+            "no kprobes",
+            "doctor",
+        ],
+    );
 }
 
 /// With kprobes or fentry (the VM guests), the daemon side is seen in the
