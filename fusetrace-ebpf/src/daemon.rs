@@ -73,11 +73,23 @@ pub(crate) fn reply_started(error: i32) -> Option<u64> {
     (error != ECONNABORTED).then_some(ts)
 }
 
-/// Called by the event pipeline's end hooks before they report the end:
-/// the reply, as the syscall hooks would have reported it, at the time
-/// its write began.
+/// How the event pipeline's end hooks report an end: after the reply
+/// that ended it when the replied point is in the kernel (the reply as the
+/// syscall hooks would have reported it, at the time its write began). The
+/// end keeps the time it had before the reply's record was written.
 #[inline(always)]
-pub(crate) fn reply_before_end(end: &FuseEvent) {
+pub(crate) fn submit_end(end: FuseEvent) {
+    if !replies_in_kernel() {
+        submit(end);
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    reply_before_end(&end);
+    submit_at(end, Some(now));
+}
+
+#[inline(always)]
+fn reply_before_end(end: &FuseEvent) {
     if let Some(ts) = reply_started(end.error) {
         let ev = FuseEvent {
             kind: EventKind::Replied as u8,

@@ -200,10 +200,7 @@ pub fn ended_btf(ctx: BtfTracePointContext) -> i32 {
     let req: u64 = ctx.arg(0);
     let l = layout();
     match request_event(EventKind::Ended, req, &l) {
-        Some(ev) => {
-            daemon::reply_before_end(&ev);
-            submit(ev)
-        }
+        Some(ev) => daemon::submit_end(ev),
         None => bump(counters::READ_FAULTS),
     }
     0
@@ -264,7 +261,7 @@ fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, aux_ns: u64) 
                     return;
                 }
             } else if kind == EventKind::Ended {
-                daemon::reply_before_end(&ev);
+                return daemon::submit_end(ev);
             }
             submit(ev)
         }
@@ -458,8 +455,7 @@ pub fn ended_tp(ctx: TracePointContext) -> u32 {
         error: tp_field(&ctx, l.tp_end_error).unwrap_or(0),
         ..FuseEvent::default()
     };
-    daemon::reply_before_end(&ev);
-    submit(ev);
+    daemon::submit_end(ev);
     0
 }
 
