@@ -132,6 +132,15 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
     );
     for (op, o) in &staged_by_op {
         let other = &split_by_op[op];
+        // The three tracers' programs on each hook run one after another,
+        // so each tracer stamps a point later than the one before it by
+        // what those programs cost. On hardware that is well under the
+        // 20 us allowed; under the VM guests' emulation one run of an end
+        // program costs tens of us, which a short stage (a reply's
+        // completion, from the write's entry to the end in the same call)
+        // cannot absorb in its own relative margin: a tenth of the
+        // request's whole time is allowed on top.
+        let whole = stage(other, "total")["p50_ns"].as_u64().unwrap_or(0) as f64;
         for name in ["queue_wait", "daemon_service", "completion", "total"] {
             assert_eq!(
                 stage(o, name)["samples"],
@@ -142,8 +151,8 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
                 let a = stage(o, name)["p50_ns"].as_u64().unwrap() as f64;
                 let b = stage(other, name)["p50_ns"].as_u64().unwrap() as f64;
                 assert!(
-                    (a - b).abs() <= 20_000.0 + 0.25 * b,
-                    "{op} {name}: median {a} ns in the kernel vs {b} ns from events"
+                    (a - b).abs() <= 20_000.0 + 0.25 * b + 0.1 * whole,
+                    "{op} {name}: median {a} ns in the kernel vs {b} ns from events (whole request {whole} ns)"
                 );
             }
         }
