@@ -78,6 +78,12 @@ pub const FLAG_NAMES: u8 = 1 << 4;
 /// `/dev/fuse`. `Taken` then has the ring queue's id in `arg0`.
 pub const FLAG_URING: u8 = 1 << 5;
 
+/// `flags` bit (`Ended`): the daemon's reply that ended the request was
+/// seen in the kernel (`fuse_dev_do_write`, the daemon side hooked there):
+/// `aux_ns` is when the reply's write began, `tid` the thread that wrote
+/// it. The replied point folded into the end: one record less per request.
+pub const FLAG_REPLIED: u8 = 1 << 6;
+
 /// Bytes kept of each name a request carries: `NAME_MAX` (255) and a NUL.
 pub const NAME_BYTES: usize = 256;
 

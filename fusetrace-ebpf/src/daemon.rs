@@ -35,11 +35,13 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{FEntryContext, FExitContext, ProbeContext},
 };
-use fusetrace_common::{EventKind, FuseEvent, FuseInHeader, IoVec, KernelLayout, counters};
+use fusetrace_common::{
+    EventKind, FLAG_REPLIED, FuseEvent, FuseInHeader, IoVec, KernelLayout, counters,
+};
 
 use crate::{
     GATE, UNIQUE_IN_HEADER, aggregate, bump, daemon_filtered_out, fentry_arg, header_event,
-    kprobe_arg, kread, layout, on_request, submit, submit_at, syscall_args, uread,
+    kprobe_arg, kread, layout, on_request, submit, syscall_args, uread,
 };
 
 /// `-ECONNABORTED`: what an aborted connection's requests end with.
@@ -73,34 +75,16 @@ pub(crate) fn reply_started(error: i32) -> Option<u64> {
     (error != ECONNABORTED).then_some(ts)
 }
 
-/// How the event pipeline's end hooks report an end: after the reply
-/// that ended it when the replied point is in the kernel (the reply as the
-/// syscall hooks would have reported it, at the time its write began). The
-/// end keeps the time it had before the reply's record was written.
+/// How the event pipeline's end hooks report an end: with the time the
+/// reply that ended it began, when the replied point is in the kernel
+/// (`FLAG_REPLIED`; one record, not a reply's and an end's).
 #[inline(always)]
-pub(crate) fn submit_end(end: FuseEvent) {
-    if !replies_in_kernel() {
-        submit(end);
-        return;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    reply_before_end(&end);
-    submit_at(end, Some(now));
-}
-
-#[inline(always)]
-fn reply_before_end(end: &FuseEvent) {
+pub(crate) fn submit_end(mut end: FuseEvent) {
     if let Some(ts) = reply_started(end.error) {
-        let ev = FuseEvent {
-            kind: EventKind::Replied as u8,
-            connection: end.connection,
-            unique: end.unique,
-            error: end.error,
-            len: end.len,
-            ..FuseEvent::default()
-        };
-        submit_at(ev, Some(ts));
+        end.aux_ns = ts;
+        end.flags |= FLAG_REPLIED;
     }
+    submit(end);
 }
 
 /// The copy state's `write` flag: true when copying to the daemon.

@@ -124,18 +124,9 @@ fn stamp(ev: &mut FuseEvent) -> bool {
 /// Fills the fields every event has and submits it; counts a drop when the
 /// ring buffer is full.
 #[inline(always)]
-fn submit(ev: FuseEvent) {
-    submit_at(ev, None)
-}
-
-/// [`submit`], for a moment observed earlier than now (`at`).
-#[inline(always)]
-fn submit_at(mut ev: FuseEvent, at: Option<u64>) {
+fn submit(mut ev: FuseEvent) {
     if !stamp(&mut ev) {
         return;
-    }
-    if let Some(ts) = at {
-        ev.ts_ns = ts;
     }
     match EVENTS.reserve::<FuseEvent>(0) {
         Some(mut slot) => {

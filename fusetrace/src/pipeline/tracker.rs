@@ -11,7 +11,8 @@
 //! records, so it is tested with synthetic sequences.
 
 use fusetrace_common::{
-    EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FLAG_URING, FLAG_WRITEBACK_CACHE, FuseEvent,
+    EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FLAG_REPLIED, FLAG_URING, FLAG_WRITEBACK_CACHE,
+    FuseEvent,
 };
 use serde::Serialize;
 
@@ -582,6 +583,18 @@ impl Tracker {
         let key = (ev.connection, ev.unique);
         let rec = self.record_for(key, seen::ENDED, ev.ts_ns, out);
         rec.ended_ns = ev.ts_ns;
+        // The reply folded into the end (the daemon side in the kernel),
+        // unless it began before the take (see `on_replied`).
+        let mut stale_reply = false;
+        if ev.flags & FLAG_REPLIED != 0 {
+            if rec.has(seen::TAKEN) && ev.aux_ns < rec.taken_ns {
+                stale_reply = true;
+            } else {
+                rec.replied_ns = ev.aux_ns;
+                rec.reply_tid = ev.tid;
+                rec.seen |= seen::REPLIED | seen::REPLY_TID;
+            }
+        }
         // The kernel's verdict wins over what the daemon wrote (an aborted
         // connection ends requests with ECONNABORTED).
         rec.error = ev.error;
@@ -608,6 +621,9 @@ impl Tracker {
                 self.lingering.retain(|(_, k)| *k != int_key);
                 self.finish(int_key, out);
             }
+        }
+        if stale_reply {
+            self.counters.unmatched_replies += 1;
         }
         if self.live.get(&key).is_some_and(|r| r.complete()) {
             // Most requests: finished at once, the end's arguments go
@@ -969,6 +985,37 @@ mod tests {
         assert_eq!(out[0].replied_ns, None);
         assert_eq!(out[0].taken_ns, Some(3_000));
         assert_eq!(t.counters().unmatched_replies, 1);
+    }
+
+    /// The daemon side in the kernel: the reply comes folded into the end.
+    #[test]
+    fn a_reply_folded_into_the_end_is_the_replied_point() {
+        let mut end = daemon(ev(EventKind::Ended, 36, 3, 4_000), 502);
+        end.flags |= FLAG_REPLIED;
+        end.aux_ns = 3_500;
+        let (t, out) = run(&[
+            ev(EventKind::Sent, 36, 3, 1_000),
+            daemon(ev(EventKind::Taken, 36, 3, 2_000), 501),
+            end,
+        ]);
+        assert_eq!(out.len(), 1, "finished at its end");
+        assert_eq!(out[0].replied_ns, Some(3_500));
+        assert_eq!(out[0].reply_tid, Some(502));
+        assert!(out[0].fully_observed());
+        // Before the take: not this request's reply.
+        let mut stale = daemon(ev(EventKind::Ended, 38, 3, 4_000), 501);
+        stale.flags |= FLAG_REPLIED;
+        stale.aux_ns = 1_500;
+        let (t2, mut out2) = run(&[
+            ev(EventKind::Sent, 38, 3, 1_000),
+            daemon(ev(EventKind::Taken, 38, 3, 2_000), 501),
+            stale,
+        ]);
+        let mut t2 = t2;
+        t2.advance(u64::MAX, &mut out2);
+        assert_eq!(out2[0].replied_ns, None);
+        assert_eq!(t2.counters().unmatched_replies, 1);
+        assert_eq!(t.counters().unmatched_replies, 0);
     }
 
     #[test]
