@@ -48,8 +48,8 @@ use crate::{
 const ECONNABORTED: i32 = -103;
 
 /// When each daemon thread entered `fuse_dev_do_write`, until an end in
-/// that thread takes it. An LRU: a thread that exits with a time left
-/// behind must not hold its entry forever.
+/// that thread takes it (0: taken). An entry per daemon thread, written in
+/// place; an LRU, so that threads that exited give their entries up.
 #[map]
 static REPLY_STARTED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
@@ -69,10 +69,12 @@ pub(crate) fn reply_started(error: i32) -> Option<u64> {
         return None;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: the value is copied before the entry is removed.
-    let ts = unsafe { REPLY_STARTED.get(&tid) }.copied()?;
-    let _ = REPLY_STARTED.remove(&tid);
-    (error != ECONNABORTED).then_some(ts)
+    // Taken in place (0: none): a lookup, no delete, and the thread's
+    // next write finds its entry to store into.
+    let slot = REPLY_STARTED.get_ptr_mut(&tid)?;
+    // SAFETY: a map value; only this thread writes its entry.
+    let ts = unsafe { core::ptr::replace(slot, 0) };
+    (ts != 0 && error != ECONNABORTED).then_some(ts)
 }
 
 /// How the event pipeline's end hooks report an end: with the time the
@@ -168,7 +170,13 @@ fn on_dev_write(l: &KernelLayout) {
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = REPLY_STARTED.insert(&tid, &now, 0);
+    match REPLY_STARTED.get_ptr_mut(&tid) {
+        // SAFETY: a map value; only this thread writes its entry.
+        Some(slot) => unsafe { *slot = now },
+        None => {
+            let _ = REPLY_STARTED.insert(&tid, &now, 0);
+        }
+    }
 }
 
 #[fentry]
