@@ -274,7 +274,9 @@ impl Tracer {
         let mut args: Vec<&str> = args.to_vec();
         let forced = std::env::var("FUSETRACE_TEST_BACKEND").unwrap_or_default();
         let side = std::env::var("FUSETRACE_TEST_DAEMON_SIDE").unwrap_or_default();
-        if matches!(args.first(), Some(&("trace" | "stats"))) {
+        // Every tracer of a test alike: a recording made with another
+        // backend than the live trace beside it would see other things.
+        if matches!(args.first(), Some(&("trace" | "stats" | "record"))) {
             if !forced.is_empty() {
                 args.extend(["--backend", forced.as_str()]);
             }
