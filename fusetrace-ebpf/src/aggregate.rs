@@ -90,12 +90,12 @@ fn load<T: Copy, const DIRECT: bool>(base: u64, offset: u32) -> Option<T> {
 
 /// The request's id (0 while the kernel has not assigned it).
 #[inline(always)]
-fn unique_of<const DIRECT: bool>(req: u64) -> u64 {
+pub(crate) fn unique_of<const DIRECT: bool>(req: u64) -> u64 {
     load::<u64, DIRECT>(req, layout_field!(req_in_h) + UNIQUE_IN_HEADER).unwrap_or(0)
 }
 
 #[inline(always)]
-fn connection_of<const DIRECT: bool>(req: u64) -> Option<u32> {
+pub(crate) fn connection_of<const DIRECT: bool>(req: u64) -> Option<u32> {
     let fm: u64 = load::<_, DIRECT>(req, layout_field!(req_fm))?;
     let fc: u64 = load::<_, DIRECT>(fm, layout_field!(mount_fc))?;
     load::<_, DIRECT>(fc, layout_field!(conn_dev))

@@ -40,7 +40,7 @@ use fusetrace_common::{
 };
 
 use crate::{
-    GATE, UNIQUE_IN_HEADER, aggregate, bump, daemon_filtered_out, fentry_arg, header_event,
+    GATE, aggregate, bump, daemon_filtered_out, fentry_arg, fud_connection, header_event,
     kprobe_arg, kread, layout, on_request, submit, syscall_args, uread,
 };
 
@@ -138,9 +138,7 @@ fn on_read_return(ctx: &FExitContext, l: &KernelLayout) {
         bump(counters::SPLICE_TRANSFERS);
         return;
     };
-    let connection = fentry_arg(ctx, l.arg_read_fud)
-        .and_then(|fud| kread::<u64>(fud, l.fuse_dev_fc))
-        .and_then(|fc| kread::<u32>(fc, l.conn_dev));
+    let connection = fentry_arg(ctx, l.arg_read_fud).and_then(|fud| fud_connection(fud, l));
     match (connection, uread::<FuseInHeader>(buf)) {
         (Some(connection), Some(h)) => submit(header_event(EventKind::Taken, connection, 0, &h)),
         _ => bump(counters::READ_FAULTS),
@@ -151,11 +149,8 @@ fn on_read_return(ctx: &FExitContext, l: &KernelLayout) {
 #[inline(always)]
 fn on_taken_request(req: u64, l: &KernelLayout) {
     if l.agg_stages != 0 {
-        let unique: u64 = kread(req, l.req_in_h + UNIQUE_IN_HEADER).unwrap_or(0);
-        let connection = kread::<u64>(req, l.req_fm)
-            .and_then(|fm| kread::<u64>(fm, l.mount_fc))
-            .and_then(|fc| kread::<u32>(fc, l.conn_dev));
-        if let Some(connection) = connection {
+        if let Some(connection) = aggregate::connection_of::<false>(req) {
+            let unique = aggregate::unique_of::<false>(req);
             aggregate::agg_daemon_point(connection, unique, false, || req);
         }
         return;

@@ -505,6 +505,12 @@ fn dev_fuse_connection(file: u64, l: &KernelLayout) -> Option<u32> {
         // Opened but not mounted yet: no connection.
         return None;
     }
+    fud_connection(fud, l)
+}
+
+/// The connection's dev_t of a `struct fuse_dev *`.
+#[inline(always)]
+fn fud_connection(fud: u64, l: &KernelLayout) -> Option<u32> {
     let fc: u64 = kread(fud, l.fuse_dev_fc)?;
     kread(fc, l.conn_dev)
 }
