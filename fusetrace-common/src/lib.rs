@@ -87,6 +87,10 @@ pub const FLAG_REPLIED: u8 = 1 << 6;
 /// Bytes kept of each name a request carries: `NAME_MAX` (255) and a NUL.
 pub const NAME_BYTES: usize = 256;
 
+/// A way to the connection with one pointer less (`KernelLayout::dev_chan_conn`):
+/// the first pointer already leads to the `struct fuse_conn`.
+pub const NO_HOP: u32 = u32::MAX;
+
 /// The send of a request that carries names, as one ring buffer record
 /// (so the name costs no second record), cut after the last name's bytes
 /// (120 bytes and the name, for most): `N` is 1, or 2 for RENAME/RENAME2,
@@ -212,10 +216,11 @@ pub struct KernelLayout {
     pub req_in_h: u32,
     /// `offsetof(struct fuse_req, flags)`.
     pub req_flags: u32,
-    /// `offsetof(struct fuse_req, fm)`.
-    pub req_fm: u32,
-    /// `offsetof(struct fuse_mount, fc)`.
-    pub mount_fc: u32,
+    /// The way from a request to its connection, two pointers:
+    /// `fuse_req.fm` then `fuse_mount.fc` up to Linux 7.1, `fuse_req.chan`
+    /// then `fuse_chan.conn` from 7.2 (`kernel::layout::REQUEST_WAYS`).
+    pub req_chan: u32,
+    pub chan_conn: u32,
     /// `offsetof(struct fuse_conn, dev)`.
     pub conn_dev: u32,
     /// `offsetof(struct fuse_req, out.h)`.
@@ -236,8 +241,11 @@ pub struct KernelLayout {
     pub file_private_data: u32,
     /// `offsetof(struct inode, i_rdev)`.
     pub inode_rdev: u32,
-    /// `offsetof(struct fuse_dev, fc)`.
-    pub fuse_dev_fc: u32,
+    /// The way from a `struct fuse_dev` to its connection: `fuse_dev.fc`
+    /// (`dev_chan_conn` is then [`NO_HOP`]) up to 7.1, `fuse_dev.chan` then
+    /// `fuse_chan.conn` from 7.2.
+    pub dev_chan: u32,
+    pub dev_chan_conn: u32,
     /// Kernel `dev_t` of the `/dev/fuse` character device.
     pub fuse_rdev: u32,
     /// Offsets of the syscall tracepoint record fields (from tracefs formats).
@@ -360,9 +368,10 @@ pub struct KernelLayout {
     pub ctx_files_nr: u32,
     pub ctx_files_nodes: u32,
     pub rsrc_node_file: u32,
-    /// `struct fuse_conn.ring`, `struct fuse_ring.{ready,nr_queues}`: what
-    /// `doctor` reads of each connection (0 when absent).
-    pub conn_ring: u32,
+    /// `ring` in the struct `dev_chan` points to (`fuse_conn` up to 7.1,
+    /// `fuse_chan` from 7.2), `struct fuse_ring.{ready,nr_queues}`: what
+    /// `doctor` reads of each connection (read when `uring_on`).
+    pub chan_ring: u32,
     pub ring_ready: u32,
     pub ring_nr_queues: u32,
     /// `offsetof(struct task_struct, tgid)` and `comm` (the `doctor` iterator).
@@ -375,6 +384,12 @@ pub struct KernelLayout {
     pub cs_write_byte: u32,
     pub cs_write_mask: u32,
     pub cs_req: u32,
+    /// `struct fuse_copy_state`'s `is_uring` (6.14+: byte offset and bit
+    /// mask; mask 0 where absent): FUSE over io_uring copies a request's
+    /// arguments into the ring through `fuse_copy_args` too, and that copy
+    /// is no `/dev/fuse` take (the io_uring take is seen at its own hook).
+    pub cs_uring_byte: u32,
+    pub cs_uring_mask: u32,
     pub arg_copy_cs: u32,
     /// `fuse_dev_do_read(fud, file, cs, nbytes)`: the argument indexes of
     /// `fud` and `cs`, and the index of its return value in an fexit

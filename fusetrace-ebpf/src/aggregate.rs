@@ -96,8 +96,8 @@ pub(crate) fn unique_of<const DIRECT: bool>(req: u64) -> u64 {
 
 #[inline(always)]
 pub(crate) fn connection_of<const DIRECT: bool>(req: u64) -> Option<u32> {
-    let fm: u64 = load::<_, DIRECT>(req, layout_field!(req_fm))?;
-    let fc: u64 = load::<_, DIRECT>(fm, layout_field!(mount_fc))?;
+    let chan: u64 = load::<_, DIRECT>(req, layout_field!(req_chan))?;
+    let fc: u64 = load::<_, DIRECT>(chan, layout_field!(chan_conn))?;
     load::<_, DIRECT>(fc, layout_field!(conn_dev))
 }
 

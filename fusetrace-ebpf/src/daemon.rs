@@ -89,10 +89,15 @@ pub(crate) fn submit_end(mut end: FuseEvent) {
     submit(end);
 }
 
-/// The copy state's `write` flag: true when copying to the daemon.
+/// The copy state's `write` flag: true when copying to the daemon through
+/// `/dev/fuse` (not into an io_uring entry's buffer: `is_uring`).
 #[inline(always)]
 fn copying_to_daemon(cs: u64, l: &KernelLayout) -> bool {
-    kread::<u8>(cs, l.cs_write_byte).is_some_and(|b| u32::from(b) & l.cs_write_mask != 0)
+    let to_daemon =
+        kread::<u8>(cs, l.cs_write_byte).is_some_and(|b| u32::from(b) & l.cs_write_mask != 0);
+    to_daemon
+        && (l.cs_uring_mask == 0
+            || kread::<u8>(cs, l.cs_uring_byte).is_some_and(|b| u32::from(b) & l.cs_uring_mask == 0))
 }
 
 #[inline(always)]

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use fusetrace_common::{
     EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FuseEvent, FuseInHeader, FuseOutHeader, IoVec,
-    KernelLayout, RING_BYTES, counters, fuse_req_hash,
+    KernelLayout, NO_HOP, RING_BYTES, counters, fuse_req_hash,
 };
 
 /// `offsetof(struct fuse_in_header, unique)`: user ABI.
@@ -161,8 +161,8 @@ fn header_event(kind: EventKind, connection: u32, req: u64, h: &FuseInHeader) ->
 fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEvent> {
     let h: FuseInHeader = kread(req, l.req_in_h)?;
     let flags: u64 = kread(req, l.req_flags)?;
-    let fm: u64 = kread(req, l.req_fm)?;
-    let fc: u64 = kread(fm, l.mount_fc)?;
+    let chan: u64 = kread(req, l.req_chan)?;
+    let fc: u64 = kread(chan, l.chan_conn)?;
     let connection: u32 = kread(fc, l.conn_dev)?;
     let mut ev = header_event(kind, connection, req, &h);
     if flags & (1u64 << (l.fr_background_bit & 63)) != 0 {
@@ -508,10 +508,16 @@ fn dev_fuse_connection(file: u64, l: &KernelLayout) -> Option<u32> {
     fud_connection(fud, l)
 }
 
-/// The connection's dev_t of a `struct fuse_dev *`.
+/// The connection's dev_t of a `struct fuse_dev *` (through its channel
+/// where the kernel has one: `KernelLayout::dev_chan`).
 #[inline(always)]
 fn fud_connection(fud: u64, l: &KernelLayout) -> Option<u32> {
-    let fc: u64 = kread(fud, l.fuse_dev_fc)?;
+    let chan: u64 = kread(fud, l.dev_chan)?;
+    let fc: u64 = if l.dev_chan_conn == NO_HOP {
+        chan
+    } else {
+        kread(chan, l.dev_chan_conn)?
+    };
     kread(fc, l.conn_dev)
 }
 

@@ -222,10 +222,10 @@ pub fn transports(ctx: *mut core::ffi::c_void) -> i32 {
         comm: kread(task, l.task_comm).unwrap_or_default(),
         ..DevFuseFile::default()
     };
-    if l.conn_ring != 0 {
+    if l.uring_on != 0 {
         let ring: u64 = kread::<u64>(file, l.file_private_data)
-            .and_then(|fud| kread(fud, l.fuse_dev_fc))
-            .and_then(|fc: u64| kread(fc, l.conn_ring))
+            .and_then(|fud| kread(fud, l.dev_chan))
+            .and_then(|chan: u64| kread(chan, l.chan_ring))
             .unwrap_or(0);
         if ring != 0 {
             out.ring_ready = u32::from(kread::<u8>(ring, l.ring_ready).unwrap_or(0) != 0);

@@ -295,11 +295,11 @@ enum Task {
     Test,
     /// Set up, then fuzz the recording reader (FUSETRACE_FUZZ_SECONDS, 60).
     Fuzz,
-    /// The integration tests on Debian's 6.1 and 6.12 kernels, in VMs under
+    /// The integration tests on Debian kernels (6.1, 6.12, 6.17, the newest), in VMs under
     /// software emulation.
     Vmtest {
         /// Only this guest (default: each in turn).
-        #[arg(long, value_parser = vmtest::GUESTS.iter().map(|g| g.series).collect::<Vec<_>>())]
+        #[arg(long, value_parser = vmtest::GUESTS.iter().map(|g| g.name).collect::<Vec<_>>())]
         kernel: Option<String>,
     },
     /// What tracing costs the traced system (see BENCHMARKS.md).

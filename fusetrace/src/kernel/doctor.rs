@@ -19,6 +19,7 @@ use crate::{
     kernel::hooks::{
         Backend, DaemonSide, Point, PointChoice, Transport, URING_PARAMETER, backend_of,
     },
+    kernel::kfunc,
     kernel::probes::{self, KPROBE_PMU, KernelFunctions},
     kernel::tracefs,
 };
@@ -144,12 +145,19 @@ pub struct Verdict {
 }
 
 /// Whether the chosen hooks cover a whole lifecycle: submission and end,
-/// plus either the daemon's two points or the virtio-fs device's.
-pub fn verdict(choices: &[PointChoice]) -> Verdict {
-    let has = |s: Point| choices.iter().any(|c| c.point == s && c.hook.is_some());
+/// plus either the daemon's two points or the virtio-fs device's; then,
+/// per transport, whether its requests can be joined into one lifecycle
+/// on this kernel: `send_function` is the kprobe/fentry send chosen
+/// (`fuse_dev_queue_req` sees `/dev/fuse` requests only).
+pub fn verdict(choices: &[PointChoice], send_function: Option<&str>) -> Verdict {
+    let has = |s: Point, t: Transport| {
+        choices
+            .iter()
+            .any(|c| c.point == s && c.transport == t && c.hook.is_some())
+    };
     let missing: Vec<&str> = [Point::Sent, Point::Ended]
         .into_iter()
-        .filter(|s| !has(*s))
+        .filter(|s| !has(*s, Transport::DevFuse))
         .map(Point::name)
         .collect();
     if !missing.is_empty() {
@@ -158,25 +166,49 @@ pub fn verdict(choices: &[PointChoice]) -> Verdict {
             reason: format!("no hook for the {} point", missing.join(" and ")),
         };
     }
-    let daemon = has(Point::Taken) && has(Point::Replied);
-    let virtio = has(Point::Virtq) && has(Point::DeviceDone);
-    match (daemon, virtio) {
-        (true, true) => Verdict {
-            complete: true,
-            reason: "/dev/fuse daemons and virtio-fs: every point is observed".into(),
-        },
-        (true, false) => Verdict {
-            complete: true,
-            reason: "/dev/fuse daemons: every point is observed".into(),
-        },
-        (false, true) => Verdict {
-            complete: true,
-            reason: "virtio-fs only: the daemon-side points are not observed".into(),
-        },
-        (false, false) => Verdict {
+    let call_send = matches!(
+        backend_of(choices),
+        Some(Backend::Fentry | Backend::Kprobe)
+    );
+    let dev_fuse_only = call_send && send_function == Some(kfunc::SENT_DEV_FUSE_ONLY);
+    let daemon = has(Point::Taken, Transport::DevFuse) && has(Point::Replied, Transport::DevFuse);
+    let virtio = has(Point::Virtq, Transport::DevFuse) && has(Point::DeviceDone, Transport::DevFuse);
+    let mut said = Vec::new();
+    if daemon {
+        said.push("/dev/fuse daemons: every point is observed".to_string());
+    }
+    let ring_points = has(Point::Taken, Transport::IoUring) && has(Point::Replied, Transport::IoUring);
+    if daemon && ring_points {
+        said.push(if dev_fuse_only {
+            format!(
+                "io_uring daemons: not joined, their requests are not sent through {} (the send this backend has here); use the default backend",
+                kfunc::SENT_DEV_FUSE_ONLY
+            )
+        } else {
+            "io_uring daemons: every point is observed".to_string()
+        });
+    }
+    if virtio {
+        said.push(if dev_fuse_only {
+            format!(
+                "virtio-fs: requests have no send point (not sent through {}); use the default backend",
+                kfunc::SENT_DEV_FUSE_ONLY
+            )
+        } else if daemon {
+            "virtio-fs: every point is observed".to_string()
+        } else {
+            "virtio-fs only: the daemon-side points are not observed".to_string()
+        });
+    }
+    if said.is_empty() {
+        return Verdict {
             complete: false,
             reason: "neither the daemon-side nor the virtio-fs points can be observed".into(),
-        },
+        };
+    }
+    Verdict {
+        complete: true,
+        reason: said.join("; "),
     }
 }
 
@@ -275,7 +307,7 @@ pub fn report(args: &DoctorArgs) -> Result<Report> {
         .kallsyms
         .resolve("fuse_request_assign_unique")
         .is_some();
-    let v = verdict(&choices);
+    let v = verdict(&choices, send_function);
     let (mounts, mounts_error) = match mount_reports(dev_fuse_files, &choices) {
         Ok(m) => (m, None),
         Err(e) => (Vec::new(), Some(e)),
@@ -523,12 +555,12 @@ mod tests {
     #[test]
     fn verdict_needs_sent_ended_and_one_side() {
         use Point::*;
-        assert!(verdict(&choices(&[Sent, Taken, Replied, Ended])).complete);
-        assert!(verdict(&choices(&[Sent, Virtq, DeviceDone, Ended])).complete);
-        let v = verdict(&choices(&[Sent, Taken, Replied]));
+        assert!(verdict(&choices(&[Sent, Taken, Replied, Ended]), None).complete);
+        assert!(verdict(&choices(&[Sent, Virtq, DeviceDone, Ended]), None).complete);
+        let v = verdict(&choices(&[Sent, Taken, Replied]), None);
         assert!(!v.complete);
         assert!(v.reason.contains("ended"), "{}", v.reason);
-        assert!(!verdict(&choices(&[Sent, Ended, Taken])).complete);
+        assert!(!verdict(&choices(&[Sent, Ended, Taken]), None).complete);
         assert_eq!(
             backend_of(&choices(&[Sent, Ended])),
             Some(HOOK_TABLE[0].1[0].backend)

@@ -140,10 +140,17 @@ pub static SUBMITTED_BG: KFunc = KFunc {
 /// req)`, which every request passes through (`/dev/fuse`, virtio-fs and
 /// the background queue), before the transport assigns the id: there the
 /// send carries unique 0 and is joined by its pointer (see the tracker).
+/// From 7.2 (`struct fuse_chan`) `fuse_send_one` is gone (inlined into
+/// `fuse_chan_send`): the `/dev/fuse` transport's `fuse_dev_queue_req(fiq,
+/// req)` is the send there, which io_uring and virtio-fs requests do not
+/// pass ([`SENT_DEV_FUSE_ONLY`]; the FUSE tracepoints see them all).
 pub static SENT: KFunc = KFunc {
-    names: &["fuse_send_one", "queue_request_and_unlock"],
+    names: &["fuse_send_one", "queue_request_and_unlock", "fuse_dev_queue_req"],
     args: &[(ArgSlot::Sent, "fuse_req", 1)],
 };
+
+/// The [`SENT`] function that only `/dev/fuse` requests pass.
+pub const SENT_DEV_FUSE_ONLY: &str = "fuse_dev_queue_req";
 
 /// The request's end: `fuse_request_end(req)` on every version.
 pub static ENDED: KFunc = KFunc {

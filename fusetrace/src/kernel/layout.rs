@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use fusetrace_common::KernelLayout;
+use fusetrace_common::{KernelLayout, NO_HOP};
 
 use crate::kernel::{btf::Btf, tracefs::RecordFormat};
 
@@ -15,8 +15,7 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
     l.req_in_h = btf.offset_of("fuse_req", "in.h")?;
     l.req_out_h = btf.offset_of("fuse_req", "out.h")?;
     l.req_flags = btf.offset_of("fuse_req", "flags")?;
-    l.req_fm = btf.offset_of("fuse_req", "fm")?;
-    l.mount_fc = btf.offset_of("fuse_mount", "fc")?;
+    [l.req_chan, l.chan_conn] = way_to_connection(btf, REQUEST_WAYS)?;
     l.conn_dev = btf.offset_of("fuse_conn", "dev")?;
     l.fr_background_bit = btf.enum_value("fuse_req_flag", "FR_BACKGROUND")? as u32;
     l.task_files = btf.offset_of("task_struct", "files")?;
@@ -26,7 +25,7 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
     l.file_inode = btf.offset_of("file", "f_inode")?;
     l.file_private_data = btf.offset_of("file", "private_data")?;
     l.inode_rdev = btf.offset_of("inode", "i_rdev")?;
-    l.fuse_dev_fc = btf.offset_of("fuse_dev", "fc")?;
+    [l.dev_chan, l.dev_chan_conn] = way_to_connection(btf, DEV_WAYS)?;
     l.fuse_rdev = fuse_char_device()?;
     let [a0, a1, a2] = SYSCALL_ARG_REGS;
     l.regs_arg0 = btf.offset_of("pt_regs", a0)?;
@@ -60,6 +59,11 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
         l.cs_write_byte = write / 8;
         l.cs_write_mask = 1 << (write % 8);
         l.cs_req = req;
+        // 6.14+: the ring's own copy of a request's arguments is no take.
+        if let Ok(uring) = btf.bit_offset_of("fuse_copy_state", "is_uring") {
+            l.cs_uring_byte = uring / 8;
+            l.cs_uring_mask = 1 << (uring % 8);
+        }
     }
     // Optional: FUSE over io_uring (6.14+); without it the io_uring hooks
     // say why they cannot load.
@@ -104,6 +108,81 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
         l.tp_end_error = end.offset("error")?;
     }
     Ok(l)
+}
+
+/// One pointer of a way to the connection: `from.member` points to a `to`.
+#[derive(Debug)]
+pub struct Hop {
+    pub from: &'static str,
+    pub member: &'static str,
+    pub to: &'static str,
+}
+
+const fn hop(from: &'static str, member: &'static str, to: &'static str) -> Hop {
+    Hop { from, member, to }
+}
+
+/// The ways from a `struct fuse_req` to its `struct fuse_conn`, newest
+/// first: Linux 7.2 put a channel (`struct fuse_chan`: the queue, the
+/// background limits, the ring) between a request and its connection,
+/// where up to 7.1 the request pointed to its mount. Each way is two
+/// pointers; the first whose members this kernel's BTF has is taken.
+pub const REQUEST_WAYS: &[&[Hop]] = &[
+    &[
+        hop("fuse_req", "chan", "fuse_chan"),
+        hop("fuse_chan", "conn", "fuse_conn"),
+    ],
+    &[
+        hop("fuse_req", "fm", "fuse_mount"),
+        hop("fuse_mount", "fc", "fuse_conn"),
+    ],
+];
+
+/// The ways from a `/dev/fuse` file's `struct fuse_dev` to its connection,
+/// newest first: through the channel from 7.2, directly up to 7.1.
+pub const DEV_WAYS: &[&[Hop]] = &[
+    &[
+        hop("fuse_dev", "chan", "fuse_chan"),
+        hop("fuse_chan", "conn", "fuse_conn"),
+    ],
+    &[hop("fuse_dev", "fc", "fuse_conn")],
+];
+
+fn first_known_way(btf: &Btf, ways: &'static [&'static [Hop]]) -> Option<&'static [Hop]> {
+    ways.iter()
+        .copied()
+        .find(|way| way.iter().all(|h| btf.offset_of(h.from, h.member).is_ok()))
+}
+
+/// The one line a kernel whose layout no way fits gets: the struct and
+/// members looked for, and what still works.
+fn unknown_way(ways: &[&[Hop]]) -> anyhow::Error {
+    let tried: Vec<String> = ways
+        .iter()
+        .map(|way| {
+            way.iter()
+                .map(|h| format!("{}.{}", h.from, h.member))
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        })
+        .collect();
+    anyhow::anyhow!(
+        "this kernel's FUSE layout is unknown to fusetrace: struct {} reaches its struct fuse_conn by none of {} in the kernel's BTF; \
+         tracing cannot start (`doctor`, `report` and `daemon` still work): please report this kernel",
+        ways[0][0].from,
+        tried.join(", ")
+    )
+}
+
+/// The offsets of the first way this kernel has; [`NO_HOP`] in place of a
+/// second pointer the way does not need.
+pub fn way_to_connection(btf: &Btf, ways: &'static [&'static [Hop]]) -> Result<[u32; 2]> {
+    let way = first_known_way(btf, ways).ok_or_else(|| unknown_way(ways))?;
+    let mut offsets = [NO_HOP; 2];
+    for (slot, h) in offsets.iter_mut().zip(way) {
+        *slot = btf.offset_of(h.from, h.member)?;
+    }
+    Ok(offsets)
 }
 
 /// Offsets the diagnosis hooks read: request arguments, the connection's
@@ -165,7 +244,10 @@ pub fn uring_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
     if !btf.has_type("fuse_ring_ent") {
         bail!("this kernel has no FUSE over io_uring (struct fuse_ring_ent is not in its BTF)");
     }
-    l.conn_ring = btf.offset_of("fuse_conn", "ring")?;
+    // The ring hangs where the `/dev/fuse` file's way to its connection
+    // first leads: the connection up to 7.1, the channel from 7.2.
+    let dev_way = first_known_way(btf, DEV_WAYS).ok_or_else(|| unknown_way(DEV_WAYS))?;
+    l.chan_ring = btf.offset_of(dev_way[0].to, "ring")?;
     l.ring_ready = btf.offset_of("fuse_ring", "ready")?;
     l.ring_nr_queues = btf.offset_of("fuse_ring", "nr_queues")?;
     l.uring_cmd_opcode = btf.enum_value("io_uring_op", "IORING_OP_URING_CMD")? as u32;
