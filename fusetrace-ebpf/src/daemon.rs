@@ -41,8 +41,7 @@ use fusetrace_common::{
 
 use crate::{
     GATE, aggregate, bump, daemon_filtered_out, fentry_arg, fud_connection, fuse_fd_connection,
-    header_event,
-    kprobe_arg, kread, layout, on_request, submit, syscall_args, uread,
+    header_event, kprobe_arg, kread, layout, on_request, submit, syscall_args, uread,
 };
 
 /// `-ECONNABORTED`: what an aborted connection's requests end with.
@@ -98,7 +97,8 @@ fn copying_to_daemon(cs: u64, l: &KernelLayout) -> bool {
         kread::<u8>(cs, l.cs_write_byte).is_some_and(|b| u32::from(b) & l.cs_write_mask != 0);
     to_daemon
         && (l.cs_uring_mask == 0
-            || kread::<u8>(cs, l.cs_uring_byte).is_some_and(|b| u32::from(b) & l.cs_uring_mask == 0))
+            || kread::<u8>(cs, l.cs_uring_byte)
+                .is_some_and(|b| u32::from(b) & l.cs_uring_mask == 0))
 }
 
 #[inline(always)]

@@ -58,7 +58,11 @@ fn traced_requests_equal_served_requests_opcode_by_opcode() {
         complete
     );
     // Each request missing a stage is one whose header read faulted.
-    let incomplete: Vec<_> = answered.iter().filter(|r| !fully_observed(r)).take(3).collect();
+    let incomplete: Vec<_> = answered
+        .iter()
+        .filter(|r| !fully_observed(r))
+        .take(3)
+        .collect();
     assert!(
         (answered.len() - complete) as u64 <= allowed_read_faults(&traced.summary),
         "every answered request has all four stages: {} of {}; the first without: {incomplete:?}",

@@ -174,7 +174,8 @@ impl Apt {
                 .map_err(|e| format!("cannot create {}: {e}", dir.join(sub).display()))?;
         }
         // The host's Debian archive (not its security mirror).
-        let uris = output(Command::new("apt-get").args(["indextargets", "--format", "$(REPO_URI)"]))?;
+        let uris =
+            output(Command::new("apt-get").args(["indextargets", "--format", "$(REPO_URI)"]))?;
         let archive = uris
             .lines()
             .find(|u| u.contains("debian") && !u.contains("security"))
@@ -394,7 +395,13 @@ fn guest_script(guest: &Guest, exes: &TestExes) -> String {
     let bin = root().join("target/debug/fusetrace");
     let full = guest.tests == Tests::Full;
     // The Full set's extra tests, per binary (empty: not run).
-    let only_full = |names: &str| if full { names.to_string() } else { String::new() };
+    let only_full = |names: &str| {
+        if full {
+            names.to_string()
+        } else {
+            String::new()
+        }
+    };
     format!(
         r#"cd {root}
 # 7.0-like guests load overlayfs as a module virtme cannot: without it
@@ -537,17 +544,16 @@ pub fn vmtest(only: Option<&str>) -> Result<()> {
     let vng = vng()?;
     let virtiofsd = virtiofsd()?;
     let apt = Apt::new()?;
-    let [trace, coverage, aggregate, serve, paths, uring_trace] = <[PathBuf; 6]>::try_from(
-        test_executables(&[
+    let [trace, coverage, aggregate, serve, paths, uring_trace] =
+        <[PathBuf; 6]>::try_from(test_executables(&[
             "trace",
             "kernel_coverage",
             "aggregate",
             "serve",
             "paths",
             "uring_trace",
-        ])?,
-    )
-    .map_err(|_| "cargo built the wrong number of test executables")?;
+        ])?)
+        .map_err(|_| "cargo built the wrong number of test executables")?;
     let exes = TestExes {
         trace,
         coverage,
@@ -585,7 +591,7 @@ fn run_guest(guest: &Guest, apt: &Apt, vng: &Path, path: &str, exes: &TestExes) 
     let kernel = kernel(guest, apt)?;
     let script = root().join("target/vm").join(guest.name).join("guest.sh");
     std::fs::write(&script, guest_script(guest, exes))
-    .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+        .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
     eprintln!("xtask: booting {} under TCG", kernel.display());
     let started = std::time::Instant::now();
     let mut child = Command::new("timeout")
@@ -681,8 +687,14 @@ linux-image-6.1.0-50-amd64-dbg - debug symbols
             Some("linux-image-6.17.13+deb13-amd64")
         );
         // 7.3.9's image is a metapackage whose linux-binary is gone.
-        assert_eq!(name(None).as_deref(), Some("linux-binary-7.3.4+deb13-amd64"));
+        assert_eq!(
+            name(None).as_deref(),
+            Some("linux-binary-7.3.4+deb13-amd64")
+        );
         assert_eq!(name(Some("6.19")), None);
-        assert!(all.iter().all(|p| !p.name.contains("cloud") && !p.name.contains("rt-")));
+        assert!(
+            all.iter()
+                .all(|p| !p.name.contains("cloud") && !p.name.contains("rt-"))
+        );
     }
 }

@@ -166,18 +166,17 @@ pub fn verdict(choices: &[PointChoice], send_function: Option<&str>) -> Verdict 
             reason: format!("no hook for the {} point", missing.join(" and ")),
         };
     }
-    let call_send = matches!(
-        backend_of(choices),
-        Some(Backend::Fentry | Backend::Kprobe)
-    );
+    let call_send = matches!(backend_of(choices), Some(Backend::Fentry | Backend::Kprobe));
     let dev_fuse_only = call_send && send_function == Some(kfunc::SENT_DEV_FUSE_ONLY);
     let daemon = has(Point::Taken, Transport::DevFuse) && has(Point::Replied, Transport::DevFuse);
-    let virtio = has(Point::Virtq, Transport::DevFuse) && has(Point::DeviceDone, Transport::DevFuse);
+    let virtio =
+        has(Point::Virtq, Transport::DevFuse) && has(Point::DeviceDone, Transport::DevFuse);
     let mut said = Vec::new();
     if daemon {
         said.push("/dev/fuse daemons: every point is observed".to_string());
     }
-    let ring_points = has(Point::Taken, Transport::IoUring) && has(Point::Replied, Transport::IoUring);
+    let ring_points =
+        has(Point::Taken, Transport::IoUring) && has(Point::Replied, Transport::IoUring);
     if daemon && ring_points {
         said.push(if dev_fuse_only {
             format!(
@@ -549,6 +548,60 @@ mod tests {
         assert!(
             new.starts_with("no:") && new.contains("fuse_send_one"),
             "{new}"
+        );
+    }
+
+    /// 7.2+ with kprobe/fentry: the send at `fuse_dev_queue_req` sees no
+    /// io_uring or virtio-fs request, whatever hooks attached.
+    #[test]
+    fn verdict_says_which_transports_can_be_joined() {
+        use Point::*;
+        let mut all = choices(&[Sent, Taken, Replied, Ended, Virtq, DeviceDone]);
+        for (point, hooks) in crate::kernel::hooks::URING_HOOK_TABLE {
+            all.push(PointChoice {
+                transport: Transport::IoUring,
+                point: *point,
+                hook: Some(hooks[0]),
+                skipped: vec![],
+            });
+        }
+        let tp = verdict(&all, Some("fuse_dev_queue_req"));
+        assert!(tp.complete);
+        assert!(
+            tp.reason
+                .contains("io_uring daemons: every point is observed"),
+            "{}",
+            tp.reason
+        );
+        // The same hooks, the send forced to a call hook at the /dev/fuse queue.
+        for c in all.iter_mut().filter(|c| c.point == Sent) {
+            c.hook = Some(crate::kernel::hooks::HOOK_TABLE[0].1[3]);
+        }
+        let kp = verdict(&all, Some("fuse_dev_queue_req"));
+        assert!(kp.complete, "{}", kp.reason);
+        assert!(
+            kp.reason
+                .contains("/dev/fuse daemons: every point is observed"),
+            "{}",
+            kp.reason
+        );
+        assert!(
+            kp.reason.contains("io_uring daemons: not joined"),
+            "{}",
+            kp.reason
+        );
+        assert!(
+            kp.reason.contains("virtio-fs: requests have no send point"),
+            "{}",
+            kp.reason
+        );
+        let kp_old = verdict(&all, Some("fuse_send_one"));
+        assert!(
+            kp_old
+                .reason
+                .contains("io_uring daemons: every point is observed"),
+            "{}",
+            kp_old.reason
         );
     }
 

@@ -251,8 +251,8 @@ impl DaemonSide {
                     &kfunc::COPY_ONE,
                     &kfunc::DEV_WRITE,
                 ]
-                    .iter()
-                    .any(|g| std::ptr::eq(*f, *g)) =>
+                .iter()
+                .any(|g| std::ptr::eq(*f, *g)) =>
             {
                 Some(DaemonSide::Kernel)
             }

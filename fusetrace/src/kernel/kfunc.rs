@@ -147,7 +147,11 @@ pub static SUBMITTED_BG: KFunc = KFunc {
 /// req)` is the send there, which io_uring and virtio-fs requests do not
 /// pass ([`SENT_DEV_FUSE_ONLY`]; the FUSE tracepoints see them all).
 pub static SENT: KFunc = KFunc {
-    names: &["fuse_send_one", "queue_request_and_unlock", "fuse_dev_queue_req"],
+    names: &[
+        "fuse_send_one",
+        "queue_request_and_unlock",
+        "fuse_dev_queue_req",
+    ],
     args: &[(ArgSlot::Sent, "fuse_req", 1)],
 };
 

@@ -666,9 +666,7 @@ fn choose_hooks(
         let shared = |h: &Hook| {
             hooks
                 .iter()
-                .filter(|g| g.programs[0].0 == h.programs[0].0)
-                .count()
-                > 1
+                .any(|g| g.programs[0].0 == h.programs[0].0 && g.backend != h.backend)
         };
         let mut ordered: Vec<&Hook> = hooks.iter().collect();
         ordered.sort_by_key(|h| shared(h) && submit_backend.is_some_and(|b| b != h.backend));
