@@ -391,9 +391,6 @@ pub struct KernelLayout {
     pub cs_uring_byte: u32,
     pub cs_uring_mask: u32,
     pub arg_copy_cs: u32,
-    /// `fuse_copy_one(cs, val, size)`: the argument index of `cs` (`val`
-    /// and `size` follow it).
-    pub arg_copy_one_cs: u32,
     /// `fuse_dev_do_read(fud, file, cs, nbytes)`: the argument indexes of
     /// `fud` and `cs`, and the index of its return value in an fexit
     /// program's context (its argument count).

@@ -40,8 +40,8 @@ use fusetrace_common::{
 };
 
 use crate::{
-    GATE, aggregate, bump, daemon_filtered_out, fentry_arg, fud_connection, fuse_fd_connection,
-    header_event, kprobe_arg, kread, layout, on_request, submit, syscall_args, uread,
+    GATE, aggregate, bump, daemon_filtered_out, fentry_arg, fud_connection, header_event,
+    kprobe_arg, kread, layout, on_request, submit, syscall_args, uread,
 };
 
 /// `-ECONNABORTED`: what an aborted connection's requests end with.
@@ -151,36 +151,6 @@ fn on_read_return(ctx: &FExitContext, l: &KernelLayout) {
     }
 }
 
-/// `fuse_copy_one(cs, val, size)` entered: with no request in a copy state
-/// to the daemon, a FORGET's, BATCH_FORGET's or INTERRUPT's header
-/// (`size` is a header's) is being copied, from kernel memory; its
-/// connection is the `/dev/fuse` file the daemon's read(2), readv(2) or
-/// splice(2) names first.
-#[inline(always)]
-fn on_copy_one(ctx: &FEntryContext, l: &KernelLayout) {
-    let size = fentry_arg(ctx, l.arg_copy_one_cs + 2).unwrap_or(0) as u32;
-    if size as usize != core::mem::size_of::<FuseInHeader>() || l.agg_stages != 0 {
-        return;
-    }
-    let Some(cs) = fentry_arg(ctx, l.arg_copy_one_cs) else {
-        return;
-    };
-    if !copying_to_daemon(cs, l)
-        || kread::<u64>(cs, l.cs_req).is_none_or(|r| r != 0)
-        || daemon_filtered_out(l)
-    {
-        return;
-    }
-    let Some(val) = fentry_arg(ctx, l.arg_copy_one_cs + 1) else {
-        return;
-    };
-    let connection = syscall_args(l).and_then(|[fd, ..]| fuse_fd_connection(fd, l));
-    match (connection, kread::<FuseInHeader>(val, 0)) {
-        (Some(connection), Some(h)) => submit(header_event(EventKind::Taken, connection, 0, &h)),
-        _ => bump(counters::READ_FAULTS),
-    }
-}
-
 /// A daemon took request `req`.
 #[inline(always)]
 fn on_taken_request(req: u64, l: &KernelLayout) {
@@ -214,12 +184,6 @@ fn on_dev_write(l: &KernelLayout) {
 pub fn taken_copy_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
     on_copy_args(fentry_arg(&ctx, l.arg_copy_cs), &l);
-    0
-}
-
-#[fentry]
-pub fn taken_one_fe(ctx: FEntryContext) -> u32 {
-    on_copy_one(&ctx, &layout());
     0
 }
 

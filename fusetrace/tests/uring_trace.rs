@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::{fs, io::Read, process::Command};
+use std::{collections::BTreeMap, fs, io::Read, process::Command};
 
 use common::*;
 use serde_json::Value;
@@ -74,17 +74,30 @@ fn ring_requests_are_counted_exactly_with_four_ordered_stages_beside_dev_fuse() 
     assert_nothing_lost(&out.summary);
 
     // Exact accounting on each mount, by opcode.
+    // Up to one message per daemon thread that was already waiting in
+    // fuse_dev_do_read when an fexit take was attached may be unseen (the
+    // tracer says how many): shared by both mounts.
+    let unseen = unseen_at_start(&out.stderr);
     let ours = out.on(ring_conn);
-    assert_eq!(
-        count_by_op(&ours),
-        ring_served,
-        "io_uring: traced (left) vs served (right)"
-    );
     let theirs = out.on(plain_conn);
-    assert_eq!(
-        count_by_op(&theirs),
-        plain_served,
-        "/dev/fuse: traced (left) vs served (right)"
+    let (ring_traced, plain_traced) = (count_by_op(&ours), count_by_op(&theirs));
+    let missing = |t: &BTreeMap<String, u64>, s: &BTreeMap<String, u64>| -> u64 {
+        ["FORGET", "BATCH_FORGET", "INTERRUPT"]
+            .iter()
+            .map(|op| {
+                s.get(*op)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(t.get(*op).copied().unwrap_or(0))
+            })
+            .sum()
+    };
+    assert_counts_equal(&ring_traced, &ring_served, unseen, "io_uring");
+    assert_counts_equal(
+        &plain_traced,
+        &plain_served,
+        unseen - missing(&ring_traced, &ring_served).min(unseen),
+        "/dev/fuse",
     );
 
     // Every answered request of the ring daemon went through its ring, with

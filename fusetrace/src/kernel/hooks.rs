@@ -138,18 +138,7 @@ const DAEMON_REPLY_SYSCALLS: &[(&str, Attach)] = &[
 /// no tracepoint on every syscall of the machine and decode splice too.
 /// The kprobe take sees requests only (not FORGET, BATCH_FORGET or
 /// INTERRUPT): see `fusetrace-ebpf/src/daemon.rs`.
-const KERNEL_TAKE: [Hook; 3] = [
-    // FORGET, BATCH_FORGET and INTERRUPT as their header is copied out.
-    Hook {
-        backend: Backend::Fentry,
-        programs: &[
-            ("taken_copy_fe", Attach::FEntry(&kfunc::COPY_ARGS)),
-            ("taken_one_fe", Attach::FEntry(&kfunc::COPY_ONE)),
-        ],
-        has_header: true,
-    },
-    // Where `fuse_copy_one` is inlined: as `fuse_dev_do_read` returns
-    // (not for a thread that was already waiting when tracing began).
+const KERNEL_TAKE: [Hook; 2] = [
     Hook {
         backend: Backend::Fentry,
         programs: &[
@@ -165,13 +154,7 @@ const KERNEL_TAKE: [Hook; 3] = [
     },
 ];
 
-const KERNEL_REPLY: [Hook; 3] = [
-    Hook {
-        backend: Backend::Fentry,
-        programs: &[("replied_write_fe", Attach::FEntry(&kfunc::DEV_WRITE))],
-        has_header: false,
-    },
-    // In step with KERNEL_TAKE's: the two fentry takes reply alike.
+const KERNEL_REPLY: [Hook; 2] = [
     Hook {
         backend: Backend::Fentry,
         programs: &[("replied_write_fe", Attach::FEntry(&kfunc::DEV_WRITE))],
@@ -185,11 +168,10 @@ const KERNEL_REPLY: [Hook; 3] = [
 ];
 
 /// The kernel-side hooks first, then the syscall ones of every backend.
-const fn daemon_hooks(kernel: [Hook; 3], syscalls: [Hook; 4]) -> [Hook; 7] {
+const fn daemon_hooks(kernel: [Hook; 2], syscalls: [Hook; 4]) -> [Hook; 6] {
     [
         kernel[0],
         kernel[1],
-        kernel[2],
         syscalls[0],
         syscalls[1],
         syscalls[2],
@@ -198,26 +180,21 @@ const fn daemon_hooks(kernel: [Hook; 3], syscalls: [Hook; 4]) -> [Hook; 7] {
 }
 
 /// In-kernel stages count requests only: the take at `fuse_copy_args`.
-const KERNEL_TAKE_REQUESTS: [Hook; 3] = [
+const KERNEL_TAKE_REQUESTS: [Hook; 2] = [
     Hook {
         backend: Backend::Fentry,
         programs: &[("taken_copy_fe", Attach::FEntry(&kfunc::COPY_ARGS))],
         has_header: true,
     },
-    Hook {
-        backend: Backend::Fentry,
-        programs: &[("taken_copy_fe", Attach::FEntry(&kfunc::COPY_ARGS))],
-        has_header: true,
-    },
-    KERNEL_TAKE[2],
+    KERNEL_TAKE[1],
 ];
 
-const TAKE_HOOKS: [Hook; 7] = daemon_hooks(KERNEL_TAKE, every_backend(DAEMON_TAKE_SYSCALLS, true));
-const AGG_TAKE_HOOKS: [Hook; 7] = daemon_hooks(
+const TAKE_HOOKS: [Hook; 6] = daemon_hooks(KERNEL_TAKE, every_backend(DAEMON_TAKE_SYSCALLS, true));
+const AGG_TAKE_HOOKS: [Hook; 6] = daemon_hooks(
     KERNEL_TAKE_REQUESTS,
     every_backend(DAEMON_TAKE_SYSCALLS, true),
 );
-const REPLY_HOOKS: [Hook; 7] =
+const REPLY_HOOKS: [Hook; 6] =
     daemon_hooks(KERNEL_REPLY, every_backend(DAEMON_REPLY_SYSCALLS, false));
 
 /// Where the daemon side is seen: `--daemon-side`.
@@ -245,14 +222,9 @@ impl DaemonSide {
         hook.programs.iter().find_map(|(_, a)| match a {
             Attach::TracePoint("syscalls", _) => Some(DaemonSide::Syscalls),
             Attach::KProbe(f) | Attach::FEntry(f) | Attach::FExit(f)
-                if [
-                    &kfunc::DEV_READ,
-                    &kfunc::COPY_ARGS,
-                    &kfunc::COPY_ONE,
-                    &kfunc::DEV_WRITE,
-                ]
-                .iter()
-                .any(|g| std::ptr::eq(*f, *g)) =>
+                if [&kfunc::DEV_READ, &kfunc::COPY_ARGS, &kfunc::DEV_WRITE]
+                    .iter()
+                    .any(|g| std::ptr::eq(*f, *g)) =>
             {
                 Some(DaemonSide::Kernel)
             }

@@ -22,7 +22,6 @@ pub enum ArgSlot {
     DeviceDoneReq,
     DeviceDoneFsvq,
     CopyState,
-    CopyOneState,
     ReadFud,
     ReadCs,
 }
@@ -112,7 +111,6 @@ pub fn set_layout_args(l: &mut KernelLayout, r: &Resolved) {
             ArgSlot::DeviceDoneReq => &mut l.arg_device_done_req,
             ArgSlot::DeviceDoneFsvq => &mut l.arg_device_done_fsvq,
             ArgSlot::CopyState => &mut l.arg_copy_cs,
-            ArgSlot::CopyOneState => &mut l.arg_copy_one_cs,
             ArgSlot::ReadFud => &mut l.arg_read_fud,
             ArgSlot::ReadCs => &mut l.arg_read_cs,
             ArgSlot::Fixed => continue,
@@ -190,15 +188,6 @@ pub static DEVICE_DONE: KFunc = KFunc {
 pub static COPY_ARGS: KFunc = KFunc {
     names: &["fuse_copy_args"],
     args: &[(ArgSlot::CopyState, "fuse_copy_state", 0)],
-};
-
-/// `fuse_copy_one(cs, val, size)`: copies one piece to or from the daemon;
-/// a FORGET's, BATCH_FORGET's or INTERRUPT's header (no request in the copy
-/// state) is copied by it from the kernel's stack, which a thread already
-/// waiting in `fuse_dev_do_read` when tracing began passes too.
-pub static COPY_ONE: KFunc = KFunc {
-    names: &["fuse_copy_one"],
-    args: &[(ArgSlot::CopyOneState, "fuse_copy_state", 0)],
 };
 
 /// `fuse_dev_do_read(fud, file, cs, nbytes)`: what a daemon's read(2),

@@ -116,6 +116,10 @@ pub struct Probes {
     whole_min_ns: Option<u64>,
     /// fentry programs on module functions, loaded outside aya.
     _module_fentry: Vec<ModuleFEntry>,
+    /// Daemon threads that were waiting in `fuse_dev_do_read` before its
+    /// fexit was attached and still were when tracing began: the message
+    /// each returns with first is not seen ([`waiting_in_read`]).
+    waiting_at_start: usize,
     // Owns the programs and links; kept last so maps above drop first.
     _ebpf: Ebpf,
 }
@@ -212,6 +216,7 @@ impl Probes {
         } else {
             opts.daemon_side
         };
+        let waiting_before = waiting_in_read();
         let choices = choose_all(
             &mut ebpf,
             table,
@@ -297,6 +302,18 @@ impl Probes {
         });
         gate.set(1, u32::from(replies_in_kernel), 0)?;
         gate.set(0, 1, 0)?;
+        let fexit_take = choices.iter().any(|c| {
+            c.point == Point::Taken && c.hook.is_some_and(|h| {
+                h.programs.iter().any(
+                    |(_, a)| matches!(a, Attach::FExit(f) if std::ptr::eq(*f, &kfunc::DEV_READ)),
+                )
+            })
+        });
+        let waiting_at_start = if fexit_take {
+            waiting_before.intersection(&waiting_in_read()).count()
+        } else {
+            0
+        };
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
@@ -309,6 +326,7 @@ impl Probes {
             app_writes: opts.diagnose,
             whole_min_ns: opts.aggregate.as_ref().and_then(|f| f.whole_min_ns),
             _module_fentry: kernel.module_fentry.take(),
+            waiting_at_start,
             _ebpf: ebpf,
         })
     }
@@ -496,8 +514,49 @@ impl Probes {
         if self.app_writes {
             lines.push(APP_WRITES_HOOKS.to_string());
         }
+        if self.waiting_at_start > 0 {
+            lines.push(format!(
+                "{}: {} daemon thread(s) were waiting in fuse_dev_do_read before its fexit was attached: at most that many FORGET, BATCH_FORGET or INTERRUPT messages they return with are not seen",
+                TAKES_UNSEEN_AT_START, self.waiting_at_start
+            ));
+        }
         lines
     }
+}
+
+/// How the tracing line names the messages an fexit take may miss.
+pub const TAKES_UNSEEN_AT_START: &str = "takes unseen at start";
+
+/// The threads sleeping in `fuse_dev_do_read` (`/proc/*/task/*/wchan`):
+/// daemon threads waiting for a message. An fexit attached during such a
+/// call does not run when it returns.
+fn waiting_in_read() -> std::collections::BTreeSet<u32> {
+    let mut tids = std::collections::BTreeSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return tids;
+    };
+    for p in procs.filter_map(|e| e.ok()) {
+        if !p
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.filter_map(|e| e.ok()) {
+            if std::fs::read_to_string(t.path().join("wchan"))
+                .is_ok_and(|w| w == "fuse_dev_do_read")
+                && let Ok(tid) = t.file_name().to_string_lossy().parse()
+            {
+                tids.insert(tid);
+            }
+        }
+    }
+    tids
 }
 
 /// Where the kprobe PMU registers; absent when the kernel has no kprobes.

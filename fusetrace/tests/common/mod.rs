@@ -661,3 +661,56 @@ pub fn xattr_remove(path: &Path, name: &str) -> std::io::Result<()> {
     // SAFETY: as above.
     errno_result(unsafe { libc::removexattr(cstring(path).as_ptr(), n.as_ptr()) })
 }
+
+/// How many messages the tracer said it may miss as it started: daemon
+/// threads already waiting in `fuse_dev_do_read` when the fexit take was
+/// attached (its `takes unseen at start` line; 0 without one).
+pub fn unseen_at_start(stderr: &str) -> u64 {
+    const SAID: &str = "takes unseen at start: ";
+    stderr
+        .find(SAID)
+        .map(|i| {
+            stderr[i + SAID.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Traced counts by opcode equal the served ones, except that at most
+/// `unseen` FORGET, BATCH_FORGET and INTERRUPT messages may be missing
+/// ([`unseen_at_start`]); never more traced than served.
+pub fn assert_counts_equal(
+    traced: &BTreeMap<String, u64>,
+    served: &BTreeMap<String, u64>,
+    unseen: u64,
+    what: &str,
+) {
+    let unrequested = |op: &str| matches!(op, "FORGET" | "BATCH_FORGET" | "INTERRUPT");
+    let requests = |m: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+        m.iter()
+            .filter(|(op, _)| !unrequested(op))
+            .map(|(op, n)| (op.clone(), *n))
+            .collect()
+    };
+    assert_eq!(
+        requests(traced),
+        requests(served),
+        "{what}: traced (left) vs served (right)"
+    );
+    let mut missing = 0;
+    for op in ["FORGET", "BATCH_FORGET", "INTERRUPT"] {
+        let (t, s) = (
+            traced.get(op).copied().unwrap_or(0),
+            served.get(op).copied().unwrap_or(0),
+        );
+        assert!(t <= s, "{what}: {op} traced {t} > served {s}");
+        missing += s - t;
+    }
+    assert!(
+        missing <= unseen,
+        "{what}: {missing} FORGET/BATCH_FORGET/INTERRUPT not traced, the tracer said at most {unseen}: traced {traced:?} vs served {served:?}"
+    );
+}
