@@ -12,6 +12,8 @@
 
 use core::mem::offset_of;
 
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
@@ -264,12 +266,24 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     if unique == 0 {
         bump(counters::SENT_BEFORE_ID);
     } else if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique, connection)) {
-        // SAFETY: a map value; only the end of the request stored here
-        // frees it again (`req` written last, read first).
+        // Claimed with a compare-and-swap: two requests sent at once on
+        // two CPUs may hash to one free slot, and a plain check-then-write
+        // let the second overwrite the first, whose end then found nothing
+        // (seen under the VM guests' emulation). The claimant's end cannot
+        // come before its `sent` is written: the request is queued for the
+        // daemon only after this program returns.
+        // SAFETY: a map value, `req` aligned; only the end of the request
+        // stored here frees it again.
         unsafe {
-            if (*slot).req == 0 {
+            // The BPF target has no `AtomicU64::compare_exchange` (Rust
+            // marks it without CAS); the intrinsic is BPF_CMPXCHG (5.12+).
+            let (_, claimed) = atomic_cxchg::<
+                u64,
+                { AtomicOrdering::SeqCst },
+                { AtomicOrdering::SeqCst },
+            >(&raw mut (*slot).req, 0, req);
+            if claimed {
                 (*slot).sent = sent;
-                (*slot).req = req;
                 bump(counters::AGG_STARTED);
                 return;
             }

@@ -4,6 +4,9 @@
 //! Struct offsets come from [`KernelLayout`], which user space fills from the
 //! running kernel's BTF before loading; nothing here assumes a layout.
 #![no_std]
+// BPF_CMPXCHG through `core::intrinsics::atomic_cxchg` (aggregate.rs).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod aggregate;

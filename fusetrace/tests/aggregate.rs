@@ -103,7 +103,11 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
             "{op}: in-kernel stats has no stage split"
         );
         let other = &split_by_op[op];
-        assert_eq!(o["count"], other["count"], "{op}: count vs --stages");
+        assert_eq!(
+            o["count"], other["count"],
+            "{op}: count vs --stages --from-events, whose summary: {}",
+            split.summary
+        );
         assert_eq!(o["errors"], other["errors"], "{op}: errors vs --stages");
         if o["count"].as_u64().unwrap() >= 100 {
             let a = total["p50_ns"].as_u64().unwrap() as f64;
