@@ -69,9 +69,15 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
         .iter()
         .map(|(op, o)| (op.clone(), o["count"].as_u64().unwrap()))
         .collect();
-    assert_eq!(
-        got, expected,
-        "counted in the kernel (left) vs served (right)"
+    // A point the kernel skipped a program run for (said in the summary,
+    // seen in the 7.x guests) is one request short at most.
+    let skipped = |out: &TraceOutput| skipped_runs(&out.summary);
+    assert_counts_equal(
+        &got,
+        &expected,
+        0,
+        skipped(&counted),
+        "counted in the kernel",
     );
     let ours_name = by_op.values().next().unwrap()["mount"].clone();
     assert!(
@@ -83,8 +89,11 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
         s["kernel_aggregation"].is_object(),
         "plain stats counts in the kernel: {s}"
     );
-    assert_eq!(s["in_flight_at_exit"].as_u64(), Some(0), "{s}");
-    assert_eq!(s["tracker"]["unmatched_ends"].as_u64(), Some(0), "{s}");
+    assert!(
+        s["in_flight_at_exit"].as_u64().unwrap() + s["tracker"]["unmatched_ends"].as_u64().unwrap()
+            <= skipped(&counted),
+        "{s}"
+    );
     assert_eq!(
         s["kernel_aggregation"]["in_flight_table_full"].as_u64(),
         Some(0)
@@ -103,9 +112,15 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
             "{op}: in-kernel stats has no stage split"
         );
         let other = &split_by_op[op];
-        assert_eq!(
-            o["count"], other["count"],
-            "{op}: count vs --stages --from-events, whose summary: {}",
+        assert!(
+            o["count"]
+                .as_u64()
+                .unwrap()
+                .abs_diff(other["count"].as_u64().unwrap())
+                <= skipped(&counted) + skipped(&split),
+            "{op}: count {} vs {} from --stages --from-events, whose summary: {}",
+            o["count"],
+            other["count"],
             split.summary
         );
         assert_eq!(o["errors"], other["errors"], "{op}: errors vs --stages");
@@ -123,16 +138,23 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
     // counts, every request split, each stage's median agreeing with the
     // event pipeline's as the totals do.
     let s = &staged.summary;
-    assert_eq!(s["kernel_aggregation"]["stages"].as_u64(), Some(0), "{s}");
-    assert_eq!(s["in_flight_at_exit"].as_u64(), Some(0), "{s}");
+    assert!(
+        s["kernel_aggregation"]["stages"].as_u64().unwrap()
+            + s["in_flight_at_exit"].as_u64().unwrap()
+            <= skipped(&staged),
+        "{s}"
+    );
     let staged_by_op = whole_run_by_op(&staged);
-    assert_eq!(
-        staged_by_op
-            .iter()
-            .map(|(op, o)| (op.clone(), o["count"].as_u64().unwrap()))
-            .collect::<BTreeMap<_, _>>(),
-        got,
-        "stats --stages (left) vs stats (right)"
+    let staged_counts: BTreeMap<String, u64> = staged_by_op
+        .iter()
+        .map(|(op, o)| (op.clone(), o["count"].as_u64().unwrap()))
+        .collect();
+    assert_counts_equal(
+        &staged_counts,
+        &expected,
+        0,
+        skipped(&staged),
+        "stats --stages (left) vs served (right)",
     );
     for (op, o) in &staged_by_op {
         let other = &split_by_op[op];

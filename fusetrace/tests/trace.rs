@@ -51,6 +51,7 @@ fn traced_requests_equal_served_requests_opcode_by_opcode() {
         &seen,
         &served,
         unseen_at_start(&traced.stderr),
+        skipped_runs(&traced.summary),
         "exact accounting",
     );
     assert_nothing_lost(&traced.summary);

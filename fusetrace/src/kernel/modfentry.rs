@@ -13,7 +13,7 @@ use std::{
     collections::HashSet,
     ffi::CString,
     mem::{size_of, zeroed},
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -23,7 +23,7 @@ use aya::{
 };
 use aya_obj::generated::{
     bpf_attach_type::{BPF_TRACE_FENTRY, BPF_TRACE_FEXIT},
-    bpf_attr, bpf_btf_info, bpf_cmd, bpf_insn,
+    bpf_attr, bpf_btf_info, bpf_cmd, bpf_insn, bpf_prog_info,
     bpf_prog_type::BPF_PROG_TYPE_TRACING,
 };
 
@@ -34,7 +34,31 @@ use crate::kernel::btf::Btf;
 pub struct ModuleFEntry {
     pub program: String,
     _link: OwnedFd,
-    _prog: OwnedFd,
+    prog: OwnedFd,
+}
+
+impl ModuleFEntry {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+}
+
+/// How many times the kernel skipped program `fd` because it was already
+/// running on that CPU (`bpf_prog_info.recursion_misses`: a task preempted
+/// inside it, or a nested call): a point that was not observed. Here
+/// because this file holds our one `bpf(2)` wrapper (aya 0.14's
+/// `ProgramInfo` does not expose the field).
+pub fn recursion_misses(fd: BorrowedFd<'_>) -> u64 {
+    // SAFETY: all-zero is a valid bpf_prog_info and bpf_attr.
+    let mut info: bpf_prog_info = unsafe { zeroed() };
+    let mut attr: bpf_attr = unsafe { zeroed() };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_prog_info>() as u32;
+    attr.info.info = &mut info as *mut bpf_prog_info as u64;
+    match sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) {
+        Ok(_) => info.recursion_misses,
+        Err(_) => 0,
+    }
 }
 
 fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<i64> {
@@ -218,6 +242,6 @@ pub fn attach(
     Ok(ModuleFEntry {
         program: program.to_string(),
         _link: owned(link),
-        _prog: prog_fd,
+        prog: prog_fd,
     })
 }

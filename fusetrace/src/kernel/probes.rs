@@ -33,6 +33,7 @@ use crate::kernel::{
     tracefs::{self, RecordFormat},
 };
 use crate::record::format::Names;
+use std::os::fd::AsFd;
 
 /// The compiled eBPF object, built by build.rs from `fusetrace-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FUSETRACE_EBPF_OBJECT"));
@@ -147,6 +148,9 @@ pub struct KernelCounters {
     pub agg_histogram_full: u64,
     /// Sends seen before their request id was assigned.
     pub sent_before_id: u64,
+    /// Runs of our programs the kernel skipped (one was already running
+    /// on that CPU): as many points unobserved.
+    pub program_runs_skipped: u64,
     /// Daemon takes whose request the kernel side did not find.
     pub take_unresolved: u64,
     /// In-kernel stages: ends counted in the total only.
@@ -303,11 +307,12 @@ impl Probes {
         gate.set(1, u32::from(replies_in_kernel), 0)?;
         gate.set(0, 1, 0)?;
         let fexit_take = choices.iter().any(|c| {
-            c.point == Point::Taken && c.hook.is_some_and(|h| {
-                h.programs.iter().any(
+            c.point == Point::Taken
+                && c.hook.is_some_and(|h| {
+                    h.programs.iter().any(
                     |(_, a)| matches!(a, Attach::FExit(f) if std::ptr::eq(*f, &kfunc::DEV_READ)),
                 )
-            })
+                })
         });
         let waiting_at_start = if fexit_take {
             waiting_before.intersection(&waiting_in_read()).count()
@@ -407,7 +412,22 @@ impl Probes {
             take_unresolved: sum(counters::TAKE_UNRESOLVED),
             agg_stages_missing: sum(counters::AGG_STAGES_MISSING),
             agg_generations_full: sum(counters::AGG_GENERATIONS_FULL),
+            program_runs_skipped: self.program_runs_skipped(),
         }
+    }
+
+    /// The kernel's `recursion_misses` over every program of ours.
+    fn program_runs_skipped(&self) -> u64 {
+        let ours = self
+            ._ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .map(|fd| modfentry::recursion_misses(fd.as_fd()));
+        let module = self
+            ._module_fentry
+            .iter()
+            .map(|m| modfentry::recursion_misses(m.fd()));
+        ours.chain(module).sum()
     }
 
     fn aggregate(&self) -> Result<&AggregateMaps> {

@@ -148,6 +148,7 @@ pub fn run(
         requests,
         in_flight_at_exit: k.agg_started.saturating_sub(k.agg_ended),
         mounts_gone: gone.len() as u64,
+        program_runs_skipped: k.program_runs_skipped,
         tracker: TrackerCounters {
             unmatched_ends: k.agg_unmatched_ends,
             sent_before_id: k.sent_before_id,

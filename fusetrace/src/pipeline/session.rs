@@ -177,6 +177,10 @@ pub struct RunSummary {
     pub takes_unresolved: u64,
     /// Records the decoder rejected.
     pub undecodable: u64,
+    /// Runs of fusetrace's programs the kernel skipped because one was
+    /// already running on that CPU (its `recursion_misses`: a task
+    /// preempted inside a program, seen on 7.x): as many points unseen.
+    pub program_runs_skipped: u64,
     /// Named mounts (`--mount`) unmounted during the run whose connection
     /// number a new mount took: the new mount's traffic was left out.
     pub mounts_gone: u64,
@@ -263,6 +267,12 @@ impl RunSummary {
             s.push_str(&format!(
                 "; {} traced mounts were unmounted during the run and their connection numbers taken by new mounts, left out",
                 self.mounts_gone
+            ));
+        }
+        if self.program_runs_skipped > 0 {
+            s.push_str(&format!(
+                "; the kernel skipped {} runs of fusetrace's programs (one was already running on that CPU: recursion_misses), so as many points were not observed",
+                self.program_runs_skipped
             ));
         }
         if self.tracker.sends_without_id > 0 {
@@ -559,6 +569,7 @@ pub fn run(
     summary.takes_unresolved = k.take_unresolved;
     summary.io_uring.replies_unresolved = k.uring_unresolved;
     summary.undecodable = probes.undecodable();
+    summary.program_runs_skipped = k.program_runs_skipped;
     summary.paths = paths.counters();
     if let Some(min_ns) = probes.whole_min_ns() {
         // The kernel joined the requests: its counts are the run's.

@@ -379,7 +379,16 @@ pub fn allowed_read_faults(summary: &Value) -> u64 {
         faults <= requests / 1000,
         "{faults} read faults in {requests} requests: {summary}"
     );
-    faults
+    faults + skipped_runs(summary)
+}
+
+/// Runs of the tracer's programs the kernel skipped, as the summary says
+/// (`recursion_misses`: a task preempted inside one of them while another
+/// on the same CPU reached it, seen in the 7.x guests): each is one point
+/// unobserved, so one request short, unjoined or incomplete at most. A
+/// tracer that said nothing of it skipped nothing.
+pub fn skipped_runs(summary: &Value) -> u64 {
+    summary["program_runs_skipped"].as_u64().unwrap_or(0)
 }
 
 /// `bpftool WHAT show --json`, parsed.
@@ -392,26 +401,28 @@ pub fn bpftool_json(what: &str) -> Vec<Value> {
 /// in flight, no read fault beyond [`allowed_read_faults`].
 pub fn assert_nothing_lost(summary: &Value) {
     allowed_read_faults(summary);
-    for key in [
-        "ring_drops",
-        "undecodable",
-        "in_flight_at_exit",
-        "takes_unresolved",
-    ] {
+    for key in ["ring_drops", "undecodable", "takes_unresolved"] {
         assert_eq!(summary[key].as_u64(), Some(0), "{key} in {summary}");
     }
-    for key in [
-        "unmatched_replies",
-        "unmatched_ends",
-        "never_ended",
-        "sends_without_id",
-    ] {
-        assert_eq!(
-            summary["tracker"][key].as_u64(),
-            Some(0),
-            "{key} in {summary}"
-        );
-    }
+    assert_eq!(
+        summary["tracker"]["sends_without_id"].as_u64(),
+        Some(0),
+        "{summary}"
+    );
+    // What a point the kernel did not run a program for leaves behind, one
+    // each at most: nothing when it skipped nothing.
+    let unjoined = summary["in_flight_at_exit"]
+        .as_u64()
+        .expect("in_flight_at_exit")
+        + ["unmatched_replies", "unmatched_ends", "never_ended"]
+            .iter()
+            .map(|k| summary["tracker"][k].as_u64().expect(k))
+            .sum::<u64>();
+    assert!(
+        unjoined <= skipped_runs(summary),
+        "{unjoined} requests in flight at exit, unmatched or never ended, {} program runs skipped by the kernel: {summary}",
+        skipped_runs(summary)
+    );
 }
 
 /// Whether a record is one the daemon answers (not FORGET and friends).
@@ -686,31 +697,29 @@ pub fn assert_counts_equal(
     traced: &BTreeMap<String, u64>,
     served: &BTreeMap<String, u64>,
     unseen: u64,
+    skipped: u64,
     what: &str,
 ) {
     let unrequested = |op: &str| matches!(op, "FORGET" | "BATCH_FORGET" | "INTERRUPT");
-    let requests = |m: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
-        m.iter()
-            .filter(|(op, _)| !unrequested(op))
-            .map(|(op, n)| (op.clone(), *n))
-            .collect()
-    };
-    assert_eq!(
-        requests(traced),
-        requests(served),
-        "{what}: traced (left) vs served (right)"
-    );
-    let mut missing = 0;
-    for op in ["FORGET", "BATCH_FORGET", "INTERRUPT"] {
+    let (mut requests_missing, mut messages_missing) = (0, 0);
+    let ops: std::collections::BTreeSet<&String> = traced.keys().chain(served.keys()).collect();
+    for op in ops {
         let (t, s) = (
             traced.get(op).copied().unwrap_or(0),
             served.get(op).copied().unwrap_or(0),
         );
-        assert!(t <= s, "{what}: {op} traced {t} > served {s}");
-        missing += s - t;
+        assert!(
+            t <= s,
+            "{what}: {op} traced {t} > served {s}: traced {traced:?} vs served {served:?}"
+        );
+        if unrequested(op.as_str()) {
+            messages_missing += s - t;
+        } else {
+            requests_missing += s - t;
+        }
     }
     assert!(
-        missing <= unseen,
-        "{what}: {missing} FORGET/BATCH_FORGET/INTERRUPT not traced, the tracer said at most {unseen}: traced {traced:?} vs served {served:?}"
+        requests_missing <= skipped && messages_missing <= unseen + skipped - requests_missing,
+        "{what}: {requests_missing} requests and {messages_missing} FORGET/BATCH_FORGET/INTERRUPT not traced; the tracer said at most {unseen} unseen at start and {skipped} program runs skipped: traced (left) {traced:?} vs served (right) {served:?}"
     );
 }
