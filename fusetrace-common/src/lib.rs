@@ -548,11 +548,16 @@ pub struct AggSent {
     pub requester_tgid: u32,
 }
 
+/// `AggSlot::req` while a take moves a request into the slot: claimed,
+/// not yet filled (no `struct fuse_req *` is 1).
+pub const AGG_SLOT_CLAIMED: u64 = 1;
+
 /// One slot of the in-flight array: `req` (the `struct fuse_req *`) 0 is
 /// a free slot; written last by the send, cleared first by the end.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AggSlot {
+    /// The request in the slot (0: free; [`AGG_SLOT_CLAIMED`]: being filled).
     pub req: u64,
     pub sent: AggSent,
 }

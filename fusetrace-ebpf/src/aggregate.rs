@@ -24,8 +24,9 @@ use aya_ebpf::{
 };
 use fusetrace_common::{
     AGG_CELLS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, AGG_MAX_COMMS, AGG_MAX_GENERATIONS, AGG_OVERFLOW,
-    AggSent, AggSlot, CellCounts, EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FUSE_INIT,
-    FuseEvent, FuseInHeader, FuseOutHeader, HistogramKey, agg_stage, counters, latency_bucket,
+    AGG_SLOT_CLAIMED, AggSent, AggSlot, CellCounts, EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER,
+    FUSE_INIT, FuseEvent, FuseInHeader, FuseOutHeader, HistogramKey, agg_stage, counters,
+    latency_bucket,
 };
 
 use crate::{GATE, UNIQUE_IN_HEADER, bump, fentry_arg, kprobe_arg, kread, layout, layout_field};
@@ -521,6 +522,31 @@ pub fn agg_daemon_point(
         && let Some(sent) = AGG_SENT.get_ptr_mut(&req)
     {
         stamp(sent);
+        // A take names the id its send did not have: the request moves to
+        // its slot, where a reply that knows only the id finds it (io_uring
+        // commits carry no request pointer). The slot is claimed with a
+        // placeholder, filled, then published; the request's end may run
+        // meanwhile on another CPU (an io_uring daemon can answer as soon
+        // as the completion is posted): it then finds the request in the
+        // hash, and the slot is given back.
+        if !replied && let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique, connection)) {
+            // SAFETY: map values, `req` aligned.
+            unsafe {
+                let (_, claimed) = atomic_cxchg::<
+                    u64,
+                    { AtomicOrdering::SeqCst },
+                    { AtomicOrdering::SeqCst },
+                >(&raw mut (*slot).req, 0, AGG_SLOT_CLAIMED);
+                if claimed {
+                    (*slot).sent = *sent;
+                    core::ptr::write_volatile(&raw mut (*slot).req, req);
+                    if AGG_SENT.remove(&req).is_err() {
+                        // Ended meanwhile, from the hash.
+                        core::ptr::write_volatile(&raw mut (*slot).req, 0);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -494,11 +494,11 @@ impl Btf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Builds a BTF blob by hand: the reader must not depend on the machine.
-    struct Builder {
+    pub(crate) struct Builder {
         types: Vec<u8>,
         strings: Vec<u8>,
         /// Split BTF: string offsets continue after the base's strings.
@@ -506,7 +506,7 @@ mod tests {
     }
 
     impl Builder {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Builder {
                 types: Vec::new(),
                 strings: vec![0],
@@ -514,14 +514,14 @@ mod tests {
             }
         }
         /// A module's blob on top of a base whose strings are `base_len` long.
-        fn split(base_len: usize) -> Self {
+        pub(crate) fn split(base_len: usize) -> Self {
             Builder {
                 types: Vec::new(),
                 strings: Vec::new(),
                 str_base: base_len as u32,
             }
         }
-        fn s(&mut self, name: &str) -> u32 {
+        pub(crate) fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
                 return 0;
             }
@@ -530,17 +530,23 @@ mod tests {
             self.strings.push(0);
             off
         }
-        fn word(&mut self, w: u32) {
+        pub(crate) fn word(&mut self, w: u32) {
             self.types.extend_from_slice(&w.to_le_bytes());
         }
-        fn int(&mut self, name: &str, size: u32) {
+        pub(crate) fn int(&mut self, name: &str, size: u32) {
             let n = self.s(name);
             self.word(n);
             self.word(KIND_INT << 24);
             self.word(size);
             self.word(size * 8);
         }
-        fn strukt(&mut self, name: &str, size: u32, members: &[(&str, u32, u32)], bitfields: bool) {
+        pub(crate) fn strukt(
+            &mut self,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32)],
+            bitfields: bool,
+        ) {
             let n = self.s(name);
             self.word(n);
             self.word(
@@ -554,7 +560,7 @@ mod tests {
                 self.word(*bits);
             }
         }
-        fn enumeration(&mut self, name: &str, values: &[(&str, i32)]) {
+        pub(crate) fn enumeration(&mut self, name: &str, values: &[(&str, i32)]) {
             let n = self.s(name);
             self.word(n);
             self.word((KIND_ENUM << 24) | values.len() as u32);
@@ -565,24 +571,24 @@ mod tests {
                 self.word(*x as u32);
             }
         }
-        fn fwd(&mut self, name: &str) {
+        pub(crate) fn fwd(&mut self, name: &str) {
             let n = self.s(name);
             self.word(n);
             self.word(KIND_FWD << 24);
             self.word(0);
         }
-        fn typedef(&mut self, name: &str, ty: u32) {
+        pub(crate) fn typedef(&mut self, name: &str, ty: u32) {
             let n = self.s(name);
             self.word(n);
             self.word(KIND_TYPEDEF << 24);
             self.word(ty);
         }
-        fn ptr(&mut self, ty: u32) {
+        pub(crate) fn ptr(&mut self, ty: u32) {
             self.word(0);
             self.word(KIND_PTR << 24);
             self.word(ty);
         }
-        fn proto(&mut self, params: &[(&str, u32)]) {
+        pub(crate) fn proto(&mut self, params: &[(&str, u32)]) {
             self.word(0);
             self.word((KIND_FUNC_PROTO << 24) | params.len() as u32);
             self.word(0);
@@ -592,13 +598,13 @@ mod tests {
                 self.word(*ty);
             }
         }
-        fn func(&mut self, name: &str, proto: u32) {
+        pub(crate) fn func(&mut self, name: &str, proto: u32) {
             let n = self.s(name);
             self.word(n);
             self.word(KIND_FUNC << 24);
             self.word(proto);
         }
-        fn finish(self) -> Vec<u8> {
+        pub(crate) fn finish(self) -> Vec<u8> {
             let mut out = Vec::new();
             out.extend_from_slice(&MAGIC.to_le_bytes());
             out.push(1);

@@ -148,8 +148,16 @@ pub struct Verdict {
 /// plus either the daemon's two points or the virtio-fs device's; then,
 /// per transport, whether its requests can be joined into one lifecycle
 /// on this kernel: `send_function` is the kprobe/fentry send chosen
-/// (`fuse_dev_queue_req` sees `/dev/fuse` requests only).
-pub fn verdict(choices: &[PointChoice], send_function: Option<&str>) -> Verdict {
+/// (`fuse_dev_queue_req` sees `/dev/fuse` requests only);
+/// `unsent_ring_background`: the kernel queues an io_uring daemon's
+/// background requests on the ring without the send point (6.14 to 6.17:
+/// they skip `fuse_send_one`, where every send hook but the virtio-fs
+/// one is).
+pub fn verdict(
+    choices: &[PointChoice],
+    send_function: Option<&str>,
+    unsent_ring_background: bool,
+) -> Verdict {
     let has = |s: Point, t: Transport| {
         choices
             .iter()
@@ -183,6 +191,8 @@ pub fn verdict(choices: &[PointChoice], send_function: Option<&str>) -> Verdict 
                 "io_uring daemons: not joined, their requests are not sent through {} (the send this backend has here); use the default backend",
                 kfunc::SENT_DEV_FUSE_ONLY
             )
+        } else if unsent_ring_background {
+            "io_uring daemons: every point is observed, but background requests (READ, WRITE with writeback) have no send point: this kernel queues them on the ring without fuse_send_one (6.14 to 6.17)".to_string()
         } else {
             "io_uring daemons: every point is observed".to_string()
         });
@@ -306,7 +316,7 @@ pub fn report(args: &DoctorArgs) -> Result<Report> {
         .kallsyms
         .resolve("fuse_request_assign_unique")
         .is_some();
-    let v = verdict(&choices, send_function);
+    let v = verdict(&choices, send_function, uring && !assigns_first);
     let (mounts, mounts_error) = match mount_reports(dev_fuse_files, &choices) {
         Ok(m) => (m, None),
         Err(e) => (Vec::new(), Some(e)),
@@ -565,7 +575,7 @@ mod tests {
                 skipped: vec![],
             });
         }
-        let tp = verdict(&all, Some("fuse_dev_queue_req"));
+        let tp = verdict(&all, Some("fuse_dev_queue_req"), false);
         assert!(tp.complete);
         assert!(
             tp.reason
@@ -577,7 +587,7 @@ mod tests {
         for c in all.iter_mut().filter(|c| c.point == Sent) {
             c.hook = Some(crate::kernel::hooks::HOOK_TABLE[0].1[3]);
         }
-        let kp = verdict(&all, Some("fuse_dev_queue_req"));
+        let kp = verdict(&all, Some("fuse_dev_queue_req"), false);
         assert!(kp.complete, "{}", kp.reason);
         assert!(
             kp.reason
@@ -595,7 +605,7 @@ mod tests {
             "{}",
             kp.reason
         );
-        let kp_old = verdict(&all, Some("fuse_send_one"));
+        let kp_old = verdict(&all, Some("fuse_send_one"), false);
         assert!(
             kp_old
                 .reason
@@ -603,17 +613,26 @@ mod tests {
             "{}",
             kp_old.reason
         );
+        // 6.14 to 6.17: an io_uring daemon's background requests skip the send.
+        let early = verdict(&all, Some("fuse_send_one"), true);
+        assert!(
+            early
+                .reason
+                .contains("background requests (READ, WRITE with writeback) have no send point"),
+            "{}",
+            early.reason
+        );
     }
 
     #[test]
     fn verdict_needs_sent_ended_and_one_side() {
         use Point::*;
-        assert!(verdict(&choices(&[Sent, Taken, Replied, Ended]), None).complete);
-        assert!(verdict(&choices(&[Sent, Virtq, DeviceDone, Ended]), None).complete);
-        let v = verdict(&choices(&[Sent, Taken, Replied]), None);
+        assert!(verdict(&choices(&[Sent, Taken, Replied, Ended]), None, false).complete);
+        assert!(verdict(&choices(&[Sent, Virtq, DeviceDone, Ended]), None, false).complete);
+        let v = verdict(&choices(&[Sent, Taken, Replied]), None, false);
         assert!(!v.complete);
         assert!(v.reason.contains("ended"), "{}", v.reason);
-        assert!(!verdict(&choices(&[Sent, Ended, Taken]), None).complete);
+        assert!(!verdict(&choices(&[Sent, Ended, Taken]), None, false).complete);
         assert_eq!(
             backend_of(&choices(&[Sent, Ended])),
             Some(HOOK_TABLE[0].1[0].backend)

@@ -168,7 +168,7 @@ fn unknown_way(ways: &[&[Hop]]) -> anyhow::Error {
         .collect();
     anyhow::anyhow!(
         "this kernel's FUSE layout is unknown to fusetrace: struct {} reaches its struct fuse_conn by none of {} in the kernel's BTF; \
-         tracing cannot start (`doctor`, `report` and `daemon` still work): please report this kernel",
+         no tracing command can start here (`report` on a recording and `daemon` still work): please report this kernel",
         ways[0][0].from,
         tried.join(", ")
     )
@@ -272,6 +272,51 @@ pub fn uring_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Up to 7.1 a request reaches its connection through its mount, from
+    /// 7.2 through its channel; a kernel with neither gets one line naming
+    /// what was looked for.
+    #[test]
+    fn the_way_to_the_connection_is_the_kernels() {
+        use crate::kernel::btf::tests::Builder;
+        let old = {
+            let mut b = Builder::new();
+            b.int("u64", 8); // 1
+            b.strukt("fuse_req", 64, &[("fm", 1, 320)], false);
+            b.strukt("fuse_mount", 16, &[("fc", 1, 0)], false);
+            b.strukt("fuse_dev", 32, &[("fc", 1, 64)], false);
+            Btf::parse(&b.finish()).unwrap()
+        };
+        assert_eq!(way_to_connection(&old, REQUEST_WAYS).unwrap(), [40, 0]);
+        assert_eq!(way_to_connection(&old, DEV_WAYS).unwrap(), [8, NO_HOP]);
+        let new = {
+            let mut b = Builder::new();
+            b.int("u64", 8); // 1
+            b.strukt("fuse_req", 64, &[("chan", 1, 448)], false);
+            b.strukt("fuse_chan", 64, &[("lock", 1, 0), ("conn", 1, 64)], false);
+            b.strukt("fuse_dev", 32, &[("chan", 1, 64)], false);
+            Btf::parse(&b.finish()).unwrap()
+        };
+        assert_eq!(way_to_connection(&new, REQUEST_WAYS).unwrap(), [56, 8]);
+        assert_eq!(way_to_connection(&new, DEV_WAYS).unwrap(), [8, 8]);
+        let neither = {
+            let mut b = Builder::new();
+            b.int("u64", 8);
+            b.strukt("fuse_req", 64, &[("owner", 1, 0)], false);
+            Btf::parse(&b.finish()).unwrap()
+        };
+        let e = way_to_connection(&neither, REQUEST_WAYS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("struct fuse_req")
+                && e.contains("fuse_req.chan -> fuse_chan.conn")
+                && e.contains("fuse_req.fm -> fuse_mount.fc")
+                && e.contains("`report` on a recording and `daemon` still work")
+                && !e.contains('\n'),
+            "{e}"
+        );
+    }
 
     #[test]
     fn major_minor_uses_kernel_encoding() {

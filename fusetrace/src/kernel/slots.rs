@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use aya::maps::{HashMap, MapData};
-use fusetrace_common::{AGG_IN_FLIGHT, AggSent, AggSlot};
+use fusetrace_common::{AGG_IN_FLIGHT, AGG_SLOT_CLAIMED, AggSent, AggSlot};
 
 /// A request in flight: its connection and when it was sent
 /// (`CLOCK_MONOTONIC` ns, as `bpf_ktime_get_ns`).
@@ -72,7 +72,8 @@ impl InFlightTables {
             // SAFETY: within the mapping; volatile, since the kernel writes it.
             let slot = unsafe { self.slots.as_ptr().add(i) };
             let req = unsafe { std::ptr::read_volatile(&raw const (*slot).req) };
-            if req == 0 {
+            // Free, or being filled (its request is still in the overflow).
+            if req == 0 || req == AGG_SLOT_CLAIMED {
                 continue;
             }
             let sent = unsafe { std::ptr::read_volatile(&raw const (*slot).sent) };
