@@ -276,14 +276,7 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
         // SAFETY: a map value, `req` aligned; only the end of the request
         // stored here frees it again.
         unsafe {
-            // The BPF target has no `AtomicU64::compare_exchange` (Rust
-            // marks it without CAS); the intrinsic is BPF_CMPXCHG (5.12+).
-            let (_, claimed) = atomic_cxchg::<
-                u64,
-                { AtomicOrdering::SeqCst },
-                { AtomicOrdering::SeqCst },
-            >(&raw mut (*slot).req, 0, req);
-            if claimed {
+            if claim(slot, req) {
                 (*slot).sent = sent;
                 bump(counters::AGG_STARTED);
                 return;
@@ -294,6 +287,26 @@ fn agg_send<const DIRECT: bool>(req: Option<u64>) {
         Ok(()) => bump(counters::AGG_STARTED),
         Err(_) => bump(counters::AGG_TABLE_FULL),
     }
+}
+
+/// Takes a free slot for `req` (or [`AGG_SLOT_CLAIMED`]): whether it was
+/// free. A compare-and-swap, since two CPUs may go for one slot at once.
+/// The BPF target has no `AtomicU64::compare_exchange` (Rust marks it
+/// without CAS); the intrinsic is BPF_CMPXCHG (Linux 5.12+).
+///
+/// # Safety
+/// `slot` is a value of `AGG_SLOTS`.
+#[inline(always)]
+unsafe fn claim(slot: *mut AggSlot, req: u64) -> bool {
+    // SAFETY: a map value, `req` aligned.
+    let (_, claimed) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*slot).req,
+            0,
+            req,
+        )
+    };
+    claimed
 }
 
 /// A mount begins (its INIT is sent): its connection number's generation
@@ -532,12 +545,7 @@ pub fn agg_daemon_point(
         if !replied && let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique, connection)) {
             // SAFETY: map values, `req` aligned.
             unsafe {
-                let (_, claimed) = atomic_cxchg::<
-                    u64,
-                    { AtomicOrdering::SeqCst },
-                    { AtomicOrdering::SeqCst },
-                >(&raw mut (*slot).req, 0, AGG_SLOT_CLAIMED);
-                if claimed {
+                if claim(slot, AGG_SLOT_CLAIMED) {
                     (*slot).sent = *sent;
                     core::ptr::write_volatile(&raw mut (*slot).req, req);
                     if AGG_SENT.remove(&req).is_err() {
