@@ -1,21 +1,25 @@
-//! `cargo xtask vmtest [--kernel SERIES]`: the integration tests on more
+//! `cargo xtask vmtest [--kernel GUEST]`: the integration tests on more
 //! kernels, booted with virtme-ng under software emulation (nested KVM does
-//! not work on the CI machines), one after the other:
+//! not work on the CI machines), one after the other ([`GUESTS`]):
 //!
 //! - Debian's 6.1 (Debian 12): no FUSE tracepoints; kprobes and fentry;
 //! - Debian's 6.12 (Debian 13, the long-term line of RHEL 10 too): FUSE
-//!   tracepoints that fire before the request id is assigned; kprobes and
-//!   fentry. Its default backend (tp-btf) runs the tests as well.
+//!   tracepoints that fire before the request id is assigned;
+//! - Debian's 6.17 (backports): FUSE over io_uring with kprobes and fentry;
+//! - the newest line Debian ships at all, whatever its number (7.3 as this
+//!   is written): a new kernel that breaks us turns CI red.
 //!
-//! Both with a virtio-fs root. The guest sees the host's file system
-//! read-only (with a writable /tmp), so the test binaries built here run in
-//! it unchanged.
+//! No kernel version is written here: each guest boots the newest package
+//! of its line that apt finds, with a sources list of its own (the host's
+//! plus backports and unstable). All with a virtio-fs root. The guest sees
+//! the host's file system read-only (with a writable /tmp), so the test
+//! binaries built here run in it unchanged.
 //!
-//! Everything it fetches stays in the repository: the kernel package in
-//! `target/vm/`, virtme-ng in `.tools/vng/`, virtiofsd in `.tools/virtiofsd/`.
-//! vng finds the package's modules next to its kernel image (`kroot/lib/
-//! modules`) and mounts them in the guest, so nothing is written to the
-//! host's /lib/modules.
+//! Everything it fetches stays in the repository: apt's state in
+//! `target/vm/apt/`, each kernel package in `target/vm/<guest>/`, virtme-ng
+//! in `.tools/vng/`, virtiofsd in `.tools/virtiofsd/`. vng finds a
+//! package's modules next to its kernel image and mounts them in the guest,
+//! so nothing is written to the host's /lib/modules.
 
 use std::{
     path::{Path, PathBuf},
