@@ -5,7 +5,12 @@
 //! and `doctor`'s survey share it. Attached probes deliver events from the
 //! ring buffer and counters from the kernel's maps.
 
-use std::{os::fd::AsRawFd, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
@@ -33,7 +38,6 @@ use crate::kernel::{
     tracefs::{self, RecordFormat},
 };
 use crate::record::format::Names;
-use std::os::fd::AsFd;
 
 /// The compiled eBPF object, built by build.rs from `fusetrace-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FUSETRACE_EBPF_OBJECT"));
@@ -550,8 +554,8 @@ pub const TAKES_UNSEEN_AT_START: &str = "takes unseen at start";
 /// The threads sleeping in `fuse_dev_do_read` (`/proc/*/task/*/wchan`):
 /// daemon threads waiting for a message. An fexit attached during such a
 /// call does not run when it returns.
-fn waiting_in_read() -> std::collections::BTreeSet<u32> {
-    let mut tids = std::collections::BTreeSet::new();
+fn waiting_in_read() -> BTreeSet<u32> {
+    let mut tids = BTreeSet::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return tids;
     };
