@@ -148,10 +148,13 @@ pub const DEV_WAYS: &[&[Hop]] = &[
     &[hop("fuse_dev", "fc", "fuse_conn")],
 ];
 
-fn first_known_way(btf: &Btf, ways: &'static [&'static [Hop]]) -> Option<&'static [Hop]> {
+/// The first of `ways` whose members this kernel's BTF has, or the one
+/// line saying none fits.
+fn known_way(btf: &Btf, ways: &'static [&'static [Hop]]) -> Result<&'static [Hop]> {
     ways.iter()
         .copied()
         .find(|way| way.iter().all(|h| btf.offset_of(h.from, h.member).is_ok()))
+        .ok_or_else(|| unknown_way(ways))
 }
 
 /// The one line a kernel whose layout no way fits gets: the struct and
@@ -177,7 +180,7 @@ fn unknown_way(ways: &[&[Hop]]) -> anyhow::Error {
 /// The offsets of the first way this kernel has; [`NO_HOP`] in place of a
 /// second pointer the way does not need.
 pub fn way_to_connection(btf: &Btf, ways: &'static [&'static [Hop]]) -> Result<[u32; 2]> {
-    let way = first_known_way(btf, ways).ok_or_else(|| unknown_way(ways))?;
+    let way = known_way(btf, ways)?;
     let mut offsets = [NO_HOP; 2];
     for (slot, h) in offsets.iter_mut().zip(way) {
         *slot = btf.offset_of(h.from, h.member)?;
@@ -246,7 +249,7 @@ pub fn uring_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
     }
     // The ring hangs where the `/dev/fuse` file's way to its connection
     // first leads: the connection up to 7.1, the channel from 7.2.
-    let dev_way = first_known_way(btf, DEV_WAYS).ok_or_else(|| unknown_way(DEV_WAYS))?;
+    let dev_way = known_way(btf, DEV_WAYS)?;
     l.chan_ring = btf.offset_of(dev_way[0].to, "ring")?;
     l.ring_ready = btf.offset_of("fuse_ring", "ready")?;
     l.ring_nr_queues = btf.offset_of("fuse_ring", "nr_queues")?;
