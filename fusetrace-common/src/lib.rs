@@ -262,7 +262,8 @@ pub struct KernelLayout {
     pub tp_end_unique: u32,
     pub tp_end_len: u32,
     pub tp_end_error: u32,
-    /// Offsets in `struct pt_regs` of the first three syscall arguments.
+    /// Offsets in `struct pt_regs` of a function's first three arguments
+    /// at its entry (kprobes); the second and third are a syscall's too.
     pub regs_arg0: u32,
     pub regs_arg1: u32,
     pub regs_arg2: u32,
@@ -397,8 +398,13 @@ pub struct KernelLayout {
     pub arg_read_fud: u32,
     pub arg_read_cs: u32,
     pub arg_read_ret: u32,
-    /// `offsetof(struct pt_regs, orig_ax)` (x86_64): the syscall number,
-    /// and the numbers of the read(2) family (the running architecture's).
+    /// Offset in `struct pt_regs` of a syscall's first argument at its
+    /// exit (`di` on x86_64; `orig_x0` on arm64, whose `regs[0]` holds the
+    /// result by then).
+    pub regs_syscall_arg0: u32,
+    /// Offset in `struct pt_regs` of the syscall number (`orig_ax`,
+    /// `syscallno`), and the numbers of the read(2) family (the running
+    /// architecture's).
     pub regs_syscall_nr: u32,
     pub nr_read: u32,
     pub nr_pread64: u32,

@@ -547,7 +547,7 @@ fn syscall_args(l: &KernelLayout) -> Option<[u64; 4]> {
         unsafe { core::ptr::read_volatile((regs + off as u64) as *const u64) }
     };
     Some([
-        arg(l.regs_arg0),
+        arg(l.regs_syscall_arg0),
         arg(l.regs_arg1),
         arg(l.regs_arg2),
         arg(l.regs_syscall_nr),

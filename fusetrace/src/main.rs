@@ -7,10 +7,23 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fusetrace::{cli, diagnose, kernel::doctor, lab, pipeline::opcode, record, serve};
 
+/// `--version`: what was built, from where, for which machine, and whether
+/// it can trace at all.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FUSETRACE_COMMIT"),
+    ", ",
+    env!("FUSETRACE_TARGET"),
+    ", ",
+    env!("FUSETRACE_EBPF_STATE"),
+    ")"
+);
+
 /// Where the time goes in FUSE file systems: every request's whole life,
 /// traced with eBPF.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

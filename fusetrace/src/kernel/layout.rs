@@ -27,11 +27,16 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
     l.inode_rdev = btf.offset_of("inode", "i_rdev")?;
     [l.dev_chan, l.dev_chan_conn] = way_to_connection(btf, DEV_WAYS)?;
     l.fuse_rdev = fuse_char_device()?;
-    let [a0, a1, a2] = SYSCALL_ARG_REGS;
-    l.regs_arg0 = btf.offset_of("pt_regs", a0)?;
-    l.regs_arg1 = btf.offset_of("pt_regs", a1)?;
-    l.regs_arg2 = btf.offset_of("pt_regs", a2)?;
-    l.regs_syscall_nr = btf.offset_of("pt_regs", SYSCALL_NR_REG)?;
+    let reg = |(member, index): Reg| -> Result<u32> {
+        Ok(btf.offset_of("pt_regs", member)? + index * 8)
+    };
+    [l.regs_arg0, l.regs_arg1, l.regs_arg2] = [
+        reg(REGS.call_args[0])?,
+        reg(REGS.call_args[1])?,
+        reg(REGS.call_args[2])?,
+    ];
+    l.regs_syscall_arg0 = reg(REGS.syscall_arg0)?;
+    l.regs_syscall_nr = reg(REGS.syscall_nr)?;
     // The read(2) family, by this architecture's numbers: how the kernel-
     // side take finds a FORGET's header in the daemon's memory.
     l.nr_read = libc::SYS_read as u32;
@@ -210,15 +215,38 @@ pub(crate) fn diagnose_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
     Ok(())
 }
 
-/// `struct pt_regs` members holding the first three syscall arguments.
+/// A register in `struct pt_regs`: a member, and the index of a 64-bit
+/// element in it (arm64 keeps its registers in an array).
+type Reg = (&'static str, u32);
+
+/// Where this architecture's `struct pt_regs` keeps what the probes read;
+/// the offsets themselves come from BTF.
+struct Regs {
+    /// A function's first three arguments at its entry (kprobes); the
+    /// second and third are also a syscall's.
+    call_args: [Reg; 3],
+    /// A syscall's first argument at its exit: arm64 returns the result in
+    /// the register that carried it, and keeps the argument in `orig_x0`.
+    syscall_arg0: Reg,
+    /// The syscall number (read as its low 32 bits).
+    syscall_nr: Reg,
+}
+
 #[cfg(target_arch = "x86_64")]
-const SYSCALL_ARG_REGS: [&str; 3] = ["di", "si", "dx"];
-/// The `struct pt_regs` member holding the syscall number.
-#[cfg(target_arch = "x86_64")]
-const SYSCALL_NR_REG: &str = "orig_ax";
-#[cfg(not(target_arch = "x86_64"))]
+const REGS: Regs = Regs {
+    call_args: [("di", 0), ("si", 0), ("dx", 0)],
+    syscall_arg0: ("di", 0),
+    syscall_nr: ("orig_ax", 0),
+};
+#[cfg(target_arch = "aarch64")]
+const REGS: Regs = Regs {
+    call_args: [("regs", 0), ("regs", 1), ("regs", 2)],
+    syscall_arg0: ("orig_x0", 0),
+    syscall_nr: ("syscallno", 0),
+};
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!(
-    "fusetrace reads syscall arguments from x86_64 pt_regs; other architectures need their register names here"
+    "fusetrace reads arguments from x86_64 and arm64 pt_regs; other architectures need their registers in `REGS`"
 );
 
 /// Kernel `dev_t` of `/dev/fuse`, from sysfs ("10:229").

@@ -168,8 +168,12 @@ impl Probes {
         let probes = Probes::load_and_attach(opts);
         // Reading BTF and kallsyms allocated tens of MiB that are garbage
         // now; give it back, so that a long run's RSS is what it uses.
+        // (glibc only: musl's malloc returns freed memory by itself.)
         // SAFETY: malloc_trim only releases memory malloc holds free.
-        unsafe { libc::malloc_trim(0) };
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0)
+        };
         probes
     }
 
