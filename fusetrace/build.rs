@@ -40,7 +40,10 @@ fn main() {
         .find(|dir| dir.join("bpf-linker").is_file());
     let linker_dir = match linker_dir {
         Some(dir) if !skip => {
-            println!("cargo:rerun-if-changed={}", dir.join("bpf-linker").display());
+            println!(
+                "cargo:rerun-if-changed={}",
+                dir.join("bpf-linker").display()
+            );
             dir
         }
         _ => {
@@ -57,7 +60,9 @@ fn main() {
             println!(
                 "cargo:warning=building fusetrace without its eBPF programs ({why}): it will not trace"
             );
-            println!("cargo:rustc-env=FUSETRACE_EBPF_STATE=built without its kernel programs ({why})");
+            println!(
+                "cargo:rustc-env=FUSETRACE_EBPF_STATE=built without its kernel programs ({why})"
+            );
             let empty = PathBuf::from(env::var("OUT_DIR").unwrap()).join("no-ebpf-object");
             std::fs::write(&empty, b"").expect("writing the empty eBPF object");
             println!("cargo:rustc-env=FUSETRACE_EBPF_OBJECT={}", empty.display());
@@ -153,5 +158,8 @@ fn version_facts(root: &Path) {
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=FUSETRACE_COMMIT={commit}");
-    println!("cargo:rustc-env=FUSETRACE_TARGET={}", env::var("TARGET").unwrap());
+    println!(
+        "cargo:rustc-env=FUSETRACE_TARGET={}",
+        env::var("TARGET").unwrap()
+    );
 }

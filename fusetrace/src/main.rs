@@ -1,10 +1,11 @@
 //! The command line: one subcommand per verb, dispatched to the module that
 //! owns its arguments and its `run`.
 
-use std::process::ExitCode;
+use std::{fs::File, path::PathBuf, process::ExitCode};
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 use fusetrace::{cli, diagnose, kernel::doctor, lab, pipeline::opcode, record, serve};
 
 /// `--version`: what was built, from where, for which machine, and whether
@@ -63,6 +64,13 @@ enum Command {
     /// core (`cargo xtask bench` runs it).
     #[command(hide = true)]
     BenchConsumer(lab::bench_consumer::BenchConsumerArgs),
+    /// Write the man pages (`man/fusetrace.1` and one per command) and the
+    /// bash, zsh and fish completions into DIR (`cargo xtask dist` packs them).
+    #[command(hide = true)]
+    Assets {
+        /// The folder to write `man/` and `completions/` into.
+        dir: PathBuf,
+    },
 }
 
 fn run(command: Command) -> Result<ExitCode> {
@@ -80,6 +88,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Doctor(args) => doctor::run(&args),
         Command::Serve(args) => args.run(),
         Command::BenchConsumer(args) => lab::bench_consumer::main(&args),
+        Command::Assets { dir } => write_assets(&dir),
         Command::Ops => {
             for (n, name) in opcode::OPCODES {
                 println!("{n:>5} {name}");
@@ -88,6 +97,40 @@ fn run(command: Command) -> Result<ExitCode> {
         }
     }?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Man pages and shell completions, generated from the definitions above so
+/// that they never disagree with `--help`.
+fn write_assets(dir: &std::path::Path) -> Result<()> {
+    let create = |path: PathBuf| {
+        std::fs::create_dir_all(path.parent().unwrap())
+            .and_then(|()| File::create(&path))
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    let mut cli = Cli::command().name("fusetrace");
+    cli.build();
+    let mut pages = vec![("fusetrace".to_string(), cli.clone())];
+    for sub in cli
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = format!("fusetrace-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        clap_mangen::Man::new(page)
+            .render(&mut create(dir.join(format!("man/{name}.1")))?)
+            .with_context(|| format!("cannot write the man page {name}.1"))?;
+    }
+    for (shell, file) in [
+        (Shell::Bash, "fusetrace.bash"),
+        (Shell::Zsh, "_fusetrace"),
+        (Shell::Fish, "fusetrace.fish"),
+    ] {
+        let mut out = create(dir.join("completions").join(file))?;
+        clap_complete::generate(shell, &mut cli, "fusetrace", &mut out);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

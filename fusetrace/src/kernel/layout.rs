@@ -27,9 +27,8 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
     l.inode_rdev = btf.offset_of("inode", "i_rdev")?;
     [l.dev_chan, l.dev_chan_conn] = way_to_connection(btf, DEV_WAYS)?;
     l.fuse_rdev = fuse_char_device()?;
-    let reg = |(member, index): Reg| -> Result<u32> {
-        Ok(btf.offset_of("pt_regs", member)? + index * 8)
-    };
+    let reg =
+        |(member, index): Reg| -> Result<u32> { Ok(btf.offset_of("pt_regs", member)? + index * 8) };
     [l.regs_arg0, l.regs_arg1, l.regs_arg2] = [
         reg(REGS.call_args[0])?,
         reg(REGS.call_args[1])?,

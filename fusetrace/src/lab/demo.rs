@@ -3,7 +3,11 @@
 //! the per-opcode stats and cleans up.
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::Duration,
 };
@@ -12,12 +16,16 @@ use anyhow::{Context, Result};
 
 use crate::{
     kernel::probes::{ProbeOptions, Probes},
-    lab::daemon::{DaemonConfig, MountedDaemon},
+    lab::daemon::{DaemonConfig, MountedDaemon, answered_uncounted},
     lab::load::{self, LoadArgs, Workload},
     output::accumulate::StatsOutput,
     output::print::{Format, StatsPrinter},
+    output::sink::{FanOut, Sink},
+    pipeline::connections::ConnectionTable,
     pipeline::connections::connection_of,
-    pipeline::session::{self, Filter, StopWhen},
+    pipeline::lifecycle::RequestLifecycle,
+    pipeline::opcode,
+    pipeline::session::{self, Filter, RunSummary, StopWhen},
     units::parse_duration,
 };
 
@@ -45,7 +53,9 @@ pub struct DemoArgs {
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     // Before the mount: a missing privilege fails here, with nothing to undo.
-    let stop = StopWhen::on_signals(Some(args.duration))?;
+    // No deadline of its own: the trace ends when the load thread has
+    // unmounted the daemon, so that both count the same window.
+    let stop = StopWhen::on_signals(None)?;
     if args.tui {
         crate::tui::require_terminal()?;
     }
@@ -84,13 +94,20 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         file_size: 4 << 20,
         block_size: 4096,
     };
+    let served = daemon.counts();
     let stop_flag = Arc::clone(&stop.flag);
+    let window_closed = Arc::new(AtomicBool::new(false));
+    let closed = Arc::clone(&window_closed);
     let loader = thread::spawn(move || {
         let report = load::run(&load_args);
-        // The trace ends with the load.
-        stop_flag.store(true, Ordering::Relaxed);
-        report
+        // The trace ends after the unmount: the daemon's last requests
+        // (RELEASE, FORGET, DESTROY) are in both counts.
+        let unmounted = daemon.unmount();
+        closed.store(true, Ordering::SeqCst);
+        stop_flag.store(true, Ordering::SeqCst);
+        (report, unmounted)
     });
+    let mut uncounted = Uncounted::default();
     let traced = if args.tui {
         let opts = crate::tui::TopOptions {
             config: crate::tui::state::TopConfig::default(),
@@ -100,7 +117,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         crate::tui::run(&mut probes, &filter, &stop, &opts)
     } else {
         let printer = StatsPrinter::new(std::io::stdout().lock(), args.format, false);
-        let mut sink = StatsOutput::printing(printer, None);
+        let mut stats = StatsOutput::printing(printer, None);
+        let mut sink = FanOut {
+            sinks: vec![&mut stats, &mut uncounted],
+        };
         session::run(
             &mut probes,
             &filter,
@@ -109,16 +129,79 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             Duration::from_secs(1),
         )
     };
-    let report = loader.join().expect("load thread panicked");
-    let served = daemon.counts();
-    daemon.unmount()?;
+    // Read before the join: a Ctrl-C that ended the trace early leaves the
+    // window open (the load runs its course, unmounts, and is joined).
+    let same_window = window_closed.load(Ordering::SeqCst);
+    let (report, unmounted) = loader.join().expect("load thread panicked");
+    unmounted?;
     let summary = traced?;
     let report = report?;
     eprintln!("fusetrace demo: {report}");
+    let served = served.snapshot().values().sum::<u64>();
+    let traced = summary.requests - uncounted.total;
     eprintln!(
-        "fusetrace demo: the daemon counted {} requests it served; fusetrace traced {} (requests fuser answers by itself, such as STATX, are not in the daemon's count)",
-        served.snapshot().values().sum::<u64>(),
-        summary.requests
+        "fusetrace demo: {}{}",
+        closing_line(served, traced, same_window),
+        uncounted.describe()
     );
     Ok(())
+}
+
+/// Traced requests of the opcodes the daemon answers without counting
+/// ([`answered_uncounted`]: fuser answers STATX and INTERRUPT itself): they
+/// are left out of the comparison, and named.
+#[derive(Default)]
+struct Uncounted {
+    by_opcode: BTreeMap<u32, u64>,
+    total: u64,
+}
+
+impl Sink for Uncounted {
+    fn request(&mut self, rec: &RequestLifecycle, _: &mut ConnectionTable) -> Result<()> {
+        if answered_uncounted(rec.opcode) {
+            *self.by_opcode.entry(rec.opcode).or_default() += 1;
+            self.total += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, _: &RunSummary, _: &mut ConnectionTable) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Uncounted {
+    fn describe(&self) -> String {
+        if self.total == 0 {
+            return String::new();
+        }
+        let ops: Vec<String> = self
+            .by_opcode
+            .iter()
+            .map(|(op, n)| format!("{n} {}", opcode::name(*op)))
+            .collect();
+        format!(
+            " (besides {}, which fuser answers itself and the daemon does not count)",
+            ops.join(", ")
+        )
+    }
+}
+
+/// The demo's proof: the daemon's own count of what it served from mount
+/// to unmount against what fusetrace traced over the same window.
+fn closing_line(served: u64, traced: u64, same_window: bool) -> String {
+    if !same_window {
+        format!(
+            "interrupted: the daemon served {served} requests from mount to unmount; fusetrace traced {traced} before it was stopped"
+        )
+    } else if served == traced {
+        format!(
+            "exact: the daemon served {served} requests from mount to unmount, and fusetrace traced {traced}"
+        )
+    } else {
+        format!(
+            "the daemon served {served} requests from mount to unmount, but fusetrace traced {traced}: {} differ (the summary above counts what was lost)",
+            served.abs_diff(traced)
+        )
+    }
 }

@@ -55,6 +55,12 @@ use super::fs::{MemFs, Owner, SetAttr};
 /// Kernel opcode numbers (`enum fuse_opcode`).
 pub(crate) use fusetrace_common::opcode as op;
 
+/// Requests of this opcode are answered by fuser (or, over io_uring, by
+/// `wire::serve`) without being counted: see the list above.
+pub fn answered_uncounted(opcode: u32) -> bool {
+    matches!(opcode, op::INTERRUPT | op::NOTIFY_REPLY | op::CUSE_INIT) || opcode >= op::SETUPMAPPING
+}
+
 /// Size of the per-opcode tables (counts, latency); every opcode fuser can
 /// hand to the trait is below it.
 pub(crate) const OPCODE_SLOTS: usize = 64;

@@ -13,6 +13,7 @@ mod fs;
 mod uring;
 mod wire;
 
+pub use dispatch::answered_uncounted;
 pub use uring::TransportCounts;
 
 use std::collections::BTreeMap;
