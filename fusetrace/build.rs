@@ -34,6 +34,7 @@ fn main() {
     let tools_dir = root.join(".tools/bpf-linker/bin");
     println!("cargo:rerun-if-changed={}", tools_dir.display());
     println!("cargo:rerun-if-env-changed=FUSETRACE_SKIP_EBPF");
+    println!("cargo:rerun-if-env-changed=FUSETRACE_REQUIRE_EBPF");
     let skip = env::var_os("FUSETRACE_SKIP_EBPF").is_some_and(|v| v == "1");
     let linker_dir = std::iter::once(tools_dir.clone())
         .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default()))
@@ -47,6 +48,13 @@ fn main() {
             dir
         }
         _ => {
+            // Release builds (`cargo xtask dist`) refuse instead.
+            if env::var_os("FUSETRACE_REQUIRE_EBPF").is_some_and(|v| v == "1") {
+                panic!(
+                    "FUSETRACE_REQUIRE_EBPF=1, but no bpf-linker in {} or on PATH: run `cargo xtask setup`",
+                    tools_dir.display()
+                );
+            }
             // One installed later, on PATH, is found by the next build.
             println!("cargo:rerun-if-env-changed=PATH");
             let why = if skip {

@@ -1,10 +1,11 @@
-//! Developer tasks: `cargo xtask setup|build|demo|test|fuzz|vmtest|bench`
+//! Developer tasks: `cargo xtask setup|build|dist|demo|test|fuzz|vmtest|bench`
 //! (`cargo xtask --help`).
 //!
-//! `setup` makes a fresh Debian machine able to build and test fusetrace:
-//! FUSE user tools, the nightly toolchain's rust-src, and a bpf-linker built
-//! against that toolchain's own LLVM, kept in `.tools/` inside the repository
-//! and reused on later runs.
+//! `build`, `dist` and `demo` install what building needs on a fresh
+//! Debian machine: FUSE user tools, the nightly toolchain's rust-src, and a
+//! bpf-linker built against that toolchain's own LLVM, kept in `.tools/`
+//! inside the repository and reused on later runs. `setup` and `test` add
+//! what the tests use (Debian packages, cargo-fuzz, a Python venv).
 
 use std::{
     env,
@@ -18,11 +19,25 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// How long `test` fuzzes the recording reader (FUSETRACE_FUZZ_SECONDS overrides).
 const FUZZ_SECONDS: u32 = 60;
-/// Debian packages the tests use: fusermount3 for mounting, bindfs as a
-/// daemon we did not write, bpftool to check that probes detach, g++ for
-/// libFuzzer (cargo-fuzz), tmux to run `fusetrace top` in a real terminal,
-/// prometheus to scrape `fusetrace serve` as fleets do.
-const APT_PACKAGES: &[&str] = &["fuse3", "bindfs", "bpftool", "g++", "tmux", "prometheus"];
+/// Debian packages building and running need: fusermount3, with which
+/// the reference daemon of `demo` mounts.
+const BUILD_PACKAGES: &[&str] = &["fuse3"];
+/// Debian packages the tests use: bindfs as a daemon we did not write,
+/// bpftool to check that probes detach, bpftrace as an independent counter,
+/// g++ for libFuzzer (cargo-fuzz), tmux to run `fusetrace top` in a real
+/// terminal, prometheus to scrape `fusetrace serve` as fleets do;
+/// debootstrap for a clean Debian root to install the `.deb` into, and
+/// qemu-user-static to run the arm64 build's unit tests.
+const TEST_PACKAGES: &[&str] = &[
+    "bindfs",
+    "bpftool",
+    "bpftrace",
+    "g++",
+    "tmux",
+    "prometheus",
+    "debootstrap",
+    "qemu-user-static",
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -63,12 +78,13 @@ fn have(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn setup_system_packages() -> Result<()> {
-    // A package is there when its main program is.
-    apt_install(
-        APT_PACKAGES,
-        |p| if p == "fuse3" { "fusermount3" } else { p },
-    )
+/// A package is there when its main program is.
+fn program_of(package: &str) -> &str {
+    match package {
+        "fuse3" => "fusermount3",
+        "qemu-user-static" => "qemu-aarch64-static",
+        p => p,
+    }
 }
 
 /// Installs with apt-get the `packages` whose program (`program_of`) is not
@@ -222,11 +238,25 @@ fn fuzz_seconds() -> Result<u32> {
     }
 }
 
-fn setup() -> Result<()> {
-    setup_system_packages()?;
+/// What building and running need: fusermount3, the pinned nightly with
+/// rust-src and bpf-linker.
+fn setup_build() -> Result<()> {
+    apt_install(BUILD_PACKAGES, program_of)?;
     setup_toolchain()?;
-    setup_bpf_linker()?;
-    setup_cargo_fuzz()
+    setup_bpf_linker()
+}
+
+/// What the tests need besides: their Debian packages, cargo-fuzz and the
+/// Python venv.
+fn setup_test() -> Result<()> {
+    apt_install(TEST_PACKAGES, program_of)?;
+    setup_cargo_fuzz()?;
+    setup_python()
+}
+
+fn setup() -> Result<()> {
+    setup_build()?;
+    setup_test()
 }
 
 /// Perfetto's compiled trace protos (PyPI `perfetto`), with which the
@@ -259,14 +289,76 @@ fn setup_python() -> Result<()> {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with(args, &[])
+}
+
+fn cargo_with(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     run(
         Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root())
-            .args(args),
+            .args(args)
+            .envs(envs.iter().copied()),
+    )
+}
+
+/// The release artifacts, then their paths and sizes.
+fn dist() -> Result<dist::Artifacts> {
+    let started = std::time::Instant::now();
+    let made = dist::dist()?;
+    for file in &made.files {
+        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        println!("{:>10}  {}", size, file.display());
+    }
+    eprintln!(
+        "xtask: dist: {} files in {} ({:.0} s)",
+        made.files.len(),
+        made.dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(made)
+}
+
+/// The release artifacts used as users get them: the static binary alone
+/// in a chroot, the `.deb` in a clean Debian root (fusetrace/tests/dist.rs),
+/// and the arm64 build's unit tests under qemu-user.
+fn dist_tests() -> Result<()> {
+    let made = dist()?;
+    let dir = made.dir.display().to_string();
+    cargo_with(
+        &[
+            "test",
+            "-p",
+            "fusetrace",
+            "--test",
+            "dist",
+            "--",
+            "--ignored",
+            "--test-threads=1",
+        ],
+        &[("FUSETRACE_DIST", &dir)],
+    )?;
+    let arm = &dist::ARCHES[1];
+    let runner = format!(
+        "CARGO_TARGET_{}_RUNNER",
+        arm.triple.to_uppercase().replace('-', "_")
+    );
+    cargo_with(
+        &[
+            "test",
+            "--target",
+            arm.triple,
+            "-p",
+            "fusetrace",
+            "-p",
+            "fusetrace-common",
+            "--lib",
+        ],
+        &[(&runner, "qemu-aarch64-static")],
     )
 }
 
 mod bench;
+mod dist;
 mod vmtest;
 
 /// Developer tasks for fusetrace (`cargo xtask TASK`).
@@ -283,15 +375,21 @@ enum Task {
     /// nightly with rust-src, bpf-linker and cargo-fuzz (into .tools/), and
     /// a Python venv with Perfetto's trace protos (.tools/py).
     Setup,
-    /// Set up, then build the release binary (target/release/fusetrace).
+    /// Install what building needs (fuse3, the nightly, bpf-linker), then
+    /// build the release binary (target/release/fusetrace).
     Build,
-    /// Set up, build, and run `fusetrace demo` with ARGS.
+    /// Build the release artifacts into target/dist: static binaries for
+    /// x86_64 and aarch64, a .deb and a tarball each, SHA256SUMS.
+    Dist,
+    /// Install what building needs, build, and run `fusetrace demo` with ARGS.
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// README's test command: set up, then fmt --check, clippy -D warnings,
-    /// cargo test and a bounded fuzz run of the recording reader.
+    /// cargo test, the release artifacts built and tried (a chroot, a
+    /// debootstrapped Debian, qemu-user for arm64) and a bounded fuzz run of
+    /// the recording reader.
     Test,
     /// Set up, then fuzz the recording reader (FUSETRACE_FUZZ_SECONDS, 60).
     Fuzz,
@@ -310,18 +408,19 @@ fn main() -> ExitCode {
     let cli = <Cli as clap::Parser>::parse();
     let release = || cargo(&["build", "--release", "-p", "fusetrace"]);
     let result = match cli.task {
-        Task::Setup => setup().and_then(|()| setup_python()),
-        Task::Build => setup().and_then(|()| release()),
-        Task::Demo { args } => setup().and_then(|()| release()).and_then(|()| {
+        Task::Setup => setup(),
+        Task::Build => setup_build().and_then(|()| release()),
+        Task::Dist => setup_build().and_then(|()| dist()).map(|_| ()),
+        Task::Demo { args } => setup_build().and_then(|()| release()).and_then(|()| {
             run(Command::new(root().join("target/release/fusetrace"))
                 .arg("demo")
                 .args(&args))
         }),
         Task::Test => setup()
-            .and_then(|()| setup_python())
             .and_then(|()| cargo(&["fmt", "--all", "--check"]))
             .and_then(|()| cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]))
             .and_then(|()| cargo(&["test"]))
+            .and_then(|()| dist_tests())
             .and_then(|()| fuzz(fuzz_seconds()?)),
         Task::Fuzz => setup().and_then(|()| fuzz(fuzz_seconds()?)),
         Task::Vmtest { kernel } => setup().and_then(|()| vmtest::vmtest(kernel.as_deref())),

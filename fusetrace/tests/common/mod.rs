@@ -284,8 +284,15 @@ impl Tracer {
                 args.extend(["--daemon-side", side.as_str()]);
             }
         }
-        let mut child = Command::new(bin())
-            .args(&args)
+        let mut cmd = Command::new(bin());
+        cmd.args(&args);
+        Tracer::spawn(cmd)
+    }
+
+    /// Starts a tracing command built elsewhere (another binary, in a
+    /// chroot) and waits until its probes are attached.
+    pub fn spawn(mut cmd: Command) -> Tracer {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
