@@ -546,11 +546,16 @@ fn syscall_args(l: &KernelLayout) -> Option<[u64; 4]> {
         // SAFETY: see above; a fault reads as zero.
         unsafe { core::ptr::read_volatile((regs + off as u64) as *const u64) }
     };
+    // The number as 32 bits: arm64's `syscallno` is an int, and the
+    // verifier refuses a read past the member's end (x86_64's `orig_ax`
+    // is 64 bits, its low half first).
+    // SAFETY: as above.
+    let nr = unsafe { core::ptr::read_volatile((regs + l.regs_syscall_nr as u64) as *const u32) };
     Some([
         arg(l.regs_syscall_arg0),
         arg(l.regs_arg1),
         arg(l.regs_arg2),
-        arg(l.regs_syscall_nr),
+        u64::from(nr),
     ])
 }
 

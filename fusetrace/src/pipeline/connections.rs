@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     ffi::OsString,
-    os::unix::{ffi::OsStringExt, fs::MetadataExt},
+    os::unix::ffi::OsStringExt,
     path::{Path, PathBuf},
 };
 
@@ -152,10 +152,8 @@ impl ConnectionTable {
 
 /// The connection id of the FUSE mount at `path`, or a clear error.
 pub fn connection_of(path: &Path) -> Result<u32> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
-    let dev = meta.dev();
-    let connection = (libc::major(dev) << 20) | libc::minor(dev);
+    let (major, minor) = device_of(path)?;
+    let connection = (major << 20) | minor;
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .context("cannot read /proc/self/mountinfo")?;
     if !fuse_mounts(&text)
@@ -165,6 +163,34 @@ pub fn connection_of(path: &Path) -> Result<u32> {
         bail!("{} is not on a FUSE file system", path.display());
     }
     Ok(connection)
+}
+
+/// The device (major, minor) of the file system holding `path`, without
+/// asking that file system: statx with `AT_STATX_DONT_SYNC` takes FUSE's
+/// cached attributes, so naming a mount sends its daemon no GETATTR (a
+/// tracer must not add requests to what it traces; with `attr_timeout=0`
+/// a plain stat would).
+fn device_of(path: &Path) -> Result<(u32, u32)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("{} holds a NUL byte", path.display()))?;
+    // SAFETY: all-zero is a valid statx buffer.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a buffer of the right type.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE,
+            &mut buf,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot stat {}", path.display()));
+    }
+    Ok((buf.stx_dev_major, buf.stx_dev_minor))
 }
 
 #[cfg(test)]
