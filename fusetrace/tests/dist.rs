@@ -278,10 +278,14 @@ fn deb_installs_into_a_clean_debian_traces_exactly_and_leaves_nothing() {
     let scratch = Scratch::new("dist-deb");
     let root = scratch.path().join("root");
     // No Rust, no .tools/: Debian's minimal base, with man and bash's
-    // completion to try the package's pages and completions.
+    // completion to try the package's pages and completions, systemd to
+    // check its unit.
     run_ok(
         Command::new("debootstrap")
-            .args(["--variant=minbase", "--include=man-db,bash-completion"])
+            .args([
+                "--variant=minbase",
+                "--include=man-db,bash-completion,systemd",
+            ])
             .arg(codename())
             .arg(&root)
             .arg("http://deb.debian.org/debian"),
@@ -339,10 +343,21 @@ fn deb_installs_into_a_clean_debian_traces_exactly_and_leaves_nothing() {
             "completing `{line}` offered: {offered:?}"
         );
     }
-    assert!(
-        root.join("usr/lib/systemd/system/fusetrace.service")
-            .exists()
-    );
+    // The unit for `serve` is one systemd accepts, with the binary and the
+    // man page it names installed.
+    {
+        let mut proc = Mounts(Vec::new());
+        proc.mount(&["-t", "proc", "proc"], &root.join("proc"));
+        let unit = "/usr/lib/systemd/system/fusetrace.service";
+        let verify = chroot(&root, &["systemd-analyze", "verify", unit])
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success() && verify.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
 
     let scratch_fuse = Scratch::new("dist-deb-fuse");
     let fuse = Bindfs::mount(&scratch_fuse);
@@ -359,12 +374,14 @@ fn deb_installs_into_a_clean_debian_traces_exactly_and_leaves_nothing() {
     fs::remove_file(root.join("tmp/fusetrace.deb")).unwrap();
     // What is new after removal: dpkg's own books, and man-db's index and
     // the pages it formatted for this test's `man` runs (man-db's, as for
-    // every package).
+    // every package), and the runtime state of this test's
+    // `systemd-analyze`.
     let books = [
         "/var/lib/dpkg/",
         "/var/log/",
         "/var/cache/man/",
         "/var/cache/debconf/",
+        "/run/systemd/",
     ];
     let left: Vec<String> = tree(&root)
         .difference(&before)
