@@ -26,10 +26,12 @@ const BUILD_PACKAGES: &[&str] = &["fuse3"];
 /// bpftool to check that probes detach, bpftrace as an independent counter,
 /// g++ for libFuzzer (cargo-fuzz), tmux to run `fusetrace top` in a real
 /// terminal, prometheus to scrape `fusetrace serve` as fleets do;
-/// debootstrap for a clean Debian root to install the `.deb` into, and
-/// qemu-user-static to run the arm64 build's unit tests.
+/// debootstrap for a clean Debian root to install the `.deb` into,
+/// qemu-user-static to run the arm64 build's unit tests, and `file` to say
+/// that the release binaries are static.
 const TEST_PACKAGES: &[&str] = &[
     "bindfs",
+    "file",
     "bpftool",
     "bpftrace",
     "g++",
