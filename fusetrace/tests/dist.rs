@@ -295,14 +295,7 @@ fn deb_installs_into_a_clean_debian_traces_exactly_and_leaves_nothing() {
     }
     let before = tree(&root);
     fs::copy(&deb, root.join("tmp/fusetrace.deb")).unwrap();
-    let installed = chroot(&root, &["dpkg", "-i", "/tmp/fusetrace.deb"])
-        .output()
-        .unwrap();
-    assert!(
-        installed.status.success(),
-        "dpkg -i: {}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
+    run_ok(&mut chroot(&root, &["dpkg", "-i", "/tmp/fusetrace.deb"]));
     let version = run_ok(&mut chroot(&root, &["fusetrace", "--version"]));
     assert!(version.contains("kernel programs embedded"), "{version}");
     let mode = fs::metadata(root.join("usr/bin/fusetrace"))
@@ -363,14 +356,7 @@ fn deb_installs_into_a_clean_debian_traces_exactly_and_leaves_nothing() {
     let fuse = Bindfs::mount(&scratch_fuse);
     exact_in_chroot(&root, "/usr/bin/fusetrace", &fuse.mnt);
 
-    let removed = chroot(&root, &["dpkg", "-r", "fusetrace"])
-        .output()
-        .unwrap();
-    assert!(
-        removed.status.success(),
-        "dpkg -r: {}",
-        String::from_utf8_lossy(&removed.stderr)
-    );
+    run_ok(&mut chroot(&root, &["dpkg", "-r", "fusetrace"]));
     fs::remove_file(root.join("tmp/fusetrace.deb")).unwrap();
     // What is new after removal: dpkg's own books, and man-db's index and
     // the pages it formatted for this test's `man` runs (man-db's, as for
