@@ -81,31 +81,14 @@ pub fn dist() -> Result<Artifacts> {
             ));
         }
     }
-    run(Command::new("rustup")
-        .args(["target", "add"])
-        .args(ARCHES.iter().map(|a| a.triple)))?;
     let dir = dir();
     let work = dir.join("work");
     let _ = fs::remove_dir_all(&dir);
     mkdir(&work)?;
     let mut files = Vec::new();
     for arch in &ARCHES {
-        // Refuse, rather than warn, to build without the kernel programs.
-        cargo_with(
-            &[
-                "build",
-                "--profile",
-                "dist",
-                "-p",
-                "fusetrace",
-                "--target",
-                arch.triple,
-            ],
-            &[("FUSETRACE_REQUIRE_EBPF", "1")],
-        )?;
-        let binary = root().join(format!("target/{}/dist/fusetrace", arch.triple));
         let out = dir.join(stem(arch));
-        copy(&binary, &out)?;
+        copy(&build(arch)?, &out)?;
         files.push(out);
     }
     // Man pages and completions: the same for every architecture, written
@@ -132,6 +115,26 @@ pub fn dist() -> Result<Artifacts> {
     files.push(sums_file);
     fs::remove_dir_all(&work).map_err(|e| format!("cannot remove {}: {e}", work.display()))?;
     Ok(Artifacts { dir, files })
+}
+
+/// The static release binary for `arch` (its Rust target added first);
+/// returns its path.
+pub fn build(arch: &Arch) -> Result<PathBuf> {
+    run(Command::new("rustup").args(["target", "add", arch.triple]))?;
+    // Refuse, rather than warn, to build without the kernel programs.
+    cargo_with(
+        &[
+            "build",
+            "--profile",
+            "dist",
+            "-p",
+            "fusetrace",
+            "--target",
+            arch.triple,
+        ],
+        &[("FUSETRACE_REQUIRE_EBPF", "1")],
+    )?;
+    Ok(root().join(format!("target/{}/dist/fusetrace", arch.triple)))
 }
 
 /// The commit's time, so that archives of one commit are byte for byte

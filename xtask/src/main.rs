@@ -359,6 +359,16 @@ fn dist_tests() -> Result<()> {
     )
 }
 
+/// The arm64 guest (`xtask/arm64/run.sh`: its own initramfs, since the
+/// host's file system, which the x86 guests boot from, is x86_64).
+fn vmtest_arm64() -> Result<()> {
+    let binary = dist::build(&dist::ARCHES[1])?;
+    run(Command::new("sh")
+        .arg(root().join("xtask/arm64/run.sh"))
+        .arg(binary)
+        .arg(root().join("target/vm/arm64")))
+}
+
 mod bench;
 mod dist;
 mod vmtest;
@@ -401,6 +411,11 @@ enum Task {
         /// Only this guest (default: each in turn).
         #[arg(long, value_parser = vmtest::GUESTS.iter().map(|g| g.name).collect::<Vec<_>>())]
         kernel: Option<String>,
+        /// `arm64`: the static aarch64 binary on Debian's newest arm64 kernel
+        /// instead (qemu-system-aarch64, TCG): doctor, and `trace` and `stats`
+        /// counting exactly what the reference daemon served.
+        #[arg(long, value_parser = ["x86_64", "arm64"], default_value = "x86_64")]
+        arch: String,
     },
     /// What tracing costs the traced system (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
@@ -425,7 +440,8 @@ fn main() -> ExitCode {
             .and_then(|()| dist_tests())
             .and_then(|()| fuzz(fuzz_seconds()?)),
         Task::Fuzz => setup().and_then(|()| fuzz(fuzz_seconds()?)),
-        Task::Vmtest { kernel } => setup().and_then(|()| vmtest::vmtest(kernel.as_deref())),
+        Task::Vmtest { arch, .. } if arch == "arm64" => setup_build().and_then(|()| vmtest_arm64()),
+        Task::Vmtest { kernel, .. } => setup().and_then(|()| vmtest::vmtest(kernel.as_deref())),
         Task::Bench(args) => bench::main(&args),
     };
     match result {

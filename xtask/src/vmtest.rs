@@ -9,6 +9,10 @@
 //! - the newest line Debian ships at all, whatever its number (7.3 as this
 //!   is written): a new kernel that breaks us turns CI red.
 //!
+//! `--arch arm64` runs `xtask/arm64/run.sh` instead (main.rs): the static
+//! aarch64 binary on Debian's newest arm64 kernel, from an initramfs of its
+//! own.
+//!
 //! No kernel version is written here: each guest boots the newest package
 //! of its line that apt finds, with a sources list of its own (the host's
 //! plus backports and unstable). All with a virtio-fs root. The guest sees

@@ -929,8 +929,46 @@ fn offered(hook: &Hook, btf: &Btf, tracefs: &Path, kernel: &KernelFunctions) -> 
 }
 
 /// Loads and attaches every program of `hook` (once: a hook shared by
-/// two points is loaded by the first).
+/// two points is loaded by the first), or none: when one fails, those
+/// this call loaded are unloaded again. Left attached, they would run
+/// beside the next hook tried for the point (arm64 7.3 with fexit refused:
+/// fentry/fuse_copy_args stayed, the kprobe fallback took every request
+/// a second time, and the tracker split each in two records).
 fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFunctions) -> Result<()> {
+    let modules = kernel.module_fentry.borrow().len();
+    let mut loaded = Vec::new();
+    let result = load_programs(ebpf, hook, btf, kernel, &mut loaded);
+    if result.is_err() {
+        for program in loaded {
+            unload(ebpf, program);
+        }
+        // Dropping them closes their links.
+        kernel.module_fentry.borrow_mut().truncate(modules);
+    }
+    result
+}
+
+/// Detaches and unloads `program`; it can be loaded again later.
+fn unload(ebpf: &mut Ebpf, program: &str) {
+    use aya::programs::Program;
+    let _ = match ebpf.program_mut(program) {
+        Some(Program::KProbe(p)) => p.unload(),
+        Some(Program::TracePoint(p)) => p.unload(),
+        Some(Program::BtfTracePoint(p)) => p.unload(),
+        Some(Program::FEntry(p)) => p.unload(),
+        Some(Program::FExit(p)) => p.unload(),
+        _ => Ok(()),
+    };
+}
+
+/// [`load_hook`]'s work; the programs it loads go into `loaded`.
+fn load_programs(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    btf: &aya::Btf,
+    kernel: &KernelFunctions,
+    loaded: &mut Vec<&'static str>,
+) -> Result<()> {
     for (program, attach) in hook.programs {
         let prog = ebpf
             .program_mut(program)
@@ -940,6 +978,7 @@ fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFuncti
                 let p: &mut BtfTracePoint = prog.try_into()?;
                 // A hook shared by two points is loaded once.
                 if p.fd().is_err() {
+                    loaded.push(*program);
                     p.load(event, btf)
                         .with_context(|| format!("loading tp_btf/{event}"))?;
                     p.attach()
@@ -949,6 +988,7 @@ fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFuncti
             Attach::TracePoint(category, name) => {
                 let p: &mut TracePoint = prog.try_into()?;
                 if p.fd().is_err() {
+                    loaded.push(*program);
                     p.load()
                         .with_context(|| format!("loading tracepoint {category}:{name}"))?;
                     p.attach(category, name)
@@ -959,6 +999,7 @@ fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFuncti
                 let symbol = kernel.get(f)?.symbol(&kernel.kallsyms)?;
                 let p: &mut KProbe = prog.try_into()?;
                 if p.fd().is_err() {
+                    loaded.push(*program);
                     p.load().context("loading a kprobe program")?;
                     p.attach(symbol, 0)
                         .with_context(|| format!("attaching a kprobe to {symbol}"))?;
@@ -995,6 +1036,7 @@ fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFuncti
                 if exit {
                     let p: &mut FExit = prog.try_into()?;
                     if p.fd().is_err() {
+                        loaded.push(*program);
                         p.load(r.name, btf).map_err(refused)?;
                         p.attach()
                             .with_context(|| format!("attaching fexit/{}", r.name))?;
@@ -1002,6 +1044,7 @@ fn load_hook(ebpf: &mut Ebpf, hook: &Hook, btf: &aya::Btf, kernel: &KernelFuncti
                 } else {
                     let p: &mut FEntry = prog.try_into()?;
                     if p.fd().is_err() {
+                        loaded.push(*program);
                         p.load(r.name, btf).map_err(refused)?;
                         p.attach()
                             .with_context(|| format!("attaching fentry/{}", r.name))?;

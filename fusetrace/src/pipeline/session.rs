@@ -240,7 +240,7 @@ impl RunSummary {
         let mut s = self.render_counts();
         if self.tracker.sent_before_id > 0 {
             s.push_str(&format!(
-                "; {} sends came before their request id (this kernel assigns it after the send point, as 6.12 to 6.17 do): joined by their struct fuse_req pointer",
+                "; {} sends came before their request id (the send point comes before the kernel assigns the id): joined by their struct fuse_req pointer",
                 self.tracker.sent_before_id
             ));
             if self.takes_unresolved > 0 {
