@@ -22,7 +22,7 @@ use crate::{
     pipeline::{
         aggregate,
         command::{CommandCgroup, RunningCommand},
-        connections::connection_of,
+        connections::{MountEntry, fuse_mount_at},
         lifecycle::Comm,
         opcode,
         session::{self, CommandRequests, Filter, StopWhen},
@@ -144,12 +144,14 @@ impl TracingFlags {
     }
 
     pub(crate) fn filter(&self) -> Result<Filter> {
+        let mounts: Vec<MountEntry> = self
+            .mounts
+            .iter()
+            .map(|m| fuse_mount_at(m))
+            .collect::<Result<_>>()?;
         Ok(Filter {
-            connections: self
-                .mounts
-                .iter()
-                .map(|m| connection_of(m))
-                .collect::<Result<_>>()?,
+            connections: mounts.iter().map(|m| m.connection).collect(),
+            mounts,
             pids: self.pids.clone(),
             comms: self.comms.clone(),
             opcodes: self.ops.clone(),
@@ -335,15 +337,7 @@ impl StatsArgs {
             )),
         };
         if in_kernel {
-            aggregate::run(
-                &mut probes,
-                self.stages,
-                &filter.connections,
-                &filter.opcodes,
-                &mut *sink,
-                stop,
-                interval,
-            )?;
+            aggregate::run(&mut probes, self.stages, filter, &mut *sink, stop, interval)?;
         } else {
             session::run(&mut probes, filter, &mut *sink, stop, interval)?;
         }

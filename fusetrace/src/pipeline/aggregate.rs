@@ -19,7 +19,7 @@ use crate::{
     output::sink::Sink,
     output::stats::Stats,
     pipeline::connections::ConnectionTable,
-    pipeline::session::{AggregationLosses, RunSummary, StopWhen},
+    pipeline::session::{AggregationLosses, Filter, RunSummary, StopWhen},
     pipeline::{lifecycle::LatencyStage, tracker::TrackerCounters},
 };
 
@@ -102,13 +102,13 @@ pub fn to_stats(cells: &[(HistogramKey, u64)], opcodes: &[u32]) -> Stats {
 pub fn run(
     probes: &mut Probes,
     stages: bool,
-    named: &[u32],
-    opcodes: &[u32],
+    filter: &Filter,
     sink: &mut dyn Sink,
     stop: &StopWhen,
     tick: Duration,
 ) -> Result<RunSummary> {
-    let mut names = ConnectionTable::load();
+    let (named, opcodes) = (&filter.connections, &filter.opcodes);
+    let mut names = ConnectionTable::load_with(&filter.mounts);
     let mut deltas = CellDeltas::default();
     let mut gone = BTreeSet::new();
     let mut requests = 0;

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::kernel::layout::{major_minor, parse_major_minor};
 
@@ -102,7 +102,17 @@ pub struct ConnectionTable {
 
 impl ConnectionTable {
     pub fn load() -> ConnectionTable {
+        ConnectionTable::load_with(&[])
+    }
+
+    /// This machine's FUSE mounts, and `named` (`--mount`'s, as found when
+    /// the command started): a named mount unmounted before a run reads the
+    /// table keeps its name.
+    pub fn load_with(named: &[MountEntry]) -> ConnectionTable {
         let mut t = ConnectionTable::default();
+        for m in named {
+            t.insert(m.clone());
+        }
         t.refresh();
         t
     }
@@ -152,17 +162,20 @@ impl ConnectionTable {
 
 /// The connection id of the FUSE mount at `path`, or a clear error.
 pub fn connection_of(path: &Path) -> Result<u32> {
+    Ok(fuse_mount_at(path)?.connection)
+}
+
+/// The FUSE mount holding `path` (its connection and mount point), or a
+/// clear error.
+pub fn fuse_mount_at(path: &Path) -> Result<MountEntry> {
     let (major, minor) = device_of(path)?;
     let connection = (major << 20) | minor;
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .context("cannot read /proc/self/mountinfo")?;
-    if !fuse_mounts(&text)
-        .iter()
-        .any(|m| m.connection == connection)
-    {
-        bail!("{} is not on a FUSE file system", path.display());
-    }
-    Ok(connection)
+    fuse_mounts(&text)
+        .into_iter()
+        .find(|m| m.connection == connection)
+        .with_context(|| format!("{} is not on a FUSE file system", path.display()))
 }
 
 /// The device (major, minor) of the file system holding `path`, without

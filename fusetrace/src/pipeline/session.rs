@@ -19,7 +19,7 @@ use crate::{
     kernel::layout::major_minor,
     kernel::probes::{KernelCounters, Probes},
     output::sink::Sink,
-    pipeline::connections::ConnectionTable,
+    pipeline::connections::{ConnectionTable, MountEntry},
     pipeline::{
         lifecycle::{Comm, RequestLifecycle},
         paths::{PathBook, PathCounters},
@@ -32,6 +32,9 @@ use crate::{
 pub struct Filter {
     /// Only these connections (mounts); empty means all.
     pub connections: Vec<u32>,
+    /// The mounts `--mount` named, as found at start: their names outlive
+    /// an unmount that comes before the run reads the mount table.
+    pub mounts: Vec<MountEntry>,
     /// Requester process or thread ids (`-p`); empty means all.
     pub pids: Vec<u32>,
     /// Requester command names (`--comm`, as the kernel truncates them);
@@ -458,7 +461,7 @@ pub fn run(
 ) -> Result<RunSummary> {
     let mut filter = filter.clone();
     let filter = &mut filter;
-    let mut names = ConnectionTable::load();
+    let mut names = ConnectionTable::load_with(&filter.mounts);
     let mut tracker = Tracker::new(TrackerConfig::default());
     let mut paths = PathBook::default();
     let mut finished = Vec::new();
