@@ -76,6 +76,9 @@ const REUSE: Duration = Duration::from_millis(200);
 /// Mounts in namespaces we cannot list are looked for in the daemons'
 /// mount tables at most this often.
 const HOLDER_RESCAN: Duration = Duration::from_secs(10);
+/// How long a new mount stays unnamed while no process holds its
+/// `/dev/fuse` yet (fusermount3 handing the descriptor over).
+const DAEMON_WAIT: Duration = Duration::from_secs(2);
 
 impl ServeArgs {
     pub fn run(&self) -> Result<()> {
@@ -126,7 +129,7 @@ impl ServeArgs {
             probes.describe().join("; ")
         );
         let mut collector = Collector {
-            book: MountBook::new(self.max_mounts, self.grace),
+            book: MountBook::new(self.max_mounts, self.grace).waiting_for_daemons(DAEMON_WAIT),
             bounds,
             stages: self.stages,
             opcodes: filter.opcodes.clone(),
@@ -238,9 +241,11 @@ impl Collector {
             let after = probes.generations()?;
             if before == after {
                 let holders = &self.holders;
-                self.book.observe(&mounts, &after, now, |m: &MountEntry| {
+                let waiting = self.book.observe(&mounts, &after, now, |m: &MountEntry| {
                     pick_daemon(m, holders)
                 });
+                // A daemon not holding its descriptor yet: look again.
+                self.reread |= waiting;
             } else {
                 // A mount came or went meanwhile: read again next round.
                 self.reread = true;

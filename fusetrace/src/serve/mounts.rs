@@ -77,6 +77,10 @@ pub struct MountBook {
     generations: HashMap<MountKey, Generation>,
     max_mounts: usize,
     grace: Duration,
+    /// How long a new mount whose daemon is not found stays unnamed (see
+    /// [`MountBook::waiting_for_daemons`]), and since when each has.
+    daemon_wait: Duration,
+    unnamed_since: HashMap<MountKey, Instant>,
 }
 
 impl MountBook {
@@ -85,19 +89,34 @@ impl MountBook {
             generations: HashMap::new(),
             max_mounts,
             grace,
+            daemon_wait: Duration::ZERO,
+            unnamed_since: HashMap::new(),
         }
+    }
+
+    /// A mount appears (and its INIT is sent) while `fusermount3` still
+    /// hands the `/dev/fuse` descriptor to the daemon through a socket:
+    /// a scan of `/proc` then finds no holder, and the mount's labels,
+    /// fixed for its life, would name no daemon. Such a mount is left
+    /// unnamed for up to `wait` and looked at again
+    /// ([`MountBook::observe`] says so); after that it is named without.
+    pub fn waiting_for_daemons(mut self, wait: Duration) -> MountBook {
+        self.daemon_wait = wait;
+        self
     }
 
     /// Takes a consistent view: the FUSE mounts listed now, and the
     /// kernel's generations read both before and after listing them
-    /// (equal). `daemon_of` names a new mount's daemon.
+    /// (equal). `daemon_of` names a new mount's daemon. True when a new
+    /// mount waits for its daemon to be found: look again soon.
     pub fn observe(
         &mut self,
         mounts: &[MountEntry],
         generations: &HashMap<u32, u32>,
         now: Instant,
         mut daemon_of: impl FnMut(&MountEntry) -> String,
-    ) {
+    ) -> bool {
+        let mut waiting = false;
         let generation_of = |c: u32| generations.get(&c).copied().unwrap_or(0);
         let mut current = HashSet::new();
         for m in mounts {
@@ -110,10 +129,17 @@ impl MountBook {
             let labels = if self.live() >= self.max_mounts {
                 MountLabels::over_cap()
             } else {
+                let daemon = daemon_of(m);
+                let since = *self.unnamed_since.entry(key).or_insert(now);
+                if daemon.is_empty() && now.duration_since(since) < self.daemon_wait {
+                    waiting = true;
+                    continue;
+                }
+                self.unnamed_since.remove(&key);
                 MountLabels {
                     mountpoint: m.mount_point.to_string_lossy().into_owned(),
                     fstype: m.fs_type.clone(),
-                    daemon: daemon_of(m),
+                    daemon,
                     device: major_minor(m.connection),
                 }
             };
@@ -140,6 +166,9 @@ impl MountBook {
                 g.gone_since = Some(now);
             }
         }
+        // Mounts gone while they waited.
+        self.unnamed_since.retain(|key, _| current.contains(key));
+        waiting
     }
 
     pub fn is_empty(&self) -> bool {
@@ -363,6 +392,30 @@ mod tests {
         book.observe(&mounts, &gens, t0, |_| String::new());
         assert_eq!(book.retire(t0 + Duration::from_secs(1)), vec![(77, 0)]);
         assert!(book.knows((77, 1)));
+    }
+
+    #[test]
+    fn a_new_mount_whose_daemon_is_not_found_yet_waits_to_be_named() {
+        let m = mount(1, 39, "/mnt/x", "fuse.fusetrace");
+        let gens = HashMap::from([(39, 1)]);
+        let wait = Duration::from_secs(2);
+        let mut book = MountBook::new(10, Duration::from_secs(60)).waiting_for_daemons(wait);
+        let t0 = Instant::now();
+        assert!(book.observe(std::slice::from_ref(&m), &gens, t0, |_| String::new()));
+        assert!(!book.knows((39, 1)), "named before its daemon was found");
+        // Found on a later look: named with it.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(!book.observe(std::slice::from_ref(&m), &gens, t1, |_| "fusetrace".into()));
+        assert_eq!(book.labels((39, 1)).daemon, "fusetrace");
+        // Never found: named without one once the wait is over.
+        let n = mount(2, 40, "/mnt/y", "fuse.fusetrace");
+        let gens = HashMap::from([(40, 1)]);
+        assert!(book.observe(std::slice::from_ref(&n), &gens, t1, |_| String::new()));
+        assert!(
+            !book.observe(std::slice::from_ref(&n), &gens, t1 + wait, |_| String::new(
+            ))
+        );
+        assert_eq!(book.labels((40, 1)).daemon, "");
     }
 
     #[test]
