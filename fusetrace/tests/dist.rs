@@ -12,7 +12,6 @@ mod common;
 use std::{
     collections::BTreeSet,
     fs,
-    io::Read,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -73,12 +72,6 @@ fn chroot(root: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-/// The connection number of the FUSE mount at `path` (`fuse_request_end`'s
-/// `connection` field: the mount's device number).
-fn connection(path: &Path) -> u64 {
-    connection_of(path)
-}
-
 /// bpftrace, outside the chroot: `fuse_request_end` hits on one connection.
 struct EndCounter {
     child: std::process::Child,
@@ -126,7 +119,7 @@ impl EndCounter {
 /// `mnt`) count what bpftrace counts outside, over the same load.
 fn exact_in_chroot(root: &Path, binary: &str, mnt: &Path) {
     // Before anything is counted: stat() asks the daemon (attr_timeout=0).
-    let conn = connection(mnt);
+    let conn = connection_of(mnt);
     let fusectl = FuseCtl::new();
     let waiting = fusectl.file(conn, "waiting");
     let _mounts = Mounts::for_chroot(root, mnt);
@@ -396,11 +389,7 @@ fn every_artifact_is_there_and_its_sum_matches() {
         file.contains("ARM aarch64") && file.contains("statically linked"),
         "{file}"
     );
-    let mut sums = String::new();
-    fs::File::open(dir.join("SHA256SUMS"))
-        .unwrap()
-        .read_to_string(&mut sums)
-        .unwrap();
+    let sums = fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
     let named: BTreeSet<&str> = sums
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1))
