@@ -123,7 +123,18 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
             other["count"],
             split.summary
         );
-        assert_eq!(o["errors"], other["errors"], "{op}: errors vs --stages");
+        // A skipped run loses one request, failed or not: its error too.
+        assert!(
+            o["errors"]
+                .as_u64()
+                .unwrap()
+                .abs_diff(other["errors"].as_u64().unwrap())
+                <= skipped(&counted) + skipped(&split),
+            "{op}: errors {} vs {} from --stages --from-events, whose summary: {}",
+            o["errors"],
+            other["errors"],
+            split.summary
+        );
         if o["count"].as_u64().unwrap() >= 100 {
             let a = total["p50_ns"].as_u64().unwrap() as f64;
             let b = stage(other, "total")["p50_ns"].as_u64().unwrap() as f64;
