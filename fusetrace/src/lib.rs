@@ -14,6 +14,8 @@
 
 pub mod cli;
 pub mod diagnose;
+pub mod doctor;
+pub mod flags;
 pub mod kernel;
 pub mod lab;
 pub mod output;

@@ -6,7 +6,7 @@ use std::{fs::File, path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
-use fusetrace::{cli, diagnose, kernel::doctor, lab, pipeline::opcode, record, serve};
+use fusetrace::{cli, diagnose, doctor, lab, pipeline::opcode, record, serve};
 
 /// `--version`: what was built, from where, for which machine, and whether
 /// it can trace at all.

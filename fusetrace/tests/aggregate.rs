@@ -179,10 +179,17 @@ fn kernel_counts_equal_served_requests_and_other_mounts_stay_out() {
         // request's whole time is allowed on top.
         let whole = stage(other, "total")["p50_ns"].as_u64().unwrap_or(0) as f64;
         for name in ["queue_wait", "daemon_service", "completion", "total"] {
-            assert_eq!(
+            // A skipped run of a daemon-side program leaves a request in
+            // the total only (checked against the summary above).
+            assert!(
+                o["count"]
+                    .as_u64()
+                    .unwrap()
+                    .abs_diff(stage(o, name)["samples"].as_u64().unwrap())
+                    <= skipped(&staged),
+                "{op}: every request has its {name} counted: {} of {}",
                 stage(o, name)["samples"],
-                o["count"],
-                "{op}: every request has its {name} counted"
+                o["count"]
             );
             if o["count"].as_u64().unwrap() >= 100 {
                 let a = stage(o, name)["p50_ns"].as_u64().unwrap() as f64;

@@ -3,10 +3,15 @@
 //! Whatever it accepts, written again, reads back the same.
 #![no_main]
 
-// Compiled on its own (it depends only on fusetrace-common, serde and
-// crc32fast), so the fuzz build does not need the eBPF toolchain.
+// Compiled on its own (it depends only on the decoder's file names,
+// fusetrace-common, serde and crc32fast), so the fuzz build does not need
+// the eBPF toolchain.
 #[path = "../../src/record/format.rs"]
 mod format;
+mod kernel {
+    #[path = "../../../src/kernel/decode.rs"]
+    pub mod decode;
+}
 
 use format::{Writer, read_all};
 

@@ -8,15 +8,17 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Result;
 use fusetrace_common::{EventKind, FuseEvent};
 
-use crate::record::format::Names;
+use crate::kernel::decode::FileNames;
 use crate::{
     kernel::hooks::Backend,
     kernel::probes::{ProbeOptions, Probes},
-    output::{print::Format, sink::Sink},
+    output::print::Format,
     pipeline::connections::{ConnectionTable, connection_of},
     pipeline::lifecycle::RequestLifecycle,
-    pipeline::session::{self, Filter, RunSummary, StopWhen},
-    record::replay::{MergedNames, add_summary, has_app_writes, replay_file},
+    pipeline::session::{self, StopWhen},
+    pipeline::sink::Sink,
+    pipeline::{filter::Filter, summary::RunSummary},
+    record::replay::{MergedNames, has_app_writes, replay_file},
     units::parse_duration,
 };
 use analysis::{Diagnosis, Evidence};
@@ -60,7 +62,7 @@ impl Sink for DiagnoseSink {
         Ok(())
     }
 
-    fn event(&mut self, ev: &FuseEvent, _names: Option<&Names>) -> Result<()> {
+    fn event(&mut self, ev: &FuseEvent, _names: Option<&FileNames>) -> Result<()> {
         if ev.kind == EventKind::AppWrite as u8 {
             self.evidence.app_write(ev);
         }
@@ -175,7 +177,7 @@ fn run_from_recordings(args: &DiagnoseArgs) -> Result<()> {
                 path.display()
             );
         }
-        add_summary(&mut total, &r.summary);
+        total.add(&r.summary);
     }
     sink.finish(&total, &mut merged.names)
 }

@@ -1,8 +1,15 @@
-//! Ring buffer records to [`FuseEvent`]s (and the [`Names`] a send carried).
+//! Ring buffer records to [`FuseEvent`]s (and the [`FileNames`] a send carried).
 
 use fusetrace_common::{EventKind, FLAG_NAMES, FuseEvent, NAME_BYTES, NamedEvent};
 
-use crate::record::format::Names;
+/// The names a request's send carried (`fusetrace_common::NamedEvent`):
+/// `first` the entry's name (RENAME: the old one), `second` RENAME's new
+/// name; raw bytes, as the kernel passed them (any byte but NUL and `/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileNames {
+    pub first: Vec<u8>,
+    pub second: Vec<u8>,
+}
 
 /// Decodes one ring buffer record; `None` for a record of the wrong size or
 /// an unknown kind (a mismatched eBPF object, never expected).
@@ -19,7 +26,7 @@ pub fn decode(bytes: &[u8]) -> Option<FuseEvent> {
 /// The names a [`NamedEvent`] record carries after its event (`ev` is
 /// [`decode`]'s result for the same bytes); `None` for other records, or
 /// one too short for the names it claims.
-pub fn names(bytes: &[u8], ev: &FuseEvent) -> Option<Names> {
+pub fn names(bytes: &[u8], ev: &FuseEvent) -> Option<FileNames> {
     if ev.flags & FLAG_NAMES == 0 {
         return None;
     }
@@ -39,7 +46,7 @@ pub fn names(bytes: &[u8], ev: &FuseEvent) -> Option<Names> {
     };
     // Records are cut to their names: a second name follows a whole first slot.
     let two = bytes.len() > head + NAME_BYTES;
-    Some(Names {
+    Some(FileNames {
         first: name(0)?,
         second: if two { name(1)? } else { Vec::new() },
     })

@@ -3,12 +3,11 @@
 //! (`probes`), the struct layout read from BTF (`layout`, `btf`),
 //! the functions kprobes and fentry go on (`kallsyms`, `kfunc`,
 //! `modfentry`), tracefs, and the ring buffer's records decoded into events
-//! (`decode`). `doctor` reports what this kernel offers. Nothing here calls
-//! an output: it yields events and counters.
+//! (`decode`). Nothing here calls an output: it yields events and
+//! counters (`crate::doctor` reports what this kernel offers).
 
 pub mod btf;
 pub mod decode;
-pub mod doctor;
 pub mod hooks;
 pub mod kallsyms;
 pub mod kfunc;
@@ -17,3 +16,10 @@ pub mod modfentry;
 pub mod probes;
 pub mod slots;
 pub mod tracefs;
+
+/// The running kernel's release (`uname -r`), when it can be read.
+pub fn release() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_string())
+}

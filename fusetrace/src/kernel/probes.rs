@@ -23,6 +23,7 @@ use fusetrace_common::{
     HistogramKey, KernelLayout, counters,
 };
 
+use crate::kernel::decode::FileNames;
 use crate::kernel::{
     btf::Btf,
     hooks::{
@@ -37,7 +38,6 @@ use crate::kernel::{
     slots::{InFlight, InFlightTables},
     tracefs::{self, RecordFormat},
 };
-use crate::record::format::Names;
 
 /// The compiled eBPF object, built by build.rs from `fusetrace-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("FUSETRACE_EBPF_OBJECT"));
@@ -345,7 +345,7 @@ impl Probes {
     }
 
     /// Waits up to `timeout` for events, then hands every available one to
-    /// `sink`. Returns how many were delivered.
+    /// `on_event`. Returns how many were delivered.
     ///
     /// Reads in batches: unless the ring buffer held a full batch, it waits
     /// [`BATCH_WINDOW`] for more events before returning. Waking on every
@@ -354,9 +354,9 @@ impl Probes {
     pub fn poll(
         &mut self,
         timeout: Duration,
-        mut sink: impl FnMut(FuseEvent, Option<Names>),
+        mut on_event: impl FnMut(FuseEvent, Option<FileNames>),
     ) -> Result<usize> {
-        let mut n = self.drain(&mut sink);
+        let mut n = self.drain(&mut on_event);
         if n >= FULL_BATCH {
             return Ok(n);
         }
@@ -375,15 +375,15 @@ impl Probes {
                 }
             }
             if rc <= 0 {
-                return Ok(self.drain(&mut sink));
+                return Ok(self.drain(&mut on_event));
             }
         }
         std::thread::sleep(BATCH_WINDOW.min(timeout));
-        n += self.drain(&mut sink);
+        n += self.drain(&mut on_event);
         Ok(n)
     }
 
-    fn drain(&mut self, sink: &mut impl FnMut(FuseEvent, Option<Names>)) -> usize {
+    fn drain(&mut self, on_event: &mut impl FnMut(FuseEvent, Option<FileNames>)) -> usize {
         let mut n = 0;
         // Bounded, so a ring buffer that never empties cannot starve the
         // caller's ticks (the TUI's frames, stats intervals, Ctrl-C).
@@ -391,7 +391,7 @@ impl Probes {
             && let Some(item) = self.ring.next()
         {
             match crate::kernel::decode::decode(&item) {
-                Some(ev) => sink(ev, crate::kernel::decode::names(&item, &ev)),
+                Some(ev) => on_event(ev, crate::kernel::decode::names(&item, &ev)),
                 None => self.undecodable += 1,
             }
             n += 1;

@@ -3,7 +3,7 @@
 //!
 //! Events are laid out in memory as ring buffer records (the bytes the
 //! kernel writes), then pushed through the same code a live run uses:
-//! [`decode::decode`], [`Tracker::observe`], `session::report` and a
+//! [`decode::decode`], the run loop's steps ([`Run`]) and a
 //! sink ([`StatsOutput`] with a [`StatsPrinter`] as `fusetrace stats` builds it, or [`TraceSink`]
 //! writing text to nowhere). Only the ring buffer itself and the kernel are
 //! left out; `cargo xtask bench` measures those on real mounts.
@@ -19,16 +19,17 @@ use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
 use serde::Serialize;
 
 use crate::{
-    kernel::decode,
+    kernel::{decode, probes::KernelCounters},
     output::accumulate::StatsOutput,
     output::print::{Format, StatsPrinter, TraceSink},
-    output::sink::Sink,
-    pipeline::connections::{ConnectionTable, MountEntry},
-    pipeline::session::{self, Filter, RunSummary},
     pipeline::{
+        connections::{ConnectionTable, MountEntry},
+        filter::Filter,
         lifecycle::RequestLifecycle,
-        paths::PathBook,
-        tracker::{Tracker, TrackerConfig},
+        run::Run,
+        sink::Sink,
+        summary::Counting,
+        tracker::TrackerConfig,
     },
     record::{format::Record, replay},
 };
@@ -211,48 +212,28 @@ fn pass(
     connections: &[u32],
     sink: &mut dyn Sink,
 ) -> Result<(Duration, u64)> {
-    let filter = Filter::default();
     // Every connection named, as a live run's mounts are: an unknown
     // connection makes the table re-read mountinfo on every lookup.
-    let mut names = ConnectionTable::frozen(connections.iter().map(|&c| MountEntry {
+    let mounts = ConnectionTable::frozen(connections.iter().map(|&c| MountEntry {
         mount_id: 0,
         connection: c,
         mount_point: PathBuf::from(format!("/tmp/bench-{c}")),
         fs_type: "fuse.bench".into(),
         source: "bench".into(),
     }));
-    let mut tracker = Tracker::new(TrackerConfig::default());
-    let mut paths = PathBook::default();
-    let mut finished = Vec::new();
-    let mut summary = RunSummary::default();
+    let mut run = Run::new(Filter::default(), mounts, TrackerConfig::default());
     let started = Instant::now();
     for (i, bytes) in records.chunks_exact(record_len).enumerate() {
         if let Some(ev) = decode::decode(bytes) {
-            paths.observe(&ev, decode::names(bytes, &ev), &mut names);
-            tracker.observe(&ev, &mut finished);
+            run.event(&ev, decode::names(bytes, &ev), sink)?;
         }
         // The live loop reports after every ring buffer drain; drains
         // hold a few hundred events when the consumer is busy.
         if i % 256 == 255 {
-            session::report(
-                &mut finished,
-                &filter,
-                sink,
-                &mut summary,
-                &mut names,
-                &mut paths,
-            )?;
+            run.report(sink)?;
         }
     }
-    tracker.flush(&mut finished);
-    session::report(
-        &mut finished,
-        &filter,
-        sink,
-        &mut summary,
-        &mut names,
-        &mut paths,
-    )?;
+    let summary = run.finish(sink, &KernelCounters::default(), 0, Counting::Events)?;
     Ok((started.elapsed(), summary.requests))
 }
 

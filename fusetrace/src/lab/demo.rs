@@ -20,12 +20,13 @@ use crate::{
     lab::load::{self, LoadArgs, Workload},
     output::accumulate::StatsOutput,
     output::print::{Format, StatsPrinter},
-    output::sink::{FanOut, Sink},
     pipeline::connections::ConnectionTable,
     pipeline::connections::connection_of,
     pipeline::lifecycle::RequestLifecycle,
     pipeline::opcode,
-    pipeline::session::{self, Filter, RunSummary, StopWhen},
+    pipeline::session::{self, StopWhen},
+    pipeline::sink::{FanOut, Sink},
+    pipeline::{filter::Filter, summary::RunSummary},
     units::parse_duration,
 };
 

@@ -7,8 +7,8 @@
 use anyhow::Result;
 
 use crate::{
-    output::{export::CsvWriter, sink::Sink, stats::Stats},
-    pipeline::{connections::ConnectionTable, lifecycle::RequestLifecycle, session::RunSummary},
+    pipeline::{connections::ConnectionTable, lifecycle::RequestLifecycle, summary::RunSummary},
+    pipeline::{sink::Sink, stats::Stats},
 };
 
 /// Writes the statistics [`StatsOutput`] counted.
@@ -38,10 +38,10 @@ pub struct StatsOutput<'a> {
 
 impl<'a> StatsOutput<'a> {
     /// What every command writes: a printer (table or JSON), and the CSV
-    /// file when one was asked for.
-    pub fn printing(printer: impl StatsWriter + 'a, csv: Option<CsvWriter>) -> Self {
+    /// file when one was asked for (`export::CsvOpts::writer`).
+    pub fn printing(printer: impl StatsWriter + 'a, csv: Option<Box<dyn StatsWriter>>) -> Self {
         let mut writers: Vec<Box<dyn StatsWriter + 'a>> = vec![Box::new(printer)];
-        writers.extend(csv.map(|c| Box::new(c) as Box<dyn StatsWriter>));
+        writers.extend(csv);
         StatsOutput::new(writers)
     }
 

@@ -21,16 +21,14 @@ use anyhow::Result;
 use fusetrace_common::{bucket_bounds, latency_bucket};
 
 use crate::{
-    output::{
-        print::{Format, write_summary},
-        sink::Sink,
-        stats::{StageSummary, Stats},
-    },
+    output::print::{Format, write_summary},
     pipeline::{
         connections::ConnectionTable,
         lifecycle::{Comm, LatencyStage, RequestLifecycle},
         opcode,
-        session::RunSummary,
+        sink::Sink,
+        stats::{StageSummary, Stats},
+        summary::RunSummary,
     },
 };
 

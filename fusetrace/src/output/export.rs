@@ -15,11 +15,9 @@ use anyhow::{Context, Result, bail};
 use tempfile::NamedTempFile;
 
 use crate::{
-    output::{accumulate::StatsWriter, stats::Stats},
-    pipeline::connections::ConnectionTable,
-    pipeline::lifecycle::LatencyStage,
-    pipeline::opcode,
-    pipeline::session::RunSummary,
+    output::accumulate::StatsWriter, pipeline::connections::ConnectionTable,
+    pipeline::lifecycle::LatencyStage, pipeline::opcode, pipeline::stats::Stats,
+    pipeline::summary::RunSummary,
 };
 
 /// What one CSV row describes.
@@ -45,10 +43,13 @@ pub struct CsvOpts {
 impl CsvOpts {
     /// The CSV sink, when `--csv` was given; `per_interval` writes one
     /// block per tick.
-    pub fn writer(&self, per_interval: bool, clock: Clock) -> Result<Option<CsvWriter>> {
+    pub fn writer(&self, per_interval: bool, clock: Clock) -> Result<Option<Box<dyn StatsWriter>>> {
         self.csv
             .as_deref()
-            .map(|p| CsvWriter::create(p, self.csv_layout, per_interval, clock))
+            .map(|p| {
+                CsvWriter::create(p, self.csv_layout, per_interval, clock)
+                    .map(|w| Box::new(w) as Box<dyn StatsWriter>)
+            })
             .transpose()
     }
 }

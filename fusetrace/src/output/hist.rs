@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{
-    output::stats::Stats,
+    pipeline::stats::Stats,
     pipeline::{lifecycle::LatencyStage, opcode},
 };
 

@@ -13,5 +13,3 @@ pub mod hist;
 pub mod line;
 pub mod perfetto;
 pub mod print;
-pub mod sink;
-pub mod stats;

@@ -53,14 +53,14 @@ use anyhow::{Context, Result};
 use fusetrace_common::{EventKind, FuseEvent, opcode as op};
 use prost::Message;
 
-use crate::record::format::Names;
+use crate::kernel::decode::FileNames;
 use crate::{
-    output::sink::Sink,
+    pipeline::sink::Sink,
     pipeline::{
         connections::ConnectionTable,
         lifecycle::{Comm, ExtraStage, LatencyStage, RequestLifecycle},
         opcode,
-        session::RunSummary,
+        summary::RunSummary,
     },
 };
 
@@ -732,7 +732,7 @@ fn request_key(ev: &FuseEvent) -> (u32, u64) {
 }
 
 impl<W: Write> Sink for PerfettoSink<W> {
-    fn event(&mut self, ev: &FuseEvent, _names: Option<&Names>) -> Result<()> {
+    fn event(&mut self, ev: &FuseEvent, _names: Option<&FileNames>) -> Result<()> {
         let kind = EventKind::from_u8(ev.kind);
         if matches!(
             kind,

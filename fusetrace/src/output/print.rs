@@ -7,12 +7,13 @@ use serde::Serialize;
 
 use crate::{
     output::line::{Align, Line},
-    output::sink::Sink,
-    output::{accumulate::StatsWriter, hist, stats::Stats},
+    output::{accumulate::StatsWriter, hist},
     pipeline::connections::ConnectionTable,
     pipeline::lifecycle::{ExtraStage, LatencyStage, PathShown, RequestLifecycle},
     pipeline::opcode,
-    pipeline::session::RunSummary,
+    pipeline::sink::Sink,
+    pipeline::stats::Stats,
+    pipeline::summary::RunSummary,
 };
 
 /// Output format of `trace` and `stats`.

@@ -16,11 +16,15 @@ use fusetrace_common::{CellCounts, HistogramKey, agg_stage, bucket_bounds};
 
 use crate::{
     kernel::{layout::major_minor, probes::Probes},
-    output::sink::Sink,
-    output::stats::Stats,
-    pipeline::connections::ConnectionTable,
-    pipeline::session::{AggregationLosses, Filter, RunSummary, StopWhen},
-    pipeline::{lifecycle::LatencyStage, tracker::TrackerCounters},
+    pipeline::{
+        connections::ConnectionTable,
+        filter::Filter,
+        lifecycle::LatencyStage,
+        session::StopWhen,
+        sink::Sink,
+        stats::Stats,
+        summary::{Counting, RunSummary},
+    },
 };
 
 /// Cumulative cell counts, turned into the growth between two reads.
@@ -108,7 +112,7 @@ pub fn run(
     tick: Duration,
 ) -> Result<RunSummary> {
     let (named, opcodes) = (&filter.connections, &filter.opcodes);
-    let mut names = ConnectionTable::load_with(&filter.mounts);
+    let mut mounts = ConnectionTable::load_with(&filter.mounts);
     let mut deltas = CellDeltas::default();
     let mut gone = BTreeSet::new();
     let mut requests = 0;
@@ -126,7 +130,7 @@ pub fn run(
             for conn in newly_gone {
                 eprintln!(
                     "fusetrace: {} was unmounted and a new mount took its connection number {}; the new mount is not traced",
-                    names.name(conn),
+                    mounts.name(conn),
                     major_minor(conn)
                 );
             }
@@ -137,31 +141,23 @@ pub fn run(
                 break;
             }
             next_tick += tick;
-            sink.tick(&mut names)?;
+            sink.tick(&mut mounts)?;
             continue;
         }
         // Nothing arrives between reads: wait for the next read or a stop.
         std::thread::sleep((next_tick - now).min(Duration::from_millis(50)));
     }
-    let k = probes.counters();
-    let summary = RunSummary {
+    let mut summary = RunSummary {
         requests,
-        in_flight_at_exit: k.agg_started.saturating_sub(k.agg_ended),
         mounts_gone: gone.len() as u64,
-        program_runs_skipped: k.program_runs_skipped,
-        tracker: TrackerCounters {
-            unmatched_ends: k.agg_unmatched_ends,
-            sent_before_id: k.sent_before_id,
-            ..TrackerCounters::default()
-        },
-        kernel_aggregation: Some(AggregationLosses {
-            in_flight_table_full: k.agg_table_full,
-            histogram_full: k.agg_histogram_full,
-            stages: stages.then_some(k.agg_stages_missing),
-        }),
         ..RunSummary::default()
     };
-    sink.finish(&summary, &mut names)?;
+    summary.count_kernel(
+        &probes.counters(),
+        probes.undecodable(),
+        Counting::InKernel { stages },
+    );
+    sink.finish(&summary, &mut mounts)?;
     Ok(summary)
 }
 

@@ -10,10 +10,15 @@
 pub mod aggregate;
 pub mod command;
 pub mod connections;
+pub mod filter;
 pub mod lifecycle;
 pub mod opcode;
 pub mod paths;
+pub mod run;
 pub mod session;
+pub mod sink;
+pub mod stats;
+pub mod summary;
 pub mod tracker;
 
 /// The maps looked up several times per request (the tracker's requests in

@@ -28,8 +28,8 @@ use fusetrace_common::{EventKind, FLAG_NAMES, FuseEvent, opcode};
 use serde::Serialize;
 
 use crate::{
+    kernel::decode::FileNames,
     pipeline::{connections::ConnectionTable, lifecycle::RequestLifecycle},
-    record::format::Names,
 };
 
 /// Nodes one connection's table holds at most (both generations).
@@ -183,7 +183,7 @@ struct Pending {
     other: u64,
     /// RENAME2's flags.
     flags: u64,
-    names: Names,
+    names: FileNames,
 }
 
 /// Where a pending request is found at its end: by `struct fuse_req *`
@@ -225,7 +225,12 @@ impl PathBook {
 
     /// Every admitted event, in order, before the tracker sees it; `mounts`
     /// names the connections.
-    pub fn observe(&mut self, ev: &FuseEvent, names: Option<Names>, mounts: &mut ConnectionTable) {
+    pub fn observe(
+        &mut self,
+        ev: &FuseEvent,
+        names: Option<FileNames>,
+        mounts: &mut ConnectionTable,
+    ) {
         let kind = EventKind::from_u8(ev.kind);
         if kind == Some(EventKind::Sent) {
             if ev.opcode == opcode::INIT {
@@ -582,7 +587,7 @@ mod tests {
                 arg0: other,
                 ..FuseEvent::default()
             };
-            let names = Names {
+            let names = FileNames {
                 first: first.to_vec(),
                 second: second.to_vec(),
             };
@@ -687,7 +692,7 @@ mod tests {
             arg1: RENAME_EXCHANGE,
             ..FuseEvent::default()
         };
-        let names = Names {
+        let names = FileNames {
             first: b"h".to_vec(),
             second: b"g".to_vec(),
         };

@@ -247,6 +247,21 @@ pub struct TrackerCounters {
     pub interrupts: u64,
 }
 
+impl TrackerCounters {
+    /// Adds `b`'s counts (several recordings reported as one).
+    pub fn add(&mut self, b: &TrackerCounters) {
+        self.events += b.events;
+        self.finished += b.finished;
+        self.unmatched_replies += b.unmatched_replies;
+        self.unmatched_ends += b.unmatched_ends;
+        self.never_ended += b.never_ended;
+        self.notifications += b.notifications;
+        self.sent_before_id += b.sent_before_id;
+        self.sends_without_id += b.sends_without_id;
+        self.interrupts += b.interrupts;
+    }
+}
+
 /// Tuning of the tracker.
 #[derive(Debug, Clone, Copy)]
 pub struct TrackerConfig {

@@ -25,7 +25,7 @@
 //! ts_ns), 16 arg0, 17 arg1, 18 req (the `struct fuse_req *`; written only
 //! once a send without its id has been seen, which is when the replay
 //! needs it to join that send), 19 and 20 (bytes, version 2) the names a
-//! send carried ([`Names`]: the entry's name, RENAME's new name; version
+//! send carried ([`FileNames`]: the entry's name, RENAME's new name; version
 //! 2 exists for them: a version 1 reader would skip them and report node
 //! ids where the recording has paths, so it asks for a newer fusetrace
 //! instead). Idle: varint now_ns. Connection: varint
@@ -49,6 +49,8 @@ use std::{
 };
 
 use fusetrace_common::{EventKind, FuseEvent};
+
+use crate::kernel::decode::FileNames;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"FUSETRCE";
@@ -136,20 +138,11 @@ pub struct EndCounters {
     pub takes_unresolved: u64,
 }
 
-/// The names a request's send carried (`fusetrace_common::NamedEvent`):
-/// `first` the entry's name (RENAME: the old one), `second` RENAME's new
-/// name; raw bytes, as the kernel passed them (any byte but NUL and `/`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Names {
-    pub first: Vec<u8>,
-    pub second: Vec<u8>,
-}
-
 #[derive(Debug, Clone)]
 pub enum Record {
     /// A decoded event, as the ring buffer delivered it, with the names
     /// its send carried.
-    Event(FuseEvent, Option<Box<Names>>),
+    Event(FuseEvent, Option<Box<FileNames>>),
     /// The pipeline was idle and advanced the tracker's clock to `now_ns`
     /// (lets a replay finish lingering requests exactly when the live run did).
     Idle { now_ns: u64 },
@@ -259,13 +252,13 @@ impl<W: Write> Writer<W> {
 
     /// Writes an event record with the names its send carried, borrowed
     /// (the recorder's hot path: no copy into a [`Record`]).
-    pub fn write_event(&mut self, ev: &FuseEvent, names: Option<&Names>) -> io::Result<()> {
+    pub fn write_event(&mut self, ev: &FuseEvent, names: Option<&FileNames>) -> io::Result<()> {
         let mut payload = Vec::with_capacity(64);
         self.encode_event(&mut payload, ev, names);
         self.frame(KIND_EVENT, &payload)
     }
 
-    fn encode_event(&mut self, payload: &mut Vec<u8>, ev: &FuseEvent, names: Option<&Names>) {
+    fn encode_event(&mut self, payload: &mut Vec<u8>, ev: &FuseEvent, names: Option<&FileNames>) {
         self.with_req |= ev.kind == EventKind::Sent as u8 && ev.unique == 0;
         encode_event(payload, ev, self.prev_ts, &mut self.comms, self.with_req);
         if let Some(n) = names {
@@ -391,8 +384,8 @@ fn decode_event(
     p: &mut Payload<'_>,
     prev_ts: u64,
     comms: &mut Comms,
-) -> Result<(FuseEvent, Option<Box<Names>>), String> {
-    let mut names: Option<Box<Names>> = None;
+) -> Result<(FuseEvent, Option<Box<FileNames>>), String> {
+    let mut names: Option<Box<FileNames>> = None;
     let mut ev = FuseEvent {
         ts_ns: prev_ts,
         ..Default::default()
@@ -805,7 +798,7 @@ mod tests {
             opcode: 12,
             ..FuseEvent::default()
         };
-        let names = Names {
+        let names = FileNames {
             first: b"old\nname\xff".to_vec(),
             second: vec![b'n'; NAME_MAX],
         };

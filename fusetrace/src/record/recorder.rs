@@ -13,11 +13,12 @@ use anyhow::{Context, Result};
 use fusetrace_common::FuseEvent;
 
 use super::format::{ConnectionInfo, EndCounters, Header, Record, RecordedFilter, Writer};
-use crate::record::format::Names;
+use crate::kernel::decode::FileNames;
 use crate::{
-    output::sink::Sink,
     pipeline::connections::{ConnectionTable, MountEntry, fuse_mounts},
-    pipeline::session::{Filter, RunSummary, monotonic_ns},
+    pipeline::session::monotonic_ns,
+    pipeline::sink::Sink,
+    pipeline::{filter::Filter, summary::RunSummary},
     pipeline::{lifecycle::RequestLifecycle, tracker::TrackerConfig},
 };
 
@@ -59,9 +60,7 @@ pub fn header_now(hooks: Vec<String>, filter: &Filter, mounts: &[MountEntry]) ->
         .unwrap_or(0);
     Header {
         fusetrace_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default(),
+        kernel_release: crate::kernel::release().unwrap_or_default(),
         hooks,
         start_monotonic_ns: monotonic_ns(),
         start_unix_ns,
@@ -144,7 +143,7 @@ impl Sink for Recorder {
         Ok(())
     }
 
-    fn event(&mut self, ev: &FuseEvent, names: Option<&Names>) -> Result<()> {
+    fn event(&mut self, ev: &FuseEvent, names: Option<&FileNames>) -> Result<()> {
         self.write_pending_idle()?;
         if !self.named.contains(&ev.connection) && self.unnamed.insert(ev.connection) {
             // A mount that appeared after the start: name it before its first event.

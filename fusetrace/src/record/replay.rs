@@ -13,14 +13,18 @@ use std::{
 
 use anyhow::{Context, Result, anyhow};
 
-use super::format::{ConnectionInfo, Header, Reader, Record};
-use crate::pipeline::paths::PathBook;
+use super::format::{ConnectionInfo, EndCounters, Header, Reader, Record};
 use crate::{
-    kernel::{hooks::APP_WRITES_HOOKS, layout::major_minor},
-    output::sink::Sink,
-    pipeline::connections::{ConnectionTable, MountEntry},
-    pipeline::session::{self, Filter, RunSummary},
-    pipeline::tracker::{Tracker, TrackerConfig},
+    kernel::{hooks::APP_WRITES_HOOKS, layout::major_minor, probes::KernelCounters},
+    pipeline::{
+        connections::{ConnectionTable, MountEntry},
+        filter::Filter,
+        lifecycle::Comm,
+        run::Run,
+        sink::Sink,
+        summary::{Counting, RunSummary},
+        tracker::TrackerConfig,
+    },
 };
 
 /// Ticks during a replay: every `every` of recorded time, with `clock` set
@@ -35,42 +39,50 @@ pub struct ReplayTicks {
 /// second; the same mount point in two files is one connection.
 pub struct MergedNames {
     pub names: ConnectionTable,
-    by_mount: HashMap<String, u32>,
-    next_fresh: u32,
+    ids: MergedIds,
 }
 
 impl Default for MergedNames {
     fn default() -> Self {
         MergedNames {
             names: ConnectionTable::frozen([]),
-            by_mount: HashMap::new(),
-            next_fresh: u32::MAX,
+            ids: MergedIds {
+                by_mount: HashMap::new(),
+                next_fresh: u32::MAX,
+            },
         }
     }
 }
 
-impl MergedNames {
+/// How [`MergedNames`] hands out merged ids (apart from its table, which a
+/// replay lends to its run).
+struct MergedIds {
+    by_mount: HashMap<String, u32>,
+    next_fresh: u32,
+}
+
+impl MergedIds {
     /// The merged id of a file's connection `info`.
-    fn adopt(&mut self, info: &ConnectionInfo) -> u32 {
+    fn adopt(&mut self, info: &ConnectionInfo, names: &mut ConnectionTable) -> u32 {
         if let Some(id) = self.by_mount.get(&info.mount_point) {
             return *id;
         }
-        let id = if self.names.get(info.connection).is_none() {
+        let id = if names.get(info.connection).is_none() {
             info.connection
         } else {
-            while self.names.get(self.next_fresh).is_some() {
+            while names.get(self.next_fresh).is_some() {
                 self.next_fresh -= 1;
             }
             self.next_fresh
         };
-        self.rename(id, info);
+        self.rename(id, info, names);
         id
     }
 
     /// Names `id` after `info`; for an id this file already uses (bind mounts
     /// share a connection) the last name wins, as in a live run's table.
-    fn rename(&mut self, id: u32, info: &ConnectionInfo) {
-        self.names.insert(MountEntry {
+    fn rename(&mut self, id: u32, info: &ConnectionInfo, names: &mut ConnectionTable) {
+        names.insert(MountEntry {
             mount_id: 0,
             connection: id,
             mount_point: PathBuf::from(&info.mount_point),
@@ -81,24 +93,40 @@ impl MergedNames {
     }
 
     /// The merged id of `info` for a file whose ids so far are `ids`.
-    fn adopt_for(&mut self, ids: &mut HashMap<u32, u32>, info: &ConnectionInfo) {
+    fn adopt_for(
+        &mut self,
+        ids: &mut HashMap<u32, u32>,
+        info: &ConnectionInfo,
+        names: &mut ConnectionTable,
+    ) {
         match ids.get(&info.connection) {
-            Some(&id) => self.rename(id, info),
+            Some(&id) => self.rename(id, info, names),
             None => {
-                let id = self.adopt(info);
+                let id = self.adopt(info, names);
                 ids.insert(info.connection, id);
             }
         }
     }
 
-    /// A connection the file never named: it keeps the numeric name the
-    /// live run gave it.
-    fn adopt_unnamed(&mut self, connection: u32) -> u32 {
-        self.adopt(&ConnectionInfo {
+    /// The merged id of a file's `connection`; one the file never named
+    /// keeps the numeric name the live run gave it.
+    fn merged_id(
+        &mut self,
+        ids: &mut HashMap<u32, u32>,
+        connection: u32,
+        names: &mut ConnectionTable,
+    ) -> u32 {
+        if let Some(id) = ids.get(&connection) {
+            return *id;
+        }
+        let info = ConnectionInfo {
             connection,
             mount_point: format!("conn {}", major_minor(connection)),
             fs_type: String::new(),
-        })
+        };
+        let id = self.adopt(&info, names);
+        ids.insert(connection, id);
+        id
     }
 }
 
@@ -153,96 +181,74 @@ pub fn replay_file(
             .filter
             .comms
             .iter()
-            .map(|c| crate::pipeline::lifecycle::Comm::truncated(c))
+            .map(|c| Comm::truncated(c))
             .collect(),
         opcodes: header.filter.opcodes.clone(),
         ..Filter::default()
     };
     let mut ids: HashMap<u32, u32> = HashMap::new();
     for c in &header.connections {
-        merged.adopt_for(&mut ids, c);
+        merged.ids.adopt_for(&mut ids, c, &mut merged.names);
     }
     let mut config = TrackerConfig::default();
     if let Some(ns) = header.reorder_window_ns {
         config.reorder_window_ns = ns;
     }
-    let mut tracker = Tracker::new(config);
-    let mut paths = PathBook::default();
-    let mut finished = Vec::new();
-    let mut summary = RunSummary::default();
+    // The merged table is this file's for the replay, and back after it.
+    let mounts = std::mem::replace(&mut merged.names, ConnectionTable::frozen([]));
+    let mut run = Run::new(filter, mounts, config);
     let mut end = None;
     let mut next_tick = ticks.map(|t| header.start_monotonic_ns + t.every.as_nanos() as u64);
-    let mut tick_until = |now_ns: u64, sink: &mut dyn Sink, names: &mut ConnectionTable| {
+    let mut tick_until = |now_ns: u64, sink: &mut dyn Sink, run: &mut Run| {
         if let (Some(t), Some(next)) = (ticks, next_tick.as_mut()) {
             while now_ns >= *next {
                 t.clock.set(unix_ns(&header, *next));
-                sink.tick(names)?;
+                run.tick(sink)?;
                 *next += t.every.as_nanos().max(1) as u64;
             }
         }
         anyhow::Ok(())
     };
-    loop {
-        let rec = reader
-            .next_record()
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let Some(rec) = rec else { break };
-        match rec {
-            Record::Event(mut ev, ev_names) => {
-                ev.connection = match ids.get(&ev.connection) {
-                    Some(id) => *id,
-                    None => {
-                        let id = merged.adopt_unnamed(ev.connection);
-                        ids.insert(ev.connection, id);
-                        id
-                    }
-                };
-                tick_until(ev.ts_ns, sink, &mut merged.names)?;
-                // As live: sinks see every event before the tracker does.
-                sink.event(&ev, ev_names.as_deref())?;
-                paths.observe(&ev, ev_names.map(|n| *n), &mut merged.names);
-                tracker.observe(&ev, &mut finished);
+    let replayed = loop {
+        let rec = match reader.next_record() {
+            Ok(Some(rec)) => rec,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(anyhow!("{}: {e}", path.display())),
+        };
+        let step = match rec {
+            Record::Event(mut ev, names) => {
+                ev.connection = merged
+                    .ids
+                    .merged_id(&mut ids, ev.connection, &mut run.mounts);
+                tick_until(ev.ts_ns, sink, &mut run)
+                    .and_then(|()| run.event(&ev, names.map(|n| *n), sink))
             }
             Record::Idle { now_ns } => {
-                tick_until(now_ns, sink, &mut merged.names)?;
-                tracker.advance(now_ns, &mut finished);
+                tick_until(now_ns, sink, &mut run).and_then(|()| run.idle(now_ns, sink))
             }
-            Record::Connection(c) => merged.adopt_for(&mut ids, &c),
-            Record::End(c) => end = Some(c),
+            Record::Connection(c) => {
+                merged.ids.adopt_for(&mut ids, &c, &mut run.mounts);
+                Ok(())
+            }
+            Record::End(c) => {
+                end = Some(c);
+                Ok(())
+            }
+        };
+        if let Err(e) = step.and_then(|()| run.report(sink)) {
+            break Err(e);
         }
-        session::report(
-            &mut finished,
-            &filter,
-            sink,
-            &mut summary,
-            &mut merged.names,
-            &mut paths,
-        )?;
-    }
-    tracker.flush(&mut finished);
-    session::report(
-        &mut finished,
-        &filter,
-        sink,
-        &mut summary,
-        &mut merged.names,
-        &mut paths,
-    )?;
-    if let Some(t) = ticks {
+    };
+    let kernel = end.map(|c| recorded_counters(&c)).unwrap_or_default();
+    let undecodable = end.map_or(0, |c| c.undecodable);
+    let summary = replayed.and_then(|()| run.finish(sink, &kernel, undecodable, Counting::Events));
+    if let (Ok(_), Some(t)) = (&summary, ticks) {
         // Close this file's last, partial interval.
-        t.clock.set(unix_ns(&header, tracker.watermark_ns()));
-        sink.tick(&mut merged.names)?;
+        t.clock.set(unix_ns(&header, run.watermark_ns()));
+        run.tick(sink)?;
     }
-    summary.in_flight_at_exit = tracker.in_flight().filter(|r| filter.wants(r)).count() as u64;
-    summary.tracker = tracker.counters();
-    summary.paths = paths.counters();
-    if let Some(c) = end {
-        summary.ring_drops = c.ring_drops;
-        summary.read_faults = c.read_faults;
-        summary.splice_transfers = c.splice_transfers;
-        summary.undecodable = c.undecodable;
-        summary.takes_unresolved = c.takes_unresolved;
-    }
+    merged.names = std::mem::replace(&mut run.mounts, ConnectionTable::frozen([]));
+    let summary = summary?;
     Ok(Replayed {
         header,
         summary,
@@ -259,27 +265,13 @@ pub fn has_app_writes(header: &Header) -> bool {
     header.hooks.iter().any(|h| h == APP_WRITES_HOOKS)
 }
 
-/// Adds `b`'s counts to `a` (merging the summaries of several recordings).
-pub fn add_summary(a: &mut RunSummary, b: &RunSummary) {
-    a.requests += b.requests;
-    a.no_reply_expected += b.no_reply_expected;
-    a.fully_observed += b.fully_observed;
-    a.in_flight_at_exit += b.in_flight_at_exit;
-    a.ring_drops += b.ring_drops;
-    a.read_faults += b.read_faults;
-    a.splice_transfers += b.splice_transfers;
-    a.undecodable += b.undecodable;
-    a.takes_unresolved += b.takes_unresolved;
-    a.mounts_gone += b.mounts_gone;
-    a.paths.add(&b.paths);
-    let (t, u) = (&mut a.tracker, &b.tracker);
-    t.events += u.events;
-    t.finished += u.finished;
-    t.unmatched_replies += u.unmatched_replies;
-    t.unmatched_ends += u.unmatched_ends;
-    t.never_ended += u.never_ended;
-    t.sent_before_id += u.sent_before_id;
-    t.sends_without_id += u.sends_without_id;
-    t.notifications += u.notifications;
-    t.interrupts += u.interrupts;
+/// The kernel's counters a recording's end record kept.
+fn recorded_counters(c: &EndCounters) -> KernelCounters {
+    KernelCounters {
+        ring_drops: c.ring_drops,
+        read_faults: c.read_faults,
+        splice_transfers: c.splice_transfers,
+        take_unresolved: c.takes_unresolved,
+        ..KernelCounters::default()
+    }
 }

@@ -12,16 +12,16 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::replay::{self, MergedNames, ReplayTicks, add_summary, replay_file};
+use super::replay::{self, MergedNames, ReplayTicks, replay_file};
 use crate::{
     output::accumulate::StatsOutput,
     output::by::{ByOpts, GroupedPrinter},
     output::export::{Clock, CsvOpts},
     output::perfetto::PerfettoSink,
     output::print::{Format, StatsPrinter, TraceSink},
-    output::sink::Sink,
+    pipeline::sink::Sink,
     pipeline::{
-        connections::ConnectionTable, lifecycle::RequestLifecycle, opcode, session::RunSummary,
+        connections::ConnectionTable, lifecycle::RequestLifecycle, opcode, summary::RunSummary,
         tracker::TrackerConfig,
     },
     units::parse_duration,
@@ -168,7 +168,7 @@ fn replay_all(
         origin.set(replay::open(path)?.header.start_monotonic_ns);
         let r = replay_file(path, sink, &mut merged, ticks)?;
         warn_incomplete(path, &r);
-        add_summary(&mut total, &r.summary);
+        total.add(&r.summary);
     }
     Ok((merged, total))
 }

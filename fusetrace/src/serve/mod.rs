@@ -21,8 +21,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    cli::TracingFlags,
-    kernel::{doctor, hooks::Backend, probes::Probes},
+    flags::TracingFlags,
+    kernel::{self, hooks::Backend, probes::Probes},
     pipeline::{
         connections::{MountEntry, fuse_mounts},
         session::{StopWhen, monotonic_ns},
@@ -136,7 +136,10 @@ impl ServeArgs {
             bpf_stats: self.bpf_stats,
             build: vec![
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
-                ("kernel", doctor::kernel_release()),
+                (
+                    "kernel",
+                    kernel::release().unwrap_or_else(|| "unknown".into()),
+                ),
                 ("backend", probes.sent_backend().to_string()),
             ],
             last_holder_scan: None,

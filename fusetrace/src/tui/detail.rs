@@ -12,7 +12,7 @@ use ratatui::{
 
 use super::{
     state::{DetailOf, InFlightRow, TopState},
-    view::{fmt_ns, fmt_opt, fmt_opt_ns, shorten_path, stage_color},
+    style::{fmt_ns, fmt_opt, fmt_opt_ns, shorten_path, stage_color},
     window::BAR_LABELS,
 };
 use crate::{pipeline::lifecycle::LatencyStage, pipeline::opcode, units::format_duration};

@@ -3,14 +3,14 @@
 use ratatui::{
     Frame,
     layout::{Constraint, Rect},
-    style::{Style, Stylize},
+    style::Style,
     text::Line,
-    widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState},
+    widgets::{Cell, Paragraph, Row, Table, TableState},
 };
 
 use super::{
     state::{InFlightColumn, TopState},
-    view::{SELECTED, STALLED, fmt_ns, fmt_opt, shorten_path, tail},
+    style::{SELECTED, STALLED, body_block, fmt_ns, fmt_opt, shorten_path, tail},
 };
 use crate::pipeline::opcode;
 
@@ -18,15 +18,6 @@ use crate::pipeline::opcode;
 /// [`InFlightColumn::ALL`] order, without those two), which share the
 /// rest: two thirds for the file, a third for the mount.
 const WIDTHS: [u16; 6] = [6, 11, 7, 12, 7, 17];
-
-/// The body block: title with counts, sort and filter.
-pub fn body_block(title: String, state: &TopState) -> Block<'static> {
-    let mut line = vec![title.bold(), format!(" · {}", state.sort_label()).into()];
-    if !state.filter.is_empty() {
-        line.push(format!(" · filter: {}", state.filter.text).into());
-    }
-    Block::new().borders(Borders::TOP).title(Line::from(line))
-}
 
 pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
     let rows = state.visible_in_flight();

@@ -10,6 +10,7 @@ pub mod detail;
 pub mod groups;
 pub mod inflight;
 pub mod state;
+pub mod style;
 pub mod summary;
 pub mod view;
 pub mod window;
@@ -33,10 +34,11 @@ use ratatui::{
 
 use crate::{
     kernel::probes::Probes,
-    output::sink::Sink,
     pipeline::connections::ConnectionTable,
     pipeline::lifecycle::RequestLifecycle,
-    pipeline::session::{self, Filter, LiveView, RunSummary, StopWhen},
+    pipeline::session::{self, StopWhen},
+    pipeline::sink::Sink,
+    pipeline::{filter::Filter, sink::LiveView, summary::RunSummary},
     units::parse_duration,
 };
 use state::{RunCounters, TopConfig, TopState};

@@ -12,9 +12,8 @@ use ratatui::{
 
 use super::{
     groups::GroupBy,
-    inflight::body_block,
     state::{SummaryColumn, TopState},
-    view::{SELECTED, fmt_ns, fmt_rate, shorten_path, tail},
+    style::{SELECTED, body_block, fmt_ns, fmt_rate, shorten_path, tail},
 };
 use crate::{pipeline::lifecycle::LatencyStage, pipeline::opcode, units::format_duration};
 

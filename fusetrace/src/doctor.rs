@@ -12,16 +12,16 @@ use anyhow::Result;
 
 use fusetrace_common::DevFuseFile;
 
-use crate::output::print::Format;
-use crate::pipeline::lifecycle::Comm;
-
 use crate::{
-    kernel::hooks::{
-        Backend, DaemonSide, Point, PointChoice, Transport, URING_PARAMETER, backend_of,
+    kernel::{
+        self,
+        hooks::{Backend, DaemonSide, Point, PointChoice, Transport, URING_PARAMETER, backend_of},
+        kfunc,
+        probes::{self, KPROBE_PMU, KernelFunctions},
+        tracefs,
     },
-    kernel::kfunc,
-    kernel::probes::{self, KPROBE_PMU, KernelFunctions},
-    kernel::tracefs,
+    output::print::Format,
+    pipeline::lifecycle::Comm,
 };
 
 /// `fusetrace doctor` options.
@@ -243,13 +243,6 @@ fn backend_works(backend: Backend) -> (bool, String) {
     }
 }
 
-/// `uname -r` ("unknown" when it cannot be read).
-pub(crate) fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// The report; `Err` only when nothing could be examined.
 pub fn report(args: &DoctorArgs) -> Result<Report> {
     let probes::Survey {
@@ -322,7 +315,7 @@ pub fn report(args: &DoctorArgs) -> Result<Report> {
         Err(e) => (Vec::new(), Some(e)),
     };
     Ok(Report {
-        kernel: kernel_release(),
+        kernel: kernel::release().unwrap_or_else(|| "unknown".into()),
         offers,
         forced_backend: args.backend.map(|b| b.name()),
         points: choices
