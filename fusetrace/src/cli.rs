@@ -151,9 +151,13 @@ impl StatsArgs {
         let interval = self.interval.unwrap_or(Duration::from_secs(5));
         let stdout = std::io::stdout().lock();
         let mut sink: Box<dyn Sink> = match grouping {
-            Some(g) => Box::new(GroupedPrinter::new(stdout, self.format, true, g)),
+            Some(g) => {
+                Box::new(GroupedPrinter::new(stdout, self.format, true, g).with_clock(Clock::Wall))
+            }
             None => Box::new(StatsOutput::printing(
-                StatsPrinter::new(stdout, self.format, true).with_hist(self.hist),
+                StatsPrinter::new(stdout, self.format, true)
+                    .with_hist(self.hist)
+                    .with_clock(Clock::Wall),
                 csv,
             )),
         };
@@ -201,7 +205,8 @@ impl RecordArgs {
             })?;
         let header = recorder::header_now(probes.describe(), &start.filter, &mounts);
         let mut recorder = Recorder::new(file, &self.output, &header)?;
-        let printer = StatsPrinter::new(std::io::stdout().lock(), self.format, false);
+        let printer =
+            StatsPrinter::new(std::io::stdout().lock(), self.format, false).with_clock(Clock::Wall);
         let mut stats = StatsOutput::printing(printer, None);
         let command = start.launch(&self.flags)?;
         // The recorder flushes every tick: a cut-off file loses at most 200 ms.

@@ -499,7 +499,9 @@ fn fuse_where(kernel: &KernelFunctions) -> String {
 pub fn run(args: &DoctorArgs) -> Result<()> {
     let r = report(args)?;
     if args.json || args.format == Format::Json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        v["type"] = "doctor".into();
+        println!("{v}");
     } else {
         for l in r.lines() {
             println!("{l}");

@@ -26,7 +26,7 @@ fn by_comm_op(rows: &[Value]) -> BTreeMap<(String, String), u64> {
     rows.iter()
         .map(|r| {
             let comm = r["comm"].as_str().unwrap_or("-").to_string();
-            let op = r["op"].as_str().unwrap().to_string();
+            let op = r["opcode"].as_str().unwrap().to_string();
             ((comm, op), r["count"].as_u64().unwrap())
         })
         .collect()
@@ -231,7 +231,7 @@ fn per_process_and_per_command_rows_count_what_each_asked() {
         "json",
     ]));
     let report: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-    assert_eq!(report["by"], serde_json::json!(["comm", "op"]));
+    assert_eq!(report["by"], serde_json::json!(["comm", "opcode"]));
     assert_eq!(by_comm_op(report["rows"].as_array().unwrap()), counts);
     let _ = fs::remove_file(&recording);
 }
@@ -255,7 +255,10 @@ fn keys_other_than_op_and_mount_say_they_count_from_events() {
         .filter(|l| l.contains("counts from every request's events"))
         .collect();
     assert_eq!(line.len(), 1, "{events}");
-    assert!(line[0].starts_with("fusetrace: --by comm,op"), "{events}");
+    assert!(
+        line[0].starts_with("fusetrace: --by comm,opcode"),
+        "{events}"
+    );
     let kernel = run("mount,op");
     assert!(
         !kernel.contains("events"),
@@ -277,7 +280,7 @@ fn a_bad_key_is_refused_in_one_line() {
         let first = stderr.lines().next().unwrap_or_default();
         assert!(
             first.contains(
-                "unknown key 'bogus': choose from op, path, pid, comm, mount, transport, queue (e.g. --by comm,op)"
+                "unknown key 'bogus': choose from opcode, path, pid, comm, mount, transport, ring_queue (e.g. --by comm,opcode)"
             ),
             "{stderr}"
         );

@@ -166,7 +166,7 @@ fn exact_in_chroot(root: &Path, binary: &str, mnt: &Path) {
     let ended = traced
         .on(conn)
         .into_iter()
-        .filter(|r| r["ended_ns"].as_u64().is_some())
+        .filter(|r| r["ended_at_ns"].as_u64().is_some())
         .count() as u64;
     let in_kernel: u64 = whole_run_by_op(&stats)
         .values()

@@ -326,7 +326,7 @@ fn virtio_fs_walk_matches_an_independent_end_count() {
         .records
         .iter()
         .filter(|r| {
-            r["ended_ns"]
+            r["ended_at_ns"]
                 .as_u64()
                 .is_some_and(|t| t >= begin && t <= end)
         })
@@ -340,8 +340,8 @@ fn virtio_fs_walk_matches_an_independent_end_count() {
     let ours: Vec<_> = traced
         .on(conn)
         .into_iter()
-        .filter(|r| r["sent_ns"].as_u64().is_some_and(|t| t >= begin))
-        .filter(|r| r["ended_ns"].as_u64().is_some_and(|t| t <= end))
+        .filter(|r| r["sent_at_ns"].as_u64().is_some_and(|t| t >= begin))
+        .filter(|r| r["ended_at_ns"].as_u64().is_some_and(|t| t <= end))
         .collect();
     assert!(
         ours.len() as u64 >= counted / 2,
@@ -350,9 +350,14 @@ fn virtio_fs_walk_matches_an_independent_end_count() {
     let lacking: Vec<_> = ours
         .iter()
         .filter(|r| {
-            !["sent_ns", "virtq_ns", "device_done_ns", "ended_ns"]
-                .iter()
-                .all(|k| r[*k].is_u64())
+            ![
+                "sent_at_ns",
+                "virtq_at_ns",
+                "device_done_at_ns",
+                "ended_at_ns",
+            ]
+            .iter()
+            .all(|k| r[*k].is_u64())
         })
         .collect();
     assert!(
@@ -362,9 +367,9 @@ fn virtio_fs_walk_matches_an_independent_end_count() {
     for r in &ours {
         let t = |k: &str| r[k].as_u64().unwrap();
         assert!(
-            t("sent_ns") <= t("virtq_ns")
-                && t("virtq_ns") <= t("device_done_ns")
-                && t("device_done_ns") <= t("ended_ns"),
+            t("sent_at_ns") <= t("virtq_at_ns")
+                && t("virtq_at_ns") <= t("device_done_at_ns")
+                && t("device_done_at_ns") <= t("ended_at_ns"),
             "stages out of order: {r}"
         );
     }
@@ -372,7 +377,7 @@ fn virtio_fs_walk_matches_an_independent_end_count() {
     // request going onto the virtqueue and the answer being taken off it.
     let with_irq: Vec<_> = ours
         .iter()
-        .filter(|r| r["device_irq_ns"].is_u64())
+        .filter(|r| r["device_irq_at_ns"].is_u64())
         .collect();
     eprintln!(
         "virtio-fs: {} of {} requests with their device interrupt",
@@ -386,7 +391,8 @@ fn virtio_fs_walk_matches_an_independent_end_count() {
     for r in with_irq {
         let t = |k: &str| r[k].as_u64().unwrap();
         assert!(
-            t("virtq_ns") <= t("device_irq_ns") && t("device_irq_ns") <= t("device_done_ns"),
+            t("virtq_at_ns") <= t("device_irq_at_ns")
+                && t("device_irq_at_ns") <= t("device_done_at_ns"),
             "interrupt outside its request's device stage: {r}"
         );
     }
@@ -427,12 +433,14 @@ fn calls_are_joined_to_their_requests() {
     let ours = traced.on(conn);
     let created: Vec<_> = ours
         .iter()
-        .filter(|r| r["sent_ns"].is_u64() && r["op"] != "FORGET" && r["op"] != "BATCH_FORGET")
+        .filter(|r| {
+            r["sent_at_ns"].is_u64() && r["opcode"] != "FORGET" && r["opcode"] != "BATCH_FORGET"
+        })
         .collect();
     assert!(created.len() >= 4, "requests traced: {}", created.len());
     let joined = created
         .iter()
-        .filter(|r| r["submitted_ns"].is_u64())
+        .filter(|r| r["submitted_at_ns"].is_u64())
         .count();
     eprintln!("calls joined to requests: {joined} of {}", created.len());
     assert_eq!(
@@ -441,7 +449,10 @@ fn calls_are_joined_to_their_requests() {
         "every request has its call: {created:?}"
     );
     for r in &created {
-        assert!(r["submitted_ns"].as_u64() <= r["sent_ns"].as_u64(), "{r}");
+        assert!(
+            r["submitted_at_ns"].as_u64() <= r["sent_at_ns"].as_u64(),
+            "{r}"
+        );
     }
     let background: Vec<_> = created.iter().filter(|r| r["background"] == true).collect();
     assert!(
@@ -449,13 +460,16 @@ fn calls_are_joined_to_their_requests() {
         "readahead made no background READ: {created:?}"
     );
     for r in &background {
-        assert!(r["bg_wait_ns"].is_u64(), "background wait shown: {r}");
+        assert!(
+            r["background_wait_ns"].is_u64(),
+            "background wait shown: {r}"
+        );
     }
     assert!(
         created
             .iter()
             .filter(|r| r["background"] == false)
-            .all(|r| r["bg_wait_ns"].is_null()),
+            .all(|r| r["background_wait_ns"].is_null()),
         "only background requests wait for a background slot"
     );
 }

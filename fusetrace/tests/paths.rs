@@ -114,10 +114,10 @@ fn paths_in_trace_json_and_a_recording(skipped: &Cell<u64>) {
     for (op, path) in expect.keys() {
         assert!(
             ours.iter()
-                .any(|r| r["op"] == *op && path_of(r) == Some(path.as_str())),
+                .any(|r| r["opcode"] == *op && path_of(r) == Some(path.as_str())),
             "no {op} with path {path:?}: {:?}",
             ours.iter()
-                .map(|r| (r["op"].as_str(), path_of(r)))
+                .map(|r| (r["opcode"].as_str(), path_of(r)))
                 .collect::<Vec<_>>()
         );
     }
@@ -146,7 +146,7 @@ fn paths_in_trace_json_and_a_recording(skipped: &Cell<u64>) {
         };
         let plain = path.trim_end_matches(" (deleted)");
         assert!(
-            known.iter().any(|k| k == plain) || r["op"] == "RENAME",
+            known.iter().any(|k| k == plain) || r["opcode"] == "RENAME",
             "unexpected path {path:?} on {r}"
         );
     }
@@ -232,7 +232,7 @@ fn no_paths_reads_no_names_and_says_node_n() {
     let ours = out.on(conn);
     let read = ours
         .iter()
-        .find(|r| r["op"] == "READ")
+        .find(|r| r["opcode"] == "READ")
         .expect("the READ was traced");
     assert!(read["path"].is_null(), "{read}");
     assert_eq!(out.summary["paths"]["named_requests"], 0);

@@ -102,7 +102,7 @@ fn perfetto_export_matches_the_recording_request_by_request() {
     let recs = requests(trace_s, &[]);
     let drawn: Vec<&Value> = recs
         .iter()
-        .filter(|r| !r["sent_ns"].is_null() && !r["ended_ns"].is_null())
+        .filter(|r| !r["sent_at_ns"].is_null() && !r["ended_at_ns"].is_null())
         .collect();
     assert!(drawn.len() > 1000, "too few requests: {}", drawn.len());
 
@@ -126,12 +126,12 @@ fn perfetto_export_matches_the_recording_request_by_request() {
 
     let mut per_op: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for r in &drawn {
-        let key = (u(&r["unique"]), u(&r["sent_ns"]));
+        let key = (u(&r["unique"]), u(&r["sent_at_ns"]));
         let s = req_slices
             .get(&key)
             .unwrap_or_else(|| panic!("no slice for request {r}"));
         per_op
-            .entry(r["op"].as_str().unwrap().into())
+            .entry(r["opcode"].as_str().unwrap().into())
             .or_default()
             .0 += 1;
         per_op
@@ -155,9 +155,9 @@ fn perfetto_export_matches_the_recording_request_by_request() {
             .map(|c| (c["name"].as_str().unwrap(), c))
             .collect();
         for (stage, field) in [
-            ("queue", "queue_ns"),
-            ("daemon", "daemon_ns"),
-            ("complete", "complete_ns"),
+            ("queue_wait", "queue_wait_ns"),
+            ("daemon_service", "daemon_service_ns"),
+            ("completion", "completion_ns"),
         ] {
             assert_eq!(
                 children.get(stage).map(|c| u(&c["dur"])),
@@ -168,19 +168,22 @@ fn perfetto_export_matches_the_recording_request_by_request() {
         // The daemon thread's slice, and the flow requester -> daemon ->
         // completion through it.
         let d = daemon_slices
-            .get(&(u(&r["unique"]), u(&r["taken_ns"])))
+            .get(&(u(&r["unique"]), u(&r["taken_at_ns"])))
             .unwrap_or_else(|| panic!("no daemon slice for {r}"));
         assert_eq!(d["tid"], r["daemon_tid"], "daemon thread of {r}");
-        assert_eq!(u(&d["dur"]), u(&r["daemon_ns"]));
-        let flow = &children["queue"]["flow_ids"];
+        assert_eq!(u(&d["dur"]), u(&r["daemon_service_ns"]));
+        let flow = &children["queue_wait"]["flow_ids"];
         assert_eq!(flow.as_array().unwrap().len(), 1, "{r}");
         assert_eq!(&d["flow_ids"], flow, "flow into the daemon of {r}");
         assert_eq!(
-            &children["complete"]["terminating_flow_ids"], flow,
+            &children["completion"]["terminating_flow_ids"], flow,
             "flow back to the requester of {r}"
         );
-        if r["op"] == "READ" {
-            assert!(u(&r["daemon_ns"]) >= 2_000_000, "injected latency: {r}");
+        if r["opcode"] == "READ" {
+            assert!(
+                u(&r["daemon_service_ns"]) >= 2_000_000,
+                "injected latency: {r}"
+            );
         }
     }
     for (op, (recorded, exported)) in &per_op {
@@ -190,8 +193,8 @@ fn perfetto_export_matches_the_recording_request_by_request() {
     // Counters: at every sample, requests in flight equal the request
     // slices open then (begun at or before it, not yet ended); the
     // per-second counts add up to every request.
-    let mut starts: Vec<u64> = drawn.iter().map(|r| u(&r["sent_ns"])).collect();
-    let mut ends: Vec<u64> = drawn.iter().map(|r| u(&r["ended_ns"])).collect();
+    let mut starts: Vec<u64> = drawn.iter().map(|r| u(&r["sent_at_ns"])).collect();
+    let mut ends: Vec<u64> = drawn.iter().map(|r| u(&r["ended_at_ns"])).collect();
     starts.sort_unstable();
     ends.sort_unstable();
     let counters = pft["counters"].as_object().unwrap();
@@ -234,12 +237,12 @@ fn report_requests_filters_by_op_latency_pid_and_time() {
     recorder.stop();
 
     let all = requests(trace_s, &[]);
-    let reads: Vec<&Value> = all.iter().filter(|r| r["op"] == "READ").collect();
+    let reads: Vec<&Value> = all.iter().filter(|r| r["opcode"] == "READ").collect();
     assert!(!reads.is_empty());
     // --op and --min: the READs (3 ms in the daemon) and nothing faster.
     let slow = requests(trace_s, &["--op", "READ", "--min", "3ms"]);
     assert_eq!(slow.len(), reads.len());
-    assert!(slow.iter().all(|r| r["op"] == "READ"));
+    assert!(slow.iter().all(|r| r["opcode"] == "READ"));
     assert!(requests(trace_s, &["--min", "1h"]).is_empty());
     // --pid: the load's requests, by the pid the recording gives them.
     let pid = all
@@ -256,7 +259,10 @@ fn report_requests_filters_by_op_latency_pid_and_time() {
     assert_eq!(of_pid.len(), expected);
     // --since and --until split the recording without loss or overlap.
     // (FORGETs have no send: the middle request that has one.)
-    let sent: Vec<u64> = all.iter().filter_map(|r| r["sent_ns"].as_u64()).collect();
+    let sent: Vec<u64> = all
+        .iter()
+        .filter_map(|r| r["sent_at_ns"].as_u64())
+        .collect();
     let mid = sent[sent.len() / 2];
     let header_start = recording_start(&trace);
     let cut = format!("{}ns", mid - header_start);

@@ -98,11 +98,13 @@ fn injected_read_latency_shows_in_daemon_service_only() {
     let served = daemon.stop();
     let traced = tracer.stop();
     let ours = traced.on(conn);
-    let reads: Vec<_> = ours.iter().filter(|r| r["op"] == "READ").collect();
+    let reads: Vec<_> = ours.iter().filter(|r| r["opcode"] == "READ").collect();
     assert_eq!(reads.len() as u64, served["READ"], "every READ is traced");
     assert!(reads.len() >= 48, "direct-io reads: {}", reads.len());
     for r in &reads {
-        let daemon_ns = r["daemon_ns"].as_u64().expect("daemon stage observed");
+        let daemon_ns = r["daemon_service_ns"]
+            .as_u64()
+            .expect("daemon stage observed");
         let total_ns = r["total_ns"].as_u64().expect("total observed");
         assert!(
             daemon_ns >= 5_000_000,
@@ -115,8 +117,8 @@ fn injected_read_latency_shows_in_daemon_service_only() {
     }
     let mut others: Vec<u64> = ours
         .iter()
-        .filter(|r| r["op"] != "READ")
-        .filter_map(|r| r["daemon_ns"].as_u64())
+        .filter(|r| r["opcode"] != "READ")
+        .filter_map(|r| r["daemon_service_ns"].as_u64())
         .collect();
     others.sort_unstable();
     assert!(others.len() >= 6, "other requests traced: {}", others.len());
@@ -144,12 +146,13 @@ fn error_replies_carry_their_error() {
     let ours = traced.on(conn);
     let failed: Vec<_> = ours
         .iter()
-        .filter(|r| r["op"] == "LOOKUP" && r["error"] == -libc::ENOENT)
+        .filter(|r| r["opcode"] == "LOOKUP" && r["error"] == -libc::ENOENT)
         .collect();
     assert!(failed.len() >= 5, "ENOENT lookups traced: {}", failed.len());
     assert!(failed.iter().all(|r| fully_observed(r)));
     assert!(
-        ours.iter().any(|r| r["op"] == "LOOKUP" && r["error"] == 0),
+        ours.iter()
+            .any(|r| r["opcode"] == "LOOKUP" && r["error"] == 0),
         "the successful LOOKUP carries error 0"
     );
 }
@@ -193,7 +196,7 @@ fn bindfs_requests_have_all_four_stages() {
     );
     assert!(
         ours.iter()
-            .any(|r| r["op"] == "LOOKUP" && r["error"] == -libc::ENOENT),
+            .any(|r| r["opcode"] == "LOOKUP" && r["error"] == -libc::ENOENT),
         "the failed lookup of `absent` carries ENOENT"
     );
     assert!(

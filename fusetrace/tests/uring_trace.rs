@@ -127,9 +127,9 @@ fn ring_requests_are_counted_exactly_with_four_ordered_stages_beside_dev_fuse() 
     let unsent_background = |r: &Value| {
         background_unsent
             && r["background"] == true
-            && r["sent_ns"].is_null()
+            && r["sent_at_ns"].is_null()
             && r["transport"] == "io_uring"
-            && ["taken_ns", "replied_ns", "ended_ns"]
+            && ["taken_at_ns", "replied_at_ns", "ended_at_ns"]
                 .iter()
                 .all(|k| r[*k].as_u64().is_some())
     };
@@ -149,15 +149,18 @@ fn ring_requests_are_counted_exactly_with_four_ordered_stages_beside_dev_fuse() 
         assert!(r["ring_queue"].is_null(), "{r}");
     }
     // The injected GETATTR latency is in the daemon stage, not the queue.
-    let getattrs: Vec<_> = answered.iter().filter(|r| r["op"] == "GETATTR").collect();
+    let getattrs: Vec<_> = answered
+        .iter()
+        .filter(|r| r["opcode"] == "GETATTR")
+        .collect();
     assert!(getattrs.len() >= 10, "GETATTRs: {}", getattrs.len());
     for r in &getattrs {
-        let daemon_ns = r["daemon_ns"].as_u64().unwrap();
+        let daemon_ns = r["daemon_service_ns"].as_u64().unwrap();
         assert!(
             daemon_ns >= 20_000_000,
             "GETATTR daemon stage {daemon_ns} ns: {r}"
         );
-        assert!(r["queue_ns"].as_u64().unwrap() < daemon_ns, "{r}");
+        assert!(r["queue_wait_ns"].as_u64().unwrap() < daemon_ns, "{r}");
     }
     // The closing summary counts the ring's requests per queue, and they add up.
     let uring = &out.summary["io_uring"];

@@ -60,7 +60,7 @@ grep -q 'requests only' /tmp/trace.err && forgets=0
     sed 's/[{}" ]//g' /tmp/counts.json | tr ',' '\n' | sed 's/^/after:/'
     grep '"whole run"' /tmp/stats.json | tail -n1 | sed 's/{"complete":/\n/g' |
         sed -n 's/.*"count":\([0-9]*\),.*"opcode":"\([A-Z_0-9]*\)".*/stats:\2:\1/p'
-    grep -v '^{"summary"' /tmp/trace.json | sed -n 's/.*"op":"\([A-Z_0-9]*\)".*/trace:\1:1/p'
+    grep -v '^{"summary"' /tmp/trace.json | sed -n 's/.*"opcode":"\([A-Z_0-9]*\)".*/trace:\1:1/p'
 } | awk -F: -v min="$OPS" -v forgets="$forgets" '
     $1 == "before" { b[$2] = $3 } $1 == "after" { a[$2] = $3; ops[$2] = 1 }
     $1 == "stats" { s[$2] = $3; ops[$2] = 1 } $1 == "trace" { t[$2]++; ops[$2] = 1 }

@@ -72,7 +72,10 @@ impl Sink for DiagnoseSink {
     fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
         let diagnoses = self.evidence.conclude(&mut |c| names.name(c));
         if self.json {
-            println!("{}", serde_json::json!({ "diagnoses": diagnoses }));
+            println!(
+                "{}",
+                serde_json::json!({ "type": "diagnosis", "diagnoses": diagnoses })
+            );
         } else {
             print!("{}", render(&diagnoses));
         }

@@ -19,6 +19,7 @@ use crate::{
     lab::daemon::{DaemonConfig, MountedDaemon, answered_uncounted},
     lab::load::{self, LoadArgs, Workload},
     output::accumulate::StatsOutput,
+    output::export::Clock,
     output::print::{Format, StatsPrinter},
     pipeline::connections::ConnectionTable,
     pipeline::connections::connection_of,
@@ -117,7 +118,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         };
         crate::tui::run(&mut probes, &filter, &stop, &opts)
     } else {
-        let printer = StatsPrinter::new(std::io::stdout().lock(), args.format, false);
+        let printer =
+            StatsPrinter::new(std::io::stdout().lock(), args.format, false).with_clock(Clock::Wall);
         let mut stats = StatsOutput::printing(printer, None);
         let mut sink = FanOut {
             sinks: vec![&mut stats, &mut uncounted],

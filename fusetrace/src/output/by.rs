@@ -21,7 +21,10 @@ use anyhow::Result;
 use fusetrace_common::{bucket_bounds, latency_bucket};
 
 use crate::{
-    output::print::{Format, write_summary},
+    output::{
+        export::Clock,
+        print::{Format, write_summary},
+    },
     pipeline::{
         connections::ConnectionTable,
         lifecycle::{Comm, LatencyStage, RequestLifecycle},
@@ -57,15 +60,26 @@ impl Key {
         Key::Queue,
     ];
 
+    /// Its name in `--by` and in JSON rows (the outputs' names: README,
+    /// "Output names").
     pub fn name(self) -> &'static str {
         match self {
-            Key::Op => "op",
+            Key::Op => "opcode",
             Key::Path => "path",
             Key::Pid => "pid",
             Key::Comm => "comm",
             Key::Mount => "mount",
             Key::Transport => "transport",
-            Key::Queue => "queue",
+            Key::Queue => "ring_queue",
+        }
+    }
+
+    /// The shorter names `--by` also takes.
+    fn alias(self) -> Option<&'static str> {
+        match self {
+            Key::Op => Some("op"),
+            Key::Queue => Some("queue"),
+            _ => None,
         }
     }
 
@@ -98,9 +112,12 @@ impl Keys {
         };
         let mut keys = Vec::new();
         for word in text.split(',').map(str::trim) {
-            let Some(key) = Key::ALL.iter().find(|k| k.name() == word) else {
+            let Some(key) = Key::ALL
+                .iter()
+                .find(|k| k.name() == word || k.alias() == Some(word))
+            else {
                 return Err(format!(
-                    "unknown key '{word}': choose from {} (e.g. --by comm,op)",
+                    "unknown key '{word}': choose from {} (e.g. --by comm,opcode)",
                     choices()
                 ));
             };
@@ -627,7 +644,7 @@ impl Grouped {
             }
             let _ = writeln!(
                 out,
-                " {:>8} {:>6} {:>10}  {:<9} {:>10} {:>10} {:>10} {:>10}",
+                " {:>8} {:>6} {:>10}  {:<15} {:>10} {:>10} {:>10} {:>10}",
                 numbers[0], numbers[1], numbers[2], stage, p[0], p[1], p[2], p[3]
             );
         };
@@ -694,7 +711,13 @@ impl Grouped {
     /// The JSON object of a period: `rows` with the keys as fields (the
     /// top N when --top), `other` (null or the over-cap row) and how many
     /// rows --top left out.
-    pub fn to_json(&self, period: &str, grouping: &Grouping, name: Name<'_>) -> serde_json::Value {
+    pub fn to_json(
+        &self,
+        period: &str,
+        timestamp_unix_ns: Option<u64>,
+        grouping: &Grouping,
+        name: Name<'_>,
+    ) -> serde_json::Value {
         let row_json = |mut fields: serde_json::Map<String, serde_json::Value>, row: &Row| {
             fields.insert("count".into(), row.count.into());
             fields.insert("errors".into(), row.errors.into());
@@ -728,7 +751,9 @@ impl Grouped {
             row_json(fields, &self.other)
         });
         serde_json::json!({
+            "type": "stats_by",
             "period": period,
+            "timestamp_unix_ns": timestamp_unix_ns,
             "by": self.keys.0.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "sort": sort_name(grouping.sort),
             "rows": out,
@@ -757,6 +782,9 @@ pub struct GroupedPrinter<W: Write> {
     grouping: Grouping,
     interval: Grouped,
     total: Grouped,
+    /// Where a JSON line's `timestamp_unix_ns` comes from (none: a
+    /// replay's whole run).
+    clock: Option<Clock>,
 }
 
 impl<W: Write> GroupedPrinter<W> {
@@ -769,7 +797,14 @@ impl<W: Write> GroupedPrinter<W> {
             interval: empty.clone(),
             total: empty,
             grouping,
+            clock: None,
         }
+    }
+
+    /// JSON lines carry the time `clock` reads when they are written.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     fn print(&mut self, interval: bool, names: &mut ConnectionTable) -> Result<()> {
@@ -780,7 +815,8 @@ impl<W: Write> GroupedPrinter<W> {
         };
         match self.format {
             Format::Json => {
-                let json = stats.to_json(which, &self.grouping, &mut |c| names.name(c));
+                let at = self.clock.as_ref().map(Clock::now_unix_ns);
+                let json = stats.to_json(which, at, &self.grouping, &mut |c| names.name(c));
                 serde_json::to_writer(&mut self.out, &json)?;
                 writeln!(self.out)?;
             }
@@ -898,14 +934,14 @@ mod tests {
         let g_opts = grouping("comm,op");
         let mut g = Grouped::new(g_opts.keys.clone(), 100);
         workload(&mut g);
-        let json = g.to_json("whole run", &g_opts, &mut name);
+        let json = g.to_json("whole run", None, &g_opts, &mut name);
         let rows = json["rows"].as_array().unwrap();
         let pairs: Vec<(&str, &str, u64)> = rows
             .iter()
             .map(|r| {
                 (
                     r["comm"].as_str().unwrap(),
-                    r["op"].as_str().unwrap(),
+                    r["opcode"].as_str().unwrap(),
                     r["count"].as_u64().unwrap(),
                 )
             })
@@ -915,7 +951,7 @@ mod tests {
             pairs,
             [("dd", "WRITE", 1), ("cat", "READ", 3), ("dd", "LOOKUP", 2)]
         );
-        assert_eq!(json["by"], serde_json::json!(["comm", "op"]));
+        assert_eq!(json["by"], serde_json::json!(["comm", "opcode"]));
         assert!(json["other"].is_null());
         let write_total = rows[0]["total_ns"].as_u64().unwrap();
         assert_eq!(write_total, 1_000_000, "sent to ended, summed exactly");
@@ -924,8 +960,8 @@ mod tests {
             sort: SortBy::Count,
             ..g_opts
         };
-        let json = g.to_json("whole run", &by_count, &mut name);
-        assert_eq!(json["rows"][0]["op"], "READ");
+        let json = g.to_json("whole run", None, &by_count, &mut name);
+        assert_eq!(json["rows"][0]["opcode"], "READ");
         assert_eq!(json["sort"], "count");
     }
 
@@ -934,7 +970,7 @@ mod tests {
         let by_pid = grouping("pid");
         let mut g = Grouped::new(by_pid.keys.clone(), 100);
         workload(&mut g);
-        let json = g.to_json("whole run", &by_pid, &mut name);
+        let json = g.to_json("whole run", None, &by_pid, &mut name);
         let rows = json["rows"].as_array().unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(
@@ -954,7 +990,7 @@ mod tests {
         let by_path = grouping("path");
         let mut g = Grouped::new(by_path.keys.clone(), 100);
         workload(&mut g);
-        let json = g.to_json("whole run", &by_path, &mut name);
+        let json = g.to_json("whole run", None, &by_path, &mut name);
         let paths: Vec<&str> = json["rows"]
             .as_array()
             .unwrap()
@@ -976,7 +1012,7 @@ mod tests {
         by.top = Some(2);
         let mut g = Grouped::new(by.keys.clone(), 100);
         workload(&mut g);
-        let json = g.to_json("whole run", &by, &mut name);
+        let json = g.to_json("whole run", None, &by, &mut name);
         assert_eq!(json["rows"].as_array().unwrap().len(), 2);
         assert_eq!(json["rows_not_shown"], 1);
         let table = g.render_table(&by, &mut name);
@@ -998,7 +1034,7 @@ mod tests {
             g.record(&req(READ, 10_000 * (i + 1), 100, "cat", Some(&path)));
         }
         assert_eq!(g.rows.len(), 2, "the cap holds");
-        let json = g.to_json("whole run", &by, &mut name);
+        let json = g.to_json("whole run", None, &by, &mut name);
         let rows = json["rows"].as_array().unwrap();
         assert_eq!(rows.len(), 2);
         // The first two keys keep their rows, with every later request.
@@ -1052,15 +1088,15 @@ mod tests {
         let by = grouping("op");
         let mut g = Grouped::new(by.keys.clone(), 100);
         g.merge_stats(&stats);
-        let json = g.to_json("whole run", &by, &mut name);
+        let json = g.to_json("whole run", None, &by, &mut name);
         let rows = json["rows"].as_array().unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(
-            (rows[0]["op"].as_str(), rows[0]["count"].as_u64()),
+            (rows[0]["opcode"].as_str(), rows[0]["count"].as_u64()),
             (Some("LOOKUP"), Some(1))
         );
         assert_eq!(
-            (rows[1]["op"].as_str(), rows[1]["count"].as_u64()),
+            (rows[1]["opcode"].as_str(), rows[1]["count"].as_u64()),
             (Some("READ"), Some(2))
         );
         let p99 = rows[0]["stages"][3]["p99_ns"].as_u64().unwrap();
@@ -1102,9 +1138,12 @@ mod tests {
     fn bad_keys_are_refused_in_one_line() {
         assert_eq!(
             Keys::parse("comm,bogus").unwrap_err(),
-            "unknown key 'bogus': choose from op, path, pid, comm, mount, transport, queue (e.g. --by comm,op)"
+            "unknown key 'bogus': choose from opcode, path, pid, comm, mount, transport, ring_queue (e.g. --by comm,opcode)"
         );
-        assert_eq!(Keys::parse("op,op").unwrap_err(), "key 'op' given twice");
+        assert_eq!(
+            Keys::parse("op,opcode").unwrap_err(),
+            "key 'opcode' given twice"
+        );
         assert!(Keys::parse("mount,op").unwrap().in_kernel());
         assert!(!Keys::parse("comm,op").unwrap().in_kernel());
         assert_eq!(Keys::parse("path").unwrap().to_string(), "path");

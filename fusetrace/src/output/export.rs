@@ -63,7 +63,7 @@ pub enum Clock {
 }
 
 impl Clock {
-    fn now_unix_ns(&self) -> u64 {
+    pub fn now_unix_ns(&self) -> u64 {
         match self {
             Clock::Wall => SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -1037,7 +1037,7 @@ mod tests {
             .into_iter()
             .map(|(_, n)| n)
             .collect();
-        assert_eq!(got, ["READ", "virtqueue", "device", "complete"]);
+        assert_eq!(got, ["READ", "virtqueue", "device", "completion"]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     output::line::{Align, Line},
-    output::{accumulate::StatsWriter, hist},
+    output::{accumulate::StatsWriter, export::Clock, hist},
     pipeline::connections::ConnectionTable,
     pipeline::lifecycle::{ExtraStage, LatencyStage, PathShown, RequestLifecycle},
     pipeline::opcode,
@@ -24,15 +24,19 @@ pub enum Format {
     Json,
 }
 
-/// The closing summary: a `{"summary": ...}` line in JSON output, and the
-/// human line on stderr either way (nothing lost goes unsaid).
+/// The closing summary: a `{"type": "summary", "summary": ...}` line in
+/// JSON output, and the human line on stderr either way (nothing lost goes
+/// unsaid).
 pub(crate) fn write_summary(
     out: &mut impl Write,
     format: Format,
     summary: &RunSummary,
 ) -> Result<()> {
     if format == Format::Json {
-        serde_json::to_writer(&mut *out, &serde_json::json!({ "summary": summary }))?;
+        serde_json::to_writer(
+            &mut *out,
+            &serde_json::json!({ "type": "summary", "summary": summary }),
+        )?;
         writeln!(out)?;
     }
     out.flush()?;
@@ -40,19 +44,23 @@ pub(crate) fn write_summary(
     Ok(())
 }
 
-/// A finished request as `trace --format json` prints it.
+/// A finished request as `trace --format json` prints it: the request's
+/// points (`<point>_at_ns`, monotonic) and its stages' durations
+/// (`<stage>_ns`), named as everywhere else (README, "Output names").
 #[derive(Serialize)]
 struct TraceRecord<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
     mount: String,
-    op: String,
+    opcode: String,
     #[serde(flatten)]
     rec: &'a RequestLifecycle,
-    queue_ns: Option<u64>,
-    daemon_ns: Option<u64>,
-    complete_ns: Option<u64>,
+    queue_wait_ns: Option<u64>,
+    daemon_service_ns: Option<u64>,
+    completion_ns: Option<u64>,
     total_ns: Option<u64>,
     /// Stages only some requests have (background wait, virtio-fs).
-    bg_wait_ns: Option<u64>,
+    background_wait_ns: Option<u64>,
     virtqueue_ns: Option<u64>,
     device_ns: Option<u64>,
 }
@@ -180,14 +188,15 @@ impl<W: Write> Sink for TraceSink<W> {
         match self.format {
             Format::Json => {
                 let line = TraceRecord {
+                    kind: "request",
                     mount: names.name(rec.connection),
-                    op: opcode::name(rec.opcode),
+                    opcode: opcode::name(rec.opcode),
                     rec,
-                    queue_ns: rec.latency(LatencyStage::QueueWait),
-                    daemon_ns: rec.latency(LatencyStage::DaemonService),
-                    complete_ns: rec.latency(LatencyStage::Completion),
+                    queue_wait_ns: rec.latency(LatencyStage::QueueWait),
+                    daemon_service_ns: rec.latency(LatencyStage::DaemonService),
+                    completion_ns: rec.latency(LatencyStage::Completion),
                     total_ns: rec.latency(LatencyStage::Total),
-                    bg_wait_ns: rec.extra_latency(ExtraStage::BackgroundWait),
+                    background_wait_ns: rec.extra_latency(ExtraStage::BackgroundWait),
                     virtqueue_ns: rec.extra_latency(ExtraStage::Virtqueue),
                     device_ns: rec.extra_latency(ExtraStage::Device),
                 };
@@ -242,6 +251,9 @@ pub struct StatsPrinter<W: Write> {
     per_interval: bool,
     /// Also the log2 histograms (`--hist`).
     hist: bool,
+    /// Where a JSON line's `timestamp_unix_ns` comes from (none: a
+    /// replay's whole run, whose time is the recording's).
+    clock: Option<Clock>,
 }
 
 impl<W: Write> StatsPrinter<W> {
@@ -251,7 +263,14 @@ impl<W: Write> StatsPrinter<W> {
             format,
             per_interval,
             hist: false,
+            clock: None,
         }
+    }
+
+    /// JSON lines carry the time `clock` reads when they are written.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// With `--hist`: the log2 histograms after each table (in JSON, a
@@ -265,8 +284,12 @@ impl<W: Write> StatsPrinter<W> {
         let mut name = |c| names.name(c);
         match self.format {
             Format::Json => {
-                let mut v =
-                    serde_json::json!({ "period": which, "ops": stats.summaries(&mut name) });
+                let mut v = serde_json::json!({
+                    "type": "stats",
+                    "period": which,
+                    "timestamp_unix_ns": self.clock.as_ref().map(Clock::now_unix_ns),
+                    "ops": stats.summaries(&mut name),
+                });
                 if self.hist {
                     v["hist"] = serde_json::to_value(hist::stage_hists(stats, &mut name))?;
                 }

@@ -27,12 +27,15 @@ pub enum Outcome {
 }
 
 /// One FUSE request's whole life. Times are monotonic nanoseconds; a stage
-/// nobody observed is `None`, never zero.
+/// nobody observed is `None`, never zero. In JSON, a point's time is
+/// `<point>_at_ns` (a duration is `<stage>_ns`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestLifecycle {
     pub connection: u32,
     pub unique: u64,
     /// 0 when no hook saw the opcode (request seen only at its end).
+    /// Outputs show its name (`opcode`).
+    #[serde(skip)]
     pub opcode: u32,
     pub nodeid: Option<u64>,
     /// Thread group of the requester, when the submitting task was seen.
@@ -46,9 +49,13 @@ pub struct RequestLifecycle {
     pub daemon_tid: Option<u32>,
     /// Daemon thread that wrote the reply.
     pub reply_tid: Option<u32>,
+    #[serde(rename = "sent_at_ns")]
     pub sent_ns: Option<u64>,
+    #[serde(rename = "taken_at_ns")]
     pub taken_ns: Option<u64>,
+    #[serde(rename = "replied_at_ns")]
     pub replied_ns: Option<u64>,
+    #[serde(rename = "ended_at_ns")]
     pub ended_ns: Option<u64>,
     pub error: Option<i32>,
     pub request_len: Option<u32>,
@@ -58,12 +65,16 @@ pub struct RequestLifecycle {
     /// The caller entered `fuse_simple_request`/`fuse_simple_background`
     /// (kprobe/fentry backends): for a background request, the time it
     /// waited (the `max_background` limit) before being sent.
+    #[serde(rename = "submitted_at_ns")]
     pub submitted_ns: Option<u64>,
     /// virtio-fs: placed on the virtqueue (no daemon takes it).
+    #[serde(rename = "virtq_at_ns")]
     pub virtq_ns: Option<u64>,
     /// virtio-fs: the queue's device interrupt that announced the answer.
+    #[serde(rename = "device_irq_at_ns")]
     pub device_irq_ns: Option<u64>,
     /// virtio-fs: the answer was taken off the virtqueue.
+    #[serde(rename = "device_done_at_ns")]
     pub device_done_ns: Option<u64>,
     /// Task that handed the request to the daemon queue (for writeback
     /// WRITEs a flusher thread, not the writer).
@@ -227,9 +238,11 @@ impl ExtraStage {
         ExtraStage::Device,
     ];
 
+    /// Its name in every output (JSON, CSV, Prometheus, Perfetto): the
+    /// serde name.
     pub fn name(self) -> &'static str {
         match self {
-            ExtraStage::BackgroundWait => "bg-wait",
+            ExtraStage::BackgroundWait => "background_wait",
             ExtraStage::Virtqueue => "virtqueue",
             ExtraStage::Device => "device",
         }
@@ -244,11 +257,23 @@ impl LatencyStage {
         LatencyStage::Total,
     ];
 
+    /// Its name in every output (JSON, CSV, Prometheus, Perfetto, the
+    /// tables): the serde name.
     pub fn name(self) -> &'static str {
+        match self {
+            LatencyStage::QueueWait => "queue_wait",
+            LatencyStage::DaemonService => "daemon_service",
+            LatencyStage::Completion => "completion",
+            LatencyStage::Total => "total",
+        }
+    }
+
+    /// A narrow column's heading (`top`).
+    pub fn short(self) -> &'static str {
         match self {
             LatencyStage::QueueWait => "queue",
             LatencyStage::DaemonService => "daemon",
-            LatencyStage::Completion => "complete",
+            LatencyStage::Completion => "compl",
             LatencyStage::Total => "total",
         }
     }

@@ -24,7 +24,7 @@ use prometheus_client::{
 
 use crate::{
     kernel::{probes::KernelCounters, slots::InFlight},
-    pipeline::opcode,
+    pipeline::{lifecycle::LatencyStage, opcode},
     serve::mounts::{MountBook, MountLabels},
 };
 
@@ -209,13 +209,15 @@ impl Snapshot {
     }
 }
 
+/// The `stage` label: the stage's name in every output.
 fn stage_name(stage: u8) -> &'static str {
     match stage {
-        agg_stage::QUEUE => "queue",
-        agg_stage::DAEMON => "daemon",
-        agg_stage::COMPLETE => "complete",
-        _ => "total",
+        agg_stage::QUEUE => LatencyStage::QueueWait,
+        agg_stage::DAEMON => LatencyStage::DaemonService,
+        agg_stage::COMPLETE => LatencyStage::Completion,
+        _ => LatencyStage::Total,
     }
+    .name()
 }
 
 /// The errno's name (`ENOENT`), or its number.
@@ -279,7 +281,7 @@ impl Collector for Snapshot {
         if self.stages {
             let mut m = enc.encode_descriptor(
                 "fusetrace_request_stage_duration",
-                "FUSE request latency per stage: queue (sent until a daemon thread took it), daemon (taken until the reply), complete (reply until the end)",
+                "FUSE request latency per stage: queue_wait (sent until a daemon thread took it), daemon_service (taken until the reply), completion (reply until the end)",
                 Some(&seconds),
                 MetricType::Histogram,
             )?;
@@ -517,7 +519,7 @@ mod tests {
                 "fusetrace_request_duration_seconds_bucket{{le=\"+Inf\",{labels},opcode=\"READ\"}} 100"
             ),
             format!(
-                "fusetrace_request_stage_duration_seconds_count{{{labels},opcode=\"READ\",stage=\"queue\"}} 100"
+                "fusetrace_request_stage_duration_seconds_count{{{labels},opcode=\"READ\",stage=\"queue_wait\"}} 100"
             ),
             format!("fusetrace_requests_in_flight{{{labels}}} 2"),
             format!("fusetrace_oldest_request_age_seconds{{{labels}}} 5.0"),

@@ -73,10 +73,7 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
         ])),
     ];
     for stage in LatencyStage::ALL {
-        let short = match stage {
-            LatencyStage::Completion => "compl",
-            s => s.name(),
-        };
+        let short = stage.short();
         header.push(Cell::from(Text::from(vec![
             Line::styled(short, Style::new().bold()).right_aligned(),
             Line::styled("p50", Style::new().bold()).right_aligned(),

@@ -258,7 +258,8 @@ impl TraceOutput {
 pub fn count_by_op(records: &[&Value]) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for r in records {
-        *m.entry(r["op"].as_str().unwrap().to_string()).or_default() += 1;
+        *m.entry(r["opcode"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     m
 }
@@ -463,7 +464,7 @@ pub fn assert_nothing_lost(summary: &Value) {
 /// Whether a record is one the daemon answers (not FORGET and friends).
 pub fn expects_reply(r: &Value) -> bool {
     !matches!(
-        r["op"].as_str(),
+        r["opcode"].as_str(),
         Some("FORGET" | "BATCH_FORGET" | "INTERRUPT")
     )
 }
@@ -471,7 +472,7 @@ pub fn expects_reply(r: &Value) -> bool {
 /// All four points of a request observed, in their order: sent, taken by
 /// the daemon, replied, ended.
 pub fn fully_observed(r: &Value) -> bool {
-    let points: Vec<Option<u64>> = ["sent_ns", "taken_ns", "replied_ns", "ended_ns"]
+    let points: Vec<Option<u64>> = ["sent_at_ns", "taken_at_ns", "replied_at_ns", "ended_at_ns"]
         .iter()
         .map(|k| r[*k].as_u64())
         .collect();
