@@ -59,10 +59,11 @@ pub struct Server {
 
 impl Server {
     /// Serves on `listener` (already bound, so that a taken port fails
-    /// before any probe is attached), handing scrapes to `scrapes`.
-    pub fn spawn(
+    /// before any probe is attached), handing scrapes to `scrapes` (the
+    /// main thread's messages, of which a [`Scrape`] is one).
+    pub fn spawn<M: From<Scrape> + Send + 'static>(
         listener: std::net::TcpListener,
-        scrapes: mpsc::Sender<super::Message>,
+        scrapes: mpsc::Sender<M>,
     ) -> Result<Server> {
         listener
             .set_nonblocking(true)
@@ -99,9 +100,9 @@ impl Drop for Server {
     }
 }
 
-async fn accept_loop(
+async fn accept_loop<M: From<Scrape> + Send + 'static>(
     listener: std::net::TcpListener,
-    scrapes: mpsc::Sender<super::Message>,
+    scrapes: mpsc::Sender<M>,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -156,9 +157,9 @@ fn respond(
     r
 }
 
-async fn handle(
+async fn handle<M: From<Scrape>>(
     req: Request<Incoming>,
-    scrapes: mpsc::Sender<super::Message>,
+    scrapes: mpsc::Sender<M>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     let path = req.uri().path();
@@ -202,7 +203,7 @@ async fn handle(
     );
     let (reply, body) = oneshot::channel();
     if scrapes
-        .send(super::Message::Scrape(Scrape { openmetrics, reply }))
+        .send(M::from(Scrape { openmetrics, reply }))
         .is_err()
     {
         return Ok(respond(

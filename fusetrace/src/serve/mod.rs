@@ -324,6 +324,12 @@ pub enum Message {
     MountsChanged,
 }
 
+impl From<http::Scrape> for Message {
+    fn from(scrape: http::Scrape) -> Message {
+        Message::Scrape(scrape)
+    }
+}
+
 /// A thread that says when the mount table changes: poll(2) on mountinfo
 /// reports POLLPRI then. It ends when the main thread is gone.
 fn watch_mounts(to_main: mpsc::Sender<Message>) -> Result<()> {

@@ -41,6 +41,7 @@ use crate::{
     pipeline::{filter::Filter, sink::LiveView, summary::RunSummary},
     units::parse_duration,
 };
+pub use state::StartView;
 use state::{RunCounters, TopConfig, TopState};
 
 /// Time between two frames.
@@ -58,20 +59,6 @@ pub struct TopOptions {
     pub headless: bool,
     /// The view shown first.
     pub view: StartView,
-}
-
-/// The view `top` starts in (`--view`); keys move on from there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum StartView {
-    /// Every request in flight.
-    #[default]
-    InFlight,
-    /// Per opcode over the window.
-    Ops,
-    /// Per file over the window (`b` in the second view).
-    Files,
-    /// Per process over the window.
-    Processes,
 }
 
 /// `fusetrace top`'s own options (the filters are `trace`'s).

@@ -26,6 +26,20 @@ use crate::{
     pipeline::opcode,
 };
 
+/// The view `top` starts in (`--view`); keys move on from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StartView {
+    /// Every request in flight.
+    #[default]
+    InFlight,
+    /// Per opcode over the window.
+    Ops,
+    /// Per file over the window (`b` in the second view).
+    Files,
+    /// Per process over the window.
+    Processes,
+}
+
 /// Settings from the command line.
 #[derive(Debug, Clone, Copy)]
 pub struct TopConfig {
@@ -505,8 +519,7 @@ impl TopState {
     }
 
     /// Shows `start` first (`top --view`).
-    pub fn start_in(&mut self, start: super::StartView) {
-        use super::StartView;
+    pub fn start_in(&mut self, start: StartView) {
         (self.view, self.group) = match start {
             StartView::InFlight => (View::InFlight, GroupBy::Op),
             StartView::Ops => (View::Summary, GroupBy::Op),

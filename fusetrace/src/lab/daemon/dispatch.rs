@@ -49,7 +49,9 @@ use fuser::{
 };
 use libc::c_int;
 
-use super::ServedCounts;
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+
 use super::fs::{MemFs, Owner, SetAttr};
 
 /// Kernel opcode numbers (`enum fuse_opcode`).
@@ -783,5 +785,51 @@ impl Filesystem for Dispatcher {
                 Err(e) => reply.error(e),
             }
         });
+    }
+}
+
+/// Requests served, by kernel opcode. Cheap to clone; all clones share the counters.
+#[derive(Clone, Debug)]
+pub struct ServedCounts(Arc<[AtomicU64; OPCODE_SLOTS]>);
+
+impl Default for ServedCounts {
+    fn default() -> Self {
+        ServedCounts(Arc::new(std::array::from_fn(|_| AtomicU64::new(0))))
+    }
+}
+
+impl ServedCounts {
+    pub(crate) fn add(&self, opcode: u32) {
+        if let Some(c) = self.0.get(opcode as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests of one opcode served so far.
+    pub fn get(&self, opcode: u32) -> u64 {
+        self.0
+            .get(opcode as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Non-zero counts by opcode number.
+    pub fn by_opcode(&self) -> BTreeMap<u32, u64> {
+        (0..OPCODE_SLOTS as u32)
+            .map(|op| (op, self.get(op)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Non-zero counts by opcode name (`crate::pipeline::opcode::name`).
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.by_opcode()
+            .into_iter()
+            .map(|(op, n)| (crate::pipeline::opcode::name(op), n))
+            .collect()
+    }
+
+    /// `{"GETATTR":40,"LOOKUP":12}`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.snapshot()).unwrap_or_else(|_| "{}".to_string())
     }
 }

@@ -13,16 +13,15 @@ mod fs;
 mod uring;
 mod wire;
 
-pub use dispatch::answered_uncounted;
+pub use dispatch::{ServedCounts, answered_uncounted};
 pub use uring::TransportCounts;
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -211,52 +210,6 @@ impl DaemonConfig {
             table[*op as usize] = *d;
         }
         table
-    }
-}
-
-/// Requests served, by kernel opcode. Cheap to clone; all clones share the counters.
-#[derive(Clone, Debug)]
-pub struct ServedCounts(Arc<[AtomicU64; OPCODE_SLOTS]>);
-
-impl Default for ServedCounts {
-    fn default() -> Self {
-        ServedCounts(Arc::new(std::array::from_fn(|_| AtomicU64::new(0))))
-    }
-}
-
-impl ServedCounts {
-    pub(crate) fn add(&self, opcode: u32) {
-        if let Some(c) = self.0.get(opcode as usize) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Requests of one opcode served so far.
-    pub fn get(&self, opcode: u32) -> u64 {
-        self.0
-            .get(opcode as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    /// Non-zero counts by opcode number.
-    pub fn by_opcode(&self) -> BTreeMap<u32, u64> {
-        (0..OPCODE_SLOTS as u32)
-            .map(|op| (op, self.get(op)))
-            .filter(|(_, n)| *n > 0)
-            .collect()
-    }
-
-    /// Non-zero counts by opcode name (`crate::pipeline::opcode::name`).
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.by_opcode()
-            .into_iter()
-            .map(|(op, n)| (crate::pipeline::opcode::name(op), n))
-            .collect()
-    }
-
-    /// `{"GETATTR":40,"LOOKUP":12}`.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.snapshot()).unwrap_or_else(|_| "{}".to_string())
     }
 }
 
@@ -839,6 +792,7 @@ pub fn run(args: &DaemonArgs) -> Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::collections::BTreeMap;
 
     #[derive(clap::Parser, Debug)]
     struct Cli {

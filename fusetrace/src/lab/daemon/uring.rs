@@ -39,8 +39,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use super::ServedCounts;
-use super::dispatch::{Lifecycle, OPCODE_SLOTS, Phase, Shared, op};
+use super::dispatch::{Lifecycle, OPCODE_SLOTS, Phase, ServedCounts, Shared, op};
 use super::wire::{self, IN_HEADER_LEN, InitIn, InitOut, OUT_HEADER_LEN, Reply};
 
 use crate::kernel::hooks::URING_PARAMETER as ENABLE_URING;
