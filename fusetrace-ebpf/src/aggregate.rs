@@ -15,12 +15,9 @@ use core::mem::offset_of;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    },
-    macros::{btf_tracepoint, fentry, kprobe, map},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
     maps::{Array, HashMap, PerCpuHashMap},
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 use fusetrace_common::{
     AGG_CELLS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, AGG_MAX_COMMS, AGG_MAX_GENERATIONS, AGG_OVERFLOW,
@@ -29,7 +26,14 @@ use fusetrace_common::{
     latency_bucket,
 };
 
-use crate::{GATE, UNIQUE_IN_HEADER, bump, fentry_arg, kprobe_arg, kread, layout, layout_field};
+use crate::{
+    filter::wanted_cgroup,
+    fuse::{connection_of, unique_of},
+    maps::{EVENTS, GATE, LAYOUT},
+    memory::{layout_field, load},
+    reply::reply_started,
+    report::bump,
+};
 
 /// `BPF_F_MMAPABLE`: user space maps the array to read it in one pass.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -73,35 +77,6 @@ static AGG_HISTOGRAMS: PerCpuHashMap<HistogramKey, CellCounts> =
 #[inline(always)]
 fn open() -> bool {
     GATE.get(0).copied() == Some(1)
-}
-
-/// Reads a `T` at `base + offset`. `DIRECT`: `base` is a typed pointer
-/// (a `tp_btf` argument, and what is loaded through it), which
-/// the verifier lets a program load through (offsets are read-only data it
-/// knows), no helper call; otherwise (kprobe and fentry arguments, read
-/// out of their context by a helper) `bpf_probe_read_kernel`.
-#[inline(always)]
-fn load<T: Copy, const DIRECT: bool>(base: u64, offset: u32) -> Option<T> {
-    if DIRECT {
-        // SAFETY: the verifier checks the access against BTF and turns a
-        // fault into a zero.
-        Some(unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) })
-    } else {
-        kread(base, offset)
-    }
-}
-
-/// The request's id (0 while the kernel has not assigned it).
-#[inline(always)]
-pub(crate) fn unique_of<const DIRECT: bool>(req: u64) -> u64 {
-    load::<u64, DIRECT>(req, layout_field!(req_in_h) + UNIQUE_IN_HEADER).unwrap_or(0)
-}
-
-#[inline(always)]
-pub(crate) fn connection_of<const DIRECT: bool>(req: u64) -> Option<u32> {
-    let chan: u64 = load::<_, DIRECT>(req, layout_field!(req_chan))?;
-    let fc: u64 = load::<_, DIRECT>(chan, layout_field!(chan_conn))?;
-    load::<_, DIRECT>(fc, layout_field!(conn_dev))
 }
 
 /// The task sending a request, and whether it is the request's
@@ -183,21 +158,12 @@ fn wanted_comm(s: &Sender) -> bool {
         }
         // One name at a time: the whole table would not fit the stack.
         // SAFETY: see `layout`; `i` is in bounds.
-        let want = unsafe { core::ptr::read_volatile(&crate::LAYOUT.agg_comms[i]) };
+        let want = unsafe { core::ptr::read_volatile(&LAYOUT.agg_comms[i]) };
         if want == have {
             return true;
         }
     }
     false
-}
-
-/// Whether `-c` wants a request the current task sends: it is in the
-/// command's cgroup (or no command was given).
-#[inline(always)]
-pub(crate) fn wanted_cgroup() -> bool {
-    let cgroup = layout_field!(filter_cgroup);
-    // SAFETY: a helper without arguments.
-    cgroup == 0 || unsafe { bpf_get_current_cgroup_id() } == cgroup
 }
 
 /// Whether `stats --mount` wants the connection (a few compares against
@@ -219,7 +185,7 @@ fn wanted_connection(connection: u32) -> bool {
 
 /// The request is queued: remember when, if the filters want it.
 #[inline(always)]
-fn agg_send<const DIRECT: bool>(req: Option<u64>) {
+pub(crate) fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     let Some(req) = req else { return };
     if !open() {
         return;
@@ -345,7 +311,7 @@ fn take_sent<const DIRECT: bool>(req: u64, connection: u32) -> Option<Sent> {
 
 /// The request ended: count its latency in its histogram cell.
 #[inline(always)]
-fn agg_end<const DIRECT: bool>(req: Option<u64>) {
+pub(crate) fn agg_end<const DIRECT: bool>(req: Option<u64>) {
     let Some(req) = req else { return };
     if !open() {
         return;
@@ -374,7 +340,7 @@ fn agg_end<const DIRECT: bool>(req: Option<u64>) {
     );
     // The daemon side hooked in the kernel: the reply ending it began now.
     if layout_field!(agg_stages) != 0
-        && let Some(ts) = crate::daemon::reply_started(error.unwrap_or(0))
+        && let Some(ts) = reply_started(error.unwrap_or(0))
     {
         sent.replied_ns = ts;
     }
@@ -454,7 +420,7 @@ fn submit_whole<const DIRECT: bool>(req: u64, sent: &Sent, now: u64, error: i32)
         req,
         ..FuseEvent::default()
     };
-    match crate::EVENTS.reserve::<FuseEvent>(0) {
+    match EVENTS.reserve::<FuseEvent>(0) {
         Some(mut slot) => {
             slot.write(ev);
             slot.submit(0);
@@ -556,45 +522,4 @@ pub fn agg_daemon_point(
             }
         }
     }
-}
-
-#[btf_tracepoint(function = "fuse_request_send")]
-pub fn agg_sent_btf(ctx: BtfTracePointContext) -> i32 {
-    agg_send::<true>(Some(ctx.arg(0)));
-    0
-}
-
-#[btf_tracepoint(function = "fuse_request_end")]
-pub fn agg_ended_btf(ctx: BtfTracePointContext) -> i32 {
-    agg_end::<true>(Some(ctx.arg(0)));
-    0
-}
-
-#[kprobe]
-pub fn agg_sent_kp(ctx: ProbeContext) -> u32 {
-    let l = layout();
-    agg_send::<false>(kprobe_arg(&ctx, &l, l.arg_sent));
-    0
-}
-
-#[kprobe]
-pub fn agg_ended_kp(ctx: ProbeContext) -> u32 {
-    let l = layout();
-    agg_end::<false>(kprobe_arg(&ctx, &l, l.arg_ended));
-    0
-}
-
-#[fentry]
-pub fn agg_sent_fe(ctx: FEntryContext) -> u32 {
-    let l = layout();
-    // The argument was copied out of the context by a helper: a number.
-    agg_send::<false>(fentry_arg(&ctx, l.arg_sent));
-    0
-}
-
-#[fentry]
-pub fn agg_ended_fe(ctx: FEntryContext) -> u32 {
-    let l = layout();
-    agg_end::<false>(fentry_arg(&ctx, l.arg_ended));
-    0
 }

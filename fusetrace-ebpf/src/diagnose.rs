@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    macros::map,
     maps::HashMap,
     programs::TracePointContext,
 };
@@ -13,7 +13,12 @@ use fusetrace_common::{
     EventKind, FLAG_WRITEBACK_CACHE, FUSE_SUPER_MAGIC, FuseEvent, KernelLayout,
 };
 
-use crate::{fd_file, kread, layout, submit, tp_field};
+use crate::{
+    args::tp_field,
+    fuse::fd_file,
+    memory::{kread, layout},
+    report::submit,
+};
 
 use fusetrace_common::opcode::{
     CREATE as FUSE_CREATE, INIT as FUSE_INIT, LINK, LOOKUP, MKDIR, MKNOD, OPEN as FUSE_OPEN,
@@ -171,15 +176,18 @@ pub fn app_write_enter(file: u64, pos: Option<u64>, l: &KernelLayout) {
     let _ = APP_WRITES.insert(&bpf_get_current_pid_tgid(), &pending, 0);
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_pwrite64")]
-pub fn app_write_enter_pwrite64(ctx: TracePointContext) -> u32 {
+/// pwrite64(2) entered, with its offset (write(2) and writev(2) reach
+/// `app_write_enter` from `syscalls::on_write_enter`, which looks at their
+/// file first).
+#[inline(always)]
+pub(crate) fn on_pwrite_enter(ctx: &TracePointContext) -> u32 {
     let l = layout();
     if l.track_app_io == 0 {
         return 0;
     }
     let (Some(fd), Some(pos)) = (
-        tp_field::<u64>(&ctx, l.sys_enter_fd),
-        tp_field::<u64>(&ctx, l.sys_enter_arg3),
+        tp_field::<u64>(ctx, l.sys_enter_fd),
+        tp_field::<u64>(ctx, l.sys_enter_arg3),
     ) else {
         return 0;
     };
@@ -191,7 +199,7 @@ pub fn app_write_enter_pwrite64(ctx: TracePointContext) -> u32 {
 
 /// Shared by the write(2)-family exits: reports the finished write.
 #[inline(always)]
-fn app_write_exit(ctx: &TracePointContext) -> u32 {
+pub(crate) fn app_write_exit(ctx: &TracePointContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
     // SAFETY: copied out before the entry is removed.
     let Some(pending) = (unsafe { APP_WRITES.get(&key) }).copied() else {
@@ -211,19 +219,4 @@ fn app_write_exit(ctx: &TracePointContext) -> u32 {
         ..FuseEvent::default()
     });
     0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_write")]
-pub fn app_write_exit_write(ctx: TracePointContext) -> u32 {
-    app_write_exit(&ctx)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_writev")]
-pub fn app_write_exit_writev(ctx: TracePointContext) -> u32 {
-    app_write_exit(&ctx)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_pwrite64")]
-pub fn app_write_exit_pwrite64(ctx: TracePointContext) -> u32 {
-    app_write_exit(&ctx)
 }

@@ -21,7 +21,11 @@ use fusetrace_common::{
     opcode::{CREATE, LINK, LOOKUP, MKDIR, MKNOD, RENAME, RENAME2, RMDIR, SYMLINK, UNLINK},
 };
 
-use crate::{EVENTS, bump, kread, stamp};
+use crate::{
+    maps::EVENTS,
+    memory::kread,
+    report::{bump, stamp},
+};
 
 /// Most input arguments a request has (`fuse_args.in_args[4]` since 6.14;
 /// 3 before, bounded by `in_numargs` there).

@@ -24,17 +24,18 @@
 //! `/dev/fuse` file, with whether its connection serves requests through a
 //! ring.
 
-use aya_ebpf::{
-    helpers::generated::bpf_seq_write, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::helpers::generated::bpf_seq_write;
 use fusetrace_common::{
     DevFuseFile, EventKind, FLAG_URING, FuseEvent, FuseInHeader, FuseOutHeader, IoVec,
     KernelLayout, counters,
 };
 
 use crate::{
-    aggregate, bump, daemon_filtered_out, dev_fuse_connection, fd_file, header_event, kread,
-    layout, submit, uread,
+    aggregate,
+    filter::daemon_filtered_out,
+    fuse::{dev_fuse_connection, fd_file},
+    memory::{kread, layout, uread},
+    report::{bump, header_event, submit},
 };
 
 /// `FUSE_IO_URING_CMD_COMMIT_AND_FETCH` (`enum fuse_uring_cmd`, user ABI).
@@ -54,22 +55,6 @@ const CQE_RES: u32 = 8;
 /// (`FFS_NOWAIT`, `FFS_ISREG`).
 const FFS_FLAGS: u64 = 0x3;
 
-#[btf_tracepoint(function = "io_uring_complete")]
-pub fn taken_uring_btf(ctx: BtfTracePointContext) -> i32 {
-    // (struct io_ring_ctx *ctx, void *req, struct io_uring_cqe *cqe)
-    let req: u64 = ctx.arg(1);
-    let cqe: u64 = ctx.arg(2);
-    on_complete(req, cqe);
-    0
-}
-
-#[btf_tracepoint(function = "io_uring_submit_req")]
-pub fn replied_uring_btf(ctx: BtfTracePointContext) -> i32 {
-    let req: u64 = ctx.arg(0);
-    on_submit(req);
-    0
-}
-
 /// Whether `req` (a `struct io_kiocb *`) is an io_uring command (on any
 /// file: callers check it is `/dev/fuse`).
 #[inline(always)]
@@ -80,7 +65,7 @@ fn is_fuse_cmd(req: u64, l: &KernelLayout) -> bool {
 }
 
 #[inline(always)]
-fn on_complete(req: u64, cqe: u64) {
+pub(crate) fn on_complete(req: u64, cqe: u64) {
     let l = layout();
     if !is_fuse_cmd(req, l) || daemon_filtered_out(l) {
         return;
@@ -120,7 +105,7 @@ fn on_complete(req: u64, cqe: u64) {
 }
 
 #[inline(always)]
-fn on_submit(req: u64) {
+pub(crate) fn on_submit(req: u64) {
     let l = layout();
     if !is_fuse_cmd(req, l) || daemon_filtered_out(l) {
         return;
@@ -191,12 +176,12 @@ fn registered_file(req: u64, index: u32, l: &KernelLayout) -> Option<u64> {
     }
 }
 
-/// `iter/task_file`: one [`DevFuseFile`] per open `/dev/fuse` file of any
-/// task (threads share the table; user space keeps one per process).
+/// `iter/task_file` (`transports`): one [`DevFuseFile`] per open
+/// `/dev/fuse` file of any task (threads share the table; user space keeps
+/// one per process).
 /// The context is `struct bpf_iter__task_file { meta; task; u32 fd; file; }`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/task_file")]
-pub fn transports(ctx: *mut core::ffi::c_void) -> i32 {
+#[inline(always)]
+pub(crate) fn dev_fuse_file(ctx: *mut core::ffi::c_void) -> i32 {
     let l = layout();
     // SAFETY: context loads at constant offsets, which the verifier checks
     // against the iterator's BTF; the pointers are checked before use.
