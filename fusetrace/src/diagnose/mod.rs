@@ -57,7 +57,7 @@ struct DiagnoseSink {
 }
 
 impl Sink for DiagnoseSink {
-    fn request(&mut self, rec: &RequestLifecycle, _names: &mut ConnectionTable) -> Result<()> {
+    fn request(&mut self, rec: &RequestLifecycle, _mounts: &mut ConnectionTable) -> Result<()> {
         self.evidence.request(rec);
         Ok(())
     }
@@ -69,8 +69,8 @@ impl Sink for DiagnoseSink {
         Ok(())
     }
 
-    fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
-        let diagnoses = self.evidence.conclude(&mut |c| names.name(c));
+    fn finish(&mut self, summary: &RunSummary, mounts: &mut ConnectionTable) -> Result<()> {
+        let diagnoses = self.evidence.conclude(&mut |c| mounts.name(c));
         if self.json {
             println!(
                 "{}",

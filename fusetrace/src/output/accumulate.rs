@@ -16,7 +16,7 @@ pub trait StatsWriter {
     /// Whether it writes a block per interval (then intervals are counted).
     fn per_interval(&self) -> bool;
     /// An interval ended with requests in it.
-    fn interval(&mut self, stats: &Stats, names: &mut ConnectionTable) -> Result<()>;
+    fn interval(&mut self, stats: &Stats, mounts: &mut ConnectionTable) -> Result<()>;
     /// The run ended: `last` is the interval it cut short (maybe empty),
     /// `total` the whole run.
     fn finish(
@@ -24,7 +24,7 @@ pub trait StatsWriter {
         last: &Stats,
         total: &Stats,
         summary: &RunSummary,
-        names: &mut ConnectionTable,
+        mounts: &mut ConnectionTable,
     ) -> Result<()>;
 }
 
@@ -56,7 +56,7 @@ impl<'a> StatsOutput<'a> {
 }
 
 impl Sink for StatsOutput<'_> {
-    fn request(&mut self, rec: &RequestLifecycle, _names: &mut ConnectionTable) -> Result<()> {
+    fn request(&mut self, rec: &RequestLifecycle, _mounts: &mut ConnectionTable) -> Result<()> {
         self.total.record(rec);
         if self.intervals {
             self.interval.record(rec);
@@ -72,20 +72,20 @@ impl Sink for StatsOutput<'_> {
         Ok(())
     }
 
-    fn tick(&mut self, names: &mut ConnectionTable) -> Result<()> {
+    fn tick(&mut self, mounts: &mut ConnectionTable) -> Result<()> {
         if self.interval.is_empty() {
             return Ok(());
         }
         for w in self.writers.iter_mut().filter(|w| w.per_interval()) {
-            w.interval(&self.interval, names)?;
+            w.interval(&self.interval, mounts)?;
         }
         self.interval = Stats::default();
         Ok(())
     }
 
-    fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
+    fn finish(&mut self, summary: &RunSummary, mounts: &mut ConnectionTable) -> Result<()> {
         for w in &mut self.writers {
-            w.finish(&self.interval, &self.total, summary, names)?;
+            w.finish(&self.interval, &self.total, summary, mounts)?;
         }
         Ok(())
     }

@@ -807,7 +807,7 @@ impl<W: Write> GroupedPrinter<W> {
         self
     }
 
-    fn print(&mut self, interval: bool, names: &mut ConnectionTable) -> Result<()> {
+    fn print(&mut self, interval: bool, mounts: &mut ConnectionTable) -> Result<()> {
         let (which, stats) = if interval {
             ("interval", &self.interval)
         } else {
@@ -816,13 +816,13 @@ impl<W: Write> GroupedPrinter<W> {
         match self.format {
             Format::Json => {
                 let at = self.clock.as_ref().map(Clock::now_unix_ns);
-                let json = stats.to_json(which, at, &self.grouping, &mut |c| names.name(c));
+                let json = stats.to_json(which, at, &self.grouping, &mut |c| mounts.name(c));
                 serde_json::to_writer(&mut self.out, &json)?;
                 writeln!(self.out)?;
             }
             Format::Text => {
                 writeln!(self.out, "--- {which} ---")?;
-                let table = stats.render_table(&self.grouping, &mut |c| names.name(c));
+                let table = stats.render_table(&self.grouping, &mut |c| mounts.name(c));
                 write!(self.out, "{table}")?;
             }
         }
@@ -832,7 +832,7 @@ impl<W: Write> GroupedPrinter<W> {
 }
 
 impl<W: Write> Sink for GroupedPrinter<W> {
-    fn request(&mut self, rec: &RequestLifecycle, _names: &mut ConnectionTable) -> Result<()> {
+    fn request(&mut self, rec: &RequestLifecycle, _mounts: &mut ConnectionTable) -> Result<()> {
         self.total.record(rec);
         if self.per_interval {
             self.interval.record(rec);
@@ -848,16 +848,16 @@ impl<W: Write> Sink for GroupedPrinter<W> {
         Ok(())
     }
 
-    fn tick(&mut self, names: &mut ConnectionTable) -> Result<()> {
+    fn tick(&mut self, mounts: &mut ConnectionTable) -> Result<()> {
         if self.per_interval && !self.interval.is_empty() {
-            self.print(true, names)?;
+            self.print(true, mounts)?;
             self.interval = Grouped::new(self.grouping.keys.clone(), self.grouping.max_rows);
         }
         Ok(())
     }
 
-    fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
-        self.print(false, names)?;
+    fn finish(&mut self, summary: &RunSummary, mounts: &mut ConnectionTable) -> Result<()> {
+        self.print(false, mounts)?;
         write_summary(&mut self.out, self.format, summary)
     }
 }

@@ -162,14 +162,14 @@ impl CsvWriter {
         &mut self,
         stats: &Stats,
         timestamp: Option<u64>,
-        names: &mut ConnectionTable,
+        mounts: &mut ConnectionTable,
     ) -> Result<()> {
         let layout = self.layout;
         let path = self.path.clone();
         let out = self.writer()?;
         let mut row: Vec<String> = Vec::with_capacity(14);
         for ((conn, op), s) in &stats.ops {
-            let mount = names.name(*conn);
+            let mount = mounts.name(*conn);
             let op = opcode::name(*op);
             for stage in LatencyStage::ALL {
                 let h = s.histogram(stage);
@@ -234,9 +234,9 @@ impl StatsWriter for CsvWriter {
         self.per_interval
     }
 
-    fn interval(&mut self, stats: &Stats, names: &mut ConnectionTable) -> Result<()> {
+    fn interval(&mut self, stats: &Stats, mounts: &mut ConnectionTable) -> Result<()> {
         let now = self.clock.now_unix_ns();
-        self.write_rows(stats, Some(now), names)
+        self.write_rows(stats, Some(now), mounts)
     }
 
     fn finish(
@@ -244,12 +244,12 @@ impl StatsWriter for CsvWriter {
         last: &Stats,
         total: &Stats,
         _summary: &RunSummary,
-        names: &mut ConnectionTable,
+        mounts: &mut ConnectionTable,
     ) -> Result<()> {
         if !self.per_interval {
-            self.write_rows(total, None, names)?;
+            self.write_rows(total, None, mounts)?;
         } else if !last.is_empty() {
-            self.interval(last, names)?;
+            self.interval(last, mounts)?;
         }
         self.complete()
     }

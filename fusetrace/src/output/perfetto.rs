@@ -644,11 +644,11 @@ impl<W: Write> PerfettoSink<W> {
         })
     }
 
-    fn counter_tracks(&mut self, conn: u32, names: &mut ConnectionTable) -> Result<()> {
+    fn counter_tracks(&mut self, conn: u32, mounts: &mut ConnectionTable) -> Result<()> {
         if self.described.contains(&uuid::in_flight(conn)) {
             return Ok(());
         }
-        let mount = names.name(conn);
+        let mount = mounts.name(conn);
         for (u, what) in [
             (uuid::in_flight(conn), "requests in flight"),
             (uuid::per_second(conn), "requests ended per second"),
@@ -667,7 +667,7 @@ impl<W: Write> PerfettoSink<W> {
 
     /// Applies the buffered in-flight changes older than `until_ns`, in
     /// time order, writing a counter sample for each.
-    fn drain(&mut self, until_ns: u64, names: &mut ConnectionTable) -> Result<()> {
+    fn drain(&mut self, until_ns: u64, mounts: &mut ConnectionTable) -> Result<()> {
         while let Some(Reverse((ts, ..))) = self.changes.peek().copied() {
             if ts > until_ns {
                 break;
@@ -681,7 +681,7 @@ impl<W: Write> PerfettoSink<W> {
                     break;
                 }
                 self.changes.pop();
-                self.counter_tracks(conn, names)?;
+                self.counter_tracks(conn, mounts)?;
                 *self.in_flight.entry(conn).or_default() += i64::from(delta);
                 if delta < 0 {
                     self.count_end(conn, ts)?;
@@ -788,17 +788,17 @@ impl<W: Write> Sink for PerfettoSink<W> {
         Ok(())
     }
 
-    fn request(&mut self, rec: &RequestLifecycle, names: &mut ConnectionTable) -> Result<()> {
+    fn request(&mut self, rec: &RequestLifecycle, mounts: &mut ConnectionTable) -> Result<()> {
         let until = self.watermark_ns.saturating_sub(self.window_ns);
-        self.drain(until, names)?;
-        self.release_held(self.watermark_ns.saturating_sub(WRITE_HOLD_NS), names)?;
+        self.drain(until, mounts)?;
+        self.release_held(self.watermark_ns.saturating_sub(WRITE_HOLD_NS), mounts)?;
         let (Some(start), Some(end)) = (rec.sent_ns, rec.ended_ns) else {
             self.counts.not_drawn += 1;
             return Ok(());
         };
         let flow = flow_id(rec, start);
         if rec.opcode != op::WRITE {
-            return self.draw(rec, start, end, flow, Vec::new(), names);
+            return self.draw(rec, start, end, flow, Vec::new(), mounts);
         }
         // Writeback: the application writes it carries came before it.
         let carried = self.carry(rec, flow)?;
@@ -814,13 +814,13 @@ impl<W: Write> Sink for PerfettoSink<W> {
                     .push_back((end.saturating_add(WRITE_HOLD_NS), key));
                 Ok(())
             }
-            _ => self.draw(rec, start, end, flow, carried, names),
+            _ => self.draw(rec, start, end, flow, carried, mounts),
         }
     }
 
-    fn finish(&mut self, _summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
-        self.drain(u64::MAX, names)?;
-        self.release_held(u64::MAX, names)?;
+    fn finish(&mut self, _summary: &RunSummary, mounts: &mut ConnectionTable) -> Result<()> {
+        self.drain(u64::MAX, mounts)?;
+        self.release_held(u64::MAX, mounts)?;
         self.draw_pending_writes()?;
         let mut rates: Vec<(u32, (u64, i64))> = self.rate.drain().collect();
         rates.sort_unstable();
@@ -833,7 +833,7 @@ impl<W: Write> Sink for PerfettoSink<W> {
 
 impl<W: Write> PerfettoSink<W> {
     /// Draws the held WRITE requests due by `until_ns` (recorded time).
-    fn release_held(&mut self, until_ns: u64, names: &mut ConnectionTable) -> Result<()> {
+    fn release_held(&mut self, until_ns: u64, mounts: &mut ConnectionTable) -> Result<()> {
         while let Some(&(due, key)) = self.held_order.front() {
             if due > until_ns {
                 break;
@@ -848,7 +848,7 @@ impl<W: Write> PerfettoSink<W> {
             let (Some(start), Some(end)) = (h.rec.sent_ns, h.rec.ended_ns) else {
                 continue;
             };
-            self.draw(&h.rec, start, end, h.flow, h.carried, names)?;
+            self.draw(&h.rec, start, end, h.flow, h.carried, mounts)?;
         }
         Ok(())
     }
@@ -862,7 +862,7 @@ impl<W: Write> PerfettoSink<W> {
         end: u64,
         flow: u64,
         carried: Vec<u64>,
-        names: &mut ConnectionTable,
+        mounts: &mut ConnectionTable,
     ) -> Result<()> {
         let name = opcode::name(rec.opcode);
         // Background requests (RELEASE, writeback) have no requester: the
@@ -872,7 +872,7 @@ impl<W: Write> PerfettoSink<W> {
             None => (rec.sender_tid.unwrap_or(0), None, rec.sender_comm),
         };
         let track = self.track(Side::Requester, tid, pid, comm, start, end)?;
-        let mount = names.name(rec.connection);
+        let mount = mounts.name(rec.connection);
         self.slice(SLICE_BEGIN, start, track, Some(&name), |e| {
             e.terminating_flow_ids = carried;
             let a = &mut e.debug_annotations;

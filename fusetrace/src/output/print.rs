@@ -94,10 +94,10 @@ impl<W: Write> TraceSink<W> {
     }
 
     /// The mount column's text for `connection`.
-    fn mount_text(&mut self, connection: u32, names: &mut ConnectionTable) -> &str {
-        let Some(m) = names.get(connection) else {
-            // Unknown: the table looks again (a new mount) or names it by number.
-            self.unknown_mount = names.name(connection);
+    fn mount_text(&mut self, connection: u32, mounts: &mut ConnectionTable) -> &str {
+        let Some(m) = mounts.get(connection) else {
+            // Unknown: the table looks again (a new mount) or mounts it by number.
+            self.unknown_mount = mounts.name(connection);
             return &self.unknown_mount;
         };
         let at = match self
@@ -118,14 +118,14 @@ impl<W: Write> TraceSink<W> {
 
     /// One request as a text line, into `self.line`: the columns of the
     /// header, fixed-point times (seconds to the us, stages to 0.1 us).
-    fn text_line(&mut self, rec: &RequestLifecycle, names: &mut ConnectionTable) {
+    fn text_line(&mut self, rec: &RequestLifecycle, mounts: &mut ConnectionTable) {
         use Align::{Left, Right};
         let mut line = std::mem::take(&mut self.line);
         line.clear();
         let t = rec.first_seen_ns().saturating_sub(self.start_ns);
         line.fixed(Some(t), 1_000_000_000, 6, 12, Left);
         line.space();
-        line.cell(self.mount_text(rec.connection, names), 20, Left);
+        line.cell(self.mount_text(rec.connection, mounts), 20, Left);
         line.space();
         match opcode::OPCODES.iter().find(|(n, _)| *n == rec.opcode) {
             Some((_, name)) if !rec.interrupted => line.cell(name, 12, Left),
@@ -184,12 +184,12 @@ impl<W: Write> TraceSink<W> {
 }
 
 impl<W: Write> Sink for TraceSink<W> {
-    fn request(&mut self, rec: &RequestLifecycle, names: &mut ConnectionTable) -> Result<()> {
+    fn request(&mut self, rec: &RequestLifecycle, mounts: &mut ConnectionTable) -> Result<()> {
         match self.format {
             Format::Json => {
                 let line = TraceRecord {
                     kind: "request",
-                    mount: names.name(rec.connection),
+                    mount: mounts.name(rec.connection),
                     opcode: opcode::name(rec.opcode),
                     rec,
                     queue_wait_ns: rec.latency(LatencyStage::QueueWait),
@@ -225,19 +225,19 @@ impl<W: Write> Sink for TraceSink<W> {
                     )?;
                     self.header_done = true;
                 }
-                self.text_line(rec, names);
+                self.text_line(rec, mounts);
                 self.out.write_all(self.line.bytes())?;
             }
         }
         Ok(())
     }
 
-    fn tick(&mut self, _names: &mut ConnectionTable) -> Result<()> {
+    fn tick(&mut self, _mounts: &mut ConnectionTable) -> Result<()> {
         self.out.flush()?;
         Ok(())
     }
 
-    fn finish(&mut self, summary: &RunSummary, _names: &mut ConnectionTable) -> Result<()> {
+    fn finish(&mut self, summary: &RunSummary, _mounts: &mut ConnectionTable) -> Result<()> {
         write_summary(&mut self.out, self.format, summary)
     }
 }
@@ -280,8 +280,8 @@ impl<W: Write> StatsPrinter<W> {
         self
     }
 
-    fn print(&mut self, which: &str, stats: &Stats, names: &mut ConnectionTable) -> Result<()> {
-        let mut name = |c| names.name(c);
+    fn print(&mut self, which: &str, stats: &Stats, mounts: &mut ConnectionTable) -> Result<()> {
+        let mut name = |c| mounts.name(c);
         match self.format {
             Format::Json => {
                 let mut v = serde_json::json!({
@@ -318,8 +318,8 @@ impl<W: Write> StatsWriter for StatsPrinter<W> {
         self.per_interval
     }
 
-    fn interval(&mut self, stats: &Stats, names: &mut ConnectionTable) -> Result<()> {
-        self.print("interval", stats, names)
+    fn interval(&mut self, stats: &Stats, mounts: &mut ConnectionTable) -> Result<()> {
+        self.print("interval", stats, mounts)
     }
 
     fn finish(
@@ -327,9 +327,9 @@ impl<W: Write> StatsWriter for StatsPrinter<W> {
         _last: &Stats,
         total: &Stats,
         summary: &RunSummary,
-        names: &mut ConnectionTable,
+        mounts: &mut ConnectionTable,
     ) -> Result<()> {
-        self.print("whole run", total, names)?;
+        self.print("whole run", total, mounts)?;
         write_summary(&mut self.out, self.format, summary)
     }
 }
@@ -393,7 +393,7 @@ mod tests {
     }
 
     /// The line as the sink wrote it before it formatted in place.
-    fn with_strings(rec: &RequestLifecycle, names: &mut ConnectionTable, start: u64) -> String {
+    fn with_strings(rec: &RequestLifecycle, mounts: &mut ConnectionTable, start: u64) -> String {
         let micros = |ns: Option<u64>| match ns {
             Some(ns) => format!("{:.1}", ns as f64 / 1000.0),
             None => "-".to_string(),
@@ -406,7 +406,7 @@ mod tests {
         format!(
             "{:<12.6} {:<20} {:<12} {:>8} {:>8} {:>7} {:<15} {:>7} {:<10} {:>10} {:>10} {:>10} {:>10} {:>6} {}",
             rec.first_seen_ns().saturating_sub(start) as f64 / 1e9,
-            names.name(rec.connection),
+            mounts.name(rec.connection),
             op,
             rec.unique,
             rec.nodeid

@@ -393,10 +393,10 @@ impl PathBook {
         self.render(rec.connection, node).map(Arc::from)
     }
 
-    fn mount(&mut self, conn: u32, names: &mut ConnectionTable) {
+    fn mount(&mut self, conn: u32, mounts: &mut ConnectionTable) {
         self.mounts
             .entry(conn)
-            .or_insert_with(|| escape(names.name(conn).as_bytes()).into());
+            .or_insert_with(|| escape(mounts.name(conn).as_bytes()).into());
     }
 
     /// `node`'s path as views show it (mount point, escaped names), kept

@@ -139,7 +139,7 @@ impl Recorder {
 }
 
 impl Sink for Recorder {
-    fn request(&mut self, _rec: &RequestLifecycle, _names: &mut ConnectionTable) -> Result<()> {
+    fn request(&mut self, _rec: &RequestLifecycle, _mounts: &mut ConnectionTable) -> Result<()> {
         Ok(())
     }
 
@@ -160,12 +160,12 @@ impl Sink for Recorder {
     }
 
     /// Flushes about every tick, so a cut-off file loses at most a tick.
-    fn tick(&mut self, _names: &mut ConnectionTable) -> Result<()> {
+    fn tick(&mut self, _mounts: &mut ConnectionTable) -> Result<()> {
         self.write_pending_idle()?;
         self.flush()
     }
 
-    fn finish(&mut self, summary: &RunSummary, _names: &mut ConnectionTable) -> Result<()> {
+    fn finish(&mut self, summary: &RunSummary, _mounts: &mut ConnectionTable) -> Result<()> {
         self.write_pending_idle()?;
         let unnamed: Vec<u32> = self.unnamed.iter().copied().collect();
         self.name_connections(&unnamed)?;

@@ -63,26 +63,26 @@ struct MergedIds {
 
 impl MergedIds {
     /// The merged id of a file's connection `info`.
-    fn adopt(&mut self, info: &ConnectionInfo, names: &mut ConnectionTable) -> u32 {
+    fn adopt(&mut self, info: &ConnectionInfo, mounts: &mut ConnectionTable) -> u32 {
         if let Some(id) = self.by_mount.get(&info.mount_point) {
             return *id;
         }
-        let id = if names.get(info.connection).is_none() {
+        let id = if mounts.get(info.connection).is_none() {
             info.connection
         } else {
-            while names.get(self.next_fresh).is_some() {
+            while mounts.get(self.next_fresh).is_some() {
                 self.next_fresh -= 1;
             }
             self.next_fresh
         };
-        self.rename(id, info, names);
+        self.rename(id, info, mounts);
         id
     }
 
     /// Names `id` after `info`; for an id this file already uses (bind mounts
     /// share a connection) the last name wins, as in a live run's table.
-    fn rename(&mut self, id: u32, info: &ConnectionInfo, names: &mut ConnectionTable) {
-        names.insert(MountEntry {
+    fn rename(&mut self, id: u32, info: &ConnectionInfo, mounts: &mut ConnectionTable) {
+        mounts.insert(MountEntry {
             mount_id: 0,
             connection: id,
             mount_point: PathBuf::from(&info.mount_point),
@@ -97,12 +97,12 @@ impl MergedIds {
         &mut self,
         ids: &mut HashMap<u32, u32>,
         info: &ConnectionInfo,
-        names: &mut ConnectionTable,
+        mounts: &mut ConnectionTable,
     ) {
         match ids.get(&info.connection) {
-            Some(&id) => self.rename(id, info, names),
+            Some(&id) => self.rename(id, info, mounts),
             None => {
-                let id = self.adopt(info, names);
+                let id = self.adopt(info, mounts);
                 ids.insert(info.connection, id);
             }
         }
@@ -114,7 +114,7 @@ impl MergedIds {
         &mut self,
         ids: &mut HashMap<u32, u32>,
         connection: u32,
-        names: &mut ConnectionTable,
+        mounts: &mut ConnectionTable,
     ) -> u32 {
         if let Some(id) = ids.get(&connection) {
             return *id;
@@ -124,7 +124,7 @@ impl MergedIds {
             mount_point: format!("conn {}", major_minor(connection)),
             fs_type: String::new(),
         };
-        let id = self.adopt(&info, names);
+        let id = self.adopt(&info, mounts);
         ids.insert(connection, id);
         id
     }

@@ -85,7 +85,7 @@ pub struct Selection {
 
 impl Selection {
     /// Whether `rec`, of a recording that started at `origin_ns`, is wanted.
-    pub fn wants(&self, rec: &RequestLifecycle, origin_ns: u64, names: &ConnectionTable) -> bool {
+    pub fn wants(&self, rec: &RequestLifecycle, origin_ns: u64, mounts: &ConnectionTable) -> bool {
         let began = rec.first_seen_ns().saturating_sub(origin_ns);
         (self.pids.is_empty()
             || [rec.requester_pid, rec.requester_tid]
@@ -93,7 +93,7 @@ impl Selection {
                 .any(|p| p.is_some_and(|p| self.pids.contains(&p))))
             && (self.ops.is_empty() || self.ops.contains(&rec.opcode))
             && (self.mounts.is_empty()
-                || names
+                || mounts
                     .get(rec.connection)
                     .is_some_and(|m| self.mounts.contains(&m.mount_point)))
             && self.min.is_none_or(|min| {
@@ -114,15 +114,15 @@ struct Selected<'a, S> {
 }
 
 impl<S: Sink> Sink for Selected<'_, S> {
-    fn request(&mut self, rec: &RequestLifecycle, names: &mut ConnectionTable) -> Result<()> {
-        if self.select.wants(rec, self.origin_ns.get(), names) {
-            self.inner.request(rec, names)?;
+    fn request(&mut self, rec: &RequestLifecycle, mounts: &mut ConnectionTable) -> Result<()> {
+        if self.select.wants(rec, self.origin_ns.get(), mounts) {
+            self.inner.request(rec, mounts)?;
         }
         Ok(())
     }
 
-    fn finish(&mut self, summary: &RunSummary, names: &mut ConnectionTable) -> Result<()> {
-        self.inner.finish(summary, names)
+    fn finish(&mut self, summary: &RunSummary, mounts: &mut ConnectionTable) -> Result<()> {
+        self.inner.finish(summary, mounts)
     }
 }
 

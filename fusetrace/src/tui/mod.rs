@@ -220,12 +220,12 @@ impl TopSink {
 }
 
 impl Sink for TopSink {
-    fn request(&mut self, rec: &RequestLifecycle, _names: &mut ConnectionTable) -> Result<()> {
+    fn request(&mut self, rec: &RequestLifecycle, _mounts: &mut ConnectionTable) -> Result<()> {
         self.state.record(rec);
         Ok(())
     }
 
-    fn live(&mut self, live: &LiveView, names: &mut ConnectionTable) -> Result<()> {
+    fn live(&mut self, live: &LiveView, mounts: &mut ConnectionTable) -> Result<()> {
         let keys = self.read_keys()?;
         let now = Instant::now();
         let due = live.last || self.next_frame.is_none_or(|t| now >= t);
@@ -245,7 +245,7 @@ impl Sink for TopSink {
                 session::monotonic_ns(),
                 live.in_flight(),
                 counters,
-                &mut |c| names.name(c),
+                &mut |c| mounts.name(c),
             );
             // On schedule, unless a frame was missed: then from now.
             let next = self.next_frame.map_or(now, |t| t + FRAME_INTERVAL);
@@ -261,7 +261,7 @@ impl Sink for TopSink {
         Ok(())
     }
 
-    fn finish(&mut self, _summary: &RunSummary, _names: &mut ConnectionTable) -> Result<()> {
+    fn finish(&mut self, _summary: &RunSummary, _mounts: &mut ConnectionTable) -> Result<()> {
         // The terminal is restored when the sink is dropped, before the
         // caller prints the summary.
         Ok(())
