@@ -215,160 +215,264 @@ fn overlaps(a_start: u64, a_len: u64, b_start: u64, b_len: u64) -> bool {
 }
 
 fn diagnose(connection: u32, mount: String, ev: &ConnectionEvidence) -> Diagnosis {
-    let mut d = Diagnosis {
-        connection,
-        mount,
-        writeback_cache: None,
-        mode_source: ModeSource::Unknown,
-        direct_io_opens: 0,
-        cached_opens: 0,
-        app_writes: SizeDistribution::default(),
-        write_requests: SizeDistribution::default(),
-        read_requests: 0,
-        writeback_write_requests: 0,
-        write_senders: BTreeMap::new(),
-        writes_sent_by_writer: 0,
-        write_to_request_delay: DelaySummary::default(),
-        app_writes_unmatched: 0,
-        writes_at_flush_or_fsync: 0,
-        flushes: 0,
-        fsyncs: 0,
-        writes_after_sync: 0,
-        reads_caused_by_writes: 0,
-        app_writes_with_reads: 0,
-        pages_written_more_than_once: 0,
-        files_written: Vec::new(),
-        verdict: String::new(),
-        advice: Vec::new(),
-    };
-    for w in &ev.app_writes {
-        d.app_writes.add(w.len);
-    }
-    let inside_write = |tid: Option<u32>, node: Option<u64>, at: Option<u64>| -> Option<usize> {
+    let mut steps = Diagnosing::new(connection, mount, ev);
+    steps.size_app_writes();
+    steps.tally_requests();
+    steps.sum_up_requests();
+    steps.count_writes_flushed_at_sync();
+    steps.follow_app_writes();
+    steps.decide_writeback_mode();
+    let mut d = steps.d;
+    (d.verdict, d.advice) = verdict(&d);
+    d
+}
+
+impl ConnectionEvidence {
+    /// Which application write (its index) thread `tid` was inside, on
+    /// file `node`, at time `at`.
+    fn inside_write(&self, tid: Option<u32>, node: Option<u64>, at: Option<u64>) -> Option<usize> {
         let (tid, node, at) = (tid?, node?, at?);
-        ev.app_writes
+        self.app_writes
             .iter()
             .position(|w| w.tid == tid && w.nodeid == node && w.enter_ns <= at && at <= w.exit_ns)
-    };
-    let mut writes_by_node: HashMap<u64, Vec<&RequestLifecycle>> = HashMap::new();
-    let mut syncs_by_node: HashMap<u64, Vec<&RequestLifecycle>> = HashMap::new();
-    let mut page_hits: HashMap<(u64, u64), u32> = HashMap::new();
-    let mut writes_with_reads = vec![false; ev.app_writes.len()];
-    let mut files: HashMap<u64, FileWrites> = HashMap::new();
-    for rec in &ev.requests {
-        let node = rec.nodeid.unwrap_or(0);
-        match rec.opcode {
-            OP_WRITE => {
-                let file = files.entry(node).or_insert_with(|| FileWrites {
-                    path: rec.shown_path().to_string(),
-                    ..FileWrites::default()
-                });
-                file.write_requests += 1;
-                if let Some((_, size, flags)) = rec.io_range() {
-                    file.bytes += size;
-                    file.writeback_write_requests += u64::from(flags & FUSE_WRITE_CACHE != 0);
-                }
-                let Some((offset, size, flags)) = rec.io_range() else {
-                    d.write_requests
-                        .add(u64::from(rec.request_len.unwrap_or(0)));
-                    continue;
-                };
-                d.write_requests.add(size);
-                if flags & FUSE_WRITE_CACHE != 0 {
-                    d.writeback_write_requests += 1;
-                }
-                if inside_write(rec.sender_tid, rec.nodeid, rec.sent_ns).is_some() {
-                    d.writes_sent_by_writer += 1;
-                    *d.write_senders.entry("writer".into()).or_default() += 1;
-                } else {
-                    let comm = rec
-                        .sender_comm
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "?".into());
-                    // kworker/u8:2 and kworker/1:0 are one kind of sender.
-                    let kind = comm.split('/').next().unwrap_or(&comm).to_string();
-                    *d.write_senders.entry(kind).or_default() += 1;
-                }
-                if size > 0 {
-                    for page in offset / PAGE..=(offset + size - 1) / PAGE {
-                        *page_hits.entry((node, page)).or_default() += 1;
-                    }
-                }
-                writes_by_node.entry(node).or_default().push(rec);
-            }
-            OP_READ => {
-                d.read_requests += 1;
-                if let Some(i) = inside_write(rec.sender_tid, rec.nodeid, rec.sent_ns) {
-                    d.reads_caused_by_writes += 1;
-                    writes_with_reads[i] = true;
-                }
-            }
-            OP_FLUSH | OP_FSYNC => {
-                if rec.opcode == OP_FLUSH {
-                    d.flushes += 1;
-                } else {
-                    d.fsyncs += 1;
-                }
-                syncs_by_node.entry(node).or_default().push(rec);
-            }
-            OP_OPEN | OP_CREATE => {
-                if let Some([_, open_flags]) = rec.end_args
-                    && rec.error == Some(0)
-                {
-                    if open_flags as u32 & FOPEN_DIRECT_IO != 0 {
-                        d.direct_io_opens += 1;
-                    } else {
-                        d.cached_opens += 1;
-                    }
-                }
-            }
-            _ => {}
+    }
+}
+
+/// One connection's diagnosis in the making: each step of [`diagnose`]
+/// reads the evidence and fills in its part of `d`.
+struct Diagnosing<'a> {
+    ev: &'a ConnectionEvidence,
+    d: Diagnosis,
+    /// WRITE requests whose range is known, per node, in arrival order.
+    writes_by_node: HashMap<u64, Vec<&'a RequestLifecycle>>,
+    /// FLUSH and FSYNC requests per node, in arrival order.
+    syncs_by_node: HashMap<u64, Vec<&'a RequestLifecycle>>,
+    /// How many WRITE requests carried each page (node, page number).
+    page_hits: HashMap<(u64, u64), u32>,
+    /// For each application write: a READ was sent from inside it.
+    writes_with_reads: Vec<bool>,
+    /// WRITE requests per node.
+    files: HashMap<u64, FileWrites>,
+}
+
+impl<'a> Diagnosing<'a> {
+    fn new(connection: u32, mount: String, ev: &'a ConnectionEvidence) -> Self {
+        let d = Diagnosis {
+            connection,
+            mount,
+            writeback_cache: None,
+            mode_source: ModeSource::Unknown,
+            direct_io_opens: 0,
+            cached_opens: 0,
+            app_writes: SizeDistribution::default(),
+            write_requests: SizeDistribution::default(),
+            read_requests: 0,
+            writeback_write_requests: 0,
+            write_senders: BTreeMap::new(),
+            writes_sent_by_writer: 0,
+            write_to_request_delay: DelaySummary::default(),
+            app_writes_unmatched: 0,
+            writes_at_flush_or_fsync: 0,
+            flushes: 0,
+            fsyncs: 0,
+            writes_after_sync: 0,
+            reads_caused_by_writes: 0,
+            app_writes_with_reads: 0,
+            pages_written_more_than_once: 0,
+            files_written: Vec::new(),
+            verdict: String::new(),
+            advice: Vec::new(),
+        };
+        Diagnosing {
+            ev,
+            d,
+            writes_by_node: HashMap::new(),
+            syncs_by_node: HashMap::new(),
+            page_hits: HashMap::new(),
+            writes_with_reads: vec![false; ev.app_writes.len()],
+            files: HashMap::new(),
         }
     }
-    d.app_writes_with_reads = writes_with_reads.iter().filter(|b| **b).count() as u64;
-    d.pages_written_more_than_once = page_hits.values().filter(|n| **n > 1).count() as u64;
-    d.files_written = files.into_values().collect();
-    d.files_written
-        .sort_by(|a, b| (b.write_requests, &a.path).cmp(&(a.write_requests, &b.path)));
-    d.files_written.truncate(5);
 
-    // WRITEs a thread sent right before its own FLUSH/FSYNC of the file,
-    // outside any write(2) of its own: flushed dirty pages (each counted once
-    // even when both an FSYNC and the FLUSH of close follow it).
-    let mut flushed = std::collections::HashSet::new();
-    for (node, syncs) in &syncs_by_node {
-        let Some(writes) = writes_by_node.get(node) else {
-            continue;
+    /// The sizes of the applications' writes.
+    fn size_app_writes(&mut self) {
+        for w in &self.ev.app_writes {
+            self.d.app_writes.add(w.len);
+        }
+    }
+
+    /// Counts each request by its opcode, in arrival order.
+    fn tally_requests(&mut self) {
+        let ev = self.ev;
+        for rec in &ev.requests {
+            let node = rec.nodeid.unwrap_or(0);
+            match rec.opcode {
+                OP_WRITE => self.tally_write(rec, node),
+                OP_READ => self.tally_read(rec),
+                OP_FLUSH | OP_FSYNC => self.tally_sync(rec, node),
+                OP_OPEN | OP_CREATE => self.tally_open(rec),
+                _ => {}
+            }
+        }
+    }
+
+    /// A WRITE request: its file, size, flags, sender and pages.
+    fn tally_write(&mut self, rec: &'a RequestLifecycle, node: u64) {
+        let file = self.files.entry(node).or_insert_with(|| FileWrites {
+            path: rec.shown_path().to_string(),
+            ..FileWrites::default()
+        });
+        file.write_requests += 1;
+        if let Some((_, size, flags)) = rec.io_range() {
+            file.bytes += size;
+            file.writeback_write_requests += u64::from(flags & FUSE_WRITE_CACHE != 0);
+        }
+        let Some((offset, size, flags)) = rec.io_range() else {
+            self.d
+                .write_requests
+                .add(u64::from(rec.request_len.unwrap_or(0)));
+            return;
         };
-        for sync in syncs {
-            let (Some(tid), Some(at)) = (sync.sender_tid, sync.sent_ns) else {
+        self.d.write_requests.add(size);
+        if flags & FUSE_WRITE_CACHE != 0 {
+            self.d.writeback_write_requests += 1;
+        }
+        self.count_sender(rec);
+        if size > 0 {
+            for page in offset / PAGE..=(offset + size - 1) / PAGE {
+                *self.page_hits.entry((node, page)).or_default() += 1;
+            }
+        }
+        self.writes_by_node.entry(node).or_default().push(rec);
+    }
+
+    /// Who sent a WRITE request: the writing thread inside its write(2),
+    /// or a kind of sender by command name.
+    fn count_sender(&mut self, rec: &RequestLifecycle) {
+        let d = &mut self.d;
+        if self
+            .ev
+            .inside_write(rec.sender_tid, rec.nodeid, rec.sent_ns)
+            .is_some()
+        {
+            d.writes_sent_by_writer += 1;
+            *d.write_senders.entry("writer".into()).or_default() += 1;
+        } else {
+            let comm = rec
+                .sender_comm
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "?".into());
+            // kworker/u8:2 and kworker/1:0 are one kind of sender.
+            let kind = comm.split('/').next().unwrap_or(&comm).to_string();
+            *d.write_senders.entry(kind).or_default() += 1;
+        }
+    }
+
+    /// A READ request, and the application write it was sent from inside.
+    fn tally_read(&mut self, rec: &RequestLifecycle) {
+        self.d.read_requests += 1;
+        if let Some(i) = self
+            .ev
+            .inside_write(rec.sender_tid, rec.nodeid, rec.sent_ns)
+        {
+            self.d.reads_caused_by_writes += 1;
+            self.writes_with_reads[i] = true;
+        }
+    }
+
+    /// A FLUSH or FSYNC request.
+    fn tally_sync(&mut self, rec: &'a RequestLifecycle, node: u64) {
+        if rec.opcode == OP_FLUSH {
+            self.d.flushes += 1;
+        } else {
+            self.d.fsyncs += 1;
+        }
+        self.syncs_by_node.entry(node).or_default().push(rec);
+    }
+
+    /// Counts an opened file handle as direct-io or cached.
+    fn tally_open(&mut self, rec: &RequestLifecycle) {
+        if let Some([_, open_flags]) = rec.end_args
+            && rec.error == Some(0)
+        {
+            if open_flags as u32 & FOPEN_DIRECT_IO != 0 {
+                self.d.direct_io_opens += 1;
+            } else {
+                self.d.cached_opens += 1;
+            }
+        }
+    }
+
+    /// The counts the tally leaves to the end: writes with reads, pages
+    /// written more than once, the files written most.
+    fn sum_up_requests(&mut self) {
+        let d = &mut self.d;
+        d.app_writes_with_reads = self.writes_with_reads.iter().filter(|b| **b).count() as u64;
+        d.pages_written_more_than_once = self.page_hits.values().filter(|n| **n > 1).count() as u64;
+        d.files_written = std::mem::take(&mut self.files).into_values().collect();
+        d.files_written
+            .sort_by(|a, b| (b.write_requests, &a.path).cmp(&(a.write_requests, &b.path)));
+        d.files_written.truncate(5);
+    }
+
+    fn count_writes_flushed_at_sync(&mut self) {
+        // WRITEs a thread sent right before its own FLUSH/FSYNC of the file,
+        // outside any write(2) of its own: flushed dirty pages (each counted once
+        // even when both an FSYNC and the FLUSH of close follow it).
+        let mut flushed = std::collections::HashSet::new();
+        for (node, syncs) in &self.syncs_by_node {
+            let Some(writes) = self.writes_by_node.get(node) else {
                 continue;
             };
-            let since = ev
-                .app_writes
-                .iter()
-                .filter(|w| w.tid == tid && w.nodeid == *node && w.exit_ns <= at)
-                .map(|w| w.exit_ns)
-                .max()
-                .unwrap_or(0);
-            flushed.extend(
-                writes
+            for sync in syncs {
+                let (Some(tid), Some(at)) = (sync.sender_tid, sync.sent_ns) else {
+                    continue;
+                };
+                let since = self
+                    .ev
+                    .app_writes
                     .iter()
-                    .filter(|w| {
-                        w.sender_tid == Some(tid)
-                            && w.sent_ns.is_some_and(|s| s >= since && s <= at)
-                    })
-                    .map(|w| w.unique),
-            );
+                    .filter(|w| w.tid == tid && w.nodeid == *node && w.exit_ns <= at)
+                    .map(|w| w.exit_ns)
+                    .max()
+                    .unwrap_or(0);
+                flushed.extend(
+                    writes
+                        .iter()
+                        .filter(|w| {
+                            w.sender_tid == Some(tid)
+                                && w.sent_ns.is_some_and(|s| s >= since && s <= at)
+                        })
+                        .map(|w| w.unique),
+                );
+            }
         }
+        self.d.writes_at_flush_or_fsync = flushed.len() as u64;
     }
-    d.writes_at_flush_or_fsync = flushed.len() as u64;
 
-    // Each application write: the first WRITE sent after it began that
-    // carries its bytes; and whether that happened before the next sync ended.
-    let mut delays = Vec::new();
-    for w in &ev.app_writes {
-        let carrier = writes_by_node.get(&w.nodeid).and_then(|writes| {
+    fn follow_app_writes(&mut self) {
+        // Each application write: the first WRITE sent after it began that
+        // carries its bytes; and whether that happened before the next sync ended.
+        let mut delays = Vec::new();
+        for w in &self.ev.app_writes {
+            let Some(carrier) = self.carrier(w) else {
+                self.d.app_writes_unmatched += 1;
+                continue;
+            };
+            let sent = carrier.sent_ns.unwrap_or(w.enter_ns);
+            delays.push(sent.saturating_sub(w.enter_ns));
+            if let (Some(sync_end), Some(write_end)) = (self.next_sync_end(w), carrier.ended_ns)
+                && write_end > sync_end
+            {
+                self.d.writes_after_sync += 1;
+            }
+        }
+        self.d.write_to_request_delay = DelaySummary::from(&delays);
+    }
+
+    /// The first WRITE request sent after `w` began that carries its bytes.
+    fn carrier(&self, w: &AppWrite) -> Option<&'a RequestLifecycle> {
+        self.writes_by_node.get(&w.nodeid).and_then(|writes| {
             writes
                 .iter()
                 .filter(|r| r.sent_ns.is_some_and(|s| s >= w.enter_ns))
@@ -377,42 +481,37 @@ fn diagnose(connection: u32, mount: String, ev: &ConnectionEvidence) -> Diagnosi
                         .is_some_and(|(o, s, _)| overlaps(o, s, w.pos, w.len))
                 })
                 .min_by_key(|r| r.sent_ns)
-        });
-        let Some(carrier) = carrier else {
-            d.app_writes_unmatched += 1;
-            continue;
-        };
-        let sent = carrier.sent_ns.unwrap_or(w.enter_ns);
-        delays.push(sent.saturating_sub(w.enter_ns));
-        let next_sync_end = syncs_by_node.get(&w.nodeid).and_then(|syncs| {
+                .copied()
+        })
+    }
+
+    /// When the first FLUSH/FSYNC of `w`'s file sent after `w` ended, ended.
+    fn next_sync_end(&self, w: &AppWrite) -> Option<u64> {
+        self.syncs_by_node.get(&w.nodeid).and_then(|syncs| {
             syncs
                 .iter()
                 .filter(|s| s.sent_ns.is_some_and(|t| t >= w.exit_ns))
                 .filter_map(|s| s.ended_ns)
                 .min()
-        });
-        if let (Some(sync_end), Some(write_end)) = (next_sync_end, carrier.ended_ns)
-            && write_end > sync_end
-        {
-            d.writes_after_sync += 1;
-        }
+        })
     }
-    d.write_to_request_delay = DelaySummary::from(&delays);
 
-    (d.writeback_cache, d.mode_source) = if let Some(flags) = ev.init_flags {
-        (
-            Some(flags & FUSE_WRITEBACK_CACHE != 0),
-            ModeSource::InitReply,
-        )
-    } else if let Some(wb) = ev.conn_state {
-        (Some(wb), ModeSource::ConnectionState)
-    } else if d.writeback_write_requests > 0 {
-        (Some(true), ModeSource::Evidence)
-    } else {
-        (None, ModeSource::Unknown)
-    };
-    (d.verdict, d.advice) = verdict(&d);
-    d
+    /// Writeback cache or not, and what told.
+    fn decide_writeback_mode(&mut self) {
+        let d = &mut self.d;
+        (d.writeback_cache, d.mode_source) = if let Some(flags) = self.ev.init_flags {
+            (
+                Some(flags & FUSE_WRITEBACK_CACHE != 0),
+                ModeSource::InitReply,
+            )
+        } else if let Some(wb) = self.ev.conn_state {
+            (Some(wb), ModeSource::ConnectionState)
+        } else if d.writeback_write_requests > 0 {
+            (Some(true), ModeSource::Evidence)
+        } else {
+            (None, ModeSource::Unknown)
+        };
+    }
 }
 
 fn bytes(n: u64) -> String {

@@ -62,6 +62,43 @@ pub struct ProbeOptions {
     pub cgroup: Option<u64>,
 }
 
+impl ProbeOptions {
+    /// Writes what the options ask of the kernel programs into their layout.
+    fn fill_layout(&self, layout: &mut KernelLayout, btf: &Btf) -> Result<()> {
+        layout.daemon_tgid = self.daemon_tgid.unwrap_or(0);
+        layout.filter_cgroup = self.cgroup.unwrap_or(0);
+        if let Some(f) = &self.aggregate {
+            f.fill_layout(layout);
+        }
+        layout.names_off = u32::from(self.no_paths);
+        if self.diagnose {
+            diagnose_layout(layout, btf).context("fusetrace diagnose cannot run on this kernel")?;
+            layout.track_app_io = 1;
+        }
+        Ok(())
+    }
+
+    /// The points to observe and the hooks that may serve each.
+    fn hook_table(&self) -> &'static [(Point, &'static [Hook])] {
+        match &self.aggregate {
+            Some(f) if f.stages || f.whole_min_ns.is_some() => AGGREGATE_STAGES_HOOK_TABLE,
+            Some(_) => AGGREGATE_HOOK_TABLE,
+            None => HOOK_TABLE,
+        }
+    }
+
+    /// The daemon side the hooks are chosen on, when one is forced.
+    fn hooks_daemon_side(&self) -> Option<DaemonSide> {
+        // diagnose reads applications' writes at the entry hook the
+        // syscall side of replies has.
+        if self.diagnose {
+            Some(DaemonSide::Syscalls)
+        } else {
+            self.daemon_side
+        }
+    }
+}
+
 /// Which requests in-kernel aggregation counts.
 #[derive(Debug, Clone, Default)]
 pub struct KernelFilter {
@@ -94,6 +131,27 @@ impl KernelFilter {
         over("--mount paths", self.connections.len(), AGG_MAX_CONNECTIONS)?;
         over("-p/--pid values", self.pids.len(), AGG_MAX_PIDS)?;
         over("--comm names", self.comms.len(), AGG_MAX_COMMS)
+    }
+
+    /// Writes the filter into the layout the kernel programs read.
+    fn fill_layout(&self, layout: &mut KernelLayout) {
+        layout.agg_pid_count = self.pids.len() as u32;
+        layout.agg_pids[..self.pids.len()].copy_from_slice(&self.pids);
+        layout.agg_comm_count = self.comms.len() as u32;
+        for (slot, name) in layout.agg_comms.iter_mut().zip(&self.comms) {
+            let (a, b) = name.split_at(8);
+            *slot = [
+                u64::from_ne_bytes(a.try_into().unwrap()),
+                u64::from_ne_bytes(b.try_into().unwrap()),
+            ];
+        }
+        layout.agg_connection_count = self.connections.len() as u32;
+        layout.agg_stages = u32::from(self.stages || self.whole_min_ns.is_some());
+        if let Some(min) = self.whole_min_ns {
+            layout.agg_whole = 1;
+            layout.agg_min_ns = min;
+        }
+        layout.agg_connections[..self.connections.len()].copy_from_slice(&self.connections);
     }
 }
 
@@ -134,6 +192,27 @@ struct AggregateMaps {
     histograms: PerCpuHashMap<MapData, HistogramKey, CellCounts>,
     generations: aya::maps::HashMap<MapData, u32, u32>,
     in_flight: InFlightTables,
+}
+
+impl AggregateMaps {
+    /// Takes the in-kernel aggregation's maps out of the loaded object.
+    fn take(ebpf: &mut Ebpf) -> Result<AggregateMaps> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("{name} map missing"))
+        };
+        let histograms = PerCpuHashMap::try_from(take("AGG_HISTOGRAMS")?)?;
+        let generations = aya::maps::HashMap::try_from(take("AGG_GENERATIONS")?)?;
+        let overflow = aya::maps::HashMap::try_from(take("AGG_SENT")?)?;
+        let aya::maps::Map::Array(slots) = take("AGG_SLOTS")? else {
+            bail!("AGG_SLOTS is not an array");
+        };
+        Ok(AggregateMaps {
+            histograms,
+            generations,
+            in_flight: InFlightTables::new(slots, overflow)?,
+        })
+    }
 }
 
 /// Kernel-side counters of what could not be delivered or decoded.
@@ -188,145 +267,32 @@ impl Probes {
             kernel,
             mut layout,
         } = Startup::read_kernel()?;
-        layout.daemon_tgid = opts.daemon_tgid.unwrap_or(0);
-        layout.filter_cgroup = opts.cgroup.unwrap_or(0);
-        if let Some(f) = &opts.aggregate {
-            layout.agg_pid_count = f.pids.len() as u32;
-            layout.agg_pids[..f.pids.len()].copy_from_slice(&f.pids);
-            layout.agg_comm_count = f.comms.len() as u32;
-            for (slot, name) in layout.agg_comms.iter_mut().zip(&f.comms) {
-                let (a, b) = name.split_at(8);
-                *slot = [
-                    u64::from_ne_bytes(a.try_into().unwrap()),
-                    u64::from_ne_bytes(b.try_into().unwrap()),
-                ];
-            }
-            layout.agg_connection_count = f.connections.len() as u32;
-            layout.agg_stages = u32::from(f.stages || f.whole_min_ns.is_some());
-            if let Some(min) = f.whole_min_ns {
-                layout.agg_whole = 1;
-                layout.agg_min_ns = min;
-            }
-            layout.agg_connections[..f.connections.len()].copy_from_slice(&f.connections);
-        }
-        layout.names_off = u32::from(opts.no_paths);
-        if opts.diagnose {
-            diagnose_layout(&mut layout, &btf)
-                .context("fusetrace diagnose cannot run on this kernel")?;
-            layout.track_app_io = 1;
-        }
+        opts.fill_layout(&mut layout, &btf)?;
         let (mut ebpf, aya_btf) = load_object(&layout)?;
-        let table = match &opts.aggregate {
-            Some(f) if f.stages || f.whole_min_ns.is_some() => AGGREGATE_STAGES_HOOK_TABLE,
-            Some(_) => AGGREGATE_HOOK_TABLE,
-            None => HOOK_TABLE,
-        };
-        // diagnose reads applications' writes at the entry hook the
-        // syscall side of replies has.
-        let daemon_side = if opts.diagnose {
-            Some(DaemonSide::Syscalls)
-        } else {
-            opts.daemon_side
-        };
         let waiting_before = waiting_in_read();
         let choices = choose_all(
             &mut ebpf,
-            table,
+            opts.hook_table(),
             &layout,
             &kernel,
             &btf,
             &tracefs,
             &aya_btf,
-            (opts.backend, daemon_side),
+            (opts.backend, opts.hooks_daemon_side()),
         );
         if opts.diagnose {
-            let hook = Hook {
-                backend: Backend::Tracepoint,
-                programs: DIAGNOSE_PROGRAMS,
-                has_header: false,
-            };
-            offered(&hook, &btf, &tracefs, &kernel)
-                .and_then(|()| load_hook(&mut ebpf, &hook, &aya_btf, &kernel))
-                .context("attaching the write(2) hooks diagnose needs")?;
+            attach_app_writes(&mut ebpf, &aya_btf, &btf, &tracefs, &kernel)?;
         }
-        for required in [Point::Sent, Point::Ended] {
-            let choice = choices.iter().find(|c| c.point == required).unwrap();
-            if choice.hook.is_none() {
-                bail!(
-                    "{}cannot observe the {} point on this kernel ({}); `fusetrace doctor` shows what this kernel offers",
-                    opts.backend
-                        .map(|b| format!("--backend {}: ", b.name()))
-                        .unwrap_or_default(),
-                    required.name(),
-                    if choice.skipped.is_empty() {
-                        format!(
-                            "backend {} has no hook for it",
-                            opts.backend.map(|b| b.name()).unwrap_or("auto")
-                        )
-                    } else {
-                        choice.skipped.join("; ")
-                    }
-                );
-            }
-        }
+        require_sent_and_ended(&choices, opts.backend)?;
         if let Some(side) = opts.daemon_side {
-            for c in &choices {
-                if matches!(c.point, Point::Taken | Point::Replied)
-                    && c.transport == Transport::DevFuse
-                    && c.hook.is_none()
-                {
-                    bail!(
-                        "--daemon-side {}: cannot observe the {} point there on this kernel ({}); `fusetrace doctor` shows what this kernel offers",
-                        side.name(),
-                        c.point.name(),
-                        c.skipped.join("; ")
-                    );
-                }
-            }
+            require_daemon_side(&choices, side)?;
         }
         let aggregate = match opts.aggregate {
-            Some(_) => {
-                let mut take = |name: &str| {
-                    ebpf.take_map(name)
-                        .with_context(|| format!("{name} map missing"))
-                };
-                let histograms = PerCpuHashMap::try_from(take("AGG_HISTOGRAMS")?)?;
-                let generations = aya::maps::HashMap::try_from(take("AGG_GENERATIONS")?)?;
-                let overflow = aya::maps::HashMap::try_from(take("AGG_SENT")?)?;
-                let aya::maps::Map::Array(slots) = take("AGG_SLOTS")? else {
-                    bail!("AGG_SLOTS is not an array");
-                };
-                Some(AggregateMaps {
-                    histograms,
-                    generations,
-                    in_flight: InFlightTables::new(slots, overflow)?,
-                })
-            }
+            Some(_) => Some(AggregateMaps::take(&mut ebpf)?),
             None => None,
         };
-        // Every point's hook is attached: open the gate, so all points
-        // start reporting at once.
-        let mut gate: Array<_, u32> =
-            Array::try_from(ebpf.map_mut("GATE").context("GATE map missing")?)?;
-        let replies_in_kernel = choices.iter().any(|c| {
-            c.point == Point::Replied
-                && c.hook.as_ref().and_then(DaemonSide::of) == Some(DaemonSide::Kernel)
-        });
-        gate.set(1, u32::from(replies_in_kernel), 0)?;
-        gate.set(0, 1, 0)?;
-        let fexit_take = choices.iter().any(|c| {
-            c.point == Point::Taken
-                && c.hook.is_some_and(|h| {
-                    h.programs.iter().any(
-                    |(_, a)| matches!(a, Attach::FExit(f) if std::ptr::eq(*f, &kfunc::DEV_READ)),
-                )
-                })
-        });
-        let waiting_at_start = if fexit_take {
-            waiting_before.intersection(&waiting_in_read()).count()
-        } else {
-            0
-        };
+        open_gate(&mut ebpf, &choices)?;
+        let waiting_at_start = still_waiting_in_read(&choices, &waiting_before);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
@@ -549,6 +515,104 @@ impl Probes {
             ));
         }
         lines
+    }
+}
+
+/// Attaches `diagnose`'s hooks on applications' write(2) family
+/// ([`DIAGNOSE_PROGRAMS`]).
+fn attach_app_writes(
+    ebpf: &mut Ebpf,
+    aya_btf: &aya::Btf,
+    btf: &Btf,
+    tracefs: &Path,
+    kernel: &KernelFunctions,
+) -> Result<()> {
+    let hook = Hook {
+        backend: Backend::Tracepoint,
+        programs: DIAGNOSE_PROGRAMS,
+        has_header: false,
+    };
+    offered(&hook, btf, tracefs, kernel)
+        .and_then(|()| load_hook(ebpf, &hook, aya_btf, kernel))
+        .context("attaching the write(2) hooks diagnose needs")
+}
+
+/// Fails, saying why, when the send or the end point has no hook.
+fn require_sent_and_ended(choices: &[PointChoice], backend: Option<Backend>) -> Result<()> {
+    for required in [Point::Sent, Point::Ended] {
+        let choice = choices.iter().find(|c| c.point == required).unwrap();
+        if choice.hook.is_none() {
+            bail!(
+                "{}cannot observe the {} point on this kernel ({}); `fusetrace doctor` shows what this kernel offers",
+                backend
+                    .map(|b| format!("--backend {}: ", b.name()))
+                    .unwrap_or_default(),
+                required.name(),
+                if choice.skipped.is_empty() {
+                    format!(
+                        "backend {} has no hook for it",
+                        backend.map(|b| b.name()).unwrap_or("auto")
+                    )
+                } else {
+                    choice.skipped.join("; ")
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--daemon-side`: fails, saying why, when the `/dev/fuse` take or reply
+/// point has no hook on that side.
+fn require_daemon_side(choices: &[PointChoice], side: DaemonSide) -> Result<()> {
+    for c in choices {
+        if matches!(c.point, Point::Taken | Point::Replied)
+            && c.transport == Transport::DevFuse
+            && c.hook.is_none()
+        {
+            bail!(
+                "--daemon-side {}: cannot observe the {} point there on this kernel ({}); `fusetrace doctor` shows what this kernel offers",
+                side.name(),
+                c.point.name(),
+                c.skipped.join("; ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Tells the programs whether replies are seen in the kernel, then lets
+/// every point report.
+fn open_gate(ebpf: &mut Ebpf, choices: &[PointChoice]) -> Result<()> {
+    // Every point's hook is attached: open the gate, so all points
+    // start reporting at once.
+    let mut gate: Array<_, u32> =
+        Array::try_from(ebpf.map_mut("GATE").context("GATE map missing")?)?;
+    let replies_in_kernel = choices.iter().any(|c| {
+        c.point == Point::Replied
+            && c.hook.as_ref().and_then(DaemonSide::of) == Some(DaemonSide::Kernel)
+    });
+    gate.set(1, u32::from(replies_in_kernel), 0)?;
+    gate.set(0, 1, 0)?;
+    Ok(())
+}
+
+/// Of the daemon threads `waiting_before` the hooks were attached, how many
+/// still wait in `fuse_dev_do_read`, when an fexit on it serves the take
+/// point (else 0): [`Probes::waiting_at_start`].
+fn still_waiting_in_read(choices: &[PointChoice], waiting_before: &BTreeSet<u32>) -> usize {
+    let fexit_take = choices.iter().any(|c| {
+        c.point == Point::Taken
+            && c.hook.is_some_and(|h| {
+                h.programs.iter().any(
+                    |(_, a)| matches!(a, Attach::FExit(f) if std::ptr::eq(*f, &kfunc::DEV_READ)),
+                )
+            })
+    });
+    if fexit_take {
+        waiting_before.intersection(&waiting_in_read()).count()
+    } else {
+        0
     }
 }
 
