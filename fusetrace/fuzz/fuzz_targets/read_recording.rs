@@ -8,9 +8,10 @@
 // the eBPF toolchain.
 #[path = "../../src/record/format.rs"]
 mod format;
+#[path = "../../src/kernel/decode.rs"]
+mod decode;
 mod kernel {
-    #[path = "../../../src/kernel/decode.rs"]
-    pub mod decode;
+    pub(crate) use super::decode;
 }
 
 use format::{Writer, read_all};
