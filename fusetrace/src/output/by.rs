@@ -23,7 +23,7 @@ use fusetrace_common::{bucket_bounds, latency_bucket};
 use crate::{
     output::{
         export::Clock,
-        print::{Format, write_summary},
+        print::{Format, period_heading, write_summary},
     },
     pipeline::{
         connections::ConnectionTable,
@@ -821,7 +821,8 @@ impl<W: Write> GroupedPrinter<W> {
                 writeln!(self.out)?;
             }
             Format::Text => {
-                writeln!(self.out, "--- {which} ---")?;
+                let at = self.clock.as_ref().map(Clock::now_unix_ns);
+                writeln!(self.out, "{}", period_heading(which, at))?;
                 let table = stats.render_table(&self.grouping, &mut |c| mounts.name(c));
                 write!(self.out, "{table}")?;
             }

@@ -44,6 +44,24 @@ pub(crate) fn write_summary(
     Ok(())
 }
 
+/// The heading of a stats period in a text table: `--- interval
+/// 2026-12-07T04:31:07Z ---` (the wall-clock time it was written, when a
+/// clock says it).
+pub(crate) fn period_heading(which: &str, at_unix_ns: Option<u64>) -> String {
+    let at = at_unix_ns
+        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns.into()).ok())
+        .and_then(|t| {
+            t.replace_nanosecond(0)
+                .ok()?
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    match at {
+        Some(at) => format!("--- {which} {at} ---"),
+        None => format!("--- {which} ---"),
+    }
+}
+
 /// A finished request as `trace --format json` prints it: the request's
 /// points (`<point>_at_ns`, monotonic) and its stages' durations
 /// (`<stage>_ns`), named as everywhere else (README, "Output names").
@@ -297,7 +315,8 @@ impl<W: Write> StatsPrinter<W> {
                 writeln!(self.out)?;
             }
             Format::Text => {
-                writeln!(self.out, "--- {which} ---")?;
+                let at = self.clock.as_ref().map(Clock::now_unix_ns);
+                writeln!(self.out, "{}", period_heading(which, at))?;
                 write!(self.out, "{}", stats.render_table(&mut name))?;
                 if self.hist {
                     write!(
@@ -342,6 +361,15 @@ mod tests {
         pipeline::tracker::{Tracker, TrackerConfig},
     };
     use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FLAG_URING, FuseEvent};
+
+    #[test]
+    fn a_period_heading_carries_its_time_when_known() {
+        assert_eq!(
+            period_heading("interval", Some(1_796_617_867_123_456_789)),
+            "--- interval 2026-12-07T04:31:07Z ---"
+        );
+        assert_eq!(period_heading("whole run", None), "--- whole run ---");
+    }
 
     fn requests() -> Vec<RequestLifecycle> {
         let ev = |kind: EventKind, conn: u32, unique: u64, opcode: u32, ts: u64| FuseEvent {
