@@ -553,18 +553,7 @@ fn senders(d: &Diagnosis) -> String {
 
 /// The plain-words verdict and advice.
 fn verdict(d: &Diagnosis) -> (String, Vec<String>) {
-    let source = match d.mode_source {
-        ModeSource::InitReply => "from the FUSE_INIT reply",
-        ModeSource::ConnectionState => "from the connection's state in the kernel",
-        ModeSource::Evidence => "from the WRITE requests' page-cache flag",
-        ModeSource::Unknown => "no request told",
-    };
-    let mode = match d.writeback_cache {
-        Some(true) => format!("writeback cache is ON ({source})"),
-        Some(false) => format!("writeback cache is OFF: write-through ({source})"),
-        None => "writeback cache mode is unknown (no request seen that tells)".to_string(),
-    };
-    let mut text = mode;
+    let mut text = mode_line(d);
     if d.direct_io_opens > 0 {
         text.push_str(&format!(
             "; {} of {} opens are direct-io (FOPEN_DIRECT_IO: the page cache is bypassed)",
@@ -573,53 +562,80 @@ fn verdict(d: &Diagnosis) -> (String, Vec<String>) {
         ));
     }
     if d.app_writes.count > 0 || d.write_requests.count > 0 {
-        text.push_str(&format!(
-            ": {} writes of {} on average ({}) became {} WRITE requests of {} on average",
-            d.app_writes.count,
-            bytes(d.app_writes.mean_bytes),
-            bytes(d.app_writes.total_bytes),
-            d.write_requests.count,
-            bytes(d.write_requests.mean_bytes),
-        ));
-        if d.write_requests.count > 0 {
-            text.push_str(&format!(", sent {}", senders(d)));
-        }
-        if d.write_to_request_delay.samples > 0 {
-            text.push_str(&format!(
-                ", on average {} after the application's write began",
-                duration(d.write_to_request_delay.mean_ns)
-            ));
-        }
-        if d.writes_at_flush_or_fsync > 0 {
-            text.push_str(&format!(
-                "; {} WRITE requests were flushed at close/fsync",
-                d.writes_at_flush_or_fsync
-            ));
-        }
-        let pct = if d.app_writes.count == 0 {
-            0.0
-        } else {
-            100.0 * d.app_writes_with_reads as f64 / d.app_writes.count as f64
-        };
-        text.push_str(&format!(
-            "; {pct:.0}% of writes touched uncached partial pages and caused {} READ requests",
-            d.reads_caused_by_writes
-        ));
-        if d.pages_written_more_than_once > 0 {
-            text.push_str(&format!(
-                "; {} pages were written more than once",
-                d.pages_written_more_than_once
-            ));
-        }
-        if !d.files_written.is_empty() {
-            let list: Vec<String> = d
-                .files_written
-                .iter()
-                .map(|f| format!("{} ({} WRITE requests)", f.path, f.write_requests))
-                .collect();
-            text.push_str(&format!("; written most: {}", list.join(", ")));
-        }
+        text.push_str(&writes_line(d));
     }
+    (text, advice(d))
+}
+
+/// Which mode the connection is in, and what said so.
+fn mode_line(d: &Diagnosis) -> String {
+    let source = match d.mode_source {
+        ModeSource::InitReply => "from the FUSE_INIT reply",
+        ModeSource::ConnectionState => "from the connection's state in the kernel",
+        ModeSource::Evidence => "from the WRITE requests' page-cache flag",
+        ModeSource::Unknown => "no request told",
+    };
+    match d.writeback_cache {
+        Some(true) => format!("writeback cache is ON ({source})"),
+        Some(false) => format!("writeback cache is OFF: write-through ({source})"),
+        None => "writeback cache mode is unknown (no request seen that tells)".to_string(),
+    }
+}
+
+/// What the applications' writes became.
+fn writes_line(d: &Diagnosis) -> String {
+    let mut text = String::new();
+    text.push_str(&format!(
+        ": {} writes of {} on average ({}) became {} WRITE requests of {} on average",
+        d.app_writes.count,
+        bytes(d.app_writes.mean_bytes),
+        bytes(d.app_writes.total_bytes),
+        d.write_requests.count,
+        bytes(d.write_requests.mean_bytes),
+    ));
+    if d.write_requests.count > 0 {
+        text.push_str(&format!(", sent {}", senders(d)));
+    }
+    if d.write_to_request_delay.samples > 0 {
+        text.push_str(&format!(
+            ", on average {} after the application's write began",
+            duration(d.write_to_request_delay.mean_ns)
+        ));
+    }
+    if d.writes_at_flush_or_fsync > 0 {
+        text.push_str(&format!(
+            "; {} WRITE requests were flushed at close/fsync",
+            d.writes_at_flush_or_fsync
+        ));
+    }
+    let pct = if d.app_writes.count == 0 {
+        0.0
+    } else {
+        100.0 * d.app_writes_with_reads as f64 / d.app_writes.count as f64
+    };
+    text.push_str(&format!(
+        "; {pct:.0}% of writes touched uncached partial pages and caused {} READ requests",
+        d.reads_caused_by_writes
+    ));
+    if d.pages_written_more_than_once > 0 {
+        text.push_str(&format!(
+            "; {} pages were written more than once",
+            d.pages_written_more_than_once
+        ));
+    }
+    if !d.files_written.is_empty() {
+        let list: Vec<String> = d
+            .files_written
+            .iter()
+            .map(|f| format!("{} ({} WRITE requests)", f.path, f.write_requests))
+            .collect();
+        text.push_str(&format!("; written most: {}", list.join(", ")));
+    }
+    text
+}
+
+/// What to change, when the evidence says something should.
+fn advice(d: &Diagnosis) -> Vec<String> {
     let mut advice = Vec::new();
     if d.writeback_cache == Some(false)
         && d.direct_io_opens == 0
@@ -649,7 +665,7 @@ fn verdict(d: &Diagnosis) -> (String, Vec<String>) {
             d.writes_after_sync
         ));
     }
-    (text, advice)
+    advice
 }
 
 #[cfg(test)]
