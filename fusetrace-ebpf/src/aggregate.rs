@@ -29,10 +29,10 @@ use fusetrace_common::{
 use crate::{
     filter::wanted_cgroup,
     fuse::{connection_of, unique_of},
-    maps::{EVENTS, GATE, LAYOUT},
+    maps::{GATE, LAYOUT},
     memory::{layout_field, load},
     reply::reply_started,
-    report::bump,
+    report::{bump, write_to_ring},
 };
 
 /// `BPF_F_MMAPABLE`: user space maps the array to read it in one pass.
@@ -420,13 +420,7 @@ fn submit_whole<const DIRECT: bool>(req: u64, sent: &Sent, now: u64, error: i32)
         req,
         ..FuseEvent::default()
     };
-    match EVENTS.reserve::<FuseEvent>(0) {
-        Some(mut slot) => {
-            slot.write(ev);
-            slot.submit(0);
-        }
-        None => bump(counters::RING_DROPS),
-    }
+    write_to_ring(ev);
 }
 
 /// Adds one request of `ns` to a histogram cell; false (counted) when the

@@ -48,6 +48,13 @@ pub(crate) fn submit(mut ev: FuseEvent) {
     if !stamp(&mut ev) {
         return;
     }
+    write_to_ring(ev);
+}
+
+/// Writes `ev` as it is (stamped already) into the ring buffer; a full
+/// ring buffer is counted.
+#[inline(always)]
+pub(crate) fn write_to_ring(ev: FuseEvent) {
     match EVENTS.reserve::<FuseEvent>(0) {
         Some(mut slot) => {
             slot.write(ev);
