@@ -79,6 +79,8 @@ const HOLDER_RESCAN: Duration = Duration::from_secs(10);
 /// How long a new mount stays unnamed while no process holds its
 /// `/dev/fuse` yet (fusermount3 handing the descriptor over).
 const DAEMON_WAIT: Duration = Duration::from_secs(2);
+/// How soon a mount waiting for its daemon is looked at again.
+const DAEMON_POLL: Duration = Duration::from_millis(10);
 
 impl ServeArgs {
     pub fn run(&self) -> Result<()> {
@@ -161,7 +163,14 @@ impl ServeArgs {
                 }
                 next_poll = Instant::now() + MOUNT_POLL;
             }
-            match messages.recv_timeout(Duration::from_millis(100)) {
+            // A mount waiting for its daemon is looked at again soon: it
+            // may live only a moment.
+            let wait = if collector.reread {
+                DAEMON_POLL
+            } else {
+                Duration::from_millis(100)
+            };
+            match messages.recv_timeout(wait) {
                 Ok(Message::MountsChanged) => collector.reread = true,
                 Ok(Message::Scrape(scrape)) => {
                     match collector.scrape(&mut probes, scrape.openmetrics) {

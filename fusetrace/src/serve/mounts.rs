@@ -80,7 +80,8 @@ pub struct MountBook {
     /// How long a new mount whose daemon is not found stays unnamed (see
     /// [`MountBook::waiting_for_daemons`]), and since when each has.
     daemon_wait: Duration,
-    unnamed_since: HashMap<MountKey, Instant>,
+    /// The mounts waiting, with what was listed of them.
+    unnamed_since: HashMap<MountKey, (Instant, MountLabels)>,
 }
 
 impl MountBook {
@@ -130,18 +131,23 @@ impl MountBook {
                 MountLabels::over_cap()
             } else {
                 let daemon = daemon_of(m);
-                let since = *self.unnamed_since.entry(key).or_insert(now);
-                if daemon.is_empty() && now.duration_since(since) < self.daemon_wait {
-                    waiting = true;
-                    continue;
-                }
-                self.unnamed_since.remove(&key);
-                MountLabels {
+                let labels = MountLabels {
                     mountpoint: m.mount_point.to_string_lossy().into_owned(),
                     fstype: m.fs_type.clone(),
                     daemon,
                     device: major_minor(m.connection),
+                };
+                let since = self
+                    .unnamed_since
+                    .entry(key)
+                    .or_insert_with(|| (now, labels.clone()))
+                    .0;
+                if labels.daemon.is_empty() && now.duration_since(since) < self.daemon_wait {
+                    waiting = true;
+                    continue;
                 }
+                self.unnamed_since.remove(&key);
+                labels
             };
             self.generations.insert(
                 key,
@@ -166,8 +172,25 @@ impl MountBook {
                 g.gone_since = Some(now);
             }
         }
-        // Mounts gone while they waited.
-        self.unnamed_since.retain(|key, _| current.contains(key));
+        // Mounts gone while they waited for their daemon (they lived a
+        // moment): named with what their listing said, and retiring.
+        let gone: Vec<MountKey> = self
+            .unnamed_since
+            .keys()
+            .filter(|key| !current.contains(key))
+            .copied()
+            .collect();
+        for key in gone {
+            let (_, labels) = self.unnamed_since.remove(&key).expect("listed above");
+            self.generations.insert(
+                key,
+                Generation {
+                    labels: Arc::new(labels),
+                    listed: true,
+                    gone_since: Some(now),
+                },
+            );
+        }
         waiting
     }
 
@@ -284,7 +307,14 @@ fn same_path(a: &Path, b: &Path) -> bool {
     a.components().eq(b.components())
 }
 
-/// The processes holding `/dev/fuse` open now (a pass over `/proc`).
+/// Programs that hold `/dev/fuse` only while they mount it and hand the
+/// descriptor to the daemon (their command line names the mount point
+/// too): never a mount's daemon. While one holds it, the mount waits for
+/// its daemon (`MountBook::waiting_for_daemons`).
+const MOUNT_HELPERS: &[&str] = &["fusermount", "fusermount3", "mount.fuse", "mount.fuse3"];
+
+/// The processes holding `/dev/fuse` open now (a pass over `/proc`), mount
+/// helpers left out.
 pub fn fuse_holders() -> Vec<Holder> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -312,6 +342,9 @@ pub fn fuse_holders() -> Vec<Holder> {
         let comm = std::fs::read_to_string(proc.join("comm"))
             .map(|c| c.trim_end().to_string())
             .unwrap_or_default();
+        if MOUNT_HELPERS.contains(&comm.as_str()) {
+            continue;
+        }
         let cwd = std::fs::read_link(proc.join("cwd")).unwrap_or_default();
         let args = std::fs::read(proc.join("cmdline"))
             .unwrap_or_default()
@@ -416,6 +449,16 @@ mod tests {
             ))
         );
         assert_eq!(book.labels((40, 1)).daemon, "");
+        // Unmounted while it waited (it lived a moment): named with what
+        // its listing said, and retiring.
+        let o = mount(3, 41, "/mnt/z", "fuse.fusetrace");
+        let gens = HashMap::from([(39, 1), (40, 1), (41, 1)]);
+        let all = [m.clone(), n.clone(), o];
+        assert!(book.observe(&all, &gens, t1, |_| String::new()));
+        assert!(!book.observe(&all[..2], &gens, t1, |_| String::new()));
+        let z = book.labels((41, 1));
+        assert_eq!((z.mountpoint.as_str(), z.daemon.as_str()), ("/mnt/z", ""));
+        assert_eq!(book.retire(t1 + Duration::from_secs(60)), vec![(41, 1)]);
     }
 
     #[test]
