@@ -121,8 +121,11 @@ pub fn run(
         Some(min_ns) => Counting::SlowOnly { min_ns },
         None => Counting::Events,
     };
-    let summary = run.finish(sink, &probes.counters(), probes.undecodable(), counting)?;
-    run.live(sink, probes.counters(), probes.undecodable(), true)?;
+    // The kernel's counters once, after the last drain: the summary and
+    // the live view's last frame show the same.
+    let (kernel, undecodable) = (probes.counters(), probes.undecodable());
+    let summary = run.finish(sink, &kernel, undecodable, counting)?;
+    run.live(sink, kernel, undecodable, true)?;
     sink.finish(&summary, &mut run.mounts)?;
     Ok(summary)
 }
