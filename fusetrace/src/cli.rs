@@ -129,8 +129,8 @@ impl StatsArgs {
         // needs each request's events.
         let by_events = grouping.as_ref().is_some_and(|g| !g.keys.in_kernel());
         if by_events && !self.from_events {
-            eprintln!(
-                "fusetrace: --by {} counts from every request's events (as --from-events; costs the traced file system more than counting in the kernel)",
+            log::info!(
+                "--by {} counts from every request's events (as --from-events; costs the traced file system more than counting in the kernel)",
                 grouping
                     .as_ref()
                     .map(|g| g.keys.to_string())

@@ -498,15 +498,20 @@ fn fuse_where(kernel: &KernelFunctions) -> String {
 /// Prints the report; fails (non-zero exit) when no complete lifecycle can be traced.
 pub fn run(args: &DoctorArgs) -> Result<()> {
     let r = report(args)?;
+    // Not println!: a reader gone away (`doctor | head`) is an error to
+    // return, not a panic.
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
     if args.json || args.format == Format::Json {
         let mut v = serde_json::to_value(&r)?;
         v["type"] = "doctor".into();
-        println!("{v}");
+        writeln!(out, "{v}")?;
     } else {
         for l in r.lines() {
-            println!("{l}");
+            writeln!(out, "{l}")?;
         }
     }
+    out.flush()?;
     if !r.complete {
         anyhow::bail!(
             "no complete FUSE request lifecycle can be traced here: {}",

@@ -193,10 +193,7 @@ impl TracingFlags {
         options.cgroup = start.cgroup.as_ref().map(CommandCgroup::id);
         let probes = Probes::attach(&options)?;
         // Tests and scripts wait for this line before starting load.
-        eprintln!(
-            "fusetrace: tracing ({}); Ctrl-C to stop",
-            probes.describe().join("; ")
-        );
+        log::info!("tracing ({}); Ctrl-C to stop", probes.describe().join("; "));
         Ok(probes)
     }
 }

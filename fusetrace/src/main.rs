@@ -1,7 +1,12 @@
 //! The command line: one subcommand per verb, dispatched to the module that
 //! owns its arguments and its `run`.
 
-use std::{fs::File, path::PathBuf, process::ExitCode};
+use std::{
+    fs::File,
+    io::{self, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -28,6 +33,16 @@ const VERSION: &str = concat!(
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More messages on stderr: -v adds fusetrace's debug lines (hooks
+    /// chosen, offsets read from BTF, maps), -vv aya's own and every
+    /// crate's. RUST_LOG (env_logger's syntax, e.g. `fusetrace=debug,aya=info`)
+    /// overrides both -v and -q.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Fewer messages on stderr: -q leaves warnings and errors (whatever a
+    /// run lost is still told), -qq errors only.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    quiet: u8,
 }
 
 #[derive(Subcommand)]
@@ -82,7 +97,9 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Top(args) => return args.run(),
         Command::Report(args) => record::report::run(&args),
         Command::Daemon(args) => lab::daemon::run(&args),
-        Command::Load(args) => lab::load::run(&args).map(|report| println!("{report}")),
+        Command::Load(args) => {
+            lab::load::run(&args).and_then(|report| Ok(writeln!(io::stdout(), "{report}")?))
+        }
         Command::Demo(args) => lab::demo::run(&args),
         Command::Diagnose(args) => diagnose::run(&args),
         Command::Doctor(args) => doctor::run(&args),
@@ -90,10 +107,11 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::BenchConsumer(args) => lab::bench_consumer::main(&args),
         Command::Assets { dir } => write_assets(&dir),
         Command::Ops => {
+            let mut out = io::stdout().lock();
             for (n, name) in opcode::OPCODES {
-                println!("{n:>5} {name}");
+                writeln!(out, "{n:>5} {name}")?;
             }
-            Ok(())
+            Ok(out.flush()?)
         }
     }?;
     Ok(ExitCode::SUCCESS)
@@ -133,10 +151,68 @@ fn write_assets(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Messages go through `log` (ours, aya's, every crate's) to stderr, one
+/// line each in the shape fusetrace always printed: `fusetrace: ...` for
+/// what a run tells and warns of, `fusetrace: error: ...`, and
+/// `fusetrace: debug: TARGET: ...` below. env_logger because it reads
+/// RUST_LOG as every Rust tool does; without its default features (no
+/// colours, no timestamps, no regex): a line per message is what scripts
+/// and journald want.
+fn init_logging(verbose: u8, quiet: u8) {
+    use std::io::Write;
+    let ours = match (verbose, quiet) {
+        (0, 0) => "info",
+        (0, 1) => "warn",
+        (0, _) => "error",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    // aya (and hyper, rustls...) say little worth reading unless asked.
+    let others = if verbose >= 2 { "debug" } else { "warn" };
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(&format!("{others},fusetrace={ours}"));
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    builder
+        .format(|out, record| {
+            use log::Level;
+            match record.level() {
+                Level::Info | Level::Warn => writeln!(out, "fusetrace: {}", record.args()),
+                Level::Error => writeln!(out, "fusetrace: error: {}", record.args()),
+                level => writeln!(
+                    out,
+                    "fusetrace: {}: {}: {}",
+                    level.as_str().to_ascii_lowercase(),
+                    record.target(),
+                    record.args()
+                ),
+            }
+        })
+        .init();
+}
+
+/// Whether a failure is only stdout's reader going away (`trace | head`):
+/// the run has already ended and detached everything on its way out, and,
+/// as bpftrace and perf do, it ends quietly and successfully. (Rust ignores
+/// SIGPIPE, so the write fails with EPIPE instead of killing us before
+/// `-c`'s cgroup and the probes are cleaned up.)
+fn reader_went_away(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli.command) {
         Ok(code) => code,
+        Err(e) if reader_went_away(&e) => ExitCode::SUCCESS,
         Err(e) => {
+            // Not through `log`: the one line a failed run always prints.
             eprintln!("fusetrace: error: {e:#}");
             ExitCode::FAILURE
         }

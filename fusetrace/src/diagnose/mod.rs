@@ -71,15 +71,19 @@ impl Sink for DiagnoseSink {
 
     fn finish(&mut self, summary: &RunSummary, mounts: &mut ConnectionTable) -> Result<()> {
         let diagnoses = self.evidence.conclude(&mut |c| mounts.name(c));
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
         if self.json {
-            println!(
+            writeln!(
+                out,
                 "{}",
                 serde_json::json!({ "type": "diagnosis", "diagnoses": diagnoses })
-            );
+            )?;
         } else {
-            print!("{}", render(&diagnoses));
+            write!(out, "{}", render(&diagnoses))?;
         }
-        eprintln!("fusetrace: {}", summary.render());
+        out.flush()?;
+        summary.tell();
         Ok(())
     }
 }
@@ -140,13 +144,13 @@ pub fn run(args: &DiagnoseArgs) -> Result<()> {
         .choices
         .iter()
         .all(|c| c.hook.is_some_and(|h| h.backend == Backend::TpBtf));
-    eprintln!(
-        "fusetrace: tracing for diagnosis ({}); Ctrl-C to stop",
+    log::info!(
+        "tracing for diagnosis ({}); Ctrl-C to stop",
         probes.describe().join("; ")
     );
     if !args_seen {
-        eprintln!(
-            "fusetrace: this kernel's hooks do not read request arguments: WRITE sizes, offsets and open flags will be missing"
+        log::warn!(
+            "this kernel's hooks do not read request arguments: WRITE sizes, offsets and open flags will be missing"
         );
     }
     let mut sink = DiagnoseSink {
@@ -175,8 +179,8 @@ fn run_from_recordings(args: &DiagnoseArgs) -> Result<()> {
     for path in &args.from {
         let r = replay_file(path, &mut sink, &mut merged, None)?;
         if !has_app_writes(&r.header) {
-            eprintln!(
-                "fusetrace: {} was recorded without --app-writes: the applications' side of the writes is missing",
+            log::warn!(
+                "{} was recorded without --app-writes: the applications' side of the writes is missing",
                 path.display()
             );
         }

@@ -268,6 +268,7 @@ impl Probes {
             mut layout,
         } = Startup::read_kernel()?;
         opts.fill_layout(&mut layout, &btf)?;
+        log::debug!("struct offsets read from BTF: {layout:?}");
         let (mut ebpf, aya_btf) = load_object(&layout)?;
         let waiting_before = waiting_in_read();
         let choices = choose_all(
@@ -280,6 +281,7 @@ impl Probes {
             &aya_btf,
             (opts.backend, opts.hooks_daemon_side()),
         );
+        log_choices(&choices);
         if opts.diagnose {
             attach_app_writes(&mut ebpf, &aya_btf, &btf, &tracefs, &kernel)?;
         }
@@ -520,6 +522,17 @@ impl Probes {
 
 /// Attaches `diagnose`'s hooks on applications' write(2) family
 /// ([`DIAGNOSE_PROGRAMS`]).
+/// `-v`: the hook each point got, and why the ones before it in its
+/// table were passed over.
+fn log_choices(choices: &[PointChoice]) {
+    for c in choices {
+        log::debug!("{}", c.describe());
+        if c.hook.is_some() && !c.skipped.is_empty() {
+            log::debug!("  passed over first: {}", c.skipped.join("; "));
+        }
+    }
+}
+
 fn attach_app_writes(
     ebpf: &mut Ebpf,
     aya_btf: &aya::Btf,

@@ -224,7 +224,7 @@ impl CsvWriter {
         let file = out.into_inner().map_err(|e| self.error(e.error()))?;
         file.as_file().sync_all().map_err(|e| self.error(e))?;
         file.persist(&self.path).map_err(|e| self.error(e.error))?;
-        eprintln!("fusetrace: wrote {}", self.path.display());
+        log::info!("wrote {}", self.path.display());
         Ok(())
     }
 }

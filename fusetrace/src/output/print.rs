@@ -40,7 +40,7 @@ pub(crate) fn write_summary(
         writeln!(out)?;
     }
     out.flush()?;
-    eprintln!("fusetrace: {}", summary.render());
+    summary.tell();
     Ok(())
 }
 

@@ -128,8 +128,8 @@ pub fn run(
             let (cells, newly_gone) =
                 named_mount_cells(probes.histogram_cells()?, named, &mut gone);
             for conn in newly_gone {
-                eprintln!(
-                    "fusetrace: {} was unmounted and a new mount took its connection number {}; the new mount is not traced",
+                log::warn!(
+                    "{} was unmounted and a new mount took its connection number {}; the new mount is not traced",
                     mounts.name(conn),
                     major_minor(conn)
                 );

@@ -192,10 +192,7 @@ impl Drop for CommandCgroup {
             }
         }
         if let Err(e) = std::fs::remove_dir(&self.dir) {
-            eprintln!(
-                "fusetrace: could not remove the cgroup {}: {e}",
-                self.dir.display()
-            );
+            log::warn!("could not remove the cgroup {}: {e}", self.dir.display());
         }
     }
 }

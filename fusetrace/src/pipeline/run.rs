@@ -64,8 +64,8 @@ impl Run {
             }
             (false, Some(conn)) => {
                 self.summary.mounts_gone += 1;
-                eprintln!(
-                    "fusetrace: {} was unmounted and a new mount took its connection number {}; the new mount is not traced",
+                log::warn!(
+                    "{} was unmounted and a new mount took its connection number {}; the new mount is not traced",
                     self.mounts.name(conn),
                     major_minor(conn)
                 );

@@ -161,6 +161,40 @@ impl RunSummary {
         self.tracker.add(&b.tracker);
     }
 
+    /// Whether the run lost or could not join anything: then its summary
+    /// is a warning, shown even under `-q`.
+    pub fn lost_anything(&self) -> bool {
+        let t = &self.tracker;
+        let aggregation = self.kernel_aggregation.map_or(0, |a| {
+            a.in_flight_table_full + a.histogram_full + a.stages.unwrap_or(0)
+        });
+        let slow = self.slow_only.map_or(0, |s| s.in_flight_table_full);
+        self.ring_drops
+            + self.read_faults
+            + self.undecodable
+            + self.program_runs_skipped
+            + self.mounts_gone
+            + self.paths.nodes_forgotten
+            + self.paths.pending_dropped
+            + self.io_uring.replies_unresolved
+            + t.unmatched_ends
+            + t.unmatched_replies
+            + t.sends_without_id
+            + aggregation
+            + slow
+            > 0
+    }
+
+    /// Tells the summary on stderr at the end of a run (through `log`:
+    /// `-q` hides it unless something was lost).
+    pub fn tell(&self) {
+        if self.lost_anything() {
+            log::warn!("{}", self.render());
+        } else {
+            log::info!("{}", self.render());
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut s = self.render_counts();
         if self.tracker.sent_before_id > 0 {

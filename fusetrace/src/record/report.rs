@@ -175,15 +175,15 @@ fn replay_all(
 
 fn warn_incomplete(path: &Path, r: &replay::Replayed) {
     if let Some(at) = r.cut_off_at {
-        eprintln!(
-            "fusetrace: {} ends mid-record at byte {at} (cut off while recording): reporting its {} whole records",
+        log::warn!(
+            "{} ends mid-record at byte {at} (cut off while recording): reporting its {} whole records",
             path.display(),
             r.records
         );
     }
     if !r.ended {
-        eprintln!(
-            "fusetrace: {} has no end record (the recording did not finish): its ring buffer drop and fault counts are unknown, shown as 0",
+        log::warn!(
+            "{} has no end record (the recording did not finish): its ring buffer drop and fault counts are unknown, shown as 0",
             path.display()
         );
     }
@@ -229,8 +229,8 @@ fn convert(files: &[PathBuf], out: &Path, file: std::fs::File, app_writes: bool)
     sink.finish(&total, &mut merged.names)
         .with_context(|| format!("cannot write Perfetto trace {}", out.display()))?;
     let c = sink.counts;
-    eprintln!(
-        "fusetrace: wrote {} requests as slices to {}{}",
+    log::info!(
+        "wrote {} requests as slices to {}{}",
         c.slices,
         out.display(),
         if c.not_drawn > 0 {
@@ -243,11 +243,12 @@ fn convert(files: &[PathBuf], out: &Path, file: std::fs::File, app_writes: bool)
         }
     );
     if c.app_writes > 0 {
-        eprintln!(
-            "fusetrace: {} application writes drawn, {} of them linked to the WRITE requests that carried their bytes",
-            c.app_writes, c.app_writes_linked
+        log::info!(
+            "{} application writes drawn, {} of them linked to the WRITE requests that carried their bytes",
+            c.app_writes,
+            c.app_writes_linked
         );
     }
-    eprintln!("fusetrace: {}", total.render());
+    total.tell();
     Ok(())
 }

@@ -108,7 +108,7 @@ async fn accept_loop<M: From<Scrape> + Send + 'static>(
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("fusetrace: cannot serve: {e}");
+            log::error!("cannot serve: {e}");
             return;
         }
     };

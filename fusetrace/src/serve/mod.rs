@@ -97,8 +97,8 @@ impl ServeArgs {
             Bounds::per_octave(self.buckets_per_octave)?
         } else {
             let b = Bounds::snapped(&self.buckets)?;
-            eprintln!(
-                "fusetrace: histogram bounds (s): {}",
+            log::info!(
+                "histogram bounds (s): {}",
                 b.seconds()
                     .map(|s| s.to_string())
                     .collect::<Vec<_>>()
@@ -126,8 +126,8 @@ impl ServeArgs {
         watch_mounts(to_main.clone())?;
         let mut server = http::Server::spawn(listener, to_main)?;
         // Tests and scripts wait for this line before scraping.
-        eprintln!(
-            "fusetrace: serving http://{address}/metrics ({}); Ctrl-C to stop",
+        log::info!(
+            "serving http://{address}/metrics ({}); Ctrl-C to stop",
             probes.describe().join("; ")
         );
         let mut collector = Collector {

@@ -309,19 +309,22 @@ pub fn run(
     };
     if let Some(last) = last {
         // The last frame, for scripts and benchmarks.
-        print!("{last}");
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        write!(out, "{last}")?;
+        out.flush()?;
     }
     let mean = if frames.frames > 0 {
         frames.total_draw / frames.frames as u32
     } else {
         Duration::ZERO
     };
-    eprintln!(
-        "fusetrace top: {} frames drawn, draw time mean {:.2} ms, max {:.2} ms",
+    log::info!(
+        "top: {} frames drawn, draw time mean {:.2} ms, max {:.2} ms",
         frames.frames,
         mean.as_secs_f64() * 1e3,
         frames.max_draw.as_secs_f64() * 1e3
     );
-    eprintln!("fusetrace: {}", summary.render());
+    summary.tell();
     Ok(summary)
 }

@@ -575,7 +575,7 @@ impl MountedDaemon {
 impl Drop for MountedDaemon {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            eprintln!("fusetrace daemon: {e:#}");
+            log::error!("daemon: {e:#}");
         }
     }
 }
@@ -776,7 +776,7 @@ pub fn run(args: &DaemonArgs) -> Result<()> {
                     let _ = writeln!(out, "counts written to {}", path.display());
                     let _ = out.flush();
                 }
-                Err(e) => eprintln!("fusetrace daemon: {e:#}"),
+                Err(e) => log::error!("daemon: {e:#}"),
             }
         }
     }

@@ -536,7 +536,7 @@ impl Queue {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => {
-                    eprintln!("fusetrace daemon: io_uring queue {}: {e}", self.qid);
+                    log::error!("daemon: io_uring queue {}: {e}", self.qid);
                     // The ring is unusable; leaving would free buffers the
                     // kernel may still write: wait for the connection to go.
                     thread::sleep(Duration::from_millis(100));
