@@ -31,8 +31,8 @@ use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
     header::{
-        ACCEPT, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue,
-        TRANSFER_ENCODING, WWW_AUTHENTICATE,
+        ACCEPT, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING,
+        WWW_AUTHENTICATE,
     },
     server::conn::http1,
     service::service_fn,

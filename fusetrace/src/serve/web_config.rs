@@ -178,15 +178,6 @@ fn tls_config(t: TlsFile, dir: &Path) -> Result<Option<Arc<ServerConfig>>> {
     .map(|(_, p)| p)
     .collect();
 
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_file)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| anyhow!("cert_file {}: {}", cert_file.display(), pem_error(e)))?;
-    if certs.is_empty() {
-        bail!("cert_file {}: no certificate in it", cert_file.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_file)
-        .map_err(|e| anyhow!("key_file {}: {}", key_file.display(), pem_error(e)))?;
-
     // ring: rustls's provider that builds with a plain C cross compiler
     // for the static arm64 release. rustls 0.23.48 deprecates it for
     // lacking post-quantum key exchange (aws-lc-rs has it); TLS 1.2 and
@@ -201,6 +192,15 @@ fn tls_config(t: TlsFile, dir: &Path) -> Result<Option<Arc<ServerConfig>>> {
         t.client_ca_file.map(|f| dir.join(f)),
         &provider,
     )?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_file)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| anyhow!("cert_file {}: {}", cert_file.display(), pem_error(e)))?;
+    if certs.is_empty() {
+        bail!("cert_file {}: no certificate in it", cert_file.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_file)
+        .map_err(|e| anyhow!("key_file {}: {}", key_file.display(), pem_error(e)))?;
+
     let builder = match verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
@@ -270,11 +270,9 @@ fn client_verifier(
     } else {
         builder
     };
-    Ok(Some(
-        builder
-            .build()
-            .map_err(|e| anyhow!("client_ca_file {}: {e}", ca_file.display()))?,
-    ))
+    Ok(Some(builder.build().map_err(|e| {
+        anyhow!("client_ca_file {}: {e}", ca_file.display())
+    })?))
 }
 
 /// `RequestClientCert` and `RequireAnyClientCert`: a client certificate is
@@ -471,10 +469,12 @@ mod tests {
     #[test]
     fn the_cache_stays_bounded_and_keys_split_user_from_password() {
         let hash = bcrypt::hash("x", 4).unwrap();
-        let auth = parse(&format!("basic_auth_users:\n  ab: '{hash}'\n  a: '{hash}'\n"))
-            .unwrap()
-            .auth
-            .unwrap();
+        let auth = parse(&format!(
+            "basic_auth_users:\n  ab: '{hash}'\n  a: '{hash}'\n"
+        ))
+        .unwrap()
+        .auth
+        .unwrap();
         let c = |u: &str, p: &str| Credentials {
             user: u.into(),
             password: p.into(),
@@ -563,7 +563,13 @@ mod tests {
         let e = format!("{:#}", WebConfig::load(&path).err().unwrap());
         assert!(e.starts_with(&path.display().to_string()), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
-        let e = format!("{:#}", WebConfig::load(&dir.path().join("none")).err().unwrap());
-        assert!(e.contains("cannot read") && e.contains("No such file"), "{e}");
+        let e = format!(
+            "{:#}",
+            WebConfig::load(&dir.path().join("none")).err().unwrap()
+        );
+        assert!(
+            e.contains("cannot read") && e.contains("No such file"),
+            "{e}"
+        );
     }
 }
