@@ -28,8 +28,13 @@ use serde_json::Value;
 struct Serve {
     child: Child,
     addr: String,
+    /// `http` or `https`, as its serving line says.
+    scheme: String,
     stderr: mpsc::Receiver<String>,
     stopped: bool,
+    /// The in-kernel counting's links before it started: another tracer
+    /// on a shared host (none in CI) may hold some.
+    links_before: usize,
 }
 
 /// A failed assertion must not leave serve running (attached).
@@ -45,6 +50,7 @@ impl Drop for Serve {
 impl Serve {
     fn start(args: &[&str]) -> Serve {
         require_root();
+        let links_before = in_kernel_links();
         let mut args: Vec<&str> = args.to_vec();
         let forced = std::env::var("FUSETRACE_TEST_BACKEND").unwrap_or_default();
         if !forced.is_empty() {
@@ -64,18 +70,19 @@ impl Serve {
             "fusetrace serve",
             START_TIMEOUT,
         );
-        let addr = seen
+        let (scheme, rest) = seen
             .last()
             .and_then(|l| l.strip_prefix("fusetrace: serving "))
             .and_then(|rest| rest.split_once("://"))
-            .and_then(|(_, rest)| rest.split('/').next())
-            .expect("an address in the serving line")
-            .to_string();
+            .expect("a URL in the serving line");
+        let addr = rest.split('/').next().unwrap().to_string();
         Serve {
             child,
             addr,
+            scheme: scheme.to_string(),
             stderr,
             stopped: false,
+            links_before,
         }
     }
 
@@ -88,7 +95,10 @@ impl Serve {
         let rest: Vec<String> = self.stderr.try_iter().collect();
         assert!(status.success(), "serve exited with {status}: {rest:?}");
         TcpListener::bind(&self.addr).expect("serve's port is free after it exited");
-        assert_eq!(in_kernel_links(), 0, "in-kernel counting left attached");
+        assert!(
+            in_kernel_links() <= self.links_before,
+            "in-kernel counting left attached"
+        );
     }
 }
 
@@ -775,6 +785,7 @@ fn tls_client_certificates_and_basic_auth_as_readme_shows() {
     fs::write(&web, &web_text).unwrap();
     let serve = Serve::start(&["--web.config.file", web.to_str().unwrap()]);
     let addr = serve.addr.clone();
+    assert_eq!(serve.scheme, "https");
     let scrape_configs = readme_yaml("and Prometheus's scrape configuration for it")
         .replace("127.0.0.1:9464", &addr);
     assert!(scrape_configs.contains("scheme: https"), "{scrape_configs}");
@@ -921,6 +932,8 @@ fn bad_web_configs_are_refused_in_one_line_before_attaching() {
         ("tls_server_config: [\n".into(), "bad.yml"),
     ];
     for (text, expected) in cases {
+        // Another tracer on a shared host (none in CI) may hold some.
+        let before = in_kernel_programs();
         let path = pki.path().join("bad.yml");
         fs::write(&path, &text).unwrap();
         let out = Command::new(bin())
@@ -941,6 +954,9 @@ fn bad_web_configs_are_refused_in_one_line_before_attaching() {
             err.starts_with("fusetrace: error: ") && err.contains(expected),
             "{text}: expected `{expected}` in {err}"
         );
-        assert_eq!(in_kernel_programs(), 0, "{text}: programs left loaded");
+        assert!(
+            in_kernel_programs() <= before,
+            "{text}: programs left loaded"
+        );
     }
 }
