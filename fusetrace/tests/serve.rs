@@ -848,6 +848,32 @@ fn tls_client_certificates_and_basic_auth_as_readme_shows() {
     assert_eq!(status, 0, "plain HTTP answered: {body}");
     assert!(!body.contains("fusetrace_"), "{body}");
 
+    // Clients that connect and never begin, or never finish, the handshake
+    // take every connection slot: a scrape gets through once their time is
+    // up (the header time, 5 s), not before, and not never.
+    let mut idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    for s in idle.iter_mut().step_by(2) {
+        // The first bytes of a ClientHello (a handshake record).
+        s.write_all(&[0x16, 0x03, 0x01, 0x00, 0xff, 0x01]).unwrap();
+    }
+    let connected = Instant::now();
+    let deadline = connected + STEP_TIMEOUT;
+    while tls_get(&addr, &pki, true, Some(("prometheus", "scrape-secret"))).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "no scrape got through the idle clients"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        connected.elapsed() >= Duration::from_millis(4900),
+        "a scrape got through after {:?}: the idle clients held no slots",
+        connected.elapsed()
+    );
+    drop(idle);
+
     // SIGHUP with a new password: it works (polled, bounded), then the
     // old one does not.
     fs::write(&web, with_password(&web_text, "new-secret")).unwrap();
