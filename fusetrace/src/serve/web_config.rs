@@ -68,6 +68,7 @@ enum ClientAuth {
     RequireAndVerifyClientCert,
 }
 
+/// Spelt as the file spells them (and as messages repeat them).
 #[allow(clippy::upper_case_acronyms)]
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, PartialOrd)]
 enum TlsVersion {
