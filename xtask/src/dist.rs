@@ -42,6 +42,10 @@ pub const ARCHES: [Arch; 2] = [
     },
 ];
 
+/// Debian's C compilers for the release targets: ring (rustls's crypto)
+/// compiles C and assembly for the target it is built for.
+const CROSS_PACKAGES: &[&str] = &["gcc-aarch64-linux-gnu", "musl-tools"];
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Files both the tarball and the package carry, from the repository root.
@@ -120,6 +124,12 @@ pub fn dist() -> Result<Artifacts> {
 /// The static release binary for `arch` (its Rust target added first);
 /// returns its path.
 pub fn build(arch: &Arch) -> Result<PathBuf> {
+    // ring's C for the musl targets (.cargo/config.toml names them).
+    crate::apt_install(CROSS_PACKAGES, |p| match p {
+        "gcc-aarch64-linux-gnu" => "aarch64-linux-gnu-gcc",
+        "musl-tools" => "x86_64-linux-musl-gcc",
+        p => p,
+    })?;
     run(Command::new("rustup").args(["target", "add", arch.triple]))?;
     // Refuse, rather than warn, to build without the kernel programs.
     cargo_with(

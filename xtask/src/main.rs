@@ -25,7 +25,8 @@ const BUILD_PACKAGES: &[&str] = &["fuse3"];
 /// Debian packages the tests use: bindfs as a daemon we did not write,
 /// bpftool to check that probes detach, bpftrace as an independent counter,
 /// g++ for libFuzzer (cargo-fuzz), tmux to run `fusetrace top` in a real
-/// terminal, prometheus to scrape `fusetrace serve` as fleets do;
+/// terminal, prometheus to scrape `fusetrace serve` as fleets do (openssl
+/// makes the test CA and certificates of its TLS test);
 /// debootstrap for a clean Debian root to install the `.deb` into,
 /// qemu-user-static to run the arm64 build's unit tests, and `file` to say
 /// that the release binaries are static.
@@ -37,6 +38,7 @@ const TEST_PACKAGES: &[&str] = &[
     "g++",
     "tmux",
     "prometheus",
+    "openssl",
     "debootstrap",
     "qemu-user-static",
 ];

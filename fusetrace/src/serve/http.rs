@@ -9,6 +9,12 @@
 //!
 //! Read-only: GET and HEAD on `/metrics` (and a pointer to it on `/`);
 //! other methods get 405, other paths 404, a request with a body 413.
+//!
+//! With `--web.config.file` ([`web_config`]): TLS per connection (the
+//! handshake counts against the header time, so a client that never
+//! finishes it holds its slot no longer than one that never sends a
+//! header), then basic auth per request, both from the configuration in
+//! force when the connection or request came (SIGHUP swaps it).
 
 use std::{
     convert::Infallible,
@@ -24,16 +30,25 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
-    header::{ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING},
+    header::{
+        ACCEPT, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING,
+        WWW_AUTHENTICATE,
+    },
     server::conn::http1,
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::{Semaphore, oneshot},
+};
+
+use super::web_config::{self, Credentials};
 
 /// Connections served at once; more are closed as they come.
 const MAX_CONNECTIONS: usize = 32;
-/// Time a client has to send its request header.
+/// Time a client has to finish the TLS handshake, and then again to send
+/// its request header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a connection lives, whatever it does.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
@@ -60,10 +75,12 @@ pub struct Server {
 impl Server {
     /// Serves on `listener` (already bound, so that a taken port fails
     /// before any probe is attached), handing scrapes to `scrapes` (the
-    /// main thread's messages, of which a [`Scrape`] is one).
+    /// main thread's messages, of which a [`Scrape`] is one), with the TLS
+    /// and users `web` holds at each connection and request.
     pub fn spawn<M: From<Scrape> + Send + 'static>(
         listener: std::net::TcpListener,
         scrapes: mpsc::Sender<M>,
+        web: web_config::Shared,
     ) -> Result<Server> {
         listener
             .set_nonblocking(true)
@@ -71,12 +88,15 @@ impl Server {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
+            // bcrypt runs there (one per new set of credentials): two
+            // at once at most, on a 2-CPU host one core stays free.
+            .max_blocking_threads(2)
             .build()
             .context("starting the HTTP runtime")?;
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("fusetrace-http".into())
-            .spawn(move || runtime.block_on(accept_loop(listener, scrapes, stopped)))
+            .spawn(move || runtime.block_on(accept_loop(listener, scrapes, web, stopped)))
             .context("starting the HTTP thread")?;
         Ok(Server {
             stop: Some(stop),
@@ -103,6 +123,7 @@ impl Drop for Server {
 async fn accept_loop<M: From<Scrape> + Send + 'static>(
     listener: std::net::TcpListener,
     scrapes: mpsc::Sender<M>,
+    web: web_config::Shared,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -130,17 +151,60 @@ async fn accept_loop<M: From<Scrape> + Send + 'static>(
             continue;
         };
         let scrapes = scrapes.clone();
+        let web = web.clone();
+        let tls = web_config::current(&web).tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, scrapes.clone()));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
-            drop(permit);
+            let _permit = permit;
+            let Some(tls) = tls else {
+                serve(stream, scrapes, web).await;
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            // A failed handshake (plain HTTP, no or a wrong client
+            // certificate) just ends the connection.
+            if let Ok(Ok(stream)) =
+                tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await
+            {
+                serve(stream, scrapes, web).await;
+            }
         });
     }
+}
+
+/// HTTP/1 on one connection, plain or TLS, within its bounds.
+async fn serve<M, IO>(io: IO, scrapes: mpsc::Sender<M>, web: web_config::Shared)
+where
+    M: From<Scrape> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(req, scrapes.clone(), web.clone()));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+}
+
+/// Whether `req` may be answered: no users configured, or its Basic
+/// credentials are one of them.
+async fn authorized(req: &Request<Incoming>, web: &web_config::Shared) -> bool {
+    let Some(auth) = web_config::current(web).auth.clone() else {
+        return true;
+    };
+    let Some(credentials) =
+        Credentials::from_header(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
+    else {
+        return false;
+    };
+    if let Some(allowed) = auth.cached(&credentials) {
+        return allowed;
+    }
+    // bcrypt takes tens of milliseconds: off this thread, which serves
+    // every other connection.
+    tokio::task::spawn_blocking(move || auth.verify(&credentials))
+        .await
+        .unwrap_or(false)
 }
 
 fn respond(
@@ -160,8 +224,17 @@ fn respond(
 async fn handle<M: From<Scrape>>(
     req: Request<Incoming>,
     scrapes: mpsc::Sender<M>,
+    web: web_config::Shared,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     const PLAIN: &str = "text/plain; charset=utf-8";
+    if !authorized(&req, &web).await {
+        // As exporter-toolkit answers, less the body: nothing to read.
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+        return Ok(r);
+    }
     let path = req.uri().path();
     if path != "/metrics" && path != "/" {
         return Ok(respond(

@@ -6,15 +6,25 @@
 //! thread owns the probes and answers scrapes the HTTP thread hands it;
 //! between scrapes it follows the mount table and retires the mounts that
 //! left it once their grace period is over.
+//!
+//! `--web.config.file` ([`web_config`]) adds TLS and basic auth; the main
+//! thread reads the file again on SIGHUP and hands the HTTP thread the
+//! new configuration, or keeps the old one when the new file is bad.
 
 pub mod http;
 pub mod metrics;
 pub mod mounts;
+pub mod web_config;
 
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    sync::{atomic::Ordering, mpsc},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -40,9 +50,20 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub flags: TracingFlags,
     /// Address and port to serve on. Loopback unless you give another
-    /// (e.g. 0.0.0.0:9464 for every interface).
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    /// (e.g. 0.0.0.0:9464 for every interface). `--web.listen-address`
+    /// is the same, under the exporters' name.
+    #[arg(
+        long,
+        visible_alias = "web.listen-address",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:9464"
+    )]
     pub listen: SocketAddr,
+    /// TLS and basic auth from a Prometheus exporter-toolkit web
+    /// configuration file (`tls_server_config`, `basic_auth_users`), as
+    /// node_exporter takes it; read again on SIGHUP.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Also count the stages (queue, daemon, complete) per mount and
     /// opcode; the daemon-side hooks run too, which costs more.
     #[arg(long)]
@@ -107,7 +128,22 @@ impl ServeArgs {
             b
         };
         let filter = flags.filter()?;
+        // Before the port and the probes: a bad file fails first.
+        let web = web_config::shared(match &self.web_config_file {
+            Some(path) => web_config::WebConfig::load(path)?,
+            None => web_config::WebConfig::open(),
+        });
+        let scheme = if web_config::current(&web).tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let stop = StopWhen::on_signals(flags.duration)?;
+        let reload = Arc::new(AtomicBool::new(false));
+        if self.web_config_file.is_some() {
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+                .context("handling SIGHUP")?;
+        }
         // Before attaching: a taken port or a bad address fails first.
         let listener = std::net::TcpListener::bind(self.listen)
             .with_context(|| format!("cannot listen on {}", self.listen))?;
@@ -124,10 +160,10 @@ impl ServeArgs {
         };
         let (to_main, messages) = mpsc::channel();
         watch_mounts(to_main.clone())?;
-        let mut server = http::Server::spawn(listener, to_main)?;
+        let mut server = http::Server::spawn(listener, to_main, web.clone())?;
         // Tests and scripts wait for this line before scraping.
         log::info!(
-            "serving http://{address}/metrics ({}); Ctrl-C to stop",
+            "serving {scheme}://{address}/metrics ({}); Ctrl-C to stop",
             probes.describe().join("; ")
         );
         let mut collector = Collector {
@@ -156,6 +192,11 @@ impl ServeArgs {
                 || stop.after.is_some_and(|d| started.elapsed() >= d)
             {
                 break Ok(());
+            }
+            if reload.swap(false, Ordering::Relaxed)
+                && let Some(path) = &self.web_config_file
+            {
+                reload_web_config(path, &web);
             }
             if Instant::now() >= next_poll || collector.reread {
                 if let Err(e) = collector.follow_mounts(&mut probes, false) {
@@ -189,6 +230,17 @@ impl ServeArgs {
         server.stop();
         drop(probes);
         result
+    }
+}
+
+/// SIGHUP: the file again; a bad one keeps the configuration in force.
+fn reload_web_config(path: &Path, web: &web_config::Shared) {
+    match web_config::WebConfig::load(path) {
+        Ok(config) => {
+            *web.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+            log::info!("reloaded {}", path.display());
+        }
+        Err(e) => log::error!("{e:#}; the previous web configuration stays"),
     }
 }
 
