@@ -272,10 +272,16 @@ pub fn report(args: &DoctorArgs) -> Result<Report> {
             fuse_where(&kernel),
         ),
     );
-    let tracefs = tracefs::ensure_mounted()?;
-    let tp = ["fuse_request_send", "fuse_request_end"]
-        .iter()
-        .all(|e| tracefs::RecordFormat::exists(&tracefs, "fuse", e));
+    // Read in tracefs where this run may; else (tracefs root's alone)
+    // the BTF tracepoints on them, which need no tracefs, tell.
+    let tp = match tracefs::Tracefs::find().root() {
+        Ok(root) => ["fuse_request_send", "fuse_request_end"]
+            .iter()
+            .all(|e| tracefs::RecordFormat::exists(root, "fuse", e)),
+        Err(_) => choices.iter().any(|c| {
+            c.point == Point::Sent && c.hook.is_some_and(|h| h.backend == Backend::TpBtf)
+        }),
+    };
     offer(
         "FUSE tracepoints",
         (tp, "fuse:fuse_request_send, fuse:fuse_request_end".into()),
