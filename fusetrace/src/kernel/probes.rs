@@ -35,8 +35,8 @@ use crate::kernel::{
     kfunc::{self, KFunc, Resolved},
     layout::{diagnose_layout, kernel_layout},
     modfentry::{self, ModuleFEntry},
-    slots::{InFlight, InFlightTables},
     privileges,
+    slots::{InFlight, InFlightTables},
     tracefs::{RecordFormat, Tracefs},
 };
 

@@ -404,7 +404,11 @@ pub fn holders_from_files(files: &[DevFuseFile], listed: &HashSet<u32>) -> Vec<H
             .unwrap_or_default()
             .split(|b| *b == 0)
             .filter(|a| !a.is_empty())
-            .map(|a| cwd.join(std::ffi::OsStr::new(&String::from_utf8_lossy(a).into_owned())))
+            .map(|a| {
+                cwd.join(std::ffi::OsStr::new(
+                    &String::from_utf8_lossy(a).into_owned(),
+                ))
+            })
             .collect();
         out.push(Holder {
             pid: f.tgid,
