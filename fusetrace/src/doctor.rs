@@ -144,6 +144,22 @@ pub struct Verdict {
     pub reason: String,
 }
 
+/// Why a `/dev/fuse` daemon-side point had no hook when the reason is a
+/// capability the run lacks (tracefs root's alone), the backend left out.
+fn lacked_capability(choices: &[PointChoice]) -> Option<String> {
+    choices
+        .iter()
+        .filter(|c| matches!(c.point, Point::Taken | Point::Replied))
+        .filter(|c| c.transport == Transport::DevFuse && c.hook.is_none())
+        .flat_map(|c| c.skipped.iter())
+        .find(|s| tracefs::Tracefs::lacks_capability(s))
+        .map(|s| {
+            s.split_once(": ")
+                .map_or(s.as_str(), |(_, r)| r)
+                .to_string()
+        })
+}
+
 /// Whether the chosen hooks cover a whole lifecycle: submission and end,
 /// plus either the daemon's two points or the virtio-fs device's; then,
 /// per transport, whether its requests can be joined into one lifecycle
@@ -209,6 +225,17 @@ pub fn verdict(
             "virtio-fs only: the daemon-side points are not observed".to_string()
         });
     }
+    if said.is_empty()
+        && let Some(cap) = lacked_capability(choices)
+    {
+        // Not the kernel's lack: this run's.
+        return Verdict {
+            complete: false,
+            reason: format!(
+                "the daemon-side points are not observed because this run lacks a capability: {cap}; run doctor with it too, or as root"
+            ),
+        };
+    }
     if said.is_empty() {
         return Verdict {
             complete: false,
@@ -272,10 +299,16 @@ pub fn report(args: &DoctorArgs) -> Result<Report> {
             fuse_where(&kernel),
         ),
     );
-    let tracefs = tracefs::ensure_mounted()?;
-    let tp = ["fuse_request_send", "fuse_request_end"]
-        .iter()
-        .all(|e| tracefs::RecordFormat::exists(&tracefs, "fuse", e));
+    // Read in tracefs where this run may; else (tracefs root's alone)
+    // the BTF tracepoints on them, which need no tracefs, tell.
+    let tp = match tracefs::Tracefs::find().root() {
+        Ok(root) => ["fuse_request_send", "fuse_request_end"]
+            .iter()
+            .all(|e| tracefs::RecordFormat::exists(root, "fuse", e)),
+        Err(_) => choices
+            .iter()
+            .any(|c| c.point == Point::Sent && c.hook.is_some_and(|h| h.backend == Backend::TpBtf)),
+    };
     offer(
         "FUSE tracepoints",
         (tp, "fuse:fuse_request_send, fuse:fuse_request_end".into()),

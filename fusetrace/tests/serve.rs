@@ -611,7 +611,7 @@ fn bad_flags_a_taken_port_and_no_privileges_get_one_line() {
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", bin()])
         .args(["serve", "--listen", "127.0.0.1:0"]));
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("needs root"), "{err}");
+    assert!(err.contains("needs CAP_BPF and CAP_PERFMON"), "{err}");
 }
 
 /// A test CA and what it signed, made with the openssl command: `ca.crt`,

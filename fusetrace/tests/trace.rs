@@ -265,7 +265,7 @@ fn without_privileges_the_error_names_the_fix() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains("needs root"), "{stderr}");
+    assert!(stderr.contains("needs CAP_BPF and CAP_PERFMON"), "{stderr}");
 }
 
 #[test]

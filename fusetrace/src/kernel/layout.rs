@@ -7,10 +7,13 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use fusetrace_common::{KernelLayout, NO_HOP};
 
-use crate::kernel::{btf::Btf, tracefs::RecordFormat};
+use crate::kernel::{
+    btf::Btf,
+    tracefs::{RecordFormat, Tracefs},
+};
 
 /// Offsets and constants for the eBPF side, read from the running kernel.
-pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
+pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<KernelLayout> {
     let mut l = KernelLayout::zeroed();
     l.req_in_h = btf.offset_of("fuse_req", "in.h")?;
     l.req_out_h = btf.offset_of("fuse_req", "out.h")?;
@@ -79,6 +82,16 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
         l.fuse_arg_stride = 0;
     }
 
+    // The classic tracepoints' record offsets: without tracefs those hooks
+    // say why they cannot load, and every other hook runs without them.
+    if let Ok(tracefs) = tracefs.root() {
+        tracepoint_layout(&mut l, tracefs)?;
+    }
+    Ok(l)
+}
+
+/// The syscall and FUSE tracepoints' record offsets, from their formats.
+fn tracepoint_layout(l: &mut KernelLayout, tracefs: &Path) -> Result<()> {
     let read = RecordFormat::read(tracefs, "syscalls", "sys_enter_read")?;
     l.sys_enter_fd = read.nth_argument(0)?;
     l.sys_enter_buf = read.nth_argument(1)?;
@@ -111,7 +124,7 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Path) -> Result<KernelLayout> {
         l.tp_end_len = end.offset("len")?;
         l.tp_end_error = end.offset("error")?;
     }
-    Ok(l)
+    Ok(())
 }
 
 /// One pointer of a way to the connection: `from.member` points to a `to`.

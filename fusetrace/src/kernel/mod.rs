@@ -13,6 +13,7 @@ pub mod kallsyms;
 pub mod kfunc;
 pub mod layout;
 pub mod modfentry;
+pub mod privileges;
 pub mod probes;
 pub mod slots;
 pub mod tracefs;

@@ -35,8 +35,9 @@ use crate::kernel::{
     kfunc::{self, KFunc, Resolved},
     layout::{diagnose_layout, kernel_layout},
     modfentry::{self, ModuleFEntry},
+    privileges,
     slots::{InFlight, InFlightTables},
-    tracefs::{self, RecordFormat},
+    tracefs::{RecordFormat, Tracefs},
 };
 
 /// The compiled eBPF object, built by build.rs from `fusetrace-ebpf`.
@@ -60,6 +61,10 @@ pub struct ProbeOptions {
     pub aggregate: Option<KernelFilter>,
     /// `-c`: only sends from this cgroup v2 (its id), on either path.
     pub cgroup: Option<u64>,
+    /// Keep the `/dev/fuse` file iterator loaded ([`Probes::dev_fuse_files`]):
+    /// `serve` finds mounts' daemons with it, where a walk over
+    /// `/proc/PID/fd` would need CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE.
+    pub file_iterator: bool,
 }
 
 impl ProbeOptions {
@@ -179,6 +184,8 @@ pub struct Probes {
     whole_min_ns: Option<u64>,
     /// fentry programs on module functions, loaded outside aya.
     _module_fentry: Vec<ModuleFEntry>,
+    /// The `/dev/fuse` file iterator is loaded (`file_iterator`).
+    file_iterator: bool,
     /// Daemon threads that were waiting in `fuse_dev_do_read` before its
     /// fexit was attached and still were when tracing began: the message
     /// each returns with first is not seen ([`waiting_in_read`]).
@@ -285,6 +292,9 @@ impl Probes {
         if opts.diagnose {
             attach_app_writes(&mut ebpf, &aya_btf, &btf, &tracefs, &kernel)?;
         }
+        // Without it (kernels before 5.8), `serve` walks /proc instead.
+        let file_iterator = opts.file_iterator && load_file_iterator(&mut ebpf, &aya_btf).is_ok();
+        require_capabilities(&choices)?;
         require_sent_and_ended(&choices, opts.backend)?;
         if let Some(side) = opts.daemon_side {
             require_daemon_side(&choices, side)?;
@@ -307,6 +317,7 @@ impl Probes {
             app_writes: opts.diagnose,
             whole_min_ns: opts.aggregate.as_ref().and_then(|f| f.whole_min_ns),
             _module_fentry: kernel.module_fentry.take(),
+            file_iterator,
             waiting_at_start,
             _ebpf: ebpf,
         })
@@ -479,6 +490,16 @@ impl Probes {
             .collect()
     }
 
+    /// Every `/dev/fuse` file open in any process now (one per process
+    /// and connection), by the task_file iterator: no capability beyond
+    /// the programs' own. Err when it was not loaded (`file_iterator`).
+    pub fn dev_fuse_files(&mut self) -> Result<Vec<DevFuseFile>> {
+        if !self.file_iterator {
+            bail!("the /dev/fuse file iterator is not loaded");
+        }
+        run_file_iterator(&mut self._ebpf)
+    }
+
     /// In-kernel aggregation: the requests in flight now.
     pub fn in_flight(&self) -> Result<Vec<InFlight>> {
         Ok(self.aggregate()?.in_flight.scan())
@@ -537,7 +558,7 @@ fn attach_app_writes(
     ebpf: &mut Ebpf,
     aya_btf: &aya::Btf,
     btf: &Btf,
-    tracefs: &Path,
+    tracefs: &Tracefs,
     kernel: &KernelFunctions,
 ) -> Result<()> {
     let hook = Hook {
@@ -742,7 +763,7 @@ fn choose_all(
     layout: &KernelLayout,
     kernel: &KernelFunctions,
     btf: &Btf,
-    tracefs: &Path,
+    tracefs: &Tracefs,
     aya_btf: &aya::Btf,
     (backend, daemon_side): (Option<Backend>, Option<DaemonSide>),
 ) -> Vec<PointChoice> {
@@ -797,7 +818,7 @@ fn choose_hooks(
     transport: Transport,
     kernel: &KernelFunctions,
     btf: &Btf,
-    tracefs: &Path,
+    tracefs: &Tracefs,
     aya_btf: &aya::Btf,
     (backend, daemon_side): (Option<Backend>, Option<DaemonSide>),
 ) -> Vec<PointChoice> {
@@ -863,7 +884,7 @@ fn choose_hooks(
 /// What the kernel is read for before anything loads: the same for a run
 /// and for `doctor`'s survey.
 struct Startup {
-    tracefs: std::path::PathBuf,
+    tracefs: Tracefs,
     btf: Btf,
     kernel: KernelFunctions,
     layout: KernelLayout,
@@ -871,8 +892,8 @@ struct Startup {
 
 impl Startup {
     fn read_kernel() -> Result<Startup> {
-        check_privileges()?;
-        let tracefs = tracefs::ensure_mounted()?;
+        privileges::require_bpf()?;
+        let tracefs = Tracefs::find();
         let btf = Btf::from_running_kernel(&["fuse", "virtiofs"])?;
         if !btf.has_type("fuse_req") {
             bail!(
@@ -930,13 +951,27 @@ pub fn survey(backend: Option<Backend>) -> Result<Survey> {
 /// Runs the `transports` iterator (`iter/task_file`) once: every
 /// `/dev/fuse` file open in any process, one per process and connection.
 fn dev_fuse_files(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<Vec<DevFuseFile>> {
-    use std::io::Read;
+    load_file_iterator(ebpf, btf)?;
+    run_file_iterator(ebpf)
+}
+
+/// Loads the `transports` iterator (`iter/task_file`).
+fn load_file_iterator(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
     let prog: &mut aya::programs::Iter = ebpf
         .program_mut("transports")
         .context("program transports missing from the eBPF object")?
         .try_into()?;
     prog.load("task_file", btf)
-        .context("loading the task_file iterator")?;
+        .context("loading the task_file iterator")
+}
+
+/// One pass of the loaded `transports` iterator; its link is closed after.
+fn run_file_iterator(ebpf: &mut Ebpf) -> Result<Vec<DevFuseFile>> {
+    use std::io::Read;
+    let prog: &mut aya::programs::Iter = ebpf
+        .program_mut("transports")
+        .context("program transports missing from the eBPF object")?
+        .try_into()?;
     let link = prog.attach().context("attaching the task_file iterator")?;
     let link = prog.take_link(link)?;
     let mut bytes = Vec::new();
@@ -965,17 +1000,70 @@ fn load_object(layout: &KernelLayout) -> Result<(Ebpf, aya::Btf)> {
             "this fusetrace was built without its eBPF programs (no bpf-linker at build time): run `cargo xtask setup`, then `cargo xtask build`"
         );
     }
+    let memlock = privileges::raise_memlock_if_needed(crate::kernel::release().as_deref());
     let ebpf = EbpfLoader::new()
         .override_global("LAYOUT", layout, true)
         .load(EBPF_OBJECT)
-        .map_err(|e| anyhow!("loading the eBPF object failed: {e}"))?;
+        .map_err(|e| {
+            if refused_for_permission(&e) {
+                anyhow!("{}", privileges::bpf_refused(memlock.as_deref()))
+            } else {
+                anyhow!("loading the eBPF object failed: {e}")
+            }
+        })?;
     let aya_btf =
         aya::Btf::from_sys_fs().map_err(|e| anyhow!("reading kernel BTF for tp_btf: {e}"))?;
     Ok((ebpf, aya_btf))
 }
 
+/// Whether loading failed with EPERM from bpf(2) (a map or a program).
+fn refused_for_permission(e: &aya::EbpfError) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    // aya's errors do not all chain their io::Error as a source.
+    e.to_string().contains("Operation not permitted")
+}
+
+/// Fails with one line naming the capability when a point the run needs
+/// has no hook only because the run lacks it (tracefs readable by root
+/// only: the syscall tracepoints the daemon side takes on kernels without
+/// kprobes or fentry); a point the kernel cannot offer at all is left to
+/// the other checks.
+fn require_capabilities(choices: &[PointChoice]) -> Result<()> {
+    for c in choices {
+        let needed = matches!(
+            c.point,
+            Point::Sent | Point::Ended | Point::Taken | Point::Replied
+        ) && c.transport == Transport::DevFuse;
+        if !needed || c.hook.is_some() {
+            continue;
+        }
+        if let Some(why) = c.skipped.iter().find(|s| Tracefs::lacks_capability(s)) {
+            // `backend: reason`: the reason alone.
+            let why = why.split_once(": ").map_or(why.as_str(), |(_, r)| r);
+            let at = match c.point {
+                Point::Taken | Point::Replied => {
+                    "the daemon side is seen at its syscall tracepoints on this kernel (no kprobes or fentry on /dev/fuse's routines)"
+                }
+                _ => "the send and end are seen at the classic FUSE tracepoints",
+            };
+            bail!(
+                "{at}, and {why}; grant CAP_DAC_READ_SEARCH too, or run as root (README \"Requirements\")"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Whether the running kernel offers what `hook` needs, before trying to load it.
-fn offered(hook: &Hook, btf: &Btf, tracefs: &Path, kernel: &KernelFunctions) -> Result<()> {
+fn offered(hook: &Hook, btf: &Btf, tracefs: &Tracefs, kernel: &KernelFunctions) -> Result<()> {
     for (_, attach) in hook.programs {
         match attach {
             Attach::KProbe(f) => {
@@ -996,7 +1084,7 @@ fn offered(hook: &Hook, btf: &Btf, tracefs: &Path, kernel: &KernelFunctions) -> 
                 }
             }
             Attach::TracePoint(category, name) => {
-                if !RecordFormat::exists(tracefs, category, name) {
+                if !RecordFormat::exists(tracefs.root()?, category, name) {
                     bail!("no tracepoint {category}:{name} in this kernel");
                 }
             }
@@ -1131,28 +1219,6 @@ fn load_programs(
         }
     }
     Ok(())
-}
-
-/// A clear message instead of EPERM from the first bpf(2) call.
-fn check_privileges() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok(());
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    const CAP_SYS_ADMIN: u64 = 21;
-    const CAP_PERFMON: u64 = 38;
-    const CAP_BPF: u64 = 39;
-    let has = |cap: u64| eff & (1 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
-    }
-    bail!("fusetrace needs root (or CAP_BPF and CAP_PERFMON): run it with sudo")
 }
 
 #[cfg(test)]

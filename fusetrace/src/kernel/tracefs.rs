@@ -1,5 +1,7 @@
 //! tracefs: find or mount it, and read tracepoint record layouts from the
-//! `format` files so no record offset is assumed.
+//! `format` files so no record offset is assumed. Only the classic
+//! tracepoint hooks need it; where it is root's alone, they say which
+//! capability reads it.
 
 use std::{
     ffi::CString,
@@ -8,34 +10,78 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::kernel::privileges::{self, Cap};
+
 const CANDIDATES: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// The tracefs root, mounting it at /sys/kernel/tracing when nothing is there.
-pub fn ensure_mounted() -> Result<PathBuf> {
-    for dir in CANDIDATES {
-        if Path::new(dir).join("events").is_dir() {
-            return Ok(PathBuf::from(dir));
+/// tracefs as this run can use it. Only classic tracepoints (a perf event
+/// opened on the tracepoint's id, and its record's offsets) need it: the
+/// tp_btf, kprobe and fentry hooks do not, so it is looked at once and its
+/// trouble told only by the hooks that need it.
+#[derive(Debug, Clone)]
+pub enum Tracefs {
+    Ready(PathBuf),
+    /// Why not, in words for the user (naming the capability it lacks).
+    Unusable(String),
+}
+
+impl Tracefs {
+    /// Finds tracefs, mounting it at /sys/kernel/tracing when nothing is
+    /// there and this process may mount.
+    pub fn find() -> Tracefs {
+        for dir in CANDIDATES {
+            match std::fs::metadata(Path::new(dir).join("events")) {
+                Ok(m) if m.is_dir() => return Tracefs::Ready(PathBuf::from(dir)),
+                // Mounted, but its directory is root's alone (0700).
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Tracefs::Unusable(format!(
+                        "classic tracepoints {}: their ids and record formats are in {dir}, which only root can read",
+                        privileges::TRACEFS_ROOT_ONLY
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if !privileges::has(Cap::SysAdmin) {
+            return Tracefs::Unusable(format!(
+                "tracefs is not mounted, and mounting it needs CAP_SYS_ADMIN: run `mount -t tracefs tracefs {}` as root",
+                CANDIDATES[0]
+            ));
+        }
+        let target = CString::new(CANDIDATES[0]).unwrap();
+        let fstype = CString::new("tracefs").unwrap();
+        // SAFETY: valid NUL-terminated strings, no data argument.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Tracefs::Unusable(format!(
+                "tracefs is not mounted and mounting it failed ({err}): run `mount -t tracefs tracefs {}` as root",
+                CANDIDATES[0]
+            ));
+        }
+        Tracefs::Ready(PathBuf::from(CANDIDATES[0]))
+    }
+
+    /// Its root, or why it cannot be used.
+    pub fn root(&self) -> Result<&Path> {
+        match self {
+            Tracefs::Ready(p) => Ok(p),
+            Tracefs::Unusable(why) => bail!("{why}"),
         }
     }
-    let target = CString::new(CANDIDATES[0]).unwrap();
-    let fstype = CString::new("tracefs").unwrap();
-    // SAFETY: valid NUL-terminated strings, no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        bail!(
-            "tracefs is not mounted and mounting it failed ({err}): run `mount -t tracefs tracefs /sys/kernel/tracing` as root"
-        );
+
+    /// Whether the run lacks a capability for it (not tracefs missing).
+    pub fn lacks_capability(reason: &str) -> bool {
+        reason.contains(privileges::TRACEFS_ROOT_ONLY)
     }
-    Ok(PathBuf::from(CANDIDATES[0]))
 }
 
 /// Field offsets of one tracepoint's record.

@@ -97,8 +97,18 @@ impl CommandCgroup {
             )
         })?;
         let dir = parent.join(format!("fusetrace-{}", std::process::id()));
-        std::fs::create_dir(&dir)
-            .map_err(|e| anyhow!("-c: cannot create the cgroup {}: {e}", dir.display()))?;
+        std::fs::create_dir(&dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                // Another user's cgroup (root's, usually): the capability
+                // that overrides its permissions, or a cgroup of one's own.
+                anyhow!(
+                    "-c: making the command's cgroup under {} needs CAP_DAC_OVERRIDE (it is not this user's); grant it, run as root, or start fusetrace in a cgroup delegated to you (`systemd-run --user --scope -p Delegate=yes fusetrace ...`)",
+                    parent.display()
+                )
+            } else {
+                anyhow!("-c: cannot create the cgroup {}: {e}", dir.display())
+            }
+        })?;
         // Owned from here: an error below removes it again.
         let mut cgroup = CommandCgroup { dir, parent, id: 0 };
         // On 64-bit kernels a cgroup's id is its directory's inode number.

@@ -182,7 +182,10 @@ pub fn fuse_mount_at(path: &Path) -> Result<MountEntry> {
 /// asking that file system: statx with `AT_STATX_DONT_SYNC` takes FUSE's
 /// cached attributes, so naming a mount sends its daemon no GETATTR (a
 /// tracer must not add requests to what it traces; with `attr_timeout=0`
-/// a plain stat would).
+/// a plain stat would). It asks for no field at all: the device is
+/// always given, and FUSE then answers even a user the mount does not
+/// allow (no `allow_other`), as a tracer run by another user than the
+/// mount's is.
 fn device_of(path: &Path) -> Result<(u32, u32)> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
@@ -195,7 +198,7 @@ fn device_of(path: &Path) -> Result<(u32, u32)> {
             libc::AT_FDCWD,
             c_path.as_ptr(),
             libc::AT_STATX_DONT_SYNC,
-            libc::STATX_TYPE,
+            0,
             &mut buf,
         )
     };

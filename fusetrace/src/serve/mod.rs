@@ -32,7 +32,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     flags::TracingFlags,
-    kernel::{self, hooks::Backend, probes::Probes},
+    kernel::{
+        self,
+        hooks::Backend,
+        probes::{ProbeOptions, Probes},
+    },
     pipeline::{
         connections::{MountEntry, fuse_mounts},
         session::{StopWhen, monotonic_ns},
@@ -40,7 +44,7 @@ use crate::{
     units::parse_duration,
 };
 use metrics::{Bounds, Inputs, Snapshot};
-use mounts::{MountBook, MountKey, fuse_holders, pick_daemon};
+use mounts::{MountBook, MountKey, fuse_holders, holders_from_files, pick_daemon};
 
 /// `fusetrace serve`: request latency, errors and requests in flight per
 /// mount and opcode, counted in the kernel, served at `/metrics` in the
@@ -149,7 +153,10 @@ impl ServeArgs {
             .with_context(|| format!("cannot listen on {}", self.listen))?;
         // The port the kernel chose, for `--listen ADDR:0`.
         let address = listener.local_addr().context("the listening address")?;
-        let mut probes = Probes::attach(&flags.in_kernel(&filter, self.stages))?;
+        let mut probes = Probes::attach(&ProbeOptions {
+            file_iterator: true,
+            ..flags.in_kernel(&filter, self.stages)
+        })?;
         let _stats_fd = if self.bpf_stats {
             Some(
                 aya::sys::enable_stats(aya::sys::Stats::RunTime)
@@ -287,7 +294,13 @@ impl Collector {
             // The walk over /proc only for a mount to name, or cells of an
             // unknown one.
             if new || rescan {
-                self.holders = fuse_holders();
+                // The kernel's list of /dev/fuse files needs no capability
+                // beyond the programs'; /proc's fd links need two more.
+                let listed: HashSet<u32> = mounts.iter().map(|m| m.connection).collect();
+                self.holders = match probes.dev_fuse_files() {
+                    Ok(files) => holders_from_files(&files, &listed),
+                    Err(_) => fuse_holders(),
+                };
                 self.last_holder_scan = Some(now);
             }
             // Mounts in other mount namespaces (rootless containers), as

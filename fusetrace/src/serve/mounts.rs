@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fusetrace_common::DevFuseFile;
+
 use crate::{kernel::layout::major_minor, pipeline::connections::MountEntry};
 
 /// The labels a mount's series carry.
@@ -281,6 +283,9 @@ pub struct Holder {
     /// It lives in another mount namespace than ours (its mounts are not
     /// in our mountinfo).
     pub other_namespace: bool,
+    /// The connections of the `/dev/fuse` files it holds, when the kernel
+    /// listed them (`holders_from_files`); empty from the walk over /proc.
+    pub connections: Vec<u32>,
 }
 
 /// The daemon serving `mount`: the holder of `/dev/fuse` whose command
@@ -289,6 +294,13 @@ pub struct Holder {
 /// file system's subtype (`fuse.sshfs`: sshfs); its command name, or ""
 /// when none fits.
 pub fn pick_daemon(mount: &MountEntry, holders: &[Holder]) -> String {
+    // The holder of the mount's own connection, where the kernel said.
+    if let Some(h) = holders
+        .iter()
+        .find(|h| h.connections.contains(&mount.connection))
+    {
+        return h.comm.clone();
+    }
     if let Some(h) = holders
         .iter()
         .find(|h| h.args.iter().any(|a| same_path(a, &mount.mount_point)))
@@ -362,7 +374,56 @@ pub fn fuse_holders() -> Vec<Holder> {
             comm,
             args,
             other_namespace,
+            connections: Vec::new(),
         });
+    }
+    out
+}
+
+/// The processes holding `/dev/fuse` open, from the kernel's list of those
+/// files (`Probes::dev_fuse_files`), mount helpers left out. Unlike
+/// [`fuse_holders`] it needs neither CAP_DAC_READ_SEARCH (listing another
+/// user's /proc/PID/fd) nor CAP_SYS_PTRACE (reading its links): the
+/// command line is world-readable, and a holder of a connection missing
+/// from our mount table (`listed`) lives in another mount namespace.
+pub fn holders_from_files(files: &[DevFuseFile], listed: &HashSet<u32>) -> Vec<Holder> {
+    let our_namespace = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let mut out: Vec<Holder> = Vec::new();
+    for f in files {
+        if let Some(h) = out.iter_mut().find(|h| h.pid == f.tgid) {
+            h.connections.push(f.connection);
+            continue;
+        }
+        let comm = String::from_utf8_lossy(&f.comm)
+            .trim_end_matches('\0')
+            .to_string();
+        let proc = PathBuf::from(format!("/proc/{}", f.tgid));
+        // Readable with CAP_SYS_PTRACE (or as the same user) only.
+        let cwd = std::fs::read_link(proc.join("cwd")).unwrap_or_default();
+        let args = std::fs::read(proc.join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                cwd.join(std::ffi::OsStr::new(
+                    &String::from_utf8_lossy(a).into_owned(),
+                ))
+            })
+            .collect();
+        out.push(Holder {
+            pid: f.tgid,
+            comm,
+            args,
+            other_namespace: false,
+            connections: vec![f.connection],
+        });
+    }
+    out.retain(|h| !MOUNT_HELPERS.contains(&h.comm.as_str()));
+    for h in &mut out {
+        h.other_namespace = match std::fs::read_link(format!("/proc/{}/ns/mnt", h.pid)) {
+            Ok(ns) => Some(ns) != our_namespace,
+            Err(_) => h.connections.iter().any(|c| !listed.contains(c)),
+        };
     }
     out
 }
@@ -469,12 +530,14 @@ mod tests {
                 comm: "sshfs".into(),
                 args: vec!["/usr/bin/sshfs".into(), "/home/u/remote".into()],
                 other_namespace: false,
+                connections: Vec::new(),
             },
             Holder {
                 pid: 11,
                 comm: "bindfs".into(),
                 args: vec!["/src".into(), "/mnt/x/".into()],
                 other_namespace: false,
+                connections: Vec::new(),
             },
         ];
         let x = mount(1, 1, "/mnt/x", "fuse.bindfs");
