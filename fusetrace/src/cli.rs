@@ -15,14 +15,15 @@ use crate::{
         accumulate::StatsOutput,
         by::{ByOpts, GroupedPrinter},
         export::{Clock, CsvOpts},
+        file::{self, Force},
         print::{Format, StatsPrinter, TraceSink},
     },
     pipeline::{
         aggregate, session,
         sink::{FanOut, Sink},
     },
-    record::recorder::{self, Recorder},
-    units::parse_duration,
+    record::recorder::{self, Destination, Recorder, Rotation},
+    units::{parse_bytes, parse_duration},
 };
 
 /// `fusetrace trace`: one line per finished request.
@@ -115,6 +116,8 @@ pub struct StatsArgs {
     #[command(flatten)]
     pub csv: CsvOpts,
     #[command(flatten)]
+    pub force: Force,
+    #[command(flatten)]
     pub by: ByOpts,
 }
 
@@ -123,7 +126,9 @@ impl StatsArgs {
         let flags = &self.flags;
         let mut start = flags.start()?;
         // Before attaching, so a bad --csv path fails first.
-        let csv = self.csv.writer(self.interval.is_some(), Clock::Wall)?;
+        let csv = self
+            .csv
+            .writer(self.interval.is_some(), Clock::Wall, self.force.force)?;
         let grouping = self.by.grouping(self.stages);
         // The kernel counts per (mount, opcode): a pid, comm or path key
         // needs each request's events.
@@ -180,9 +185,24 @@ pub struct RecordArgs {
     /// is always fusetrace's own binary format).
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-    /// The recording file (see README: recording file format).
+    /// The recording file (see README: recording file format), created
+    /// 0600. `-` writes the recording to standard output, for a pipe
+    /// (`record -o - | ssh HOST 'cat > run.rec'`, `report -` reads it); the
+    /// whole-run stats then go to standard error.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
+    /// Go on in a new file before this one would grow past SIZE (e.g.
+    /// 100M, 1G; at least 64K): FILE, then FILE.1, FILE.2... Each is a
+    /// whole recording that `report` reads alone; given together, `report`
+    /// joins them into the run they were.
+    #[arg(long, value_name = "SIZE", value_parser = parse_max_size)]
+    pub max_size: Option<u64>,
+    /// With --max-size: keep only the newest N files, removing the oldest
+    /// as a new one begins.
+    #[arg(long, value_name = "N", requires = "max_size", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_files: Option<u32>,
+    #[command(flatten)]
+    pub force: Force,
     /// Also record applications' writes to FUSE files, for `diagnose --from`.
     #[arg(long)]
     pub app_writes: bool,
@@ -192,21 +212,62 @@ pub struct RecordArgs {
     pub perfetto: Option<PathBuf>,
 }
 
+/// The smallest `--max-size`: a file holds its header and whole records,
+/// and a tiny size would make a file per record.
+const MIN_MAX_SIZE: u64 = 64 << 10;
+
+fn parse_max_size(text: &str) -> std::result::Result<u64, String> {
+    let n = parse_bytes(text)?;
+    if n < MIN_MAX_SIZE {
+        return Err(format!(
+            "{text} is less than 64K, the smallest file size (a file holds its header and whole records)"
+        ));
+    }
+    Ok(n)
+}
+
 impl RecordArgs {
     pub fn run(&self) -> Result<ExitCode> {
+        let to_stdout = recorder::is_stdout(&self.output);
+        if to_stdout && self.perfetto.is_some() {
+            bail!(
+                "--perfetto converts the recording file at the end, and -o - writes none: run `fusetrace report - --perfetto OUT` where the recording is read"
+            );
+        }
+        let force = self.force.force;
+        if let Some(out) = &self.perfetto {
+            // Refused now rather than after the run.
+            file::Target {
+                path: out,
+                what: "--perfetto",
+                force,
+            }
+            .check()?;
+        }
         let mut start = self.flags.start()?;
-        let file = recorder::create_file(&self.output)?;
+        let rotation = self.max_size.map(|max_size| Rotation {
+            max_size,
+            max_files: self.max_files.map(|n| n as usize),
+        });
+        let dest = Destination::open(&self.output, force, rotation)?;
+        start.command_stdout_to_stderr = to_stdout;
         let mounts = recorder::current_fuse_mounts();
-        let mut probes = self
-            .flags
-            .attach(self.app_writes, &start)
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&self.output);
-            })?;
+        let mut probes = match self.flags.attach(self.app_writes, &start) {
+            Ok(p) => p,
+            Err(e) => {
+                dest.discard();
+                return Err(e);
+            }
+        };
         let header = recorder::header_now(probes.describe(), &start.filter, &mounts);
-        let mut recorder = Recorder::new(file, &self.output, &header)?;
-        let printer =
-            StatsPrinter::new(std::io::stdout().lock(), self.format, false).with_clock(Clock::Wall);
+        let mut recorder = Recorder::new(dest, &header)?;
+        // With -o - standard output is the recording's.
+        let out: Box<dyn std::io::Write> = if to_stdout {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout().lock())
+        };
+        let printer = StatsPrinter::new(out, self.format, false).with_clock(Clock::Wall);
         let mut stats = StatsOutput::printing(printer, None);
         let command = start.launch(&self.flags)?;
         // The recorder flushes every tick: a cut-off file loses at most 200 ms.
@@ -219,10 +280,11 @@ impl RecordArgs {
             &start.stop,
             Duration::from_millis(200),
         )?;
+        let files = recorder.files();
         drop(recorder);
         drop(probes);
         if let Some(out) = &self.perfetto {
-            crate::record::report::to_perfetto(std::slice::from_ref(&self.output), out)?;
+            crate::record::report::to_perfetto(&files, out, force)?;
         }
         exit_code(command)
     }

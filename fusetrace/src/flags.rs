@@ -101,6 +101,8 @@ pub(crate) struct Start {
     pub filter: Filter,
     pub stop: StopWhen,
     cgroup: Option<CommandCgroup>,
+    /// `-c`'s command writes to standard error (`record -o -`).
+    pub command_stdout_to_stderr: bool,
 }
 
 impl Start {
@@ -108,7 +110,7 @@ impl Start {
     pub(crate) fn launch(&mut self, flags: &TracingFlags) -> Result<Option<RunningCommand>> {
         self.cgroup
             .take()
-            .map(|c| c.spawn(&flags.argv, &self.stop))
+            .map(|c| c.spawn(&flags.argv, &self.stop, self.command_stdout_to_stderr))
             .transpose()
     }
 }
@@ -133,6 +135,7 @@ impl TracingFlags {
             filter,
             stop,
             cgroup,
+            command_stdout_to_stderr: false,
         })
     }
 

@@ -2,7 +2,6 @@
 //! owns its arguments and its `run`.
 
 use std::{
-    fs::File,
     io::{self, Write},
     path::PathBuf,
     process::ExitCode,
@@ -11,7 +10,12 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
-use fusetrace::{cli, diagnose, doctor, lab, pipeline::opcode, record, serve};
+use fusetrace::{
+    cli, diagnose, doctor, lab,
+    output::file::{AtomicFile, Target},
+    pipeline::opcode,
+    record, serve,
+};
 
 /// `--version`: what was built, from where, for which machine, and whether
 /// it can trace at all.
@@ -85,6 +89,8 @@ enum Command {
     Assets {
         /// The folder to write `man/` and `completions/` into.
         dir: PathBuf,
+        #[command(flatten)]
+        force: fusetrace::output::file::Force,
     },
 }
 
@@ -105,7 +111,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Doctor(args) => doctor::run(&args),
         Command::Serve(args) => args.run(),
         Command::BenchConsumer(args) => lab::bench_consumer::main(&args),
-        Command::Assets { dir } => write_assets(&dir),
+        Command::Assets { dir, force } => write_assets(&dir, force.force),
         Command::Ops => {
             let mut out = io::stdout().lock();
             for (n, name) in opcode::OPCODES {
@@ -118,12 +124,18 @@ fn run(command: Command) -> Result<ExitCode> {
 }
 
 /// Man pages and shell completions, generated from the definitions above so
-/// that they never disagree with `--help`.
-fn write_assets(dir: &std::path::Path) -> Result<()> {
+/// that they never disagree with `--help`. Written as every output is
+/// (`output::file`: 0600; `cargo xtask dist` gives the packaged copies
+/// their modes).
+fn write_assets(dir: &std::path::Path, force: bool) -> Result<()> {
     let create = |path: PathBuf| {
         std::fs::create_dir_all(path.parent().unwrap())
-            .and_then(|()| File::create(&path))
-            .with_context(|| format!("cannot write {}", path.display()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        AtomicFile::create(Target {
+            path: &path,
+            what: "assets",
+            force,
+        })
     };
     let mut cli = Cli::command().name("fusetrace");
     cli.build();
@@ -136,9 +148,11 @@ fn write_assets(dir: &std::path::Path) -> Result<()> {
         pages.push((name.clone(), sub.clone().name(name)));
     }
     for (name, page) in pages {
+        let mut out = create(dir.join(format!("man/{name}.1")))?;
         clap_mangen::Man::new(page)
-            .render(&mut create(dir.join(format!("man/{name}.1")))?)
+            .render(&mut out)
             .with_context(|| format!("cannot write the man page {name}.1"))?;
+        out.commit()?;
     }
     for (shell, file) in [
         (Shell::Bash, "fusetrace.bash"),
@@ -147,6 +161,7 @@ fn write_assets(dir: &std::path::Path) -> Result<()> {
     ] {
         let mut out = create(dir.join("completions").join(file))?;
         clap_complete::generate(shell, &mut cli, "fusetrace", &mut out);
+        out.commit()?;
     }
     Ok(())
 }

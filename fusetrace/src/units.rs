@@ -67,6 +67,18 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
+/// Formats a byte count as [`parse_bytes`] reads it back (`64K`, `100M`,
+/// `1G`, or plain bytes).
+pub fn format_bytes(n: u64) -> String {
+    match n {
+        0 => "0".to_string(),
+        n if n.is_multiple_of(1 << 30) => format!("{}G", n >> 30),
+        n if n.is_multiple_of(1 << 20) => format!("{}M", n >> 20),
+        n if n.is_multiple_of(1 << 10) => format!("{}K", n >> 10),
+        n => n.to_string(),
+    }
+}
+
 /// Formats a duration compactly for messages (`2s`, `1500ms`, `40us`).
 pub fn format_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
@@ -145,6 +157,10 @@ mod tests {
         assert_eq!(parse_bytes("4MiB").unwrap(), 4 << 20);
         assert_eq!(parse_bytes("4M").unwrap(), 4 << 20);
         assert_eq!(parse_bytes("1G").unwrap(), 1 << 30);
+        for n in [0, 1000, 64 << 10, 100 << 20, 3 << 30, (1 << 20) + 1] {
+            assert_eq!(parse_bytes(&format_bytes(n)).unwrap(), n);
+        }
+        assert_eq!(format_bytes(100 << 20), "100M");
         assert!(parse_bytes("4X").unwrap_err().contains("invalid size"));
         assert!(parse_bytes("K").unwrap_err().contains("invalid size"));
         assert!(parse_bytes("-1").unwrap_err().contains("invalid size"));

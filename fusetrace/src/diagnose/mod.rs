@@ -18,7 +18,7 @@ use crate::{
     pipeline::session::{self, StopWhen},
     pipeline::sink::Sink,
     pipeline::{filter::Filter, summary::RunSummary},
-    record::replay::{MergedNames, has_app_writes, replay_file},
+    record::replay::{MergedNames, chains, has_app_writes, open_inputs, replay_chain},
     units::parse_duration,
 };
 use analysis::{Diagnosis, Evidence};
@@ -176,12 +176,12 @@ fn run_from_recordings(args: &DiagnoseArgs) -> Result<()> {
     };
     let mut merged = MergedNames::default();
     let mut total = RunSummary::default();
-    for path in &args.from {
-        let r = replay_file(path, &mut sink, &mut merged, None)?;
+    for mut chain in chains(open_inputs(&args.from)?) {
+        let r = replay_chain(&mut chain, &mut sink, &mut merged, None)?;
         if !has_app_writes(&r.header) {
             log::warn!(
                 "{} was recorded without --app-writes: the applications' side of the writes is missing",
-                path.display()
+                chain[0].name()
             );
         }
         total.add(&r.summary);

@@ -2,7 +2,8 @@
 //!
 //! The file is written under a temporary name in the same directory and
 //! renamed when the run finishes, so a CSV under the asked-for name is
-//! always complete.
+//! always complete (`output::file::AtomicFile`: 0600, no link followed, an
+//! existing file replaced only with `--force`).
 
 use std::{
     cell::Cell,
@@ -11,12 +12,15 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result, bail};
-use tempfile::NamedTempFile;
+use anyhow::{Context, Result};
 
 use crate::{
-    output::accumulate::StatsWriter, pipeline::connections::ConnectionTable,
-    pipeline::lifecycle::LatencyStage, pipeline::opcode, pipeline::stats::Stats,
+    output::accumulate::StatsWriter,
+    output::file::{AtomicFile, Target},
+    pipeline::connections::ConnectionTable,
+    pipeline::lifecycle::LatencyStage,
+    pipeline::opcode,
+    pipeline::stats::Stats,
     pipeline::summary::RunSummary,
 };
 
@@ -42,12 +46,17 @@ pub struct CsvOpts {
 
 impl CsvOpts {
     /// The CSV sink, when `--csv` was given; `per_interval` writes one
-    /// block per tick.
-    pub fn writer(&self, per_interval: bool, clock: Clock) -> Result<Option<Box<dyn StatsWriter>>> {
+    /// block per tick; `force` replaces an existing file.
+    pub fn writer(
+        &self,
+        per_interval: bool,
+        clock: Clock,
+        force: bool,
+    ) -> Result<Option<Box<dyn StatsWriter>>> {
         self.csv
             .as_deref()
             .map(|p| {
-                CsvWriter::create(p, self.csv_layout, per_interval, clock)
+                CsvWriter::create(p, self.csv_layout, per_interval, clock, force)
                     .map(|w| Box::new(w) as Box<dyn StatsWriter>)
             })
             .transpose()
@@ -98,7 +107,7 @@ pub struct CsvWriter {
     per_interval: bool,
     clock: Clock,
     path: PathBuf,
-    out: Option<csv::Writer<NamedTempFile>>,
+    out: Option<csv::Writer<AtomicFile>>,
 }
 
 impl CsvWriter {
@@ -109,25 +118,13 @@ impl CsvWriter {
         layout: CsvLayout,
         per_interval: bool,
         clock: Clock,
+        force: bool,
     ) -> Result<CsvWriter> {
-        if path.is_dir() {
-            bail!(
-                "--csv {} is a directory: give a file name, e.g. {}",
-                path.display(),
-                path.join("stats.csv").display()
-            );
-        }
-        let Some(name) = path.file_name() else {
-            bail!("--csv {} names no file: give a file name", path.display());
-        };
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let file = tempfile::Builder::new()
-            .prefix(&format!(".{}.partial-", name.to_string_lossy()))
-            .tempfile_in(&dir)
-            .with_context(|| format!("cannot write --csv {}", path.display()))?;
+        let file = AtomicFile::create(Target {
+            path,
+            what: "--csv",
+            force,
+        })?;
         let mut sink = CsvWriter {
             layout,
             per_interval,
@@ -149,7 +146,7 @@ impl CsvWriter {
         Ok(sink)
     }
 
-    fn writer(&mut self) -> Result<&mut csv::Writer<NamedTempFile>> {
+    fn writer(&mut self) -> Result<&mut csv::Writer<AtomicFile>> {
         self.out.as_mut().context("CSV file already finished")
     }
 
@@ -222,8 +219,7 @@ impl CsvWriter {
     fn complete(&mut self) -> Result<()> {
         let out = self.out.take().context("CSV file already finished")?;
         let file = out.into_inner().map_err(|e| self.error(e.error()))?;
-        file.as_file().sync_all().map_err(|e| self.error(e))?;
-        file.persist(&self.path).map_err(|e| self.error(e.error))?;
+        file.commit()?;
         log::info!("wrote {}", self.path.display());
         Ok(())
     }

@@ -24,7 +24,7 @@
 
 use std::{
     os::{
-        fd::AsRawFd,
+        fd::{AsFd, AsRawFd},
         unix::{fs::MetadataExt, process::CommandExt, process::ExitStatusExt},
     },
     path::{Path, PathBuf},
@@ -125,8 +125,15 @@ impl CommandCgroup {
 
     /// Starts the command inside the cgroup; when it exits, `stop` hears
     /// of it (`command_exited`), and its `flag` is set [`SETTLE`] later at
-    /// the latest.
-    pub fn spawn(self, argv: &[String], stop: &StopWhen) -> Result<RunningCommand> {
+    /// the latest. `stdout_to_stderr`: the command's output goes to the
+    /// tracer's standard error (`record -o -` writes the recording to
+    /// standard output).
+    pub fn spawn(
+        self,
+        argv: &[String],
+        stop: &StopWhen,
+        stdout_to_stderr: bool,
+    ) -> Result<RunningCommand> {
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(self.dir.join("cgroup.procs"))
@@ -134,6 +141,13 @@ impl CommandCgroup {
         let fd = procs.as_raw_fd();
         let mut cmd = std::process::Command::new(&argv[0]);
         cmd.args(&argv[1..]);
+        if stdout_to_stderr {
+            let err = std::io::stderr()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("-c: duplicating standard error")?;
+            cmd.stdout(err);
+        }
         // SAFETY: only write(2) between fork and exec (async-signal-safe);
         // "0" moves the writing process.
         unsafe {

@@ -126,6 +126,22 @@ pub struct Header {
     /// finish requests exactly when the live run did.
     #[serde(default)]
     pub reorder_window_ns: Option<u64>,
+    /// Which part of which run this file is, in a recording split by
+    /// `record --max-size` (absent otherwise, and in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+}
+
+/// A file of a recording split into several (`record --max-size`): each
+/// is a whole recording, and `report` replays consecutive parts of one run
+/// as one, so that a request begun in one part and ended in the next is
+/// joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// The same random number in every part of one run.
+    pub run: u64,
+    /// 0 for the first file, then 1, 2...
+    pub index: u32,
 }
 
 /// What the recording run's kernel side counted (written once, at the end).
@@ -221,6 +237,10 @@ fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
 /// Writes a recording. Callers flush when they want the bytes on disk.
 pub struct Writer<W: Write> {
     out: W,
+    /// Bytes written to `out`, header included.
+    written: u64,
+    /// Records written to `out`.
+    records: u64,
     prev_ts: u64,
     comms: Comms,
     buf: Vec<u8>,
@@ -233,21 +253,38 @@ pub struct Writer<W: Write> {
 impl<W: Write> Writer<W> {
     /// Writes the preamble and header.
     pub fn new(mut out: W, header: &Header) -> io::Result<Writer<W>> {
-        let json = serde_json::to_vec(header).map_err(io::Error::other)?;
-        let mut pre = Vec::with_capacity(json.len() + 18);
-        pre.extend_from_slice(MAGIC);
-        pre.extend_from_slice(&VERSION.to_le_bytes());
-        pre.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        pre.extend_from_slice(&json);
-        pre.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
-        out.write_all(&pre)?;
+        let written = write_header(&mut out, header)?;
         Ok(Writer {
             out,
+            written,
+            records: 0,
             prev_ts: header.start_monotonic_ns,
             comms: Comms::new(),
             buf: Vec::with_capacity(128),
             with_req: false,
         })
+    }
+
+    /// Goes on in a new file with its own header, which reads on its own:
+    /// timestamps and command names start afresh (request pointers stay
+    /// on once they are needed). Returns the previous output.
+    pub fn restart(&mut self, mut out: W, header: &Header) -> io::Result<W> {
+        let written = write_header(&mut out, header)?;
+        self.written = written;
+        self.records = 0;
+        self.prev_ts = header.start_monotonic_ns;
+        self.comms.clear();
+        Ok(std::mem::replace(&mut self.out, out))
+    }
+
+    /// Bytes written to the current output, its header included.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Records written to the current output.
+    pub fn records(&self) -> u64 {
+        self.records
     }
 
     /// Writes an event record with the names its send carried, borrowed
@@ -311,7 +348,10 @@ impl<W: Write> Writer<W> {
         self.buf.extend_from_slice(payload);
         let crc = crc32fast::hash(&self.buf);
         self.buf.extend_from_slice(&crc.to_le_bytes());
-        self.out.write_all(&self.buf)
+        self.out.write_all(&self.buf)?;
+        self.written += self.buf.len() as u64;
+        self.records += 1;
+        Ok(())
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -322,6 +362,32 @@ impl<W: Write> Writer<W> {
         &mut self.out
     }
 }
+
+/// Writes the preamble and header; returns how many bytes.
+fn write_header(out: &mut impl Write, header: &Header) -> io::Result<u64> {
+    let json = serde_json::to_vec(header).map_err(io::Error::other)?;
+    let mut pre = Vec::with_capacity(json.len() + 18);
+    pre.extend_from_slice(MAGIC);
+    pre.extend_from_slice(&VERSION.to_le_bytes());
+    pre.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    pre.extend_from_slice(&json);
+    pre.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+    out.write_all(&pre)?;
+    Ok(pre.len() as u64)
+}
+
+/// The most bytes one event record takes: 18 numeric fields of one key
+/// byte and ten value bytes, the comm, two names of `NAME_MAX` bytes, and
+/// the frame (kind, length, checksum).
+pub const MAX_EVENT_RECORD: u64 = 18 * 11 + (2 + 16) + 2 * (3 + NAME_MAX as u64) + 8;
+
+/// The most bytes a connection record of `c` takes.
+pub fn connection_record_len(c: &ConnectionInfo) -> u64 {
+    (5 + 3 + c.mount_point.len() + 3 + c.fs_type.len() + 8) as u64
+}
+
+/// The most bytes an idle or end record takes.
+pub const MAX_SMALL_RECORD: u64 = 5 * 10 + 8;
 
 const WIRE_VARINT: u64 = 0;
 const WIRE_BYTES: u64 = 1;

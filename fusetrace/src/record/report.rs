@@ -1,5 +1,6 @@
-//! `fusetrace report`: one or more recordings, offline: the `stats`
-//! tables (and CSV; or grouped `--by` file, process...), one line per request (`--requests`, with report-time
+//! `fusetrace report`: one or more recordings (files, or `-` for standard
+//! input), offline: the `stats` tables (and CSV; or grouped `--by` file,
+//! process...), one line per request (`--requests`, with report-time
 //! filters), or a Perfetto trace (`--perfetto`).
 
 use std::{
@@ -12,11 +13,12 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::replay::{self, MergedNames, ReplayTicks, replay_file};
+use super::replay::{self, Input, MergedNames, ReplayTicks, replay_chain};
 use crate::{
     output::accumulate::StatsOutput,
     output::by::{ByOpts, GroupedPrinter},
     output::export::{Clock, CsvOpts},
+    output::file::{AtomicFile, Force, Target},
     output::perfetto::PerfettoSink,
     output::print::{Format, StatsPrinter, TraceSink},
     pipeline::sink::Sink,
@@ -29,7 +31,9 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
-    /// Recordings from `fusetrace record`; several are merged into one table.
+    /// Recordings from `fusetrace record`; several are merged into one
+    /// table, and the files of one split recording (`record --max-size`)
+    /// are joined into the run they were. `-` reads standard input.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Output format.
@@ -58,6 +62,8 @@ pub struct ReportArgs {
     pub perfetto: Option<PathBuf>,
     #[command(flatten)]
     pub by: ByOpts,
+    #[command(flatten)]
+    pub force: Force,
 }
 
 /// `report --requests`' filters, applied to finished requests.
@@ -131,17 +137,20 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         return run_requests(args);
     }
     if let Some(out) = &args.perfetto {
-        return to_perfetto(&args.files, out);
+        return to_perfetto(&args.files, out, args.force.force);
     }
+    let inputs = replay::chains(replay::open_inputs(&args.files)?);
     if let Some(grouping) = args.by.grouping(false) {
         let mut sink = GroupedPrinter::new(std::io::stdout().lock(), args.format, false, grouping);
-        let (mut merged, total) = replay_all(&args.files, &mut sink, None, &Cell::new(0))?;
+        let (mut merged, total) = replay_all(inputs, &mut sink, None, &Cell::new(0))?;
         return sink.finish(&total, &mut merged.names);
     }
     let clock = Rc::new(Cell::new(0));
-    let csv = args
-        .csv
-        .writer(args.interval.is_some(), Clock::Replay(Rc::clone(&clock)))?;
+    let csv = args.csv.writer(
+        args.interval.is_some(),
+        Clock::Replay(Rc::clone(&clock)),
+        args.force.force,
+    )?;
     let ticks = args
         .interval
         .filter(|_| csv.is_some())
@@ -149,42 +158,57 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let printer =
         StatsPrinter::new(std::io::stdout().lock(), args.format, false).with_hist(args.hist);
     let mut sink = StatsOutput::printing(printer, csv);
-    let (mut merged, total) = replay_all(&args.files, &mut sink, ticks.as_ref(), &Cell::new(0))?;
+    let (mut merged, total) = replay_all(inputs, &mut sink, ticks.as_ref(), &Cell::new(0))?;
     sink.finish(&total, &mut merged.names)
 }
 
-/// Replays every file into `sink`, saying what each one lacks, and returns
-/// the merged names and summary (`sink.finish` is the caller's).
-/// `origin` is set to each file's start before it is replayed.
+/// Replays every recording ([`replay::chains`]) into `sink`, saying what each one lacks, and
+/// returns the merged names and summary (`sink.finish` is the caller's).
+/// `origin` is set to each recording's start before it is replayed.
 fn replay_all(
-    files: &[PathBuf],
+    inputs: Vec<Vec<Input>>,
     sink: &mut dyn Sink,
     ticks: Option<&ReplayTicks>,
     origin: &Cell<u64>,
 ) -> Result<(MergedNames, RunSummary)> {
     let mut merged = MergedNames::default();
     let mut total = RunSummary::default();
-    for path in files {
-        origin.set(replay::open(path)?.header.start_monotonic_ns);
-        let r = replay_file(path, sink, &mut merged, ticks)?;
-        warn_incomplete(path, &r);
+    for mut chain in inputs {
+        origin.set(chain[0].header.start_monotonic_ns);
+        warn_later_part(&chain[0]);
+        let r = replay_chain(&mut chain, sink, &mut merged, ticks)?;
+        warn_incomplete(&r);
         total.add(&r.summary);
     }
     Ok((merged, total))
 }
 
-fn warn_incomplete(path: &Path, r: &replay::Replayed) {
-    if let Some(at) = r.cut_off_at {
+/// A split recording given from a later part on.
+fn warn_later_part(first: &Input) {
+    if let Some(p) = first.header.part.filter(|p| p.index > 0) {
         log::warn!(
-            "{} ends mid-record at byte {at} (cut off while recording): reporting its {} whole records",
-            path.display(),
-            r.records
+            "{} is part {} of a split recording (record --max-size) given without the part before it: requests begun there are incomplete here",
+            first.name(),
+            p.index
+        );
+    }
+}
+
+fn warn_incomplete(r: &replay::Replayed) {
+    for (name, at, records) in &r.cut_off {
+        log::warn!(
+            "{name} ends mid-record at byte {at} (cut off while recording): reporting its {records} whole records"
         );
     }
     if !r.ended {
         log::warn!(
-            "{} has no end record (the recording did not finish): its ring buffer drop and fault counts are unknown, shown as 0",
-            path.display()
+            "{} has no end record (the recording did not finish{}): its ring buffer drop and fault counts are unknown, shown as 0",
+            r.last,
+            if r.header.part.is_some() {
+                ", or went on in a later part not given"
+            } else {
+                ""
+            }
         );
     }
 }
@@ -192,7 +216,8 @@ fn warn_incomplete(path: &Path, r: &replay::Replayed) {
 /// `report --requests`: the selected requests, one line each.
 fn run_requests(args: &ReportArgs) -> Result<()> {
     // Text lines give seconds since the first recording's start.
-    let first = replay::open(&args.files[0])?.header.start_monotonic_ns;
+    let inputs = replay::chains(replay::open_inputs(&args.files)?);
+    let first = inputs[0][0].header.start_monotonic_ns;
     let origin = Cell::new(first);
     let out = BufWriter::new(std::io::stdout().lock());
     let mut sink = Selected {
@@ -200,35 +225,39 @@ fn run_requests(args: &ReportArgs) -> Result<()> {
         select: &args.select,
         origin_ns: &origin,
     };
-    let (mut merged, total) = replay_all(&args.files, &mut sink, None, &origin)?;
+    let (mut merged, total) = replay_all(inputs, &mut sink, None, &origin)?;
     sink.finish(&total, &mut merged.names)
 }
 
-/// Converts recordings to a Perfetto trace at `out`; says what it wrote.
-pub fn to_perfetto(files: &[PathBuf], out: &Path) -> Result<()> {
-    // Every input is checked before the output is created: a bad file
-    // leaves nothing behind.
-    let mut app_writes = false;
-    for path in files {
-        app_writes |= replay::has_app_writes(&replay::open(path)?.header);
-    }
-    let file = std::fs::File::create(out)
-        .with_context(|| format!("cannot create Perfetto trace {}", out.display()))?;
-    convert(files, out, file, app_writes).inspect_err(|_| {
-        let _ = std::fs::remove_file(out);
-    })
-}
-
-fn convert(files: &[PathBuf], out: &Path, file: std::fs::File, app_writes: bool) -> Result<()> {
+/// Converts recordings to a Perfetto trace at `out` (replaced only with
+/// `force`); says what it wrote.
+pub fn to_perfetto(files: &[PathBuf], out: &Path, force: bool) -> Result<()> {
+    // Every input is checked before the output is created, and the output
+    // gets its name only when complete: a bad file leaves nothing behind.
+    let inputs = replay::chains(replay::open_inputs(files)?);
+    let app_writes = inputs
+        .iter()
+        .flatten()
+        .any(|i| replay::has_app_writes(&i.header));
+    let file = AtomicFile::create(Target {
+        path: out,
+        what: "Perfetto trace",
+        force,
+    })?;
     let mut sink = PerfettoSink::new(
         BufWriter::with_capacity(1 << 16, file),
         TrackerConfig::default().reorder_window_ns,
         app_writes,
     );
-    let (mut merged, total) = replay_all(files, &mut sink, None, &Cell::new(0))?;
+    let (mut merged, total) = replay_all(inputs, &mut sink, None, &Cell::new(0))?;
     sink.finish(&total, &mut merged.names)
         .with_context(|| format!("cannot write Perfetto trace {}", out.display()))?;
     let c = sink.counts;
+    sink.into_inner()
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write Perfetto trace {}", out.display()))?
+        .commit()?;
     log::info!(
         "wrote {} requests as slices to {}{}",
         c.slices,

@@ -264,6 +264,28 @@ pub fn count_by_op(records: &[&Value]) -> BTreeMap<String, u64> {
     m
 }
 
+/// `fusetrace ARGS`, with the backend and daemon side the test run asks
+/// for (`FUSETRACE_TEST_BACKEND`, `FUSETRACE_TEST_DAEMON_SIDE`: the VM test
+/// runs the same tests once per backend its kernel offers).
+pub fn tracing_command(args: &[&str]) -> Command {
+    let mut args: Vec<&str> = args.to_vec();
+    let forced = std::env::var("FUSETRACE_TEST_BACKEND").unwrap_or_default();
+    let side = std::env::var("FUSETRACE_TEST_DAEMON_SIDE").unwrap_or_default();
+    // Every tracer of a test alike: a recording made with another
+    // backend than the live trace beside it would see other things.
+    if matches!(args.first(), Some(&("trace" | "stats" | "record"))) {
+        if !forced.is_empty() {
+            args.extend(["--backend", forced.as_str()]);
+        }
+        if !side.is_empty() {
+            args.extend(["--daemon-side", side.as_str()]);
+        }
+    }
+    let mut cmd = Command::new(bin());
+    cmd.args(&args);
+    cmd
+}
+
 /// A running `fusetrace` tracing command.
 pub struct Tracer {
     pub child: Child,
@@ -274,27 +296,10 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Starts `fusetrace ARGS` and waits until its probes are attached.
-    /// `FUSETRACE_TEST_BACKEND` forces a backend (the VM test runs the same
-    /// tests once per backend its kernel offers), and
-    /// `FUSETRACE_TEST_DAEMON_SIDE` where the daemon side is seen.
+    /// Starts `fusetrace ARGS` ([`tracing_command`]) and waits until its
+    /// probes are attached.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut args: Vec<&str> = args.to_vec();
-        let forced = std::env::var("FUSETRACE_TEST_BACKEND").unwrap_or_default();
-        let side = std::env::var("FUSETRACE_TEST_DAEMON_SIDE").unwrap_or_default();
-        // Every tracer of a test alike: a recording made with another
-        // backend than the live trace beside it would see other things.
-        if matches!(args.first(), Some(&("trace" | "stats" | "record"))) {
-            if !forced.is_empty() {
-                args.extend(["--backend", forced.as_str()]);
-            }
-            if !side.is_empty() {
-                args.extend(["--daemon-side", side.as_str()]);
-            }
-        }
-        let mut cmd = Command::new(bin());
-        cmd.args(&args);
-        Tracer::spawn(cmd)
+        Tracer::spawn(tracing_command(args))
     }
 
     /// Starts a tracing command built elsewhere (another binary, in a
