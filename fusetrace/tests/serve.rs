@@ -64,8 +64,17 @@ impl Serve {
             .spawn()
             .expect("spawn fusetrace serve");
         let stderr = line_channel(child.stderr.take().unwrap());
+        // Held before waiting: a serve that never says it serves is killed.
+        let mut serve = Serve {
+            child,
+            addr: String::new(),
+            scheme: String::new(),
+            stderr,
+            stopped: false,
+            links_before,
+        };
         let seen = wait_for_line_within(
-            &stderr,
+            &serve.stderr,
             "fusetrace: serving http",
             "fusetrace serve",
             START_TIMEOUT,
@@ -75,15 +84,9 @@ impl Serve {
             .and_then(|l| l.strip_prefix("fusetrace: serving "))
             .and_then(|rest| rest.split_once("://"))
             .expect("a URL in the serving line");
-        let addr = rest.split('/').next().unwrap().to_string();
-        Serve {
-            child,
-            addr,
-            scheme: scheme.to_string(),
-            stderr,
-            stopped: false,
-            links_before,
-        }
+        serve.addr = rest.split('/').next().unwrap().to_string();
+        serve.scheme = scheme.to_string();
+        serve
     }
 
     /// SIGTERM: it must exit 0, free its port and leave no program of
