@@ -285,12 +285,19 @@ fn write(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// Copies a file, making the folders on the way (the mode comes along).
+/// Copies a file, making the folders on the way. The packaged modes are
+/// set, not copied: 0755 for an executable, else 0644 (`fusetrace assets`
+/// writes its man pages 0600, as every file fusetrace writes, and a
+/// builder's umask must not change a package).
 fn copy(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     mkdir(to.parent().unwrap())?;
-    fs::copy(from, to)
-        .map(|_| ())
-        .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
+    let fail =
+        |e: std::io::Error| format!("cannot copy {} to {}: {e}", from.display(), to.display());
+    fs::copy(from, to).map_err(fail)?;
+    let executable = fs::metadata(from).map_err(fail)?.permissions().mode() & 0o111 != 0;
+    let mode = if executable { 0o755 } else { 0o644 };
+    fs::set_permissions(to, fs::Permissions::from_mode(mode)).map_err(fail)
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {

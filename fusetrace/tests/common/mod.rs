@@ -333,7 +333,16 @@ impl Tracer {
         let status = self.child.wait().unwrap();
         let stdout = self.stdout.join().unwrap();
         let mut stderr = self.started;
-        stderr.extend(self.stderr.try_iter());
+        // To the pipe's end, which comes with the exit (unless a
+        // descendant holds it): lines printed last, e.g. `--perfetto`'s
+        // `wrote ...`, may still be on their way through the reader thread.
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(until.saturating_duration_since(std::time::Instant::now()))
+        {
+            stderr.push(line);
+        }
         let stderr = stderr.join("\n");
         assert!(status.success(), "fusetrace exited with {status}: {stderr}");
         TraceOutput::parse(stdout, stderr)
