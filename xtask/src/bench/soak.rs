@@ -130,24 +130,15 @@ fn mixed_load(bench: &Bench, dir: &Path, d: Duration) -> Result<(u64, u64)> {
     Ok((ops, errors))
 }
 
-/// The programs whose holders include one of `pids` (bpftool's `pids`).
-fn programs_of(pids: &[u32]) -> Result<BTreeSet<u64>> {
-    let text = crate::output(Command::new("bpftool").args(["-j", "prog", "show"]))?;
-    let progs: Vec<serde_json::Value> =
-        serde_json::from_str(&text).map_err(|e| format!("bpftool -j prog show: {e}"))?;
-    Ok(progs
-        .iter()
-        .filter(|p| {
-            p.get("pids").and_then(|v| v.as_array()).is_some_and(|a| {
-                a.iter().any(|h| {
-                    h.get("pid")
-                        .and_then(|v| v.as_u64())
-                        .is_some_and(|pid| pids.contains(&(pid as u32)))
-                })
-            })
-        })
-        .filter_map(|p| p.get("id").and_then(|v| v.as_u64()))
-        .collect())
+/// The BPF programs the processes `pids` hold (a program's or a link's
+/// descriptor: its fdinfo names the program). Read from /proc rather than
+/// from `bpftool prog show`'s holders, which not every bpftool lists.
+fn programs_of(pids: &[u32]) -> BTreeSet<u64> {
+    pids.iter()
+        .flat_map(|pid| fs::read_dir(format!("/proc/{pid}/fdinfo")).into_iter().flatten())
+        .flatten()
+        .filter_map(|e| fdinfo_prog_id(&fs::read_to_string(e.path()).ok()?))
+        .collect()
 }
 
 /// Every path under /sys/fs/bpf (pinned objects).
@@ -267,7 +258,6 @@ impl Bench {
         let (mut out, mine) = result?;
         let (serve_end, top_end) = (serve_end?, top_end?);
         // Left behind: programs serve and top held, pins, mounts.
-        let ours = ours?;
         let left = bpf_programs()?
             .keys()
             .filter(|id| ours.contains(id))
@@ -422,6 +412,7 @@ impl Bench {
         thread::sleep(GRACE + Duration::from_secs(5));
         let idle = fresh_scrape(&addr)?;
         last.maps = map_occupancy(&idle);
+        last.requests = requests_counted(&idle);
         let series_left = idle
             .iter()
             .filter(|s| {
@@ -540,6 +531,11 @@ impl Bench {
                 most[i].map_or("?".into(), |v| v.to_string())
             );
         }
+        out.push_str(
+            "\nAGG_GENERATIONS is never emptied, by design: one entry per connection number used since \
+             loading, and the kernel gives a new mount the lowest free number, so it stays at the most \
+             mounts that were ever up at once, however many come and go.\n",
+        );
         let mut walls: Vec<f64> = idle.wall.iter().map(|w| w.as_secs_f64() * 1e3).collect();
         walls.sort_by(f64::total_cmp);
         let churn_gaps = shared.churn_gaps.lock().unwrap();

@@ -195,6 +195,17 @@ pub(crate) fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The program a descriptor's /proc/PID/fdinfo names (`prog_id:`): a
+/// BPF program's or a BPF link's.
+pub(crate) fn fdinfo_prog_id(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("prog_id:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The 1-minute load average from /proc/loadavg.
 pub(crate) fn loadavg1(text: &str) -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
@@ -431,6 +442,9 @@ not a sample line
         let stat = "4242 (a b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1000 0 0";
         assert_eq!(stat_cpu_ticks(stat), Some(325));
         assert_eq!(stat_cpu_ticks("4242 (x) S 1"), None);
+        let link = "pos:\t0\nflags:\t02000000\nmnt_id:\t16\nino:\t1057\nlink_type:\ttracing\nlink_id:\t31\nprog_tag:\t5f2a0d5e2bdfc4a1\nprog_id:\t118\nattach_type:\t24\n";
+        assert_eq!(fdinfo_prog_id(link), Some(118));
+        assert_eq!(fdinfo_prog_id("pos:\t0\nmap_type:\t2\nmap_id:\t7\n"), None);
         assert_eq!(loadavg1("1.52 0.98 0.70 2/300 4242\n"), Some(1.52));
     }
 
