@@ -102,7 +102,11 @@ fn counted_daemon(bench: &Bench, dir: &Path, counts: &Path) -> Result<Mount> {
 
 /// Stops the daemon, then compares its counts with serve's for its
 /// mount (serve keeps an unmounted mount's series for the grace).
-fn stop_and_compare(mount: Mount, counts: &Path, addr: &str) -> Result<std::result::Result<u64, String>> {
+fn stop_and_compare(
+    mount: Mount,
+    counts: &Path,
+    addr: &str,
+) -> Result<std::result::Result<u64, String>> {
     let dir = mount.dir.to_string_lossy().into_owned();
     mount.stop()?;
     let text = fs::read_to_string(counts)
@@ -135,7 +139,11 @@ fn mixed_load(bench: &Bench, dir: &Path, d: Duration) -> Result<(u64, u64)> {
 /// from `bpftool prog show`'s holders, which not every bpftool lists.
 fn programs_of(pids: &[u32]) -> BTreeSet<u64> {
     pids.iter()
-        .flat_map(|pid| fs::read_dir(format!("/proc/{pid}/fdinfo")).into_iter().flatten())
+        .flat_map(|pid| {
+            fs::read_dir(format!("/proc/{pid}/fdinfo"))
+                .into_iter()
+                .flatten()
+        })
         .flatten()
         .filter_map(|e| fdinfo_prog_id(&fs::read_to_string(e.path()).ok()?))
         .collect()
@@ -281,9 +289,7 @@ impl Bench {
             },
             mounted.len(),
             mine.len(),
-            top_end
-                .requests
-                .map_or("?".to_string(), |n| n.to_string()),
+            top_end.requests.map_or("?".to_string(), |n| n.to_string()),
             serve_end.peak_rss_kib as f64 / 1024.0,
             top_end.peak_rss_kib as f64 / 1024.0,
         );
@@ -450,10 +456,14 @@ impl Bench {
         top: &Tracer,
         daemon: u32,
     ) -> Result<()> {
-        let load1 = loadavg1(&fs::read_to_string("/proc/loadavg").unwrap_or_default())
-            .unwrap_or(0.0);
+        let load1 =
+            loadavg1(&fs::read_to_string("/proc/loadavg").unwrap_or_default()).unwrap_or(0.0);
         let maps = MAPS.map(|m| last.maps.get(m).map(|e| e.0));
-        for (process, pid) in [("serve", serve.pid()), ("top", top.pid()), ("daemon", daemon)] {
+        for (process, pid) in [
+            ("serve", serve.pid()),
+            ("top", top.pid()),
+            ("daemon", daemon),
+        ] {
             let Some((rss_kib, cpu_s)) = (pid != 0).then(|| rss_and_cpu(pid)).flatten() else {
                 continue;
             };

@@ -89,7 +89,9 @@ pub(crate) fn map_occupancy(series: &[Series]) -> BTreeMap<String, (u64, u64)> {
             continue;
         };
         match s.name.as_str() {
-            "fusetrace_kernel_map_entries" => out.entry(map.clone()).or_default().0 = s.value as u64,
+            "fusetrace_kernel_map_entries" => {
+                out.entry(map.clone()).or_default().0 = s.value as u64
+            }
             "fusetrace_kernel_map_max_entries" => {
                 out.entry(map.clone()).or_default().1 = s.value as u64
             }
@@ -439,7 +441,8 @@ not a sample line
         assert_eq!(status_kib(status, "VmRSS:"), Some(8123));
         assert_eq!(status_kib(status, "VmSwap:"), None);
         // A command name with a space and a parenthesis.
-        let stat = "4242 (a b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1000 0 0";
+        let stat =
+            "4242 (a b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1000 0 0";
         assert_eq!(stat_cpu_ticks(stat), Some(325));
         assert_eq!(stat_cpu_ticks("4242 (x) S 1"), None);
         let link = "pos:\t0\nflags:\t02000000\nmnt_id:\t16\nino:\t1057\nlink_type:\ttracing\nlink_id:\t31\nprog_tag:\t5f2a0d5e2bdfc4a1\nprog_id:\t118\nattach_type:\t24\n";
@@ -493,7 +496,12 @@ not a sample line
         let rows: Vec<Row> = (0..5)
             .flat_map(|m| {
                 [
-                    row(m * 60, "serve", 1000 + m * 60, [Some(m), Some(0), None, Some(1)]),
+                    row(
+                        m * 60,
+                        "serve",
+                        1000 + m * 60,
+                        [Some(m), Some(0), None, Some(1)],
+                    ),
                     row(m * 60, "top", 5000, [Some(m), Some(0), None, Some(1)]),
                 ]
             })
