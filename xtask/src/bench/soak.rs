@@ -45,7 +45,8 @@ struct Shared {
     /// requests they served; the ones that did not, with the difference.
     churn_exact: AtomicU64,
     churn_requests: AtomicU64,
-    churn_gaps: Mutex<Vec<String>>,
+    /// (mount point, what went wrong) per churned mount not counted exactly.
+    churn_gaps: Mutex<Vec<(String, String)>>,
     /// The first error of a load or churn thread (then the soak stops).
     failed: Mutex<Option<String>>,
 }
@@ -365,7 +366,7 @@ impl Bench {
                             .churn_gaps
                             .lock()
                             .unwrap()
-                            .push(format!("{}: {gap}", dir.display())),
+                            .push((dir.display().to_string(), format!("counts differ: {gap}"))),
                         // Noted, and the soak goes on: a mount that would
                         // not come up under load is a finding, not the end.
                         Err(e) => {
@@ -374,7 +375,7 @@ impl Bench {
                                 .churn_gaps
                                 .lock()
                                 .unwrap()
-                                .push(format!("{}: failed: {e}", dir.display()))
+                                .push((dir.display().to_string(), format!("failed: {e}")))
                         }
                     }
                 }
@@ -584,7 +585,7 @@ impl Bench {
             if churn_gaps.is_empty() {
                 String::new()
             } else {
-                format!("; differ: {}", churn_gaps.join("; "))
+                format!("; the others: {}", group_failures(&churn_gaps).join("; "))
             },
         );
         if let Some((lo, med, hi)) = load_range(rows) {

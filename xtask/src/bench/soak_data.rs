@@ -169,6 +169,31 @@ pub(crate) fn compare_counts(
     }
 }
 
+/// Churned mounts that were not counted exactly, (mount point, what went
+/// wrong), grouped by what went wrong (the mount point in it made `it`):
+/// "failed: it did not mount: 20 (from /a/16 to /a/35)", in order of
+/// first appearance.
+pub(crate) fn group_failures(items: &[(String, String)]) -> Vec<String> {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for (mount, what) in items {
+        let what = what.replace(mount.as_str(), "it");
+        match groups.iter_mut().find(|g| g.0 == what) {
+            Some(g) => g.1.push(mount),
+            None => groups.push((what, vec![mount])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(what, mounts)| match mounts.as_slice() {
+            [one] => format!("{what}: {one}"),
+            [first, .., last] => {
+                format!("{what}: {} (from {first} to {last})", mounts.len())
+            }
+            [] => unreachable!("a group has a mount"),
+        })
+        .collect()
+}
+
 /// A daemon's counts file (`{"LOOKUP": 12, ...}`).
 pub(crate) fn parse_counts(json: &str) -> Result<BTreeMap<String, u64>, String> {
     serde_json::from_str(json).map_err(|e| format!("a daemon's counts file: {e}"))
@@ -433,6 +458,25 @@ not a sample line
             12
         );
         assert!(parse_counts("nope").is_err());
+    }
+
+    #[test]
+    fn groups_failures_by_what_went_wrong() {
+        let item = |m: &str, what: &str| (m.to_string(), what.to_string());
+        let items = [
+            item("/t/c-16", "failed: the daemon did not mount /t/c-16"),
+            item("/t/c-17", "failed: the daemon did not mount /t/c-17"),
+            item("/t/c-18", "failed: GET /metrics: 503"),
+            item("/t/c-19", "failed: the daemon did not mount /t/c-19"),
+        ];
+        assert_eq!(
+            group_failures(&items),
+            [
+                "failed: the daemon did not mount it: 3 (from /t/c-16 to /t/c-19)",
+                "failed: GET /metrics: 503: /t/c-18",
+            ]
+        );
+        assert!(group_failures(&[]).is_empty());
     }
 
     #[test]
