@@ -2,11 +2,12 @@
 //! `prometheus`), asked through its HTTP query API: counts equal what the
 //! daemons served, quantiles agree with `fusetrace stats`, a held READ
 //! shows in flight with a growing age and fails when its daemon dies,
-//! mounts added during the run appear and removed ones retire. Plus bad
-//! input and hostile clients, straight over TCP. With README's web
-//! configuration: TLS with client certificates and basic auth, scraped by
-//! Prometheus; wrong passwords, clients without a certificate and plain
-//! HTTP refused; SIGHUP's new password; bad files refused at start.
+//! mounts added during the run appear and removed ones retire, the kernel
+//! maps' occupancy and capacity are the kernel's. Plus bad input and
+//! hostile clients, straight over TCP. With README's web configuration:
+//! TLS with client certificates and basic auth, scraped by Prometheus;
+//! wrong passwords, clients without a certificate and plain HTTP refused;
+//! SIGHUP's new password; bad files refused at start.
 
 mod common;
 
@@ -433,6 +434,8 @@ fn prometheus_scrapes_exact_counts_quantiles_in_flight_and_mount_churn() {
             .is_empty()
     );
 
+    kernel_maps_capacity(&prom);
+
     // A READ held in the daemon: in flight, with an age that grows; when
     // its daemon dies, it fails (ECONNABORTED) and leaves the gauge.
     let fusectl = FuseCtl::new();
@@ -455,6 +458,7 @@ fn prometheus_scrapes_exact_counts_quantiles_in_flight_and_mount_churn() {
         prom.value(&format!("fusetrace_oldest_request_age_seconds{{{sel_c}}}"))
             .filter(|later| *later > age + 0.3)
     });
+    kernel_maps_occupancy(&prom);
     let _ = c.child.kill();
     let _ = c.child.wait();
     assert!(reader.join().unwrap().is_err(), "the held read failed");
@@ -473,6 +477,52 @@ fn prometheus_scrapes_exact_counts_quantiles_in_flight_and_mount_churn() {
     let lost = prom.query("fusetrace_kernel_losses_total{reason!=\"unmatched_end\"} > 0");
     assert!(lost.is_empty(), "losses: {lost:?}");
     serve.stop();
+}
+
+/// The maps' occupancy gauges while a READ is held: the in-flight tables
+/// hold every request in flight (the same scan as the per-mount gauges,
+/// whatever else the machine's mounts are doing), the cells at least one
+/// per series, a generation per mount seen. Nothing may be started here:
+/// a child's exec closes its copy of the held file's descriptor, and that
+/// FLUSH waits behind the held READ with the child's exec lock taken
+/// (every reader of its /proc files, serve's walk too, would wait).
+fn kernel_maps_occupancy(prom: &Prometheus) {
+    let gap = prom
+        .value(
+            "sum(fusetrace_kernel_map_entries{map=~\"AGG_SLOTS|AGG_SENT\"}) - sum(fusetrace_requests_in_flight)",
+        )
+        .unwrap();
+    assert_eq!(gap, 0.0, "in-flight tables against the in-flight gauges");
+    assert!(map_entries(prom, "AGG_SLOTS") + map_entries(prom, "AGG_SENT") >= 1.0);
+    let series = prom.value("count(fusetrace_requests_total)").unwrap();
+    assert!(
+        map_entries(prom, "AGG_HISTOGRAMS") >= series,
+        "fewer cells than series"
+    );
+    // Mounts a, b and c were mounted while serve ran (b's number may be c's).
+    assert!(map_entries(prom, "AGG_GENERATIONS") >= 2.0);
+}
+
+fn map_entries(prom: &Prometheus, map: &str) -> f64 {
+    prom.value(&format!("fusetrace_kernel_map_entries{{map=\"{map}\"}}"))
+        .unwrap_or_else(|| panic!("no fusetrace_kernel_map_entries for {map}"))
+}
+
+/// Each map's exported capacity is the one the kernel gives it
+/// (`bpftool map show`).
+fn kernel_maps_capacity(prom: &Prometheus) {
+    let kernel: BTreeMap<String, f64> = bpftool_json("map")
+        .iter()
+        .filter_map(|m| Some((m["name"].as_str()?.to_string(), m["max_entries"].as_f64()?)))
+        .collect();
+    for map in ["AGG_SLOTS", "AGG_SENT", "AGG_HISTOGRAMS", "AGG_GENERATIONS"] {
+        let max = prom
+            .value(&format!(
+                "fusetrace_kernel_map_max_entries{{map=\"{map}\"}}"
+            ))
+            .unwrap_or_else(|| panic!("no fusetrace_kernel_map_max_entries for {map}"));
+        assert_eq!(kernel.get(map), Some(&max), "{map}'s capacity");
+    }
 }
 
 /// A dead daemon's mount: its auto-unmount helper removes it; if not

@@ -22,6 +22,9 @@ use fusetrace_common::{AGG_IN_FLIGHT, AGG_SLOT_CLAIMED, AggSent, AggSlot};
 pub struct InFlight {
     pub connection: u32,
     pub sent_ns: u64,
+    /// It waits in the overflow hash (its slot was taken), not a slot:
+    /// `serve` exports how full each table is.
+    pub in_overflow: bool,
 }
 
 /// The slot array mapped read-only, and the overflow hash.
@@ -80,6 +83,7 @@ impl InFlightTables {
             out.push(InFlight {
                 connection: sent.connection,
                 sent_ns: sent.ts_ns,
+                in_overflow: false,
             });
         }
         out.extend(self.overflow.iter().filter_map(|entry| {
@@ -87,6 +91,7 @@ impl InFlightTables {
             Some(InFlight {
                 connection: sent.connection,
                 sent_ns: sent.ts_ns,
+                in_overflow: true,
             })
         }));
         out

@@ -7,6 +7,10 @@
 //! bucket's count is exact, never split out of a cell; `le=B` counts the
 //! latencies below B ns (a latency of exactly B ns, one nanosecond's
 //! width, lands in the next bucket). `_sum` is exact: the cells carry it.
+//!
+//! The kernel maps' occupancy (entries in use against capacity) is
+//! exported too: a table that fills loses counts (`fusetrace_kernel_losses`
+//! says which), and one that never empties is a leak.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -14,7 +18,10 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use fusetrace_common::{CellCounts, HistogramKey, agg_stage, bucket_bounds, latency_bucket};
+use fusetrace_common::{
+    AGG_CELLS, AGG_IN_FLIGHT, AGG_MAX_GENERATIONS, AGG_OVERFLOW, CellCounts, HistogramKey,
+    agg_stage, bucket_bounds, latency_bucket,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -118,11 +125,15 @@ pub struct Snapshot {
     build: Vec<(&'static str, String)>,
     /// (program, run time in seconds, runs), when the kernel counts them.
     programs: Vec<(String, f64, u64)>,
+    /// (kernel map, entries in use, capacity).
+    maps: Vec<(&'static str, u64, u64)>,
 }
 
 /// What [`Snapshot::build`] reads.
 pub struct Inputs<'a> {
     pub cells: &'a [(HistogramKey, CellCounts)],
+    /// Cells in the kernel's map, before `--op` kept some of `cells`.
+    pub cells_in_kernel: usize,
     pub generations: &'a HashMap<u32, u32>,
     pub in_flight: &'a [InFlight],
     /// `CLOCK_MONOTONIC` now, ns (the clock of `InFlight::sent_ns`).
@@ -180,6 +191,26 @@ impl Snapshot {
             e.0 += 1;
             e.1 = e.1.max(age);
         }
+        // The names are the maps' own (`bpftool map show` lists them so).
+        let overflow = inputs.in_flight.iter().filter(|r| r.in_overflow).count() as u64;
+        s.maps = vec![
+            (
+                "AGG_SLOTS",
+                inputs.in_flight.len() as u64 - overflow,
+                AGG_IN_FLIGHT.into(),
+            ),
+            ("AGG_SENT", overflow, AGG_OVERFLOW.into()),
+            (
+                "AGG_HISTOGRAMS",
+                inputs.cells_in_kernel as u64,
+                AGG_CELLS.into(),
+            ),
+            (
+                "AGG_GENERATIONS",
+                inputs.generations.len() as u64,
+                AGG_MAX_GENERATIONS.into(),
+            ),
+        ];
         let k = inputs.counters;
         s.losses = vec![
             ("unmatched_end", k.agg_unmatched_ends),
@@ -319,6 +350,24 @@ impl Collector for Snapshot {
         )?;
         for (reason, n) in &self.losses {
             ConstCounter::new(*n).encode(m.encode_family(&[("reason", *reason)])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "fusetrace_kernel_map_entries",
+            "Entries in use in fusetrace's eBPF maps: AGG_SLOTS (requests in flight), AGG_SENT (in flight, their slot taken), AGG_HISTOGRAMS (latency cells), AGG_GENERATIONS (connection numbers seen)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, entries, _) in &self.maps {
+            ConstGauge::new(*entries as i64).encode(m.encode_family(&[("map", *map)])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "fusetrace_kernel_map_max_entries",
+            "Capacity of each of fusetrace's eBPF maps (see fusetrace_kernel_map_entries)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (map, _, max) in &self.maps {
+            ConstGauge::new(*max as i64).encode(m.encode_family(&[("map", *map)])?)?;
         }
         let m = enc.encode_descriptor(
             "fusetrace_mounts_over_cap",
@@ -476,15 +525,18 @@ mod tests {
             InFlight {
                 connection: 39,
                 sent_ns: 1_000_000_000,
+                in_overflow: false,
             },
             InFlight {
                 connection: 39,
                 sent_ns: 4_000_000_000,
+                in_overflow: true,
             },
         ];
         let snap = Snapshot::build(
             Inputs {
                 cells: &cells,
+                cells_in_kernel: 5,
                 generations: &HashMap::from([(39, 1)]),
                 in_flight: &in_flight,
                 now_ns: 6_000_000_000,
@@ -525,6 +577,14 @@ mod tests {
             format!("fusetrace_oldest_request_age_seconds{{{labels}}} 5.0"),
             "fusetrace_kernel_losses_total{reason=\"unmatched_end\"} 3".to_string(),
             "fusetrace_build_info{version=\"0.1.0\"} 1".to_string(),
+            // One request in a slot, one in the overflow hash; the cells
+            // the kernel holds (one more than `--op` kept), one generation.
+            "fusetrace_kernel_map_entries{map=\"AGG_SLOTS\"} 1".to_string(),
+            "fusetrace_kernel_map_entries{map=\"AGG_SENT\"} 1".to_string(),
+            "fusetrace_kernel_map_entries{map=\"AGG_HISTOGRAMS\"} 5".to_string(),
+            "fusetrace_kernel_map_entries{map=\"AGG_GENERATIONS\"} 1".to_string(),
+            "fusetrace_kernel_map_max_entries{map=\"AGG_SLOTS\"} 262144".to_string(),
+            "fusetrace_kernel_map_max_entries{map=\"AGG_SENT\"} 65536".to_string(),
             "# EOF".to_string(),
         ] {
             assert!(om.lines().any(|l| l == line), "missing {line} in\n{om}");
@@ -533,6 +593,7 @@ mod tests {
         let text = Snapshot::build(
             Inputs {
                 cells: &cells,
+                cells_in_kernel: cells.len(),
                 generations: &HashMap::new(),
                 in_flight: &[],
                 now_ns: 0,

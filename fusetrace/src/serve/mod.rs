@@ -359,6 +359,7 @@ impl Collector {
             self.follow_mounts(probes, true)?;
             self.book.observe_cells(&keys, &generations, Instant::now());
         }
+        let cells_in_kernel = cells.len();
         if !self.opcodes.is_empty() {
             cells.retain(|(k, _)| self.opcodes.contains(&k.opcode));
         }
@@ -372,6 +373,7 @@ impl Collector {
         let snapshot = Snapshot::build(
             Inputs {
                 cells: &cells,
+                cells_in_kernel,
                 generations: &generations,
                 in_flight: &in_flight,
                 now_ns: monotonic_ns(),

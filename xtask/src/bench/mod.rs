@@ -100,6 +100,13 @@ pub struct BenchArgs {
     /// 0 skips it.
     #[arg(long, default_value = "0", value_parser = seconds_or_zero)]
     serve_churn: Duration,
+    /// Run only the soak, for this long (e.g. 3m or 1h): `fusetrace serve`
+    /// scraped every 15 s and `fusetrace top --headless` under the mixed
+    /// load, a second mount coming and going every minute; RSS, CPU and
+    /// the kernel maps' occupancy sampled every minute into a CSV beside
+    /// `--out` (same name, `.csv`).
+    #[arg(long, value_name = "DURATION", value_parser = soak_duration)]
+    soak: Option<Duration>,
     /// Where the Markdown tables go (default target/bench/results.md).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -174,7 +181,10 @@ pub fn main(args: &BenchArgs) -> Result<()> {
     install_bench_packages()?;
     cargo(&["build", "--release", "-p", "fusetrace"])?;
     let bench = Bench::new()?;
-    bench.run(&opts)
+    match args.soak {
+        Some(d) => bench.run_soak(d, &opts.out),
+        None => bench.run(&opts),
+    }
 }
 
 pub(crate) fn install_bench_packages() -> Result<()> {
@@ -188,10 +198,15 @@ mod mounts;
 mod parsing;
 mod report;
 mod serve;
+mod soak;
+mod soak_data;
 mod stall;
 mod tracers;
 
-use self::{harness::*, model::*, mounts::*, parsing::*, report::*, stall::*, tracers::*};
+use self::{
+    harness::*, model::*, mounts::*, parsing::*, report::*, soak_data::soak_duration, stall::*,
+    tracers::*,
+};
 
 #[cfg(test)]
 mod tests {

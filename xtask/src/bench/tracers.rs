@@ -222,6 +222,11 @@ impl Tracer {
 pub(crate) fn http_get(addr: &str, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    // A server that stops answering fails the GET rather than hanging the bench.
+    let limit = Some(Duration::from_secs(30));
+    s.set_read_timeout(limit)
+        .and_then(|()| s.set_write_timeout(limit))
+        .map_err(|e| format!("GET {path}: {e}"))?;
     s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
         .map_err(|e| format!("GET {path}: {e}"))?;
     let mut response = String::new();
