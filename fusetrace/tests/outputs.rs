@@ -321,21 +321,6 @@ fn record_with_force_replaces_a_file_and_makes_it_private() {
     daemon.stop();
 }
 
-/// The `{"period": "whole run"}` ops and the summary among JSON lines.
-fn whole_run(text: &str) -> (Value, Value) {
-    let (mut ops, mut summary) = (Value::Null, Value::Null);
-    for line in text.lines().filter(|l| l.starts_with('{')) {
-        let v: Value = serde_json::from_str(line).expect("JSON line");
-        if v["period"] == "whole run" {
-            ops = v["ops"].clone();
-        } else if v.get("summary").is_some() {
-            summary = v["summary"].clone();
-        }
-    }
-    assert!(ops.is_array(), "no whole-run line in:\n{text}");
-    (ops, summary)
-}
-
 /// Count and errors per opcode of a whole-run table.
 fn counts(ops: &Value) -> BTreeMap<String, (u64, u64)> {
     ops.as_array()

@@ -39,22 +39,6 @@ fn fails(args: &[&str]) -> String {
     stderr
 }
 
-/// The `{"period": "whole run"}` and `{"summary"}` lines of a stats-style output.
-fn whole_run(stdout: &str) -> (Value, Value) {
-    let mut ops = Value::Null;
-    let mut summary = Value::Null;
-    for line in stdout.lines().filter(|l| l.starts_with('{')) {
-        let v: Value = serde_json::from_str(line).expect("JSON line");
-        if v["period"] == "whole run" {
-            ops = v["ops"].clone();
-        } else if v.get("summary").is_some() {
-            summary = v["summary"].clone();
-        }
-    }
-    assert!(ops.is_array(), "no whole-run line in:\n{stdout}");
-    (ops, summary)
-}
-
 fn whole_run_of(out: &TraceOutput) -> Value {
     out.records
         .iter()

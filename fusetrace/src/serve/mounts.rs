@@ -357,17 +357,7 @@ pub fn fuse_holders() -> Vec<Holder> {
         if MOUNT_HELPERS.contains(&comm.as_str()) {
             continue;
         }
-        let cwd = std::fs::read_link(proc.join("cwd")).unwrap_or_default();
-        let args = std::fs::read(proc.join("cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| {
-                cwd.join(std::ffi::OsStr::new(
-                    &String::from_utf8_lossy(a).into_owned(),
-                ))
-            })
-            .collect();
+        let args = command_line(&proc);
         let other_namespace = std::fs::read_link(proc.join("ns/mnt")).ok() != our_namespace;
         out.push(Holder {
             pid,
@@ -378,6 +368,24 @@ pub fn fuse_holders() -> Vec<Holder> {
         });
     }
     out
+}
+
+/// A process's arguments as paths, relative ones resolved against its
+/// working directory (readable with CAP_SYS_PTRACE or as the same user
+/// only: without, relative arguments stay relative), to be compared with
+/// mount points.
+fn command_line(proc: &Path) -> Vec<PathBuf> {
+    let cwd = std::fs::read_link(proc.join("cwd")).unwrap_or_default();
+    std::fs::read(proc.join("cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            cwd.join(std::ffi::OsStr::new(
+                &String::from_utf8_lossy(a).into_owned(),
+            ))
+        })
+        .collect()
 }
 
 /// The processes holding `/dev/fuse` open, from the kernel's list of those
@@ -398,18 +406,7 @@ pub fn holders_from_files(files: &[DevFuseFile], listed: &HashSet<u32>) -> Vec<H
             .trim_end_matches('\0')
             .to_string();
         let proc = PathBuf::from(format!("/proc/{}", f.tgid));
-        // Readable with CAP_SYS_PTRACE (or as the same user) only.
-        let cwd = std::fs::read_link(proc.join("cwd")).unwrap_or_default();
-        let args = std::fs::read(proc.join("cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| {
-                cwd.join(std::ffi::OsStr::new(
-                    &String::from_utf8_lossy(a).into_owned(),
-                ))
-            })
-            .collect();
+        let args = command_line(&proc);
         out.push(Holder {
             pid: f.tgid,
             comm,

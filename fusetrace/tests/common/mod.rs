@@ -773,3 +773,19 @@ pub fn assert_counts_equal(
         "{what}: {requests_missing} requests and {messages_missing} FORGET/BATCH_FORGET/INTERRUPT not traced; the tracer said at most {unseen} unseen at start and {skipped} program runs skipped: traced (left) {traced:?} vs served (right) {served:?}"
     );
 }
+
+/// The `{"period": "whole run"}` and `{"summary"}` lines of a stats-style output.
+pub fn whole_run(stdout: &str) -> (Value, Value) {
+    let mut ops = Value::Null;
+    let mut summary = Value::Null;
+    for line in stdout.lines().filter(|l| l.starts_with('{')) {
+        let v: Value = serde_json::from_str(line).expect("JSON line");
+        if v["period"] == "whole run" {
+            ops = v["ops"].clone();
+        } else if v.get("summary").is_some() {
+            summary = v["summary"].clone();
+        }
+    }
+    assert!(ops.is_array(), "no whole-run line in:\n{stdout}");
+    (ops, summary)
+}

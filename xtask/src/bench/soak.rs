@@ -306,15 +306,7 @@ impl Bench {
         top: &Tracer,
         csv: &mut Csv,
     ) -> Result<(String, Vec<PathBuf>)> {
-        let addr = serve
-            .lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find_map(|l| l.strip_prefix("fusetrace: serving http://"))
-            .and_then(|rest| rest.split('/').next())
-            .map(str::to_string)
-            .ok_or("fusetrace serve did not say where it serves")?;
+        let addr = serve.serving_address()?;
         let main_dir = self.scratch.join("soak-main");
         let main_counts = self.scratch.join("soak-main.counts.json");
         let main = counted_daemon(self, &main_dir, &main_counts)?;

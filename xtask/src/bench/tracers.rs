@@ -140,7 +140,12 @@ impl Tracer {
     /// `fusetrace serve`: one scrape of its `/metrics` (the address from
     /// its serving line).
     pub(crate) fn metrics(&self) -> Result<String> {
-        let addr = self
+        http_get(&self.serving_address()?, "/metrics")
+    }
+
+    /// `fusetrace serve`: the ADDR:PORT its serving line names.
+    pub(crate) fn serving_address(&self) -> Result<String> {
+        Ok(self
             .lines
             .lock()
             .unwrap()
@@ -148,8 +153,7 @@ impl Tracer {
             .find_map(|l| l.strip_prefix("fusetrace: serving http://"))
             .and_then(|rest| rest.split('/').next())
             .map(str::to_string)
-            .ok_or("fusetrace serve did not say where it serves")?;
-        http_get(&addr, "/metrics")
+            .ok_or("fusetrace serve did not say where it serves")?)
     }
 
     /// `fusetrace serve`: the requests its `/metrics` counts now (the sum
