@@ -335,14 +335,8 @@ pub(crate) fn rss_breakdown(pid: u32) -> String {
 }
 
 pub(crate) fn vm_kib(pid: u32, field: &str) -> Option<u64> {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    super::soak_data::status_kib(&status, field)
 }
 
 pub(crate) fn wait_for<T>(limit: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
