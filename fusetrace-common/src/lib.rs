@@ -41,6 +41,12 @@ pub enum EventKind {
     /// (else 0); `tid` 0 and `comm` empty: neither the requester's name nor
     /// the daemon thread is known at the end.
     Whole = 8,
+    /// A connection's negotiated limits from its `fuse_conn` (diagnosis
+    /// only), sent with the connection's first request seen and again
+    /// whenever they change: `arg0` max_write (low 32 bits) and max_read
+    /// (high 32), `len` max_pages, `req_pid` max_background, `req_uid`
+    /// congestion_threshold. Not a request: `unique` is 0.
+    Limits = 9,
 }
 
 impl EventKind {
@@ -54,6 +60,7 @@ impl EventKind {
             6 => Some(Self::DeviceDone),
             7 => Some(Self::AppWrite),
             8 => Some(Self::Whole),
+            9 => Some(Self::Limits),
             _ => None,
         }
     }
@@ -291,6 +298,14 @@ pub struct KernelLayout {
     /// `fuse_conn.writeback_cache` bitfield: byte offset and bit mask.
     pub conn_wb_byte: u32,
     pub conn_wb_mask: u32,
+    /// `fuse_conn`'s `max_write`, `max_read`, `max_pages`,
+    /// `max_background` and `congestion_threshold` (diagnosis: a `Limits`
+    /// event; `conn_max_write` 0: not read).
+    pub conn_max_write: u32,
+    pub conn_max_read: u32,
+    pub conn_max_pages: u32,
+    pub conn_max_background: u32,
+    pub conn_congestion_threshold: u32,
     /// `offsetof(struct inode, i_sb)`, `super_block.s_magic`, `.s_dev`.
     pub inode_sb: u32,
     pub sb_magic: u32,

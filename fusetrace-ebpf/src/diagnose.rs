@@ -1,7 +1,8 @@
-//! Observations for `fusetrace diagnose` (writeback versus write-through)
-//! and for paths (the node id a LOOKUP-like reply names):
-//! the arguments of READ/WRITE requests, the flags negotiated by INIT and
-//! returned by OPEN/CREATE, and applications' writes to FUSE files.
+//! Observations for `fusetrace diagnose` (writeback versus write-through,
+//! the connection's limits) and for paths (the node id a LOOKUP-like reply
+//! names): the arguments of READ/WRITE requests, the flags negotiated by
+//! INIT and returned by OPEN/CREATE, the connection's negotiated limits,
+//! and applications' writes to FUSE files.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -16,6 +17,7 @@ use fusetrace_common::{
 use crate::{
     args::tp_field,
     fuse::fd_file,
+    maps::GATE,
     memory::{kread, layout},
     report::submit,
 };
@@ -61,6 +63,7 @@ fn arg_value(args: u64, array: u32, index: u32, l: &KernelLayout) -> Option<u64>
 #[inline(always)]
 pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &KernelLayout) {
     if kind == EventKind::Sent {
+        report_limits(ev.connection, fc, l);
         if let Some(byte) = kread::<u8>(fc, l.conn_wb_byte)
             && u32::from(byte) & l.conn_wb_mask != 0
         {
@@ -128,6 +131,45 @@ pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &
             }
         }
     }
+}
+
+/// Each connection's limits as last reported: `max_write`, `max_read`,
+/// `max_pages`, `max_background`, `congestion_threshold`.
+#[map]
+static LIMITS: HashMap<u32, [u32; 5]> = HashMap::with_max_entries(256, 0);
+
+/// Reports `fc`'s negotiated limits (a `Limits` event) the first time a
+/// request of the connection is sent, and again when they have changed
+/// (root writes `max_background` in `/sys/fs/fuse/connections/N/`): one
+/// map lookup per request, and only while `diagnose` or `record
+/// --app-writes` runs (the offsets are read only then).
+#[inline(always)]
+fn report_limits(connection: u32, fc: u64, l: &KernelLayout) {
+    if l.conn_max_write == 0 || GATE.get(0).copied() != Some(1) {
+        return;
+    }
+    let read = |offset: u32| kread::<u32>(fc, offset).unwrap_or(0);
+    let now = [
+        read(l.conn_max_write),
+        read(l.conn_max_read),
+        read(l.conn_max_pages),
+        read(l.conn_max_background),
+        read(l.conn_congestion_threshold),
+    ];
+    // SAFETY: copied out at once.
+    if unsafe { LIMITS.get(&connection) }.copied() == Some(now) {
+        return;
+    }
+    let _ = LIMITS.insert(&connection, &now, 0);
+    submit(FuseEvent {
+        kind: EventKind::Limits as u8,
+        connection,
+        arg0: u64::from(now[0]) | (u64::from(now[1]) << 32),
+        len: now[2],
+        req_pid: now[3],
+        req_uid: now[4],
+        ..FuseEvent::default()
+    });
 }
 
 /// An application's write to a FUSE file, between syscall entry and exit.

@@ -338,6 +338,7 @@ fn header() -> Header {
         filter: RecordedFilter::default(),
         reorder_window_ns: Some(50_000_000),
         part: None,
+        fuse_io_uring: None,
     }
 }
 

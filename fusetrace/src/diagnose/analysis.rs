@@ -154,6 +154,12 @@ pub struct Diagnosis {
     pub files_written: Vec<FileWrites>,
     pub verdict: String,
     pub advice: Vec<String>,
+    /// Every finding on the connection, worst first (`super::finding`).
+    pub findings: Vec<super::finding::Finding>,
+    /// The connection's negotiated limits, when the kernel told.
+    pub limits: Option<super::finding::Limits>,
+    /// Whether the kernel offered FUSE over io_uring.
+    pub io_uring: Option<super::finding::UringOffer>,
 }
 
 impl Evidence {
@@ -282,6 +288,9 @@ impl<'a> Diagnosing<'a> {
             files_written: Vec::new(),
             verdict: String::new(),
             advice: Vec::new(),
+            findings: Vec::new(),
+            limits: None,
+            io_uring: None,
         };
         Diagnosing {
             ev,
@@ -514,7 +523,7 @@ impl<'a> Diagnosing<'a> {
     }
 }
 
-fn bytes(n: u64) -> String {
+pub fn bytes(n: u64) -> String {
     if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
     } else if n >= 1024 && n.is_multiple_of(1024) {
@@ -526,7 +535,7 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn duration(ns: u64) -> String {
+pub fn duration(ns: u64) -> String {
     if ns >= 10_000_000 {
         format!("{} ms", ns / 1_000_000)
     } else if ns >= 1_000_000 {

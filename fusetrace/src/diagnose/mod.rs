@@ -1,7 +1,13 @@
-//! `fusetrace diagnose`: is a mount in writeback or write-through mode, and
-//! what does that do to the application's writes? Measured, not guessed.
+//! `fusetrace diagnose`: why is a FUSE mount slow, and what to change?
+//! For each mount, the findings that apply (`finding`, one rule per known
+//! cause in `rules`), worst first, each with its numbers and its knob; and
+//! the writeback-or-write-through verdict (`analysis`). Measured, not
+//! guessed; the same from a recording as live.
 
 pub mod analysis;
+pub mod finding;
+pub mod rules;
+pub mod watch;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -10,7 +16,7 @@ use fusetrace_common::{EventKind, FuseEvent};
 
 use crate::kernel::decode::FileNames;
 use crate::{
-    kernel::hooks::Backend,
+    kernel::hooks::{Backend, Point},
     kernel::probes::{ProbeOptions, Probes},
     output::print::Format,
     pipeline::connections::{ConnectionTable, connection_of},
@@ -22,6 +28,8 @@ use crate::{
     units::parse_duration,
 };
 use analysis::{Diagnosis, Evidence};
+use finding::{UringOffer, sort_worst_first};
+use watch::Watch;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DiagnoseArgs {
@@ -50,15 +58,44 @@ impl DiagnoseArgs {
     }
 }
 
-/// Feeds finished requests and application writes to the evidence.
+/// Feeds finished requests and events to the writeback evidence and to
+/// the rules.
 struct DiagnoseSink {
     evidence: Evidence,
+    watch: Watch,
     json: bool,
+}
+
+impl DiagnoseSink {
+    fn new(io_uring: Option<UringOffer>, json: bool) -> Self {
+        DiagnoseSink {
+            evidence: Evidence::default(),
+            watch: Watch::new(io_uring),
+            json,
+        }
+    }
+
+    /// One diagnosis per connection seen, each with its findings.
+    fn conclude(&self, mounts: &mut ConnectionTable) -> Vec<Diagnosis> {
+        let mut diagnoses = self.evidence.conclude(&mut |c| mounts.name(c));
+        for d in &mut diagnoses {
+            let Some(facts) = self.watch.facts(d.connection) else {
+                continue;
+            };
+            d.limits = facts.limits;
+            d.io_uring = facts.io_uring;
+            d.findings = self.watch.conclude(d.connection);
+            d.findings.extend(rules::writeback::finding(d, &facts));
+            sort_worst_first(&mut d.findings);
+        }
+        diagnoses
+    }
 }
 
 impl Sink for DiagnoseSink {
     fn request(&mut self, rec: &RequestLifecycle, _mounts: &mut ConnectionTable) -> Result<()> {
         self.evidence.request(rec);
+        self.watch.request(rec);
         Ok(())
     }
 
@@ -66,11 +103,12 @@ impl Sink for DiagnoseSink {
         if ev.kind == EventKind::AppWrite as u8 {
             self.evidence.app_write(ev);
         }
+        self.watch.event(ev);
         Ok(())
     }
 
     fn finish(&mut self, summary: &RunSummary, mounts: &mut ConnectionTable) -> Result<()> {
-        let diagnoses = self.evidence.conclude(&mut |c| mounts.name(c));
+        let diagnoses = self.conclude(mounts);
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
         if self.json {
@@ -88,7 +126,8 @@ impl Sink for DiagnoseSink {
     }
 }
 
-/// The human report: verdict first, then the numbers behind it.
+/// The human report: per mount, the findings worst first (each with its
+/// knob and what to expect), then the write mode and its numbers.
 pub fn render(diagnoses: &[Diagnosis]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -97,10 +136,18 @@ pub fn render(diagnoses: &[Diagnosis]) -> String {
     }
     for d in diagnoses {
         let _ = writeln!(out, "mount {}", d.mount);
-        let _ = writeln!(out, "  {}", d.verdict);
-        for a in &d.advice {
-            let _ = writeln!(out, "  advice: {a}");
+        if d.findings.is_empty() {
+            let _ = writeln!(
+                out,
+                "  no finding: nothing known to slow a FUSE mount was seen"
+            );
         }
+        for (i, f) in d.findings.iter().enumerate() {
+            let _ = writeln!(out, "  {}. [{}] {}", i + 1, f.id.name(), f.summary);
+            let _ = writeln!(out, "     knob: {}", f.knob);
+            let _ = writeln!(out, "     expect: {}", f.expect);
+        }
+        let _ = writeln!(out, "  {}", d.verdict);
         let _ = writeln!(
             out,
             "  app writes {} ({} bytes); WRITE requests {} ({} bytes, {} flagged page-cache writeback); READ requests {} ({} caused by writes); FLUSH {} FSYNC {}; opens direct-io {} cached {}; unmatched app writes {}",
@@ -143,6 +190,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<()> {
     let args_seen = probes
         .choices
         .iter()
+        .filter(|c| matches!(c.point, Point::Sent | Point::Ended))
         .all(|c| c.hook.is_some_and(|h| h.backend == Backend::TpBtf));
     log::info!(
         "tracing for diagnosis ({}); Ctrl-C to stop",
@@ -153,10 +201,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<()> {
             "this kernel's hooks do not read request arguments: WRITE sizes, offsets and open flags will be missing"
         );
     }
-    let mut sink = DiagnoseSink {
-        evidence: Evidence::default(),
-        json: args.json(),
-    };
+    let mut sink = DiagnoseSink::new(Some(UringOffer::read()), args.json());
     session::run(
         &mut probes,
         &filter,
@@ -170,13 +215,14 @@ pub fn run(args: &DiagnoseArgs) -> Result<()> {
 /// The same diagnosis from recordings: their events replayed through the
 /// tracker into the same evidence.
 fn run_from_recordings(args: &DiagnoseArgs) -> Result<()> {
-    let mut sink = DiagnoseSink {
-        evidence: Evidence::default(),
-        json: args.json(),
-    };
+    // The io_uring offer of the recorded machine (the first file's), read
+    // from the headers before the replay.
+    let inputs = open_inputs(&args.from)?;
+    let io_uring = inputs.iter().find_map(|i| i.header.fuse_io_uring);
+    let mut sink = DiagnoseSink::new(io_uring, args.json());
     let mut merged = MergedNames::default();
     let mut total = RunSummary::default();
-    for mut chain in chains(open_inputs(&args.from)?) {
+    for mut chain in chains(inputs) {
         let r = replay_chain(&mut chain, &mut sink, &mut merged, None)?;
         if !has_app_writes(&r.header) {
             log::warn!(

@@ -218,6 +218,11 @@ pub(crate) fn diagnose_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
     let wb = btf.bit_offset_of("fuse_conn", "writeback_cache")?;
     l.conn_wb_byte = wb / 8;
     l.conn_wb_mask = 1 << (wb % 8);
+    l.conn_max_write = btf.offset_of("fuse_conn", "max_write")?;
+    l.conn_max_read = btf.offset_of("fuse_conn", "max_read")?;
+    l.conn_max_pages = btf.offset_of("fuse_conn", "max_pages")?;
+    l.conn_max_background = btf.offset_of("fuse_conn", "max_background")?;
+    l.conn_congestion_threshold = btf.offset_of("fuse_conn", "congestion_threshold")?;
     l.inode_sb = btf.offset_of("inode", "i_sb")?;
     l.sb_magic = btf.offset_of("super_block", "s_magic")?;
     l.sb_dev = btf.offset_of("super_block", "s_dev")?;

@@ -82,8 +82,8 @@ impl CommandRequests {
                 known
             }
             // Joined and filtered in the kernel already; applications'
-            // writes are not requests (not filtered).
-            Some(EventKind::Whole | EventKind::AppWrite) => true,
+            // writes and connections' limits are not requests (not filtered).
+            Some(EventKind::Whole | EventKind::AppWrite | EventKind::Limits) => true,
             None => false,
         }
     }

@@ -347,7 +347,7 @@ impl Tracker {
             EventKind::Ended => self.on_ended(ev, out),
             EventKind::Virtq | EventKind::DeviceDone => self.on_virtio(ev, kind, out),
             // Not a request stage: application writes are for the diagnosis.
-            EventKind::AppWrite => {}
+            EventKind::AppWrite | EventKind::Limits => {}
             // `trace --min`: the kernel joined it already.
             EventKind::Whole => out.push(RequestLifecycle::from_whole(ev)),
         }

@@ -130,6 +130,10 @@ pub struct Header {
     /// `record --max-size` (absent otherwise, and in older files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<Part>,
+    /// Whether the traced kernel offered FUSE over io_uring (for
+    /// `diagnose --from`; absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuse_io_uring: Option<crate::kernel::hooks::UringOffer>,
 }
 
 /// A file of a recording split into several (`record --max-size`): each

@@ -1,0 +1,13 @@
+//! The rules `diagnose` asks, one file per cause. Each is a [`Rule`]: it
+//! watches one connection's finished requests and states its findings at
+//! the end (`super::finding`). A new rule is one file here and one line in
+//! [`all`].
+
+pub mod writeback;
+
+use super::finding::Rule;
+
+/// A fresh set of every rule, for one connection.
+pub fn all() -> Vec<Box<dyn Rule>> {
+    vec![]
+}
