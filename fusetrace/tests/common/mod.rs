@@ -361,6 +361,16 @@ pub fn mount_bindfs(src: &Path, mnt: &Path) {
     assert!(is_mounted(mnt), "bindfs did not mount {}", mnt.display());
 }
 
+/// Unmounts a third-party daemon's mount (bindfs) when dropped, also when
+/// a test fails half-way.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+    }
+}
+
 /// `top --headless --view V` while `work` runs, then its last frame.
 pub fn top_frame(view: &str, mount: &str, work: impl FnOnce()) -> String {
     let mut top = Command::new(bin())

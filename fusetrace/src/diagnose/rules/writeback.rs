@@ -12,7 +12,9 @@ use crate::diagnose::{
 /// Below this mean size, write-through WRITE requests are small.
 const SMALL_WRITE: u64 = 32 * 1024;
 /// Fewer WRITE requests than this say nothing about throughput.
-const MIN_WRITES: u64 = 100;
+const MIN_WRITES: u64 = 1000;
+/// Small write-through WRITEs matter when they are most of the traffic.
+const MIN_WRITE_SHARE: f64 = 0.5;
 
 /// The finding, when the mode costs something.
 pub fn finding(d: &Diagnosis, facts: &Facts) -> Option<Finding> {
@@ -20,7 +22,8 @@ pub fn finding(d: &Diagnosis, facts: &Facts) -> Option<Finding> {
     let small_write_through = d.writeback_cache == Some(false)
         && d.direct_io_opens == 0
         && writes.count >= MIN_WRITES
-        && writes.mean_bytes < SMALL_WRITE;
+        && writes.mean_bytes < SMALL_WRITE
+        && writes.count as f64 >= MIN_WRITE_SHARE * facts.requests as f64;
     let reads = d.writeback_cache == Some(true) && d.reads_caused_by_writes > 0;
     if !small_write_through && !reads && d.writes_after_sync == 0 {
         return None;
