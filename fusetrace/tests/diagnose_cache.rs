@@ -113,7 +113,7 @@ fn bindfs_with_zero_timeouts_gets_the_attribute_finding_and_without_them_none() 
     drop(unmount);
 
     run_ok(Command::new("bindfs").arg(src.path()).arg(mnt.path()));
-    let unmount = MountGuard(mnt.path().to_path_buf());
+    let _unmount = MountGuard(mnt.path().to_path_buf());
     let found = findings_while(mnt.path(), || stat_loop(mnt.path()));
     assert!(
         !ids(&found).iter().any(|id| id.ends_with("_cache")),
@@ -151,7 +151,7 @@ fn missing_names_asked_again_get_the_negative_cache_finding_unless_bindfs_caches
             .arg(src.path())
             .arg(mnt.path()),
     );
-    let unmount = MountGuard(mnt.path().to_path_buf());
+    let _unmount = MountGuard(mnt.path().to_path_buf());
     let found = findings_while(mnt.path(), || missing_loop(mnt.path()));
     assert!(
         find(&found, "negative_cache").is_none(),
