@@ -233,3 +233,36 @@ fn diagnosis_from_a_recording_equals_the_live_one() {
     assert_eq!(pick(live_v), pick(&replayed_v));
     assert_eq!(live_v["diagnoses"][0]["reads_caused_by_writes"], 32);
 }
+
+/// `fusetrace load M --workload mixed` for a bounded time.
+fn mixed_load(mount: &Path) {
+    run_ok(std::process::Command::new(bin()).args([
+        "load",
+        mount.to_str().unwrap(),
+        "--workload",
+        "mixed",
+        "--duration",
+        "3s",
+    ]));
+}
+
+#[test]
+fn healthy_default_mounts_under_mixed_load_get_no_finding() {
+    require_root();
+    let _alone = tracing_alone();
+    let daemon = Daemon::start("healthy", &[]);
+    let found = findings_while(daemon.path(), || mixed_load(daemon.path()));
+    daemon.stop();
+    assert!(found.is_empty(), "reference daemon, defaults: {found:#?}");
+
+    let src = Scratch::new("healthy-bindfs-src");
+    let mnt = Scratch::new("healthy-bindfs");
+    run_ok(
+        std::process::Command::new("bindfs")
+            .arg(src.path())
+            .arg(mnt.path()),
+    );
+    let _unmount = MountGuard(mnt.path().to_path_buf());
+    let found = findings_while(mnt.path(), || mixed_load(mnt.path()));
+    assert!(found.is_empty(), "bindfs, defaults: {found:#?}");
+}

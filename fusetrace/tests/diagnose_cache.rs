@@ -8,36 +8,10 @@ mod common;
 use std::{path::Path, process::Command};
 
 use common::*;
-use serde_json::Value;
 
 /// Files the loop stats, and how many rounds over them.
 const FILES: usize = 40;
 const ROUNDS: usize = 25;
-
-/// `diagnose --json` on the mount while `work` runs: its findings.
-fn findings_while(mount: &Path, work: impl FnOnce()) -> Vec<Value> {
-    let conn = connection_of(mount);
-    let tracer = Tracer::start(&["diagnose", "--json", "--mount", mount.to_str().unwrap()]);
-    work();
-    let out = tracer.stop();
-    out.records
-        .iter()
-        .find_map(|v| v.get("diagnoses"))
-        .and_then(|d| d.as_array())
-        .and_then(|d| d.iter().find(|d| d["connection"].as_u64() == Some(conn)))
-        .unwrap_or_else(|| panic!("no diagnosis of our mount: {:?}", out.records))["findings"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn find<'a>(findings: &'a [Value], id: &str) -> Option<&'a Value> {
-    findings.iter().find(|f| f["id"] == id)
-}
-
-fn ids(findings: &[Value]) -> Vec<&str> {
-    findings.iter().filter_map(|f| f["id"].as_str()).collect()
-}
 
 /// Creates the files the loop stats.
 fn make_files(dir: &Path) {
@@ -72,8 +46,8 @@ fn zero_timeouts_on_the_reference_daemon_are_found_with_the_daemons_times() {
     make_files(daemon.path());
     let found = findings_while(daemon.path(), || stat_loop(daemon.path()));
     daemon.stop();
-    let attr = find(&found, "attr_cache")
-        .or_else(|| find(&found, "entry_cache"))
+    let attr = finding(&found, "attr_cache")
+        .or_else(|| finding(&found, "entry_cache"))
         .unwrap_or_else(|| panic!("no cache finding: {found:?}"));
     // Every stat asks again: the daemon gives no time at all.
     assert_eq!(attr["evidence"]["validity_max_ms"], 0, "{attr}");
@@ -92,9 +66,9 @@ fn zero_timeouts_on_the_reference_daemon_are_found_with_the_daemons_times() {
     let found = findings_while(daemon.path(), || stat_loop(daemon.path()));
     daemon.stop();
     assert!(
-        find(&found, "attr_cache").is_none() && find(&found, "entry_cache").is_none(),
+        finding(&found, "attr_cache").is_none() && finding(&found, "entry_cache").is_none(),
         "a 1 s cache is working: {:?}",
-        ids(&found)
+        finding_ids(&found)
     );
 }
 
@@ -108,7 +82,7 @@ fn bindfs_with_zero_timeouts_gets_the_attribute_finding_and_without_them_none() 
     mount_bindfs(src.path(), mnt.path());
     let unmount = MountGuard(mnt.path().to_path_buf());
     let found = findings_while(mnt.path(), || stat_loop(mnt.path()));
-    let attr = find(&found, "attr_cache").unwrap_or_else(|| panic!("{found:?}"));
+    let attr = finding(&found, "attr_cache").unwrap_or_else(|| panic!("{found:?}"));
     assert_eq!(attr["evidence"]["validity_max_ms"], 0, "{attr}");
     drop(unmount);
 
@@ -116,9 +90,9 @@ fn bindfs_with_zero_timeouts_gets_the_attribute_finding_and_without_them_none() 
     let _unmount = MountGuard(mnt.path().to_path_buf());
     let found = findings_while(mnt.path(), || stat_loop(mnt.path()));
     assert!(
-        !ids(&found).iter().any(|id| id.ends_with("_cache")),
+        !finding_ids(&found).iter().any(|id| id.ends_with("_cache")),
         "bindfs's default 1 s caches: {:?}",
-        ids(&found)
+        finding_ids(&found)
     );
 }
 
@@ -131,7 +105,7 @@ fn missing_names_asked_again_get_the_negative_cache_finding_unless_bindfs_caches
     run_ok(Command::new("bindfs").arg(src.path()).arg(mnt.path()));
     let unmount = MountGuard(mnt.path().to_path_buf());
     let found = findings_while(mnt.path(), || missing_loop(mnt.path()));
-    let negative = find(&found, "negative_cache").unwrap_or_else(|| panic!("{found:?}"));
+    let negative = finding(&found, "negative_cache").unwrap_or_else(|| panic!("{found:?}"));
     assert!(
         negative["evidence"]["repeated_within_1s"].as_u64().unwrap()
             >= (FILES * (ROUNDS - 2)) as u64,
@@ -154,8 +128,8 @@ fn missing_names_asked_again_get_the_negative_cache_finding_unless_bindfs_caches
     let _unmount = MountGuard(mnt.path().to_path_buf());
     let found = findings_while(mnt.path(), || missing_loop(mnt.path()));
     assert!(
-        find(&found, "negative_cache").is_none(),
+        finding(&found, "negative_cache").is_none(),
         "missing names cached for 1 s: {:?}",
-        ids(&found)
+        finding_ids(&found)
     );
 }
