@@ -104,19 +104,12 @@ pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &
     }
     let wanted = match kind {
         EventKind::Sent => ev.opcode == FUSE_READ || ev.opcode == FUSE_WRITE,
-        EventKind::Ended => matches!(
-            ev.opcode,
-            FUSE_OPEN
-                | FUSE_CREATE
-                | FUSE_INIT
-                | LOOKUP
-                | MKNOD
-                | MKDIR
-                | SYMLINK
-                | LINK
-                | GETATTR
-                | STATX
-        ),
+        EventKind::Ended => {
+            matches!(
+                ev.opcode,
+                FUSE_OPEN | FUSE_CREATE | FUSE_INIT | LOOKUP | MKNOD | MKDIR | SYMLINK | LINK
+            ) || (l.track_app_io != 0 && matches!(ev.opcode, GETATTR | STATX))
+        }
         _ => false,
     };
     if !wanted || l.fuse_arg_stride == 0 {
@@ -165,6 +158,7 @@ pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &
         // How long the attributes may be cached (`attr_timeout`;
         // `fuse_statx_out` begins as `fuse_attr_out` does).
         (_, GETATTR | STATX) => {
+            // Diagnosis only (the other views do not show it).
             if ev.error == 0
                 && let Some(p) = arg_value(args, l.args_out_args, 0, l)
                 && let Some(attr) = kread::<AttrOut>(p, 0)
@@ -202,7 +196,7 @@ static LIMITS: HashMap<u32, [u32; 5]> = HashMap::with_max_entries(256, 0);
 /// --app-writes` runs (the offsets are read only then).
 #[inline(always)]
 fn report_limits(connection: u32, fc: u64, l: &KernelLayout) {
-    if l.conn_max_write == 0 || GATE.get(0).copied() != Some(1) {
+    if l.track_app_io == 0 || l.conn_max_write == 0 || GATE.get(0).copied() != Some(1) {
         return;
     }
     let read = |offset: u32| kread::<u32>(fc, offset).unwrap_or(0);
