@@ -169,8 +169,8 @@ fn connection_of_dir(d: &Value) -> u64 {
     d["connection"].as_u64().unwrap()
 }
 
-/// stat() storms with no attribute cache, from 4 requesters.
-const STORM: [&str; 6] = ["--workload", "metadata", "--jobs", "4", "--duration", "2s"];
+/// stat() storms with no attribute cache, from 8 requesters.
+const STORM: [&str; 6] = ["--workload", "metadata", "--jobs", "8", "--duration", "2s"];
 
 #[test]
 fn a_dev_fuse_daemon_under_a_metadata_storm_is_io_uring_unused() {

@@ -57,6 +57,13 @@ impl Rule for BackgroundQueue {
         let pinned = self.in_flight.at_least_ns(max);
         let congested = self.in_flight.at_least_ns(limits.congestion_threshold);
         let share = pinned as f64 / span.max(1) as f64;
+        log::debug!(
+            "background_queue on {}: {} background requests, max_background {max}, peak {} in flight, pinned {pinned} ns of {span} ns ({share:.2}), busy {} ns",
+            facts.connection,
+            self.background,
+            self.in_flight.peak(),
+            self.in_flight.busy_ns()
+        );
         if self.background < MIN_BACKGROUND || share < MIN_PINNED_SHARE {
             return Vec::new();
         }

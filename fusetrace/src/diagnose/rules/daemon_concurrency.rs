@@ -62,12 +62,20 @@ impl Rule for DaemonConcurrency {
         self.in_flight.event(ev);
     }
 
-    fn conclude(&self, _facts: &Facts) -> Vec<Finding> {
+    fn conclude(&self, facts: &Facts) -> Vec<Finding> {
         // One thread takes and answers everything (a daemon that reads on
         // one thread and answers on workers is not single-threaded).
         let single = self.takers.len() == 1 && self.repliers.len() <= 1;
         let share = self.queue_ns as f64 / self.total_ns.max(1) as f64;
         let mean_in_flight = self.in_flight.mean_while_busy();
+        log::debug!(
+            "daemon_concurrency on {}: {} taking and {} replying threads, {} timed requests, queue share {share:.2}, mean in flight {mean_in_flight:.2} (peak {})",
+            facts.connection,
+            self.takers.len(),
+            self.repliers.len(),
+            self.timed,
+            self.in_flight.peak()
+        );
         if !single
             || self.timed < MIN_REQUESTS
             || share < MIN_QUEUE_SHARE

@@ -2,9 +2,14 @@
 //! writes `/dev/fuse`, one read(2) and one write(2) per request, with a
 //! wake-up of a sleeping reader each time. That costs most where requests
 //! are many and small and their time goes to the queue (sent -> taken), so
-//! the rule asks for all three; it never fires when the kernel has no
-//! io_uring transport or the daemon already uses it.
+//! the rule asks for all three, and for several requests in flight at
+//! once (a storm from many requesters: one requester at a time waits for
+//! a wake-up, not for the daemon, and gains little). It never fires when
+//! the kernel has no io_uring transport or the daemon already uses it.
 
+use fusetrace_common::FuseEvent;
+
+use super::in_flight::InFlight;
 use crate::diagnose::{
     analysis::duration,
     finding::{Facts, Finding, FindingId, Rule, UringOffer, count, percent},
@@ -23,6 +28,8 @@ const SMALL_PAYLOAD: u32 = 16 * 1024;
 const MIN_SMALL_SHARE: f64 = 0.8;
 /// The queue's share of the latency from which the queue wait is high.
 const MIN_QUEUE_SHARE: f64 = 0.3;
+/// Mean requests in flight (while any is) that make a storm.
+const MIN_MEAN_IN_FLIGHT: f64 = 2.0;
 
 #[derive(Default)]
 pub struct IoUringUnused {
@@ -35,6 +42,7 @@ pub struct IoUringUnused {
     timed: u64,
     queue_ns: u64,
     total_ns: u64,
+    in_flight: InFlight,
 }
 
 impl Rule for IoUringUnused {
@@ -61,6 +69,10 @@ impl Rule for IoUringUnused {
         }
     }
 
+    fn event(&mut self, ev: &FuseEvent) {
+        self.in_flight.event(ev);
+    }
+
     fn conclude(&self, facts: &Facts) -> Vec<Finding> {
         let offer = match facts.io_uring {
             Some(o @ (UringOffer::Off | UringOffer::On)) => o,
@@ -74,7 +86,15 @@ impl Rule for IoUringUnused {
         };
         let small_share = self.small as f64 / self.sized.max(1) as f64;
         let queue_share = self.queue_ns as f64 / self.total_ns.max(1) as f64;
+        let mean_in_flight = self.in_flight.mean_while_busy();
+        log::debug!(
+            "io_uring_unused on {}: offer {offer:?}, /dev/fuse {} io_uring {}, {rate:.0}/s, small {small_share:.2}, queue share {queue_share:.2}, mean in flight {mean_in_flight:.2}",
+            facts.connection,
+            self.dev_fuse,
+            self.io_uring
+        );
         if self.io_uring > 0
+            || mean_in_flight < MIN_MEAN_IN_FLIGHT
             || self.dev_fuse < MIN_REQUESTS
             || rate < MIN_RATE
             || small_share < MIN_SMALL_SHARE
@@ -95,7 +115,7 @@ impl Rule for IoUringUnused {
                 FindingId::IoUringUnused,
                 queue_share,
                 format!(
-                    "/dev/fuse: {} requests, {:.0}/s, {} of them small (<= 16 KiB); the queue wait is {} of the latency (mean {}); the kernel offers FUSE over io_uring ({})",
+                    "/dev/fuse: {} requests, {:.0}/s, {} of them small (<= 16 KiB), {mean_in_flight:.1} in flight on average; the queue wait is {} of the latency (mean {}); the kernel offers FUSE over io_uring ({})",
                     count(self.dev_fuse),
                     rate,
                     percent(self.small, self.sized),
@@ -111,6 +131,7 @@ impl Rule for IoUringUnused {
             .with("small_share", (small_share * 1000.0).round() / 1000.0)
             .with("queue_share", (queue_share * 1000.0).round() / 1000.0)
             .with("mean_queue_wait_ns", mean_queue)
+            .with("mean_in_flight", (mean_in_flight * 100.0).round() / 100.0)
             .knob(knob)
             .expect(format!(
                 "requests taken and answered through per-CPU rings, without a read(2) and a write(2) each: a shorter queue wait than {} and more requests per second",
@@ -123,8 +144,9 @@ impl Rule for IoUringUnused {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnose::rules::in_flight::point;
     use crate::pipeline::tracker::{Tracker, TrackerConfig};
-    use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FLAG_URING, FuseEvent};
+    use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FLAG_URING};
 
     /// A request of `len` bytes sent at `sent`, waiting `queue` then 10 us
     /// in the daemon, taken from /dev/fuse or from a ring.
@@ -164,29 +186,64 @@ mod tests {
         out.pop().unwrap()
     }
 
-    /// `n` requests of `len` bytes, one every `gap` ns, each waiting
-    /// `queue` ns; the findings under `offer`.
-    fn run(n: u64, gap: u64, queue: u64, len: u32, uring: bool, offer: Option<UringOffer>) -> Vec<Finding> {
+    /// `n` requests of `len` bytes, `depth` sent together every `gap` ns,
+    /// each waiting `queue` ns; the findings under `offer`.
+    fn run_deep(
+        n: u64,
+        depth: u64,
+        gap: u64,
+        queue: u64,
+        len: u32,
+        uring: bool,
+        offer: Option<UringOffer>,
+    ) -> Vec<Finding> {
         let mut rule = IoUringUnused::default();
         let mut facts = Facts {
             io_uring: offer,
             ..Facts::default()
         };
+        let mut recs = Vec::new();
         for i in 0..n {
-            let r = request(2 + 2 * i, 1_000 + i * gap, queue, len, uring);
+            let r = request(2 + 2 * i, 1_000 + i / depth * gap, queue, len, uring);
             assert_eq!(
                 r.transport,
-                Some(if uring { Transport::IoUring } else { Transport::DevFuse })
+                Some(if uring {
+                    Transport::IoUring
+                } else {
+                    Transport::DevFuse
+                })
             );
-            facts.request(&r);
-            rule.request(&r);
+            recs.push(r);
+        }
+        let mut events: Vec<_> = recs
+            .iter()
+            .flat_map(|r| {
+                [
+                    point(EventKind::Sent, r.unique, r.sent_ns.unwrap(), false),
+                    point(EventKind::Ended, r.unique, r.ended_ns.unwrap(), false),
+                ]
+            })
+            .collect();
+        events.sort_by_key(|e| e.ts_ns);
+        for ev in &events {
+            rule.event(ev);
+        }
+        for r in &recs {
+            facts.request(r);
+            rule.request(r);
         }
         rule.conclude(&facts)
     }
 
+    /// 4 requests at a time.
+    fn run(n: u64, gap: u64, queue: u64, len: u32, uring: bool, offer: Option<UringOffer>) -> Vec<Finding> {
+        run_deep(n, 4, gap, queue, len, uring, offer)
+    }
+
     #[test]
     fn many_small_queued_requests_on_dev_fuse_are_found_with_the_knob() {
-        // 2000 requests in 0.1 s (20 000/s), 15 us of 26 us in the queue.
+        // 2000 requests in 25 ms (80 000/s), 4 at a time, 15 us of 26 us
+        // in the queue.
         let found = run(2000, 50_000, 15_000, 80, false, Some(UringOffer::Off));
         assert_eq!(found.len(), 1, "{found:?}");
         let f = &found[0];
@@ -194,6 +251,7 @@ mod tests {
         assert_eq!(f.evidence["requests"], 2000);
         assert_eq!(f.evidence["small_share"], 1.0);
         assert_eq!(f.evidence["mean_queue_wait_ns"], 15_000);
+        assert_eq!(f.evidence["mean_in_flight"], 4.0);
         assert!(f.knob.contains("echo Y > /sys/module/fuse/parameters/enable_uring"), "{}", f.knob);
         assert!(f.knob.contains("--io-uring"), "{}", f.knob);
         let on = run(2000, 50_000, 15_000, 80, false, Some(UringOffer::On));
@@ -211,5 +269,9 @@ mod tests {
         assert!(run(2000, 5_000_000, 15_000, 80, false, on).is_empty(), "200/s");
         assert!(run(2000, 50_000, 1_000, 80, false, on).is_empty(), "no queue");
         assert!(run(500, 50_000, 15_000, 80, false, on).is_empty(), "few");
+        assert!(
+            run_deep(2000, 1, 50_000, 15_000, 80, false, on).is_empty(),
+            "one at a time"
+        );
     }
 }
