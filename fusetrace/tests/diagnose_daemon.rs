@@ -49,7 +49,11 @@ fn load(mount: &Path, args: &[&str]) {
 
 /// The finding `id` of a diagnosis, if there.
 fn finding<'a>(d: &'a Value, id: &str) -> Option<&'a Value> {
-    d["findings"].as_array().unwrap().iter().find(|f| f["id"] == id)
+    d["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == id)
 }
 
 fn ids(d: &Value) -> Vec<String> {
@@ -67,12 +71,13 @@ fn num(f: &Value, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {f}"))
 }
 
-/// The reference daemon with `daemon_args` under `load_args`.
-fn daemon_under(name: &str, daemon_args: &[&str], load_args: &[&str]) -> Value {
+/// The reference daemon with `daemon_args` under `load_args`: the
+/// diagnosis, and the requests the daemon served.
+fn daemon_under(name: &str, daemon_args: &[&str], load_args: &[&str]) -> (Value, u64) {
     let daemon = Daemon::start(name, daemon_args);
     let d = diagnose(daemon.path(), || load(daemon.path(), load_args));
-    daemon.stop();
-    d
+    let served = daemon.stop().values().sum();
+    (d, served)
 }
 
 /// 8 requesters stat()ing without caches, each answer taking 200 us in
@@ -82,9 +87,16 @@ const CONCURRENT: [&str; 6] = ["--workload", "metadata", "--jobs", "8", "--ops",
 #[test]
 fn one_daemon_thread_under_concurrent_load_is_daemon_concurrency() {
     let _alone = tracing_alone();
-    let slow = ["--ttl", "0s", "--latency", "GETATTR=200us", "--latency", "LOOKUP=200us"];
+    let slow = [
+        "--ttl",
+        "0s",
+        "--latency",
+        "GETATTR=200us",
+        "--latency",
+        "LOOKUP=200us",
+    ];
     let one = [&["--threads", "1"][..], &slow].concat();
-    let d = daemon_under("dd-threads1", &one, &CONCURRENT);
+    let (d, _) = daemon_under("dd-threads1", &one, &CONCURRENT);
     let f = finding(&d, "daemon_concurrency")
         .unwrap_or_else(|| panic!("no daemon_concurrency with one thread: {d}"));
     assert_eq!(num(f, "daemon_threads"), 1.0, "{f}");
@@ -96,7 +108,8 @@ fn one_daemon_thread_under_concurrent_load_is_daemon_concurrency() {
     assert!(f["knob"].as_str().unwrap().contains("--threads N"), "{f}");
 
     let eight = [&["--threads", "8"][..], &slow].concat();
-    let d = daemon_under("dd-threads8", &eight, &CONCURRENT);
+    let (d, served) = daemon_under("dd-threads8", &eight, &CONCURRENT);
+    assert!(served >= 4000, "the same load reached the daemon: {served}");
     assert!(
         finding(&d, "daemon_concurrency").is_none(),
         "8 threads: {d}"
@@ -142,31 +155,29 @@ fn readahead_at_max_background_one_is_background_queue() {
     let _alone = tracing_alone();
     let daemon = Daemon::start("dd-bg1", &["--max-background", "1"]);
     let d = diagnose(daemon.path(), || sequential_reads(daemon.path(), 4));
-    daemon.stop();
+    assert!(
+        daemon.stop()["READ"] >= 4 * 512,
+        "4 x 64 MiB in 128 KiB READs"
+    );
     let f = finding(&d, "background_queue")
         .unwrap_or_else(|| panic!("no background_queue at max_background 1: {d}"));
     assert_eq!(num(f, "max_background"), 1.0, "{f}");
     assert_eq!(num(f, "peak_background_in_flight"), 1.0, "{f}");
     assert!(num(f, "background_requests") >= 100.0, "{f}");
     assert!(num(f, "pinned_share") >= 0.25, "{f}");
-    let conn = connection_of_dir(&d);
+    let conn = d["connection"].as_u64().unwrap();
     assert!(
-        f["knob"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("echo 4 > /sys/fs/fuse/connections/{conn}/max_background")),
+        f["knob"].as_str().unwrap().contains(&format!(
+            "echo 4 > /sys/fs/fuse/connections/{conn}/max_background"
+        )),
         "{f}"
     );
 
     let daemon = Daemon::start("dd-bgdefault", &[]);
     let d = diagnose(daemon.path(), || sequential_reads(daemon.path(), 4));
-    daemon.stop();
+    assert!(daemon.stop()["READ"] >= 4 * 512, "the same reads");
     assert!(finding(&d, "background_queue").is_none(), "default: {d}");
     assert!(d["limits"]["max_background"].as_u64().unwrap() > 1, "{d}");
-}
-
-fn connection_of_dir(d: &Value) -> u64 {
-    d["connection"].as_u64().unwrap()
 }
 
 /// stat() storms with no attribute cache, from 8 requesters.
@@ -178,7 +189,7 @@ fn a_dev_fuse_daemon_under_a_metadata_storm_is_io_uring_unused() {
     let Some(_uring) = UringParam::enable() else {
         return;
     };
-    let d = daemon_under("dd-devfuse", &["--ttl", "0s"], &STORM);
+    let (d, _) = daemon_under("dd-devfuse", &["--ttl", "0s"], &STORM);
     let f = finding(&d, "io_uring_unused")
         .unwrap_or_else(|| panic!("no io_uring_unused on /dev/fuse: {d}"));
     assert_eq!(f["evidence"]["transport"], "/dev/fuse", "{f}");
@@ -187,16 +198,20 @@ fn a_dev_fuse_daemon_under_a_metadata_storm_is_io_uring_unused() {
     assert!(num(f, "queue_share") >= 0.3, "{f}");
     assert!(f["knob"].as_str().unwrap().contains("--io-uring"), "{f}");
 
-    let d = daemon_under("dd-uring", &["--ttl", "0s", "--io-uring"], &STORM);
+    let (d, served) = daemon_under("dd-uring", &["--ttl", "0s", "--io-uring"], &STORM);
+    assert!(served >= 2000, "a storm on io_uring too: {served}");
     assert!(finding(&d, "io_uring_unused").is_none(), "io_uring: {d}");
 }
 
 #[test]
 fn healthy_mounts_under_the_mixed_load_show_none_of_these() {
     let _alone = tracing_alone();
-    let d = daemon_under("dd-healthy", &["--threads", "4"], &["--workload", "mixed"]);
+    let (d, _) = daemon_under("dd-healthy", &["--threads", "4"], &["--workload", "mixed"]);
     let found = ids(&d);
-    assert!(!found.iter().any(|id| OURS.contains(&id.as_str())), "reference daemon: {d}");
+    assert!(
+        !found.iter().any(|id| OURS.contains(&id.as_str())),
+        "reference daemon: {d}"
+    );
     // Something was diagnosed: the load reached the daemon.
     assert!(d["read_requests"].as_u64().unwrap() > 0, "{d}");
 
@@ -213,6 +228,9 @@ fn healthy_mounts_under_the_mixed_load_show_none_of_these() {
     let _unmount = Unmount(mnt.path());
     let d = diagnose(mnt.path(), || load(mnt.path(), &["--workload", "mixed"]));
     let found = ids(&d);
-    assert!(!found.iter().any(|id| OURS.contains(&id.as_str())), "bindfs: {d}");
+    assert!(
+        !found.iter().any(|id| OURS.contains(&id.as_str())),
+        "bindfs: {d}"
+    );
     assert!(d["read_requests"].as_u64().unwrap() > 0, "{d}");
 }

@@ -28,8 +28,10 @@ pub struct BackgroundQueue {
     in_flight: InFlight,
 }
 
-impl BackgroundQueue {
-    pub fn new() -> Self {
+/// Counts background requests only (not derived: `InFlight`'s default
+/// counts every request).
+impl Default for BackgroundQueue {
+    fn default() -> Self {
         BackgroundQueue {
             background: 0,
             in_flight: InFlight::background(),
@@ -146,7 +148,7 @@ mod tests {
     /// (each 100 us), then as long again with no traffic but one
     /// synchronous request at the end.
     fn run(n: u64, depth: u64, max_background: u32) -> Vec<Finding> {
-        let mut rule = BackgroundQueue::new();
+        let mut rule = BackgroundQueue::default();
         let mut facts = Facts {
             connection: 50,
             limits: Some(Limits {
@@ -196,7 +198,11 @@ mod tests {
         assert_eq!(f.evidence["peak_background_in_flight"], 1);
         // Pinned for the first half of the span.
         assert!((f.weight - 0.5).abs() < 0.01, "{f:?}");
-        assert!(f.summary.contains("50% of the traffic's time"), "{}", f.summary);
+        assert!(
+            f.summary.contains("50% of the traffic's time"),
+            "{}",
+            f.summary
+        );
         assert!(
             f.knob
                 .contains("echo 4 > /sys/fs/fuse/connections/50/max_background"),
@@ -209,7 +215,7 @@ mod tests {
     fn below_the_limit_or_few_requests_or_no_limits_find_nothing() {
         assert!(run(400, 2, 12).is_empty(), "2 in flight of 12");
         assert!(run(50, 1, 1).is_empty(), "too few to tell");
-        let mut rule = BackgroundQueue::new();
+        let mut rule = BackgroundQueue::default();
         rule.request(&read(2, 0, 10_000, true));
         assert!(rule.conclude(&Facts::default()).is_empty(), "no limits");
     }

@@ -174,7 +174,12 @@ mod tests {
                 let queue = (j / threads) * service + 500;
                 let rec = getattr(unique, start, queue, service, 100 + (j % threads) as u32);
                 sends.push(point(EventKind::Sent, unique, start, false));
-                ends.push(point(EventKind::Ended, unique, rec.ended_ns.unwrap(), false));
+                ends.push(point(
+                    EventKind::Ended,
+                    unique,
+                    rec.ended_ns.unwrap(),
+                    false,
+                ));
                 recs.push(rec);
                 unique += 2;
             }

@@ -236,7 +236,14 @@ mod tests {
     }
 
     /// 4 requests at a time.
-    fn run(n: u64, gap: u64, queue: u64, len: u32, uring: bool, offer: Option<UringOffer>) -> Vec<Finding> {
+    fn run(
+        n: u64,
+        gap: u64,
+        queue: u64,
+        len: u32,
+        uring: bool,
+        offer: Option<UringOffer>,
+    ) -> Vec<Finding> {
         run_deep(n, 4, gap, queue, len, uring, offer)
     }
 
@@ -252,7 +259,12 @@ mod tests {
         assert_eq!(f.evidence["small_share"], 1.0);
         assert_eq!(f.evidence["mean_queue_wait_ns"], 15_000);
         assert_eq!(f.evidence["mean_in_flight"], 4.0);
-        assert!(f.knob.contains("echo Y > /sys/module/fuse/parameters/enable_uring"), "{}", f.knob);
+        assert!(
+            f.knob
+                .contains("echo Y > /sys/module/fuse/parameters/enable_uring"),
+            "{}",
+            f.knob
+        );
         assert!(f.knob.contains("--io-uring"), "{}", f.knob);
         let on = run(2000, 50_000, 15_000, 80, false, Some(UringOffer::On));
         assert!(!on[0].knob.contains("echo Y"), "{}", on[0].knob);
@@ -265,9 +277,18 @@ mod tests {
         }
         let on = Some(UringOffer::On);
         assert!(run(2000, 50_000, 15_000, 80, true, on).is_empty(), "in use");
-        assert!(run(2000, 50_000, 15_000, 128 * 1024, false, on).is_empty(), "large");
-        assert!(run(2000, 5_000_000, 15_000, 80, false, on).is_empty(), "200/s");
-        assert!(run(2000, 50_000, 1_000, 80, false, on).is_empty(), "no queue");
+        assert!(
+            run(2000, 50_000, 15_000, 128 * 1024, false, on).is_empty(),
+            "large"
+        );
+        assert!(
+            run(2000, 5_000_000, 15_000, 80, false, on).is_empty(),
+            "200/s"
+        );
+        assert!(
+            run(2000, 50_000, 1_000, 80, false, on).is_empty(),
+            "no queue"
+        );
         assert!(run(500, 50_000, 15_000, 80, false, on).is_empty(), "few");
         assert!(
             run_deep(2000, 1, 50_000, 15_000, 80, false, on).is_empty(),

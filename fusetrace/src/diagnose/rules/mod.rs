@@ -15,7 +15,7 @@ use super::finding::Rule;
 pub fn all() -> Vec<Box<dyn Rule>> {
     vec![
         Box::new(daemon_concurrency::DaemonConcurrency::default()),
-        Box::new(background_queue::BackgroundQueue::new()),
+        Box::new(background_queue::BackgroundQueue::default()),
         Box::new(io_uring_unused::IoUringUnused::default()),
     ]
 }
