@@ -123,9 +123,8 @@ fn drop_cache(f: &File) {
     assert_eq!(rc, 0);
 }
 
-/// Writes a 64 MiB file, then reads it sequentially from an empty page
-/// cache, `rounds` times: the kernel's readahead sends background READs.
-fn sequential_reads(dir: &Path, rounds: usize) {
+/// A 64 MiB file on the mount, written before tracing.
+fn large_file(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("large");
     let mut f = File::create(&path).unwrap();
     let block = vec![3u8; 1 << 20];
@@ -133,10 +132,15 @@ fn sequential_reads(dir: &Path, rounds: usize) {
         f.write_all(&block).unwrap();
     }
     f.sync_all().unwrap();
-    drop(f);
+    path
+}
+
+/// Reads `path` sequentially from an empty page cache, `rounds` times:
+/// the kernel's readahead sends background READs.
+fn sequential_reads(path: &Path, rounds: usize) {
     let mut buf = vec![0u8; 128 << 10];
     for _ in 0..rounds {
-        let mut f = File::open(&path).unwrap();
+        let mut f = File::open(path).unwrap();
         drop_cache(&f);
         let mut total = 0;
         loop {
@@ -154,7 +158,8 @@ fn sequential_reads(dir: &Path, rounds: usize) {
 fn readahead_at_max_background_one_is_background_queue() {
     let _alone = tracing_alone();
     let daemon = Daemon::start("dd-bg1", &["--max-background", "1"]);
-    let d = diagnose(daemon.path(), || sequential_reads(daemon.path(), 4));
+    let file = large_file(daemon.path());
+    let d = diagnose(daemon.path(), || sequential_reads(&file, 4));
     assert!(
         daemon.stop()["READ"] >= 4 * 512,
         "4 x 64 MiB in 128 KiB READs"
@@ -174,7 +179,8 @@ fn readahead_at_max_background_one_is_background_queue() {
     );
 
     let daemon = Daemon::start("dd-bgdefault", &[]);
-    let d = diagnose(daemon.path(), || sequential_reads(daemon.path(), 4));
+    let file = large_file(daemon.path());
+    let d = diagnose(daemon.path(), || sequential_reads(&file, 4));
     assert!(daemon.stop()["READ"] >= 4 * 512, "the same reads");
     assert!(finding(&d, "background_queue").is_none(), "default: {d}");
     assert!(d["limits"]["max_background"].as_u64().unwrap() > 1, "{d}");
@@ -233,4 +239,44 @@ fn healthy_mounts_under_the_mixed_load_show_none_of_these() {
         "bindfs: {d}"
     );
     assert!(d["read_requests"].as_u64().unwrap() > 0, "{d}");
+}
+
+#[test]
+fn a_recording_replayed_gives_the_same_daemon_findings() {
+    let _alone = tracing_alone();
+    let slow = [
+        "--ttl",
+        "0s",
+        "--latency",
+        "GETATTR=200us",
+        "--latency",
+        "LOOKUP=200us",
+    ];
+    let daemon = Daemon::start("dd-record", &slow);
+    let file = std::env::temp_dir().join(format!("fusetrace-dd-{}.trace", std::process::id()));
+    let file_arg = file.to_str().unwrap().to_string();
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let recorder = Tracer::start(&["record", "--mount", &mount, "-o", &file_arg]);
+    let live = diagnose(daemon.path(), || load(daemon.path(), &CONCURRENT));
+    recorder.stop();
+    daemon.stop();
+    let replayed = run_ok(Command::new(bin()).args(["diagnose", "--json", "--from", &file_arg]));
+    let _ = std::fs::remove_file(&file);
+    let replayed: Value =
+        serde_json::from_str(replayed.lines().find(|l| l.contains("diagnoses")).unwrap()).unwrap();
+    let replayed = &replayed["diagnoses"][0];
+    let (a, b) = (
+        finding(&live, "daemon_concurrency").unwrap_or_else(|| panic!("live: {live}")),
+        finding(replayed, "daemon_concurrency").unwrap_or_else(|| panic!("replayed: {replayed}")),
+    );
+    for name in ["daemon_threads", "replying_threads", "peak_in_flight"] {
+        assert_eq!(
+            a["evidence"][name], b["evidence"][name],
+            "{name}: {a} vs {b}"
+        );
+    }
+    // The recorder, started first, also saw the live tracer name its mount
+    // (a stat: with --ttl 0s, a GETATTR or two); nothing else differs.
+    let extra = num(b, "requests") - num(a, "requests");
+    assert!((0.0..=2.0).contains(&extra), "requests: {a} vs {b}");
 }
