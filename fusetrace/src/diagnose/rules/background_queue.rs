@@ -79,12 +79,22 @@ impl Rule for BackgroundQueue {
                 FindingId::BackgroundQueue,
                 share,
                 format!(
-                    "background requests pinned at max_background = {max} for {} of the traffic's time ({} of the time any was in flight; {} background requests); congestion_threshold = {} reached {} of the time",
+                    "background requests pinned at max_background = {max} for {} of the traffic's time ({} of the time any was in flight; {} background requests); {}",
                     percent(pinned, span),
                     percent(pinned, busy),
                     count(self.background),
-                    limits.congestion_threshold,
-                    percent(congested, span),
+                    if limits.congestion_threshold > max {
+                        format!(
+                            "congestion_threshold = {} is above it",
+                            limits.congestion_threshold
+                        )
+                    } else {
+                        format!(
+                            "congestion_threshold = {} reached {} of the time",
+                            limits.congestion_threshold,
+                            percent(congested, span)
+                        )
+                    },
                 ),
             )
             .with("max_background", max)
