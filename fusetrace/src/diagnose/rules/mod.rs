@@ -3,12 +3,21 @@
 //! the end (`super::finding`). A new rule is one file here and one line in
 //! [`all`].
 
+pub mod background_queue;
 pub mod cache;
+pub mod daemon_concurrency;
+pub mod in_flight;
+pub mod io_uring_unused;
 pub mod writeback;
 
 use super::finding::Rule;
 
 /// A fresh set of every rule, for one connection.
 pub fn all() -> Vec<Box<dyn Rule>> {
-    vec![Box::new(cache::Caches::default())]
+    vec![
+        Box::new(cache::Caches::default()),
+        Box::new(daemon_concurrency::DaemonConcurrency::default()),
+        Box::new(background_queue::BackgroundQueue::default()),
+        Box::new(io_uring_unused::IoUringUnused::default()),
+    ]
 }
