@@ -212,6 +212,30 @@ pub fn percent(part: u64, whole: u64) -> String {
     format!("{:.0}%", 100.0 * part as f64 / whole as f64)
 }
 
+/// A span of traffic as the text shows it: `12.3 s`, `850 ms`.
+pub fn span(seconds: f64) -> String {
+    if seconds >= 1.0 {
+        format!("{seconds:.1} s")
+    } else {
+        format!("{:.0} ms", seconds * 1000.0)
+    }
+}
+
+/// `n` events in `seconds` as a rate: `41 000/s`, `2.5/s` (0 when no time
+/// passed).
+pub fn rate(n: u64, seconds: f64) -> String {
+    let r = if seconds > 0.0 {
+        n as f64 / seconds
+    } else {
+        0.0
+    };
+    if r >= 100.0 {
+        format!("{}/s", count(r.round() as u64))
+    } else {
+        format!("{r:.1}/s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +246,15 @@ mod tests {
         assert_eq!(count(999), "999");
         assert_eq!(count(41_000), "41 000");
         assert_eq!(count(1_234_567), "1 234 567");
+    }
+
+    #[test]
+    fn spans_and_rates_read_well() {
+        assert_eq!(span(12.34), "12.3 s");
+        assert_eq!(span(0.0086), "9 ms");
+        assert_eq!(rate(500, 0.0086), "58 140/s");
+        assert_eq!(rate(5, 2.0), "2.5/s");
+        assert_eq!(rate(5, 0.0), "0.0/s");
     }
 
     #[test]

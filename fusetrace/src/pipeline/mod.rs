@@ -4,12 +4,13 @@
 //! outputs; `aggregate` reads the latency counts the kernel kept itself
 //! (plain `stats`). Connections are named from mountinfo (`connections`),
 //! node ids turned into paths from the names requests carry (`paths`);
-//! opcodes are named and parsed in `opcode`; `command` runs the one
-//! command `-c` traces.
+//! opcodes are named and parsed in `opcode`, errors in `errno`; `command`
+//! runs the one command `-c` traces.
 
 pub mod aggregate;
 pub mod command;
 pub mod connections;
+pub mod errno;
 pub mod filter;
 pub mod lifecycle;
 pub mod opcode;

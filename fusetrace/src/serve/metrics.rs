@@ -253,12 +253,7 @@ fn stage_name(stage: u8) -> &'static str {
 
 /// The errno's name (`ENOENT`), or its number.
 fn errno_name(errno: u8) -> String {
-    let name = format!("{:?}", nix::errno::Errno::from_raw(errno as i32));
-    if name.starts_with('E') && name != "EUNKNOWN" {
-        name
-    } else {
-        errno.to_string()
-    }
+    crate::pipeline::errno::name(i32::from(errno))
 }
 
 fn with<'a>(labels: &'a MountLabels, extra: &[(&'static str, &'a str)]) -> Vec<(&'a str, &'a str)> {

@@ -8,6 +8,12 @@ pub mod cache;
 pub mod daemon_concurrency;
 pub mod in_flight;
 pub mod io_uring_unused;
+pub mod enosys;
+pub mod error_storm;
+pub mod interrupt_storm;
+pub mod slow_paths;
+#[cfg(test)]
+mod synthetic;
 pub mod writeback;
 
 use super::finding::Rule;
@@ -19,5 +25,9 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(daemon_concurrency::DaemonConcurrency::default()),
         Box::new(background_queue::BackgroundQueue::default()),
         Box::new(io_uring_unused::IoUringUnused::default()),
+        Box::new(enosys::Enosys::default()),
+        Box::new(error_storm::ErrorStorm::default()),
+        Box::new(interrupt_storm::InterruptStorm::default()),
+        Box::new(slow_paths::SlowPaths::default()),
     ]
 }

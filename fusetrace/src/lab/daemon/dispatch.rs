@@ -134,6 +134,9 @@ pub(crate) struct Shared {
     pub fs: MemFs,
     pub counts: ServedCounts,
     pub latency: [Duration; OPCODE_SLOTS],
+    /// The error each opcode is answered with instead of being served
+    /// (`--errno`; 0: served).
+    pub errno: [c_int; OPCODE_SLOTS],
     pub ttl: Duration,
     pub direct_io: bool,
 }
@@ -149,6 +152,46 @@ impl Shared {
 }
 
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+/// A reply that can be an error: every fuser reply type (`()` for FORGET
+/// and BATCH_FORGET, which have none), so that [`Dispatcher::serve`] can
+/// answer any opcode's injected error.
+pub(crate) trait Refuse {
+    fn refuse(self, errno: c_int);
+}
+
+impl Refuse for () {
+    fn refuse(self, _errno: c_int) {}
+}
+
+macro_rules! refuse_with_error {
+    ($($reply:ty),*) => {
+        $(impl Refuse for $reply {
+            fn refuse(self, errno: c_int) {
+                self.error(errno);
+            }
+        })*
+    };
+}
+
+refuse_with_error!(
+    ReplyAttr,
+    ReplyBmap,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyIoctl,
+    ReplyLock,
+    ReplyLseek,
+    ReplyOpen,
+    ReplyPoll,
+    ReplyStatfs,
+    ReplyWrite,
+    ReplyXattr
+);
 
 /// The object fuser's session owns.
 pub(crate) struct Dispatcher {
@@ -169,8 +212,14 @@ fn owner(req: &Request<'_>) -> Owner {
 }
 
 impl Dispatcher {
-    /// Counts the request, then runs `work` after the opcode's latency.
-    fn serve(&self, opcode: u32, work: impl FnOnce(&Shared) + Send + 'static) {
+    /// Counts the request, then runs `work` after the opcode's latency, or
+    /// answers the opcode's injected error instead (`--errno`).
+    fn serve<R: Refuse + Send + 'static>(
+        &self,
+        opcode: u32,
+        reply: R,
+        work: impl FnOnce(&Shared, R) + Send + 'static,
+    ) {
         self.shared.counts.add(opcode);
         let shared = Arc::clone(&self.shared);
         let job = move || {
@@ -178,7 +227,10 @@ impl Dispatcher {
             if !delay.is_zero() {
                 std::thread::sleep(delay);
             }
-            work(&shared);
+            match shared.errno[opcode as usize % OPCODE_SLOTS] {
+                0 => work(&shared, reply),
+                e => reply.refuse(e),
+            }
         };
         match &self.pool {
             Some(tx) => {
@@ -274,18 +326,18 @@ impl Filesystem for Dispatcher {
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
-        self.serve(op::LOOKUP, move |s| {
+        self.serve(op::LOOKUP, reply, move |s, reply| {
             reply_entry(s, reply, s.fs.lookup(parent, &name))
         });
     }
 
     fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
-        self.serve(op::FORGET, move |s| s.fs.forget(ino, nlookup));
+        self.serve(op::FORGET, (), move |s, ()| s.fs.forget(ino, nlookup));
     }
 
     fn batch_forget(&mut self, _req: &Request<'_>, nodes: &[fuse_forget_one]) {
         let nodes: Vec<(u64, u64)> = nodes.iter().map(|n| (n.nodeid, n.nlookup)).collect();
-        self.serve(op::BATCH_FORGET, move |s| {
+        self.serve(op::BATCH_FORGET, (), move |s, ()| {
             for (ino, n) in nodes {
                 s.fs.forget(ino, n);
             }
@@ -293,9 +345,11 @@ impl Filesystem for Dispatcher {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        self.serve(op::GETATTR, move |s| match s.fs.getattr(ino) {
-            Ok(attr) => reply.attr(&s.ttl, &attr),
-            Err(e) => reply.error(e),
+        self.serve(op::GETATTR, reply, move |s, reply| {
+            match s.fs.getattr(ino) {
+                Ok(attr) => reply.attr(&s.ttl, &attr),
+                Err(e) => reply.error(e),
+            }
         });
     }
 
@@ -326,16 +380,20 @@ impl Filesystem for Dispatcher {
             mtime,
             ctime,
         };
-        self.serve(op::SETATTR, move |s| match s.fs.setattr(ino, set) {
-            Ok(attr) => reply.attr(&s.ttl, &attr),
-            Err(e) => reply.error(e),
+        self.serve(op::SETATTR, reply, move |s, reply| {
+            match s.fs.setattr(ino, set) {
+                Ok(attr) => reply.attr(&s.ttl, &attr),
+                Err(e) => reply.error(e),
+            }
         });
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        self.serve(op::READLINK, move |s| match s.fs.readlink(ino) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
+        self.serve(op::READLINK, reply, move |s, reply| {
+            match s.fs.readlink(ino) {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e),
+            }
         });
     }
 
@@ -350,7 +408,7 @@ impl Filesystem for Dispatcher {
         reply: ReplyEntry,
     ) {
         let (name, who) = (name.to_owned(), owner(req));
-        self.serve(op::MKNOD, move |s| {
+        self.serve(op::MKNOD, reply, move |s, reply| {
             reply_entry(s, reply, s.fs.mknod(parent, &name, mode, umask, rdev, who))
         });
     }
@@ -365,21 +423,21 @@ impl Filesystem for Dispatcher {
         reply: ReplyEntry,
     ) {
         let (name, who) = (name.to_owned(), owner(req));
-        self.serve(op::MKDIR, move |s| {
+        self.serve(op::MKDIR, reply, move |s, reply| {
             reply_entry(s, reply, s.fs.mkdir(parent, &name, mode, umask, who))
         });
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.serve(op::UNLINK, move |s| {
+        self.serve(op::UNLINK, reply, move |s, reply| {
             reply_empty(reply, s.fs.unlink(parent, &name))
         });
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.serve(op::RMDIR, move |s| {
+        self.serve(op::RMDIR, reply, move |s, reply| {
             reply_empty(reply, s.fs.rmdir(parent, &name))
         });
     }
@@ -393,7 +451,7 @@ impl Filesystem for Dispatcher {
         reply: ReplyEntry,
     ) {
         let (name, target, who) = (link_name.to_owned(), target.to_owned(), owner(req));
-        self.serve(op::SYMLINK, move |s| {
+        self.serve(op::SYMLINK, reply, move |s, reply| {
             reply_entry(s, reply, s.fs.symlink(parent, &name, &target, who))
         });
     }
@@ -412,7 +470,7 @@ impl Filesystem for Dispatcher {
         // for non-zero flags (RENAME_NOREPLACE/EXCHANGE/WHITEOUT).
         let opcode = if flags == 0 { op::RENAME } else { op::RENAME2 };
         let (name, newname) = (name.to_owned(), newname.to_owned());
-        self.serve(opcode, move |s| {
+        self.serve(opcode, reply, move |s, reply| {
             reply_empty(
                 reply,
                 s.fs.rename(parent, &name, newparent, &newname, flags),
@@ -429,15 +487,17 @@ impl Filesystem for Dispatcher {
         reply: ReplyEntry,
     ) {
         let newname = newname.to_owned();
-        self.serve(op::LINK, move |s| {
+        self.serve(op::LINK, reply, move |s, reply| {
             reply_entry(s, reply, s.fs.link(ino, newparent, &newname))
         });
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        self.serve(op::OPEN, move |s| match s.fs.open(ino, flags) {
-            Ok(fh) => reply.opened(fh, s.open_flags()),
-            Err(e) => reply.error(e),
+        self.serve(op::OPEN, reply, move |s, reply| {
+            match s.fs.open(ino, flags) {
+                Ok(fh) => reply.opened(fh, s.open_flags()),
+                Err(e) => reply.error(e),
+            }
         });
     }
 
@@ -452,9 +512,11 @@ impl Filesystem for Dispatcher {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        self.serve(op::READ, move |s| match s.fs.read(ino, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+        self.serve(op::READ, reply, move |s, reply| {
+            match s.fs.read(ino, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            }
         });
     }
 
@@ -478,6 +540,9 @@ impl Filesystem for Dispatcher {
             if !delay.is_zero() {
                 std::thread::sleep(delay);
             }
+            if let e @ 1.. = self.shared.errno[op::WRITE as usize] {
+                return reply.error(e);
+            }
             match self.shared.fs.write(ino, offset, data) {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
@@ -485,14 +550,18 @@ impl Filesystem for Dispatcher {
             return;
         }
         let data = data.to_vec();
-        self.serve(op::WRITE, move |s| match s.fs.write(ino, offset, &data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
+        self.serve(op::WRITE, reply, move |s, reply| {
+            match s.fs.write(ino, offset, &data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            }
         });
     }
 
     fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _lock: u64, reply: ReplyEmpty) {
-        self.serve(op::FLUSH, move |s| reply_empty(reply, s.fs.exists(ino)));
+        self.serve(op::FLUSH, reply, move |s, reply| {
+            reply_empty(reply, s.fs.exists(ino))
+        });
     }
 
     fn release(
@@ -505,20 +574,24 @@ impl Filesystem for Dispatcher {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve(op::RELEASE, move |s| {
+        self.serve(op::RELEASE, reply, move |s, reply| {
             s.fs.release(ino);
             reply.ok();
         });
     }
 
     fn fsync(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _ds: bool, reply: ReplyEmpty) {
-        self.serve(op::FSYNC, move |s| reply_empty(reply, s.fs.exists(ino)));
+        self.serve(op::FSYNC, reply, move |s, reply| {
+            reply_empty(reply, s.fs.exists(ino))
+        });
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        self.serve(op::OPENDIR, move |s| match s.fs.opendir(ino) {
-            Ok(fh) => reply.opened(fh, 0),
-            Err(e) => reply.error(e),
+        self.serve(op::OPENDIR, reply, move |s, reply| {
+            match s.fs.opendir(ino) {
+                Ok(fh) => reply.opened(fh, 0),
+                Err(e) => reply.error(e),
+            }
         });
     }
 
@@ -528,18 +601,20 @@ impl Filesystem for Dispatcher {
         ino: u64,
         fh: u64,
         offset: i64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        self.serve(op::READDIR, move |s| match s.fs.readdir(ino, fh, offset) {
-            Ok(entries) => {
-                for (child, next, kind, name) in entries {
-                    if reply.add(child, next, kind, &name) {
-                        break;
+        self.serve(op::READDIR, reply, move |s, mut reply| {
+            match s.fs.readdir(ino, fh, offset) {
+                Ok(entries) => {
+                    for (child, next, kind, name) in entries {
+                        if reply.add(child, next, kind, &name) {
+                            break;
+                        }
                     }
+                    reply.ok();
                 }
-                reply.ok();
+                Err(e) => reply.error(e),
             }
-            Err(e) => reply.error(e),
         });
     }
 
@@ -549,9 +624,9 @@ impl Filesystem for Dispatcher {
         ino: u64,
         fh: u64,
         offset: i64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        self.serve(op::READDIRPLUS, move |s| {
+        self.serve(op::READDIRPLUS, reply, move |s, mut reply| {
             match s.fs.readdirplus(ino, fh, offset) {
                 Ok(entries) => {
                     for (child, next, attr, name) in entries {
@@ -577,18 +652,20 @@ impl Filesystem for Dispatcher {
         _flags: i32,
         reply: ReplyEmpty,
     ) {
-        self.serve(op::RELEASEDIR, move |s| {
+        self.serve(op::RELEASEDIR, reply, move |s, reply| {
             s.fs.releasedir(ino, fh);
             reply.ok();
         });
     }
 
     fn fsyncdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _ds: bool, reply: ReplyEmpty) {
-        self.serve(op::FSYNCDIR, move |s| reply_empty(reply, s.fs.exists(ino)));
+        self.serve(op::FSYNCDIR, reply, move |s, reply| {
+            reply_empty(reply, s.fs.exists(ino))
+        });
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        self.serve(op::STATFS, move |s| {
+        self.serve(op::STATFS, reply, move |s, reply| {
             let st = s.fs.statfs();
             reply.statfs(
                 st.blocks, st.bfree, st.bfree, st.files, st.ffree, st.bsize, st.namelen, st.bsize,
@@ -607,7 +684,7 @@ impl Filesystem for Dispatcher {
         reply: ReplyEmpty,
     ) {
         let (name, value) = (name.to_owned(), value.to_vec());
-        self.serve(op::SETXATTR, move |s| {
+        self.serve(op::SETXATTR, reply, move |s, reply| {
             reply_empty(reply, s.fs.setxattr(ino, &name, &value, flags))
         });
     }
@@ -621,20 +698,20 @@ impl Filesystem for Dispatcher {
         reply: ReplyXattr,
     ) {
         let name = name.to_owned();
-        self.serve(op::GETXATTR, move |s| {
+        self.serve(op::GETXATTR, reply, move |s, reply| {
             reply_xattr(reply, size, s.fs.getxattr(ino, &name))
         });
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        self.serve(op::LISTXATTR, move |s| {
+        self.serve(op::LISTXATTR, reply, move |s, reply| {
             reply_xattr(reply, size, s.fs.listxattr(ino))
         });
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
-        self.serve(op::REMOVEXATTR, move |s| {
+        self.serve(op::REMOVEXATTR, reply, move |s, reply| {
             reply_empty(reply, s.fs.removexattr(ino, &name))
         });
     }
@@ -642,7 +719,9 @@ impl Filesystem for Dispatcher {
     fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
         // Permission checks are the kernel's (default_permissions); the kernel
         // does not even send ACCESS then, but answer sensibly if it does.
-        self.serve(op::ACCESS, move |s| reply_empty(reply, s.fs.exists(ino)));
+        self.serve(op::ACCESS, reply, move |s, reply| {
+            reply_empty(reply, s.fs.exists(ino))
+        });
     }
 
     fn create(
@@ -656,7 +735,7 @@ impl Filesystem for Dispatcher {
         reply: ReplyCreate,
     ) {
         let (name, who) = (name.to_owned(), owner(req));
-        self.serve(op::CREATE, move |s| {
+        self.serve(op::CREATE, reply, move |s, reply| {
             match s.fs.create(parent, &name, mode, umask, who) {
                 Ok((attr, fh)) => reply.created(&s.ttl, &attr, 0, fh, s.open_flags()),
                 Err(e) => reply.error(e),
@@ -678,7 +757,9 @@ impl Filesystem for Dispatcher {
     ) {
         // POSIX locks are not negotiated (the kernel keeps them locally), so
         // this is not normally reached: report "no conflicting lock".
-        self.serve(op::GETLK, move |_| reply.locked(0, 0, libc::F_UNLCK, 0));
+        self.serve(op::GETLK, reply, move |_, reply| {
+            reply.locked(0, 0, libc::F_UNLCK, 0)
+        });
     }
 
     fn setlk(
@@ -695,12 +776,12 @@ impl Filesystem for Dispatcher {
         reply: ReplyEmpty,
     ) {
         let opcode = if sleep { op::SETLKW } else { op::SETLK };
-        self.serve(opcode, move |_| reply.ok());
+        self.serve(opcode, reply, move |_, reply| reply.ok());
     }
 
     fn bmap(&mut self, _req: &Request<'_>, _ino: u64, _bs: u32, _idx: u64, reply: ReplyBmap) {
         // Only meaningful for fuseblk (block-device backed) file systems.
-        self.serve(op::BMAP, move |_| reply.error(libc::ENOSYS));
+        self.serve(op::BMAP, reply, move |_, reply| reply.error(libc::ENOSYS));
     }
 
     fn ioctl(
@@ -714,7 +795,7 @@ impl Filesystem for Dispatcher {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        self.serve(op::IOCTL, move |_| reply.error(libc::ENOTTY));
+        self.serve(op::IOCTL, reply, move |_, reply| reply.error(libc::ENOTTY));
     }
 
     fn poll(
@@ -730,7 +811,7 @@ impl Filesystem for Dispatcher {
         // Memory files are always ready.
         let ready =
             events & (libc::POLLIN | libc::POLLOUT | libc::POLLRDNORM | libc::POLLWRNORM) as u32;
-        self.serve(op::POLL, move |_| reply.poll(ready));
+        self.serve(op::POLL, reply, move |_, reply| reply.poll(ready));
     }
 
     fn fallocate(
@@ -743,7 +824,7 @@ impl Filesystem for Dispatcher {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.serve(op::FALLOCATE, move |s| {
+        self.serve(op::FALLOCATE, reply, move |s, reply| {
             reply_empty(reply, s.fs.fallocate(ino, offset, length, mode))
         });
     }
@@ -757,9 +838,11 @@ impl Filesystem for Dispatcher {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.serve(op::LSEEK, move |s| match s.fs.lseek(ino, offset, whence) {
-            Ok(o) => reply.offset(o),
-            Err(e) => reply.error(e),
+        self.serve(op::LSEEK, reply, move |s, reply| {
+            match s.fs.lseek(ino, offset, whence) {
+                Ok(o) => reply.offset(o),
+                Err(e) => reply.error(e),
+            }
         });
     }
 
@@ -776,7 +859,7 @@ impl Filesystem for Dispatcher {
         _flags: u32,
         reply: ReplyWrite,
     ) {
-        self.serve(op::COPY_FILE_RANGE, move |s| {
+        self.serve(op::COPY_FILE_RANGE, reply, move |s, reply| {
             match s
                 .fs
                 .copy_file_range(ino_in, offset_in, ino_out, offset_out, len)

@@ -64,6 +64,11 @@ pub struct DaemonArgs {
     /// LOOKUP=200us (repeatable)
     #[arg(long, value_name = "OP=DURATION", value_parser = parse_latency)]
     pub latency: Vec<(u32, Duration)>,
+    /// Answer every OP request with the error ERRNO instead of serving
+    /// it, after its --latency, e.g. STATFS=ENOSYS (an operation the daemon
+    /// lacks), OPEN=EACCES (repeatable)
+    #[arg(long, value_name = "OP=ERRNO", value_parser = parse_errno)]
+    pub errno: Vec<(u32, i32)>,
     /// Largest WRITE request the kernel may send (4096..16MiB)
     #[arg(long, value_name = "BYTES", value_parser = parse_max_write)]
     pub max_write: Option<u32>,
@@ -119,6 +124,35 @@ pub fn parse_latency(text: &str) -> Result<(u32, Duration), String> {
     Ok((opcode, delay))
 }
 
+/// Parses one `--errno` spec: `OP=ERRNO`, e.g. `STATFS=ENOSYS`.
+pub fn parse_errno(text: &str) -> Result<(u32, i32), String> {
+    let (op, errno) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid errno `{text}`: expected OP=ERRNO, e.g. STATFS=ENOSYS"))?;
+    let opcode = crate::pipeline::opcode::parse(op)?;
+    refusable(opcode)?;
+    Ok((opcode, crate::pipeline::errno::parse(errno)?))
+}
+
+/// Whether `--errno` can answer the opcode: not INIT (no mount), not
+/// DESTROY, nor requests without a reply, nor those fuser answers itself.
+fn refusable(opcode: u32) -> Result<(), String> {
+    use dispatch::op;
+    if opcode as usize >= OPCODE_SLOTS
+        || answered_uncounted(opcode)
+        || matches!(
+            opcode,
+            op::INIT | op::DESTROY | op::FORGET | op::BATCH_FORGET
+        )
+    {
+        return Err(format!(
+            "no error can be injected for opcode {}",
+            crate::pipeline::opcode::name(opcode)
+        ));
+    }
+    Ok(())
+}
+
 /// How the daemon behaves; `DaemonConfig::default()` is a plain daemon.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -128,6 +162,8 @@ pub struct DaemonConfig {
     pub threads: usize,
     /// Delay before answering each request of an opcode (last one wins).
     pub latency: Vec<(u32, Duration)>,
+    /// The error each listed opcode is answered with instead (last one wins).
+    pub errno: Vec<(u32, i32)>,
     pub max_write: Option<u32>,
     pub max_background: Option<u16>,
     /// Attribute/entry cache timeout in replies.
@@ -146,6 +182,7 @@ impl Default for DaemonConfig {
             direct_io: false,
             threads: 1,
             latency: Vec::new(),
+            errno: Vec::new(),
             max_write: None,
             max_background: None,
             ttl: Duration::from_secs(1),
@@ -162,6 +199,7 @@ impl From<&DaemonArgs> for DaemonConfig {
             direct_io: a.direct_io,
             threads: a.threads,
             latency: a.latency.clone(),
+            errno: a.errno.clone(),
             max_write: a.max_write,
             max_background: a.max_background,
             ttl: a.ttl,
@@ -201,7 +239,21 @@ impl DaemonConfig {
                 );
             }
         }
+        for (op, errno) in &self.errno {
+            refusable(*op).map_err(|e| anyhow!(e))?;
+            if !(1..4096).contains(errno) {
+                bail!("errno must be a positive error number, not {errno}");
+            }
+        }
         Ok(())
+    }
+
+    fn errno_table(&self) -> [libc::c_int; OPCODE_SLOTS] {
+        let mut table = [0; OPCODE_SLOTS];
+        for (op, e) in &self.errno {
+            table[*op as usize] = *e;
+        }
+        table
     }
 
     fn latency_table(&self) -> [Duration; OPCODE_SLOTS] {
@@ -299,6 +351,7 @@ impl MountedDaemon {
             fs: fs::MemFs::new(),
             counts: counts.clone(),
             latency: config.latency_table(),
+            errno: config.errno_table(),
             ttl: config.ttl,
             direct_io: config.direct_io,
         });
@@ -848,6 +901,55 @@ mod tests {
     }
 
     #[test]
+    fn errno_specs() {
+        assert_eq!(parse_errno("STATFS=ENOSYS").unwrap(), (17, 38));
+        assert_eq!(parse_errno("open=eacces").unwrap(), (14, 13));
+        assert_eq!(parse_errno("GETATTR=5").unwrap(), (3, 5));
+        assert!(parse_errno("OPEN").unwrap_err().contains("OP=ERRNO"));
+        assert!(
+            parse_errno("OPEN=EWHAT")
+                .unwrap_err()
+                .contains("unknown errno")
+        );
+        assert!(
+            parse_errno("REED=EIO")
+                .unwrap_err()
+                .contains("unknown FUSE opcode")
+        );
+        for no_reply in [
+            "FORGET",
+            "BATCH_FORGET",
+            "INIT",
+            "DESTROY",
+            "INTERRUPT",
+            "STATX",
+        ] {
+            assert!(
+                parse_errno(&format!("{no_reply}=EIO"))
+                    .unwrap_err()
+                    .contains("no error can be injected"),
+                "{no_reply}"
+            );
+        }
+        let config = DaemonConfig {
+            errno: vec![(17, 38), (14, 13), (17, 5)],
+            ..DaemonConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        let table = config.errno_table();
+        assert_eq!(
+            (table[17], table[14], table[3]),
+            (5, 13, 0),
+            "last one wins"
+        );
+        let bad = DaemonConfig {
+            errno: vec![(dispatch::op::INIT, 5)],
+            ..DaemonConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
     fn cli_flags() {
         let cli = Cli::try_parse_from([
             "x",
@@ -860,6 +962,8 @@ mod tests {
             "READ=5ms",
             "--latency",
             "LOOKUP=200us",
+            "--errno",
+            "STATFS=ENOSYS",
             "--max-write",
             "128K",
             "--max-background",
@@ -878,6 +982,7 @@ mod tests {
                 (1, Duration::from_micros(200))
             ]
         );
+        assert_eq!(config.errno, [(17, 38)]);
         assert_eq!(config.max_write, Some(128 << 10));
         assert_eq!(config.max_background, Some(32));
         assert_eq!(config.ttl, Duration::from_secs(1));

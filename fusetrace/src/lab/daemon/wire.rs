@@ -457,10 +457,11 @@ fn decode<'a>(opcode: u32, f: &'a [u8], var: &'a [u8]) -> Option<Op<'a>> {
 }
 
 /// Serves one request (any opcode but INIT) like `dispatch.rs` does: counts
-/// it, sleeps the opcode's injected latency, calls `MemFs` and encodes the
-/// reply. INTERRUPT, NOTIFY_REPLY, unrestricted IOCTL and unknown opcodes are
-/// answered ENOSYS uncounted; a request whose arguments are truncated EIO,
-/// uncounted (fuser's behaviour).
+/// it, sleeps the opcode's injected latency, calls `MemFs` (or answers the
+/// injected error) and encodes the reply. INTERRUPT, NOTIFY_REPLY,
+/// unrestricted IOCTL and unknown opcodes are answered ENOSYS uncounted; a
+/// request whose arguments are truncated EIO, uncounted (fuser's
+/// behaviour).
 pub(crate) fn serve(s: &Shared, h: &InHeader, fixed: &[u8], var: &[u8]) -> Reply {
     let opcode = h.opcode;
     let Some(size) = fixed_size(opcode) else {
@@ -480,6 +481,11 @@ pub(crate) fn serve(s: &Shared, h: &InHeader, fixed: &[u8], var: &[u8]) -> Reply
     let delay = s.latency[opcode as usize % OPCODE_SLOTS];
     if !delay.is_zero() {
         std::thread::sleep(delay);
+    }
+    if let e @ 1.. = s.errno[opcode as usize % OPCODE_SLOTS]
+        && !matches!(request, Op::Forget(_) | Op::BatchForget(_))
+    {
+        return Reply::Error(e);
     }
     let ino = h.nodeid;
     let fs = &s.fs;
