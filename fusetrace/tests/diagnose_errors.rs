@@ -20,34 +20,6 @@ use serde_json::Value;
 /// The finding ids this file is about.
 const IDS: [&str; 4] = ["enosys", "error_storm", "interrupt_storm", "slow_paths"];
 
-/// `fusetrace diagnose --json --mount MOUNT` while `work` runs: the
-/// diagnosis of the mount's connection.
-fn diagnose_during(mount: &Path, work: impl FnOnce()) -> Value {
-    let conn = connection_of(mount);
-    let tracer = Tracer::start(&["diagnose", "--json", "--mount", mount.to_str().unwrap()]);
-    work();
-    let out = tracer.stop();
-    out.records
-        .iter()
-        .find_map(|v| v.get("diagnoses"))
-        .expect("diagnoses JSON")
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["connection"].as_u64() == Some(conn))
-        .unwrap_or_else(|| panic!("no diagnosis of our mount: {:?}", out.records))
-        .clone()
-}
-
-/// The finding with this id, if any.
-fn finding<'a>(d: &'a Value, id: &str) -> Option<&'a Value> {
-    d["findings"]
-        .as_array()
-        .expect("findings")
-        .iter()
-        .find(|f| f["id"] == id)
-}
-
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
@@ -68,10 +40,10 @@ fn statfs(path: &Path) -> std::io::Result<()> {
 
 #[test]
 fn an_opcode_answered_enosys_again_and_again_is_found() {
-    require_root();
+    let _alone = tracing_alone();
     let daemon = Daemon::start("enosys", &["--errno", "STATFS=ENOSYS"]);
     let before = daemon.snapshot();
-    let d = diagnose_during(daemon.path(), || {
+    let d = findings_while(daemon.path(), || {
         for _ in 0..100 {
             let e = statfs(daemon.path()).unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::ENOSYS));
@@ -79,7 +51,7 @@ fn an_opcode_answered_enosys_again_and_again_is_found() {
     });
     let served = daemon.stop_since(&before);
     assert_eq!(served.get("STATFS"), Some(&100), "{served:?}");
-    let f = finding(&d, "enosys").unwrap_or_else(|| panic!("no enosys finding: {d}"));
+    let f = finding(&d, "enosys").unwrap_or_else(|| panic!("no enosys finding: {d:?}"));
     assert_eq!(f["evidence"]["opcode"], "STATFS", "{f}");
     assert!(n(&f["evidence"]["count"]) >= 100, "{f}");
     assert!(f["evidence"]["per_second"].as_f64().unwrap() > 0.0, "{f}");
@@ -88,19 +60,19 @@ fn an_opcode_answered_enosys_again_and_again_is_found() {
         "{f}"
     );
     for other in ["error_storm", "interrupt_storm", "slow_paths"] {
-        assert!(finding(&d, other).is_none(), "{other}: {d}");
+        assert!(finding(&d, other).is_none(), "{other}: {d:?}");
     }
 }
 
 #[test]
 fn enosys_the_kernel_remembers_is_not_found() {
-    require_root();
+    let _alone = tracing_alone();
     // FSYNC answered ENOSYS once: the kernel stops sending it (no_fsync).
     let daemon = Daemon::start("enosys-once", &["--errno", "FSYNC=ENOSYS"]);
     let file = daemon.path().join("synced");
     fs::write(&file, b"data").unwrap();
     let before = daemon.snapshot();
-    let d = diagnose_during(daemon.path(), || {
+    let d = findings_while(daemon.path(), || {
         let f = File::options().write(true).open(&file).unwrap();
         for _ in 0..100 {
             f.sync_all().unwrap();
@@ -110,15 +82,15 @@ fn enosys_the_kernel_remembers_is_not_found() {
     let served = daemon.stop_since(&before);
     assert_eq!(served.get("FSYNC"), Some(&1), "remembered: {served:?}");
     assert_eq!(served.get("STATFS"), Some(&100), "{served:?}");
-    assert!(finding(&d, "enosys").is_none(), "{d}");
+    assert!(finding(&d, "enosys").is_none(), "{d:?}");
 }
 
 #[test]
 fn an_error_storm_names_opcode_errno_and_path() {
-    require_root();
+    let _alone = tracing_alone();
     let daemon = Daemon::start("storm", &["--errno", "OPEN=EACCES"]);
     let file = daemon.path().join("locked");
-    let d = diagnose_during(daemon.path(), || {
+    let d = findings_while(daemon.path(), || {
         // CREATE is not OPEN: the file comes into being (and the tracer
         // learns its name).
         File::create(&file).unwrap();
@@ -128,7 +100,7 @@ fn an_error_storm_names_opcode_errno_and_path() {
         }
     });
     daemon.stop();
-    let f = finding(&d, "error_storm").unwrap_or_else(|| panic!("no error_storm finding: {d}"));
+    let f = finding(&d, "error_storm").unwrap_or_else(|| panic!("no error_storm finding: {d:?}"));
     let e = &f["evidence"];
     assert_eq!(
         (&e["opcode"], &e["errno"]),
@@ -146,18 +118,18 @@ fn an_error_storm_names_opcode_errno_and_path() {
         "{f}"
     );
     for other in ["enosys", "interrupt_storm", "slow_paths"] {
-        assert!(finding(&d, other).is_none(), "{other}: {d}");
+        assert!(finding(&d, other).is_none(), "{other}: {d:?}");
     }
 }
 
 #[test]
 fn successes_and_failed_lookups_are_no_error_storm() {
-    require_root();
+    let _alone = tracing_alone();
     let daemon = Daemon::start("no-storm", &[]);
     let file = daemon.path().join("open");
     File::create(&file).unwrap();
     let missing = daemon.path().join("missing");
-    let d = diagnose_during(daemon.path(), || {
+    let d = findings_while(daemon.path(), || {
         for _ in 0..100 {
             File::open(&file).unwrap();
             // LOOKUP answered ENOENT: normal (the negative cache's business).
@@ -165,25 +137,15 @@ fn successes_and_failed_lookups_are_no_error_storm() {
         }
     });
     daemon.stop();
-    assert!(finding(&d, "error_storm").is_none(), "{d}");
+    assert!(finding(&d, "error_storm").is_none(), "{d:?}");
 }
 
 /// A bindfs mount of `src` at `mnt` (with `args`), unmounted on drop.
-struct Bindfs(PathBuf);
-
-impl Bindfs {
-    fn mount(args: &[&str], src: &Path, mnt: &Path) -> Bindfs {
-        fs::create_dir_all(mnt).unwrap();
-        run_ok(Command::new("bindfs").args(args).arg(src).arg(mnt));
-        assert!(is_mounted(mnt), "bindfs did not mount {}", mnt.display());
-        Bindfs(mnt.to_path_buf())
-    }
-}
-
-impl Drop for Bindfs {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
-    }
+fn bindfs(args: &[&str], src: &Path, mnt: &Path) -> MountGuard {
+    fs::create_dir_all(mnt).unwrap();
+    run_ok(Command::new("bindfs").args(args).arg(src).arg(mnt));
+    assert!(is_mounted(mnt), "bindfs did not mount {}", mnt.display());
+    MountGuard(mnt.to_path_buf())
 }
 
 /// Empty handler: the signal only has to interrupt (SA_RESTART: calls
@@ -231,16 +193,16 @@ fn with_timer_signals(work: impl FnOnce()) {
 /// gets the bindfs mount; the diagnosis is bindfs's. Multithreaded: a
 /// single-threaded daemon reads nothing while it serves, and the kernel
 /// drops an INTERRUPT whose request has ended.
-fn slow_bindfs(name: &str, work: impl FnOnce(&Path)) -> Value {
+fn slow_bindfs(name: &str, work: impl FnOnce(&Path)) -> Vec<Value> {
     let daemon = Daemon::start(name, &["--latency", "STATFS=20ms"]);
     let scratch = Scratch::new(name);
     let mnt = scratch.path().join("mnt");
-    let bindfs = Bindfs::mount(&["--multithreaded"], daemon.path(), &mnt);
+    let bindfs = bindfs(&["--multithreaded"], daemon.path(), &mnt);
     assert_ne!(
         fs::metadata(&mnt).unwrap().dev(),
         fs::metadata(daemon.path()).unwrap().dev()
     );
-    let d = diagnose_during(&mnt, || work(&mnt));
+    let d = findings_while(&mnt, || work(&mnt));
     drop(bindfs);
     daemon.stop();
     d
@@ -248,7 +210,7 @@ fn slow_bindfs(name: &str, work: impl FnOnce(&Path)) -> Value {
 
 #[test]
 fn signals_during_slow_calls_are_an_interrupt_storm() {
-    require_root();
+    let _alone = tracing_alone();
     let d = slow_bindfs("interrupts", |mnt| {
         with_timer_signals(|| {
             for _ in 0..60 {
@@ -256,7 +218,7 @@ fn signals_during_slow_calls_are_an_interrupt_storm() {
             }
         })
     });
-    let f = finding(&d, "interrupt_storm").unwrap_or_else(|| panic!("no interrupt_storm: {d}"));
+    let f = finding(&d, "interrupt_storm").unwrap_or_else(|| panic!("no interrupt_storm: {d:?}"));
     let e = &f["evidence"];
     // Every call lasts 20 ms and a signal comes every 2 ms: each one is
     // interrupted once (the kernel then waits for the answer unless killed).
@@ -271,21 +233,21 @@ fn signals_during_slow_calls_are_an_interrupt_storm() {
 
 #[test]
 fn slow_calls_without_signals_are_no_interrupt_storm() {
-    require_root();
+    let _alone = tracing_alone();
     let d = slow_bindfs("no-interrupts", |mnt| {
         for _ in 0..60 {
             statfs(mnt).unwrap();
         }
     });
-    assert!(finding(&d, "interrupt_storm").is_none(), "{d}");
+    assert!(finding(&d, "interrupt_storm").is_none(), "{d:?}");
 }
 
 /// 60 open+close of one file on the reference daemon with these flags,
 /// among twice as many statfs(2): OPEN is a minority of the requests.
-fn opens(name: &str, flags: &[&str]) -> Value {
+fn opens(name: &str, flags: &[&str]) -> Vec<Value> {
     let daemon = Daemon::start(name, flags);
     let file = daemon.path().join("slowfile");
-    let d = diagnose_during(daemon.path(), || {
+    let d = findings_while(daemon.path(), || {
         File::create(&file).unwrap();
         for _ in 0..60 {
             drop(File::open(&file).unwrap());
@@ -299,9 +261,9 @@ fn opens(name: &str, flags: &[&str]) -> Value {
 
 #[test]
 fn a_slow_operation_is_a_slow_path_in_the_daemon() {
-    require_root();
+    let _alone = tracing_alone();
     let d = opens("slow-open", &["--latency", "OPEN=20ms"]);
-    let f = finding(&d, "slow_paths").unwrap_or_else(|| panic!("no slow_paths finding: {d}"));
+    let f = finding(&d, "slow_paths").unwrap_or_else(|| panic!("no slow_paths finding: {d:?}"));
     let row = &f["evidence"]["rows"][0];
     assert!(row["path"].as_str().unwrap().ends_with("/slowfile"), "{f}");
     assert_eq!(row["opcode"], "OPEN", "{f}");
@@ -319,14 +281,14 @@ fn a_slow_operation_is_a_slow_path_in_the_daemon() {
 
 #[test]
 fn fast_operations_are_no_slow_path() {
-    require_root();
+    let _alone = tracing_alone();
     let d = opens("fast-open", &[]);
-    assert!(finding(&d, "slow_paths").is_none(), "{d}");
+    assert!(finding(&d, "slow_paths").is_none(), "{d:?}");
 }
 
 /// `fusetrace load MOUNT --workload mixed` for 3 s, diagnosed.
-fn mixed_load(mount: &Path) -> Value {
-    diagnose_during(mount, || {
+fn mixed_load(mount: &Path) -> Vec<Value> {
+    findings_while(mount, || {
         run_ok(Command::new(bin()).args([
             "load",
             mount.to_str().unwrap(),
@@ -340,30 +302,31 @@ fn mixed_load(mount: &Path) -> Value {
 
 #[test]
 fn healthy_mounts_under_mixed_load_have_none_of_these_findings() {
-    require_root();
-    let daemon = Daemon::start("healthy", &["--threads", "4"]);
+    let _alone = tracing_alone();
+    let daemon = Daemon::start("healthy-threads", &["--threads", "4"]);
     let d = mixed_load(daemon.path());
     daemon.stop();
-    let scratch = Scratch::new("healthy-bindfs");
+    // Default bindfs is in tests/diagnose.rs; the multithreaded one takes
+    // INTERRUPTs (see `slow_bindfs`).
+    let scratch = Scratch::new("healthy-bindfs-mt");
     let src = scratch.path().join("src");
     fs::create_dir_all(&src).unwrap();
-    let bindfs = Bindfs::mount(&[], &src, &scratch.path().join("mnt"));
-    let b = mixed_load(&bindfs.0);
-    drop(bindfs);
-    for (what, d) in [("reference daemon --threads 4", &d), ("bindfs", &b)] {
-        assert!(
-            d["findings"].as_array().is_some(),
-            "{what}: no findings list: {d}"
-        );
+    let guard = bindfs(&["--multithreaded"], &src, &scratch.path().join("mnt"));
+    let b = mixed_load(&guard.0);
+    drop(guard);
+    for (what, d) in [
+        ("reference daemon --threads 4", &d),
+        ("bindfs --multithreaded", &b),
+    ] {
         for id in IDS {
-            assert!(finding(d, id).is_none(), "{what}: {id}: {d}");
+            assert!(finding(d, id).is_none(), "{what}: {id}: {d:?}");
         }
     }
 }
 
 #[test]
 fn a_recording_gives_the_same_findings_as_the_live_run() {
-    require_root();
+    let _alone = tracing_alone();
     // OPEN refused after 20 ms: an error storm and a slow path at once.
     let daemon = Daemon::start(
         "errors-rec",
