@@ -10,7 +10,7 @@ mod common;
 use std::{
     fs::{self, File},
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
 };
 
