@@ -61,6 +61,7 @@ impl Rule for Enosys {
         let total: u64 = repeated.iter().map(|(_, n)| n).sum();
         let others = match repeated.len() {
             1 => String::new(),
+            2 => format!(" (and 1 more opcode, {} in all)", count(total)),
             k => format!(" (and {} more opcodes, {} in all)", k - 1, count(total)),
         };
         let rows: Vec<_> = repeated
@@ -195,7 +196,7 @@ mod tests {
             (&json!("LINK"), &json!(30))
         );
         assert!(
-            f.summary.contains("and 1 more opcodes, 90 in all"),
+            f.summary.contains("and 1 more opcode, 90 in all"),
             "{}",
             f.summary
         );

@@ -127,6 +127,7 @@ impl Rule for ErrorStorm {
             .collect();
         let others = match storms.len() {
             1 => String::new(),
+            2 => format!("; 1 more storm, {} failures in all", count(total)),
             k => format!("; {} more storms, {} failures in all", k - 1, count(total)),
         };
         let top_path = paths.first().map_or("-", |(p, _)| p.as_str());
@@ -293,7 +294,7 @@ mod tests {
         assert_eq!(f.evidence["errno"], "EOPNOTSUPP");
         assert!(
             f.summary
-                .contains("all on /mnt/f; 1 more storms, 150 failures in all"),
+                .contains("all on /mnt/f; 1 more storm, 150 failures in all"),
             "{}",
             f.summary
         );

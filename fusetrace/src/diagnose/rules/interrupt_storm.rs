@@ -32,6 +32,7 @@ const MIN_SHARE: f64 = 0.001;
 /// Target opcodes listed in the evidence.
 const ROWS: usize = 5;
 
+/// Counts INTERRUPTs, their answers, and the requests they interrupted.
 #[derive(Default)]
 pub struct InterruptStorm {
     interrupts: u64,
