@@ -166,7 +166,7 @@ fn advice(op: u32, e: i32, name: &str, errno_name: &str, path: &str) -> (String,
     match e {
         libc::EACCES | libc::EPERM => (
             format!(
-                "the callers' access to {path} (and the other paths), or the daemon's {name} permission check; if it is about mode bits, `-o default_permissions` makes the kernel refuse without asking the daemon"
+                "the callers' access to {path} (the most refused path), or the daemon's {name} permission check; if it is about mode bits, `-o default_permissions` makes the kernel refuse without asking the daemon"
             ),
             format!("{name} refused in the kernel or not asked for"),
         ),
