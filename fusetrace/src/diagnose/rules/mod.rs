@@ -6,11 +6,11 @@
 pub mod background_queue;
 pub mod cache;
 pub mod daemon_concurrency;
-pub mod in_flight;
-pub mod io_uring_unused;
 pub mod enosys;
 pub mod error_storm;
+pub mod in_flight;
 pub mod interrupt_storm;
+pub mod io_uring_unused;
 pub mod slow_paths;
 #[cfg(test)]
 mod synthetic;
