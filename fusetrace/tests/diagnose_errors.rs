@@ -152,12 +152,22 @@ fn bindfs(args: &[&str], src: &Path, mnt: &Path) -> MountGuard {
 /// that return EINTR are restarted, none fails).
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
+/// A POSIX timer, deleted on drop (also when the work under it panics).
+struct Timer(libc::timer_t);
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        // SAFETY: a timer this process created and has not deleted.
+        unsafe { libc::timer_delete(self.0) };
+    }
+}
+
 /// Runs `work` on this thread while a timer sends it SIGUSR2 every 2 ms
 /// (the kernel's timer, to this thread only).
 fn with_timer_signals(work: impl FnOnce()) {
     // SAFETY: sigaction with a valid handler; the timer targets this
-    // thread (SIGEV_THREAD_ID) and is deleted before returning.
-    unsafe {
+    // thread (SIGEV_THREAD_ID) and is deleted when `Timer` drops.
+    let _timer = unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = ignore_signal as *const () as usize;
         sa.sa_flags = libc::SA_RESTART;
@@ -171,6 +181,7 @@ fn with_timer_signals(work: impl FnOnce()) {
             libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer),
             0
         );
+        let timer = Timer(timer);
         let every = libc::timespec {
             tv_sec: 0,
             tv_nsec: 2_000_000,
@@ -180,12 +191,12 @@ fn with_timer_signals(work: impl FnOnce()) {
             it_value: every,
         };
         assert_eq!(
-            libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()),
+            libc::timer_settime(timer.0, 0, &spec, std::ptr::null_mut()),
             0
         );
-        work();
-        assert_eq!(libc::timer_delete(timer), 0);
-    }
+        timer
+    };
+    work();
 }
 
 /// bindfs over the reference daemon whose STATFS takes 20 ms: a statfs(2)
