@@ -678,7 +678,7 @@ fn advice(d: &Diagnosis) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pipeline::tracker::{Tracker, TrackerConfig};
     use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FLAG_WRITEBACK_CACHE};
@@ -686,7 +686,9 @@ mod tests {
     const CONN: u32 = 50;
     const NODE: u64 = 2;
 
-    fn request(
+    /// A finished request built through the real tracker (also for the
+    /// rules' tests).
+    pub(crate) fn request(
         unique: u64,
         op: u32,
         sent: u64,
@@ -724,7 +726,7 @@ mod tests {
         out.pop().unwrap()
     }
 
-    fn app_write(tid: u32, pos: u64, len: u32, enter: u64, exit: u64) -> FuseEvent {
+    pub(crate) fn app_write(tid: u32, pos: u64, len: u32, enter: u64, exit: u64) -> FuseEvent {
         FuseEvent {
             kind: EventKind::AppWrite as u8,
             connection: CONN,

@@ -3,11 +3,16 @@
 //! the end (`super::finding`). A new rule is one file here and one line in
 //! [`all`].
 
+pub mod page_cache_bypassed;
+pub mod small_transfers;
 pub mod writeback;
 
 use super::finding::Rule;
 
 /// A fresh set of every rule, for one connection.
 pub fn all() -> Vec<Box<dyn Rule>> {
-    vec![]
+    vec![
+        Box::new(small_transfers::SmallTransfers::default()),
+        Box::new(page_cache_bypassed::PageCacheBypassed::default()),
+    ]
 }

@@ -4,6 +4,7 @@
 //! write-through WRITEs, READs caused by partial-page writes into the
 //! writeback cache, or writes that reached the daemon after their sync.
 
+use super::small_transfers::{SMALL_LIMIT, write_limit};
 use crate::diagnose::{
     analysis::{Diagnosis, bytes},
     finding::{Facts, Finding, FindingId, count, percent},
@@ -14,13 +15,27 @@ const SMALL_WRITE: u64 = 32 * 1024;
 /// Fewer WRITE requests than this say nothing about throughput.
 const MIN_WRITES: u64 = 100;
 
+/// The WRITEs are small because the connection's write limit cut the
+/// applications' larger writes (`small_transfers` names that cause; the
+/// writeback cache would gather pages into WRITEs no larger).
+fn cut_by_max_write(d: &Diagnosis, facts: &Facts) -> bool {
+    let Some(limits) = facts.limits else {
+        return false;
+    };
+    let (limit, _) = write_limit(&limits);
+    limit < SMALL_LIMIT
+        && d.app_writes.mean_bytes > limit
+        && d.write_requests.mean_bytes * 10 >= limit * 9
+}
+
 /// The finding, when the mode costs something.
 pub fn finding(d: &Diagnosis, facts: &Facts) -> Option<Finding> {
     let writes = &d.write_requests;
     let small_write_through = d.writeback_cache == Some(false)
         && d.direct_io_opens == 0
         && writes.count >= MIN_WRITES
-        && writes.mean_bytes < SMALL_WRITE;
+        && writes.mean_bytes < SMALL_WRITE
+        && !cut_by_max_write(d, facts);
     let reads = d.writeback_cache == Some(true) && d.reads_caused_by_writes > 0;
     if !small_write_through && !reads && d.writes_after_sync == 0 {
         return None;
@@ -75,4 +90,71 @@ pub fn finding(d: &Diagnosis, facts: &Facts) -> Option<Finding> {
             .with("reads_caused_by_writes", d.reads_caused_by_writes)
             .with("writes_after_sync", d.writes_after_sync),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::analysis::{
+        Evidence,
+        tests::{app_write, request},
+    };
+    use crate::diagnose::finding::Limits;
+    use fusetrace_common::opcode::WRITE as OP_WRITE;
+
+    /// 8 write-through write(2) calls of 64 KiB, each cut into 16 WRITEs of 4 KiB.
+    fn cut_writes() -> Diagnosis {
+        let mut e = Evidence::default();
+        let mut unique = 2;
+        for w in 0..8u64 {
+            let enter = 1_000_000 * (w + 1);
+            for p in 0..16u64 {
+                e.request(&request(
+                    unique,
+                    OP_WRITE,
+                    enter + 100 * (p + 1),
+                    7,
+                    [w * 65536 + p * 4096, 4096],
+                    [0, 0],
+                    false,
+                ));
+                unique += 2;
+            }
+            e.app_write(&app_write(7, w * 65536, 65536, enter, enter + 900_000));
+        }
+        e.conclude(&mut |_| "/mnt".into()).pop().unwrap()
+    }
+
+    fn facts(limits: Option<Limits>) -> Facts {
+        Facts {
+            requests: 128,
+            limits,
+            ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn small_write_through_writes_are_this_finding_unless_max_write_cut_them() {
+        let d = cut_writes();
+        let f = finding(&d, &facts(None)).expect("small write-through WRITEs");
+        assert_eq!(f.id, FindingId::WritebackCache);
+        assert!(
+            f.summary.starts_with("write-through: 8 writes of 64 KiB"),
+            "{}",
+            f.summary
+        );
+        // A 4 KiB max_write is what cut them: `small_transfers` says so.
+        let small = Limits {
+            max_read: u32::MAX,
+            max_write: 4096,
+            max_pages: 256,
+            ..Limits::default()
+        };
+        assert_eq!(finding(&d, &facts(Some(small))), None);
+        let roomy = Limits {
+            max_write: 1 << 20,
+            ..small
+        };
+        assert!(finding(&d, &facts(Some(roomy))).is_some());
+    }
 }
