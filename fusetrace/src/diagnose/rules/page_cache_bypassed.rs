@@ -98,10 +98,13 @@ impl Rule for PageCacheBypassed {
         }
         let most = self.ranges.values().copied().max().unwrap_or(0);
         let summary = format!(
-            "direct I/O: {} READs of {} on {} files opened FOPEN_DIRECT_IO; {} ({}) read a range already read ({} read again; one range {} times)",
+            "direct I/O: {} READs of {} on {} opened FOPEN_DIRECT_IO; {} ({}) read a range already read ({} read again; one range {} times)",
             count(self.reads),
             bytes(self.read_bytes),
-            count(self.direct_nodes.len() as u64),
+            match self.direct_nodes.len() {
+                1 => "1 file".to_string(),
+                n => format!("{} files", count(n as u64)),
+            },
             count(self.repeated),
             percent(self.repeated, self.reads),
             bytes(self.bytes_reread),

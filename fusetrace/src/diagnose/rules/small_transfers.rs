@@ -1,7 +1,8 @@
 //! The small-transfers finding: READ or WRITE requests cut into small
 //! pieces by the connection's negotiated limits (`max_write`, `max_read`,
-//! `max_pages`, read from the kernel's `fuse_conn`), not by what the
-//! application asked. Small requests the application chose (4 KiB
+//! `max_pages`, read from the kernel's `fuse_conn`; or one page per
+//! write-through WRITE when FUSE_BIG_WRITES was not negotiated), not by
+//! what the application asked. Small requests the application chose (4 KiB
 //! writes through the page cache, random 4 KiB reads) are not this: a
 //! request is blamed on the limit only when it is exactly at the limit and
 //! the bytes went on: a write(2) larger than the limit split into several
@@ -154,22 +155,49 @@ impl SmallTransfers {
         (t.sent_ns <= exit).then_some(len)
     }
 
+    /// The applications' writes longer than `than`: (entry, exit, length)
+    /// per (thread, node), by entry.
+    fn app_writes_longer(&self, than: u64) -> HashMap<(u32, u64), Vec<(u64, u64, u64)>> {
+        let mut large: HashMap<(u32, u64), Vec<(u64, u64, u64)>> = HashMap::new();
+        for w in self.app_writes.iter().filter(|w| w.len > than) {
+            large
+                .entry((w.tid, w.node))
+                .or_default()
+                .push((w.enter_ns, w.exit_ns, w.len));
+        }
+        for v in large.values_mut() {
+            v.sort_unstable();
+        }
+        large
+    }
+
+    /// The kernel sent write(2) calls longer than a page as one-page
+    /// WRITEs: FUSE_BIG_WRITES was not negotiated (libfuse 2 without `-o
+    /// big_writes`), whatever max_write says. `fuse_conn.big_writes` is
+    /// not among the limits read, so the pieces tell.
+    fn one_page_writes(&self) -> bool {
+        let large = self.app_writes_longer(PAGE);
+        let mut pieces = 0;
+        for t in self.writes.iter().filter(|t| !t.cached) {
+            if Self::split_from(&large, t).is_some() {
+                if t.size > PAGE {
+                    return false;
+                }
+                pieces += 1;
+            }
+        }
+        pieces >= MIN_CUT
+    }
+
     fn cut(&self, transfers: &[Transfer], limit: u64, writes: bool) -> Cut {
         let mut c = Cut::default();
         let starts: HashSet<(u64, u64)> = transfers.iter().map(|t| (t.node, t.offset)).collect();
         let runs = Self::runs(transfers);
-        let mut large: HashMap<(u32, u64), Vec<(u64, u64, u64)>> = HashMap::new();
-        if writes {
-            for w in self.app_writes.iter().filter(|w| w.len > limit) {
-                large
-                    .entry((w.tid, w.node))
-                    .or_default()
-                    .push((w.enter_ns, w.exit_ns, w.len));
-            }
-            for v in large.values_mut() {
-                v.sort_unstable();
-            }
-        }
+        let large = if writes {
+            self.app_writes_longer(limit)
+        } else {
+            HashMap::new()
+        };
         for (t, &run) in transfers.iter().zip(&runs) {
             c.requests += 1;
             c.total_bytes += t.size;
@@ -205,7 +233,13 @@ impl SmallTransfers {
     fn finding(&self, facts: &Facts, writes: bool) -> Option<Finding> {
         let limits = facts.limits?;
         let (op, transfers, (limit, name)) = if writes {
-            ("WRITE", &self.writes, write_limit(&limits))
+            let (bytes, name) = write_limit(&limits);
+            let limit = if bytes > PAGE && self.one_page_writes() {
+                (PAGE, "big_writes")
+            } else {
+                (bytes, name)
+            };
+            ("WRITE", &self.writes, limit)
         } else {
             ("READ", &self.reads, read_limit(&limits))
         };
@@ -234,13 +268,20 @@ impl SmallTransfers {
                 bytes(mean(c.run_bytes, c.in_runs))
             ));
         }
+        let at = if name == "big_writes" {
+            format!(
+                "one page: no FUSE_BIG_WRITES (max_write {} unused)",
+                bytes(u64::from(limits.max_write))
+            )
+        } else {
+            format!("{name} = {}", bytes(limit))
+        };
         let summary = format!(
-            "{op}: {} requests of {} on average, {} ({}) cut at {name} = {}: {}",
+            "{op}: {} requests of {} on average, {} ({}) cut at {at}: {}",
             count(c.requests),
             bytes(mean(c.total_bytes, c.requests)),
             count(c.cut),
             percent(c.cut, c.requests),
-            bytes(limit),
             why.join("; "),
         );
         let knob = match name {
@@ -249,6 +290,9 @@ impl SmallTransfers {
             }
             "max_read" => {
                 "raise or drop max_read: libfuse `-o max_read=1048576` (the mount option; unset means no limit), with max_pages to match (FUSE_MAX_PAGES in INIT)"
+            }
+            "big_writes" => {
+                "FUSE_BIG_WRITES in INIT: libfuse 2 `-o big_writes` (e.g. `bindfs -o big_writes`), or libfuse 3, which always asks it; without it the kernel sends one page per write-through WRITE whatever max_write is"
             }
             _ => {
                 "raise max_pages: the daemon answers INIT with FUSE_MAX_PAGES and max_pages up to 256 (libfuse 3 `max_pages`, set from `-o max_write=`; the kernel caps it at fs.fuse.max_pages_limit)"
@@ -453,7 +497,48 @@ mod tests {
             max_pages: 32,
             ..MAX_WRITE_4K
         };
+        let (recs, app) = written(100, 256 << 10, 128 << 10);
         assert_eq!(conclude(Some(roomy), &recs, &app), []);
+    }
+
+    #[test]
+    fn one_page_pieces_under_a_large_max_write_are_no_big_writes() {
+        let libfuse2 = Limits {
+            max_write: 128 << 10,
+            max_pages: 32,
+            ..MAX_WRITE_4K
+        };
+        let (recs, app) = written(10, 64 << 10, 4096);
+        let found = conclude(Some(libfuse2), &recs, &app);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = &found[0];
+        assert_eq!(evidence(f, "limit"), "big_writes");
+        assert_eq!(evidence(f, "limit_bytes"), 4096);
+        assert_eq!(evidence(f, "max_write"), 131072);
+        assert_eq!(evidence(f, "fewer_requests_factor"), 16.0);
+        assert!(
+            f.summary
+                .contains("cut at one page: no FUSE_BIG_WRITES (max_write 128 KiB unused)"),
+            "{}",
+            f.summary
+        );
+        assert!(f.knob.contains("-o big_writes"), "{}", f.knob);
+        // One WRITE larger than a page among the pieces: big writes are on.
+        let (mut recs, app) = written(10, 64 << 10, 4096);
+        let (more, more_app) = written(1, 64 << 10, 8192);
+        let last = recs.last().unwrap().sent_ns.unwrap();
+        recs.extend(more.into_iter().map(|mut r| {
+            r.sent_ns = r.sent_ns.map(|s| s + last);
+            r
+        }));
+        let app: Vec<_> = app
+            .into_iter()
+            .chain(more_app.into_iter().map(|mut w| {
+                (w.aux_ns, w.ts_ns) = (w.aux_ns + last, w.ts_ns + last);
+                w
+            }))
+            .collect();
+        assert_eq!(conclude(Some(libfuse2), &recs, &app), []);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! write-through WRITEs, READs caused by partial-page writes into the
 //! writeback cache, or writes that reached the daemon after their sync.
 
-use super::small_transfers::{SMALL_LIMIT, write_limit};
 use crate::diagnose::{
     analysis::{Diagnosis, bytes},
     finding::{Facts, Finding, FindingId, count, percent},
@@ -15,17 +14,14 @@ const SMALL_WRITE: u64 = 32 * 1024;
 /// Fewer WRITE requests than this say nothing about throughput.
 const MIN_WRITES: u64 = 100;
 
-/// The WRITEs are small because the connection's write limit cut the
-/// applications' larger writes (`small_transfers` names that cause; the
-/// writeback cache would gather pages into WRITEs no larger).
-fn cut_by_max_write(d: &Diagnosis, facts: &Facts) -> bool {
-    let Some(limits) = facts.limits else {
-        return false;
-    };
-    let (limit, _) = write_limit(&limits);
-    limit < SMALL_LIMIT
-        && d.app_writes.mean_bytes > limit
-        && d.write_requests.mean_bytes * 10 >= limit * 9
+/// The WRITEs are small because a limit cut the applications' larger
+/// writes (max_write, max_pages, no FUSE_BIG_WRITES): `small_transfers`
+/// already names that cause, and the writeback cache is not it. `d.findings`
+/// holds the rules' findings (`DiagnoseSink::conclude` asks this after them).
+fn cut_by_a_limit(d: &Diagnosis) -> bool {
+    d.findings.iter().any(|f| {
+        f.id == FindingId::SmallTransfers && f.evidence.get("opcode").is_some_and(|o| o == "WRITE")
+    })
 }
 
 /// The finding, when the mode costs something.
@@ -35,7 +31,7 @@ pub fn finding(d: &Diagnosis, facts: &Facts) -> Option<Finding> {
         && d.direct_io_opens == 0
         && writes.count >= MIN_WRITES
         && writes.mean_bytes < SMALL_WRITE
-        && !cut_by_max_write(d, facts);
+        && !cut_by_a_limit(d);
     let reads = d.writeback_cache == Some(true) && d.reads_caused_by_writes > 0;
     if !small_write_through && !reads && d.writes_after_sync == 0 {
         return None;
@@ -99,17 +95,26 @@ mod tests {
         Evidence,
         tests::{app_write, request},
     };
-    use crate::diagnose::finding::Limits;
+    use crate::diagnose::finding::{Limits, Rule};
+    use crate::diagnose::rules::small_transfers::SmallTransfers;
     use fusetrace_common::opcode::WRITE as OP_WRITE;
 
-    /// 8 write-through write(2) calls of 64 KiB, each cut into 16 WRITEs of 4 KiB.
-    fn cut_writes() -> Diagnosis {
+    /// 8 write-through write(2) calls of 64 KiB, each cut into 16 WRITEs of
+    /// 4 KiB, on a connection with these limits: the diagnosis with the
+    /// rules' findings in it (as `DiagnoseSink::conclude` makes it), and
+    /// the facts.
+    fn cut_writes(limits: Option<Limits>) -> (Diagnosis, Facts) {
         let mut e = Evidence::default();
+        let mut rule = SmallTransfers::default();
+        let mut facts = Facts {
+            limits,
+            ..Facts::default()
+        };
         let mut unique = 2;
         for w in 0..8u64 {
             let enter = 1_000_000 * (w + 1);
             for p in 0..16u64 {
-                e.request(&request(
+                let rec = request(
                     unique,
                     OP_WRITE,
                     enter + 100 * (p + 1),
@@ -117,44 +122,43 @@ mod tests {
                     [w * 65536 + p * 4096, 4096],
                     [0, 0],
                     false,
-                ));
+                );
+                e.request(&rec);
+                rule.request(&rec);
+                facts.request(&rec);
                 unique += 2;
             }
-            e.app_write(&app_write(7, w * 65536, 65536, enter, enter + 900_000));
+            let ev = app_write(7, w * 65536, 65536, enter, enter + 900_000);
+            e.app_write(&ev);
+            rule.event(&ev);
         }
-        e.conclude(&mut |_| "/mnt".into()).pop().unwrap()
-    }
-
-    fn facts(limits: Option<Limits>) -> Facts {
-        Facts {
-            requests: 128,
-            limits,
-            ..Facts::default()
-        }
+        let mut d = e.conclude(&mut |_| "/mnt".into()).pop().unwrap();
+        d.findings = rule.conclude(&facts);
+        (d, facts)
     }
 
     #[test]
-    fn small_write_through_writes_are_this_finding_unless_max_write_cut_them() {
-        let d = cut_writes();
-        let f = finding(&d, &facts(None)).expect("small write-through WRITEs");
+    fn small_write_through_writes_are_this_finding_unless_a_limit_cut_them() {
+        // Limits unknown: nothing says the WRITEs were cut.
+        let (d, facts) = cut_writes(None);
+        assert_eq!(d.findings, []);
+        let f = finding(&d, &facts).expect("small write-through WRITEs");
         assert_eq!(f.id, FindingId::WritebackCache);
         assert!(
             f.summary.starts_with("write-through: 8 writes of 64 KiB"),
             "{}",
             f.summary
         );
-        // A 4 KiB max_write is what cut them: `small_transfers` says so.
+        // A 4 KiB max_write cut them: `small_transfers` says so, alone.
         let small = Limits {
             max_read: u32::MAX,
             max_write: 4096,
             max_pages: 256,
             ..Limits::default()
         };
-        assert_eq!(finding(&d, &facts(Some(small))), None);
-        let roomy = Limits {
-            max_write: 1 << 20,
-            ..small
-        };
-        assert!(finding(&d, &facts(Some(roomy))).is_some());
+        let (d, facts) = cut_writes(Some(small));
+        assert_eq!(d.findings.len(), 1);
+        assert_eq!(d.findings[0].id, FindingId::SmallTransfers);
+        assert_eq!(finding(&d, &facts), None);
     }
 }
