@@ -110,8 +110,8 @@ struct Cut {
     /// bytes of those runs.
     in_runs: u64,
     run_bytes: u64,
-    /// What the cut requests could have been, summed (each at most
-    /// [`REACHABLE`]).
+    /// What the cut requests could have been, summed (each at most the
+    /// ceiling the fix reaches).
     reachable_bytes: u64,
 }
 
@@ -189,7 +189,7 @@ impl SmallTransfers {
         pieces >= MIN_CUT
     }
 
-    fn cut(&self, transfers: &[Transfer], limit: u64, writes: bool) -> Cut {
+    fn cut(&self, transfers: &[Transfer], limit: u64, ceiling: u64, writes: bool) -> Cut {
         let mut c = Cut::default();
         let starts: HashSet<(u64, u64)> = transfers.iter().map(|t| (t.node, t.offset)).collect();
         let runs = Self::runs(transfers);
@@ -225,28 +225,30 @@ impl SmallTransfers {
                 run
             };
             c.cut += 1;
-            c.reachable_bytes += asked.clamp(limit, REACHABLE);
+            c.reachable_bytes += asked.clamp(limit, ceiling);
         }
         c
     }
 
     fn finding(&self, facts: &Facts, writes: bool) -> Option<Finding> {
         let limits = facts.limits?;
-        let (op, transfers, (limit, name)) = if writes {
+        // What the requests can grow to once the limit is raised: the
+        // largest request the kernel sends (REACHABLE), or with big writes
+        // on, the max_write already negotiated.
+        let (op, transfers, (limit, name), ceiling) = if writes {
             let (bytes, name) = write_limit(&limits);
-            let limit = if bytes > PAGE && self.one_page_writes() {
-                (PAGE, "big_writes")
+            if bytes > PAGE && self.one_page_writes() {
+                ("WRITE", &self.writes, (PAGE, "big_writes"), bytes)
             } else {
-                (bytes, name)
-            };
-            ("WRITE", &self.writes, limit)
+                ("WRITE", &self.writes, (bytes, name), REACHABLE)
+            }
         } else {
-            ("READ", &self.reads, read_limit(&limits))
+            ("READ", &self.reads, read_limit(&limits), REACHABLE)
         };
         if limit == 0 || limit >= SMALL_LIMIT {
             return None;
         }
-        let c = self.cut(transfers, limit, writes);
+        let c = self.cut(transfers, limit, ceiling, writes);
         let gain = c.gain(limit);
         if c.cut < MIN_CUT || (c.cut as f64) < MIN_CUT_SHARE * c.requests as f64 || gain < MIN_GAIN
         {
@@ -305,8 +307,8 @@ impl SmallTransfers {
         )
         .knob(knob)
         .expect(format!(
-            "about {gain:.0} times fewer {op} requests for the same bytes (requests of up to {} each)",
-            bytes(REACHABLE.min(mean(c.reachable_bytes, c.cut)))
+            "about {gain:.0} times fewer {op} requests for the same bytes (requests of {} on average)",
+            bytes(mean(c.reachable_bytes, c.cut))
         ))
         .with("opcode", op)
         .with("requests", c.requests)
@@ -523,6 +525,10 @@ mod tests {
             f.summary
         );
         assert!(f.knob.contains("-o big_writes"), "{}", f.knob);
+        // Writes of 1 MiB could become WRITEs of max_write (128 KiB), no more.
+        let (recs, app) = written(2, 1 << 20, 4096);
+        let found = conclude(Some(libfuse2), &recs, &app);
+        assert_eq!(evidence(&found[0], "fewer_requests_factor"), 32.0);
         // One WRITE larger than a page among the pieces: big writes are on.
         let (mut recs, app) = written(10, 64 << 10, 4096);
         let (more, more_app) = written(1, 64 << 10, 8192);
