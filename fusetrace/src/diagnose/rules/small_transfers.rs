@@ -64,6 +64,9 @@ struct AppWrite {
     exit_ns: u64,
 }
 
+/// Applications' writes per (thread, node), by entry time.
+type ByWriter = HashMap<(u32, u64), Vec<AppWrite>>;
+
 /// Watches READ and WRITE sizes and applications' writes.
 #[derive(Debug, Default)]
 pub struct SmallTransfers {
@@ -147,26 +150,22 @@ impl SmallTransfers {
     }
 
     /// The application write (its length) that `t` was sent from inside
-    /// of, among those longer than `limit`.
-    fn split_from(large: &HashMap<(u32, u64), Vec<(u64, u64, u64)>>, t: &Transfer) -> Option<u64> {
+    /// of, among `large`.
+    fn split_from(large: &ByWriter, t: &Transfer) -> Option<u64> {
         let writes = large.get(&(t.sender_tid, t.node))?;
-        let i = writes.partition_point(|w| w.0 <= t.sent_ns);
-        let &(_, exit, len) = writes.get(i.checked_sub(1)?)?;
-        (t.sent_ns <= exit).then_some(len)
+        let i = writes.partition_point(|w| w.enter_ns <= t.sent_ns);
+        let w = writes.get(i.checked_sub(1)?)?;
+        (t.sent_ns <= w.exit_ns).then_some(w.len)
     }
 
-    /// The applications' writes longer than `than`: (entry, exit, length)
-    /// per (thread, node), by entry.
-    fn app_writes_longer(&self, than: u64) -> HashMap<(u32, u64), Vec<(u64, u64, u64)>> {
-        let mut large: HashMap<(u32, u64), Vec<(u64, u64, u64)>> = HashMap::new();
+    /// The applications' writes longer than `than`.
+    fn app_writes_longer(&self, than: u64) -> ByWriter {
+        let mut large = ByWriter::new();
         for w in self.app_writes.iter().filter(|w| w.len > than) {
-            large
-                .entry((w.tid, w.node))
-                .or_default()
-                .push((w.enter_ns, w.exit_ns, w.len));
+            large.entry((w.tid, w.node)).or_default().push(*w);
         }
         for v in large.values_mut() {
-            v.sort_unstable();
+            v.sort_unstable_by_key(|w| w.enter_ns);
         }
         large
     }
