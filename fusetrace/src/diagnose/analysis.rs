@@ -678,7 +678,7 @@ fn advice(d: &Diagnosis) -> Vec<String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::pipeline::tracker::{Tracker, TrackerConfig};
     use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FLAG_WRITEBACK_CACHE};
@@ -885,3 +885,7 @@ pub(crate) mod tests {
         );
     }
 }
+
+/// The tests' builders, for the rules' tests too.
+#[cfg(test)]
+pub(crate) use tests::{app_write, request};

@@ -139,7 +139,7 @@ impl Rule for PageCacheBypassed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::analysis::tests::request;
+    use crate::diagnose::analysis::request;
 
     const FILE: u64 = 5;
 

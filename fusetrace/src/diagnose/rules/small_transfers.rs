@@ -384,7 +384,7 @@ impl Rule for SmallTransfers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::analysis::tests::{app_write, request};
+    use crate::diagnose::analysis::{app_write, request};
 
     const MAX_WRITE_4K: Limits = Limits {
         max_read: u32::MAX,

@@ -91,10 +91,7 @@ pub fn finding(d: &Diagnosis, facts: &Facts) -> Option<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::analysis::{
-        Evidence,
-        tests::{app_write, request},
-    };
+    use crate::diagnose::analysis::{Evidence, app_write, request};
     use crate::diagnose::finding::{Limits, Rule};
     use crate::diagnose::rules::small_transfers::SmallTransfers;
     use fusetrace_common::opcode::WRITE as OP_WRITE;
