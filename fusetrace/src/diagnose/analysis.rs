@@ -677,6 +677,10 @@ fn advice(d: &Diagnosis) -> Vec<String> {
     advice
 }
 
+/// The tests' builders, for the rules' tests too.
+#[cfg(test)]
+pub(crate) use tests::{app_write, request};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,7 +889,3 @@ mod tests {
         );
     }
 }
-
-/// The tests' builders, for the rules' tests too.
-#[cfg(test)]
-pub(crate) use tests::{app_write, request};
