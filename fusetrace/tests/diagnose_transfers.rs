@@ -45,7 +45,12 @@ fn of_connection(out: TraceOutput, conn: u64) -> Value {
         .unwrap()
         .iter()
         .find(|d| d["connection"].as_u64() == Some(conn))
-        .unwrap_or_else(|| panic!("no diagnosis of our mount: {:?}", out.records))
+        .unwrap_or_else(|| {
+            panic!(
+                "no diagnosis of connection {conn}: {:?}\nstderr: {}",
+                out.records, out.stderr
+            )
+        })
         .clone()
 }
 

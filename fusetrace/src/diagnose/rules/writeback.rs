@@ -1,8 +1,9 @@
 //! The writeback-cache finding: what the mode (`super::super::analysis`,
 //! which follows each application write to the WRITE requests that carry
 //! it) did to the writes. It fires when the mode costs something: small
-//! write-through WRITEs, READs caused by partial-page writes into the
-//! writeback cache, or writes that reached the daemon after their sync.
+//! write-through WRITEs (unless a limit cut them: `small_transfers` names
+//! that cause), READs caused by partial-page writes into the writeback
+//! cache, or writes that reached the daemon after their sync.
 
 use crate::diagnose::{
     analysis::{Diagnosis, bytes},
