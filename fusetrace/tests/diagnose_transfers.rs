@@ -25,8 +25,20 @@ fn diagnose(
     let tracer = Tracer::start(&["diagnose", "--format", "json", "--mount", &mount]);
     let before = daemon.snapshot();
     work(daemon.path());
-    let served = daemon.stop_since(&before);
-    (of_connection(tracer.stop(), conn), served)
+    let after = daemon.snapshot();
+    // The tracer stops while the mount is still ours: once it is gone, a
+    // mount elsewhere on the machine may get its connection number.
+    let out = tracer.stop();
+    daemon.stop();
+    let served = after
+        .into_iter()
+        .map(|(op, n)| {
+            let was = before.get(&op).copied().unwrap_or(0);
+            (op, n - was)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    (of_connection(out, conn), served)
 }
 
 /// A 64 KiB file to read, written before the tracer starts.

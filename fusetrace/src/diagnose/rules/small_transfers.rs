@@ -2,17 +2,18 @@
 //! pieces by the connection's negotiated limits (`max_write`, `max_read`,
 //! `max_pages`, read from the kernel's `fuse_conn`; or one page per
 //! write-through WRITE when FUSE_BIG_WRITES was not negotiated), not by
-//! what the application asked. Small requests the application chose (4 KiB
-//! writes through the page cache, random 4 KiB reads) are not this: a
-//! request is blamed on the limit only when it is exactly at the limit and
-//! the bytes went on: a write(2) larger than the limit split into several
-//! WRITEs, or a sequential stream (readahead, page-cache writeback, a
-//! direct read) whose next request starts where this one ended.
+//! what the application asked. Small requests the application chose
+//! (4 KiB write(2) calls without the writeback cache, random 4 KiB reads)
+//! are not this: a request is blamed on the limit only when it is exactly
+//! at the limit and the bytes went on: a write(2) larger than the limit
+//! split into several WRITEs, or a sequential stream (readahead,
+//! page-cache writeback, a direct read) whose next request starts where
+//! this one ended.
 
 use std::collections::{HashMap, HashSet};
 
 use fusetrace_common::{
-    FUSE_WRITE_CACHE, FuseEvent,
+    EventKind, FUSE_WRITE_CACHE, FuseEvent,
     opcode::{READ as OP_READ, WRITE as OP_WRITE},
 };
 
@@ -21,13 +22,12 @@ use crate::diagnose::{
     finding::{Facts, Finding, FindingId, Limits, Rule, count, percent},
 };
 use crate::pipeline::lifecycle::RequestLifecycle;
-use fusetrace_common::EventKind;
 
 const PAGE: u64 = 4096;
 /// A limit below this is small: the kernel's own request size without
-/// FUSE_MAX_PAGES is 32 pages (FUSE_DEFAULT_MAX_PAGES_PER_REQ, 128 KiB),
-/// which is what libfuse and fuser get by default. A mount at or above it
-/// is configured as most are; below it someone chose (or kept) a small one.
+/// FUSE_MAX_PAGES is 32 pages (FUSE_DEFAULT_MAX_PAGES_PER_REQ, 128 KiB). A
+/// mount at or above it is configured as most are; below it someone chose
+/// (or kept) a small one.
 pub const SMALL_LIMIT: u64 = 128 * 1024;
 /// Fewer requests cut by the limit than this say nothing about throughput.
 const MIN_CUT: u64 = 100;
