@@ -166,7 +166,10 @@ pub struct FuseEvent {
     /// high 32 (`FUSE_WRITE_CACHE`: a page-cache writeback). `Ended` of OPEN:
     /// `arg1` the open flags (`FOPEN_DIRECT_IO`); of CREATE: `arg0` the new
     /// node id, `arg1` the open flags; of LOOKUP, MKNOD, MKDIR, SYMLINK and
-    /// LINK: `arg0` the entry's node id (0: none); of INIT: `arg0` the
+    /// LINK: `arg0` the entry's node id (0: none) and, when it succeeded,
+    /// `arg1` the entry's and its attributes' validity in milliseconds
+    /// (`entry_valid` low 32 bits, `attr_valid` high 32); of GETATTR and
+    /// STATX: `arg1` the attributes' validity in milliseconds; of INIT: `arg0` the
     /// negotiated flags (`flags | flags2 << 32`), `arg1` max_write. `Sent`
     /// of a request with names: see [`NamedEvent`]. Read by the hooks that
     /// see the `struct fuse_req *` (tp-btf, kprobe, fentry).

@@ -23,8 +23,8 @@ use crate::{
 };
 
 use fusetrace_common::opcode::{
-    CREATE as FUSE_CREATE, INIT as FUSE_INIT, LINK, LOOKUP, MKDIR, MKNOD, OPEN as FUSE_OPEN,
-    READ as FUSE_READ, SYMLINK, WRITE as FUSE_WRITE,
+    CREATE as FUSE_CREATE, GETATTR, INIT as FUSE_INIT, LINK, LOOKUP, MKDIR, MKNOD,
+    OPEN as FUSE_OPEN, READ as FUSE_READ, STATX, SYMLINK, WRITE as FUSE_WRITE,
 };
 
 /// The first fields of `fuse_read_in` and `fuse_write_in` (uapi).
@@ -44,6 +44,38 @@ struct OpenOut {
     fh: u64,
     open_flags: u32,
     backing_id: i32,
+}
+
+/// `fuse_entry_out` up to its validity times (uapi).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EntryOut {
+    nodeid: u64,
+    generation: u64,
+    entry_valid: u64,
+    attr_valid: u64,
+    entry_valid_nsec: u32,
+    attr_valid_nsec: u32,
+}
+
+/// `fuse_attr_out` up to its validity time (uapi).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AttrOut {
+    attr_valid: u64,
+    attr_valid_nsec: u32,
+}
+
+/// A validity time the daemon gave (seconds and nanoseconds) in
+/// milliseconds, at most `u32::MAX` (49 days: "for ever" in practice).
+#[inline(always)]
+fn valid_ms(sec: u64, nsec: u32) -> u64 {
+    // No saturating_mul: it needs 128-bit arithmetic, which BPF lacks.
+    let most = u64::from(u32::MAX);
+    if sec >= most / 1000 {
+        return most;
+    }
+    (sec * 1000 + u64::from(nsec) / 1_000_000).min(most)
 }
 
 /// `fuse_init_out` up to `flags2` (uapi; 4-byte words).
@@ -72,10 +104,12 @@ pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &
     }
     let wanted = match kind {
         EventKind::Sent => ev.opcode == FUSE_READ || ev.opcode == FUSE_WRITE,
-        EventKind::Ended => matches!(
-            ev.opcode,
-            FUSE_OPEN | FUSE_CREATE | FUSE_INIT | LOOKUP | MKNOD | MKDIR | SYMLINK | LINK
-        ),
+        EventKind::Ended => {
+            matches!(
+                ev.opcode,
+                FUSE_OPEN | FUSE_CREATE | FUSE_INIT | LOOKUP | MKNOD | MKDIR | SYMLINK | LINK
+            ) || (l.track_app_io != 0 && matches!(ev.opcode, GETATTR | STATX))
+        }
         _ => false,
     };
     if !wanted || l.fuse_arg_stride == 0 {
@@ -121,13 +155,30 @@ pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &
                 ev.arg1 = u64::from(init.words[5]);
             }
         }
+        // How long the attributes may be cached (`attr_timeout`;
+        // `fuse_statx_out` begins as `fuse_attr_out` does).
+        (_, GETATTR | STATX) => {
+            // Diagnosis only (the other views do not show it).
+            if ev.error == 0
+                && let Some(p) = arg_value(args, l.args_out_args, 0, l)
+                && let Some(attr) = kread::<AttrOut>(p, 0)
+            {
+                ev.arg1 = valid_ms(attr.attr_valid, attr.attr_valid_nsec);
+            }
+        }
         // The entry a name now stands for (`fuse_entry_out.nodeid`), for
-        // user space's table of paths.
+        // user space's table of paths; and how long the entry and its
+        // attributes may be cached (`entry_timeout`, `attr_timeout`; for
+        // a negative entry, nodeid 0, `negative_timeout`).
         _ => {
             if let Some(p) = arg_value(args, l.args_out_args, 0, l)
-                && let Some(nodeid) = kread::<u64>(p, 0)
+                && let Some(entry) = kread::<EntryOut>(p, 0)
             {
-                ev.arg0 = nodeid;
+                ev.arg0 = entry.nodeid;
+                if ev.error == 0 {
+                    ev.arg1 = valid_ms(entry.entry_valid, entry.entry_valid_nsec)
+                        | (valid_ms(entry.attr_valid, entry.attr_valid_nsec) << 32);
+                }
             }
         }
     }
@@ -145,7 +196,7 @@ static LIMITS: HashMap<u32, [u32; 5]> = HashMap::with_max_entries(256, 0);
 /// --app-writes` runs (the offsets are read only then).
 #[inline(always)]
 fn report_limits(connection: u32, fc: u64, l: &KernelLayout) {
-    if l.conn_max_write == 0 || GATE.get(0).copied() != Some(1) {
+    if l.track_app_io == 0 || l.conn_max_write == 0 || GATE.get(0).copied() != Some(1) {
         return;
     }
     let read = |offset: u32| kread::<u32>(fc, offset).unwrap_or(0);

@@ -68,7 +68,8 @@ enum Command {
     Load(lab::load::LoadArgs),
     /// Mount the reference daemon, put load on it, trace it, print the stats.
     Demo(lab::demo::DemoArgs),
-    /// Tell writeback from write-through, with the evidence in numbers.
+    /// Why a FUSE mount is slow: each known cause seen, worst first, with
+    /// its numbers, the knob that changes it and what to expect.
     Diagnose(diagnose::DiagnoseArgs),
     /// What this kernel offers for tracing FUSE, and the hook each stage uses.
     Doctor(doctor::DoctorArgs),

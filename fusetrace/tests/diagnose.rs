@@ -122,6 +122,7 @@ fn n(v: &Value, path: &str) -> u64 {
 #[test]
 fn diagnosis_tells_the_three_modes_apart_and_counts_match_the_daemon() {
     require_root();
+    let _alone = tracing_alone();
     for mode in [Mode::WriteThrough, Mode::Writeback, Mode::DirectIo] {
         for (workload, app_writes) in APP_WRITES {
             let (d, served) = diagnose(mode, workload);
@@ -191,6 +192,17 @@ fn diagnosis_tells_the_three_modes_apart_and_counts_match_the_daemon() {
                     }
                 }
             }
+            // The mode costs something only where writes caused READs.
+            let findings = d["findings"].as_array().unwrap();
+            let wb = finding(findings, "writeback_cache");
+            match (mode, workload) {
+                (Mode::Writeback, Workload::Unaligned) => {
+                    let wb = wb.unwrap_or_else(|| panic!("{what}: {findings:?}"));
+                    assert_eq!(wb["evidence"]["reads_caused_by_writes"], 32, "{what}");
+                    assert!(wb["knob"].as_str().unwrap().contains("page-aligned"));
+                }
+                _ => assert!(wb.is_none(), "{what}: {wb:?}"),
+            }
         }
     }
 }
@@ -198,6 +210,7 @@ fn diagnosis_tells_the_three_modes_apart_and_counts_match_the_daemon() {
 #[test]
 fn diagnosis_from_a_recording_equals_the_live_one() {
     require_root();
+    let _alone = tracing_alone();
     let daemon = Daemon::start("diagnose-rec", &["--writeback-cache"]);
     prepare(daemon.path(), Workload::Unaligned);
     let mount = daemon.path().to_str().unwrap().to_string();
@@ -232,4 +245,94 @@ fn diagnosis_from_a_recording_equals_the_live_one() {
         serde_json::from_str(replayed.lines().find(|l| l.contains("diagnoses")).unwrap()).unwrap();
     assert_eq!(pick(live_v), pick(&replayed_v));
     assert_eq!(live_v["diagnoses"][0]["reads_caused_by_writes"], 32);
+}
+
+/// `fusetrace load M --workload mixed` for a bounded time.
+fn mixed_load(mount: &Path) {
+    run_ok(std::process::Command::new(bin()).args([
+        "load",
+        mount.to_str().unwrap(),
+        "--workload",
+        "mixed",
+        "--duration",
+        "3s",
+    ]));
+}
+
+#[test]
+fn healthy_default_mounts_under_mixed_load_get_no_finding() {
+    require_root();
+    let _alone = tracing_alone();
+    let daemon = Daemon::start("healthy", &[]);
+    let found = findings_while(daemon.path(), || mixed_load(daemon.path()));
+    daemon.stop();
+    assert!(found.is_empty(), "reference daemon, defaults: {found:#?}");
+
+    let src = Scratch::new("healthy-bindfs-src");
+    let mnt = Scratch::new("healthy-bindfs");
+    run_ok(
+        std::process::Command::new("bindfs")
+            .arg(src.path())
+            .arg(mnt.path()),
+    );
+    let _unmount = MountGuard(mnt.path().to_path_buf());
+    let found = findings_while(mnt.path(), || mixed_load(mnt.path()));
+    assert!(found.is_empty(), "bindfs, defaults: {found:#?}");
+}
+
+#[test]
+fn findings_from_a_recording_equal_the_live_ones() {
+    require_root();
+    let _alone = tracing_alone();
+    // Short caches and the writeback cache with unaligned writes: several
+    // findings at once.
+    let daemon = Daemon::start(
+        "diagnose-rec-findings",
+        &["--ttl", "0s", "--writeback-cache"],
+    );
+    prepare(daemon.path(), Workload::Unaligned);
+    for i in 0..20 {
+        std::fs::write(daemon.path().join(format!("f{i}")), b"x").unwrap();
+    }
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let file = std::env::temp_dir().join(format!("fusetrace-diag-f-{}.trace", std::process::id()));
+    let file_arg = file.to_str().unwrap().to_string();
+    let live = Tracer::start(&["diagnose", "--format", "json", "--mount", &mount]);
+    let recorder = Tracer::start(&["record", "--app-writes", "--mount", &mount, "-o", &file_arg]);
+    run(daemon.path(), Workload::Unaligned);
+    for _ in 0..30 {
+        for i in 0..20 {
+            std::fs::metadata(daemon.path().join(format!("f{i}"))).unwrap();
+        }
+    }
+    daemon.stop();
+    let live = live.stop();
+    recorder.stop();
+    let replayed =
+        run_ok(std::process::Command::new(bin()).args(["diagnose", "--json", "--from", &file_arg]));
+    let _ = std::fs::remove_file(&file);
+    let live_v = live
+        .records
+        .iter()
+        .find(|v| v.get("diagnoses").is_some())
+        .unwrap();
+    let replayed_v: Value =
+        serde_json::from_str(replayed.lines().find(|l| l.contains("diagnoses")).unwrap()).unwrap();
+    let (live_d, replayed_d) = (&live_v["diagnoses"][0], &replayed_v["diagnoses"][0]);
+    let live_f = live_d["findings"].as_array().unwrap();
+    let replayed_f = replayed_d["findings"].as_array().unwrap();
+    assert!(
+        finding(live_f, "attr_cache").is_some() && finding(live_f, "writeback_cache").is_some(),
+        "{live_f:#?}"
+    );
+    assert_eq!(finding_ids(live_f), finding_ids(replayed_f));
+    assert_eq!(live_d["limits"], replayed_d["limits"]);
+    assert_eq!(live_d["io_uring"], replayed_d["io_uring"]);
+    // The counts behind each finding are the same requests; only times
+    // (each tracer stamps its own events) may differ.
+    for (l, r) in live_f.iter().zip(replayed_f) {
+        for key in ["requests", "write_requests", "reads_caused_by_writes"] {
+            assert_eq!(l["evidence"][key], r["evidence"][key], "{key}: {l} vs {r}");
+        }
+    }
 }

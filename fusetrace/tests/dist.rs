@@ -187,6 +187,7 @@ fn exact_in_chroot(root: &Path, binary: &str, mnt: &Path) {
 /// A bindfs mount over a scratch folder, unmounted on drop.
 struct Bindfs {
     mnt: PathBuf,
+    _guard: MountGuard,
 }
 
 impl Bindfs {
@@ -195,16 +196,10 @@ impl Bindfs {
         fs::create_dir_all(&src).unwrap();
         fs::create_dir_all(&mnt).unwrap();
         mount_bindfs(&src, &mnt);
-        Bindfs { mnt }
-    }
-}
-
-impl Drop for Bindfs {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.mnt)
-            .status();
+        Bindfs {
+            _guard: MountGuard(mnt.clone()),
+            mnt,
+        }
     }
 }
 

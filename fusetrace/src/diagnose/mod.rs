@@ -43,8 +43,9 @@ pub struct DiagnoseArgs {
     /// of the live system.
     #[arg(long = "from", value_name = "FILE", conflicts_with_all = ["mounts", "duration"])]
     pub from: Vec<PathBuf>,
-    /// Output format; json: the facts as one JSON object,
-    /// `{"diagnoses": [one per connection]}`.
+    /// Output format; json: one JSON object, `{"diagnoses": [one per
+    /// connection]}`, each with its `findings` (stable `id`, `weight`,
+    /// `summary`, `evidence`, `knob`, `expect`) and the write counts.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
     /// Same as `--format json`.
@@ -148,6 +149,10 @@ pub fn render(diagnoses: &[Diagnosis]) -> String {
             let _ = writeln!(out, "     expect: {}", f.expect);
         }
         let _ = writeln!(out, "  {}", d.verdict);
+        // The write counts, where there were writes to count.
+        if d.app_writes.count == 0 && d.write_requests.count == 0 && d.read_requests == 0 {
+            continue;
+        }
         let _ = writeln!(
             out,
             "  app writes {} ({} bytes); WRITE requests {} ({} bytes, {} flagged page-cache writeback); READ requests {} ({} caused by writes); FLUSH {} FSYNC {}; opens direct-io {} cached {}; unmatched app writes {}",

@@ -361,6 +361,43 @@ pub fn mount_bindfs(src: &Path, mnt: &Path) {
     assert!(is_mounted(mnt), "bindfs did not mount {}", mnt.display());
 }
 
+/// `diagnose --json` on the mount while `work` runs: the mount's findings.
+pub fn findings_while(mount: &Path, work: impl FnOnce()) -> Vec<Value> {
+    let conn = connection_of(mount);
+    let tracer = Tracer::start(&["diagnose", "--json", "--mount", mount.to_str().unwrap()]);
+    work();
+    let out = tracer.stop();
+    out.records
+        .iter()
+        .find_map(|v| v.get("diagnoses"))
+        .and_then(|d| d.as_array())
+        .and_then(|d| d.iter().find(|d| d["connection"].as_u64() == Some(conn)))
+        .unwrap_or_else(|| panic!("no diagnosis of our mount: {:?}", out.records))["findings"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The finding with this id, if it is there.
+pub fn finding<'a>(findings: &'a [Value], id: &str) -> Option<&'a Value> {
+    findings.iter().find(|f| f["id"] == id)
+}
+
+/// The findings' ids, worst first.
+pub fn finding_ids(findings: &[Value]) -> Vec<&str> {
+    findings.iter().filter_map(|f| f["id"].as_str()).collect()
+}
+
+/// Unmounts a third-party daemon's mount (bindfs) when dropped, also when
+/// a test fails half-way.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+    }
+}
+
 /// `top --headless --view V` while `work` runs, then its last frame.
 pub fn top_frame(view: &str, mount: &str, work: impl FnOnce()) -> String {
     let mut top = Command::new(bin())

@@ -65,6 +65,7 @@ impl Bench {
         if self.has_serve {
             v.push(Variant::Serve);
         }
+        v.push(Variant::Diagnose);
         v.push(Variant::Bpftrace);
         v
     }

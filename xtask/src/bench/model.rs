@@ -90,6 +90,8 @@ pub(crate) enum Variant {
     TraceNoPaths,
     Top,
     Serve,
+    /// `diagnose`: the event pipeline with the rules behind it.
+    Diagnose,
     Bpftrace,
 }
 
@@ -105,6 +107,7 @@ impl Variant {
             Variant::TraceNoPaths => "trace-no-paths",
             Variant::Top => "top",
             Variant::Serve => "serve",
+            Variant::Diagnose => "diagnose",
             Variant::Bpftrace => "bpftrace",
         }
     }
@@ -119,6 +122,7 @@ impl Variant {
             Variant::TraceNoPaths => "fusetrace trace --no-paths >/dev/null",
             Variant::Top => "fusetrace top --headless",
             Variant::Serve => "fusetrace serve (scraped)",
+            Variant::Diagnose => "fusetrace diagnose",
             Variant::Bpftrace => "bpftrace script",
         }
     }

@@ -68,6 +68,12 @@ impl Tracer {
                     .arg(&mount.dir)
                     .stdout(Stdio::null());
             }
+            Variant::Diagnose => {
+                cmd = Command::new(&bench.fusetrace);
+                cmd.args(["diagnose", "--format", "json", "--mount"])
+                    .arg(&mount.dir)
+                    .stdout(Stdio::null());
+            }
             Variant::Bpftrace => {
                 cmd = Command::new("bpftrace");
                 cmd.arg(&bench.script)
@@ -78,6 +84,7 @@ impl Tracer {
         let ready = match variant {
             Variant::Bpftrace => "Attaching",
             Variant::Serve => "fusetrace: serving",
+            Variant::Diagnose => "tracing for diagnosis (",
             _ => "tracing (",
         };
         Tracer::spawn(cmd, ready)

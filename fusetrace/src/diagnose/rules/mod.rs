@@ -3,6 +3,11 @@
 //! the end (`super::finding`). A new rule is one file here and one line in
 //! [`all`].
 
+pub mod background_queue;
+pub mod cache;
+pub mod daemon_concurrency;
+pub mod in_flight;
+pub mod io_uring_unused;
 pub mod page_cache_bypassed;
 pub mod small_transfers;
 pub mod writeback;
@@ -12,6 +17,10 @@ use super::finding::Rule;
 /// A fresh set of every rule, for one connection.
 pub fn all() -> Vec<Box<dyn Rule>> {
     vec![
+        Box::new(cache::Caches::default()),
+        Box::new(daemon_concurrency::DaemonConcurrency::default()),
+        Box::new(background_queue::BackgroundQueue::default()),
+        Box::new(io_uring_unused::IoUringUnused::default()),
         Box::new(small_transfers::SmallTransfers::default()),
         Box::new(page_cache_bypassed::PageCacheBypassed::default()),
     ]

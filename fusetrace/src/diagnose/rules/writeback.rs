@@ -13,7 +13,9 @@ use crate::diagnose::{
 /// Below this mean size, write-through WRITE requests are small.
 const SMALL_WRITE: u64 = 32 * 1024;
 /// Fewer WRITE requests than this say nothing about throughput.
-const MIN_WRITES: u64 = 100;
+const MIN_WRITES: u64 = 1000;
+/// Small write-through WRITEs matter when they are most of the traffic.
+const MIN_WRITE_SHARE: f64 = 0.5;
 
 /// The WRITEs are small because a limit cut the applications' larger
 /// writes (max_write, max_pages, no FUSE_BIG_WRITES): `small_transfers`
@@ -32,6 +34,7 @@ pub fn finding(d: &Diagnosis, facts: &Facts) -> Option<Finding> {
         && d.direct_io_opens == 0
         && writes.count >= MIN_WRITES
         && writes.mean_bytes < SMALL_WRITE
+        && writes.count as f64 >= MIN_WRITE_SHARE * facts.requests as f64
         && !cut_by_a_limit(d);
     let reads = d.writeback_cache == Some(true) && d.reads_caused_by_writes > 0;
     if !small_write_through && !reads && d.writes_after_sync == 0 {
@@ -97,7 +100,7 @@ mod tests {
     use crate::diagnose::rules::small_transfers::SmallTransfers;
     use fusetrace_common::opcode::WRITE as OP_WRITE;
 
-    /// 8 write-through write(2) calls of 64 KiB, each cut into 16 WRITEs of
+    /// 80 write-through write(2) calls of 64 KiB, each cut into 16 WRITEs of
     /// 4 KiB, on a connection with these limits: the diagnosis with the
     /// rules' findings in it (as `DiagnoseSink::conclude` makes it), and
     /// the facts.
@@ -109,7 +112,7 @@ mod tests {
             ..Facts::default()
         };
         let mut unique = 2;
-        for w in 0..8u64 {
+        for w in 0..80u64 {
             let enter = 1_000_000 * (w + 1);
             for p in 0..16u64 {
                 let rec = request(
@@ -143,7 +146,7 @@ mod tests {
         let f = finding(&d, &facts).expect("small write-through WRITEs");
         assert_eq!(f.id, FindingId::WritebackCache);
         assert!(
-            f.summary.starts_with("write-through: 8 writes of 64 KiB"),
+            f.summary.starts_with("write-through: 80 writes of 64 KiB"),
             "{}",
             f.summary
         );
