@@ -102,10 +102,13 @@ fn a_small_max_write_cutting_large_writes_is_found_and_the_default_is_not() {
     assert_eq!(e["limit"], "max_write", "{what}");
     assert_eq!(e["limit_bytes"], 4096, "{what}");
     assert_eq!(e["max_write"], 4096, "{what}");
-    assert_eq!(e["requests"], served["WRITE"], "{what}");
-    assert_eq!(served["WRITE"], 1024, "4 MiB in 4 KiB WRITEs: {what}");
+    // 4 MiB in WRITEs of 4 KiB (a page the copy from the writer faulted
+    // on comes in two pieces: a few more).
+    let writes = served["WRITE"];
+    assert_eq!(e["requests"], writes, "{what}");
+    assert!((1024..1100).contains(&writes), "{what}");
     let cut = e["cut_by_limit"].as_u64().unwrap();
-    assert!(cut * 10 >= 1024 * 9, "{what}");
+    assert!(cut * 10 >= writes * 9, "{what}");
     assert_eq!(e["app_write_mean_bytes"], 65536, "{what}");
     assert_eq!(e["fewer_requests_factor"], 16.0, "{what}");
     assert!(
@@ -122,8 +125,8 @@ fn a_small_max_write_cutting_large_writes_is_found_and_the_default_is_not() {
     let (d, served) = diagnose(&[], write_large);
     let what = d.to_string();
     assert!(finding(&d, "small_transfers").is_none(), "{what}");
-    // The same writes, a WRITE each: the limit cut nothing.
-    assert_eq!(served["WRITE"], 64, "{what}");
+    // The same writes, about a WRITE each: the limit cut nothing.
+    assert!(served["WRITE"] < 128, "{served:?}: {what}");
     assert!(
         d["limits"]["max_write"].as_u64().unwrap() > 64 << 10,
         "{what}"
@@ -242,7 +245,15 @@ fn libfuse2_without_big_writes_is_found_and_with_big_writes_is_not() {
     assert_eq!(e["limit"], "big_writes", "{what}");
     assert_eq!(e["limit_bytes"], 4096, "{what}");
     assert!(e["max_write"].as_u64().unwrap() > 64 << 10, "{what}");
-    assert_eq!(e["requests"], 1024, "4 MiB in 4 KiB WRITEs: {what}");
+    let writes = e["requests"].as_u64().unwrap();
+    assert!(
+        (1024..1100).contains(&writes),
+        "4 MiB in 4 KiB WRITEs: {what}"
+    );
+    assert!(
+        e["cut_by_limit"].as_u64().unwrap() * 10 >= writes * 9,
+        "{what}"
+    );
     assert_eq!(e["app_write_mean_bytes"], 65536, "{what}");
     assert!(
         f["knob"].as_str().unwrap().contains("-o big_writes"),
@@ -255,9 +266,10 @@ fn libfuse2_without_big_writes_is_found_and_with_big_writes_is_not() {
     drop(bindfs);
     let what = d.to_string();
     assert!(finding(&d, "small_transfers").is_none(), "{what}");
-    assert_eq!(
-        d["write_requests"]["count"], 64,
-        "a WRITE per write(2): {what}"
+    let writes = d["write_requests"]["count"].as_u64().unwrap();
+    assert!(
+        (64..128).contains(&writes),
+        "about a WRITE per write(2): {what}"
     );
 }
 
