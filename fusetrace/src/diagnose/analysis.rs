@@ -677,6 +677,10 @@ fn advice(d: &Diagnosis) -> Vec<String> {
     advice
 }
 
+/// The tests' builders, for the rules' tests too.
+#[cfg(test)]
+pub(crate) use tests::{app_write, request};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,7 +690,9 @@ mod tests {
     const CONN: u32 = 50;
     const NODE: u64 = 2;
 
-    fn request(
+    /// A finished request built through the real tracker (also for the
+    /// rules' tests).
+    pub(crate) fn request(
         unique: u64,
         op: u32,
         sent: u64,
@@ -724,7 +730,7 @@ mod tests {
         out.pop().unwrap()
     }
 
-    fn app_write(tid: u32, pos: u64, len: u32, enter: u64, exit: u64) -> FuseEvent {
+    pub(crate) fn app_write(tid: u32, pos: u64, len: u32, enter: u64, exit: u64) -> FuseEvent {
         FuseEvent {
             kind: EventKind::AppWrite as u8,
             connection: CONN,

@@ -11,7 +11,9 @@ pub mod error_storm;
 pub mod in_flight;
 pub mod interrupt_storm;
 pub mod io_uring_unused;
+pub mod page_cache_bypassed;
 pub mod slow_paths;
+pub mod small_transfers;
 #[cfg(test)]
 mod synthetic;
 pub mod writeback;
@@ -29,5 +31,7 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(error_storm::ErrorStorm::default()),
         Box::new(interrupt_storm::InterruptStorm::default()),
         Box::new(slow_paths::SlowPaths::default()),
+        Box::new(small_transfers::SmallTransfers::default()),
+        Box::new(page_cache_bypassed::PageCacheBypassed::default()),
     ]
 }
