@@ -216,6 +216,18 @@ impl Evidence {
     }
 }
 
+/// [`Diagnosing::by_writer`].
+fn by_writer(app_writes: &[AppWrite]) -> HashMap<(u32, u64), Vec<usize>> {
+    let mut by: HashMap<(u32, u64), Vec<usize>> = HashMap::new();
+    for (i, w) in app_writes.iter().enumerate() {
+        by.entry((w.tid, w.nodeid)).or_default().push(i);
+    }
+    for own in by.values_mut() {
+        own.sort_by_key(|&i| app_writes[i].enter_ns);
+    }
+    by
+}
+
 fn overlaps(a_start: u64, a_len: u64, b_start: u64, b_len: u64) -> bool {
     a_start < b_start + b_len && b_start < a_start + a_len
 }
@@ -224,6 +236,7 @@ fn diagnose(connection: u32, mount: String, ev: &ConnectionEvidence) -> Diagnosi
     let mut steps = Diagnosing::new(connection, mount, ev);
     steps.size_app_writes();
     steps.tally_requests();
+    steps.sort_by_send();
     steps.sum_up_requests();
     steps.count_writes_flushed_at_sync();
     steps.follow_app_writes();
@@ -233,26 +246,26 @@ fn diagnose(connection: u32, mount: String, ev: &ConnectionEvidence) -> Diagnosi
     d
 }
 
-impl ConnectionEvidence {
-    /// Which application write (its index) thread `tid` was inside, on
-    /// file `node`, at time `at`.
-    fn inside_write(&self, tid: Option<u32>, node: Option<u64>, at: Option<u64>) -> Option<usize> {
-        let (tid, node, at) = (tid?, node?, at?);
-        self.app_writes
-            .iter()
-            .position(|w| w.tid == tid && w.nodeid == node && w.enter_ns <= at && at <= w.exit_ns)
-    }
-}
-
 /// One connection's diagnosis in the making: each step of [`diagnose`]
 /// reads the evidence and fills in its part of `d`.
 struct Diagnosing<'a> {
     ev: &'a ConnectionEvidence,
     d: Diagnosis,
-    /// WRITE requests whose range is known, per node, in arrival order.
+    /// WRITE requests whose range is known, per node, in order of their
+    /// sends (after `sort_by_send`).
     writes_by_node: HashMap<u64, Vec<&'a RequestLifecycle>>,
-    /// FLUSH and FSYNC requests per node, in arrival order.
+    /// FLUSH and FSYNC requests per node, in order of their sends (after
+    /// `sort_by_send`).
     syncs_by_node: HashMap<u64, Vec<&'a RequestLifecycle>>,
+    /// Per node, for each of its syncs in that order: the earliest end of
+    /// it and the syncs sent after it.
+    sync_ends_from: HashMap<u64, Vec<Option<u64>>>,
+    /// Each writer's (thread, file) application writes, as indices into
+    /// `ev.app_writes` in order of entry. A thread's writes do not
+    /// overlap, so their exits are in order too: every lookup is a binary
+    /// search, and a long run stays linear (a scan per request was
+    /// quadratic: minutes for a 30 s sequential write).
+    by_writer: HashMap<(u32, u64), Vec<usize>>,
     /// How many WRITE requests carried each page (node, page number).
     page_hits: HashMap<(u64, u64), u32>,
     /// For each application write: a READ was sent from inside it.
@@ -297,6 +310,8 @@ impl<'a> Diagnosing<'a> {
             d,
             writes_by_node: HashMap::new(),
             syncs_by_node: HashMap::new(),
+            sync_ends_from: HashMap::new(),
+            by_writer: by_writer(&ev.app_writes),
             page_hits: HashMap::new(),
             writes_with_reads: vec![false; ev.app_writes.len()],
             files: HashMap::new(),
@@ -358,12 +373,11 @@ impl<'a> Diagnosing<'a> {
     /// Who sent a WRITE request: the writing thread inside its write(2),
     /// or a kind of sender by command name.
     fn count_sender(&mut self, rec: &RequestLifecycle) {
-        let d = &mut self.d;
-        if self
-            .ev
+        let by_writer = self
             .inside_write(rec.sender_tid, rec.nodeid, rec.sent_ns)
-            .is_some()
-        {
+            .is_some();
+        let d = &mut self.d;
+        if by_writer {
             d.writes_sent_by_writer += 1;
             *d.write_senders.entry("writer".into()).or_default() += 1;
         } else {
@@ -380,10 +394,7 @@ impl<'a> Diagnosing<'a> {
     /// A READ request, and the application write it was sent from inside.
     fn tally_read(&mut self, rec: &RequestLifecycle) {
         self.d.read_requests += 1;
-        if let Some(i) = self
-            .ev
-            .inside_write(rec.sender_tid, rec.nodeid, rec.sent_ns)
-        {
+        if let Some(i) = self.inside_write(rec.sender_tid, rec.nodeid, rec.sent_ns) {
             self.d.reads_caused_by_writes += 1;
             self.writes_with_reads[i] = true;
         }
@@ -437,21 +448,21 @@ impl<'a> Diagnosing<'a> {
                 let (Some(tid), Some(at)) = (sync.sender_tid, sync.sent_ns) else {
                     continue;
                 };
+                // The thread's last write(2) of the file that had returned.
                 let since = self
-                    .ev
-                    .app_writes
-                    .iter()
-                    .filter(|w| w.tid == tid && w.nodeid == *node && w.exit_ns <= at)
-                    .map(|w| w.exit_ns)
-                    .max()
-                    .unwrap_or(0);
+                    .by_writer
+                    .get(&(tid, *node))
+                    .and_then(|own| {
+                        let before = own.partition_point(|&i| self.ev.app_writes[i].exit_ns <= at);
+                        own.get(before.checked_sub(1)?)
+                    })
+                    .map_or(0, |&i| self.ev.app_writes[i].exit_ns);
+                let from = writes.partition_point(|w| w.sent_ns < Some(since));
+                let to = writes.partition_point(|w| w.sent_ns <= Some(at));
                 flushed.extend(
-                    writes
+                    writes[from..to.max(from)]
                         .iter()
-                        .filter(|w| {
-                            w.sender_tid == Some(tid)
-                                && w.sent_ns.is_some_and(|s| s >= since && s <= at)
-                        })
+                        .filter(|w| w.sender_tid == Some(tid))
                         .map(|w| w.unique),
                 );
             }
@@ -481,28 +492,52 @@ impl<'a> Diagnosing<'a> {
 
     /// The first WRITE request sent after `w` began that carries its bytes.
     fn carrier(&self, w: &AppWrite) -> Option<&'a RequestLifecycle> {
-        self.writes_by_node.get(&w.nodeid).and_then(|writes| {
-            writes
-                .iter()
-                .filter(|r| r.sent_ns.is_some_and(|s| s >= w.enter_ns))
-                .filter(|r| {
-                    r.io_range()
-                        .is_some_and(|(o, s, _)| overlaps(o, s, w.pos, w.len))
-                })
-                .min_by_key(|r| r.sent_ns)
-                .copied()
-        })
+        let writes = self.writes_by_node.get(&w.nodeid)?;
+        let from = writes.partition_point(|r| r.sent_ns < Some(w.enter_ns));
+        writes[from..]
+            .iter()
+            .find(|r| {
+                r.io_range()
+                    .is_some_and(|(o, s, _)| overlaps(o, s, w.pos, w.len))
+            })
+            .copied()
     }
 
     /// When the first FLUSH/FSYNC of `w`'s file sent after `w` ended, ended.
     fn next_sync_end(&self, w: &AppWrite) -> Option<u64> {
-        self.syncs_by_node.get(&w.nodeid).and_then(|syncs| {
-            syncs
-                .iter()
-                .filter(|s| s.sent_ns.is_some_and(|t| t >= w.exit_ns))
-                .filter_map(|s| s.ended_ns)
-                .min()
-        })
+        let syncs = self.syncs_by_node.get(&w.nodeid)?;
+        let from = syncs.partition_point(|s| s.sent_ns < Some(w.exit_ns));
+        *self.sync_ends_from.get(&w.nodeid)?.get(from)?
+    }
+
+    /// Which application write (its index) thread `tid` was inside, on
+    /// file `node`, at time `at`.
+    fn inside_write(&self, tid: Option<u32>, node: Option<u64>, at: Option<u64>) -> Option<usize> {
+        let (tid, node, at) = (tid?, node?, at?);
+        let own = self.by_writer.get(&(tid, node))?;
+        let entered = own.partition_point(|&i| self.ev.app_writes[i].enter_ns <= at);
+        let &i = own.get(entered.checked_sub(1)?)?;
+        (at <= self.ev.app_writes[i].exit_ns).then_some(i)
+    }
+
+    /// Puts each node's WRITEs and syncs in the order of their sends (a
+    /// request without a send first), and notes each sync's earliest end
+    /// from it on.
+    fn sort_by_send(&mut self) {
+        for writes in self.writes_by_node.values_mut() {
+            writes.sort_by_key(|r| r.sent_ns);
+        }
+        for (node, syncs) in &mut self.syncs_by_node {
+            syncs.sort_by_key(|r| r.sent_ns);
+            let mut ends = vec![None; syncs.len() + 1];
+            for i in (0..syncs.len()).rev() {
+                ends[i] = match (syncs[i].ended_ns, ends[i + 1]) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            self.sync_ends_from.insert(*node, ends);
+        }
     }
 
     /// Writeback cache or not, and what told.
