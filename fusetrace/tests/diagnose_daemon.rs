@@ -22,47 +22,9 @@ use serde_json::Value;
 /// The findings of this file.
 const OURS: [&str; 3] = ["daemon_concurrency", "background_queue", "io_uring_unused"];
 
-/// `diagnose --json` of the mount at `mount` while `work` runs: our
-/// connection's diagnosis.
-fn diagnose(mount: &Path, work: impl FnOnce()) -> Value {
-    let conn = connection_of(mount);
-    let m = mount.to_str().unwrap();
-    let tracer = Tracer::start(&["diagnose", "--json", "--mount", m]);
-    work();
-    let out = tracer.stop();
-    out.records
-        .iter()
-        .find_map(|v| v.get("diagnoses"))
-        .expect("diagnoses JSON")
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["connection"].as_u64() == Some(conn))
-        .unwrap_or_else(|| panic!("no diagnosis of our mount: {:?}", out.records))
-        .clone()
-}
-
 /// `fusetrace load MOUNT ARGS` to its end.
 fn load(mount: &Path, args: &[&str]) {
     run_ok(Command::new(bin()).arg("load").arg(mount).args(args));
-}
-
-/// The finding `id` of a diagnosis, if there.
-fn finding<'a>(d: &'a Value, id: &str) -> Option<&'a Value> {
-    d["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == id)
-}
-
-fn ids(d: &Value) -> Vec<String> {
-    d["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["id"].as_str().unwrap().to_string())
-        .collect()
 }
 
 fn num(f: &Value, name: &str) -> f64 {
@@ -75,7 +37,7 @@ fn num(f: &Value, name: &str) -> f64 {
 /// diagnosis, and the requests the daemon served.
 fn daemon_under(name: &str, daemon_args: &[&str], load_args: &[&str]) -> (Value, u64) {
     let daemon = Daemon::start(name, daemon_args);
-    let d = diagnose(daemon.path(), || load(daemon.path(), load_args));
+    let d = diagnosis_while(daemon.path(), || load(daemon.path(), load_args));
     let served = daemon.stop().values().sum();
     (d, served)
 }
@@ -97,7 +59,7 @@ fn one_daemon_thread_under_concurrent_load_is_daemon_concurrency() {
     ];
     let one = [&["--threads", "1"][..], &slow].concat();
     let (d, _) = daemon_under("dd-threads1", &one, &CONCURRENT);
-    let f = finding(&d, "daemon_concurrency")
+    let f = finding(findings_of(&d), "daemon_concurrency")
         .unwrap_or_else(|| panic!("no daemon_concurrency with one thread: {d}"));
     assert_eq!(num(f, "daemon_threads"), 1.0, "{f}");
     assert!(num(f, "queue_share") >= 0.5, "{f}");
@@ -111,7 +73,7 @@ fn one_daemon_thread_under_concurrent_load_is_daemon_concurrency() {
     let (d, served) = daemon_under("dd-threads8", &eight, &CONCURRENT);
     assert!(served >= 4000, "the same load reached the daemon: {served}");
     assert!(
-        finding(&d, "daemon_concurrency").is_none(),
+        finding(findings_of(&d), "daemon_concurrency").is_none(),
         "8 threads: {d}"
     );
 }
@@ -159,12 +121,12 @@ fn readahead_at_max_background_one_is_background_queue() {
     let _alone = tracing_alone();
     let daemon = Daemon::start("dd-bg1", &["--max-background", "1"]);
     let file = large_file(daemon.path());
-    let d = diagnose(daemon.path(), || sequential_reads(&file, 4));
+    let d = diagnosis_while(daemon.path(), || sequential_reads(&file, 4));
     assert!(
         daemon.stop()["READ"] >= 4 * 512,
         "4 x 64 MiB in 128 KiB READs"
     );
-    let f = finding(&d, "background_queue")
+    let f = finding(findings_of(&d), "background_queue")
         .unwrap_or_else(|| panic!("no background_queue at max_background 1: {d}"));
     assert_eq!(num(f, "max_background"), 1.0, "{f}");
     assert_eq!(num(f, "peak_background_in_flight"), 1.0, "{f}");
@@ -180,9 +142,12 @@ fn readahead_at_max_background_one_is_background_queue() {
 
     let daemon = Daemon::start("dd-bgdefault", &[]);
     let file = large_file(daemon.path());
-    let d = diagnose(daemon.path(), || sequential_reads(&file, 4));
+    let d = diagnosis_while(daemon.path(), || sequential_reads(&file, 4));
     assert!(daemon.stop()["READ"] >= 4 * 512, "the same reads");
-    assert!(finding(&d, "background_queue").is_none(), "default: {d}");
+    assert!(
+        finding(findings_of(&d), "background_queue").is_none(),
+        "default: {d}"
+    );
     assert!(d["limits"]["max_background"].as_u64().unwrap() > 1, "{d}");
 }
 
@@ -196,7 +161,7 @@ fn a_dev_fuse_daemon_under_a_metadata_storm_is_io_uring_unused() {
         return;
     };
     let (d, _) = daemon_under("dd-devfuse", &["--ttl", "0s"], &STORM);
-    let f = finding(&d, "io_uring_unused")
+    let f = finding(findings_of(&d), "io_uring_unused")
         .unwrap_or_else(|| panic!("no io_uring_unused on /dev/fuse: {d}"));
     assert_eq!(f["evidence"]["transport"], "/dev/fuse", "{f}");
     assert_eq!(f["evidence"]["io_uring_offer"], "on", "{f}");
@@ -206,7 +171,10 @@ fn a_dev_fuse_daemon_under_a_metadata_storm_is_io_uring_unused() {
 
     let (d, served) = daemon_under("dd-uring", &["--ttl", "0s", "--io-uring"], &STORM);
     assert!(served >= 2000, "a storm on io_uring too: {served}");
-    assert!(finding(&d, "io_uring_unused").is_none(), "io_uring: {d}");
+    assert!(
+        finding(findings_of(&d), "io_uring_unused").is_none(),
+        "io_uring: {d}"
+    );
 }
 
 #[test]
@@ -216,9 +184,9 @@ fn healthy_mounts_under_the_mixed_load_show_none_of_these() {
     // makes it wait).
     for args in [&["--threads", "4"][..], &[]] {
         let (d, _) = daemon_under("dd-healthy", args, &["--workload", "mixed"]);
-        let found = ids(&d);
+        let found = finding_ids(findings_of(&d));
         assert!(
-            !found.iter().any(|id| OURS.contains(&id.as_str())),
+            !found.iter().any(|id| OURS.contains(id)),
             "reference daemon {args:?}: {d}"
         );
         // Something was diagnosed: the load reached the daemon.
@@ -236,12 +204,9 @@ fn healthy_mounts_under_the_mixed_load_show_none_of_these() {
         }
     }
     let _unmount = Unmount(mnt.path());
-    let d = diagnose(mnt.path(), || load(mnt.path(), &["--workload", "mixed"]));
-    let found = ids(&d);
-    assert!(
-        !found.iter().any(|id| OURS.contains(&id.as_str())),
-        "bindfs: {d}"
-    );
+    let d = diagnosis_while(mnt.path(), || load(mnt.path(), &["--workload", "mixed"]));
+    let found = finding_ids(findings_of(&d));
+    assert!(!found.iter().any(|id| OURS.contains(id)), "bindfs: {d}");
     assert!(d["read_requests"].as_u64().unwrap() > 0, "{d}");
 }
 
@@ -261,7 +226,7 @@ fn a_recording_replayed_gives_the_same_daemon_findings() {
     let file_arg = file.to_str().unwrap().to_string();
     let mount = daemon.path().to_str().unwrap().to_string();
     let recorder = Tracer::start(&["record", "--mount", &mount, "-o", &file_arg]);
-    let live = diagnose(daemon.path(), || load(daemon.path(), &CONCURRENT));
+    let live = diagnosis_while(daemon.path(), || load(daemon.path(), &CONCURRENT));
     recorder.stop();
     daemon.stop();
     let replayed = run_ok(Command::new(bin()).args(["diagnose", "--json", "--from", &file_arg]));
@@ -270,8 +235,9 @@ fn a_recording_replayed_gives_the_same_daemon_findings() {
         serde_json::from_str(replayed.lines().find(|l| l.contains("diagnoses")).unwrap()).unwrap();
     let replayed = &replayed["diagnoses"][0];
     let (a, b) = (
-        finding(&live, "daemon_concurrency").unwrap_or_else(|| panic!("live: {live}")),
-        finding(replayed, "daemon_concurrency").unwrap_or_else(|| panic!("replayed: {replayed}")),
+        finding(findings_of(&live), "daemon_concurrency").unwrap_or_else(|| panic!("live: {live}")),
+        finding(findings_of(replayed), "daemon_concurrency")
+            .unwrap_or_else(|| panic!("replayed: {replayed}")),
     );
     for name in ["daemon_threads", "replying_threads", "peak_in_flight"] {
         assert_eq!(

@@ -38,49 +38,13 @@ fn diagnose(
         })
         .filter(|(_, n)| *n > 0)
         .collect();
-    (of_connection(out, conn), served)
+    (diagnosis_of(&out, conn), served)
 }
 
 /// A 64 KiB file to read, written before the tracer starts.
 fn prepare(dir: &Path) {
     let f = File::create(dir.join("data")).unwrap();
     f.write_all_at(&[3u8; 64 << 10], 0).unwrap();
-}
-
-/// One connection's diagnosis in a stopped tracer's output.
-fn of_connection(out: TraceOutput, conn: u64) -> Value {
-    out.records
-        .iter()
-        .find_map(|v| v.get("diagnoses"))
-        .expect("diagnoses JSON")
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["connection"].as_u64() == Some(conn))
-        .unwrap_or_else(|| {
-            panic!(
-                "no diagnosis of connection {conn}: {:?}\nstderr: {}",
-                out.records, out.stderr
-            )
-        })
-        .clone()
-}
-
-fn finding<'a>(d: &'a Value, id: &str) -> Option<&'a Value> {
-    d["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == id)
-}
-
-fn ids(d: &Value) -> Vec<String> {
-    d["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["id"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// 4 MiB written sequentially in write(2) calls of 64 KiB.
@@ -96,7 +60,8 @@ fn a_small_max_write_cutting_large_writes_is_found_and_the_default_is_not() {
     require_root();
     let (d, served) = diagnose(&["--max-write", "4096"], write_large);
     let what = d.to_string();
-    let f = finding(&d, "small_transfers").unwrap_or_else(|| panic!("no small_transfers: {what}"));
+    let f = finding(findings_of(&d), "small_transfers")
+        .unwrap_or_else(|| panic!("no small_transfers: {what}"));
     let e = &f["evidence"];
     assert_eq!(e["opcode"], "WRITE", "{what}");
     assert_eq!(e["limit"], "max_write", "{what}");
@@ -120,11 +85,17 @@ fn a_small_max_write_cutting_large_writes_is_found_and_the_default_is_not() {
     );
     assert!(f["knob"].as_str().unwrap().contains("max_write"), "{what}");
     // The small WRITEs are named once, by their cause.
-    assert!(finding(&d, "writeback_cache").is_none(), "{what}");
+    assert!(
+        finding(findings_of(&d), "writeback_cache").is_none(),
+        "{what}"
+    );
 
     let (d, served) = diagnose(&[], write_large);
     let what = d.to_string();
-    assert!(finding(&d, "small_transfers").is_none(), "{what}");
+    assert!(
+        finding(findings_of(&d), "small_transfers").is_none(),
+        "{what}"
+    );
     // The same writes, about a WRITE each: the limit cut nothing.
     assert!(served["WRITE"] < 128, "{served:?}: {what}");
     assert!(
@@ -150,7 +121,7 @@ fn direct_io_reading_the_same_ranges_is_found_and_the_page_cache_is_not() {
     require_root();
     let (d, served) = diagnose(&["--direct-io"], read_again);
     let what = d.to_string();
-    let f = finding(&d, "page_cache_bypassed")
+    let f = finding(findings_of(&d), "page_cache_bypassed")
         .unwrap_or_else(|| panic!("no page_cache_bypassed: {what}"));
     let e = &f["evidence"];
     assert_eq!(e["direct_io_opens"], 1, "{what}");
@@ -167,7 +138,10 @@ fn direct_io_reading_the_same_ranges_is_found_and_the_page_cache_is_not() {
 
     let (d, served) = diagnose(&[], read_again);
     let what = d.to_string();
-    assert!(finding(&d, "page_cache_bypassed").is_none(), "{what}");
+    assert!(
+        finding(findings_of(&d), "page_cache_bypassed").is_none(),
+        "{what}"
+    );
     // The page cache served the repeats.
     assert!(served.get("READ").copied().unwrap_or(0) < 32, "{served:?}");
 }
@@ -208,7 +182,7 @@ fn diagnose_mount(mount: &Path, work: impl FnOnce(&Path)) -> Value {
     let m = mount.to_str().unwrap();
     let tracer = Tracer::start(&["diagnose", "--format", "json", "--mount", m]);
     work(mount);
-    of_connection(tracer.stop(), conn)
+    diagnosis_of(&tracer.stop(), conn)
 }
 
 /// `fusetrace load --workload mixed` on `mount`.
@@ -240,7 +214,8 @@ fn libfuse2_without_big_writes_is_found_and_with_big_writes_is_not() {
     let d = diagnose_mount(bindfs.mnt.path(), write_large);
     drop(bindfs);
     let what = d.to_string();
-    let f = finding(&d, "small_transfers").unwrap_or_else(|| panic!("no small_transfers: {what}"));
+    let f = finding(findings_of(&d), "small_transfers")
+        .unwrap_or_else(|| panic!("no small_transfers: {what}"));
     let e = &f["evidence"];
     assert_eq!(e["limit"], "big_writes", "{what}");
     assert_eq!(e["limit_bytes"], 4096, "{what}");
@@ -259,13 +234,19 @@ fn libfuse2_without_big_writes_is_found_and_with_big_writes_is_not() {
         f["knob"].as_str().unwrap().contains("-o big_writes"),
         "{what}"
     );
-    assert!(finding(&d, "writeback_cache").is_none(), "{what}");
+    assert!(
+        finding(findings_of(&d), "writeback_cache").is_none(),
+        "{what}"
+    );
 
     let bindfs = Bindfs::mount(&["-o", "big_writes"]);
     let d = diagnose_mount(bindfs.mnt.path(), write_large);
     drop(bindfs);
     let what = d.to_string();
-    assert!(finding(&d, "small_transfers").is_none(), "{what}");
+    assert!(
+        finding(findings_of(&d), "small_transfers").is_none(),
+        "{what}"
+    );
     let writes = d["write_requests"]["count"].as_u64().unwrap();
     assert!(
         (64..128).contains(&writes),
@@ -293,10 +274,10 @@ fn healthy_mounts_under_the_mixed_load_have_no_transfer_finding() {
             d["write_requests"]["count"].as_u64().unwrap() > 100,
             "{what}"
         );
-        let found = ids(&d);
+        let found = finding_ids(findings_of(&d));
         for id in ["small_transfers", "page_cache_bypassed"] {
             assert!(
-                !found.iter().any(|f| f == id),
+                !found.iter().any(|f| f == &id),
                 "{id} on a healthy mount: {what}"
             );
         }

@@ -361,21 +361,38 @@ pub fn mount_bindfs(src: &Path, mnt: &Path) {
     assert!(is_mounted(mnt), "bindfs did not mount {}", mnt.display());
 }
 
-/// `diagnose --json` on the mount while `work` runs: the mount's findings.
-pub fn findings_while(mount: &Path, work: impl FnOnce()) -> Vec<Value> {
-    let conn = connection_of(mount);
-    let tracer = Tracer::start(&["diagnose", "--json", "--mount", mount.to_str().unwrap()]);
-    work();
-    let out = tracer.stop();
+/// One connection's diagnosis in a stopped `diagnose --json`'s output.
+pub fn diagnosis_of(out: &TraceOutput, conn: u64) -> Value {
     out.records
         .iter()
         .find_map(|v| v.get("diagnoses"))
         .and_then(|d| d.as_array())
         .and_then(|d| d.iter().find(|d| d["connection"].as_u64() == Some(conn)))
-        .unwrap_or_else(|| panic!("no diagnosis of our mount: {:?}", out.records))["findings"]
-        .as_array()
-        .unwrap()
+        .unwrap_or_else(|| {
+            panic!(
+                "no diagnosis of connection {conn}: {:?}\nstderr: {}",
+                out.records, out.stderr
+            )
+        })
         .clone()
+}
+
+/// `diagnose --json` on the mount while `work` runs: the mount's diagnosis.
+pub fn diagnosis_while(mount: &Path, work: impl FnOnce()) -> Value {
+    let conn = connection_of(mount);
+    let tracer = Tracer::start(&["diagnose", "--json", "--mount", mount.to_str().unwrap()]);
+    work();
+    diagnosis_of(&tracer.stop(), conn)
+}
+
+/// `diagnose --json` on the mount while `work` runs: the mount's findings.
+pub fn findings_while(mount: &Path, work: impl FnOnce()) -> Vec<Value> {
+    findings_of(&diagnosis_while(mount, work)).to_vec()
+}
+
+/// A diagnosis' findings, worst first.
+pub fn findings_of(diagnosis: &Value) -> &[Value] {
+    diagnosis["findings"].as_array().expect("findings")
 }
 
 /// The finding with this id, if it is there.
