@@ -11,7 +11,8 @@
 //!
 //! "Slow" is relative and absolute at once: a (path, opcode) group is slow
 //! when its mean is many times the mount's median request and above a
-//! floor no healthy in-memory request reaches, so that a mount under a
+//! floor no healthy in-memory request reaches (and at least half of its
+//! requests are each above that floor: a stall is not a slow path), so that a mount under a
 //! mixed load, whose opcodes naturally differ, does not get it. A group
 //! slower than a second floor is slow whatever the mount's median (every
 //! request of the mount may be slow).
@@ -59,6 +60,8 @@ struct Group {
     path: Option<Arc<str>>,
     count: u64,
     total_ns: u64,
+    /// Requests that took at least `FLOOR_NS` each.
+    over_floor: u64,
     /// Per stage (`STAGES`), over the requests whose three stages were seen.
     stage_ns: [u64; 3],
 }
@@ -133,6 +136,7 @@ impl Rule for SlowPaths {
         }
         g.count += 1;
         g.total_ns += total;
+        g.over_floor += u64::from(total >= FLOOR_NS);
         if let [Some(q), Some(d), Some(c)] = STAGES.map(|s| rec.latency(s)) {
             for (sum, ns) in g.stage_ns.iter_mut().zip([q, d, c]) {
                 *sum += ns;
@@ -146,8 +150,14 @@ impl Rule for SlowPaths {
         }
         let median = self.all.value_at_quantile(0.5);
         let bar = FLOOR_NS.max(median.saturating_mul(FACTOR));
-        let is_slow =
-            |g: &Group| g.count >= MIN_REQUESTS && (g.mean() >= bar || g.mean() >= SLOW_ANYWAY_NS);
+        // Slow as a rule, not by a few outliers: one stall of the machine
+        // (a 50 ms scheduling delay) lifts a small group's mean past any
+        // bar, so half its requests must each be past the floor too.
+        let is_slow = |g: &Group| {
+            g.count >= MIN_REQUESTS
+                && g.over_floor * 2 >= g.count
+                && (g.mean() >= bar || g.mean() >= SLOW_ANYWAY_NS)
+        };
         // One file's slow operation...
         let mut rows: Vec<(String, u32, &Group)> = Vec::new();
         let mut covered: BTreeMap<u32, u64> = BTreeMap::new();
@@ -257,6 +267,7 @@ impl SlowPaths {
             let (sum, nodes) = out.entry(*op).or_default();
             sum.count += g.count;
             sum.total_ns += g.total_ns;
+            sum.over_floor += g.over_floor;
             for (a, b) in sum.stage_ns.iter_mut().zip(g.stage_ns) {
                 *a += b;
             }
@@ -506,6 +517,24 @@ mod tests {
             opcode::READ,
             "/mnt/slow",
             [10 * US, 5 * MS, 5 * US],
+        ));
+        assert!(run(&recs).is_empty());
+        // A fast file's operation with one stall of the machine among
+        // them: its mean is past the bar, but one request is no rule.
+        let mut recs = healthy();
+        recs.extend(many(
+            0,
+            30,
+            opcode::READ,
+            "/mnt/stalled",
+            [10 * US, 20 * US, 5 * US],
+        ));
+        recs.extend(many(
+            1000,
+            1,
+            opcode::READ,
+            "/mnt/stalled",
+            [10 * US, 100 * MS, 5 * US],
         ));
         assert!(run(&recs).is_empty());
         // Ten times the median, but under the 1 ms floor.
