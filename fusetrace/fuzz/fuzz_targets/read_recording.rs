@@ -3,15 +3,17 @@
 //! Whatever it accepts, written again, reads back the same.
 #![no_main]
 
-// Compiled on its own (it depends only on the decoder's file names,
-// fusetrace-common, serde and crc32fast), so the fuzz build does not need
+// Compiled on its own (it depends only on the decoder's file names, the
+// kernel's io_uring offer, fusetrace-common, serde and crc32fast), so the fuzz build does not need
 // the eBPF toolchain.
 #[path = "../../src/record/format.rs"]
 mod format;
 #[path = "../../src/kernel/decode.rs"]
 mod decode;
+#[path = "../../src/kernel/uring_offer.rs"]
+mod uring_offer;
 mod kernel {
-    pub(crate) use super::decode;
+    pub(crate) use super::{decode, uring_offer};
 }
 
 use format::{Writer, read_all};

@@ -17,6 +17,7 @@ pub mod privileges;
 pub mod probes;
 pub mod slots;
 pub mod tracefs;
+pub mod uring_offer;
 
 /// The running kernel's release (`uname -r`), when it can be read.
 pub fn release() -> Option<String> {

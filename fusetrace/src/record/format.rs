@@ -133,7 +133,7 @@ pub struct Header {
     /// Whether the traced kernel offered FUSE over io_uring (for
     /// `diagnose --from`; absent in older files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fuse_io_uring: Option<crate::kernel::hooks::UringOffer>,
+    pub fuse_io_uring: Option<crate::kernel::uring_offer::UringOffer>,
 }
 
 /// A file of a recording split into several (`record --max-size`): each

@@ -215,7 +215,7 @@ pub fn header_now(hooks: Vec<String>, filter: &Filter, mounts: &[MountEntry]) ->
         },
         reorder_window_ns: Some(TrackerConfig::default().reorder_window_ns),
         part: None,
-        fuse_io_uring: Some(crate::kernel::hooks::UringOffer::read()),
+        fuse_io_uring: Some(crate::kernel::uring_offer::UringOffer::read()),
     }
 }
 
