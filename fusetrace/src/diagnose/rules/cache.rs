@@ -289,6 +289,7 @@ impl Rule for Caches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnose::rules::synthetic::conclude;
     use fusetrace_common::{EventKind, FuseEvent};
 
     const MS: u64 = 1_000_000;
@@ -321,13 +322,8 @@ mod tests {
     }
 
     fn run(reqs: impl IntoIterator<Item = RequestLifecycle>) -> Vec<FindingId> {
-        let mut rule = Caches::default();
-        let mut facts = Facts::default();
-        for r in reqs {
-            facts.request(&r);
-            rule.request(&r);
-        }
-        rule.conclude(&facts).iter().map(|f| f.id).collect()
+        let reqs: Vec<_> = reqs.into_iter().collect();
+        conclude::<Caches>(&reqs).iter().map(|f| f.id).collect()
     }
 
     #[test]

@@ -124,18 +124,12 @@ fn round(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::rules::synthetic::{Times, request};
+    use crate::diagnose::rules::synthetic::{Times, conclude, request};
 
     const MS: u64 = 1_000_000;
 
     fn run(recs: &[RequestLifecycle]) -> Vec<Finding> {
-        let mut rule = Enosys::default();
-        let mut facts = Facts::default();
-        for r in recs {
-            facts.request(r);
-            rule.request(r);
-        }
-        rule.conclude(&facts)
+        conclude::<Enosys>(recs)
     }
 
     /// `n` requests of `op` over `n` ms, answered `error`.

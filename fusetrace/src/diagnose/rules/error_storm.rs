@@ -205,18 +205,12 @@ fn advice(op: u32, e: i32, name: &str, errno_name: &str, path: &str) -> (String,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::rules::synthetic::{Times, request};
+    use crate::diagnose::rules::synthetic::{Times, conclude, request};
 
     const MS: u64 = 1_000_000;
 
     fn run(recs: &[RequestLifecycle]) -> Vec<Finding> {
-        let mut rule = ErrorStorm::default();
-        let mut facts = Facts::default();
-        for r in recs {
-            facts.request(r);
-            rule.request(r);
-        }
-        rule.conclude(&facts)
+        conclude::<ErrorStorm>(recs)
     }
 
     fn many(first: u64, n: u64, op: u32, error: i32, path: &str) -> Vec<RequestLifecycle> {

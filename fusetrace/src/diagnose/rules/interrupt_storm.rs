@@ -148,18 +148,12 @@ impl Rule for InterruptStorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::rules::synthetic::{Times, interrupted, request};
+    use crate::diagnose::rules::synthetic::{Times, conclude, interrupted, request};
 
     const MS: u64 = 1_000_000;
 
     fn run(recs: &[RequestLifecycle]) -> Vec<Finding> {
-        let mut rule = InterruptStorm::default();
-        let mut facts = Facts::default();
-        for r in recs {
-            facts.request(r);
-            rule.request(r);
-        }
-        rule.conclude(&facts)
+        conclude::<InterruptStorm>(recs)
     }
 
     /// `n` STATFS requests, 20 ms each in the daemon, each interrupted.

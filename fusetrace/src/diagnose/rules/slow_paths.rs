@@ -307,19 +307,13 @@ fn advice(stage: Option<LatencyStage>, name: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::rules::synthetic::{Times, request, request_on};
+    use crate::diagnose::rules::synthetic::{Times, conclude, request, request_on};
 
     const US: u64 = 1_000;
     const MS: u64 = 1_000_000;
 
     fn run(recs: &[RequestLifecycle]) -> Vec<Finding> {
-        let mut rule = SlowPaths::default();
-        let mut facts = Facts::default();
-        for r in recs {
-            facts.request(r);
-            rule.request(r);
-        }
-        rule.conclude(&facts)
+        conclude::<SlowPaths>(recs)
     }
 
     /// `n` requests of `op` on `path`, each with these stage times.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FUSE_INT_REQ_BIT, FuseEvent};
 
+use crate::diagnose::finding::{Facts, Finding, Rule};
 use crate::pipeline::{
     lifecycle::RequestLifecycle,
     opcode,
@@ -109,4 +110,15 @@ pub fn interrupted(unique: u64, op: u32, t: Times, path: &str) -> Vec<RequestLif
         rec.path = Some(Arc::from(path));
     }
     out
+}
+
+/// What a fresh rule `R` concludes from `recs` and the facts they make.
+pub fn conclude<R: Rule + Default>(recs: &[RequestLifecycle]) -> Vec<Finding> {
+    let mut rule = R::default();
+    let mut facts = Facts::default();
+    for r in recs {
+        facts.request(r);
+        rule.request(r);
+    }
+    rule.conclude(&facts)
 }
