@@ -303,7 +303,8 @@ pub struct KernelLayout {
     pub conn_wb_mask: u32,
     /// `fuse_conn`'s `max_write`, `max_read`, `max_pages`,
     /// `max_background` and `congestion_threshold` (diagnosis: a `Limits`
-    /// event; `conn_max_write` 0: not read).
+    /// event; 0: this kernel has no such member, and without `max_write`
+    /// no limits are read).
     pub conn_max_write: u32,
     pub conn_max_read: u32,
     pub conn_max_pages: u32,

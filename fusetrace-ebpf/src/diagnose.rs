@@ -172,10 +172,8 @@ pub fn request_args(ev: &mut FuseEvent, kind: EventKind, req: u64, fc: u64, l: &
         // user space's table of paths; and how long the entry and its
         // attributes may be cached (`entry_timeout`, `attr_timeout`; for
         // a negative entry, nodeid 0, `negative_timeout`).
-        // The node id is read alone, as every view needs it; the times
-        // only while diagnosing, in a read of their own. (One 40-byte
-        // read of the entry lost the node ids on Linux 7.3, with every
-        // backend: paths went unnamed there. Why is not known yet.)
+        // The node id as every view needs it; the times only while
+        // diagnosing.
         _ => {
             let Some(p) = arg_value(args, l.args_out_args, 0, l) else {
                 return;
@@ -209,7 +207,14 @@ fn report_limits(connection: u32, fc: u64, l: &KernelLayout) {
     if l.track_app_io == 0 || l.conn_max_write == 0 || GATE.get(0).copied() != Some(1) {
         return;
     }
-    let read = |offset: u32| kread::<u32>(fc, offset).unwrap_or(0);
+    // Offset 0: this kernel's `fuse_conn` has no such member (0: unknown).
+    let read = |offset: u32| {
+        if offset == 0 {
+            0
+        } else {
+            kread::<u32>(fc, offset).unwrap_or(0)
+        }
+    };
     let now = [
         read(l.conn_max_write),
         read(l.conn_max_read),

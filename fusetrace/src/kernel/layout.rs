@@ -218,11 +218,16 @@ pub(crate) fn diagnose_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
     let wb = btf.bit_offset_of("fuse_conn", "writeback_cache")?;
     l.conn_wb_byte = wb / 8;
     l.conn_wb_mask = 1 << (wb % 8);
-    l.conn_max_write = btf.offset_of("fuse_conn", "max_write")?;
-    l.conn_max_read = btf.offset_of("fuse_conn", "max_read")?;
-    l.conn_max_pages = btf.offset_of("fuse_conn", "max_pages")?;
-    l.conn_max_background = btf.offset_of("fuse_conn", "max_background")?;
-    l.conn_congestion_threshold = btf.offset_of("fuse_conn", "congestion_threshold")?;
+    // The limits serve only diagnose's findings: a kernel whose
+    // `fuse_conn` lacks one (7.3 has moved some) leaves that one unread
+    // (offset 0: no limit lives at the connection's start, its lock does),
+    // never the request arguments and names the rest of this layout reads.
+    let limit = |member| btf.offset_of("fuse_conn", member).unwrap_or(0);
+    l.conn_max_write = limit("max_write");
+    l.conn_max_read = limit("max_read");
+    l.conn_max_pages = limit("max_pages");
+    l.conn_max_background = limit("max_background");
+    l.conn_congestion_threshold = limit("congestion_threshold");
     l.inode_sb = btf.offset_of("inode", "i_sb")?;
     l.sb_magic = btf.offset_of("super_block", "s_magic")?;
     l.sb_dev = btf.offset_of("super_block", "s_dev")?;
