@@ -247,18 +247,6 @@ fn diagnosis_from_a_recording_equals_the_live_one() {
     assert_eq!(live_v["diagnoses"][0]["reads_caused_by_writes"], 32);
 }
 
-/// `fusetrace load M --workload mixed` for a bounded time.
-fn mixed_load(mount: &Path) {
-    run_ok(std::process::Command::new(bin()).args([
-        "load",
-        mount.to_str().unwrap(),
-        "--workload",
-        "mixed",
-        "--duration",
-        "3s",
-    ]));
-}
-
 #[test]
 fn healthy_default_mounts_under_mixed_load_get_no_finding() {
     require_root();

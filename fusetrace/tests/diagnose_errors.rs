@@ -297,25 +297,16 @@ fn fast_operations_are_no_slow_path() {
     assert!(finding(&d, "slow_paths").is_none(), "{d:?}");
 }
 
-/// `fusetrace load MOUNT --workload mixed` for 3 s, diagnosed.
-fn mixed_load(mount: &Path) -> Vec<Value> {
-    findings_while(mount, || {
-        run_ok(Command::new(bin()).args([
-            "load",
-            mount.to_str().unwrap(),
-            "--workload",
-            "mixed",
-            "--duration",
-            "3s",
-        ]));
-    })
+/// The mixed load's findings on `mount`.
+fn mixed_load_findings(mount: &Path) -> Vec<Value> {
+    findings_while(mount, || mixed_load(mount))
 }
 
 #[test]
 fn healthy_mounts_under_mixed_load_have_none_of_these_findings() {
     let _alone = tracing_alone();
     let daemon = Daemon::start("healthy-threads", &["--threads", "4"]);
-    let d = mixed_load(daemon.path());
+    let d = mixed_load_findings(daemon.path());
     daemon.stop();
     // Default bindfs is in tests/diagnose.rs; the multithreaded one takes
     // INTERRUPTs (see `slow_bindfs`).
@@ -323,7 +314,7 @@ fn healthy_mounts_under_mixed_load_have_none_of_these_findings() {
     let src = scratch.path().join("src");
     fs::create_dir_all(&src).unwrap();
     let guard = bindfs(&["--multithreaded"], &src, &scratch.path().join("mnt"));
-    let b = mixed_load(&guard.0);
+    let b = mixed_load_findings(&guard.0);
     drop(guard);
     for (what, d) in [
         ("reference daemon --threads 4", &d),

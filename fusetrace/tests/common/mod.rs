@@ -405,6 +405,19 @@ pub fn finding_ids(findings: &[Value]) -> Vec<&str> {
     findings.iter().filter_map(|f| f["id"].as_str()).collect()
 }
 
+/// `fusetrace load M --workload mixed` for 3 s: what a healthy mount
+/// must take without a finding.
+pub fn mixed_load(mount: &Path) {
+    run_ok(std::process::Command::new(bin()).args([
+        "load",
+        mount.to_str().unwrap(),
+        "--workload",
+        "mixed",
+        "--duration",
+        "3s",
+    ]));
+}
+
 /// Unmounts a third-party daemon's mount (bindfs) when dropped, also when
 /// a test fails half-way.
 pub struct MountGuard(pub PathBuf);
