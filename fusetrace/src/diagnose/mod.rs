@@ -85,7 +85,7 @@ impl DiagnoseSink {
             };
             d.limits = facts.limits;
             d.io_uring = facts.io_uring;
-            d.findings = self.watch.conclude(d.connection);
+            d.findings = self.watch.conclude(&facts);
             d.findings.extend(rules::writeback::finding(d, &facts));
             sort_worst_first(&mut d.findings);
         }

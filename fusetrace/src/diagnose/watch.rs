@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use fusetrace_common::FuseEvent;
 
-use super::finding::{Facts, Finding, Limits, Rule, UringOffer, sort_worst_first};
+use super::finding::{Facts, Finding, Limits, Rule, UringOffer};
 use crate::pipeline::lifecycle::RequestLifecycle;
 
 /// One connection's facts and rules.
@@ -75,15 +75,12 @@ impl Watch {
         })
     }
 
-    /// A connection's findings, worst first (ties by id, so the order is
-    /// the same every time).
-    pub fn conclude(&self, connection: u32) -> Vec<Finding> {
-        let (Some(w), Some(facts)) = (self.connections.get(&connection), self.facts(connection))
-        else {
-            return Vec::new();
-        };
-        let mut found: Vec<Finding> = w.rules.iter().flat_map(|r| r.conclude(&facts)).collect();
-        sort_worst_first(&mut found);
-        found
+    /// What the rules of `facts`' connection found (in no order: the
+    /// caller adds its own and sorts once).
+    pub fn conclude(&self, facts: &Facts) -> Vec<Finding> {
+        self.connections
+            .get(&facts.connection)
+            .map(|w| w.rules.iter().flat_map(|r| r.conclude(facts)).collect())
+            .unwrap_or_default()
     }
 }
