@@ -359,6 +359,14 @@ pub struct KernelLayout {
     /// one [`EventKind::Whole`] record, and counts no histogram.
     pub agg_whole: u32,
     pub agg_min_ns: u64,
+    /// `top` (1): the aggregation counts every request and also sends
+    /// every request whose total is at least the ns in the `AGG_RECORD_MIN`
+    /// map (which user space changes while tracing) as one
+    /// [`EventKind::Whole`] record.
+    pub agg_records: u32,
+    /// 1: the send keeps its sender (tgid, header pid) in the slot (`top`,
+    /// `trace --min`, the `-p`/`--comm` filters).
+    pub agg_sender: u32,
     /// `-c`: only sends from tasks of this cgroup v2 (its id, as
     /// `bpf_get_current_cgroup_id` gives it; 0: every task), on the event
     /// pipeline and in-kernel aggregation alike.
@@ -447,6 +455,40 @@ pub struct DevFuseFile {
     /// Queues of the ring (0: no ring).
     pub ring_queues: u64,
     pub comm: [u8; 16],
+    /// The `struct file *` (the daemon map compares it with the fd table's).
+    pub file: u64,
+}
+
+/// Thread groups holding `/dev/fuse` files the daemon map keeps (the
+/// syscall programs return at once for every other process).
+pub const MAX_DAEMONS: u32 = 4096;
+/// `/dev/fuse` descriptors kept per thread group (libfuse's `clone_fd`
+/// opens one per worker thread); a group with more gets the full check
+/// for the others.
+pub const DAEMON_FDS: usize = 8;
+/// How long after a mount's INIT is sent processes the daemon map does
+/// not know get the full check (the new daemon reads it meanwhile).
+pub const DAEMON_SEEK_NS: u64 = 10_000_000_000;
+
+/// One `/dev/fuse` descriptor of a daemon (`file` 0: unused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaemonFd {
+    /// The `struct file *`, compared with the fd table's.
+    pub file: u64,
+    pub fd: u32,
+    /// Kernel `dev_t` of the connection.
+    pub connection: u32,
+}
+
+/// The `/dev/fuse` descriptors of one thread group, used from the first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaemonFiles {
+    pub fds: [DaemonFd; DAEMON_FDS],
+    /// 1: it holds more than [`DAEMON_FDS`].
+    pub full: u32,
+    pub _pad: u32,
 }
 
 /// Most `--mount` filters in-kernel aggregation takes.
@@ -502,7 +544,10 @@ pub mod counters {
     /// connection could not be found (not a FUSE file, or a registered
     /// file the table walk did not resolve).
     pub const URING_UNRESOLVED: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// `/dev/fuse` holders the daemon map had no room for (their reads
+    /// and writes are then not seen).
+    pub const DAEMONS_FULL: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// Requests the in-kernel aggregation can hold in flight at once: each in
@@ -569,8 +614,18 @@ pub struct AggSent {
     pub replied_ns: u64,
     pub connection: u32,
     /// The requester's process when it sent the request itself (0: sent
-    /// from another context), for `trace --min`'s records.
+    /// from another context), for `trace --min`'s records and `top`.
     pub requester_tgid: u32,
+    /// The request's id, opcode, node and requesting thread (the
+    /// header's), so that a daemon's point finds its slot without reading
+    /// the request, and `top` shows what is in flight.
+    pub unique: u64,
+    pub nodeid: u64,
+    pub opcode: u32,
+    pub header_pid: u32,
+    /// The daemon thread that took it (0: not taken, or not seen).
+    pub daemon_tid: u32,
+    pub _pad: u32,
 }
 
 /// `AggSlot::req` while a take moves a request into the slot: claimed,
@@ -685,6 +740,7 @@ mod user {
     unsafe impl aya::Pod for super::HistogramKey {}
     unsafe impl aya::Pod for super::CellCounts {}
     unsafe impl aya::Pod for super::AggSent {}
+    unsafe impl aya::Pod for super::DaemonFiles {}
 }
 
 #[cfg(test)]

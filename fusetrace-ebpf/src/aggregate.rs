@@ -27,6 +27,7 @@ use fusetrace_common::{
 };
 
 use crate::{
+    daemons,
     filter::wanted_cgroup,
     fuse::{connection_of, unique_of},
     maps::{GATE, LAYOUT},
@@ -43,6 +44,12 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// mount and the oldest one's age, without a syscall per slot.
 #[map]
 static AGG_SLOTS: Array<Slot> = Array::with_max_entries(AGG_IN_FLIGHT, BPF_F_MMAPABLE);
+
+/// `top`: requests whose total is at least this (ns) are sent whole to
+/// the ring buffer besides being counted (`agg_records`); user space moves
+/// it while tracing (u64::MAX: none).
+#[map]
+static AGG_RECORD_MIN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// INITs sent per connection number since loading: the generation of the
 /// mount that holds the number now (see `HistogramKey::generation`).
@@ -199,6 +206,7 @@ pub(crate) fn agg_send<const DIRECT: bool>(req: Option<u64>) {
         && let Some(connection) = connection_of::<DIRECT>(req)
     {
         next_generation(connection);
+        daemons::expect_daemon();
     }
     if !wanted_cgroup() {
         return;
@@ -206,7 +214,7 @@ pub(crate) fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     // Read only when a filter or `trace --min` needs it.
     let who = if layout_field!(agg_pid_count) != 0
         || layout_field!(agg_comm_count) != 0
-        || layout_field!(agg_whole) != 0
+        || layout_field!(agg_sender) != 0
     {
         sender::<DIRECT>(req)
     } else {
@@ -221,15 +229,25 @@ pub(crate) fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     if !wanted_connection(connection) {
         return;
     }
+    let unique = unique_of::<DIRECT>(req);
     let sent = Sent {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         taken_ns: 0,
         replied_ns: 0,
         connection,
-        // Only `trace --min` shows it (0: not the requester).
+        // Only `trace --min` and `top` show it (0: not the requester).
         requester_tgid: if who.is_requester { who.tgid } else { 0 },
+        unique,
+        nodeid: load::<u64, DIRECT>(
+            req,
+            layout_field!(req_in_h) + offset_of!(FuseInHeader, nodeid) as u32,
+        )
+        .unwrap_or(0),
+        opcode: opcode.unwrap_or(0),
+        header_pid: who.header_pid,
+        daemon_tid: 0,
+        _pad: 0,
     };
-    let unique = unique_of::<DIRECT>(req);
     if unique == 0 {
         bump(counters::SENT_BEFORE_ID);
     } else if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique, connection)) {
@@ -358,6 +376,12 @@ pub(crate) fn agg_end<const DIRECT: bool>(req: Option<u64>) {
         }
         return;
     }
+    // `top`: the requests it shows one by one, besides the counts.
+    if layout_field!(agg_records) != 0
+        && latency >= AGG_RECORD_MIN.get(0).copied().unwrap_or(u64::MAX)
+    {
+        submit_whole::<DIRECT>(req, &sent, now, error.unwrap_or(0));
+    }
     let errno = error.unwrap_or(0).unsigned_abs();
     let key = HistogramKey {
         connection: sent.connection,
@@ -476,14 +500,18 @@ pub fn agg_daemon_point(
                 (*sent).replied_ns = now;
             } else {
                 (*sent).taken_ns = now;
+                (*sent).daemon_tid = bpf_get_current_pid_tgid() as u32;
+                (*sent).unique = unique;
             }
         }
     };
     if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique, connection)) {
-        // SAFETY: a map value; see `agg_send`.
+        // SAFETY: a map value; see `agg_send`. The id the send kept (a
+        // request's id does not change once assigned) and the connection
+        // tell its request apart from another in the slot.
         let req = unsafe { (*slot).req };
         if req != 0
-            && unique_of::<false>(req) == unique
+            && unsafe { (*slot).sent.unique } == unique
             && unsafe { (*slot).sent.connection } == connection
         {
             stamp(unsafe { &mut (*slot).sent });

@@ -12,7 +12,8 @@
 //! The modules import downward, never in a loop:
 //!
 //! - topics: `daemon.rs` (the daemon side hooked in the kernel) and
-//!   `syscalls.rs` (at the syscall boundary), `uring.rs` (FUSE over
+//!   `syscalls.rs` (at the syscall boundary, for the processes
+//!   `daemons.rs` knows hold `/dev/fuse`), `uring.rs` (FUSE over
 //!   io_uring), `virtiofs.rs`; `request.rs` (send and end), `aggregate.rs`
 //!   (in-kernel stats), `reply.rs` (when a reply began), `names.rs` and
 //!   `diagnose.rs` (what a send or an end carries besides its header);
@@ -29,6 +30,7 @@
 mod aggregate;
 mod args;
 mod daemon;
+mod daemons;
 mod diagnose;
 mod filter;
 mod fuse;

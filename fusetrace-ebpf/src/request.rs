@@ -12,12 +12,13 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap, programs::TracePointContext,
 };
 use fusetrace_common::{
-    EventKind, FLAG_BACKGROUND, FuseEvent, FuseInHeader, FuseOutHeader, KernelLayout, counters,
+    EventKind, FLAG_BACKGROUND, FUSE_INIT, FuseEvent, FuseInHeader, FuseOutHeader, KernelLayout,
+    counters,
 };
 
 use crate::{
     args::tp_field,
-    diagnose,
+    daemons, diagnose,
     maps::{GATE, ID_LATE},
     memory::{kread, layout},
     names,
@@ -75,6 +76,9 @@ pub(crate) fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, au
             ev.aux_ns = aux_ns;
             if kind == EventKind::Sent {
                 note_sent_id(ev.unique);
+                if ev.opcode == FUSE_INIT {
+                    daemons::expect_daemon();
+                }
                 if let Some(req) = req
                     && names::submit_sent(&mut ev, req, l)
                 {
@@ -132,6 +136,9 @@ pub(crate) fn sent_from_record(ctx: &TracePointContext) {
         ..FuseEvent::default()
     };
     note_sent_id(ev.unique);
+    if ev.opcode == FUSE_INIT {
+        daemons::expect_daemon();
+    }
     submit(ev);
 }
 

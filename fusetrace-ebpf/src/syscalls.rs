@@ -3,7 +3,9 @@
 //! and `readv(2)` returning on a `/dev/fuse` file carry the request's
 //! `fuse_in_header` (taken), `write(2)` and `writev(2)` entering carry the
 //! reply's `fuse_out_header` (replied). The file is recognised through the
-//! current task's fd table and its inode's device number (`fuse.rs`).
+//! current task's fd table and its inode's device number (`fuse.rs`),
+//! and only for a process that holds `/dev/fuse` (`daemons.rs`): every
+//! other one's read or write costs a lookup.
 //! `splice(2)` transfers are counted, not decoded.
 //!
 //! A write that is no daemon's reply may be an application's write to a
@@ -17,9 +19,10 @@ use fusetrace_common::{
 use crate::{
     aggregate,
     args::{syscall_args, tp_field},
+    daemons::{daemon_file, known_daemon},
     diagnose,
     filter::daemon_filtered_out,
-    fuse::{UNIQUE_IN_HEADER, dev_fuse_connection, fd_file, fuse_fd_connection},
+    fuse::{UNIQUE_IN_HEADER, fd_file, fuse_fd_connection},
     maps::ID_LATE,
     memory::{kread, layout, uread},
     report::{bump, header_event, submit},
@@ -31,9 +34,13 @@ use crate::{
 pub(crate) fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
     let l = layout();
     let ret: i64 = tp_field(ctx, l.sys_exit_ret).unwrap_or(-1);
-    if ret < core::mem::size_of::<FuseInHeader>() as i64 || daemon_filtered_out(&l) {
+    if ret < core::mem::size_of::<FuseInHeader>() as i64 || daemon_filtered_out(l) {
         return 0;
     }
+    // Every other process leaves here (`daemons.rs`).
+    let Some((tgid, known)) = known_daemon() else {
+        return 0;
+    };
     let Some([fd, arg, count, _]) = syscall_args(l) else {
         return 0;
     };
@@ -50,10 +57,7 @@ pub(crate) fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
     } else {
         arg
     };
-    let Some(file) = fd_file(fd, &l) else {
-        return 0;
-    };
-    let Some(connection) = dev_fuse_connection(file, &l) else {
+    let Some((file, connection)) = daemon_file(tgid, known, fd, l) else {
         return 0;
     };
     let Some(h) = uread::<FuseInHeader>(buf) else {
@@ -72,7 +76,7 @@ pub(crate) fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
         return 0;
     }
     let req = if kept && ID_LATE.get(0).copied() == Some(1) {
-        taken_request(file, h.unique, &l)
+        taken_request(file, h.unique, l)
     } else {
         0
     };
@@ -129,26 +133,33 @@ fn taken_request(file: u64, unique: u64, l: &KernelLayout) -> u64 {
 #[inline(always)]
 pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
     let l = layout();
-    if daemon_filtered_out(&l) {
+    if daemon_filtered_out(l) {
         return 0;
     }
     let Some(fd) = tp_field::<u64>(ctx, l.sys_enter_fd) else {
+        return 0;
+    };
+    let Some((tgid, known)) = known_daemon() else {
+        // Not a daemon: maybe an application writing a FUSE file.
+        if l.track_app_io != 0
+            && let Some(file) = fd_file(fd, l)
+        {
+            diagnose::app_write_enter(file, None, l);
+        }
+        return 0;
+    };
+    let Some((file, connection)) = daemon_file(tgid, known, fd, l) else {
+        if l.track_app_io != 0
+            && let Some(file) = fd_file(fd, l)
+        {
+            diagnose::app_write_enter(file, None, l);
+        }
         return 0;
     };
     let Some(arg) = tp_field::<u64>(ctx, l.sys_enter_buf) else {
         return 0;
     };
     let Some(count) = tp_field::<u64>(ctx, l.sys_enter_count) else {
-        return 0;
-    };
-    let Some(file) = fd_file(fd, &l) else {
-        return 0;
-    };
-    let Some(connection) = dev_fuse_connection(file, &l) else {
-        // Not a daemon reply: maybe an application writing a FUSE file.
-        if l.track_app_io != 0 {
-            diagnose::app_write_enter(file, None, &l);
-        }
         return 0;
     };
     let header_addr = if vectored {
@@ -195,14 +206,14 @@ pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
 #[inline(always)]
 pub(crate) fn on_splice_enter(ctx: &TracePointContext) -> u32 {
     let l = layout();
-    if daemon_filtered_out(&l) {
+    if daemon_filtered_out(l) {
         return 0;
     }
     // splice(fd_in, off_in, fd_out, off_out, len, flags): fd_in is the
     // first argument, fd_out the third (two slots after `buf`).
     let fd_in: u64 = tp_field(ctx, l.sys_enter_fd).unwrap_or(u64::MAX);
     let fd_out: u64 = tp_field(ctx, l.sys_enter_count).unwrap_or(u64::MAX);
-    if fuse_fd_connection(fd_in, &l).is_some() || fuse_fd_connection(fd_out, &l).is_some() {
+    if fuse_fd_connection(fd_in, l).is_some() || fuse_fd_connection(fd_out, l).is_some() {
         bump(counters::SPLICE_TRANSFERS);
     }
     0

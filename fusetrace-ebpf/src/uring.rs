@@ -205,6 +205,7 @@ pub(crate) fn dev_fuse_file(ctx: *mut core::ffi::c_void) -> i32 {
         fd,
         connection,
         comm: kread(task, l.task_comm).unwrap_or_default(),
+        file,
         ..DevFuseFile::default()
     };
     if l.uring_on != 0 {

@@ -7,6 +7,7 @@
 //! counters (`crate::doctor` reports what this kernel offers).
 
 pub mod btf;
+pub mod daemons;
 pub mod decode;
 pub mod hooks;
 pub mod kallsyms;

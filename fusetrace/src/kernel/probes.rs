@@ -26,6 +26,7 @@ use fusetrace_common::{
 use crate::kernel::decode::FileNames;
 use crate::kernel::{
     btf::Btf,
+    daemons::DaemonMap,
     hooks::{
         AGGREGATE_HOOK_TABLE, AGGREGATE_STAGES_HOOK_TABLE, APP_WRITES_HOOKS, Attach, Backend,
         DIAGNOSE_PROGRAMS, DaemonSide, HOOK_TABLE, Hook, Point, PointChoice, Transport,
@@ -155,6 +156,7 @@ impl KernelFilter {
         if let Some(min) = self.whole_min_ns {
             layout.agg_whole = 1;
             layout.agg_min_ns = min;
+            layout.agg_sender = 1;
         }
         layout.agg_connections[..self.connections.len()].copy_from_slice(&self.connections);
     }
@@ -184,8 +186,11 @@ pub struct Probes {
     whole_min_ns: Option<u64>,
     /// fentry programs on module functions, loaded outside aya.
     _module_fentry: Vec<ModuleFEntry>,
-    /// The `/dev/fuse` file iterator is loaded (`file_iterator`).
+    /// The `/dev/fuse` file iterator is loaded (`file_iterator`, or for
+    /// the daemon map).
     file_iterator: bool,
+    /// The daemon side is at syscalls: which processes hold `/dev/fuse`.
+    daemons: Option<DaemonMap>,
     /// Daemon threads that were waiting in `fuse_dev_do_read` before its
     /// fexit was attached and still were when tracing began: the message
     /// each returns with first is not seen ([`waiting_in_read`]).
@@ -292,9 +297,24 @@ impl Probes {
         if opts.diagnose {
             attach_app_writes(&mut ebpf, &aya_btf, &btf, &tracefs, &kernel)?;
         }
-        // Without it (kernels before 5.8), `serve` walks /proc instead.
-        let file_iterator = opts.file_iterator && load_file_iterator(&mut ebpf, &aya_btf).is_ok();
+        let syscalls_side = choices
+            .iter()
+            .any(|c| c.hook.as_ref().and_then(DaemonSide::of) == Some(DaemonSide::Syscalls));
+        // Without it (kernels before 5.8), `serve` walks /proc instead, and
+        // the syscall programs check every process.
+        let file_iterator = (opts.file_iterator || syscalls_side)
+            && load_file_iterator(&mut ebpf, &aya_btf).is_ok();
         require_capabilities(&choices)?;
+        let daemons = if syscalls_side {
+            let mut map = DaemonMap::take(&mut ebpf)?;
+            match file_iterator {
+                true => map.update(&BTreeSet::new(), &iterate_files(&mut ebpf)?)?,
+                false => map.check_everyone()?,
+            }
+            Some(map)
+        } else {
+            None
+        };
         require_sent_and_ended(&choices, opts.backend)?;
         if let Some(side) = opts.daemon_side {
             require_daemon_side(&choices, side)?;
@@ -318,6 +338,7 @@ impl Probes {
             whole_min_ns: opts.aggregate.as_ref().and_then(|f| f.whole_min_ns),
             _module_fentry: kernel.module_fentry.take(),
             file_iterator,
+            daemons,
             waiting_at_start,
             _ebpf: ebpf,
         })
@@ -335,6 +356,7 @@ impl Probes {
         timeout: Duration,
         mut on_event: impl FnMut(FuseEvent, Option<FileNames>),
     ) -> Result<usize> {
+        self.refresh_daemons()?;
         let mut n = self.drain(&mut on_event);
         if n >= FULL_BATCH {
             return Ok(n);
@@ -498,6 +520,21 @@ impl Probes {
             bail!("the /dev/fuse file iterator is not loaded");
         }
         run_file_iterator(&mut self._ebpf)
+    }
+
+    /// Brings the daemon map up to date when a refresh is due
+    /// ([`super::daemons::REFRESH`]); cheap otherwise. Every loop that
+    /// runs while tracing calls it.
+    pub fn refresh_daemons(&mut self) -> Result<()> {
+        let Some(map) = self.daemons.as_mut() else {
+            return Ok(());
+        };
+        if !self.file_iterator || !map.due() {
+            return Ok(());
+        }
+        let known = map.known();
+        let files = iterate_files(&mut self._ebpf)?;
+        map.update(&known, &files)
     }
 
     /// In-kernel aggregation: the requests in flight now.
@@ -965,8 +1002,18 @@ fn load_file_iterator(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
         .context("loading the task_file iterator")
 }
 
-/// One pass of the loaded `transports` iterator; its link is closed after.
+/// One pass of the loaded `transports` iterator, one per process and
+/// connection.
 fn run_file_iterator(ebpf: &mut Ebpf) -> Result<Vec<DevFuseFile>> {
+    let mut files = iterate_files(ebpf)?;
+    files.sort_by_key(|f| (f.connection, f.tgid, f.fd));
+    files.dedup_by_key(|f| (f.connection, f.tgid));
+    Ok(files)
+}
+
+/// One pass of the loaded `transports` iterator: every `/dev/fuse`
+/// descriptor of every task. Its link is closed after.
+fn iterate_files(ebpf: &mut Ebpf) -> Result<Vec<DevFuseFile>> {
     use std::io::Read;
     let prog: &mut aya::programs::Iter = ebpf
         .program_mut("transports")
@@ -980,15 +1027,12 @@ fn run_file_iterator(ebpf: &mut Ebpf) -> Result<Vec<DevFuseFile>> {
         .read_to_end(&mut bytes)
         .context("reading the task_file iterator")?;
     let size = std::mem::size_of::<DevFuseFile>();
-    let mut files: Vec<DevFuseFile> = bytes
+    Ok(bytes
         .chunks_exact(size)
         // SAFETY: the iterator writes whole `DevFuseFile` records (plain
         // integers); read unaligned from the byte buffer.
         .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr() as *const DevFuseFile) })
-        .collect();
-    files.sort_by_key(|f| (f.connection, f.tgid, f.fd));
-    files.dedup_by_key(|f| (f.connection, f.tgid));
-    Ok(files)
+        .collect())
 }
 
 /// The eBPF object loaded with `layout`, and aya's parse of the kernel BTF

@@ -119,6 +119,7 @@ pub fn run(
     let started = Instant::now();
     let mut next_tick = started + tick;
     loop {
+        probes.refresh_daemons()?;
         let stopping = stop.due(started, || {
             let k = probes.counters();
             k.agg_started.saturating_sub(k.agg_ended)

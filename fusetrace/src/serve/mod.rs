@@ -205,6 +205,9 @@ impl ServeArgs {
             {
                 reload_web_config(path, &web);
             }
+            if let Err(e) = probes.refresh_daemons() {
+                break Err(e);
+            }
             if Instant::now() >= next_poll || collector.reread {
                 if let Err(e) = collector.follow_mounts(&mut probes, false) {
                     break Err(e);

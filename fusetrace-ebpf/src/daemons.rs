@@ -1,0 +1,150 @@
+//! Which processes are FUSE daemons, for the daemon side at the syscall
+//! boundary (`syscalls.rs`): its programs run at every read(2), readv(2),
+//! write(2) and writev(2) of the machine, and all but the daemons' should
+//! cost one lookup, not a walk of the caller's fd table and reads of its
+//! memory.
+//!
+//! `DAEMON_FILES` maps a thread group to the `/dev/fuse` files it holds
+//! (descriptor, `struct file *`, connection). User space fills it from the
+//! `task_file` iterator when tracing begins and refreshes it every second
+//! (a process that received a descriptor later, one that exited); a daemon
+//! that starts meanwhile is found on its way: a mount's INIT opens a
+//! window (`DAEMON_SEEK`, a deadline) in which a process the map does not
+//! know gets the full check, and is added when its descriptor is
+//! `/dev/fuse`. User space sets the deadline to "always" when it cannot
+//! run the iterator (the check then costs what it did before the map).
+//!
+//! A known descriptor is still checked against the caller's fd table (the
+//! `struct file *` there must be the one recorded), so a descriptor closed
+//! and reused for another file is not taken for `/dev/fuse`; the
+//! connection is not read again.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap},
+};
+use fusetrace_common::{
+    DAEMON_FDS, DAEMON_SEEK_NS, DaemonFiles, KernelLayout, MAX_DAEMONS, counters,
+};
+
+use crate::{
+    fuse::{dev_fuse_connection, fd_file},
+    report::bump,
+};
+
+/// `/dev/fuse` files by holder's thread group.
+#[map]
+static DAEMON_FILES: HashMap<u32, DaemonFiles> = HashMap::with_max_entries(MAX_DAEMONS, 0);
+
+/// `[0]`: until when (`bpf_ktime_get_ns`) processes the map does not know
+/// get the full check; `u64::MAX`: always (no iterator).
+#[map]
+static DAEMON_SEEK: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The current thread group, and whether it holds a `/dev/fuse` file the
+/// map knows; `None` when it is not known and no daemon is sought (the
+/// caller returns at once).
+#[inline(always)]
+pub(crate) fn known_daemon() -> Option<(u32, Option<&'static DaemonFiles>)> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a map value, read only.
+    match unsafe { DAEMON_FILES.get(&tgid) } {
+        Some(files) => Some((tgid, Some(files))),
+        None if seeking() => Some((tgid, None)),
+        None => None,
+    }
+}
+
+#[inline(always)]
+fn seeking() -> bool {
+    match DAEMON_SEEK.get(0).copied() {
+        Some(0) | None => false,
+        Some(u64::MAX) => true,
+        // SAFETY: a helper without arguments.
+        Some(until) => (unsafe { bpf_ktime_get_ns() }) < until,
+    }
+}
+
+/// A mount's INIT is being sent: its daemon will read it soon.
+#[inline(always)]
+pub(crate) fn expect_daemon() {
+    if let Some(until) = DAEMON_SEEK.get_ptr_mut(0) {
+        // SAFETY: a map value; a racing INIT stores a deadline as late.
+        unsafe {
+            if *until != u64::MAX {
+                *until = bpf_ktime_get_ns() + DAEMON_SEEK_NS;
+            }
+        }
+    }
+}
+
+/// If `fd` of the current task is `/dev/fuse`: its `struct file *` and
+/// connection. `known` is what [`known_daemon`] gave.
+#[inline(always)]
+pub(crate) fn daemon_file(
+    tgid: u32,
+    known: Option<&DaemonFiles>,
+    fd: u64,
+    l: &KernelLayout,
+) -> Option<(u64, u32)> {
+    let file = fd_file(fd, l)?;
+    if let Some(files) = known {
+        for i in 0..DAEMON_FDS {
+            let f = &files.fds[i];
+            if f.file == 0 {
+                break;
+            }
+            if f.fd as u64 == fd {
+                if f.file == file {
+                    return Some((file, f.connection));
+                }
+                // Closed and reused: checked again below.
+                return found(tgid, fd, file, l);
+            }
+        }
+        // Not among its known files: a new one (a clone_fd, a passed
+        // descriptor) only while a daemon is sought or the table is full.
+        if files.full == 0 && !seeking() {
+            return None;
+        }
+    }
+    found(tgid, fd, file, l)
+}
+
+/// The full check of `file`, remembered when it is `/dev/fuse`.
+#[inline(always)]
+fn found(tgid: u32, fd: u64, file: u64, l: &KernelLayout) -> Option<(u64, u32)> {
+    let connection = dev_fuse_connection(file, l)?;
+    remember(tgid, fd as u32, file, connection);
+    Some((file, connection))
+}
+
+/// Adds a found `/dev/fuse` file to the map (counted when it has no room).
+#[inline(always)]
+fn remember(tgid: u32, fd: u32, file: u64, connection: u32) {
+    if let Some(files) = DAEMON_FILES.get_ptr_mut(&tgid) {
+        // SAFETY: a map value; user space's refresh may replace it
+        // meanwhile, and then lists the file itself.
+        unsafe {
+            for i in 0..DAEMON_FDS {
+                let f = &mut (*files).fds[i];
+                if f.file == 0 || f.fd == fd {
+                    f.fd = fd;
+                    f.connection = connection;
+                    f.file = file;
+                    return;
+                }
+            }
+            (*files).full = 1;
+        }
+        return;
+    }
+    let mut files = DaemonFiles::default();
+    files.fds[0].fd = fd;
+    files.fds[0].connection = connection;
+    files.fds[0].file = file;
+    if DAEMON_FILES.insert(&tgid, &files, 0).is_err() {
+        bump(counters::DAEMONS_FULL);
+    }
+}
