@@ -438,6 +438,10 @@ pub struct KernelLayout {
     pub nr_readv: u32,
     pub nr_preadv: u32,
     pub nr_preadv2: u32,
+    /// Offset in `struct pt_regs` of a syscall's result at its exit (`ax`,
+    /// `regs[0]`).
+    pub regs_syscall_ret: u32,
+    pub _pad_regs: u32,
 }
 
 /// One `/dev/fuse` file a process holds, as the `transports` iterator

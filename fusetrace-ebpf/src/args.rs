@@ -42,10 +42,57 @@ pub(crate) fn tp_field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize).ok() }
 }
 
-/// The current syscall's number and first three arguments, from the user
-/// registers the kernel saved at entry (`bpf_task_pt_regs`). Works at
-/// syscall exit, so a read that began before fusetrace attached is still
-/// decoded when it returns.
+/// The user registers the kernel saved at the current syscall's entry
+/// (`bpf_task_pt_regs` of `task`, the current one): its arguments at entry
+/// and exit, its result at exit. A typed pointer, so each register is a
+/// plain load at an offset the verifier knows (read-only data), where a
+/// tracepoint record's field at an offset from user space takes a helper
+/// call each. Works at syscall exit, so a read that began before
+/// fusetrace attached is still decoded when it returns.
+#[derive(Clone, Copy)]
+pub(crate) struct SyscallRegs(u64);
+
+impl SyscallRegs {
+    #[inline(always)]
+    pub(crate) fn of(task: u64) -> Option<SyscallRegs> {
+        // SAFETY: the helper takes the BTF task pointer.
+        let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as u64;
+        (regs != 0).then_some(SyscallRegs(regs))
+    }
+
+    #[inline(always)]
+    fn at(self, off: u32) -> u64 {
+        // SAFETY: a typed pointer at an offset the verifier knows; a fault
+        // reads as zero.
+        unsafe { core::ptr::read_volatile((self.0 + off as u64) as *const u64) }
+    }
+
+    /// Arguments 0 to 2.
+    #[inline(always)]
+    pub(crate) fn args(self, l: &KernelLayout) -> [u64; 3] {
+        [
+            self.at(l.regs_syscall_arg0),
+            self.at(l.regs_arg1),
+            self.at(l.regs_arg2),
+        ]
+    }
+
+    /// The result, at the syscall's exit.
+    #[inline(always)]
+    pub(crate) fn ret(self, l: &KernelLayout) -> i64 {
+        self.at(l.regs_syscall_ret) as i64
+    }
+}
+
+/// The current task (`struct task_struct *`, a typed pointer).
+#[inline(always)]
+pub(crate) fn current_task() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_current_task_btf() as u64 }
+}
+
+/// The current syscall's number and first three arguments (see
+/// [`SyscallRegs`]).
 #[inline(always)]
 pub(crate) fn syscall_args(l: &KernelLayout) -> Option<[u64; 4]> {
     // SAFETY: helpers take the BTF task pointer they return.

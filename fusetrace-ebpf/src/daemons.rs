@@ -29,7 +29,7 @@ use fusetrace_common::{
 };
 
 use crate::{
-    fuse::{dev_fuse_connection, fd_file},
+    fuse::{dev_fuse_connection, fd_file_of},
     report::bump,
 };
 
@@ -79,16 +79,17 @@ pub(crate) fn expect_daemon() {
     }
 }
 
-/// If `fd` of the current task is `/dev/fuse`: its `struct file *` and
-/// connection. `known` is what [`known_daemon`] gave.
+/// If `fd` of the current task (`task`) is `/dev/fuse`: its `struct file
+/// *` and connection. `known` is what [`known_daemon`] gave.
 #[inline(always)]
 pub(crate) fn daemon_file(
+    task: u64,
     tgid: u32,
     known: Option<&DaemonFiles>,
     fd: u64,
     l: &KernelLayout,
 ) -> Option<(u64, u32)> {
-    let file = fd_file(fd, l)?;
+    let file = fd_file_of(task, fd, l)?;
     if let Some(files) = known {
         for i in 0..DAEMON_FDS {
             let f = &files.fds[i];

@@ -33,6 +33,13 @@ pub(crate) fn fuse_fd_connection(fd: u64, l: &KernelLayout) -> Option<u32> {
 /// The `struct file *` behind `fd` in the current task's fd table.
 #[inline(always)]
 pub(crate) fn fd_file(fd: u64, l: &KernelLayout) -> Option<u64> {
+    fd_file_of(unsafe { bpf_get_current_task_btf() } as u64, fd, l)
+}
+
+/// The `struct file *` behind `fd` in the fd table of `task` (the current
+/// task, as `bpf_get_current_task_btf` gave it).
+#[inline(always)]
+pub(crate) fn fd_file_of(task: u64, fd: u64, l: &KernelLayout) -> Option<u64> {
     // Typed pointers down to the fd array: plain loads the verifier checks
     // against BTF (offsets it knows from read-only data). The array's slot
     // is at a variable index, which only a helper may read.
@@ -40,7 +47,6 @@ pub(crate) fn fd_file(fd: u64, l: &KernelLayout) -> Option<u64> {
     let direct = |base: u64, off: u32| -> u64 {
         unsafe { core::ptr::read_volatile((base + off as u64) as *const u64) }
     };
-    let task = unsafe { bpf_get_current_task_btf() } as u64;
     let files = direct(task, l.task_files);
     if files == 0 {
         return None;

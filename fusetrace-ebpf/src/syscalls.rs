@@ -18,11 +18,11 @@ use fusetrace_common::{
 
 use crate::{
     aggregate,
-    args::{syscall_args, tp_field},
+    args::{SyscallRegs, current_task, tp_field},
     daemons::{daemon_file, known_daemon},
     diagnose,
     filter::daemon_filtered_out,
-    fuse::{UNIQUE_IN_HEADER, fd_file, fuse_fd_connection},
+    fuse::{UNIQUE_IN_HEADER, fd_file, fd_file_of, fuse_fd_connection},
     maps::ID_LATE,
     memory::{kread, layout, uread},
     report::{bump, header_event, submit},
@@ -31,19 +31,23 @@ use crate::{
 /// Shared by read(2) and readv(2) exit: the daemon took a request whose
 /// header is now at the start of its buffer.
 #[inline(always)]
-pub(crate) fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
+pub(crate) fn on_read_exit(_ctx: &TracePointContext, vectored: bool) -> u32 {
     let l = layout();
-    let ret: i64 = tp_field(ctx, l.sys_exit_ret).unwrap_or(-1);
-    if ret < core::mem::size_of::<FuseInHeader>() as i64 || daemon_filtered_out(l) {
+    if daemon_filtered_out(l) {
         return 0;
     }
     // Every other process leaves here (`daemons.rs`).
     let Some((tgid, known)) = known_daemon() else {
         return 0;
     };
-    let Some([fd, arg, count, _]) = syscall_args(l) else {
+    let task = current_task();
+    let Some(regs) = SyscallRegs::of(task) else {
         return 0;
     };
+    if regs.ret(l) < core::mem::size_of::<FuseInHeader>() as i64 {
+        return 0;
+    }
+    let [fd, arg, count] = regs.args(l);
     // Daemons read into buffers of at least FUSE_MIN_READ_BUFFER bytes: a
     // cheap test before walking the fd table.
     if !vectored && count < fusetrace_common::FUSE_MIN_READ_BUFFER {
@@ -57,7 +61,7 @@ pub(crate) fn on_read_exit(ctx: &TracePointContext, vectored: bool) -> u32 {
     } else {
         arg
     };
-    let Some((file, connection)) = daemon_file(tgid, known, fd, l) else {
+    let Some((file, connection)) = daemon_file(task, tgid, known, fd, l) else {
         return 0;
     };
     let Some(h) = uread::<FuseInHeader>(buf) else {
@@ -136,30 +140,29 @@ pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
     if daemon_filtered_out(l) {
         return 0;
     }
-    let Some(fd) = tp_field::<u64>(ctx, l.sys_enter_fd) else {
-        return 0;
-    };
     let Some((tgid, known)) = known_daemon() else {
         // Not a daemon: maybe an application writing a FUSE file.
         if l.track_app_io != 0
+            && let Some(fd) = tp_field::<u64>(ctx, l.sys_enter_fd)
             && let Some(file) = fd_file(fd, l)
         {
             diagnose::app_write_enter(file, None, l);
         }
         return 0;
     };
-    let Some((file, connection)) = daemon_file(tgid, known, fd, l) else {
+    let task = current_task();
+    let Some(regs) = SyscallRegs::of(task) else {
+        return 0;
+    };
+    let [fd, arg, count] = regs.args(l);
+    let Some((file, connection)) = daemon_file(task, tgid, known, fd, l) else {
+        // A daemon writing another file (bindfs its backing files), or an
+        // application that holds `/dev/fuse`.
         if l.track_app_io != 0
-            && let Some(file) = fd_file(fd, l)
+            && let Some(file) = fd_file_of(task, fd, l)
         {
             diagnose::app_write_enter(file, None, l);
         }
-        return 0;
-    };
-    let Some(arg) = tp_field::<u64>(ctx, l.sys_enter_buf) else {
-        return 0;
-    };
-    let Some(count) = tp_field::<u64>(ctx, l.sys_enter_count) else {
         return 0;
     };
     let header_addr = if vectored {

@@ -39,6 +39,7 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<KernelLayout> {
     ];
     l.regs_syscall_arg0 = reg(REGS.syscall_arg0)?;
     l.regs_syscall_nr = reg(REGS.syscall_nr)?;
+    l.regs_syscall_ret = reg(REGS.syscall_ret)?;
     // The read(2) family, by this architecture's numbers: how the kernel-
     // side take finds a FORGET's header in the daemon's memory.
     l.nr_read = libc::SYS_read as u32;
@@ -252,6 +253,8 @@ struct Regs {
     syscall_arg0: Reg,
     /// The syscall number (read as its low 32 bits).
     syscall_nr: Reg,
+    /// A syscall's result at its exit.
+    syscall_ret: Reg,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -259,12 +262,14 @@ const REGS: Regs = Regs {
     call_args: [("di", 0), ("si", 0), ("dx", 0)],
     syscall_arg0: ("di", 0),
     syscall_nr: ("orig_ax", 0),
+    syscall_ret: ("ax", 0),
 };
 #[cfg(target_arch = "aarch64")]
 const REGS: Regs = Regs {
     call_args: [("regs", 0), ("regs", 1), ("regs", 2)],
     syscall_arg0: ("orig_x0", 0),
     syscall_nr: ("syscallno", 0),
+    syscall_ret: ("regs", 0),
 };
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!(
