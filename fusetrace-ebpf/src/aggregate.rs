@@ -471,7 +471,7 @@ fn count(key: &HistogramKey, ns: u64) -> bool {
     true
 }
 
-/// `stats --stages`: a daemon thread took (`replied` false) or answered
+/// `stats --stages`: daemon thread `tid` took (`replied` false) or answered
 /// request `unique` of `connection`: stamp the time in the request's slot,
 /// found by its id (the slot holds the `struct fuse_req *` whose id is
 /// checked), or for a request waiting in the overflow hash (its slot was
@@ -483,6 +483,7 @@ pub fn agg_daemon_point(
     connection: u32,
     unique: u64,
     replied: bool,
+    tid: u32,
     find_req: impl FnOnce() -> u64,
 ) {
     if !open() || !wanted_connection(connection) {
@@ -500,7 +501,7 @@ pub fn agg_daemon_point(
                 (*sent).replied_ns = now;
             } else {
                 (*sent).taken_ns = now;
-                (*sent).daemon_tid = bpf_get_current_pid_tgid() as u32;
+                (*sent).daemon_tid = tid;
                 (*sent).unique = unique;
             }
         }

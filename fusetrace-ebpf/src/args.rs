@@ -84,6 +84,12 @@ impl SyscallRegs {
     }
 }
 
+/// The current thread's id.
+#[inline(always)]
+pub(crate) fn current_tid() -> u32 {
+    aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32
+}
+
 /// The current task (`struct task_struct *`, a typed pointer).
 #[inline(always)]
 pub(crate) fn current_task() -> u64 {

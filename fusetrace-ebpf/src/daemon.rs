@@ -34,7 +34,7 @@ use fusetrace_common::{EventKind, FuseInHeader, IoVec, KernelLayout, counters};
 
 use crate::{
     aggregate,
-    args::{fentry_arg, syscall_args},
+    args::{current_tid, fentry_arg, syscall_args},
     filter::daemon_filtered_out,
     fuse::{connection_of, fud_connection, unique_of},
     memory::{kread, uread},
@@ -110,7 +110,7 @@ fn on_taken_request(req: u64, l: &KernelLayout) {
     if l.agg_stages != 0 {
         if let Some(connection) = connection_of::<false>(req) {
             let unique = unique_of::<false>(req);
-            aggregate::agg_daemon_point(connection, unique, false, || req);
+            aggregate::agg_daemon_point(connection, unique, false, current_tid(), || req);
         }
         return;
     }

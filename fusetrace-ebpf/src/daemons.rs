@@ -42,16 +42,16 @@ static DAEMON_FILES: HashMap<u32, DaemonFiles> = HashMap::with_max_entries(MAX_D
 #[map]
 static DAEMON_SEEK: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The current thread group, and whether it holds a `/dev/fuse` file the
-/// map knows; `None` when it is not known and no daemon is sought (the
-/// caller returns at once).
+/// The current thread (`bpf_get_current_pid_tgid`), and the `/dev/fuse`
+/// files of its group the map knows; `None` when it knows none and no
+/// daemon is sought (the caller returns at once).
 #[inline(always)]
-pub(crate) fn known_daemon() -> Option<(u32, Option<&'static DaemonFiles>)> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+pub(crate) fn known_daemon() -> Option<(u64, Option<&'static DaemonFiles>)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: a map value, read only.
-    match unsafe { DAEMON_FILES.get(&tgid) } {
-        Some(files) => Some((tgid, Some(files))),
-        None if seeking() => Some((tgid, None)),
+    match unsafe { DAEMON_FILES.get(&((pid_tgid >> 32) as u32)) } {
+        Some(files) => Some((pid_tgid, Some(files))),
+        None if seeking() => Some((pid_tgid, None)),
         None => None,
     }
 }
@@ -84,12 +84,13 @@ pub(crate) fn expect_daemon() {
 #[inline(always)]
 pub(crate) fn daemon_file(
     task: u64,
-    tgid: u32,
+    pid_tgid: u64,
     known: Option<&DaemonFiles>,
     fd: u64,
     l: &KernelLayout,
 ) -> Option<(u64, u32)> {
     let file = fd_file_of(task, fd, l)?;
+    let tgid = (pid_tgid >> 32) as u32;
     if let Some(files) = known {
         for i in 0..DAEMON_FDS {
             let f = &files.fds[i];

@@ -37,7 +37,7 @@ pub(crate) fn on_read_exit(_ctx: &TracePointContext, vectored: bool) -> u32 {
         return 0;
     }
     // Every other process leaves here (`daemons.rs`).
-    let Some((tgid, known)) = known_daemon() else {
+    let Some((pid_tgid, known)) = known_daemon() else {
         return 0;
     };
     let task = current_task();
@@ -61,7 +61,7 @@ pub(crate) fn on_read_exit(_ctx: &TracePointContext, vectored: bool) -> u32 {
     } else {
         arg
     };
-    let Some((file, connection)) = daemon_file(task, tgid, known, fd, l) else {
+    let Some((file, connection)) = daemon_file(task, pid_tgid, known, fd, l) else {
         return 0;
     };
     let Some(h) = uread::<FuseInHeader>(buf) else {
@@ -73,7 +73,7 @@ pub(crate) fn on_read_exit(_ctx: &TracePointContext, vectored: bool) -> u32 {
     let kept = fusetrace_common::opcode::expects_reply(h.opcode);
     if l.agg_stages != 0 {
         if kept {
-            aggregate::agg_daemon_point(connection, h.unique, false, || {
+            aggregate::agg_daemon_point(connection, h.unique, false, pid_tgid as u32, || {
                 taken_request(file, h.unique, l)
             });
         }
@@ -140,7 +140,7 @@ pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
     if daemon_filtered_out(l) {
         return 0;
     }
-    let Some((tgid, known)) = known_daemon() else {
+    let Some((pid_tgid, known)) = known_daemon() else {
         // Not a daemon: maybe an application writing a FUSE file.
         if l.track_app_io != 0
             && let Some(fd) = tp_field::<u64>(ctx, l.sys_enter_fd)
@@ -155,7 +155,7 @@ pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
         return 0;
     };
     let [fd, arg, count] = regs.args(l);
-    let Some((file, connection)) = daemon_file(task, tgid, known, fd, l) else {
+    let Some((file, connection)) = daemon_file(task, pid_tgid, known, fd, l) else {
         // A daemon writing another file (bindfs its backing files), or an
         // application that holds `/dev/fuse`.
         if l.track_app_io != 0
@@ -187,7 +187,7 @@ pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
         return 0;
     };
     if l.agg_stages != 0 {
-        aggregate::agg_daemon_point(connection, h.unique, true, || {
+        aggregate::agg_daemon_point(connection, h.unique, true, pid_tgid as u32, || {
             taken_request(file, h.unique, l)
         });
         return 0;

@@ -32,6 +32,7 @@ use fusetrace_common::{
 
 use crate::{
     aggregate,
+    args::current_tid,
     filter::daemon_filtered_out,
     fuse::{dev_fuse_connection, fd_file},
     memory::{kread, layout, uread},
@@ -92,7 +93,7 @@ pub(crate) fn on_complete(req: u64, cqe: u64) {
         return;
     };
     if l.agg_stages != 0 {
-        aggregate::agg_daemon_point(connection, h.unique, false, || freq);
+        aggregate::agg_daemon_point(connection, h.unique, false, current_tid(), || freq);
         return;
     }
     let qid: u32 = kread::<u64>(ent, l.ring_ent_queue)
@@ -135,7 +136,7 @@ pub(crate) fn on_submit(req: u64) {
         return;
     };
     if l.agg_stages != 0 {
-        aggregate::agg_daemon_point(connection, unique, true, || 0);
+        aggregate::agg_daemon_point(connection, unique, true, current_tid(), || 0);
         return;
     }
     // The reply header the daemon wrote at the start of the entry's header
