@@ -80,9 +80,16 @@ impl Tracer {
                     .arg(mount.connection.to_string())
                     .stdout(Stdio::piped());
             }
+            Variant::Bpftrace4 => {
+                cmd = Command::new("bpftrace");
+                cmd.arg(&bench.stages_script)
+                    .arg(mount.connection.to_string())
+                    .arg(mount.daemon_pid.to_string())
+                    .stdout(Stdio::piped());
+            }
         }
         let ready = match variant {
-            Variant::Bpftrace => "Attaching",
+            Variant::Bpftrace | Variant::Bpftrace4 => "Attaching",
             Variant::Serve => "fusetrace: serving",
             Variant::Diagnose => "tracing for diagnosis (",
             _ => "tracing (",
