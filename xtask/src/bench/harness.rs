@@ -309,13 +309,16 @@ impl Bench {
                     .arg("--duration")
                     .arg(format!("{}ms", opts.duration.as_millis()))
                     .output();
+                let held = held_programs(tracer.pid());
                 let after = bpf_programs();
                 let end = tracer.stop()?;
                 load.map_err(|e| format!("fusetrace load: {e}"))?;
                 let requests = end.requests.unwrap_or(0).max(1) as f64;
                 let mut total = 0.0;
                 for (id, (name, runs, ns)) in after? {
-                    if before.contains_key(&id) || runs == 0 {
+                    // Only the tracer's own (when its fds could be read).
+                    let foreign = !held.is_empty() && !held.contains(&id);
+                    if before.contains_key(&id) || runs == 0 || foreign {
                         continue;
                     }
                     let per_request = ns as f64 / requests;
