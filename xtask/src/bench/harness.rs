@@ -5,6 +5,8 @@ use super::*;
 pub(crate) struct Bench {
     pub(crate) fusetrace: PathBuf,
     pub(crate) script: PathBuf,
+    /// The four-point script (per-stage latency).
+    pub(crate) stages_script: PathBuf,
     pub(crate) has_top: bool,
     /// `stats --stages` exists (then plain `stats` counts in the kernel).
     pub(crate) has_stages: bool,
@@ -38,6 +40,7 @@ impl Bench {
         Ok(Bench {
             fusetrace,
             script: root().join("xtask/bench/fuse-latency.bt"),
+            stages_script: root().join("xtask/bench/fuse-stages.bt"),
             has_top: help.contains("--headless"),
             has_stages: stats_help.contains("--stages"),
             has_from_events: stats_help.contains("--from-events"),
@@ -67,6 +70,7 @@ impl Bench {
         }
         v.push(Variant::Diagnose);
         v.push(Variant::Bpftrace);
+        v.push(Variant::Bpftrace4);
         v
     }
 
@@ -239,8 +243,9 @@ impl Bench {
     /// The consumer micro-benchmark, synthetic and on a recording of the
     /// metadata storm.
     /// Where the traced system's time goes: the kernel's own accounting of
-    /// each BPF program (`kernel.bpf_stats_enabled`), for `stats` and the
-    /// bpftrace script on the metadata storm. A separate run: the
+    /// each BPF program (`kernel.bpf_stats_enabled`), for every tracer
+    /// with a request count (the `stats` family, `trace`, `top`, both
+    /// bpftrace scripts) on the metadata storm. A separate run: the
     /// accounting itself costs two clock reads per program run.
     pub(crate) fn kernel_cost(&self, opts: &Options) -> Result<String> {
         // The reference daemon on each transport asked for (bindfs runs the
@@ -289,7 +294,11 @@ impl Bench {
                 variants.push(Variant::StatsEvents);
             }
             variants.push(Variant::Trace);
+            if self.has_top {
+                variants.push(Variant::Top);
+            }
             variants.push(Variant::Bpftrace);
+            variants.push(Variant::Bpftrace4);
             for variant in variants {
                 let before = bpf_programs()?;
                 let tracer = Tracer::start(self, variant, &mount)?;
@@ -300,13 +309,16 @@ impl Bench {
                     .arg("--duration")
                     .arg(format!("{}ms", opts.duration.as_millis()))
                     .output();
+                let held = held_programs(tracer.pid());
                 let after = bpf_programs();
                 let end = tracer.stop()?;
                 load.map_err(|e| format!("fusetrace load: {e}"))?;
                 let requests = end.requests.unwrap_or(0).max(1) as f64;
                 let mut total = 0.0;
                 for (id, (name, runs, ns)) in after? {
-                    if before.contains_key(&id) || runs == 0 {
+                    // Only the tracer's own (when its fds could be read).
+                    let foreign = !held.is_empty() && !held.contains(&id);
+                    if before.contains_key(&id) || runs == 0 || foreign {
                         continue;
                     }
                     let per_request = ns as f64 / requests;

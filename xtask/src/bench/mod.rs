@@ -6,9 +6,10 @@
 //! median ops/s and the ratio to the untraced median, the tracer's CPU
 //! time per traced request and its peak RSS, ring buffer drops; then the
 //! consumer micro-benchmark (`fusetrace bench-consumer`) and the tracer's
-//! peak RSS with 100 000 requests in flight. The anchor is a bpftrace
-//! script (`xtask/bench/fuse-latency.bt`) answering the same question
-//! the way people do today.
+//! peak RSS with 100 000 requests in flight. The anchors are bpftrace
+//! scripts answering the same questions the way people do today:
+//! `xtask/bench/fuse-latency.bt` (send -> end per opcode) and
+//! `xtask/bench/fuse-stages.bt` (the four points, per stage).
 
 use std::{
     collections::BTreeMap,
@@ -90,7 +91,7 @@ pub struct BenchArgs {
     no_kernel_cost: bool,
     /// Only these variants in the workload rounds, comma-separated (default:
     /// all; untraced is the baseline, keep it).
-    #[arg(long, value_delimiter = ',', value_parser = ["untraced", "stats", "stages", "from-events", "trace", "trace-no-paths", "top", "serve", "diagnose", "bpftrace"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["untraced", "stats", "stages", "from-events", "trace", "trace-no-paths", "top", "serve", "diagnose", "bpftrace", "bpftrace4"])]
     variants: Vec<String>,
     /// Mounts for the `fusetrace serve` scrape-cost measurement (CPU per
     /// scrape with that many loaded mounts); 0 skips it.

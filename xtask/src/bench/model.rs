@@ -93,6 +93,9 @@ pub(crate) enum Variant {
     /// `diagnose`: the event pipeline with the rules behind it.
     Diagnose,
     Bpftrace,
+    /// The four-point script (`xtask/bench/fuse-stages.bt`): per-stage
+    /// latency from the tracepoints and the daemon's syscalls.
+    Bpftrace4,
 }
 
 impl Variant {
@@ -109,6 +112,7 @@ impl Variant {
             Variant::Serve => "serve",
             Variant::Diagnose => "diagnose",
             Variant::Bpftrace => "bpftrace",
+            Variant::Bpftrace4 => "bpftrace4",
         }
     }
 
@@ -124,6 +128,7 @@ impl Variant {
             Variant::Serve => "fusetrace serve (scraped)",
             Variant::Diagnose => "fusetrace diagnose",
             Variant::Bpftrace => "bpftrace script",
+            Variant::Bpftrace4 => "bpftrace four-point script",
         }
     }
 }

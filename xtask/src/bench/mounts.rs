@@ -7,6 +7,9 @@ use super::*;
 pub(crate) struct Mount {
     pub(crate) dir: PathBuf,
     pub(crate) connection: u32,
+    /// The process serving the mount (the four-point bpftrace script
+    /// follows its reads and writes of /dev/fuse).
+    pub(crate) daemon_pid: u32,
     pub(crate) daemon: Option<Child>,
     pub(crate) target: Target,
 }
@@ -46,6 +49,7 @@ impl Mount {
                     .arg(&dir))?;
                 Ok(Mount {
                     connection: connection_of(&dir)?,
+                    daemon_pid: bindfs_pid(&dir)?,
                     dir,
                     daemon: None,
                     target,
@@ -80,6 +84,7 @@ impl Mount {
         }
         Ok(Mount {
             connection: connection_of(dir)?,
+            daemon_pid: child.id(),
             dir: dir.to_path_buf(),
             daemon: Some(child),
             target: Target::Reference,
@@ -147,6 +152,24 @@ pub(crate) fn is_mounted(dir: &Path) -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l.split(' ').nth(1) == Some(&want))
+}
+
+/// The bindfs process serving `dir`: bindfs forks into the background,
+/// so found by its command line (`bindfs ... SOURCE DIR`).
+pub(crate) fn bindfs_pid(dir: &Path) -> Result<u32> {
+    let want = dir.as_os_str().as_encoded_bytes();
+    let entries = fs::read_dir("/proc").map_err(|e| format!("cannot list /proc: {e}"))?;
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .collect();
+            args.first().is_some_and(|a| a.ends_with(b"bindfs")) && args.last() == Some(&want)
+        })
+        .ok_or_else(|| format!("cannot find the bindfs process serving {}", dir.display()))
 }
 
 /// The FUSE connection id (`major << 20 | minor` of the mount's device).

@@ -109,6 +109,9 @@ pub(crate) fn render_workload(
         if let Some(stages) = overhead(Variant::StatsStages) {
             let _ = write!(out, ", `stats --stages` {:.1}%", stages * 100.0);
         }
+        if let Some(four) = overhead(Variant::Bpftrace4) {
+            let _ = write!(out, ", four-point bpftrace {:.1}%", four * 100.0);
+        }
         out.push('\n');
     }
     out

@@ -80,9 +80,19 @@ impl Tracer {
                     .arg(mount.connection.to_string())
                     .stdout(Stdio::piped());
             }
+            Variant::Bpftrace4 => {
+                cmd = Command::new("bpftrace");
+                cmd.arg(&bench.stages_script)
+                    .arg(mount.connection.to_string())
+                    .arg(mount.daemon_pid.to_string())
+                    .stdout(Stdio::piped());
+            }
         }
         let ready = match variant {
-            Variant::Bpftrace => "Attaching",
+            // The scripts' BEGIN line: "Attaching N probes..." comes before
+            // the probes are, and a load started then fills the start map
+            // with sends whose ends were never seen.
+            Variant::Bpftrace | Variant::Bpftrace4 => "Tracing FUSE requests",
             Variant::Serve => "fusetrace: serving",
             Variant::Diagnose => "tracing for diagnosis (",
             _ => "tracing (",
@@ -327,6 +337,21 @@ pub(crate) fn bpf_programs() -> Result<BTreeMap<u64, (String, u64, u64)>> {
             ))
         })
         .collect())
+}
+
+/// The BPF programs process `pid` holds open (`prog_id:` in its fds'
+/// fdinfo): on a shared machine, other tracers' programs load and run too.
+pub(crate) fn held_programs(pid: u32) -> std::collections::BTreeSet<u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Default::default();
+    };
+    fds.filter_map(|fd| fs::read_to_string(fd.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect()
 }
 
 /// "12.3 MiB (anon 4.0, file 8.3)" from /proc/PID/status.
