@@ -463,8 +463,10 @@ pub struct DevFuseFile {
     pub file: u64,
 }
 
-/// Thread groups holding `/dev/fuse` files the daemon map keeps (the
-/// syscall programs return at once for every other process).
+/// Entries of the daemon map, an array indexed by thread group id modulo
+/// its length (the syscall programs return at once for every other
+/// process: an array lookup is a few inlined instructions, a hash lookup a
+/// call and a hash).
 pub const MAX_DAEMONS: u32 = 4096;
 /// `/dev/fuse` descriptors kept per thread group (libfuse's `clone_fd`
 /// opens one per worker thread); a group with more gets the full check
@@ -485,14 +487,18 @@ pub struct DaemonFd {
     pub connection: u32,
 }
 
-/// The `/dev/fuse` descriptors of one thread group, used from the first.
+/// The `/dev/fuse` descriptors of one thread group, used from the first:
+/// one entry of the daemon map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DaemonFiles {
     pub fds: [DaemonFd; DAEMON_FDS],
-    /// 1: it holds more than [`DAEMON_FDS`].
+    /// The thread group (0: a free entry).
+    pub tgid: u32,
+    /// 1: it holds more than [`DAEMON_FDS`], or another holder's id falls
+    /// on this entry too: every process that falls here gets the full
+    /// check for a descriptor not listed.
     pub full: u32,
-    pub _pad: u32,
 }
 
 /// Most `--mount` filters in-kernel aggregation takes.
@@ -548,8 +554,9 @@ pub mod counters {
     /// connection could not be found (not a FUSE file, or a registered
     /// file the table walk did not resolve).
     pub const URING_UNRESOLVED: u32 = 12;
-    /// `/dev/fuse` holders the daemon map had no room for (their reads
-    /// and writes are then not seen).
+    /// Daemon map entries two `/dev/fuse` holders fell on (the kernel
+    /// found the second): their processes' reads and writes get the full
+    /// check, as without the map.
     pub const DAEMONS_FULL: u32 = 13;
     pub const COUNT: u32 = 14;
 }

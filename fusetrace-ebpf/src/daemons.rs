@@ -4,8 +4,12 @@
 //! cost one lookup, not a walk of the caller's fd table and reads of its
 //! memory.
 //!
-//! `DAEMON_FILES` maps a thread group to the `/dev/fuse` files it holds
-//! (descriptor, `struct file *`, connection). User space fills it from the
+//! `DAEMON_FILES` holds, for a thread group, the `/dev/fuse` files it
+//! holds (descriptor, `struct file *`, connection): an array indexed by
+//! the group's id modulo its length, so the lookup every read and write of
+//! the machine pays is a few inlined instructions (a hash map's costs a
+//! call and a hash, ~50 ns here); an entry two holders fall on is marked
+//! `full`, and processes falling on it get the full check. User space fills it from the
 //! `task_file` iterator when tracing begins and refreshes it every second
 //! (a process that received a descriptor later, one that exited); a daemon
 //! that starts meanwhile is found on its way: a mount's INIT opens a
@@ -22,7 +26,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap},
+    maps::Array,
 };
 use fusetrace_common::{
     DAEMON_FDS, DAEMON_SEEK_NS, DaemonFiles, KernelLayout, MAX_DAEMONS, counters,
@@ -33,9 +37,9 @@ use crate::{
     report::bump,
 };
 
-/// `/dev/fuse` files by holder's thread group.
+/// `/dev/fuse` files by holder's thread group, at `tgid % MAX_DAEMONS`.
 #[map]
-static DAEMON_FILES: HashMap<u32, DaemonFiles> = HashMap::with_max_entries(MAX_DAEMONS, 0);
+static DAEMON_FILES: Array<DaemonFiles> = Array::with_max_entries(MAX_DAEMONS, 0);
 
 /// `[0]`: until when (`bpf_ktime_get_ns`) processes the map does not know
 /// get the full check; `u64::MAX`: always (no iterator).
@@ -48,11 +52,11 @@ static DAEMON_SEEK: Array<u64> = Array::with_max_entries(1, 0);
 #[inline(always)]
 pub(crate) fn known_daemon() -> Option<(u64, Option<&'static DaemonFiles>)> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: a map value, read only.
-    match unsafe { DAEMON_FILES.get(&((pid_tgid >> 32) as u32)) } {
-        Some(files) => Some((pid_tgid, Some(files))),
-        None if seeking() => Some((pid_tgid, None)),
-        None => None,
+    let tgid = (pid_tgid >> 32) as u32;
+    match DAEMON_FILES.get(tgid % MAX_DAEMONS) {
+        Some(files) if files.tgid == tgid || files.full != 0 => Some((pid_tgid, Some(files))),
+        _ if seeking() => Some((pid_tgid, None)),
+        _ => None,
     }
 }
 
@@ -122,31 +126,37 @@ fn found(tgid: u32, fd: u64, file: u64, l: &KernelLayout) -> Option<(u64, u32)> 
     Some((file, connection))
 }
 
-/// Adds a found `/dev/fuse` file to the map (counted when it has no room).
+/// Adds a found `/dev/fuse` file to the map: to its group's entry, or a
+/// free one; an entry another group holds is marked `full` (counted: the
+/// file is then checked in full every time).
 #[inline(always)]
 fn remember(tgid: u32, fd: u32, file: u64, connection: u32) {
-    if let Some(files) = DAEMON_FILES.get_ptr_mut(&tgid) {
-        // SAFETY: a map value; user space's refresh may replace it
-        // meanwhile, and then lists the file itself.
-        unsafe {
-            for i in 0..DAEMON_FDS {
-                let f = &mut (*files).fds[i];
-                if f.file == 0 || f.fd == fd {
-                    f.fd = fd;
-                    f.connection = connection;
-                    f.file = file;
-                    return;
-                }
-            }
-            (*files).full = 1;
-        }
+    let Some(entry) = DAEMON_FILES.get_ptr_mut(tgid % MAX_DAEMONS) else {
         return;
-    }
-    let mut files = DaemonFiles::default();
-    files.fds[0].fd = fd;
-    files.fds[0].connection = connection;
-    files.fds[0].file = file;
-    if DAEMON_FILES.insert(&tgid, &files, 0).is_err() {
-        bump(counters::DAEMONS_FULL);
+    };
+    // SAFETY: a map value; user space's refresh may replace it meanwhile,
+    // and then lists the file itself. Two CPUs adding at once may lose
+    // one of two files, which the next check finds again.
+    unsafe {
+        if (*entry).tgid == 0 {
+            (*entry).tgid = tgid;
+        }
+        if (*entry).tgid != tgid {
+            if (*entry).full == 0 {
+                bump(counters::DAEMONS_FULL);
+            }
+            (*entry).full = 1;
+            return;
+        }
+        for i in 0..DAEMON_FDS {
+            let f = &mut (*entry).fds[i];
+            if f.file == 0 || f.fd == fd {
+                f.fd = fd;
+                f.connection = connection;
+                f.file = file;
+                return;
+            }
+        }
+        (*entry).full = 1;
     }
 }

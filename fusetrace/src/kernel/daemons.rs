@@ -19,23 +19,23 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData},
+    maps::{Array, MapData},
 };
-use fusetrace_common::{DAEMON_FDS, DaemonFd, DaemonFiles, DevFuseFile};
+use fusetrace_common::{DAEMON_FDS, DaemonFd, DaemonFiles, DevFuseFile, MAX_DAEMONS};
 
 /// How often the map is brought up to date with the iterator.
 pub const REFRESH: Duration = Duration::from_secs(1);
 
 /// The daemon map and its seek window, taken out of the loaded object.
 pub struct DaemonMap {
-    files: HashMap<MapData, u32, DaemonFiles>,
+    files: Array<MapData, DaemonFiles>,
     seek: Array<MapData, u64>,
     next_refresh: Instant,
 }
 
 impl DaemonMap {
     pub fn take(ebpf: &mut Ebpf) -> Result<DaemonMap> {
-        let files = HashMap::try_from(
+        let files = Array::try_from(
             ebpf.take_map("DAEMON_FILES")
                 .context("DAEMON_FILES map missing")?,
         )?;
@@ -66,44 +66,53 @@ impl DaemonMap {
         true
     }
 
-    /// The thread groups in the map now (read before the iterator runs:
-    /// an entry the kernel adds after it is kept for the next refresh).
-    pub fn known(&self) -> BTreeSet<u32> {
-        self.files.keys().filter_map(|k| k.ok()).collect()
+    /// The entries in use now (read before the iterator runs: an entry
+    /// the kernel fills after it is kept for the next refresh).
+    pub fn in_use(&self) -> BTreeSet<u32> {
+        (0..MAX_DAEMONS)
+            .filter(|&i| self.files.get(&i, 0).is_ok_and(|e| e.tgid != 0))
+            .collect()
     }
 
-    /// Puts what the iterator found (`files`) in the map, and removes the
-    /// groups of `known` it no longer found.
-    pub fn update(&mut self, known: &BTreeSet<u32>, files: &[DevFuseFile]) -> Result<()> {
-        let (holders, gone) = plan(known, files);
-        for (tgid, value) in &holders {
+    /// Puts what the iterator found (`files`) in the map, and empties the
+    /// entries of `in_use` it no longer found a holder for.
+    pub fn update(&mut self, in_use: &BTreeSet<u32>, files: &[DevFuseFile]) -> Result<()> {
+        let entries = plan(files);
+        for (index, value) in &entries {
             self.files
-                .insert(tgid, value, 0)
+                .set(*index, value, 0)
                 .context("filling the daemon map")?;
         }
-        for tgid in gone {
-            // Gone already (the kernel does not remove entries): fine.
-            let _ = self.files.remove(&tgid);
+        for index in in_use.iter().filter(|i| !entries.contains_key(i)) {
+            self.files
+                .set(*index, DaemonFiles::default(), 0)
+                .context("emptying a daemon map entry")?;
         }
         Ok(())
     }
 }
 
-/// The map's value for every thread group holding `/dev/fuse` in
-/// `files`, and the groups of `known` that hold none any more.
-pub fn plan(
-    known: &BTreeSet<u32>,
-    files: &[DevFuseFile],
-) -> (BTreeMap<u32, DaemonFiles>, Vec<u32>) {
-    let mut holders: BTreeMap<u32, DaemonFiles> = BTreeMap::new();
+/// The map's entries for the `/dev/fuse` holders in `files`: each thread
+/// group at its id modulo [`MAX_DAEMONS`], the first to fall on an entry
+/// holding it, any other marking it `full` (their processes then get the
+/// full check, as the kernel does when it finds one).
+pub fn plan(files: &[DevFuseFile]) -> BTreeMap<u32, DaemonFiles> {
+    let mut entries: BTreeMap<u32, DaemonFiles> = BTreeMap::new();
     for f in files {
-        let value = holders.entry(f.tgid).or_default();
-        // Threads share a table: the iterator may list a file once per
-        // thread.
-        if value.fds.iter().any(|d| d.file != 0 && d.fd == f.fd) {
+        let entry = entries.entry(f.tgid % MAX_DAEMONS).or_default();
+        if entry.tgid == 0 {
+            entry.tgid = f.tgid;
+        }
+        if entry.tgid != f.tgid {
+            entry.full = 1;
             continue;
         }
-        match value.fds.iter_mut().find(|d| d.file == 0) {
+        // Threads share a table: the iterator may list a file once per
+        // thread.
+        if entry.fds.iter().any(|d| d.file != 0 && d.fd == f.fd) {
+            continue;
+        }
+        match entry.fds.iter_mut().find(|d| d.file == 0) {
             Some(slot) => {
                 *slot = DaemonFd {
                     file: f.file,
@@ -111,15 +120,10 @@ pub fn plan(
                     connection: f.connection,
                 }
             }
-            None => value.full = 1,
+            None => entry.full = 1,
         }
     }
-    let gone = known
-        .iter()
-        .filter(|t| !holders.contains_key(t))
-        .copied()
-        .collect();
-    (holders, gone)
+    entries
 }
 
 const _: () = assert!(DAEMON_FDS >= 1);
@@ -139,18 +143,18 @@ mod tests {
     }
 
     #[test]
-    fn one_value_per_process_with_each_descriptor_once() {
+    fn one_entry_per_process_with_each_descriptor_once() {
         let files = [file(10, 3, 52), file(10, 3, 52), file(10, 7, 52), file(20, 4, 60)];
-        let (holders, gone) = plan(&BTreeSet::new(), &files);
-        assert_eq!(holders.len(), 2);
-        let ten = holders[&10];
+        let entries = plan(&files);
+        assert_eq!(entries.len(), 2);
+        let ten = entries[&10];
+        assert_eq!(ten.tgid, 10);
         assert_eq!(
             ten.fds[..3].iter().map(|d| d.fd).collect::<Vec<_>>(),
             [3, 7, 0]
         );
         assert_eq!(ten.fds[0].connection, 52);
         assert_eq!(ten.full, 0);
-        assert!(gone.is_empty());
     }
 
     #[test]
@@ -158,16 +162,17 @@ mod tests {
         let files: Vec<_> = (0..DAEMON_FDS as u32 + 1)
             .map(|fd| file(10, fd + 3, 52))
             .collect();
-        let (holders, _) = plan(&BTreeSet::new(), &files);
-        assert_eq!(holders[&10].full, 1);
-        assert!(holders[&10].fds.iter().all(|d| d.file != 0));
+        let entries = plan(&files);
+        assert_eq!(entries[&10].full, 1);
+        assert!(entries[&10].fds.iter().all(|d| d.file != 0));
     }
 
     #[test]
-    fn processes_no_longer_holding_dev_fuse_are_removed() {
-        let known = BTreeSet::from([10, 30]);
-        let (holders, gone) = plan(&known, &[file(10, 3, 52)]);
-        assert!(holders.contains_key(&10));
-        assert_eq!(gone, [30]);
+    fn two_processes_on_one_entry_mark_it_full_and_the_first_keeps_it() {
+        let other = 10 + MAX_DAEMONS;
+        let entries = plan(&[file(10, 3, 52), file(other, 4, 60)]);
+        assert_eq!(entries.len(), 1);
+        let e = entries[&10];
+        assert_eq!((e.tgid, e.full, e.fds[0].fd, e.fds[1].file), (10, 1, 3, 0));
     }
 }

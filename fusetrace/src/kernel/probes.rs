@@ -532,9 +532,9 @@ impl Probes {
         if !self.file_iterator || !map.due() {
             return Ok(());
         }
-        let known = map.known();
+        let in_use = map.in_use();
         let files = iterate_files(&mut self._ebpf)?;
-        map.update(&known, &files)
+        map.update(&in_use, &files)
     }
 
     /// In-kernel aggregation: the requests in flight now.
