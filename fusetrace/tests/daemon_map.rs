@@ -30,7 +30,9 @@ fn a_daemon_started_while_tracing_has_every_stage_from_its_init_on() {
     let traced = tracer.stop();
     let ours = traced.on(conn);
     let ops = count_by_op(&ours);
-    for op in ["INIT", "LOOKUP", "OPEN", "READ", "CREATE", "WRITE", "READDIR"] {
+    for op in [
+        "INIT", "LOOKUP", "OPEN", "READ", "CREATE", "WRITE", "READDIR",
+    ] {
         assert!(ops.contains_key(op), "no {op} traced on bindfs: {ops:?}");
     }
     let answered: Vec<_> = ours.iter().filter(|r| expects_reply(r)).collect();

@@ -144,7 +144,12 @@ mod tests {
 
     #[test]
     fn one_entry_per_process_with_each_descriptor_once() {
-        let files = [file(10, 3, 52), file(10, 3, 52), file(10, 7, 52), file(20, 4, 60)];
+        let files = [
+            file(10, 3, 52),
+            file(10, 3, 52),
+            file(10, 7, 52),
+            file(20, 4, 60),
+        ];
         let entries = plan(&files);
         assert_eq!(entries.len(), 2);
         let ten = entries[&10];
