@@ -10,20 +10,18 @@
 //! kernel sent one by one (`EventKind::Whole`, at least as slow as the
 //! threshold [`next_record_min`] keeps moving), for the slowest lists.
 //!
-//! Only this module touches the probes; [`TopState`] stays pure.
+//! Only this module reads the probes (`tui::run` drives it); [`TopState`]
+//! stays pure.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Result;
 use fusetrace_common::EventKind;
 
-use super::{
-    TopSink,
-    state::{InFlightRow, RunCounters, TopState},
-};
+use super::state::{InFlightRow, RunCounters, TopState};
 use crate::{
     kernel::{layout::major_minor, probes::Probes},
     pipeline::{
@@ -31,7 +29,7 @@ use crate::{
         connections::ConnectionTable,
         filter::Filter,
         lifecycle::{Comm, RequestLifecycle},
-        session::{self, StopWhen},
+        session,
         summary::{Counting, RunSummary},
     },
 };
@@ -111,8 +109,8 @@ impl KernelReader {
             named: filter.connections.clone(),
             opcodes: filter.opcodes.clone(),
             comms: Comms::default(),
-            // Until a window tells more: the stalled ones only.
-            record_min_ns: stall_ns,
+            // What the kernel starts with (none): the first frame sets it.
+            record_min_ns: u64::MAX,
             stall_ns,
             counted: 0,
             records: 0,
@@ -219,44 +217,28 @@ impl KernelReader {
         state.record_min_ns = Some(self.record_min_ns);
         Ok(())
     }
+
+    /// The run's summary, as `stats --stages` counts it.
+    pub fn summary(&self, probes: &Probes) -> RunSummary {
+        let mut summary = RunSummary {
+            requests: self.counted,
+            mounts_gone: self.gone.len() as u64,
+            ..RunSummary::default()
+        };
+        summary.count_kernel(
+            &probes.counters(),
+            probes.undecodable(),
+            Counting::InKernel { stages: true },
+        );
+        summary
+    }
 }
 
-/// Runs the view on the kernel's tables until `stop` (`q` sets it too),
-/// reading keys every `input` and drawing about ten frames a second; then
-/// the summary, as `stats --stages` counts it.
-pub fn run(
-    probes: &mut Probes,
-    filter: &Filter,
-    sink: &mut TopSink,
-    stop: &StopWhen,
-    input: Duration,
-) -> Result<RunSummary> {
-    let mut mounts = ConnectionTable::load_with(&filter.mounts);
-    let mut reader = KernelReader::new(filter, sink.state.config.stall_ns);
-    probes.set_record_min(reader.record_min_ns)?;
-    let started = Instant::now();
-    loop {
-        let stopping = stop.due(started, || {
-            let k = probes.counters();
-            k.agg_started.saturating_sub(k.agg_ended)
-        });
-        reader.take_records(probes, &mut sink.state, input)?;
-        sink.frame(stopping, |state| reader.frame(probes, state, &mut mounts))?;
-        if stopping {
-            break;
-        }
-    }
-    let mut summary = RunSummary {
-        requests: reader.counted,
-        mounts_gone: reader.gone.len() as u64,
-        ..RunSummary::default()
-    };
-    summary.count_kernel(
-        &probes.counters(),
-        probes.undecodable(),
-        Counting::InKernel { stages: true },
-    );
-    Ok(summary)
+/// The requests in flight in the kernel's table now (`-c` waits for its
+/// command's to end).
+pub fn in_flight(probes: &Probes) -> u64 {
+    let k = probes.counters();
+    k.agg_started.saturating_sub(k.agg_ended)
 }
 
 #[cfg(test)]

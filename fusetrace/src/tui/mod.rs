@@ -327,9 +327,32 @@ pub fn run(
         if opts.events {
             session::run(probes, filter, sink, stop, INPUT_INTERVAL)
         } else {
-            kernel_view::run(probes, filter, sink, stop, INPUT_INTERVAL)
+            run_on_kernel_tables(probes, filter, sink, stop)
         }
     })
+}
+
+/// The view on the kernel's tables ([`kernel_view`]) until `stop` (`q`
+/// sets it too): keys every [`INPUT_INTERVAL`] (the ring buffer's slow
+/// requests taken meanwhile), about ten frames a second.
+fn run_on_kernel_tables(
+    probes: &mut Probes,
+    filter: &Filter,
+    sink: &mut TopSink,
+    stop: &StopWhen,
+) -> Result<RunSummary> {
+    let mut mounts = ConnectionTable::load_with(&filter.mounts);
+    let mut reader = kernel_view::KernelReader::new(filter, sink.state.config.stall_ns);
+    let started = Instant::now();
+    loop {
+        let stopping = stop.due(started, || kernel_view::in_flight(probes));
+        reader.take_records(probes, &mut sink.state, INPUT_INTERVAL)?;
+        sink.frame(stopping, |state| reader.frame(probes, state, &mut mounts))?;
+        if stopping {
+            break;
+        }
+    }
+    Ok(reader.summary(probes))
 }
 
 /// Runs `body` with the screen (terminal or headless) set up for
