@@ -983,9 +983,25 @@ fn kernel_tables_count_what_the_daemon_served_and_send_the_slow_ones() {
             .map(|r| (fusetrace::pipeline::opcode::name(r.key.1), r.count))
             .collect()
     };
+    // The daemon counts a request when it takes it, the kernel when it
+    // ends: the two are read with nothing of the mount in flight (a
+    // close's RELEASE is sent in the background and may still be).
+    let quiet = |probes: &Probes| {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while probes
+            .in_flight_sent()
+            .unwrap()
+            .iter()
+            .any(|(s, _)| s.connection == conn)
+        {
+            assert!(Instant::now() < deadline, "requests stayed in flight");
+            thread::yield_now();
+        }
+    };
+    quiet(&probes);
+    let before = daemon.snapshot();
     reader.frame(&mut probes, &mut state, &mut mounts).unwrap();
     let at_start = counts(&state);
-    let before = daemon.snapshot();
     let mount = daemon.path().to_str().unwrap();
     common::run_ok(Command::new(bin()).args([
         "load",
@@ -997,9 +1013,27 @@ fn kernel_tables_count_what_the_daemon_served_and_send_the_slow_ones() {
         "--jobs",
         "2",
     ]));
-    // One READ of 300 ms, from this thread.
-    let mut b = [0u8; 1];
-    File::open(&file).unwrap().read_at(&mut b, 0).unwrap();
+    // One READ of 300 ms, by a process that then waits with the file
+    // open (no FLUSH or RELEASE yet, and its name still readable). Not
+    // from this process: another test's child would inherit the file
+    // and close it at its exec, a FLUSH at any time.
+    let mut reader_process = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, sys\n\
+             f = os.open(sys.argv[1], os.O_RDONLY)\n\
+             os.read(f, 1)\n\
+             print('read', flush=True)\n\
+             sys.stdin.read()",
+        )
+        .arg(&file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = common::line_channel(reader_process.stdout.take().unwrap());
+    common::wait_for_line_within(&said, "read", "the reader", STEP_TIMEOUT);
+    quiet(&probes);
     let served = daemon.snapshot();
     // Its record was written before the read returned.
     reader
@@ -1026,26 +1060,30 @@ fn kernel_tables_count_what_the_daemon_served_and_send_the_slow_ones() {
     let slowest = state.windows().slowest((conn, READ), 10);
     assert_eq!(slowest.len(), 1, "{slowest:?}");
     let read = &slowest[0];
-    assert_eq!(read.pid, Some(std::process::id()));
-    let me = unsafe { libc::gettid() };
-    let comm = std::fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
-    assert_eq!(read.comm.as_deref(), Some(comm.trim_end()));
+    assert_eq!(read.pid, Some(reader_process.id()));
+    assert_eq!(read.comm.as_deref(), Some("python3"));
     assert!(read.stages[3].unwrap() >= 300 * MS, "{read:?}");
     let daemon_stage = read.stages[LatencyStage::ALL
         .iter()
         .position(|s| *s == LatencyStage::DaemonService)
         .unwrap()];
     assert!(daemon_stage.unwrap() >= 300 * MS, "{read:?}");
-    let recorded: usize = state
+    let recorded: Vec<_> = state
         .shown
         .ops
         .iter()
-        .map(|r| state.windows().slowest(r.key, 100).len())
-        .sum();
-    assert_eq!(recorded, 1, "only the slow READ was sent whole");
+        .flat_map(|r| state.windows().slowest(r.key, 100))
+        .collect();
+    assert_eq!(
+        recorded.len(),
+        1,
+        "only the slow READ was sent whole: {recorded:?}"
+    );
     // The window holds fewer requests than the budget: the threshold
     // comes down, by half a frame.
     assert_eq!(state.record_min_ns, Some(100 * MS));
+    drop(reader_process.stdin.take());
+    assert!(reader_process.wait().unwrap().success());
     drop(probes);
     daemon.stop();
 }
