@@ -293,7 +293,7 @@ impl Windows {
                     .map(|v| (v.value_iterated_to(), v.count_at_value() as u64))
             })
             .collect();
-        values.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        values.sort_unstable_by_key(|v| std::cmp::Reverse(v.0));
         let mut above = 0;
         for (value, count) in values {
             if above + count > n {
