@@ -38,25 +38,26 @@ use crate::{
 /// send one by one (see [`next_record_min`]).
 pub const RECORDS_PER_SECOND: u64 = 5;
 
-/// Where the record threshold goes next, from where it is (`previous`),
-/// the smallest total latency that at most the budget's number of the
-/// window's requests reached (`window_above`: `Windows::latency_above`)
-/// and `--stall`.
+/// Where the record threshold goes next, from where it is (`previous`,
+/// `--stall` at the start) and the smallest total latency that at most
+/// the budget's number of the window's requests reached (`window_above`:
+/// `Windows::latency_above`).
 ///
-/// Why this rule: the slowest lists want the slowest requests, and the
-/// kernel has one threshold for all opcodes. Following the window's
-/// latency above which [`RECORDS_PER_SECOND`] times the window's seconds
-/// requests were, the kernel sends about that many per second however
-/// busy the mount is (a storm of fast requests sends none of them). It
-/// rises at once when the window fills with slower requests, and comes
-/// down by at most half per frame, so that the quiet after a storm does
-/// not open the gate to everything at once (a storm that begins while
-/// the threshold is low is sent for one frame at most). It never goes
-/// above `--stall`: a request that stalled and ended is always shown one
-/// by one (requests that slow cannot come faster than the kernel's
-/// in-flight table holds them).
-pub fn next_record_min(previous: u64, window_above: u64, stall_ns: u64) -> u64 {
-    window_above.max(previous / 2).min(stall_ns)
+/// Why this rule: the slowest lists want the slowest requests, the kernel
+/// has one threshold for all opcodes, and what a record costs must stay
+/// small however busy the mount is. Following the window's latency above
+/// which [`RECORDS_PER_SECOND`] times the window's seconds requests were,
+/// the kernel sends about that many per second: a storm of fast requests
+/// sends none of them, a storm of stalled ones only its slowest. A
+/// request that stalled (`--stall`) and ended is among them unless more
+/// than that many stalled in the window. The threshold rises at once when
+/// the window fills with slower requests, and comes down by at most half
+/// per frame, so that the quiet after a storm does not open the gate to
+/// everything at once (a storm that begins while it is low is sent for
+/// one frame at most). A window with fewer requests than the budget
+/// brings it down to 0: every request, a few a second.
+pub fn next_record_min(previous: u64, window_above: u64) -> u64 {
+    window_above.max(previous / 2)
 }
 
 /// The requesting threads' command names, read once per thread while it
@@ -93,9 +94,9 @@ pub struct KernelReader {
     /// `--op` (empty: all); the kernel counts every opcode.
     opcodes: Vec<u32>,
     comms: Comms,
-    /// The threshold the kernel has now.
+    /// The record threshold wanted, and the one the kernel has.
     record_min_ns: u64,
-    stall_ns: u64,
+    kernel_record_min_ns: u64,
     /// Requests counted, and records taken, since the start.
     counted: u64,
     records: u64,
@@ -109,9 +110,10 @@ impl KernelReader {
             named: filter.connections.clone(),
             opcodes: filter.opcodes.clone(),
             comms: Comms::default(),
+            // From the stalled ones down.
+            record_min_ns: stall_ns,
             // What the kernel starts with (none): the first frame sets it.
-            record_min_ns: u64::MAX,
-            stall_ns,
+            kernel_record_min_ns: u64::MAX,
             counted: 0,
             records: 0,
         }
@@ -209,10 +211,10 @@ impl KernelReader {
 
         let window_s = state.windows().window_ns().div_ceil(1_000_000_000);
         let above = state.windows().latency_above(RECORDS_PER_SECOND * window_s);
-        let next = next_record_min(self.record_min_ns, above, self.stall_ns);
-        if next != self.record_min_ns {
-            probes.set_record_min(next)?;
-            self.record_min_ns = next;
+        self.record_min_ns = next_record_min(self.record_min_ns, above);
+        if self.record_min_ns != self.kernel_record_min_ns {
+            probes.set_record_min(self.record_min_ns)?;
+            self.kernel_record_min_ns = self.record_min_ns;
         }
         state.record_min_ns = Some(self.record_min_ns);
         Ok(())
@@ -248,19 +250,17 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     #[test]
-    fn the_threshold_rises_at_once_falls_by_halves_and_stays_under_the_stall() {
-        let stall = 1_000 * MS;
-        // A window of slower requests: at once.
-        assert_eq!(next_record_min(2 * MS, 40 * MS, stall), 40 * MS);
+    fn the_threshold_rises_at_once_and_falls_by_halves() {
+        // A window of slower requests: at once, past --stall too.
+        assert_eq!(next_record_min(2 * MS, 40 * MS), 40 * MS);
+        assert_eq!(next_record_min(1_000 * MS, 5_000 * MS), 5_000 * MS);
         // Quiet: half per frame, not down to the window's 0 at once.
-        assert_eq!(next_record_min(40 * MS, 0, stall), 20 * MS);
-        assert_eq!(next_record_min(20 * MS, 5 * MS, stall), 10 * MS);
-        // Never above --stall, even when the window's slow ones are slower.
-        assert_eq!(next_record_min(stall, 5_000 * MS, stall), stall);
+        assert_eq!(next_record_min(40 * MS, 0), 20 * MS);
+        assert_eq!(next_record_min(20 * MS, 5 * MS), 10 * MS);
         // Down to nothing when the window stays under the budget.
-        let mut t = stall;
+        let mut t = 1_000 * MS;
         for _ in 0..64 {
-            t = next_record_min(t, 0, stall);
+            t = next_record_min(t, 0);
         }
         assert_eq!(t, 0);
     }
