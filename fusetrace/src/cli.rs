@@ -306,10 +306,27 @@ impl TopCommandArgs {
             // Before attaching: nothing to undo.
             crate::tui::require_terminal()?;
         }
+        let mut options = self.top.options();
+        // The plain tracepoints carry no request pointer to key the
+        // kernel's tables by: that backend runs the event pipeline.
+        if self.flags.backend == Some(Backend::Tracepoint) {
+            options.events = true;
+        }
         let mut start = self.flags.start()?;
-        let mut probes = self.flags.attach(false, &start)?;
+        let mut probes = if options.events {
+            self.flags.attach(false, &start)?
+        } else {
+            // Counted in the kernel as `stats --stages` counts (the
+            // requester filters applied there), plus the slow requests
+            // one by one.
+            let mut kernel = self.flags.in_kernel(&start.filter, true);
+            if let Some(f) = kernel.aggregate.as_mut() {
+                f.records = true;
+            }
+            self.flags.attach_options(kernel, &start)?
+        };
         let command = start.launch(&self.flags)?;
-        crate::tui::run(&mut probes, &start.filter, &start.stop, &self.top.options())?;
+        crate::tui::run(&mut probes, &start.filter, &start.stop, &options)?;
         drop(probes);
         exit_code(command)
     }

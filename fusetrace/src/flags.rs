@@ -167,6 +167,7 @@ impl TracingFlags {
                 connections: filter.connections.clone(),
                 stages,
                 whole_min_ns: None,
+                records: false,
             }),
             ..ProbeOptions::default()
         }

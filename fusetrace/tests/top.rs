@@ -800,3 +800,290 @@ fn mount_selector_shows_one_connection() {
         "{text}"
     );
 }
+
+/// `fusetrace top --headless ARGS --mount M` started and attached (its
+/// stderr's lines, the first "tracing" one consumed).
+fn headless_top(args: &[&str], mount: &std::path::Path) -> (std::process::Child, Receiver) {
+    let mut top = Command::new(bin())
+        .args(["top", "--headless"])
+        .args(args)
+        .arg("--mount")
+        .arg(mount)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = common::line_channel(top.stderr.take().unwrap());
+    common::wait_for_line_within(
+        &stderr,
+        "fusetrace: tracing",
+        "fusetrace top",
+        common::START_TIMEOUT,
+    );
+    (top, stderr)
+}
+
+type Receiver = std::sync::mpsc::Receiver<String>;
+
+/// SIGINT, then the last frame and the rest of stderr.
+fn stop_top(top: std::process::Child, stderr: Receiver) -> (String, String) {
+    common::signal(&top, libc::SIGINT);
+    let out = top.wait_with_output().unwrap();
+    let rest: Vec<String> = stderr.iter().collect();
+    assert!(out.status.success(), "{}", rest.join("\n"));
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        rest.join("\n"),
+    )
+}
+
+#[test]
+fn headless_top_on_kernel_tables_shows_the_requester_and_the_daemon_thread() {
+    require_root();
+    let daemon = Daemon::start("top-tables", &["--direct-io", "--latency", "READ=1500ms"]);
+    let file = daemon.path().join("slow");
+    std::fs::write(&file, b"data").unwrap();
+    // The default mode: the kernel's tables.
+    let (top, stderr) = headless_top(&["--stall", "500ms"], daemon.path());
+    let mut cat = Command::new("cat")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The daemon counts the READ when it takes it.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while daemon.snapshot().get("READ").copied().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the daemon never got the READ");
+    }
+    let (frame, rest) = stop_top(top, stderr);
+    assert!(
+        rest.contains("counted in the kernel (stages and total)"),
+        "the kernel counted: {rest}"
+    );
+    assert!(frame.contains("records "), "kernel-table header: {frame}");
+    let row = frame
+        .lines()
+        .find(|l| l.contains("READ") && l.contains("in daemon"))
+        .unwrap_or_else(|| panic!("no READ in daemon in the last frame:\n{frame}"));
+    // AGE OP FILE(node N) PID COMMAND DAEMON STAGE(in daemon) MOUNT
+    let words: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&words[1..3], ["READ", "node"], "{row}");
+    assert_eq!(words[4], cat.id().to_string(), "the requester: {row}");
+    assert_eq!(words[5], "cat", "its command: {row}");
+    let daemon_tid: u32 = words[6]
+        .parse()
+        .unwrap_or_else(|_| panic!("daemon thread: {row}"));
+    assert!(
+        std::path::Path::new(&format!("/proc/{}/task/{daemon_tid}", daemon.child.id())).exists(),
+        "{daemon_tid} is a thread of the daemon: {row}"
+    );
+    // The last frame shows what the summary counts as in flight at exit.
+    let summary = rest
+        .lines()
+        .find(|l| l.contains("in flight at exit"))
+        .unwrap();
+    let before = &summary[..summary.find(" in flight at exit").unwrap()];
+    let at_exit = before.split_whitespace().last().unwrap();
+    assert!(
+        frame.contains(&format!("in flight: {at_exit} of {at_exit}")),
+        "{summary}\n{frame}"
+    );
+    assert!(cat.wait().unwrap().success());
+    daemon.stop();
+}
+
+/// Opcode names of the rows of the per-opcode view's frame.
+fn op_rows(frame: &str) -> std::collections::BTreeSet<String> {
+    frame
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("OP "))
+        .skip(1)
+        .take_while(|l| !l.contains("Tab view"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn headless_top_ops_view_on_kernel_tables_lists_the_opcodes_served() {
+    require_root();
+    let daemon = Daemon::start("top-tables-ops", &[]);
+    let mount = daemon.path().to_str().unwrap().to_string();
+    let mut served = Default::default();
+    let frame = common::top_frame("ops", &mount, || {
+        let before = daemon.snapshot();
+        common::run_ok(Command::new(bin()).args([
+            "load",
+            &mount,
+            "--workload",
+            "metadata",
+            "--ops",
+            "300",
+        ]));
+        served = daemon.snapshot();
+        for (op, n) in &before {
+            *served.get_mut(op).unwrap() -= n;
+        }
+    });
+    let served: std::collections::BTreeSet<String> = served
+        .into_iter()
+        .filter(|(op, n)| *n > 0 && !matches!(op.as_str(), "FORGET" | "BATCH_FORGET"))
+        .map(|(op, _)| op)
+        .collect();
+    assert!(served.len() >= 3, "{served:?}");
+    assert!(frame.contains("per opcode"), "{frame}");
+    assert_eq!(op_rows(&frame), served, "{frame}");
+    daemon.stop();
+}
+
+#[test]
+fn kernel_tables_count_what_the_daemon_served_and_send_the_slow_ones() {
+    use fusetrace::{
+        kernel::probes::{KernelFilter, ProbeOptions, Probes},
+        pipeline::{connections::ConnectionTable, filter::Filter, lifecycle::LatencyStage},
+        tui::kernel_view::KernelReader,
+    };
+    let _alone = common::tracing_alone();
+    let daemon = Daemon::start(
+        "top-tables-exact",
+        &["--direct-io", "--latency", "READ=300ms"],
+    );
+    let file = daemon.path().join("slow");
+    std::fs::write(&file, b"data").unwrap();
+    let conn = common::connection_of(daemon.path()) as u32;
+    let mut probes = Probes::attach(&ProbeOptions {
+        aggregate: Some(KernelFilter {
+            connections: vec![conn],
+            stages: true,
+            records: true,
+            ..KernelFilter::default()
+        }),
+        ..ProbeOptions::default()
+    })
+    .unwrap();
+    let filter = Filter {
+        connections: vec![conn],
+        ..Filter::default()
+    };
+    // A window holding the whole test; the record threshold starts at
+    // --stall, and is half of it (100 ms) after the first frame.
+    let config = TopConfig {
+        stall_ns: 200 * MS,
+        window_ns: 600 * SEC,
+    };
+    let mut state = TopState::new(config).with_kernel_tables();
+    let mut reader = KernelReader::new(&filter, config.stall_ns);
+    let mut mounts = ConnectionTable::load_with(&[]);
+    let counts = |state: &TopState| -> std::collections::BTreeMap<String, u64> {
+        state
+            .shown
+            .ops
+            .iter()
+            .filter(|r| r.key.0 == conn)
+            .map(|r| (fusetrace::pipeline::opcode::name(r.key.1), r.count))
+            .collect()
+    };
+    // The daemon counts a request when it takes it, the kernel when it
+    // ends: the two are read with nothing of the mount in flight (a
+    // close's RELEASE is sent in the background and may still be).
+    let quiet = |probes: &Probes| {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while probes
+            .in_flight_sent()
+            .unwrap()
+            .iter()
+            .any(|(s, _)| s.connection == conn)
+        {
+            assert!(Instant::now() < deadline, "requests stayed in flight");
+            thread::yield_now();
+        }
+    };
+    quiet(&probes);
+    let before = daemon.snapshot();
+    reader.frame(&mut probes, &mut state, &mut mounts).unwrap();
+    let at_start = counts(&state);
+    let mount = daemon.path().to_str().unwrap();
+    common::run_ok(Command::new(bin()).args([
+        "load",
+        mount,
+        "--workload",
+        "metadata",
+        "--ops",
+        "500",
+        "--jobs",
+        "2",
+    ]));
+    // One READ of 300 ms, by a process that then waits with the file
+    // open (no FLUSH or RELEASE yet, and its name still readable). Not
+    // from this process: another test's child would inherit the file
+    // and close it at its exec, a FLUSH at any time.
+    let mut reader_process = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, sys\n\
+             f = os.open(sys.argv[1], os.O_RDONLY)\n\
+             os.read(f, 1)\n\
+             print('read', flush=True)\n\
+             sys.stdin.read()",
+        )
+        .arg(&file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = common::line_channel(reader_process.stdout.take().unwrap());
+    common::wait_for_line_within(&said, "read", "the reader", STEP_TIMEOUT);
+    quiet(&probes);
+    let served = daemon.snapshot();
+    // Its record was written before the read returned.
+    reader
+        .take_records(&mut probes, &mut state, Duration::ZERO)
+        .unwrap();
+    reader.frame(&mut probes, &mut state, &mut mounts).unwrap();
+
+    let mut got = counts(&state);
+    for (op, n) in at_start {
+        *got.get_mut(&op).unwrap() -= n;
+    }
+    got.retain(|_, n| *n > 0);
+    let expected: std::collections::BTreeMap<String, u64> = served
+        .iter()
+        .map(|(op, n)| (op.clone(), n - before.get(op).copied().unwrap_or(0)))
+        .filter(|(op, n)| *n > 0 && !matches!(op.as_str(), "FORGET" | "BATCH_FORGET"))
+        .collect();
+    let skipped = probes.counters().program_runs_skipped;
+    common::assert_counts_equal(&got, &expected, 0, skipped, "top on the kernel's tables");
+    assert!(expected.len() >= 3, "{expected:?}");
+
+    // The slow READ came one by one, with its requester; the fast
+    // requests did not.
+    let slowest = state.windows().slowest((conn, READ), 10);
+    assert_eq!(slowest.len(), 1, "{slowest:?}");
+    let read = &slowest[0];
+    assert_eq!(read.pid, Some(reader_process.id()));
+    assert_eq!(read.comm.as_deref(), Some("python3"));
+    assert!(read.stages[3].unwrap() >= 300 * MS, "{read:?}");
+    let daemon_stage = read.stages[LatencyStage::ALL
+        .iter()
+        .position(|s| *s == LatencyStage::DaemonService)
+        .unwrap()];
+    assert!(daemon_stage.unwrap() >= 300 * MS, "{read:?}");
+    let recorded: Vec<_> = state
+        .shown
+        .ops
+        .iter()
+        .flat_map(|r| state.windows().slowest(r.key, 100))
+        .collect();
+    assert_eq!(
+        recorded.len(),
+        1,
+        "only the slow READ was sent whole: {recorded:?}"
+    );
+    // The window holds fewer requests than the budget: the threshold
+    // comes down from --stall, by half a frame.
+    assert_eq!(state.record_min_ns, Some(50 * MS));
+    drop(reader_process.stdin.take());
+    assert!(reader_process.wait().unwrap().success());
+    drop(probes);
+    daemon.stop();
+}

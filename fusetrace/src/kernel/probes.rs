@@ -19,7 +19,7 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
 };
 use fusetrace_common::{
-    AGG_MAX_COMMS, AGG_MAX_CONNECTIONS, AGG_MAX_PIDS, CellCounts, DevFuseFile, FuseEvent,
+    AGG_MAX_COMMS, AGG_MAX_CONNECTIONS, AGG_MAX_PIDS, AggSent, CellCounts, DevFuseFile, FuseEvent,
     HistogramKey, KernelLayout, counters,
 };
 
@@ -87,7 +87,9 @@ impl ProbeOptions {
     /// The points to observe and the hooks that may serve each.
     fn hook_table(&self) -> &'static [(Point, &'static [Hook])] {
         match &self.aggregate {
-            Some(f) if f.stages || f.whole_min_ns.is_some() => AGGREGATE_STAGES_HOOK_TABLE,
+            Some(f) if f.stages || f.records || f.whole_min_ns.is_some() => {
+                AGGREGATE_STAGES_HOOK_TABLE
+            }
             Some(_) => AGGREGATE_HOOK_TABLE,
             None => HOOK_TABLE,
         }
@@ -120,6 +122,11 @@ pub struct KernelFilter {
     /// `trace --min`: count nothing, send each request at least this slow
     /// (ns, send to end) whole to the ring buffer; the stages are stamped.
     pub whole_min_ns: Option<u64>,
+    /// `top`: count every request (the stages too) and also send each
+    /// request at least as slow as the `AGG_RECORD_MIN` map says
+    /// ([`Probes::set_record_min`]; none until it is set) whole to the
+    /// ring buffer, and keep each request's sender in its slot.
+    pub records: bool,
 }
 
 impl KernelFilter {
@@ -152,10 +159,14 @@ impl KernelFilter {
             ];
         }
         layout.agg_connection_count = self.connections.len() as u32;
-        layout.agg_stages = u32::from(self.stages || self.whole_min_ns.is_some());
+        layout.agg_stages = u32::from(self.stages || self.records || self.whole_min_ns.is_some());
         if let Some(min) = self.whole_min_ns {
             layout.agg_whole = 1;
             layout.agg_min_ns = min;
+            layout.agg_sender = 1;
+        }
+        if self.records {
+            layout.agg_records = 1;
             layout.agg_sender = 1;
         }
         layout.agg_connections[..self.connections.len()].copy_from_slice(&self.connections);
@@ -204,6 +215,9 @@ struct AggregateMaps {
     histograms: PerCpuHashMap<MapData, HistogramKey, CellCounts>,
     generations: aya::maps::HashMap<MapData, u32, u32>,
     in_flight: InFlightTables,
+    /// `top`: the total latency (ns) from which a request is also sent
+    /// whole (`AGG_RECORD_MIN`, one entry).
+    record_min: Array<MapData, u64>,
 }
 
 impl AggregateMaps {
@@ -216,6 +230,7 @@ impl AggregateMaps {
         let histograms = PerCpuHashMap::try_from(take("AGG_HISTOGRAMS")?)?;
         let generations = aya::maps::HashMap::try_from(take("AGG_GENERATIONS")?)?;
         let overflow = aya::maps::HashMap::try_from(take("AGG_SENT")?)?;
+        let record_min = Array::try_from(take("AGG_RECORD_MIN")?)?;
         let aya::maps::Map::Array(slots) = take("AGG_SLOTS")? else {
             bail!("AGG_SLOTS is not an array");
         };
@@ -223,6 +238,7 @@ impl AggregateMaps {
             histograms,
             generations,
             in_flight: InFlightTables::new(slots, overflow)?,
+            record_min,
         })
     }
 }
@@ -319,8 +335,17 @@ impl Probes {
         if let Some(side) = opts.daemon_side {
             require_daemon_side(&choices, side)?;
         }
-        let aggregate = match opts.aggregate {
-            Some(_) => Some(AggregateMaps::take(&mut ebpf)?),
+        let aggregate = match &opts.aggregate {
+            Some(f) => {
+                let mut maps = AggregateMaps::take(&mut ebpf)?;
+                // The map starts at 0, which would send every request
+                // whole: none until user space chooses, before the gate
+                // opens.
+                if f.records {
+                    maps.record_min.set(0, u64::MAX, 0)?;
+                }
+                Some(maps)
+            }
             None => None,
         };
         open_gate(&mut ebpf, &choices)?;
@@ -540,6 +565,24 @@ impl Probes {
     /// In-kernel aggregation: the requests in flight now.
     pub fn in_flight(&self) -> Result<Vec<InFlight>> {
         Ok(self.aggregate()?.in_flight.scan())
+    }
+
+    /// In-kernel aggregation: the requests in flight now, each as its
+    /// slot holds it, and whether it waits in the overflow hash (`top`).
+    pub fn in_flight_sent(&self) -> Result<Vec<(AggSent, bool)>> {
+        Ok(self.aggregate()?.in_flight.scan_sent())
+    }
+
+    /// `top` (`KernelFilter::records`): from now on, also send every
+    /// request whose total latency is at least `ns` whole to the ring
+    /// buffer (`u64::MAX`: none).
+    pub fn set_record_min(&mut self, ns: u64) -> Result<()> {
+        let Some(maps) = self.aggregate.as_mut() else {
+            bail!("the probes were attached without in-kernel aggregation");
+        };
+        maps.record_min
+            .set(0, ns, 0)
+            .context("setting the kernel's record threshold")
     }
 
     /// `trace --min`: the least total (ns) a request needs to be sent.

@@ -70,6 +70,25 @@ impl InFlightTables {
     /// a slot read while its request ends or begins may be counted or
     /// not, as a scrape a moment earlier or later would.
     pub fn scan(&self) -> Vec<InFlight> {
+        self.scan_with(|sent, in_overflow| InFlight {
+            connection: sent.connection,
+            sent_ns: sent.ts_ns,
+            in_overflow,
+        })
+    }
+
+    /// Every request in flight now, whole (`top` shows each: its id,
+    /// opcode, node, requester, daemon thread and points), with whether
+    /// it waits in the overflow hash. Same caveat as [`Self::scan`]: a
+    /// slot read while the kernel rewrites it may mix two requests'
+    /// fields, which a view shows for one frame at most.
+    pub fn scan_sent(&self) -> Vec<(AggSent, bool)> {
+        self.scan_with(|sent, in_overflow| (*sent, in_overflow))
+    }
+
+    /// One pass over the slots, then the overflow hash: `f` of each
+    /// request in flight and whether it is in the overflow.
+    fn scan_with<T>(&self, mut f: impl FnMut(&AggSent, bool) -> T) -> Vec<T> {
         let mut out = Vec::new();
         for i in 0..AGG_IN_FLIGHT as usize {
             // SAFETY: within the mapping; volatile, since the kernel writes it.
@@ -80,19 +99,11 @@ impl InFlightTables {
                 continue;
             }
             let sent = unsafe { std::ptr::read_volatile(&raw const (*slot).sent) };
-            out.push(InFlight {
-                connection: sent.connection,
-                sent_ns: sent.ts_ns,
-                in_overflow: false,
-            });
+            out.push(f(&sent, false));
         }
         out.extend(self.overflow.iter().filter_map(|entry| {
             let (_, sent) = entry.ok()?;
-            Some(InFlight {
-                connection: sent.connection,
-                sent_ns: sent.ts_ns,
-                in_overflow: true,
-            })
+            Some(f(&sent, true))
         }));
         out
     }

@@ -115,6 +115,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             config: crate::tui::state::TopConfig::default(),
             headless: false,
             view: crate::tui::StartView::default(),
+            // The demo's probes are the event pipeline's.
+            events: true,
         };
         crate::tui::run(&mut probes, &filter, &stop, &opts)
     } else {

@@ -75,6 +75,24 @@ pub fn named_mount_cells(
     (kept, newly_gone)
 }
 
+/// The stage a cell counts (`None`: a stage this version does not know).
+pub fn cell_stage(key: &HistogramKey) -> Option<LatencyStage> {
+    Some(match key.stage {
+        agg_stage::TOTAL => LatencyStage::Total,
+        agg_stage::QUEUE => LatencyStage::QueueWait,
+        agg_stage::DAEMON => LatencyStage::DaemonService,
+        agg_stage::COMPLETE => LatencyStage::Completion,
+        _ => return None,
+    })
+}
+
+/// The latency a cell's requests are taken to have: its bucket's middle
+/// (within 1/32 of each request's own).
+pub fn cell_latency(key: &HistogramKey) -> u64 {
+    let (low, high) = bucket_bounds(key.bucket);
+    low + (high - low) / 2
+}
+
 /// Stats of the given cells; `opcodes` (when not empty) keeps only those.
 pub fn to_stats(cells: &[(HistogramKey, u64)], opcodes: &[u32]) -> Stats {
     let mut stats = Stats::default();
@@ -82,20 +100,15 @@ pub fn to_stats(cells: &[(HistogramKey, u64)], opcodes: &[u32]) -> Stats {
         if !opcodes.is_empty() && !opcodes.contains(&key.opcode) {
             continue;
         }
-        let stage = match key.stage {
-            agg_stage::TOTAL => LatencyStage::Total,
-            agg_stage::QUEUE => LatencyStage::QueueWait,
-            agg_stage::DAEMON => LatencyStage::DaemonService,
-            agg_stage::COMPLETE => LatencyStage::Completion,
-            _ => continue,
+        let Some(stage) = cell_stage(key) else {
+            continue;
         };
-        let (low, high) = bucket_bounds(key.bucket);
         // Counts and errors come from the total's cells only.
         stats
             .ops
             .entry((key.connection, key.opcode))
             .or_default()
-            .record_n(stage, low + (high - low) / 2, *n, key.error != 0);
+            .record_n(stage, cell_latency(key), *n, key.error != 0);
     }
     stats
 }

@@ -110,7 +110,7 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
     );
 
     draw_chart(frame, chart_area, row.map(|r| &r.stages));
-    draw_slowest(frame, slow_area, slowest);
+    draw_slowest(frame, slow_area, slowest, state.record_min_ns);
 }
 
 fn request_line(r: &InFlightRow, age_ns: u64) -> Line<'static> {
@@ -174,9 +174,23 @@ fn draw_chart(frame: &mut Frame, area: Rect, stages: Option<&[super::state::Stag
     frame.render_widget(chart, area);
 }
 
-fn draw_slowest(frame: &mut Frame, area: Rect, slowest: &[super::window::SlowRequest]) {
+/// `record_min_ns`: the kernel counts the requests and sent only those
+/// at least this slow one by one (the list holds only those).
+fn draw_slowest(
+    frame: &mut Frame,
+    area: Rect,
+    slowest: &[super::window::SlowRequest],
+    record_min_ns: Option<u64>,
+) {
     if slowest.is_empty() {
-        frame.render_widget(Paragraph::new("slowest: none finished in the window"), area);
+        let text = match record_min_ns {
+            Some(ns) if ns > 0 => format!(
+                "slowest: none of at least {} finished in the window (the kernel sends only those)",
+                fmt_ns(ns)
+            ),
+            _ => "slowest: none finished in the window".to_string(),
+        };
+        frame.render_widget(Paragraph::new(text), area);
         return;
     }
     let right = |s: String| Cell::from(Line::from(s).right_aligned());

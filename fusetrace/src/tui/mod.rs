@@ -1,14 +1,20 @@
 //! `fusetrace top`: a live view of every FUSE request in flight.
 //!
-//! [`TopSink`] is a [`Sink`] of the tracing session: finished requests go
-//! into the [`state::TopState`], and on every session tick it reads the keys
-//! (never blocking), takes the requests still in flight and, about ten
-//! times a second, draws the [`view`]. Headless mode renders into an
-//! in-memory buffer instead of a terminal, for benchmarks and tests.
+//! By default it reads the kernel's own tables ([`kernel_view`]): the
+//! in-flight slots, the histogram cells, and only the slow requests one by
+//! one. With `--events` (and for the files and processes views, which need
+//! every request's path and requester) it runs the event pipeline instead:
+//! [`TopSink`] is then a [`Sink`] of the tracing session, finished requests
+//! go into the [`state::TopState`], and on every session tick it reads the
+//! keys (never blocking), takes the requests still in flight and, about
+//! ten times a second, draws the [`view`]. Both draw through [`TopSink`].
+//! Headless mode renders into an in-memory buffer instead of a terminal,
+//! for benchmarks and tests.
 
 pub mod detail;
 pub mod groups;
 pub mod inflight;
+pub mod kernel_view;
 pub mod state;
 pub mod style;
 pub mod summary;
@@ -59,6 +65,9 @@ pub struct TopOptions {
     pub headless: bool,
     /// The view shown first.
     pub view: StartView,
+    /// Every request through the event pipeline (`--events`, or a view
+    /// that needs it).
+    pub events: bool,
 }
 
 /// `fusetrace top`'s own options (the filters are `trace`'s).
@@ -75,9 +84,15 @@ pub struct TopArgs {
     #[arg(long)]
     pub headless: bool,
     /// The view to start in (what --headless prints): in-flight, ops,
-    /// files or processes; `Tab` and `b` switch views later.
+    /// files or processes; `Tab` and `b` switch views later. Files and
+    /// processes run the event pipeline, as --events does.
     #[arg(long, value_enum, default_value = "in-flight")]
     pub view: StartView,
+    /// Every request through the event pipeline: paths, the files and
+    /// processes views; costs more. Without it top reads the kernel's
+    /// counts and in-flight table, and takes only slow requests one by one.
+    #[arg(long)]
+    pub events: bool,
 }
 
 impl TopArgs {
@@ -89,6 +104,7 @@ impl TopArgs {
             },
             headless: self.headless,
             view: self.view,
+            events: self.events || matches!(self.view, StartView::Files | StartView::Processes),
         }
     }
 }
@@ -170,6 +186,33 @@ impl TopSink {
         }
     }
 
+    /// One turn of the loop: applies the keys typed; when a frame is due
+    /// (or `last`), lets `update` bring the state up to date first; draws
+    /// when either asks for it.
+    pub fn frame(
+        &mut self,
+        last: bool,
+        update: impl FnOnce(&mut TopState) -> Result<()>,
+    ) -> Result<()> {
+        let keys = self.read_keys()?;
+        let now = Instant::now();
+        let due = last || self.next_frame.is_none_or(|t| now >= t);
+        if due {
+            update(&mut self.state)?;
+            // On schedule, unless a frame was missed: then from now.
+            let next = self.next_frame.map_or(now, |t| t + FRAME_INTERVAL);
+            self.next_frame = Some(if next <= now {
+                now + FRAME_INTERVAL
+            } else {
+                next
+            });
+        }
+        if due || keys {
+            self.draw()?;
+        }
+        Ok(())
+    }
+
     /// The last frame drawn, when headless.
     pub fn buffer(&self) -> Option<&Buffer> {
         match &self.screen {
@@ -226,10 +269,7 @@ impl Sink for TopSink {
     }
 
     fn live(&mut self, live: &LiveView, mounts: &mut ConnectionTable) -> Result<()> {
-        let keys = self.read_keys()?;
-        let now = Instant::now();
-        let due = live.last || self.next_frame.is_none_or(|t| now >= t);
-        if due {
+        self.frame(live.last, |state| {
             let t = live.tracker.counters();
             let counters = RunCounters {
                 events: t.events,
@@ -240,25 +280,16 @@ impl Sink for TopSink {
                 unmatched_ends: t.unmatched_ends,
                 never_ended: t.never_ended,
                 splice_transfers: live.kernel.splice_transfers,
+                ..RunCounters::default()
             };
-            self.state.tick(
+            state.tick(
                 session::monotonic_ns(),
                 live.in_flight(),
                 counters,
                 &mut |c| mounts.name(c),
             );
-            // On schedule, unless a frame was missed: then from now.
-            let next = self.next_frame.map_or(now, |t| t + FRAME_INTERVAL);
-            self.next_frame = Some(if next <= now {
-                now + FRAME_INTERVAL
-            } else {
-                next
-            });
-        }
-        if due || keys {
-            self.draw()?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn finish(&mut self, _summary: &RunSummary, _mounts: &mut ConnectionTable) -> Result<()> {
@@ -284,24 +315,71 @@ pub fn buffer_text(buffer: &Buffer) -> String {
 }
 
 /// Runs the live view until `q`, Ctrl-C, SIGTERM or `stop.after`, then
-/// restores the terminal and prints the run's summary line.
+/// restores the terminal and prints the run's summary line: on the kernel's
+/// tables unless `opts.events` (the probes were attached for that).
 pub fn run(
     probes: &mut Probes,
     filter: &Filter,
     stop: &StopWhen,
     opts: &TopOptions,
 ) -> Result<RunSummary> {
+    with_screen(stop, opts, |sink| {
+        if opts.events {
+            session::run(probes, filter, sink, stop, INPUT_INTERVAL)
+        } else {
+            run_on_kernel_tables(probes, filter, sink, stop)
+        }
+    })
+}
+
+/// The view on the kernel's tables ([`kernel_view`]) until `stop` (`q`
+/// sets it too): keys every [`INPUT_INTERVAL`] (the ring buffer's slow
+/// requests taken meanwhile), about ten frames a second.
+fn run_on_kernel_tables(
+    probes: &mut Probes,
+    filter: &Filter,
+    sink: &mut TopSink,
+    stop: &StopWhen,
+) -> Result<RunSummary> {
+    let mut mounts = ConnectionTable::load_with(&filter.mounts);
+    let mut reader = kernel_view::KernelReader::new(filter, sink.state.config.stall_ns);
+    let started = Instant::now();
+    loop {
+        let stopping = stop.due(started, || kernel_view::in_flight(probes));
+        reader.take_records(probes, &mut sink.state, INPUT_INTERVAL)?;
+        sink.frame(stopping, |state| reader.frame(probes, state, &mut mounts))?;
+        if stopping {
+            break;
+        }
+    }
+    Ok(reader.summary(probes))
+}
+
+/// Runs `body` with the screen (terminal or headless) set up for
+/// `opts`, then restores the terminal and prints the last frame
+/// (headless), the frame timing and the summary.
+fn with_screen(
+    stop: &StopWhen,
+    opts: &TopOptions,
+    body: impl FnOnce(&mut TopSink) -> Result<RunSummary>,
+) -> Result<RunSummary> {
     let quit = Arc::clone(&stop.flag);
+    let state = |sink: &mut TopSink| {
+        if !opts.events {
+            sink.state = TopState::new(opts.config).with_kernel_tables();
+        }
+        sink.state.start_in(opts.view);
+    };
     let (summary, frames, last) = if opts.headless {
         let mut sink = TopSink::headless(opts.config, quit, HEADLESS_SIZE);
-        sink.state.start_in(opts.view);
-        let summary = session::run(probes, filter, &mut sink, stop, INPUT_INTERVAL)?;
+        state(&mut sink);
+        let summary = body(&mut sink)?;
         let last = sink.buffer().map(buffer_text);
         (summary, sink.frame_stats, last)
     } else {
         let mut sink = TopSink::terminal(opts.config, quit)?;
-        sink.state.start_in(opts.view);
-        let summary = session::run(probes, filter, &mut sink, stop, INPUT_INTERVAL);
+        state(&mut sink);
+        let summary = body(&mut sink);
         let frames = sink.frame_stats;
         // Restores the terminal before anything is printed.
         drop(sink);

@@ -7,6 +7,12 @@
 //! ([`TopState::tick`]). Each tick freezes what is shown into a
 //! [`Snapshot`] unless the view is paused; sorting, filtering and
 //! selection work on that snapshot.
+//!
+//! When the kernel counts the requests (top's default), finished requests
+//! come as the growth of its histogram cells ([`TopState::count_cells`])
+//! and the few slow ones it sends one by one ([`TopState::record_slowest`]),
+//! and the rows in flight are built from its slots ([`InFlightRow::from_slot`],
+//! [`TopState::tick_rows`]).
 
 use std::{
     cell::Cell,
@@ -72,6 +78,15 @@ pub struct RunCounters {
     pub unmatched_ends: u64,
     pub never_ended: u64,
     pub splice_transfers: u64,
+    /// The kernel counted the requests (top's default): the next three
+    /// are its losses, and `events` are the records it sent one by one.
+    pub in_kernel: bool,
+    /// Sends not counted: the kernel's in-flight table was full.
+    pub table_full: u64,
+    /// Latencies not counted: the kernel's histogram map was full.
+    pub histogram_full: u64,
+    /// Requests counted in the total only (a daemon point not seen).
+    pub stages_missing: u64,
 }
 
 /// The three views, in Tab order.
@@ -356,6 +371,39 @@ pub struct InFlightRow {
 }
 
 impl InFlightRow {
+    /// A request as the kernel's in-flight slot holds it (`comm`: the
+    /// requesting thread's name, read by the caller). The slot does not
+    /// say whether a queued request is a background one, nor its path.
+    pub fn from_slot(sent: &fusetrace_common::AggSent, comm: Option<Comm>) -> InFlightRow {
+        let nonzero = |v: u32| (v != 0).then_some(v);
+        let taken = (sent.taken_ns >= sent.ts_ns && sent.taken_ns != 0).then_some(sent.taken_ns);
+        let replied = taken.and(
+            (sent.replied_ns != 0 && Some(sent.replied_ns) >= taken).then_some(sent.replied_ns),
+        );
+        InFlightRow {
+            connection: sent.connection,
+            unique: sent.unique,
+            opcode: sent.opcode,
+            interrupted: false,
+            nodeid: (sent.nodeid != 0).then_some(sent.nodeid),
+            path: None,
+            requester_pid: nonzero(sent.requester_tgid),
+            requester_tid: nonzero(sent.header_pid),
+            requester_comm: comm,
+            daemon_tid: nonzero(sent.daemon_tid),
+            transport: None,
+            ring_queue: None,
+            stage: match (taken, replied) {
+                (_, Some(_)) => "replying",
+                (Some(_), None) => "in daemon",
+                _ => "queued",
+            },
+            first_seen_ns: sent.ts_ns,
+            stage_since_ns: replied.or(taken).unwrap_or(sent.ts_ns),
+            queue_wait_ns: taken.map(|t| t - sent.ts_ns),
+        }
+    }
+
     fn of(rec: &RequestLifecycle) -> InFlightRow {
         InFlightRow {
             connection: rec.connection,
@@ -481,7 +529,19 @@ pub struct TopState {
     pub mount: Option<u32>,
     /// What the second view's table is keyed by (`b`).
     pub group: GroupBy,
+    /// The kernel counts the requests: no paths, and no per-file or
+    /// per-process view (`b` says how to get them).
+    pub kernel_tables: bool,
+    /// A one-line notice the footer shows until the next key.
+    pub notice: Option<&'static str>,
+    /// Kernel tables: the total latency from which the kernel sends a
+    /// request one by one (the slowest lists hold only those).
+    pub record_min_ns: Option<u64>,
 }
+
+/// What `b` says in kernel-table mode instead of showing files or
+/// processes.
+pub const EVENTS_NOTICE: &str = "per file and per process need every request: restart top with --view files, --view processes or --events";
 
 impl TopState {
     pub fn new(config: TopConfig) -> TopState {
@@ -515,7 +575,50 @@ impl TopState {
             paused: false,
             mount: None,
             group: GroupBy::Op,
+            kernel_tables: false,
+            notice: None,
+            record_min_ns: None,
         }
+    }
+
+    /// The kernel counts the requests (top's default mode).
+    pub fn with_kernel_tables(mut self) -> TopState {
+        self.kernel_tables = true;
+        self
+    }
+
+    /// Kernel tables: the growth of the kernel's histogram cells since
+    /// the last call (read at `now_ns`), each cell's requests taken at its
+    /// bucket's middle.
+    pub fn count_cells(&mut self, now_ns: u64, grown: &[(fusetrace_common::HistogramKey, u64)]) {
+        use crate::pipeline::aggregate::{cell_latency, cell_stage};
+        self.windows.advance(now_ns);
+        for (key, n) in grown {
+            let Some(stage) = cell_stage(key) else {
+                continue;
+            };
+            if stage == LatencyStage::Total {
+                self.finished += n;
+            }
+            self.windows.count(
+                (key.connection, key.opcode),
+                stage,
+                cell_latency(key),
+                *n,
+                key.error != 0,
+            );
+        }
+    }
+
+    /// Kernel tables: a slow request the kernel sent one by one (already
+    /// counted in the cells), for the slowest lists.
+    pub fn record_slowest(&mut self, rec: &RequestLifecycle) {
+        self.windows.record_slowest(rec);
+    }
+
+    /// The per-opcode window.
+    pub fn windows(&self) -> &Windows {
+        &self.windows
     }
 
     /// Shows `start` first (`top --view`).
@@ -542,6 +645,22 @@ impl TopState {
         &mut self,
         now_ns: u64,
         in_flight: impl Iterator<Item = RequestLifecycle>,
+        counters: RunCounters,
+        name: &mut dyn FnMut(u32) -> String,
+    ) {
+        self.tick_rows(
+            now_ns,
+            in_flight.map(|r| InFlightRow::of(&r)),
+            counters,
+            name,
+        );
+    }
+
+    /// [`TopState::tick`] with the rows in flight already built.
+    pub fn tick_rows(
+        &mut self,
+        now_ns: u64,
+        in_flight: impl Iterator<Item = InFlightRow>,
         counters: RunCounters,
         name: &mut dyn FnMut(u32) -> String,
     ) {
@@ -592,7 +711,7 @@ impl TopState {
         // (100 000 of them are 13 MB), no freed growth steps left resident.
         self.shown.in_flight = Vec::new();
         let mut kept = Vec::with_capacity(in_flight.size_hint().1.unwrap_or(0));
-        kept.extend(in_flight.map(|r| InFlightRow::of(&r)));
+        kept.extend(in_flight);
         let in_flight = kept;
         for c in in_flight
             .iter()
@@ -810,6 +929,7 @@ impl TopState {
             }
             return false;
         }
+        self.notice = None;
         if self.help {
             // Any key closes the help; q still quits.
             self.help = false;
@@ -839,7 +959,14 @@ impl TopState {
             KeyCode::Char('b') => {
                 // To the second view, or on to its next grouping.
                 if self.view == View::Summary {
-                    self.group = self.group.next();
+                    let next = self.group.next();
+                    // Files and processes need each request's path and
+                    // requester, which the kernel's counts do not keep.
+                    if self.kernel_tables && next != GroupBy::Op {
+                        self.notice = Some(EVENTS_NOTICE);
+                        return false;
+                    }
+                    self.group = next;
                 } else {
                     self.view = View::Summary;
                 }
@@ -1015,5 +1142,117 @@ mod tests {
     #[test]
     fn in_flight_rows_stay_small() {
         assert!(std::mem::size_of::<InFlightRow>() <= 144);
+    }
+
+    fn press(state: &mut TopState, c: char) {
+        let key = KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE);
+        assert!(!state.handle_key(key));
+    }
+
+    #[test]
+    fn the_files_key_in_kernel_mode_says_how_to_get_them() {
+        let mut state = TopState::new(TopConfig::default()).with_kernel_tables();
+        press(&mut state, 'b');
+        assert_eq!((state.view, state.group), (View::Summary, GroupBy::Op));
+        assert_eq!(state.notice, None);
+        press(&mut state, 'b');
+        assert_eq!(state.group, GroupBy::Op, "no per-file view from counts");
+        let notice = state.notice.unwrap();
+        assert!(
+            notice.contains("--view files") && notice.contains("--events"),
+            "{notice}"
+        );
+        // The next key clears it.
+        press(&mut state, 's');
+        assert_eq!(state.notice, None);
+        // The event pipeline's top goes on to files.
+        let mut events = TopState::new(TopConfig::default());
+        press(&mut events, 'b');
+        press(&mut events, 'b');
+        assert_eq!(events.group, GroupBy::File);
+        assert_eq!(events.notice, None);
+    }
+
+    #[test]
+    fn a_slot_becomes_a_row_in_its_stage() {
+        let sent = fusetrace_common::AggSent {
+            ts_ns: 1_000,
+            connection: 40,
+            unique: 12,
+            nodeid: 5,
+            opcode: 15,
+            requester_tgid: 300,
+            header_pid: 301,
+            ..Default::default()
+        };
+        let row = InFlightRow::from_slot(&sent, Some(Comm::new("cat")));
+        assert_eq!(row.current_stage(), "queued");
+        assert_eq!(
+            (row.requester_pid, row.requester_tid),
+            (Some(300), Some(301))
+        );
+        assert_eq!(row.file(), "node 5");
+        assert_eq!(row.daemon_tid, None);
+        let taken = fusetrace_common::AggSent {
+            taken_ns: 1_500,
+            daemon_tid: 77,
+            ..sent
+        };
+        let row = InFlightRow::from_slot(&taken, None);
+        assert_eq!(row.current_stage(), "in daemon");
+        assert_eq!((row.daemon_tid, row.queue_wait_ns), (Some(77), Some(500)));
+        assert_eq!(row.stage_since_ns, 1_500);
+        let replied = fusetrace_common::AggSent {
+            replied_ns: 2_000,
+            ..taken
+        };
+        assert_eq!(
+            InFlightRow::from_slot(&replied, None).current_stage(),
+            "replying"
+        );
+        // A reply stamp without a take (out of order) is not a stage.
+        let odd = fusetrace_common::AggSent {
+            replied_ns: 2_000,
+            ..sent
+        };
+        assert_eq!(InFlightRow::from_slot(&odd, None).current_stage(), "queued");
+    }
+
+    #[test]
+    fn counted_cells_make_the_opcode_rows() {
+        use fusetrace_common::{HistogramKey, agg_stage, latency_bucket};
+        let cell = |opcode, ns, stage, error| HistogramKey {
+            connection: 40,
+            opcode,
+            bucket: latency_bucket(ns),
+            stage,
+            error,
+            generation: 0,
+        };
+        let mut state = TopState::new(TopConfig::default()).with_kernel_tables();
+        let mut name = |c: u32| format!("/mnt/{c}");
+        state.tick_rows(0, std::iter::empty(), RunCounters::default(), &mut name);
+        state.count_cells(
+            500_000_000,
+            &[
+                (cell(15, 20_000, agg_stage::TOTAL, 0), 40),
+                (cell(15, 20_000, agg_stage::TOTAL, 5), 2),
+                (cell(15, 12_000, agg_stage::DAEMON, 0), 42),
+                (cell(1, 8_000, agg_stage::TOTAL, 0), 7),
+            ],
+        );
+        state.tick_rows(
+            1_000_000_000,
+            std::iter::empty(),
+            RunCounters::default(),
+            &mut name,
+        );
+        let read = state.shown.ops.iter().find(|r| r.key == (40, 15)).unwrap();
+        assert_eq!((read.count, read.errors), (42, 2));
+        assert_eq!(read.stage(LatencyStage::DaemonService).samples, 42);
+        let p50 = read.stage(LatencyStage::Total).p50_ns;
+        assert!((19_000..=21_000).contains(&p50), "{p50}");
+        assert_eq!(state.shown.ops.len(), 2);
+        assert!(state.shown.request_rate > 0.0);
     }
 }

@@ -55,6 +55,16 @@ pub fn fmt_rate(per_second: f64) -> String {
     }
 }
 
+/// A count in at most 4 characters (the per-opcode table's in-flight and
+/// error columns): `42`, `9876`, `10k`, `999k`, `1.2M`.
+pub fn fmt_count(n: u64) -> String {
+    match n {
+        0..10_000 => n.to_string(),
+        10_000..1_000_000 => format!("{}k", n / 1_000),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
+}
+
 /// A latency that may be unknown (`-`).
 pub fn fmt_opt_ns(ns: Option<u64>) -> String {
     ns.map_or_else(|| "-".to_string(), fmt_ns)
@@ -118,6 +128,19 @@ pub fn body_block(title: String, state: &TopState) -> Block<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_fit_four_characters() {
+        for (n, text) in [
+            (0, "0"),
+            (9_999, "9999"),
+            (10_769, "10k"),
+            (999_999, "999k"),
+            (1_250_000, "1.2M"),
+        ] {
+            assert_eq!(fmt_count(n), text);
+        }
+    }
 
     #[test]
     fn a_long_path_keeps_its_file_name() {

@@ -13,7 +13,7 @@ use ratatui::{
 use super::{
     groups::GroupBy,
     state::{SummaryColumn, TopState},
-    style::{SELECTED, body_block, fmt_ns, fmt_rate, shorten_path, tail},
+    style::{SELECTED, body_block, fmt_count, fmt_ns, fmt_rate, shorten_path, tail},
 };
 use crate::{pipeline::lifecycle::LatencyStage, pipeline::opcode, units::format_duration};
 
@@ -106,8 +106,8 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &TopState) {
         let mut cells = vec![
             Cell::from(op),
             right(fmt_rate(r.rate)),
-            right(r.in_flight.to_string()),
-            right(r.errors.to_string()),
+            right(fmt_count(r.in_flight as u64)),
+            right(fmt_count(r.errors)),
         ];
         for s in &r.stages {
             let value = |ns| {

@@ -79,8 +79,10 @@ fn draw_header(frame: &mut Frame, area: Rect, state: &TopState) {
     let stalled = state.stalled();
     let rates = Line::from(vec![
         Span::raw(format!(
-            "requests {:.0}/s  events {:.0}/s  in flight {}  stalled ≥{} ",
+            "requests {:.0}/s  {} {:.0}/s  in flight {}  stalled ≥{} ",
             shown.request_rate,
+            // Kernel tables: the slow requests the kernel sent one by one.
+            if c.in_kernel { "records" } else { "events" },
             shown.event_rate,
             shown.in_flight.len(),
             format_duration(std::time::Duration::from_nanos(state.config.stall_ns)),
@@ -97,12 +99,21 @@ fn draw_header(frame: &mut Frame, area: Rect, state: &TopState) {
 
     let mut lost = vec![Span::raw("lost: ")];
     lost.extend(counter("ring drops", c.ring_drops));
-    lost.extend(counter("undecodable", c.undecodable));
-    lost.extend(counter("unreadable headers", c.read_faults));
     let mut unmatched = vec![Span::raw("unmatched: ")];
-    unmatched.extend(counter("replies", c.unmatched_replies));
-    unmatched.extend(counter("ends", c.unmatched_ends));
-    unmatched.extend(counter("never ended", c.never_ended));
+    if c.in_kernel {
+        // What the kernel could not count (`stats`' summary says the same).
+        lost.extend(counter("table full", c.table_full));
+        lost.extend(counter("histogram full", c.histogram_full));
+        lost.extend(counter("undecodable", c.undecodable));
+        unmatched.extend(counter("ends", c.unmatched_ends));
+        unmatched.extend(counter("stages missing", c.stages_missing));
+    } else {
+        lost.extend(counter("undecodable", c.undecodable));
+        lost.extend(counter("unreadable headers", c.read_faults));
+        unmatched.extend(counter("replies", c.unmatched_replies));
+        unmatched.extend(counter("ends", c.unmatched_ends));
+        unmatched.extend(counter("never ended", c.never_ended));
+    }
     if c.splice_transfers > 0 {
         unmatched.push(Span::styled(
             format!("splice (not decoded) {}", c.splice_transfers),
@@ -146,6 +157,11 @@ fn draw_footer(frame: &mut Frame, area: Rect, state: &TopState) {
         frame.render_widget(Paragraph::new(line), area);
         return;
     }
+    if let Some(notice) = state.notice {
+        let line = Line::styled(notice, Style::new().fg(Color::Yellow).bold());
+        frame.render_widget(Paragraph::new(line), area);
+        return;
+    }
     let mut spans = Vec::new();
     for v in View::ALL {
         let style = if v == state.view {
@@ -180,23 +196,26 @@ pub const HELP: &[(&str, &str)] = &[
 ];
 
 fn draw_help(frame: &mut Frame, state: &TopState) {
-    let lines: Vec<Line> = HELP
-        .iter()
-        .map(|(k, what)| {
-            Line::from(vec![
-                Span::styled(format!("{k:>8}  "), Style::new().bold()),
-                Span::raw(*what),
+    let lines: Vec<Line> =
+        HELP.iter()
+            .map(|(k, what)| {
+                Line::from(vec![
+                    Span::styled(format!("{k:>8}  "), Style::new().bold()),
+                    Span::raw(*what),
+                ])
+            })
+            .chain([
+                Line::raw(""),
+                Line::raw(format!(
+                    "Rows in flight for {} or more are red. Files whose",
+                    format_duration(std::time::Duration::from_nanos(state.config.stall_ns))
+                )),
+                Line::raw("name was not seen (looked up earlier) show as node N."),
             ])
-        })
-        .chain([
-            Line::raw(""),
-            Line::raw(format!(
-                "Rows in flight for {} or more are red. Files whose",
-                format_duration(std::time::Duration::from_nanos(state.config.stall_ns))
-            )),
-            Line::raw("name was not seen (looked up earlier) show as node N."),
-        ])
-        .collect();
+            .chain(state.kernel_tables.then(|| {
+                Line::raw("Counted in the kernel: no paths, files or processes (--events).")
+            }))
+            .collect();
     let height = (lines.len() as u16 + 2).min(frame.area().height);
     let [area] = Layout::vertical([Constraint::Length(height)])
         .flex(Flex::Center)

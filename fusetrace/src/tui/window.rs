@@ -2,6 +2,11 @@
 //! detail): the window is a ring of equal time slots; each slot keeps the
 //! histograms and slowest requests of the requests that finished in it, and
 //! a running sum over the slots answers percentiles without merging.
+//!
+//! Requests come in whole from the event pipeline ([`Windows::record`]),
+//! or, when the kernel counts them, as counted growth of its histogram
+//! cells ([`Windows::count`]) plus the few slow requests it sends one by
+//! one for the slowest lists ([`Windows::record_slowest`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -61,9 +66,12 @@ impl StageHistograms {
     }
 
     pub fn stage(&self, stage: LatencyStage) -> &Histogram<u32> {
-        let i = LatencyStage::ALL.iter().position(|s| *s == stage).unwrap();
-        &self.0[i]
+        &self.0[stage_index(stage)]
     }
+}
+
+fn stage_index(stage: LatencyStage) -> usize {
+    LatencyStage::ALL.iter().position(|s| *s == stage).unwrap()
 }
 
 /// A finished request kept for the "slowest requests" list.
@@ -221,6 +229,43 @@ impl Windows {
         let key = (rec.connection, rec.opcode);
         let slot = self.slots.back_mut().unwrap().ops.entry(key).or_default();
         slot.totals.record(rec);
+        self.sums.entry(key).or_default().record(rec);
+        self.record_slowest(rec);
+    }
+
+    /// Adds `n` requests of one opcode that took `ns` in `stage` (the
+    /// growth of one of the kernel's histogram cells) to the current
+    /// slot. Only the total's cells count requests and errors: each
+    /// request is in one total cell, and in one cell of each stage whose
+    /// points were both seen.
+    pub fn count(&mut self, key: OpKey, stage: LatencyStage, ns: u64, n: u64, error: bool) {
+        let Some(slot) = self.slots.back_mut() else {
+            // Counts come after the first `advance`, which makes the slot.
+            return;
+        };
+        let n32 = n.min(u32::MAX as u64) as u32;
+        for totals in [
+            &mut slot.ops.entry(key).or_default().totals,
+            self.sums.entry(key).or_default(),
+        ] {
+            if stage == LatencyStage::Total {
+                totals.count += n;
+                if error {
+                    totals.errors += n;
+                }
+            }
+            totals.histograms.0[stage_index(stage)].saturating_record_n(ns.max(1), n32);
+        }
+    }
+
+    /// Keeps a finished request for the slowest lists only (its counts
+    /// and latencies come through [`Windows::count`]).
+    pub fn record_slowest(&mut self, rec: &RequestLifecycle) {
+        if self.slots.is_empty() {
+            self.advance(rec.ended_ns.unwrap_or_else(|| rec.first_seen_ns()));
+        }
+        let key = (rec.connection, rec.opcode);
+        let slot = self.slots.back_mut().unwrap().ops.entry(key).or_default();
         // Most requests are not among the slowest: only those are copied.
         let slow = slowness(&LatencyStage::ALL.map(|s| rec.latency(s)));
         let pos = slot
@@ -232,7 +277,32 @@ impl Windows {
             slot.slowest.insert(pos, SlowRequest::of(rec));
             slot.slowest.truncate(SLOWEST_KEPT);
         }
-        self.sums.entry(key).or_default().record(rec);
+    }
+
+    /// The smallest total latency that at most `n` of the window's
+    /// requests (all opcodes) reached, to the resolution of the
+    /// histograms; 0 when the window holds `n` requests or fewer.
+    pub fn latency_above(&self, n: u64) -> u64 {
+        let mut values: Vec<(u64, u64)> = self
+            .sums
+            .values()
+            .flat_map(|t| {
+                t.histograms
+                    .stage(LatencyStage::Total)
+                    .iter_recorded()
+                    .map(|v| (v.value_iterated_to(), v.count_at_value() as u64))
+            })
+            .collect();
+        values.sort_unstable_by_key(|v| std::cmp::Reverse(v.0));
+        let mut above = 0;
+        for (value, count) in values {
+            if above + count > n {
+                // This value's requests would make too many: from above it.
+                return value + 1;
+            }
+            above += count;
+        }
+        0
     }
 
     /// How much time the window covers at `now_ns` (less than the window
@@ -341,6 +411,66 @@ mod tests {
             vec![60, 58, 56, 54, 52]
         );
         assert_eq!(slow[0].stages[3], Some(30_000));
+    }
+
+    #[test]
+    fn counted_cells_fill_the_window_like_requests() {
+        let mut w = Windows::new(10 * S);
+        w.advance(100 * S);
+        // 90 READs of 10us (3 failed), 10 of 2ms; their daemon stage.
+        w.count((7, 15), LatencyStage::Total, 10_000, 87, false);
+        w.count((7, 15), LatencyStage::Total, 10_000, 3, true);
+        w.count((7, 15), LatencyStage::Total, 2_000_000, 10, false);
+        w.count((7, 15), LatencyStage::DaemonService, 1_500_000, 10, false);
+        w.count((7, 1), LatencyStage::Total, 50_000, 4, false);
+        let ops: Vec<_> = w.ops().collect();
+        let (_, read) = ops.iter().find(|(k, _)| **k == (7, 15)).unwrap();
+        assert_eq!((read.count, read.errors), (100, 3));
+        let total = read.histograms.stage(LatencyStage::Total);
+        assert_eq!(total.len(), 100);
+        let p50 = total.value_at_quantile(0.5);
+        assert!((9_900..=10_100).contains(&p50), "p50 {p50}");
+        assert!(total.value_at_quantile(0.99) >= 1_990_000);
+        let daemon = read.histograms.stage(LatencyStage::DaemonService);
+        assert_eq!(daemon.len(), 10, "a stage's cells count no requests");
+        // The counts leave the window with their slot.
+        w.advance(105 * S);
+        w.count((7, 15), LatencyStage::Total, 10_000, 5, false);
+        w.advance(110 * S);
+        let ops: Vec<_> = w.ops().collect();
+        assert_eq!(ops.len(), 1, "LOOKUP left: {ops:?}");
+        assert_eq!(ops[0].1.count, 5);
+        assert_eq!(ops[0].1.errors, 0);
+    }
+
+    #[test]
+    fn slow_records_fill_the_slowest_list_without_counting() {
+        let mut w = Windows::new(10 * S);
+        w.advance(100 * S);
+        w.count((7, 15), LatencyStage::Total, 10_000, 3, false);
+        w.record_slowest(&finished(8, 15, 100 * S, 9_000_000));
+        let (_, read) = w.ops().next().unwrap();
+        assert_eq!(read.count, 3, "the record is one of the counted");
+        assert_eq!(w.slowest((7, 15), 5)[0].unique, 8);
+    }
+
+    #[test]
+    fn latency_above_leaves_at_most_n_requests_over_it() {
+        let mut w = Windows::new(10 * S);
+        w.advance(100 * S);
+        assert_eq!(w.latency_above(10), 0, "empty");
+        w.count((7, 15), LatencyStage::Total, 10_000, 1000, false);
+        w.count((7, 15), LatencyStage::Total, 1_000_000, 8, false);
+        w.count((7, 1), LatencyStage::Total, 5_000_000, 2, false);
+        // 10 requests at 1 ms and above: a threshold above the 10us ones.
+        let t = w.latency_above(10);
+        assert!((10_001..=1_000_000).contains(&t), "{t}");
+        // 5: only the two at 5 ms.
+        let t = w.latency_above(5);
+        assert!((1_000_001..=5_000_000).contains(&t), "{t}");
+        // 1: above every request.
+        assert!(w.latency_above(1) > 5_000_000);
+        assert_eq!(w.latency_above(2000), 0, "all fit");
     }
 
     #[test]
