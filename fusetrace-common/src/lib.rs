@@ -402,9 +402,12 @@ pub struct KernelLayout {
     pub chan_ring: u32,
     pub ring_ready: u32,
     pub ring_nr_queues: u32,
-    /// `offsetof(struct task_struct, tgid)` and `comm` (the `doctor` iterator).
+    /// `offsetof(struct task_struct, tgid)` and `comm` (the `doctor`
+    /// iterator, the daemon map), `pid` (the daemon map).
     pub task_tgid: u32,
     pub task_comm: u32,
+    pub task_pid: u32,
+    pub _pad_task: u32,
     /// The daemon side hooked in the kernel (kprobe/fentry kernels):
     /// `struct fuse_copy_state`'s `write` (byte offset and bit mask: a bit
     /// field in newer kernels, an int before) and `req`, and the argument

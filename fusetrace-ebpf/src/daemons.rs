@@ -23,11 +23,7 @@
 //! and reused for another file is not taken for `/dev/fuse`; the
 //! connection is not read again.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::map,
-    maps::Array,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::Array};
 use fusetrace_common::{
     DAEMON_FDS, DAEMON_SEEK_NS, DaemonFiles, KernelLayout, MAX_DAEMONS, counters,
 };
@@ -46,13 +42,23 @@ static DAEMON_FILES: Array<DaemonFiles> = Array::with_max_entries(MAX_DAEMONS, 0
 #[map]
 static DAEMON_SEEK: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The current thread (`bpf_get_current_pid_tgid`), and the `/dev/fuse`
-/// files of its group the map knows; `None` when it knows none and no
-/// daemon is sought (the caller returns at once).
+/// The current thread (as `bpf_get_current_pid_tgid` gives it), and the
+/// `/dev/fuse` files of its group the map knows; `None` when it knows none
+/// and no daemon is sought (the caller returns at once). `task` is the
+/// current task: its ids are plain loads, no helper call.
 #[inline(always)]
-pub(crate) fn known_daemon() -> Option<(u64, Option<&'static DaemonFiles>)> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+pub(crate) fn known_daemon(
+    task: u64,
+    l: &KernelLayout,
+) -> Option<(u64, Option<&'static DaemonFiles>)> {
+    // SAFETY: a typed pointer at offsets the verifier knows.
+    let (tgid, pid) = unsafe {
+        (
+            core::ptr::read_volatile((task + l.task_tgid as u64) as *const u32),
+            core::ptr::read_volatile((task + l.task_pid as u64) as *const u32),
+        )
+    };
+    let pid_tgid = (u64::from(tgid) << 32) | u64::from(pid);
     match DAEMON_FILES.get(tgid % MAX_DAEMONS) {
         Some(files) if files.tgid == tgid || files.full != 0 => Some((pid_tgid, Some(files))),
         _ if seeking() => Some((pid_tgid, None)),

@@ -37,10 +37,10 @@ pub(crate) fn on_read_exit(_ctx: &TracePointContext, vectored: bool) -> u32 {
         return 0;
     }
     // Every other process leaves here (`daemons.rs`).
-    let Some((pid_tgid, known)) = known_daemon() else {
+    let task = current_task();
+    let Some((pid_tgid, known)) = known_daemon(task, l) else {
         return 0;
     };
-    let task = current_task();
     let Some(regs) = SyscallRegs::of(task) else {
         return 0;
     };
@@ -140,17 +140,17 @@ pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
     if daemon_filtered_out(l) {
         return 0;
     }
-    let Some((pid_tgid, known)) = known_daemon() else {
+    let task = current_task();
+    let Some((pid_tgid, known)) = known_daemon(task, l) else {
         // Not a daemon: maybe an application writing a FUSE file.
         if l.track_app_io != 0
             && let Some(fd) = tp_field::<u64>(ctx, l.sys_enter_fd)
-            && let Some(file) = fd_file(fd, l)
+            && let Some(file) = fd_file_of(task, fd, l)
         {
             diagnose::app_write_enter(file, None, l);
         }
         return 0;
     };
-    let task = current_task();
     let Some(regs) = SyscallRegs::of(task) else {
         return 0;
     };

@@ -22,6 +22,8 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<KernelLayout> {
     l.conn_dev = btf.offset_of("fuse_conn", "dev")?;
     l.fr_background_bit = btf.enum_value("fuse_req_flag", "FR_BACKGROUND")? as u32;
     l.task_files = btf.offset_of("task_struct", "files")?;
+    l.task_tgid = btf.offset_of("task_struct", "tgid")?;
+    l.task_pid = btf.offset_of("task_struct", "pid")?;
     l.files_fdt = btf.offset_of("files_struct", "fdt")?;
     l.fdtable_max_fds = btf.offset_of("fdtable", "max_fds")?;
     l.fdtable_fd = btf.offset_of("fdtable", "fd")?;
