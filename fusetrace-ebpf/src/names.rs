@@ -117,8 +117,15 @@ fn emit<const N: usize>(ev: &FuseEvent, names: [(u64, u32); 2]) {
         core::ptr::addr_of_mut!((*p)._pad).write(0);
         for (i, &(src, size)) in names.iter().enumerate().take(N) {
             let dst = core::ptr::addr_of_mut!((*p).names[i]).cast::<core::ffi::c_void>();
-            // Bounded for the verifier: at most the buffer.
-            let n = size.min(NAME_BYTES as u32) & (2 * NAME_BYTES as u32 - 1);
+            // Bounded for the verifier: at most the buffer. Through a
+            // volatile slot, so the compiler keeps the check next to the
+            // call: it otherwise drops it as implied by `min` and the
+            // register reaches the call from a stack spill, whose bound
+            // 6.1's verifier does not keep ("R2 unbounded memory access",
+            // seen when unrelated code changed the register allocation).
+            let n = size.min(NAME_BYTES as u32);
+            // SAFETY: a stack local.
+            let n = unsafe { core::ptr::read_volatile(&n) };
             if src == 0 || n == 0 || n > NAME_BYTES as u32 {
                 continue;
             }
