@@ -358,6 +358,7 @@ mod tests {
     use super::*;
     use crate::{
         pipeline::connections::MountEntry,
+        pipeline::lifecycle::Comm,
         pipeline::tracker::{Tracker, TrackerConfig},
     };
     use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FLAG_URING, FuseEvent};
@@ -461,6 +462,69 @@ mod tests {
                 (None, None) => "-".into(),
             },
         )
+    }
+
+    /// `requests()` and a few more: a path with a non-ASCII name, an
+    /// unnamed node, no node at all, an opcode newer than the table and a
+    /// command name that is not UTF-8.
+    fn pinned_requests() -> Vec<RequestLifecycle> {
+        let mut recs = requests();
+        recs[0].path = Some("/tmp/my mnt/é dir/f".into());
+        let mut odd = recs[1].clone();
+        odd.opcode = 999;
+        odd.unique = 123_456_789_012;
+        odd.nodeid = None;
+        odd.path = None;
+        odd.error = Some(-95);
+        odd.requester_comm = Some(Comm(*b"ab\xffcd\0\0\0\0\0\0\0\0\0\0\0"));
+        recs.push(odd);
+        recs
+    }
+
+    /// What the sink wrote for `pinned_requests`, in `format`.
+    fn pinned_output(format: Format) -> String {
+        let mut names = ConnectionTable::frozen([MountEntry {
+            mount_id: 0,
+            connection: 52,
+            mount_point: "/tmp/my mnt".into(),
+            fs_type: "fuse.bindfs".into(),
+            source: "src".into(),
+        }]);
+        let mut sink = TraceSink::new(Vec::new(), format, 500_000);
+        for r in &pinned_requests() {
+            sink.request(r, &mut names).unwrap();
+        }
+        sink.tick(&mut names).unwrap();
+        String::from_utf8(sink.out).unwrap()
+    }
+
+    /// The exact bytes of a few lines, written down: any change to how
+    /// the sink formats must leave them as they are.
+    #[test]
+    fn text_lines_are_pinned_byte_for_byte() {
+        let want = concat!(
+            "TIME(s)      MOUNT                OP             UNIQUE     NODE     PID COMM             DAEMON VIA          QUEUE_us  DAEMON_us   COMPL_us   TOTAL_us    ERR PATH\n",
+            "0.000503     /tmp/my mnt          INTERRUPT          11        7     101 -                   101 /dev/fuse           -          -          -          -      - /tmp/my mnt/é dir/f\n",
+            "0.000500     /tmp/my mnt          READ!              10        7     100 cat                 101 /dev/fuse         2.5        7.5        0.4       10.4      0 node 7\n",
+            "0.001000     /tmp/my mnt          GETATTR            20        7     100 cat                 101 io_uring:1        0.9        0.6        0.3        1.8      0 node 7\n",
+            "0.001500     conn 300:7           GETATTR             4        7     100 cat                   - -                   -          -          -      700.0      0 node 7\n",
+            "0.008500     /tmp/my mnt          GETATTR             4        7     101 -                     - -                   -          -          -          -     -2 node 7\n",
+            "0.000500     /tmp/my mnt          OP999!       123456789012        -     100 ab                  101 /dev/fuse         2.5        7.5        0.4       10.4    -95 -\n",
+        );
+        assert_eq!(pinned_output(Format::Text), want);
+    }
+
+    #[test]
+    fn json_lines_are_pinned_byte_for_byte() {
+        let want = concat!(
+            "{\"type\":\"request\",\"mount\":\"/tmp/my mnt\",\"opcode\":\"INTERRUPT\",\"connection\":52,\"unique\":11,\"nodeid\":7,\"requester_pid\":null,\"requester_tid\":101,\"requester_uid\":0,\"requester_comm\":null,\"background\":null,\"daemon_tid\":101,\"reply_tid\":null,\"sent_at_ns\":null,\"taken_at_ns\":1003000,\"replied_at_ns\":null,\"ended_at_ns\":null,\"error\":null,\"request_len\":0,\"reply_len\":null,\"interrupted\":false,\"outcome\":\"interrupt\",\"submitted_at_ns\":null,\"virtq_at_ns\":null,\"device_irq_at_ns\":null,\"device_done_at_ns\":null,\"sender_tid\":null,\"sender_comm\":null,\"writeback_cache\":null,\"send_args\":null,\"end_args\":null,\"path\":\"/tmp/my mnt/é dir/f\",\"transport\":\"/dev/fuse\",\"ring_queue\":null,\"queue_wait_ns\":null,\"daemon_service_ns\":null,\"completion_ns\":null,\"total_ns\":null,\"background_wait_ns\":null,\"virtqueue_ns\":null,\"device_ns\":null}\n",
+            "{\"type\":\"request\",\"mount\":\"/tmp/my mnt\",\"opcode\":\"READ\",\"connection\":52,\"unique\":10,\"nodeid\":7,\"requester_pid\":100,\"requester_tid\":101,\"requester_uid\":0,\"requester_comm\":\"cat\",\"background\":false,\"daemon_tid\":101,\"reply_tid\":101,\"sent_at_ns\":1000000,\"taken_at_ns\":1002500,\"replied_at_ns\":1010000,\"ended_at_ns\":1010400,\"error\":0,\"request_len\":0,\"reply_len\":0,\"interrupted\":true,\"outcome\":\"ended\",\"submitted_at_ns\":null,\"virtq_at_ns\":null,\"device_irq_at_ns\":null,\"device_done_at_ns\":null,\"sender_tid\":101,\"sender_comm\":\"cat\",\"writeback_cache\":false,\"send_args\":[0,0],\"end_args\":[0,0],\"path\":null,\"transport\":\"/dev/fuse\",\"ring_queue\":null,\"queue_wait_ns\":2500,\"daemon_service_ns\":7500,\"completion_ns\":400,\"total_ns\":10400,\"background_wait_ns\":null,\"virtqueue_ns\":null,\"device_ns\":null}\n",
+            "{\"type\":\"request\",\"mount\":\"/tmp/my mnt\",\"opcode\":\"GETATTR\",\"connection\":52,\"unique\":20,\"nodeid\":7,\"requester_pid\":100,\"requester_tid\":101,\"requester_uid\":0,\"requester_comm\":\"cat\",\"background\":false,\"daemon_tid\":101,\"reply_tid\":101,\"sent_at_ns\":1500000,\"taken_at_ns\":1500900,\"replied_at_ns\":1501500,\"ended_at_ns\":1501800,\"error\":0,\"request_len\":0,\"reply_len\":0,\"interrupted\":false,\"outcome\":\"ended\",\"submitted_at_ns\":null,\"virtq_at_ns\":null,\"device_irq_at_ns\":null,\"device_done_at_ns\":null,\"sender_tid\":101,\"sender_comm\":\"cat\",\"writeback_cache\":false,\"send_args\":[0,0],\"end_args\":[0,0],\"path\":null,\"transport\":\"io_uring\",\"ring_queue\":1,\"queue_wait_ns\":900,\"daemon_service_ns\":600,\"completion_ns\":300,\"total_ns\":1800,\"background_wait_ns\":null,\"virtqueue_ns\":null,\"device_ns\":null}\n",
+            "{\"type\":\"request\",\"mount\":\"conn 300:7\",\"opcode\":\"GETATTR\",\"connection\":314572807,\"unique\":4,\"nodeid\":7,\"requester_pid\":100,\"requester_tid\":101,\"requester_uid\":0,\"requester_comm\":\"cat\",\"background\":false,\"daemon_tid\":null,\"reply_tid\":null,\"sent_at_ns\":2000000,\"taken_at_ns\":null,\"replied_at_ns\":null,\"ended_at_ns\":2700000,\"error\":0,\"request_len\":0,\"reply_len\":0,\"interrupted\":false,\"outcome\":\"ended_without_daemon\",\"submitted_at_ns\":null,\"virtq_at_ns\":null,\"device_irq_at_ns\":null,\"device_done_at_ns\":null,\"sender_tid\":101,\"sender_comm\":\"cat\",\"writeback_cache\":false,\"send_args\":[0,0],\"end_args\":[0,0],\"path\":null,\"transport\":null,\"ring_queue\":null,\"queue_wait_ns\":null,\"daemon_service_ns\":null,\"completion_ns\":null,\"total_ns\":700000,\"background_wait_ns\":null,\"virtqueue_ns\":null,\"device_ns\":null}\n",
+            "{\"type\":\"request\",\"mount\":\"/tmp/my mnt\",\"opcode\":\"GETATTR\",\"connection\":52,\"unique\":4,\"nodeid\":7,\"requester_pid\":null,\"requester_tid\":101,\"requester_uid\":0,\"requester_comm\":null,\"background\":false,\"daemon_tid\":null,\"reply_tid\":null,\"sent_at_ns\":null,\"taken_at_ns\":null,\"replied_at_ns\":null,\"ended_at_ns\":9000000,\"error\":-2,\"request_len\":0,\"reply_len\":0,\"interrupted\":false,\"outcome\":\"ended_without_daemon\",\"submitted_at_ns\":null,\"virtq_at_ns\":null,\"device_irq_at_ns\":null,\"device_done_at_ns\":null,\"sender_tid\":null,\"sender_comm\":null,\"writeback_cache\":null,\"send_args\":null,\"end_args\":[0,0],\"path\":null,\"transport\":null,\"ring_queue\":null,\"queue_wait_ns\":null,\"daemon_service_ns\":null,\"completion_ns\":null,\"total_ns\":null,\"background_wait_ns\":null,\"virtqueue_ns\":null,\"device_ns\":null}\n",
+            "{\"type\":\"request\",\"mount\":\"/tmp/my mnt\",\"opcode\":\"OP999\",\"connection\":52,\"unique\":123456789012,\"nodeid\":null,\"requester_pid\":100,\"requester_tid\":101,\"requester_uid\":0,\"requester_comm\":\"ab�cd\",\"background\":false,\"daemon_tid\":101,\"reply_tid\":101,\"sent_at_ns\":1000000,\"taken_at_ns\":1002500,\"replied_at_ns\":1010000,\"ended_at_ns\":1010400,\"error\":-95,\"request_len\":0,\"reply_len\":0,\"interrupted\":true,\"outcome\":\"ended\",\"submitted_at_ns\":null,\"virtq_at_ns\":null,\"device_irq_at_ns\":null,\"device_done_at_ns\":null,\"sender_tid\":101,\"sender_comm\":\"cat\",\"writeback_cache\":false,\"send_args\":[0,0],\"end_args\":[0,0],\"path\":null,\"transport\":\"/dev/fuse\",\"ring_queue\":null,\"queue_wait_ns\":2500,\"daemon_service_ns\":7500,\"completion_ns\":400,\"total_ns\":10400,\"background_wait_ns\":null,\"virtqueue_ns\":null,\"device_ns\":null}\n",
+        );
+        assert_eq!(pinned_output(Format::Json), want);
     }
 
     #[test]
