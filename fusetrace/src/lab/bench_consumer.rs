@@ -21,7 +21,8 @@ use serde::Serialize;
 use crate::{
     kernel::{decode, probes::KernelCounters},
     output::accumulate::StatsOutput,
-    output::print::{Format, StatsPrinter, TraceSink},
+    output::print::{Format, StatsPrinter},
+    output::trace::TraceSink,
     pipeline::{
         connections::{ConnectionTable, MountEntry},
         filter::Filter,
