@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
+use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::{
@@ -42,6 +43,8 @@ pub enum BenchSink {
     Stats,
     /// One text line per request, written to nowhere, as `fusetrace trace > /dev/null`.
     Trace,
+    /// One JSON object per request, as `fusetrace trace --format json > /dev/null`.
+    TraceJson,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -265,8 +268,12 @@ pub fn run(args: &BenchConsumerArgs) -> Result<ConsumerReport> {
                 let mut sink = StatsOutput::printing(printer, None);
                 pass(&records, record_len, &connections, &mut sink)?
             }
-            BenchSink::Trace => {
-                let mut sink = TraceSink::new(io::BufWriter::new(io::sink()), Format::Text, 0);
+            BenchSink::Trace | BenchSink::TraceJson => {
+                let format = match args.sink {
+                    BenchSink::TraceJson => Format::Json,
+                    _ => Format::Text,
+                };
+                let mut sink = TraceSink::new(io::BufWriter::new(io::sink()), format, 0);
                 pass(&records, record_len, &connections, &mut sink)?
             }
         };
@@ -278,7 +285,10 @@ pub fn run(args: &BenchConsumerArgs) -> Result<ConsumerReport> {
     let median = rates[rates.len() / 2];
     Ok(ConsumerReport {
         source,
-        sink: format!("{:?}", args.sink).to_lowercase(),
+        sink: args
+            .sink
+            .to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_string()),
         events: (records.len() / record_len) as u64,
         requests,
         median_events_per_sec: median,

@@ -92,6 +92,7 @@ impl Line {
     }
 
     /// An integer, or `-` when there is none.
+    #[inline]
     pub fn int<I: itoa::Integer>(&mut self, value: Option<I>, width: usize, align: Align) {
         match value {
             Some(v) => {
@@ -105,7 +106,7 @@ impl Line {
     /// `ns` in units of `unit` ns with `decimals` digits after the point,
     /// rounded half up on the exact integer (`f64` formatting rounds the
     /// binary approximation instead: 1.25 us shows as 1.3 here, 1.2 there).
-    #[inline]
+    #[inline(always)]
     pub fn fixed(&mut self, ns: Option<u64>, unit: u64, decimals: u32, width: usize, align: Align) {
         let Some(ns) = ns else {
             return self.ascii_cell(b"-", width, align);
