@@ -15,8 +15,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
 use clap::ValueEnum;
+use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
 use serde::Serialize;
 
 use crate::{
