@@ -5,7 +5,7 @@
 //! kernel writes), then pushed through the same code a live run uses:
 //! [`decode::decode`], the run loop's steps ([`Run`]) and a
 //! sink ([`StatsOutput`] with a [`StatsPrinter`] as `fusetrace stats` builds it, or [`TraceSink`]
-//! writing text to nowhere). Only the ring buffer itself and the kernel are
+//! writing text or JSON lines to nowhere). Only the ring buffer itself and the kernel are
 //! left out; `cargo xtask bench` measures those on real mounts.
 
 use std::{

@@ -109,7 +109,7 @@ impl<W: Write> TraceSink<W> {
     /// Writes the lines held so far to `out` (which may hold them further).
     fn write_pending(&mut self) -> Result<()> {
         if !self.pending.is_empty() {
-            // Cleared first: a failed write does not write them twice.
+            // Cleared even when the write failed: they are not written twice.
             let result = self.out.write_all(self.pending.bytes());
             self.pending.clear();
             result?;
