@@ -16,7 +16,8 @@ use crate::{
         by::{ByOpts, GroupedPrinter},
         export::{Clock, CsvOpts},
         file::{self, Force},
-        print::{Format, StatsPrinter, TraceSink},
+        print::{Format, StatsPrinter},
+        trace::TraceSink,
     },
     pipeline::{
         aggregate, session,

@@ -5,7 +5,7 @@
 //! kernel writes), then pushed through the same code a live run uses:
 //! [`decode::decode`], the run loop's steps ([`Run`]) and a
 //! sink ([`StatsOutput`] with a [`StatsPrinter`] as `fusetrace stats` builds it, or [`TraceSink`]
-//! writing text to nowhere). Only the ring buffer itself and the kernel are
+//! writing text or JSON lines to nowhere). Only the ring buffer itself and the kernel are
 //! left out; `cargo xtask bench` measures those on real mounts.
 
 use std::{
@@ -15,13 +15,15 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
 use fusetrace_common::{EventKind, FLAG_HAS_HEADER, FuseEvent};
 use serde::Serialize;
 
 use crate::{
     kernel::{decode, probes::KernelCounters},
     output::accumulate::StatsOutput,
-    output::print::{Format, StatsPrinter, TraceSink},
+    output::print::{Format, StatsPrinter},
+    output::trace::TraceSink,
     pipeline::{
         connections::{ConnectionTable, MountEntry},
         filter::Filter,
@@ -41,6 +43,8 @@ pub enum BenchSink {
     Stats,
     /// One text line per request, written to nowhere, as `fusetrace trace > /dev/null`.
     Trace,
+    /// One JSON object per request, as `fusetrace trace --format json > /dev/null`.
+    TraceJson,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -264,8 +268,12 @@ pub fn run(args: &BenchConsumerArgs) -> Result<ConsumerReport> {
                 let mut sink = StatsOutput::printing(printer, None);
                 pass(&records, record_len, &connections, &mut sink)?
             }
-            BenchSink::Trace => {
-                let mut sink = TraceSink::new(io::BufWriter::new(io::sink()), Format::Text, 0);
+            BenchSink::Trace | BenchSink::TraceJson => {
+                let format = match args.sink {
+                    BenchSink::TraceJson => Format::Json,
+                    _ => Format::Text,
+                };
+                let mut sink = TraceSink::new(io::BufWriter::new(io::sink()), format, 0);
                 pass(&records, record_len, &connections, &mut sink)?
             }
         };
@@ -277,7 +285,10 @@ pub fn run(args: &BenchConsumerArgs) -> Result<ConsumerReport> {
     let median = rates[rates.len() / 2];
     Ok(ConsumerReport {
         source,
-        sink: format!("{:?}", args.sink).to_lowercase(),
+        sink: args
+            .sink
+            .to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_string()),
         events: (records.len() / record_len) as u64,
         requests,
         median_events_per_sec: median,

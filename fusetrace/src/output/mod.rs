@@ -1,6 +1,7 @@
 //! What a run shows. Latency statistics are counted once (`accumulate`, on
 //! `stats`' histograms) and written as tables or JSON (`print`, which also
-//! prints trace lines and the closing summary) and as CSV (`export`).
+//! writes the closing summary) and as CSV (`export`); `trace` writes one
+//! line per request (`trace`, formatted by `line`).
 //! `by` groups the table by file, process, command or mount instead.
 //! `sink` holds the `Sink` trait every output implements and `FanOut`,
 //! several outputs at once. `file` creates every file fusetrace writes
@@ -15,3 +16,4 @@ pub mod hist;
 pub mod line;
 pub mod perfetto;
 pub mod print;
+pub mod trace;

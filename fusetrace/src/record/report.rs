@@ -20,7 +20,8 @@ use crate::{
     output::export::{Clock, CsvOpts},
     output::file::{AtomicFile, Force, Target},
     output::perfetto::PerfettoSink,
-    output::print::{Format, StatsPrinter, TraceSink},
+    output::print::{Format, StatsPrinter},
+    output::trace::TraceSink,
     pipeline::sink::Sink,
     pipeline::{
         connections::ConnectionTable, lifecycle::RequestLifecycle, opcode, summary::RunSummary,

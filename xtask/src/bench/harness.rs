@@ -389,7 +389,7 @@ impl Bench {
         let recording = self.scratch.join("metadata.ftr");
         self.record_metadata(&recording, Duration::from_secs(1))?;
         for source in [None, Some(&recording)] {
-            for sink in ["stats", "trace"] {
+            for sink in ["stats", "trace", "trace-json"] {
                 let mut cmd = Command::new(&self.fusetrace);
                 cmd.args(["bench-consumer", "--json", "--sink", sink]);
                 if let Some(r) = source {
