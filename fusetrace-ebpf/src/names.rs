@@ -27,6 +27,8 @@ use crate::{
     report::{bump, stamp},
 };
 
+const _: () = assert!(NAME_BYTES.is_power_of_two());
+
 /// Most input arguments a request has (`fuse_args.in_args[4]` since 6.14;
 /// 3 before, bounded by `in_numargs` there).
 const MAX_IN_ARGS: u32 = 4;
@@ -117,18 +119,21 @@ fn emit<const N: usize>(ev: &FuseEvent, names: [(u64, u32); 2]) {
         core::ptr::addr_of_mut!((*p)._pad).write(0);
         for (i, &(src, size)) in names.iter().enumerate().take(N) {
             let dst = core::ptr::addr_of_mut!((*p).names[i]).cast::<core::ffi::c_void>();
-            // Bounded for the verifier: at most the buffer. Through a
-            // volatile slot, so the compiler keeps the check next to the
-            // call: it otherwise drops it as implied by `min` and the
-            // register reaches the call from a stack spill, whose bound
-            // 6.1's verifier does not keep ("R2 unbounded memory access",
-            // seen when unrelated code changed the register allocation).
+            // Bounded for the verifier: 1 to NAME_BYTES, by a mask on the
+            // very value handed to the helper. A compare is not enough:
+            // the compiler folds `n == 0 || n > NAME_BYTES` into one range
+            // check on a copy, or drops it as implied by `min`, and 6.1's
+            // verifier then sees an unbounded size ("R2 unbounded memory
+            // access", seen when unrelated code changed the register
+            // allocation). The volatile slot keeps the compiler from
+            // proving the mask a no-op.
             let n = size.min(NAME_BYTES as u32);
             // SAFETY: a stack local.
             let n = unsafe { core::ptr::read_volatile(&n) };
-            if src == 0 || n == 0 || n > NAME_BYTES as u32 {
+            if src == 0 || n == 0 {
                 continue;
             }
+            let n = ((n - 1) & (NAME_BYTES as u32 - 1)) + 1;
             if bpf_probe_read_kernel(dst, n, src as *const _) < 0 {
                 bump(counters::READ_FAULTS);
                 continue;
