@@ -578,6 +578,11 @@ pub const AGG_CELLS: u32 = 1 << 16;
 /// Connections whose mounts the generation table numbers (see
 /// [`HistogramKey::generation`]).
 pub const AGG_MAX_GENERATIONS: u32 = 4096;
+/// Entries of the generation array that most connections' generations
+/// live in (`connection % AGG_GENERATION_SLOTS`; the hash holds those
+/// whose entry another connection had): each `connection << 32 |
+/// generation`, 0 free.
+pub const AGG_GENERATION_SLOTS: u32 = 1024;
 /// `FUSE_INIT`: the first request of every mount.
 pub const FUSE_INIT: u32 = 26;
 

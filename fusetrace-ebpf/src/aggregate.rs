@@ -20,10 +20,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuHashMap},
 };
 use fusetrace_common::{
-    AGG_CELLS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, AGG_MAX_COMMS, AGG_MAX_GENERATIONS, AGG_OVERFLOW,
-    AGG_SLOT_CLAIMED, AggSent, AggSlot, CellCounts, EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER,
-    FUSE_INIT, FuseEvent, FuseInHeader, FuseOutHeader, HistogramKey, agg_stage, counters,
-    latency_bucket,
+    AGG_CELLS, AGG_GENERATION_SLOTS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, AGG_MAX_COMMS,
+    AGG_MAX_GENERATIONS, AGG_OVERFLOW, AGG_SLOT_CLAIMED, AggSent, AggSlot, CellCounts, EventKind,
+    FLAG_BACKGROUND, FLAG_HAS_HEADER, FUSE_INIT, FuseEvent, FuseInHeader, FuseOutHeader,
+    HistogramKey, agg_stage, counters, latency_bucket,
 };
 
 use crate::{
@@ -52,9 +52,15 @@ static AGG_SLOTS: Array<Slot> = Array::with_max_entries(AGG_IN_FLIGHT, BPF_F_MMA
 static AGG_RECORD_MIN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// INITs sent per connection number since loading: the generation of the
-/// mount that holds the number now (see `HistogramKey::generation`).
+/// mount that holds the number now (see `HistogramKey::generation`), for
+/// the connections whose `AGG_GENERATION_FAST` entry another one had.
 #[map]
 static AGG_GENERATIONS: HashMap<u32, u32> = HashMap::with_max_entries(AGG_MAX_GENERATIONS, 0);
+
+/// Most connections' generations (see `generation_slot`): an array, so
+/// the lookup each end makes costs no call or hash.
+#[map]
+static AGG_GENERATION_FAST: Array<u64> = Array::with_max_entries(AGG_GENERATION_SLOTS, 0);
 
 /// Requests in flight whose slot was taken, keyed by `struct fuse_req *`.
 /// A plain hash, not an LRU: a request is never forgotten silently; a full
@@ -297,6 +303,12 @@ unsafe fn claim(slot: *mut AggSlot, req: u64) -> bool {
 /// steps on. Only at INITs, so a request costs a lookup, never an update.
 #[inline(always)]
 fn next_generation(connection: u32) {
+    if let Some(slot) = generation_slot(connection) {
+        // SAFETY: a map value; the connection's own (INITs of one
+        // connection never race: one per mount).
+        unsafe { *slot += 1 };
+        return;
+    }
     match AGG_GENERATIONS.get_ptr_mut(&connection) {
         // SAFETY: a map value; INITs of one connection never race (one per mount).
         Some(g) => unsafe { *g += 1 },
@@ -306,6 +318,47 @@ fn next_generation(connection: u32) {
             }
         }
     }
+}
+
+/// The array entry of `connection`'s generation: its own, or a free one it
+/// takes (with a compare-and-swap: two connections may go for one at
+/// once); `None` when another connection has it (the hash holds this
+/// one's). A connection whose generation is in the hash never takes an
+/// entry: entries are never freed, so its entry was taken already when
+/// its first INIT went to the hash.
+#[inline(always)]
+fn generation_slot(connection: u32) -> Option<*mut u64> {
+    let slot = AGG_GENERATION_FAST.get_ptr_mut(connection % AGG_GENERATION_SLOTS)?;
+    let mine = u64::from(connection) << 32;
+    // SAFETY: a map value, aligned.
+    unsafe {
+        let v = core::ptr::read_volatile(slot);
+        if v >> 32 == u64::from(connection) {
+            return Some(slot);
+        }
+        if v != 0 {
+            return None;
+        }
+        let (now, _) = atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            slot, 0, mine,
+        );
+        (now == 0 || now >> 32 == u64::from(connection)).then_some(slot)
+    }
+}
+
+/// The generation a request of `connection` ending now was sent in: from
+/// the array (an inlined lookup) for most connections, the hash for the
+/// rest, 0 for a mount whose INIT came before tracing.
+#[inline(always)]
+fn generation_of(connection: u32) -> u32 {
+    if let Some(slot) = generation_slot(connection) {
+        // SAFETY: a map value.
+        return unsafe { core::ptr::read_volatile(slot) } as u32;
+    }
+    // SAFETY: a map value, copied.
+    unsafe { AGG_GENERATIONS.get(&connection) }
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Where the send of `req` waited, emptied.
@@ -364,10 +417,7 @@ pub(crate) fn agg_end<const DIRECT: bool>(req: Option<u64>) {
     }
     // The number is freed only once every request of its mount ended, so
     // the generation now is the one the request was sent in.
-    // SAFETY: a map value, copied.
-    let generation = unsafe { AGG_GENERATIONS.get(&sent.connection) }
-        .copied()
-        .unwrap_or(0);
+    let generation = generation_of(sent.connection);
     let latency = now.saturating_sub(sent.ts_ns);
     if layout_field!(agg_whole) != 0 {
         bump(counters::AGG_ENDED);

@@ -214,6 +214,8 @@ pub struct Probes {
 struct AggregateMaps {
     histograms: PerCpuHashMap<MapData, HistogramKey, CellCounts>,
     generations: aya::maps::HashMap<MapData, u32, u32>,
+    /// Most connections' generations (`fusetrace-ebpf/src/aggregate.rs`).
+    generation_fast: Array<MapData, u64>,
     in_flight: InFlightTables,
     /// `top`: the total latency (ns) from which a request is also sent
     /// whole (`AGG_RECORD_MIN`, one entry).
@@ -229,6 +231,7 @@ impl AggregateMaps {
         };
         let histograms = PerCpuHashMap::try_from(take("AGG_HISTOGRAMS")?)?;
         let generations = aya::maps::HashMap::try_from(take("AGG_GENERATIONS")?)?;
+        let generation_fast = Array::try_from(take("AGG_GENERATION_FAST")?)?;
         let overflow = aya::maps::HashMap::try_from(take("AGG_SENT")?)?;
         let record_min = Array::try_from(take("AGG_RECORD_MIN")?)?;
         let aya::maps::Map::Array(slots) = take("AGG_SLOTS")? else {
@@ -237,6 +240,7 @@ impl AggregateMaps {
         Ok(AggregateMaps {
             histograms,
             generations,
+            generation_fast,
             in_flight: InFlightTables::new(slots, overflow)?,
             record_min,
         })
@@ -505,11 +509,22 @@ impl Probes {
     /// In-kernel aggregation: each connection number's mount generation
     /// (INITs sent on it since loading; absent: 0).
     pub fn generations(&self) -> Result<std::collections::HashMap<u32, u32>> {
-        self.aggregate()?
+        let maps = self.aggregate()?;
+        let mut all: std::collections::HashMap<u32, u32> = maps
             .generations
             .iter()
             .map(|e| e.context("reading the kernel's mount generations"))
-            .collect()
+            .collect::<Result<_>>()?;
+        // The array's entries: `connection << 32 | generation` (an entry
+        // an end took for a mount whose INIT came before tracing holds
+        // generation 0, as a connection the kernel never numbered).
+        for v in maps.generation_fast.iter() {
+            let v = v.context("reading the kernel's mount generations")?;
+            if v as u32 != 0 {
+                all.insert((v >> 32) as u32, v as u32);
+            }
+        }
+        Ok(all)
     }
 
     /// The backend serving the send point (`tp-btf`, `kprobe`, ...).

@@ -275,9 +275,10 @@ impl Bench {
         let mut out = format!(
             "\n### Kernel side: BPF run time per traced request ({}, metadata storm)\n\n\
              Measured in a separate run with `kernel.bpf_stats_enabled=1` (which itself adds two clock reads \
-             per program run), from `bpftool prog show`.\n\n\
+             per program run), from `bpftool prog show`, {} interleaved rounds, medians.\n\n\
              | tracer | program | runs per request | ns per run | ns per request |\n| --- | --- | ---: | ---: | ---: |\n",
-            target.name()
+            target.name(),
+            opts.rounds
         );
         let _uring = match target {
             Target::ReferenceUring => Some(UringParam::enable()?),
@@ -299,39 +300,78 @@ impl Bench {
             }
             variants.push(Variant::Bpftrace);
             variants.push(Variant::Bpftrace4);
-            for variant in variants {
-                let before = bpf_programs()?;
-                let tracer = Tracer::start(self, variant, &mount)?;
-                let load = Command::new(&self.fusetrace)
-                    .arg("load")
-                    .arg(&mount.dir)
-                    .args(w.load)
-                    .arg("--duration")
-                    .arg(format!("{}ms", opts.duration.as_millis()))
-                    .output();
-                let held = held_programs(tracer.pid());
-                let after = bpf_programs();
-                let end = tracer.stop()?;
-                load.map_err(|e| format!("fusetrace load: {e}"))?;
-                let requests = end.requests.unwrap_or(0).max(1) as f64;
-                let mut total = 0.0;
-                for (id, (name, runs, ns)) in after? {
-                    // Only the tracer's own (when its fds could be read).
-                    let foreign = !held.is_empty() && !held.contains(&id);
-                    if before.contains_key(&id) || runs == 0 || foreign {
-                        continue;
+            // Interleaved rounds, like the throughput runs: the machine's
+            // drift hits every tracer alike; each figure is the median of
+            // the rounds.
+            // (runs per request, ns per run, ns per request) per round.
+            type Rounds = Vec<(f64, f64, f64)>;
+            let mut samples: BTreeMap<(usize, String), Rounds> = BTreeMap::new();
+            let mut totals: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+            for _ in 0..opts.rounds {
+                for (v, &variant) in variants.iter().enumerate() {
+                    let before = bpf_programs()?;
+                    let tracer = Tracer::start(self, variant, &mount)?;
+                    let load = Command::new(&self.fusetrace)
+                        .arg("load")
+                        .arg(&mount.dir)
+                        .args(w.load)
+                        .arg("--duration")
+                        .arg(format!("{}ms", opts.duration.as_millis()))
+                        .output();
+                    let held = held_programs(tracer.pid());
+                    let after = bpf_programs();
+                    let end = tracer.stop()?;
+                    load.map_err(|e| format!("fusetrace load: {e}"))?;
+                    let requests = end.requests.unwrap_or(0).max(1) as f64;
+                    let mut total = 0.0;
+                    for (id, (name, runs, ns)) in after? {
+                        // Only the tracer's own (when its fds could be read).
+                        let foreign = !held.is_empty() && !held.contains(&id);
+                        if before.contains_key(&id) || runs == 0 || foreign {
+                            continue;
+                        }
+                        let per_request = ns as f64 / requests;
+                        total += per_request;
+                        samples.entry((v, name)).or_default().push((
+                            runs as f64 / requests,
+                            ns as f64 / runs as f64,
+                            per_request,
+                        ));
                     }
-                    let per_request = ns as f64 / requests;
-                    total += per_request;
+                    totals.entry(v).or_default().push(total);
+                }
+            }
+            let med = |xs: Vec<f64>| median(xs).unwrap_or(0.0);
+            for (v, &variant) in variants.iter().enumerate() {
+                for ((_, name), runs) in samples.range((v, String::new())..(v + 1, String::new())) {
                     let _ = writeln!(
                         out,
-                        "| {} | {name} | {:.2} | {:.0} | {per_request:.0} |",
+                        "| {} | {name} | {:.2} | {:.0} | {:.0} |",
                         variant.name(),
-                        runs as f64 / requests,
-                        ns as f64 / runs as f64
+                        med(runs.iter().map(|r| r.0).collect()),
+                        med(runs.iter().map(|r| r.1).collect()),
+                        med(runs.iter().map(|r| r.2).collect()),
                     );
                 }
+                let total = med(totals.get(&v).cloned().unwrap_or_default());
                 let _ = writeln!(out, "| {} | **all** | | | **{total:.0}** |", variant.name());
+            }
+            // Each tracer against the send/end script, round by round.
+            if let Some(anchor) = variants.iter().position(|v| *v == Variant::Bpftrace) {
+                let _ = writeln!(
+                    out,
+                    "\nBPF time per request against the bpftrace send/end script's in the same round (median of {} rounds):\n",
+                    opts.rounds
+                );
+                for (v, &variant) in variants.iter().enumerate() {
+                    let ratios: Vec<f64> = totals[&v]
+                        .iter()
+                        .zip(&totals[&anchor])
+                        .filter(|(_, a)| **a > 0.0)
+                        .map(|(t, a)| t / a)
+                        .collect();
+                    let _ = writeln!(out, "- {}: {:.2}x", variant.name(), med(ratios));
+                }
             }
             drop(_stats);
             if with_tax {
