@@ -28,18 +28,13 @@ fn a_daemon_started_while_tracing_has_every_stage_from_its_init_on() {
     assert_eq!(fs::read_dir(mnt.path()).unwrap().count(), 2);
     run_ok(Command::new("fusermount3").arg("-u").arg(mnt.path()));
     let traced = tracer.stop();
-    let ours = traced.on(conn);
-    let ops = count_by_op(&ours);
-    for op in [
-        "INIT", "LOOKUP", "OPEN", "READ", "CREATE", "WRITE", "READDIR",
-    ] {
-        assert!(ops.contains_key(op), "no {op} traced on bindfs: {ops:?}");
-    }
-    let answered: Vec<_> = ours.iter().filter(|r| expects_reply(r)).collect();
-    let incomplete: Vec<_> = answered.iter().filter(|r| !fully_observed(r)).collect();
-    assert!(
-        incomplete.len() as u64 <= allowed_read_faults(&traced.summary),
-        "requests of a daemon started while tracing missing stages: {incomplete:?}"
+    assert_every_stage(
+        &traced,
+        &traced.on(conn),
+        &[
+            "INIT", "LOOKUP", "OPEN", "READ", "CREATE", "WRITE", "READDIR",
+        ],
+        "a bindfs started while tracing",
     );
     assert_nothing_lost(&traced.summary);
 }

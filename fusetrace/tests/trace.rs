@@ -182,18 +182,15 @@ fn bindfs_requests_have_all_four_stages() {
     run_ok(Command::new("fusermount3").arg("-u").arg(mnt.path()));
     let traced = tracer.stop();
     let ours = traced.on(conn);
-    let ops = count_by_op(&ours);
-    for op in [
-        "LOOKUP", "GETATTR", "OPEN", "READ", "CREATE", "WRITE", "READDIR",
-    ] {
-        assert!(ops.contains_key(op), "no {op} traced on bindfs: {ops:?}");
-    }
-    let answered: Vec<_> = ours.iter().filter(|r| expects_reply(r)).collect();
-    let incomplete: Vec<_> = answered.iter().filter(|r| !fully_observed(r)).collect();
-    assert!(
-        incomplete.len() as u64 <= allowed_read_faults(&traced.summary),
-        "bindfs requests missing stages: {incomplete:?}"
+    assert_every_stage(
+        &traced,
+        &ours,
+        &[
+            "LOOKUP", "GETATTR", "OPEN", "READ", "CREATE", "WRITE", "READDIR",
+        ],
+        "bindfs",
     );
+    let answered: Vec<_> = ours.iter().filter(|r| expects_reply(r)).collect();
     assert!(
         ours.iter()
             .any(|r| r["opcode"] == "LOOKUP" && r["error"] == -libc::ENOENT),

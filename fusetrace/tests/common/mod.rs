@@ -478,6 +478,24 @@ pub fn allowed_read_faults(summary: &Value) -> u64 {
     faults + skipped_runs(summary)
 }
 
+/// `ours` (one mount's requests of `traced`) has a request of every one of
+/// `ops`, and every answered one has all four stages but for the read
+/// faults and skipped runs the summary counts.
+pub fn assert_every_stage(traced: &TraceOutput, ours: &[&Value], ops: &[&str], what: &str) {
+    let seen = count_by_op(ours);
+    for op in ops {
+        assert!(seen.contains_key(*op), "no {op} traced on {what}: {seen:?}");
+    }
+    let incomplete: Vec<_> = ours
+        .iter()
+        .filter(|r| expects_reply(r) && !fully_observed(r))
+        .collect();
+    assert!(
+        incomplete.len() as u64 <= allowed_read_faults(&traced.summary),
+        "{what}: requests missing stages: {incomplete:?}"
+    );
+}
+
 /// Runs of the tracer's programs the kernel skipped, as the summary says
 /// (`recursion_misses`: a task preempted inside one of them while another
 /// on the same CPU reached it, seen in the 7.x guests): each is one point
