@@ -376,15 +376,20 @@ mod tests {
         recs
     }
 
-    /// What the sink wrote for `pinned_requests`, in `format`.
-    fn pinned_output(format: Format) -> String {
-        let mut names = ConnectionTable::frozen([MountEntry {
+    /// The one mount the tests' requests are on.
+    fn mount_52() -> ConnectionTable {
+        ConnectionTable::frozen([MountEntry {
             mount_id: 0,
             connection: 52,
             mount_point: "/tmp/my mnt".into(),
             fs_type: "fuse.bindfs".into(),
             source: "src".into(),
-        }]);
+        }])
+    }
+
+    /// What the sink wrote for `pinned_requests`, in `format`.
+    fn pinned_output(format: Format) -> String {
+        let mut names = mount_52();
         let mut sink = TraceSink::new(Vec::new(), format, 500_000);
         for r in &pinned_requests() {
             sink.request(r, &mut names).unwrap();
@@ -424,13 +429,7 @@ mod tests {
 
     #[test]
     fn text_lines_are_the_columns_they_always_were() {
-        let mut names = ConnectionTable::frozen([MountEntry {
-            mount_id: 0,
-            connection: 52,
-            mount_point: "/tmp/my mnt".into(),
-            fs_type: "fuse.bindfs".into(),
-            source: "src".into(),
-        }]);
+        let mut names = mount_52();
         let recs = requests();
         assert!(recs.iter().any(|r| r.interrupted), "{recs:?}");
         assert!(recs.iter().any(|r| r.daemon_tid.is_none()));
