@@ -77,15 +77,6 @@ impl SyscallRegs {
         ]
     }
 
-    /// The syscall's number, as 32 bits: arm64's `syscallno` is an int,
-    /// and the verifier refuses a read past the member's end (x86_64's
-    /// `orig_ax` is 64 bits, its low half first).
-    #[inline(always)]
-    pub(crate) fn nr(self, l: &KernelLayout) -> u32 {
-        // SAFETY: as `at`.
-        unsafe { core::ptr::read_volatile((self.0 + l.regs_syscall_nr as u64) as *const u32) }
-    }
-
     /// The result, at the syscall's exit.
     #[inline(always)]
     pub(crate) fn ret(self, l: &KernelLayout) -> i64 {
@@ -110,7 +101,26 @@ pub(crate) fn current_task() -> u64 {
 /// [`SyscallRegs`]).
 #[inline(always)]
 pub(crate) fn syscall_args(l: &KernelLayout) -> Option<[u64; 4]> {
-    let regs = SyscallRegs::of(current_task())?;
-    let [a0, a1, a2] = regs.args(l);
-    Some([a0, a1, a2, u64::from(regs.nr(l))])
+    // SAFETY: helpers take the BTF task pointer they return.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return None;
+    }
+    // A typed pointer at offsets the verifier knows: plain loads, checked
+    // against BTF, no helper calls.
+    let arg = |off: u32| -> u64 {
+        // SAFETY: see above; a fault reads as zero.
+        unsafe { core::ptr::read_volatile((regs + off as u64) as *const u64) }
+    };
+    // The number as 32 bits: arm64's `syscallno` is an int, and the
+    // verifier refuses a read past the member's end (x86_64's `orig_ax`
+    // is 64 bits, its low half first).
+    // SAFETY: as above.
+    let nr = unsafe { core::ptr::read_volatile((regs + l.regs_syscall_nr as u64) as *const u32) };
+    Some([
+        arg(l.regs_syscall_arg0),
+        arg(l.regs_arg1),
+        arg(l.regs_arg2),
+        u64::from(nr),
+    ])
 }

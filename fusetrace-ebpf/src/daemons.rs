@@ -28,7 +28,10 @@ use fusetrace_common::{
     DAEMON_FDS, DAEMON_SEEK_NS, DaemonFiles, KernelLayout, MAX_DAEMONS, counters,
 };
 
-use crate::{fuse::dev_fuse_connection, report::bump};
+use crate::{
+    fuse::{dev_fuse_connection, fd_file_of},
+    report::bump,
+};
 
 /// `/dev/fuse` files by holder's thread group, at `tgid % MAX_DAEMONS`.
 #[map]
@@ -86,16 +89,17 @@ pub(crate) fn expect_daemon() {
     }
 }
 
-/// If `file`, the current task's `fd`, is `/dev/fuse`: its connection.
-/// `known` is what [`known_daemon`] gave.
+/// If `fd` of the current task (`task`) is `/dev/fuse`: its `struct file
+/// *` and connection. `known` is what [`known_daemon`] gave.
 #[inline(always)]
 pub(crate) fn daemon_file(
+    task: u64,
     pid_tgid: u64,
     known: Option<&DaemonFiles>,
     fd: u64,
-    file: u64,
     l: &KernelLayout,
-) -> Option<u32> {
+) -> Option<(u64, u32)> {
+    let file = fd_file_of(task, fd, l)?;
     let tgid = (pid_tgid >> 32) as u32;
     if let Some(files) = known {
         for i in 0..DAEMON_FDS {
@@ -105,7 +109,7 @@ pub(crate) fn daemon_file(
             }
             if f.fd as u64 == fd {
                 if f.file == file {
-                    return Some(f.connection);
+                    return Some((file, f.connection));
                 }
                 // Closed and reused: checked again below.
                 return found(tgid, fd, file, l);
@@ -122,10 +126,10 @@ pub(crate) fn daemon_file(
 
 /// The full check of `file`, remembered when it is `/dev/fuse`.
 #[inline(always)]
-fn found(tgid: u32, fd: u64, file: u64, l: &KernelLayout) -> Option<u32> {
+fn found(tgid: u32, fd: u64, file: u64, l: &KernelLayout) -> Option<(u64, u32)> {
     let connection = dev_fuse_connection(file, l)?;
     remember(tgid, fd as u32, file, connection);
-    Some(connection)
+    Some((file, connection))
 }
 
 /// Adds a found `/dev/fuse` file to the map: to its group's entry, or a

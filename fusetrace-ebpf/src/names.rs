@@ -128,8 +128,8 @@ fn emit<const N: usize>(ev: &FuseEvent, names: [(u64, u32); 2]) {
             // allocation). The volatile slot keeps the compiler from
             // proving the mask a no-op.
             let n = size.min(NAME_BYTES as u32);
-            // (A stack local, inside the block's SAFETY.)
-            let n = core::ptr::read_volatile(&n);
+            // SAFETY: a stack local.
+            let n = unsafe { core::ptr::read_volatile(&n) };
             if src == 0 || n == 0 {
                 continue;
             }

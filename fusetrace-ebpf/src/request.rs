@@ -75,7 +75,10 @@ pub(crate) fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, au
         Some(mut ev) => {
             ev.aux_ns = aux_ns;
             if kind == EventKind::Sent {
-                note_sent(&ev);
+                note_sent_id(ev.unique);
+                if ev.opcode == FUSE_INIT {
+                    daemons::expect_daemon();
+                }
                 if let Some(req) = req
                     && names::submit_sent(&mut ev, req, l)
                 {
@@ -105,16 +108,11 @@ pub(crate) fn on_sent(req: Option<u64>, l: &KernelLayout) {
     on_request(EventKind::Sent, req, l, submitted);
 }
 
-/// What a send tells the daemon side: a mount's INIT, that its daemon is
-/// about to read (`daemons.rs`); a request id not assigned yet, which is
-/// counted and turns on the daemon takes' lookup of their request (see
-/// `syscalls::taken_request`).
+/// Counts a send whose request id is not assigned yet, and turns on the
+/// daemon takes' lookup of their request (see `syscalls::taken_request`).
 #[inline(always)]
-fn note_sent(ev: &FuseEvent) {
-    if ev.opcode == FUSE_INIT {
-        daemons::expect_daemon();
-    }
-    if ev.unique != 0 || GATE.get(0).copied() != Some(1) {
+fn note_sent_id(unique: u64) {
+    if unique != 0 || GATE.get(0).copied() != Some(1) {
         return;
     }
     bump(counters::SENT_BEFORE_ID);
@@ -137,7 +135,10 @@ pub(crate) fn sent_from_record(ctx: &TracePointContext) {
         len: tp_field(ctx, l.tp_send_len).unwrap_or(0),
         ..FuseEvent::default()
     };
-    note_sent(&ev);
+    note_sent_id(ev.unique);
+    if ev.opcode == FUSE_INIT {
+        daemons::expect_daemon();
+    }
     submit(ev);
 }
 

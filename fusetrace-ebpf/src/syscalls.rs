@@ -22,7 +22,7 @@ use crate::{
     daemons::{daemon_file, known_daemon},
     diagnose,
     filter::daemon_filtered_out,
-    fuse::{UNIQUE_IN_HEADER, fd_file_of, fuse_fd_connection},
+    fuse::{UNIQUE_IN_HEADER, fd_file, fd_file_of, fuse_fd_connection},
     maps::ID_LATE,
     memory::{kread, layout, uread},
     report::{bump, header_event, submit},
@@ -61,10 +61,7 @@ pub(crate) fn on_read_exit(_ctx: &TracePointContext, vectored: bool) -> u32 {
     } else {
         arg
     };
-    let Some(file) = fd_file_of(task, fd, l) else {
-        return 0;
-    };
-    let Some(connection) = daemon_file(pid_tgid, known, fd, file, l) else {
+    let Some((file, connection)) = daemon_file(task, pid_tgid, known, fd, l) else {
         return 0;
     };
     let Some(h) = uread::<FuseInHeader>(buf) else {
@@ -158,13 +155,12 @@ pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
         return 0;
     };
     let [fd, arg, count] = regs.args(l);
-    let Some(file) = fd_file_of(task, fd, l) else {
-        return 0;
-    };
-    let Some(connection) = daemon_file(pid_tgid, known, fd, file, l) else {
+    let Some((file, connection)) = daemon_file(task, pid_tgid, known, fd, l) else {
         // A daemon writing another file (bindfs its backing files), or an
         // application that holds `/dev/fuse`.
-        if l.track_app_io != 0 {
+        if l.track_app_io != 0
+            && let Some(file) = fd_file_of(task, fd, l)
+        {
             diagnose::app_write_enter(file, None, l);
         }
         return 0;
