@@ -249,6 +249,8 @@ pub struct KernelLayout {
     pub file_inode: u32,
     /// `offsetof(struct file, private_data)`.
     pub file_private_data: u32,
+    /// `offsetof(struct file, f_op)`.
+    pub file_f_op: u32,
     /// `offsetof(struct inode, i_rdev)`.
     pub inode_rdev: u32,
     /// The way from a `struct fuse_dev` to its connection: `fuse_dev.fc`
@@ -464,6 +466,9 @@ pub struct DevFuseFile {
     pub comm: [u8; 16],
     /// The `struct file *` (the daemon map compares it with the fd table's).
     pub file: u64,
+    /// Its `private_data` and `f_op` (the daemon map compares them too).
+    pub fud: u64,
+    pub fops: u64,
 }
 
 /// Entries of the daemon map, an array indexed by thread group id modulo
@@ -485,6 +490,10 @@ pub const DAEMON_SEEK_NS: u64 = 10_000_000_000;
 pub struct DaemonFd {
     /// The `struct file *`, compared with the fd table's.
     pub file: u64,
+    /// Its `private_data` (the `struct fuse_dev *`): a `struct file` freed
+    /// and reused for another open at the same address and descriptor
+    /// has another (see `daemons.rs` in the eBPF crate).
+    pub fud: u64,
     pub fd: u32,
     /// Kernel `dev_t` of the connection.
     pub connection: u32,
@@ -496,6 +505,9 @@ pub struct DaemonFd {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DaemonFiles {
     pub fds: [DaemonFd; DAEMON_FDS],
+    /// The `f_op` of its `/dev/fuse` files (`fuse_dev_operations`): a
+    /// reused `struct file` that is no `/dev/fuse` has another.
+    pub fops: u64,
     /// The thread group (0: a free entry).
     pub tgid: u32,
     /// 1: it holds more than [`DAEMON_FDS`], or another holder's id falls

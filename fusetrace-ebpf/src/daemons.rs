@@ -18,10 +18,19 @@
 //! `/dev/fuse`. User space sets the deadline to "always" when it cannot
 //! run the iterator (the check then costs what it did before the map).
 //!
-//! A known descriptor is still checked against the caller's fd table (the
-//! `struct file *` there must be the one recorded), so a descriptor closed
-//! and reused for another file is not taken for `/dev/fuse`; the
-//! connection is not read again.
+//! A known descriptor is still checked against the caller's fd table: the
+//! `struct file *` there must be the one recorded, with the recorded
+//! `f_op` (`/dev/fuse`'s) and `private_data` (the same `struct fuse_dev`,
+//! whose connection never changes). The pointer alone is not enough: a
+//! daemon that closes `/dev/fuse` and opens another file gets the same
+//! descriptor and, from the slab's free list, often the same `struct
+//! file` (seen in the 7.3 guest: the reference daemon's closing
+//! statistics, written to a file at the descriptor `/dev/fuse` had, were
+//! taken for a reply). The connection is not read again. A `/dev/fuse`
+//! opened again at the same descriptor, `struct file` and `struct
+//! fuse_dev` for another mount is left: its points carry the old
+//! connection until the next refresh (a second at most), where they are
+//! counted as unmatched.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::Array};
 use fusetrace_common::{
@@ -30,6 +39,7 @@ use fusetrace_common::{
 
 use crate::{
     fuse::{dev_fuse_connection, fd_file_of},
+    memory::kread,
     report::bump,
 };
 
@@ -108,7 +118,7 @@ pub(crate) fn daemon_file(
                 break;
             }
             if f.fd as u64 == fd {
-                if f.file == file {
+                if f.file == file && same_open(file, f.fud, files.fops, l) {
                     return Some((file, f.connection));
                 }
                 // Closed and reused: checked again below.
@@ -124,11 +134,24 @@ pub(crate) fn daemon_file(
     found(tgid, fd, file, l)
 }
 
+/// Whether `file`, at a descriptor recorded with it, is still the open
+/// recorded: `/dev/fuse`'s `f_op` and the same `struct fuse_dev`.
+#[inline(always)]
+fn same_open(file: u64, fud: u64, fops: u64, l: &KernelLayout) -> bool {
+    kread::<u64>(file, l.file_f_op) == Some(fops)
+        && kread::<u64>(file, l.file_private_data) == Some(fud)
+}
+
 /// The full check of `file`, remembered when it is `/dev/fuse`.
 #[inline(always)]
 fn found(tgid: u32, fd: u64, file: u64, l: &KernelLayout) -> Option<(u64, u32)> {
     let connection = dev_fuse_connection(file, l)?;
-    remember(tgid, fd as u32, file, connection);
+    if let (Some(fud), Some(fops)) = (
+        kread::<u64>(file, l.file_private_data),
+        kread::<u64>(file, l.file_f_op),
+    ) {
+        remember(tgid, fd as u32, file, fud, fops, connection);
+    }
     Some((file, connection))
 }
 
@@ -136,7 +159,7 @@ fn found(tgid: u32, fd: u64, file: u64, l: &KernelLayout) -> Option<(u64, u32)> 
 /// free one; an entry another group holds is marked `full` (counted: the
 /// file is then checked in full every time).
 #[inline(always)]
-fn remember(tgid: u32, fd: u32, file: u64, connection: u32) {
+fn remember(tgid: u32, fd: u32, file: u64, fud: u64, fops: u64, connection: u32) {
     let Some(entry) = DAEMON_FILES.get_ptr_mut(tgid % MAX_DAEMONS) else {
         return;
     };
@@ -146,6 +169,7 @@ fn remember(tgid: u32, fd: u32, file: u64, connection: u32) {
     unsafe {
         if (*entry).tgid == 0 {
             (*entry).tgid = tgid;
+            (*entry).fops = fops;
         }
         if (*entry).tgid != tgid {
             if (*entry).full == 0 {
@@ -159,6 +183,7 @@ fn remember(tgid: u32, fd: u32, file: u64, connection: u32) {
             if f.file == 0 || f.fd == fd {
                 f.fd = fd;
                 f.connection = connection;
+                f.fud = fud;
                 f.file = file;
                 return;
             }

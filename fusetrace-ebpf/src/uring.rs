@@ -207,6 +207,8 @@ pub(crate) fn dev_fuse_file(ctx: *mut core::ffi::c_void) -> i32 {
         connection,
         comm: kread(task, l.task_comm).unwrap_or_default(),
         file,
+        fud: kread(file, l.file_private_data).unwrap_or(0),
+        fops: kread(file, l.file_f_op).unwrap_or(0),
         ..DevFuseFile::default()
     };
     if l.uring_on != 0 {

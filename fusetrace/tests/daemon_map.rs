@@ -13,7 +13,7 @@ use common::*;
 
 #[test]
 fn a_daemon_started_while_tracing_has_every_stage_from_its_init_on() {
-    require_root();
+    let _alone = tracing_alone();
     let src = Scratch::new("daemon-map-src");
     let mnt = Scratch::new("daemon-map-mnt");
     fs::write(src.path().join("hello"), b"hello\n").unwrap();
@@ -37,4 +37,172 @@ fn a_daemon_started_while_tracing_has_every_stage_from_its_init_on() {
         "a bindfs started while tracing",
     );
     assert_nothing_lost(&traced.summary);
+}
+
+/// A daemon that closes `/dev/fuse` and writes another file at the same
+/// descriptor: the kernel often hands that file the `struct file` the
+/// closed one had (the slab's free list), so the map's recorded pointer
+/// matches. Seen in the 7.3 guest as the reference daemon's closing
+/// statistics taken for two replies. This test is that daemon: it mounts
+/// on its own `/dev/fuse` descriptor, writes one reply the tracer must see
+/// (to show its writes are watched), closes the descriptor, then writes
+/// reply-shaped bytes to files opened at that descriptor.
+#[test]
+fn a_file_at_a_closed_dev_fuse_descriptor_is_not_taken_for_it() {
+    // Alone also because it puts files at a descriptor it closed.
+    let _alone = tracing_alone();
+    let mnt = Scratch::new("daemon-map-reuse");
+    let mut dev = OwnDevFuse::mount(mnt.path());
+    let tracer = Tracer::start(&[
+        "trace",
+        "--format",
+        "json",
+        "--mount",
+        mnt.path().to_str().unwrap(),
+    ]);
+    // Watched: a reply to no request, counted unmatched.
+    dev.write_reply(0x7e57_0000);
+    let fd = dev.close();
+    // Files opened and kept, each put at the closed descriptor in turn
+    // and written through it: one of them is likely to get the closed
+    // file's `struct file` (the slab's next free object, or one from its
+    // slab once the current one is used up).
+    let scratch = Scratch::new("daemon-map-reuse-files");
+    let write_at_fd = |i: u64| {
+        let reply = reply_header(0x7e57_1000 + i);
+        // SAFETY: a write of a buffer we own.
+        let w = unsafe { libc::write(fd, reply.as_ptr().cast(), reply.len()) };
+        assert_eq!(w, reply.len() as isize);
+    };
+    // The next file opened, at the lowest free descriptor: `fd` (unless
+    // another thread took it); owned raw, as `fd` is replaced below.
+    let first =
+        std::os::fd::IntoRawFd::into_raw_fd(fs::File::create(scratch.path().join("f0")).unwrap());
+    if first != fd {
+        // SAFETY: descriptors this test owns; nothing else in the process
+        // uses `fd` since `dev` closed it.
+        unsafe {
+            assert_eq!(libc::dup2(first, fd), fd);
+            libc::close(first);
+        }
+    }
+    write_at_fd(0);
+    // More files opened and kept, each put at `fd` in turn and written
+    // through it: one is likely to get the closed file's `struct file`
+    // if the first did not (once the slab's current page is used up).
+    let mut kept = Vec::new();
+    for i in 1..400u64 {
+        let f = fs::File::create(scratch.path().join(format!("f{i}"))).unwrap();
+        // SAFETY: as above; `fd` is held, so `f` is elsewhere.
+        assert_eq!(
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&f), fd) },
+            fd
+        );
+        write_at_fd(i);
+        kept.push(f);
+    }
+    // SAFETY: as above.
+    unsafe { libc::close(fd) };
+    drop(dev);
+    let traced = tracer.stop();
+    assert_eq!(
+        traced.summary["tracker"]["unmatched_replies"].as_u64(),
+        Some(1),
+        "the one reply written to /dev/fuse, and none of the files' writes: {}",
+        traced.summary
+    );
+}
+
+/// A `struct fuse_out_header` answering `unique` (16 bytes).
+fn reply_header(unique: u64) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[..4].copy_from_slice(&16u32.to_ne_bytes());
+    h[8..].copy_from_slice(&unique.to_ne_bytes());
+    h
+}
+
+/// This process as a FUSE daemon: `/dev/fuse` opened and mounted at a
+/// scratch directory, its INIT answered with an error (the connection is
+/// then set up and refuses every request: none is sent). Unmounted on
+/// drop.
+struct OwnDevFuse {
+    fd: Option<std::os::fd::OwnedFd>,
+    mount: std::path::PathBuf,
+}
+
+impl OwnDevFuse {
+    fn mount(at: &std::path::Path) -> OwnDevFuse {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let dev: OwnedFd = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .unwrap()
+            .into();
+        let target = std::ffi::CString::new(at.to_str().unwrap()).unwrap();
+        let data = std::ffi::CString::new(format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0",
+            dev.as_raw_fd()
+        ))
+        .unwrap();
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"fusetrace-test".as_ptr(),
+                target.as_ptr(),
+                c"fuse".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                data.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount: {}", std::io::Error::last_os_error());
+        let own = OwnDevFuse {
+            fd: Some(dev),
+            mount: at.to_path_buf(),
+        };
+        // The INIT the mount sent, answered ENOSYS.
+        let mut buf = vec![0u8; 1 << 17];
+        let n = read_fd(own.raw(), &mut buf);
+        assert!(n >= 40, "INIT read {n} bytes");
+        let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
+        let mut reply = reply_header(unique);
+        reply[4..8].copy_from_slice(&(-libc::ENOSYS).to_ne_bytes());
+        // SAFETY: a write of a buffer we own to our descriptor.
+        let w = unsafe { libc::write(own.raw(), reply.as_ptr().cast(), reply.len()) };
+        assert_eq!(w, 16, "INIT reply: {}", std::io::Error::last_os_error());
+        own
+    }
+
+    fn raw(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(self.fd.as_ref().expect("open"))
+    }
+
+    /// Writes a reply to no request (the kernel refuses it: ENOENT).
+    fn write_reply(&mut self, unique: u64) {
+        let reply = reply_header(unique);
+        // SAFETY: as above.
+        let w = unsafe { libc::write(self.raw(), reply.as_ptr().cast(), reply.len()) };
+        assert_eq!(w, -1, "a reply to no request is refused");
+    }
+
+    /// Closes `/dev/fuse` (the connection is aborted); its descriptor.
+    fn close(&mut self) -> i32 {
+        let fd = self.raw();
+        drop(self.fd.take());
+        fd
+    }
+}
+
+fn read_fd(fd: i32, buf: &mut [u8]) -> isize {
+    // SAFETY: a read into a buffer we own.
+    unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+}
+
+impl Drop for OwnDevFuse {
+    fn drop(&mut self) {
+        drop(self.fd.take());
+        let target = std::ffi::CString::new(self.mount.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
 }

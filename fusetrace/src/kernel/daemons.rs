@@ -107,6 +107,7 @@ pub fn plan(files: &[DevFuseFile]) -> BTreeMap<u32, DaemonFiles> {
             entry.full = 1;
             continue;
         }
+        entry.fops = f.fops;
         // Threads share a table: the iterator may list a file once per
         // thread.
         if entry.fds.iter().any(|d| d.file != 0 && d.fd == f.fd) {
@@ -116,6 +117,7 @@ pub fn plan(files: &[DevFuseFile]) -> BTreeMap<u32, DaemonFiles> {
             Some(slot) => {
                 *slot = DaemonFd {
                     file: f.file,
+                    fud: f.fud,
                     fd: f.fd,
                     connection: f.connection,
                 }
@@ -138,6 +140,8 @@ mod tests {
             fd,
             connection,
             file: 0xffff_0000_0000_0000 | (u64::from(tgid) << 16) | u64::from(fd),
+            fud: 0xffff_1000_0000_0000 | (u64::from(tgid) << 16) | u64::from(fd),
+            fops: 0xffff_ffff_c000_0000,
             ..DevFuseFile::default()
         }
     }
@@ -159,6 +163,10 @@ mod tests {
             [3, 7, 0]
         );
         assert_eq!(ten.fds[0].connection, 52);
+        // What the kernel compares with the fd table's file.
+        assert_eq!(ten.fds[1].file, files[2].file);
+        assert_eq!(ten.fds[1].fud, files[2].fud);
+        assert_eq!(ten.fops, files[2].fops);
         assert_eq!(ten.full, 0);
     }
 

@@ -29,6 +29,7 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<KernelLayout> {
     l.fdtable_fd = btf.offset_of("fdtable", "fd")?;
     l.file_inode = btf.offset_of("file", "f_inode")?;
     l.file_private_data = btf.offset_of("file", "private_data")?;
+    l.file_f_op = btf.offset_of("file", "f_op")?;
     l.inode_rdev = btf.offset_of("inode", "i_rdev")?;
     [l.dev_chan, l.dev_chan_conn] = way_to_connection(btf, DEV_WAYS)?;
     l.fuse_rdev = fuse_char_device()?;
