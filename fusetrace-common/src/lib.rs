@@ -97,6 +97,9 @@ pub const NAME_BYTES: usize = 256;
 /// A way to the connection with one pointer less (`KernelLayout::dev_chan_conn`):
 /// the first pointer already leads to the `struct fuse_conn`.
 pub const NO_HOP: u32 = u32::MAX;
+/// Words of the one read that takes a `struct file`'s `f_op` and
+/// `private_data` (`KernelLayout::file_ident_at`).
+pub const FILE_IDENT_WORDS: usize = 4;
 
 /// The send of a request that carries names, as one ring buffer record
 /// (so the name costs no second record), cut after the last name's bytes
@@ -251,6 +254,14 @@ pub struct KernelLayout {
     pub file_private_data: u32,
     /// `offsetof(struct file, f_op)`.
     pub file_f_op: u32,
+    /// Where one read of [`FILE_IDENT_WORDS`] words takes both `f_op` and
+    /// `private_data` of a `struct file` (the daemon map's check, one
+    /// helper call instead of two), and their words in it; [`NO_HOP`]
+    /// when they lie further apart (6.1 and other kernels before 6.13's
+    /// `struct file`).
+    pub file_ident_at: u32,
+    pub file_ident_fop: u32,
+    pub file_ident_fud: u32,
     /// `offsetof(struct inode, i_rdev)`.
     pub inode_rdev: u32,
     /// The way from a `struct fuse_dev` to its connection: `fuse_dev.fc`

@@ -34,7 +34,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::Array};
 use fusetrace_common::{
-    DAEMON_FDS, DAEMON_SEEK_NS, DaemonFiles, KernelLayout, MAX_DAEMONS, counters,
+    DAEMON_FDS, DAEMON_SEEK_NS, DaemonFiles, FILE_IDENT_WORDS, KernelLayout, MAX_DAEMONS, NO_HOP,
+    counters,
 };
 
 use crate::{
@@ -135,9 +136,22 @@ pub(crate) fn daemon_file(
 }
 
 /// Whether `file`, at a descriptor recorded with it, is still the open
-/// recorded: `/dev/fuse`'s `f_op` and the same `struct fuse_dev`.
+/// recorded: `/dev/fuse`'s `f_op` and the same `struct fuse_dev`. One
+/// read where the kernel keeps both near (`file_ident_at`).
 #[inline(always)]
 fn same_open(file: u64, fud: u64, fops: u64, l: &KernelLayout) -> bool {
+    if l.file_ident_at != NO_HOP {
+        let Some(words) = kread::<[u64; FILE_IDENT_WORDS]>(file, l.file_ident_at) else {
+            return false;
+        };
+        let word = |i: u32| match i {
+            0 => words[0],
+            1 => words[1],
+            2 => words[2],
+            _ => words[3],
+        };
+        return word(l.file_ident_fop) == fops && word(l.file_ident_fud) == fud;
+    }
     kread::<u64>(file, l.file_f_op) == Some(fops)
         && kread::<u64>(file, l.file_private_data) == Some(fud)
 }
@@ -191,3 +205,4 @@ fn remember(tgid: u32, fd: u32, file: u64, fud: u64, fops: u64, connection: u32)
         (*entry).full = 1;
     }
 }
+const _: () = assert!(FILE_IDENT_WORDS == 4);

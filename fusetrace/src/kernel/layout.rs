@@ -5,12 +5,24 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use fusetrace_common::{KernelLayout, NO_HOP};
+use fusetrace_common::{FILE_IDENT_WORDS, KernelLayout, NO_HOP};
 
 use crate::kernel::{
     btf::Btf,
     tracefs::{RecordFormat, Tracefs},
 };
+
+/// Where one read of [`FILE_IDENT_WORDS`] words takes the words at byte
+/// offsets `a` and `b` (8-byte aligned), and their indexes in it; all
+/// [`NO_HOP`] when no such read does.
+pub fn one_read(a: u32, b: u32) -> [u32; 3] {
+    let at = a.min(b);
+    let span = (FILE_IDENT_WORDS * 8) as u32;
+    if !a.is_multiple_of(8) || !b.is_multiple_of(8) || a.max(b) - at >= span {
+        return [NO_HOP; 3];
+    }
+    [at, (a - at) / 8, (b - at) / 8]
+}
 
 /// Offsets and constants for the eBPF side, read from the running kernel.
 pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<KernelLayout> {
@@ -30,6 +42,8 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<KernelLayout> {
     l.file_inode = btf.offset_of("file", "f_inode")?;
     l.file_private_data = btf.offset_of("file", "private_data")?;
     l.file_f_op = btf.offset_of("file", "f_op")?;
+    [l.file_ident_at, l.file_ident_fop, l.file_ident_fud] =
+        one_read(l.file_f_op, l.file_private_data);
     l.inode_rdev = btf.offset_of("inode", "i_rdev")?;
     [l.dev_chan, l.dev_chan_conn] = way_to_connection(btf, DEV_WAYS)?;
     l.fuse_rdev = fuse_char_device()?;
@@ -333,6 +347,18 @@ pub fn uring_layout(l: &mut KernelLayout, btf: &Btf) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 6.13's `struct file` has `f_op` at 8 and `private_data` at 24: one
+    /// read; 6.1's has them 160 bytes apart: two.
+    #[test]
+    fn f_op_and_private_data_are_read_at_once_where_they_are_near() {
+        assert_eq!(one_read(8, 24), [8, 0, 2]);
+        assert_eq!(one_read(24, 8), [8, 2, 0]);
+        assert_eq!(one_read(40, 40 + 24), [40, 0, 3]);
+        assert_eq!(one_read(40, 40 + 32), [NO_HOP; 3]);
+        assert_eq!(one_read(40, 200), [NO_HOP; 3]);
+        assert_eq!(one_read(8, 20), [NO_HOP; 3]);
+    }
 
     /// Up to 7.1 a request reaches its connection through its mount, from
     /// 7.2 through its channel; a kernel with neither gets one line naming
