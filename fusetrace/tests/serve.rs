@@ -237,13 +237,22 @@ impl Prometheus {
 
     /// An instant query: (labels, value) per series.
     fn query(&self, q: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        let (status, body) = get(
-            &self.addr,
-            &format!("/api/v1/query?query={}", percent_encode(q)),
-        );
-        if status != 200 {
-            return Vec::new();
-        }
+        let target = format!("/api/v1/query?query={}", percent_encode(q));
+        // A server that does not answer (starting, or busy under a guest's
+        // emulation: no status, or 5xx) is asked again; any other refusal
+        // is the query's fault. (An unanswered query read as "no series"
+        // once failed a quantile check in the 6.1 guest.)
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let body = loop {
+            let (status, body) = get(&self.addr, &target);
+            match status {
+                200 => break body,
+                0 | 500.. if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => panic!("query {q}: HTTP {status}: {body}"),
+            }
+        };
         let v: Value = serde_json::from_str(&body).expect("query API JSON");
         v["data"]["result"]
             .as_array()
@@ -400,7 +409,14 @@ fn prometheus_scrapes_exact_counts_quantiles_in_flight_and_mount_churn() {
                 .value(&format!(
                     "histogram_quantile({q}, fusetrace_request_duration_seconds_bucket{{{sel_a},opcode=\"{op}\"}})"
                 ))
-                .unwrap_or_else(|| panic!("no {op} histogram"));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no single {op} quantile; its bucket series: {:?}",
+                        prom.query(&format!(
+                            "fusetrace_request_duration_seconds_bucket{{{sel_a},opcode=\"{op}\"}}"
+                        ))
+                    )
+                });
             assert!(
                 scraped <= ours * 1.5 + 20e-6 && ours <= scraped * 1.5 + 20e-6,
                 "{op} q{q}: histogram_quantile {scraped} s vs stats {ours} s"
