@@ -63,17 +63,8 @@ fn a_file_at_a_closed_dev_fuse_descriptor_is_not_taken_for_it() {
     // Watched: a reply to no request, counted unmatched.
     dev.write_reply(0x7e57_0000);
     let fd = dev.close();
-    // Files opened and kept, each put at the closed descriptor in turn
-    // and written through it: one of them is likely to get the closed
-    // file's `struct file` (the slab's next free object, or one from its
-    // slab once the current one is used up).
     let scratch = Scratch::new("daemon-map-reuse-files");
-    let write_at_fd = |i: u64| {
-        let reply = reply_header(0x7e57_1000 + i);
-        // SAFETY: a write of a buffer we own.
-        let w = unsafe { libc::write(fd, reply.as_ptr().cast(), reply.len()) };
-        assert_eq!(w, reply.len() as isize);
-    };
+    let write_at_fd = |i: u64| assert_eq!(write_fd(fd, &reply_header(0x7e57_1000 + i)), 16);
     // The next file opened, at the lowest free descriptor: `fd` (unless
     // another thread took it); owned raw, as `fd` is replaced below.
     let first =
@@ -167,8 +158,7 @@ impl OwnDevFuse {
         let unique = u64::from_ne_bytes(buf[8..16].try_into().unwrap());
         let mut reply = reply_header(unique);
         reply[4..8].copy_from_slice(&(-libc::ENOSYS).to_ne_bytes());
-        // SAFETY: a write of a buffer we own to our descriptor.
-        let w = unsafe { libc::write(own.raw(), reply.as_ptr().cast(), reply.len()) };
+        let w = write_fd(own.raw(), &reply);
         assert_eq!(w, 16, "INIT reply: {}", std::io::Error::last_os_error());
         own
     }
@@ -178,10 +168,8 @@ impl OwnDevFuse {
     }
 
     /// Writes a reply to no request (the kernel refuses it: ENOENT).
-    fn write_reply(&mut self, unique: u64) {
-        let reply = reply_header(unique);
-        // SAFETY: as above.
-        let w = unsafe { libc::write(self.raw(), reply.as_ptr().cast(), reply.len()) };
+    fn write_reply(&self, unique: u64) {
+        let w = write_fd(self.raw(), &reply_header(unique));
         assert_eq!(w, -1, "a reply to no request is refused");
     }
 
@@ -196,6 +184,12 @@ impl OwnDevFuse {
 fn read_fd(fd: i32, buf: &mut [u8]) -> isize {
     // SAFETY: a read into a buffer we own.
     unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+}
+
+/// write(2) of `bytes` to `fd`, as it is (no retry): its result.
+fn write_fd(fd: i32, bytes: &[u8]) -> isize {
+    // SAFETY: a write of a buffer we own.
+    unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }
 }
 
 impl Drop for OwnDevFuse {
