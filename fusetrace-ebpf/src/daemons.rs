@@ -39,7 +39,7 @@ use fusetrace_common::{
 };
 
 use crate::{
-    fuse::{dev_fuse_connection, fd_file_of},
+    fuse::{dev_fuse_open, fd_file_of},
     memory::kread,
     report::bump,
 };
@@ -135,6 +135,9 @@ pub(crate) fn daemon_file(
     found(tgid, fd, file, l)
 }
 
+// `same_open` picks its words out of a read of four.
+const _: () = assert!(FILE_IDENT_WORDS == 4);
+
 /// Whether `file`, at a descriptor recorded with it, is still the open
 /// recorded: `/dev/fuse`'s `f_op` and the same `struct fuse_dev`. One
 /// read where the kernel keeps both near (`file_ident_at`).
@@ -152,6 +155,7 @@ fn same_open(file: u64, fud: u64, fops: u64, l: &KernelLayout) -> bool {
         };
         return word(l.file_ident_fop) == fops && word(l.file_ident_fud) == fud;
     }
+    // Where they are far apart (`file_ident_at` is NO_HOP): two reads.
     kread::<u64>(file, l.file_f_op) == Some(fops)
         && kread::<u64>(file, l.file_private_data) == Some(fud)
 }
@@ -159,11 +163,8 @@ fn same_open(file: u64, fud: u64, fops: u64, l: &KernelLayout) -> bool {
 /// The full check of `file`, remembered when it is `/dev/fuse`.
 #[inline(always)]
 fn found(tgid: u32, fd: u64, file: u64, l: &KernelLayout) -> Option<(u64, u32)> {
-    let connection = dev_fuse_connection(file, l)?;
-    if let (Some(fud), Some(fops)) = (
-        kread::<u64>(file, l.file_private_data),
-        kread::<u64>(file, l.file_f_op),
-    ) {
+    let (connection, fud) = dev_fuse_open(file, l)?;
+    if let Some(fops) = kread::<u64>(file, l.file_f_op) {
         remember(tgid, fd as u32, file, fud, fops, connection);
     }
     Some((file, connection))
@@ -205,4 +206,3 @@ fn remember(tgid: u32, fd: u32, file: u64, fud: u64, fops: u64, connection: u32)
         (*entry).full = 1;
     }
 }
-const _: () = assert!(FILE_IDENT_WORDS == 4);

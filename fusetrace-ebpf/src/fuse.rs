@@ -75,6 +75,13 @@ pub(crate) fn fd_file_of(task: u64, fd: u64, l: &KernelLayout) -> Option<u64> {
 /// If `file` is `/dev/fuse`, its connection's dev_t.
 #[inline(always)]
 pub(crate) fn dev_fuse_connection(file: u64, l: &KernelLayout) -> Option<u32> {
+    dev_fuse_open(file, l).map(|(connection, _)| connection)
+}
+
+/// If `file` is `/dev/fuse`, its connection's dev_t and its `struct
+/// fuse_dev *` (`private_data`, which the daemon map keeps).
+#[inline(always)]
+pub(crate) fn dev_fuse_open(file: u64, l: &KernelLayout) -> Option<(u32, u64)> {
     let inode: u64 = kread(file, l.file_inode)?;
     let rdev: u32 = kread(inode, l.inode_rdev)?;
     if rdev != l.fuse_rdev {
@@ -85,7 +92,7 @@ pub(crate) fn dev_fuse_connection(file: u64, l: &KernelLayout) -> Option<u32> {
         // Opened but not mounted yet: no connection.
         return None;
     }
-    fud_connection(fud, l)
+    Some((fud_connection(fud, l)?, fud))
 }
 
 /// The connection's dev_t of a `struct fuse_dev *` (through its channel

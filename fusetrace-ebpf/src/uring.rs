@@ -34,7 +34,7 @@ use crate::{
     aggregate,
     args::current_tid,
     filter::daemon_filtered_out,
-    fuse::{dev_fuse_connection, fd_file},
+    fuse::{dev_fuse_connection, dev_fuse_open, fd_file},
     memory::{kread, layout, uread},
     report::{bump, header_event, submit},
 };
@@ -198,7 +198,7 @@ pub(crate) fn dev_fuse_file(ctx: *mut core::ffi::c_void) -> i32 {
     if meta == 0 || task == 0 || file == 0 {
         return 0;
     }
-    let Some(connection) = dev_fuse_connection(file, l) else {
+    let Some((connection, fud)) = dev_fuse_open(file, l) else {
         return 0;
     };
     let mut out = DevFuseFile {
@@ -207,13 +207,12 @@ pub(crate) fn dev_fuse_file(ctx: *mut core::ffi::c_void) -> i32 {
         connection,
         comm: kread(task, l.task_comm).unwrap_or_default(),
         file,
-        fud: kread(file, l.file_private_data).unwrap_or(0),
+        fud,
         fops: kread(file, l.file_f_op).unwrap_or(0),
         ..DevFuseFile::default()
     };
     if l.uring_on != 0 {
-        let ring: u64 = kread::<u64>(file, l.file_private_data)
-            .and_then(|fud| kread(fud, l.dev_chan))
+        let ring: u64 = kread::<u64>(fud, l.dev_chan)
             .and_then(|chan: u64| kread(chan, l.chan_ring))
             .unwrap_or(0);
         if ring != 0 {
