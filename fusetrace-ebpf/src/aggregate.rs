@@ -409,8 +409,11 @@ pub(crate) fn agg_end<const DIRECT: bool>(req: Option<u64>) {
         req,
         layout_field!(req_out_h) + offset_of!(FuseOutHeader, error) as u32,
     );
-    // The daemon side hooked in the kernel: the reply ending it began now.
+    // The daemon side hooked in the kernel, or its writes at the syscall:
+    // the reply ending it began when its thread's time says. Not where a
+    // daemon point stamped the reply (io_uring's commit).
     if layout_field!(agg_stages) != 0
+        && sent.replied_ns == 0
         && let Some(ts) = reply_started(error.unwrap_or(0))
     {
         sent.replied_ns = ts;

@@ -1,10 +1,20 @@
 //! When the reply that ends a request began, where the replied point is
-//! hooked in the kernel (`daemon.rs`: `fuse_dev_do_write` entered): the
-//! daemon thread's time is kept here, and the request it answers is
-//! known only when the kernel ends it, inside the same call and thread.
-//! The end hooks of both pipelines take the kept time: the event
-//! pipeline's (`request.rs`, one record with [`FLAG_REPLIED`]) and the
-//! in-kernel aggregation's (`aggregate.rs`, its replied stage).
+//! hooked in the kernel (`daemon.rs`: `fuse_dev_do_write` entered) or,
+//! for the in-kernel aggregation, at the daemon's write(2) or writev(2)
+//! on `/dev/fuse` (`syscalls.rs`): the daemon thread's time is kept here,
+//! and the request it answers is known only when the kernel ends it,
+//! inside the same call and thread. The end hooks of both pipelines take
+//! the kept time: the event pipeline's (`request.rs`, one record with
+//! [`FLAG_REPLIED`]) and the in-kernel aggregation's (`aggregate.rs`, its
+//! replied stage). At the syscall, that spares reading the reply's header
+//! from the daemon's memory and finding its request by id: the end has it.
+//!
+//! The times wait in an array indexed by thread id (`REPLY_AT`): a few
+//! inlined instructions each side, where a hash's lookup is a chain of
+//! kernel calls (~75 ns each on this project's test host, an AMD machine
+//! whose kernel returns through the SRSO "safe RET" thunk). A thread whose
+//! entry another thread's unfinished reply holds uses the LRU hash
+//! instead, which the ends search only once it was ever used.
 //!
 //! Its own module, below both the daemon side and the end hooks, so that
 //! those import it and not each other.
@@ -12,7 +22,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
 };
 use fusetrace_common::{FLAG_REPLIED, FuseEvent, KernelLayout};
 
@@ -21,14 +31,37 @@ use crate::{filter::daemon_filtered_out, maps::GATE, report::submit};
 /// `-ECONNABORTED`: what an aborted connection's requests end with.
 const ECONNABORTED: i32 = -103;
 
-/// When each daemon thread entered `fuse_dev_do_write`, until an end in
-/// that thread takes it (0: taken). An entry per daemon thread, written in
-/// place; an LRU, so that threads that exited give their entries up.
+/// Entries of [`REPLY_AT`]; a power of two.
+const REPLY_THREADS: u32 = 4096;
+
+/// A daemon thread's reply: when it began (0: taken, or none).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ReplyAt {
+    tid: u32,
+    _pad: u32,
+    ts_ns: u64,
+}
+
+/// When each daemon thread began its reply, at `tid % REPLY_THREADS`,
+/// until an end in that thread takes it.
+#[map]
+static REPLY_AT: Array<ReplyAt> = Array::with_max_entries(REPLY_THREADS, 0);
+
+/// The threads whose [`REPLY_AT`] entry another thread's unfinished reply
+/// held: an entry per such thread, written in place; an LRU, so that
+/// threads that exited give their entries up.
 #[map]
 static REPLY_STARTED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
-/// `GATE[1]` is 1 when the replied point is `replied_write_*`: only then
-/// do the end hooks look for a kept time.
+/// `[0]`: 1 once a time went to [`REPLY_STARTED`] (ends look there only
+/// then).
+#[map]
+static REPLY_OVERFLOWED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `GATE[1]` is 1 when the replied point's time is kept here: the replied
+/// point hooked in the kernel, or the in-kernel aggregation's at the
+/// syscall. Only then do the end hooks look for a kept time.
 #[inline(always)]
 fn replies_in_kernel() -> bool {
     GATE.get(1).copied() == Some(1)
@@ -43,11 +76,21 @@ pub(crate) fn reply_started(error: i32) -> Option<u64> {
         return None;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    // Taken in place (0: none): a lookup, no delete, and the thread's
-    // next write finds its entry to store into.
-    let slot = REPLY_STARTED.get_ptr_mut(&tid)?;
-    // SAFETY: a map value; only this thread writes its entry.
-    let ts = unsafe { core::ptr::replace(slot, 0) };
+    // Taken in place (0: none): no delete, and the thread's next write
+    // finds its entry to store into.
+    let entry = REPLY_AT.get_ptr_mut(tid % REPLY_THREADS)?;
+    // SAFETY: a map value; only the thread it names writes its time.
+    let ts = unsafe {
+        if (*entry).tid == tid {
+            core::ptr::replace(&raw mut (*entry).ts_ns, 0)
+        } else if REPLY_OVERFLOWED.get(0).copied() == Some(1)
+            && let Some(slot) = REPLY_STARTED.get_ptr_mut(&tid)
+        {
+            core::ptr::replace(slot, 0)
+        } else {
+            0
+        }
+    };
     (ts != 0 && error != ECONNABORTED).then_some(ts)
 }
 
@@ -70,8 +113,32 @@ pub(crate) fn on_dev_write(l: &KernelLayout) {
     if GATE.get(0).copied() != Some(1) || daemon_filtered_out(l) {
         return;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
+    keep_reply_start(bpf_get_current_pid_tgid() as u32);
+}
+
+/// Daemon thread `tid` begins a reply now: keep the time for the end it
+/// may bring.
+#[inline(always)]
+pub(crate) fn keep_reply_start(tid: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
+    let Some(entry) = REPLY_AT.get_ptr_mut(tid % REPLY_THREADS) else {
+        return;
+    };
+    // SAFETY: a map value. Two threads that share an entry and begin
+    // replies at once on two CPUs may both take it: the one whose tid is
+    // not left loses its time (its stages are counted as missing).
+    unsafe {
+        if (*entry).tid == tid || (*entry).ts_ns == 0 {
+            (*entry).tid = tid;
+            (*entry).ts_ns = now;
+            return;
+        }
+    }
+    // Another thread's reply, not yet ended (or one that ended no request).
+    if let Some(flag) = REPLY_OVERFLOWED.get_ptr_mut(0) {
+        // SAFETY: a map value; every writer stores 1.
+        unsafe { *flag = 1 };
+    }
     match REPLY_STARTED.get_ptr_mut(&tid) {
         // SAFETY: a map value; only this thread writes its entry.
         Some(slot) => unsafe { *slot = now },

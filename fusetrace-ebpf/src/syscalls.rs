@@ -2,7 +2,8 @@
 //! fentry (where `daemon.rs` hooks it in the kernel instead): `read(2)`
 //! and `readv(2)` returning on a `/dev/fuse` file carry the request's
 //! `fuse_in_header` (taken), `write(2)` and `writev(2)` entering carry the
-//! reply's `fuse_out_header` (replied). The file is recognised through the
+//! reply's `fuse_out_header` (replied; for the in-kernel aggregation only
+//! the time, which the request's end takes: `reply.rs`). The file is recognised through the
 //! current task's fd table and its inode's device number (`fuse.rs`),
 //! and only for a process that holds `/dev/fuse` (`daemons.rs`): every
 //! other one's read or write costs a lookup.
@@ -25,6 +26,7 @@ use crate::{
     fuse::{UNIQUE_IN_HEADER, fd_file, fd_file_of, fuse_fd_connection},
     maps::ID_LATE,
     memory::{kread, layout, uread},
+    reply,
     report::{bump, header_event, submit},
 };
 
@@ -165,6 +167,12 @@ pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
         }
         return 0;
     };
+    // In-kernel aggregation: the end, in this very syscall, takes the
+    // time with its request (`reply.rs`); the header is not needed.
+    if l.agg_stages != 0 {
+        reply::keep_reply_start(pid_tgid as u32);
+        return 0;
+    }
     let header_addr = if vectored {
         if count == 0 {
             return 0;
@@ -186,12 +194,6 @@ pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
         bump(counters::READ_FAULTS);
         return 0;
     };
-    if l.agg_stages != 0 {
-        aggregate::agg_daemon_point(connection, h.unique, true, pid_tgid as u32, || {
-            taken_request(file, h.unique, l)
-        });
-        return 0;
-    }
     submit(FuseEvent {
         kind: EventKind::Replied as u8,
         connection,

@@ -352,7 +352,7 @@ impl Probes {
             }
             None => None,
         };
-        open_gate(&mut ebpf, &choices)?;
+        open_gate(&mut ebpf, &choices, layout.agg_stages != 0)?;
         let waiting_at_start = still_waiting_in_read(&choices, &waiting_before);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
@@ -710,18 +710,24 @@ fn require_daemon_side(choices: &[PointChoice], side: DaemonSide) -> Result<()> 
     Ok(())
 }
 
-/// Tells the programs whether replies are seen in the kernel, then lets
-/// every point report.
-fn open_gate(ebpf: &mut Ebpf, choices: &[PointChoice]) -> Result<()> {
+/// Tells the programs whether the ends take the time their reply began
+/// (`reply.rs`), then lets every point report.
+fn open_gate(ebpf: &mut Ebpf, choices: &[PointChoice], agg_stages: bool) -> Result<()> {
     // Every point's hook is attached: open the gate, so all points
     // start reporting at once.
     let mut gate: Array<_, u32> =
         Array::try_from(ebpf.map_mut("GATE").context("GATE map missing")?)?;
-    let replies_in_kernel = choices.iter().any(|c| {
+    // Replies seen in the kernel, or at the syscall for the in-kernel
+    // aggregation: both keep the thread's time for the end.
+    let replies_kept = choices.iter().any(|c| {
         c.point == Point::Replied
-            && c.hook.as_ref().and_then(DaemonSide::of) == Some(DaemonSide::Kernel)
+            && match c.hook.as_ref().and_then(DaemonSide::of) {
+                Some(DaemonSide::Kernel) => true,
+                Some(DaemonSide::Syscalls) => agg_stages,
+                None => false,
+            }
     });
-    gate.set(1, u32::from(replies_in_kernel), 0)?;
+    gate.set(1, u32::from(replies_kept), 0)?;
     gate.set(0, 1, 0)?;
     Ok(())
 }
