@@ -354,6 +354,11 @@ pub struct KernelLayout {
     /// hooks stamp the request's slot instead of reporting events, and the
     /// end counts queue, daemon and completion as well as the total.
     pub agg_stages: u32,
+    /// The histogram cells' table (see [`CellSlot`]): CPU `c` below
+    /// `agg_table_cpus` has the `1 << agg_table_bits` slots from
+    /// `c << agg_table_bits`; other CPUs count in the hash.
+    pub agg_table_bits: u32,
+    pub agg_table_cpus: u32,
     /// `offsetof(struct fuse_dev, pq)` + `offsetof(struct fuse_pqueue,
     /// processing)`: the hash table of requests a daemon has taken.
     pub fuse_dev_processing: u32,
@@ -596,8 +601,18 @@ pub const AGG_IN_FLIGHT: u32 = 1 << AGG_IN_FLIGHT_BITS;
 /// Requests the overflow hash holds (preallocated kernel memory, ~70 bytes
 /// each).
 pub const AGG_OVERFLOW: u32 = 1 << 16;
-/// Distinct (connection, opcode, stage, bucket, error) histogram cells.
+/// Distinct (connection, opcode, stage, bucket, error) histogram cells
+/// the overflow hash (`AGG_HISTOGRAMS`) holds, for those the table has no
+/// room for (see [`CellSlot`]).
 pub const AGG_CELLS: u32 = 1 << 16;
+/// Slots of the histogram cells' table (`AGG_CELL_TABLE`, 2 MiB): each
+/// CPU has its own power-of-two region (`KernelLayout::agg_table_bits`).
+pub const AGG_TABLE_SLOTS: u32 = 1 << 16;
+/// A CPU's region is never smaller than this (log2): past the CPUs that
+/// leaves room for, cells go to the hash.
+pub const AGG_TABLE_MIN_REGION_BITS: u32 = 6;
+/// Slots a cell is looked for in, from its hash's, before the hash.
+pub const AGG_TABLE_PROBES: u32 = 8;
 /// Connections whose mounts the generation table numbers (see
 /// [`HistogramKey::generation`]).
 pub const AGG_MAX_GENERATIONS: u32 = 4096;
@@ -682,6 +697,35 @@ pub struct AggSlot {
     /// The request in the slot (0: free; [`AGG_SLOT_CLAIMED`]: being filled).
     pub req: u64,
     pub sent: AggSent,
+}
+
+/// One slot of the histogram cells' table (`AGG_CELL_TABLE`): a cell of
+/// one CPU, which alone writes it (its region of the table), so counting
+/// takes no atomics, and a cell is found by a few inlined loads instead
+/// of a hash map's chain of kernel calls. User space maps the table and
+/// sums a key's slots over the CPUs (and the hash's cell, if any).
+/// `count` 0 is a free slot: the CPU writes `key` and `sum_ns` first, then
+/// `count` (an atomic exchange, which orders the stores); user space frees
+/// a retired mount's slots by storing 0 into `count` alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CellSlot {
+    pub key: HistogramKey,
+    pub count: u64,
+    pub sum_ns: u64,
+}
+
+/// The table slot where a cell's search begins, within its CPU's region
+/// (`mask`: the region's size less one): a multiplicative hash of the
+/// key's words.
+#[inline(always)]
+pub fn cell_table_hash(key: &HistogramKey) -> u32 {
+    let a = (u64::from(key.connection) << 32) | u64::from(key.opcode);
+    let b = (u64::from(key.bucket) << 48)
+        | (u64::from(key.stage) << 40)
+        | (u64::from(key.error) << 32)
+        | u64::from(key.generation);
+    ((a ^ b.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
 }
 
 /// What a histogram cell holds, per CPU: requests counted and the sum of

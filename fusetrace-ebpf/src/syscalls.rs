@@ -157,7 +157,7 @@ pub(crate) fn on_write_enter(ctx: &TracePointContext, vectored: bool) -> u32 {
         return 0;
     };
     let [fd, arg, count] = regs.args(l);
-    let Some((file, connection)) = daemon_file(task, pid_tgid, known, fd, l) else {
+    let Some((_, connection)) = daemon_file(task, pid_tgid, known, fd, l) else {
         // A daemon writing another file (bindfs its backing files), or an
         // application that holds `/dev/fuse`.
         if l.track_app_io != 0

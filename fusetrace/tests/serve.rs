@@ -512,7 +512,7 @@ fn kernel_maps_occupancy(prom: &Prometheus) {
     assert!(map_entries(prom, "AGG_SLOTS") + map_entries(prom, "AGG_SENT") >= 1.0);
     let series = prom.value("count(fusetrace_requests_total)").unwrap();
     assert!(
-        map_entries(prom, "AGG_HISTOGRAMS") >= series,
+        map_entries(prom, "AGG_CELL_TABLE") + map_entries(prom, "AGG_HISTOGRAMS") >= series,
         "fewer cells than series"
     );
     // Mounts a, b and c were mounted while serve ran (b's number may be c's).
@@ -531,7 +531,13 @@ fn kernel_maps_capacity(prom: &Prometheus) {
         .iter()
         .filter_map(|m| Some((m["name"].as_str()?.to_string(), m["max_entries"].as_f64()?)))
         .collect();
-    for map in ["AGG_SLOTS", "AGG_SENT", "AGG_HISTOGRAMS", "AGG_GENERATIONS"] {
+    for map in [
+        "AGG_SLOTS",
+        "AGG_SENT",
+        "AGG_CELL_TABLE",
+        "AGG_HISTOGRAMS",
+        "AGG_GENERATIONS",
+    ] {
         let max = prom
             .value(&format!(
                 "fusetrace_kernel_map_max_entries{{map=\"{map}\"}}"

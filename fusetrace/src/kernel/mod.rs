@@ -7,12 +7,14 @@
 //! counters (`crate::doctor` reports what this kernel offers).
 
 pub mod btf;
+pub mod cells;
 pub mod daemons;
 pub mod decode;
 pub mod hooks;
 pub mod kallsyms;
 pub mod kfunc;
 pub mod layout;
+pub mod mapped;
 pub mod modfentry;
 pub mod privileges;
 pub mod probes;

@@ -26,6 +26,7 @@ use fusetrace_common::{
 use crate::kernel::decode::FileNames;
 use crate::kernel::{
     btf::Btf,
+    cells::{CellTables, CellsInUse, table_regions},
     daemons::DaemonMap,
     hooks::{
         AGGREGATE_HOOK_TABLE, AGGREGATE_STAGES_HOOK_TABLE, APP_WRITES_HOOKS, Attach, Backend,
@@ -160,6 +161,10 @@ impl KernelFilter {
         }
         layout.agg_connection_count = self.connections.len() as u32;
         layout.agg_stages = u32::from(self.stages || self.records || self.whole_min_ns.is_some());
+        // Possible CPUs, as the kernel numbers them (1 if unknown: the
+        // other CPUs then count in the hash).
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        (layout.agg_table_bits, layout.agg_table_cpus) = table_regions(cpus);
         if let Some(min) = self.whole_min_ns {
             layout.agg_whole = 1;
             layout.agg_min_ns = min;
@@ -212,7 +217,7 @@ pub struct Probes {
 
 /// The in-kernel aggregation's maps.
 struct AggregateMaps {
-    histograms: PerCpuHashMap<MapData, HistogramKey, CellCounts>,
+    cells: CellTables,
     generations: aya::maps::HashMap<MapData, u32, u32>,
     /// Most connections' generations (`fusetrace-ebpf/src/aggregate.rs`).
     generation_fast: Array<MapData, u64>,
@@ -230,6 +235,9 @@ impl AggregateMaps {
                 .with_context(|| format!("{name} map missing"))
         };
         let histograms = PerCpuHashMap::try_from(take("AGG_HISTOGRAMS")?)?;
+        let aya::maps::Map::Array(table) = take("AGG_CELL_TABLE")? else {
+            bail!("AGG_CELL_TABLE is not an array");
+        };
         let generations = aya::maps::HashMap::try_from(take("AGG_GENERATIONS")?)?;
         let generation_fast = Array::try_from(take("AGG_GENERATION_FAST")?)?;
         let overflow = aya::maps::HashMap::try_from(take("AGG_SENT")?)?;
@@ -238,7 +246,7 @@ impl AggregateMaps {
             bail!("AGG_SLOTS is not an array");
         };
         Ok(AggregateMaps {
-            histograms,
+            cells: CellTables::new(table, histograms)?,
             generations,
             generation_fast,
             in_flight: InFlightTables::new(slots, overflow)?,
@@ -477,19 +485,13 @@ impl Probes {
     /// In-kernel aggregation: every histogram cell with its counts summed
     /// over the CPUs (they only grow while the cell exists).
     pub fn histogram_cells(&self) -> Result<Vec<(HistogramKey, CellCounts)>> {
-        self.aggregate()?
-            .histograms
-            .iter()
-            .map(|cell| {
-                let (key, per_cpu) = cell.context("reading the kernel's latency histograms")?;
-                let mut sum = CellCounts::default();
-                for c in per_cpu.iter() {
-                    sum.count += c.count;
-                    sum.sum_ns += c.sum_ns;
-                }
-                Ok((key, sum))
-            })
-            .collect()
+        Ok(self.histogram_cells_in_use()?.0)
+    }
+
+    /// [`Self::histogram_cells`], and how full the table and the hash
+    /// that hold them are.
+    pub fn histogram_cells_in_use(&self) -> Result<(Vec<(HistogramKey, CellCounts)>, CellsInUse)> {
+        self.aggregate()?.cells.cells()
     }
 
     /// In-kernel aggregation: forgets cells (of a mount that is gone).
@@ -497,13 +499,7 @@ impl Probes {
         let Some(maps) = self.aggregate.as_mut() else {
             bail!("the probes were attached without in-kernel aggregation");
         };
-        for key in keys {
-            match maps.histograms.remove(key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).context("removing a histogram cell"),
-            }
-        }
-        Ok(())
+        maps.cells.remove(keys)
     }
 
     /// In-kernel aggregation: each connection number's mount generation

@@ -1,20 +1,13 @@
 //! The in-kernel aggregation's requests in flight, read from user space:
 //! the array of slots (`AGG_SLOTS`, 262 144 of [`AggSlot`], 10 MiB) mapped
-//! read-only, so one pass costs a few milliseconds where a lookup syscall
-//! per slot would cost most of a second; and the overflow hash
-//! (`AGG_SENT`, usually empty), iterated.
-//!
-//! Hand-rolled because aya 0.14 maps no map's values into user space; the
-//! kernel allows it for arrays created with `BPF_F_MMAPABLE`.
+//! read-only (`mapped.rs`), and the overflow hash (`AGG_SENT`, usually
+//! empty), iterated.
 
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    ptr::NonNull,
-};
-
-use anyhow::{Result, bail};
+use anyhow::Result;
 use aya::maps::{HashMap, MapData};
 use fusetrace_common::{AGG_IN_FLIGHT, AGG_SLOT_CLAIMED, AggSent, AggSlot};
+
+use super::mapped::MappedArray;
 
 /// A request in flight: its connection and when it was sent
 /// (`CLOCK_MONOTONIC` ns, as `bpf_ktime_get_ns`).
@@ -29,40 +22,15 @@ pub struct InFlight {
 
 /// The slot array mapped read-only, and the overflow hash.
 pub struct InFlightTables {
-    slots: NonNull<AggSlot>,
-    len: usize,
+    slots: MappedArray<AggSlot>,
     overflow: HashMap<MapData, u64, AggSent>,
-    _slots_map: MapData,
 }
-
-// SAFETY: the mapping is read-only shared memory owned by this value.
-unsafe impl Send for InFlightTables {}
 
 impl InFlightTables {
     pub fn new(slots: MapData, overflow: HashMap<MapData, u64, AggSent>) -> Result<Self> {
-        let len = AGG_IN_FLIGHT as usize * size_of::<AggSlot>();
-        // SAFETY: a fresh shared read-only mapping of the map's fd.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                slots.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!(
-                "mapping the kernel's in-flight table: {}",
-                std::io::Error::last_os_error()
-            );
-        }
         Ok(InFlightTables {
-            slots: NonNull::new(ptr.cast()).expect("mmap returned null"),
-            len,
+            slots: MappedArray::new(slots, AGG_IN_FLIGHT as usize, "in-flight table", false)?,
             overflow,
-            _slots_map: slots,
         })
     }
 
@@ -90,9 +58,9 @@ impl InFlightTables {
     /// request in flight and whether it is in the overflow.
     fn scan_with<T>(&self, mut f: impl FnMut(&AggSent, bool) -> T) -> Vec<T> {
         let mut out = Vec::new();
-        for i in 0..AGG_IN_FLIGHT as usize {
+        for i in 0..self.slots.len() {
+            let slot = self.slots.at(i);
             // SAFETY: within the mapping; volatile, since the kernel writes it.
-            let slot = unsafe { self.slots.as_ptr().add(i) };
             let req = unsafe { std::ptr::read_volatile(&raw const (*slot).req) };
             // Free, or being filled (its request is still in the overflow).
             if req == 0 || req == AGG_SLOT_CLAIMED {
@@ -106,12 +74,5 @@ impl InFlightTables {
             Some(f(&sent, true))
         }));
         out
-    }
-}
-
-impl Drop for InFlightTables {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.slots.as_ptr().cast(), self.len) };
     }
 }

@@ -19,8 +19,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use fusetrace_common::{
-    AGG_CELLS, AGG_IN_FLIGHT, AGG_MAX_GENERATIONS, AGG_OVERFLOW, CellCounts, HistogramKey,
-    agg_stage, bucket_bounds, latency_bucket,
+    AGG_CELLS, AGG_IN_FLIGHT, AGG_MAX_GENERATIONS, AGG_OVERFLOW, AGG_TABLE_SLOTS, CellCounts,
+    HistogramKey, agg_stage, bucket_bounds, latency_bucket,
 };
 use prometheus_client::{
     collector::Collector,
@@ -30,7 +30,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    kernel::{probes::KernelCounters, slots::InFlight},
+    kernel::{cells::CellsInUse, probes::KernelCounters, slots::InFlight},
     pipeline::{lifecycle::LatencyStage, opcode},
     serve::mounts::{MountBook, MountLabels},
 };
@@ -132,8 +132,9 @@ pub struct Snapshot {
 /// What [`Snapshot::build`] reads.
 pub struct Inputs<'a> {
     pub cells: &'a [(HistogramKey, CellCounts)],
-    /// Cells in the kernel's map, before `--op` kept some of `cells`.
-    pub cells_in_kernel: usize,
+    /// Slots and hash entries the kernel's cells take, before `--op`
+    /// kept some of `cells` (a cell has a slot per CPU that counted it).
+    pub cells_in_kernel: CellsInUse,
     pub generations: &'a HashMap<u32, u32>,
     pub in_flight: &'a [InFlight],
     /// `CLOCK_MONOTONIC` now, ns (the clock of `InFlight::sent_ns`).
@@ -201,8 +202,13 @@ impl Snapshot {
             ),
             ("AGG_SENT", overflow, AGG_OVERFLOW.into()),
             (
+                "AGG_CELL_TABLE",
+                inputs.cells_in_kernel.table as u64,
+                AGG_TABLE_SLOTS.into(),
+            ),
+            (
                 "AGG_HISTOGRAMS",
-                inputs.cells_in_kernel as u64,
+                inputs.cells_in_kernel.hash as u64,
                 AGG_CELLS.into(),
             ),
             (
@@ -348,7 +354,7 @@ impl Collector for Snapshot {
         }
         let mut m = enc.encode_descriptor(
             "fusetrace_kernel_map_entries",
-            "Entries in use in fusetrace's eBPF maps: AGG_SLOTS (requests in flight), AGG_SENT (in flight, their slot taken), AGG_HISTOGRAMS (latency cells), AGG_GENERATIONS (connection numbers seen)",
+            "Entries in use in fusetrace's eBPF maps: AGG_SLOTS (requests in flight), AGG_SENT (in flight, their slot taken), AGG_CELL_TABLE (latency cells, a slot per CPU that counted one), AGG_HISTOGRAMS (latency cells the table had no room for), AGG_GENERATIONS (connection numbers seen)",
             None,
             MetricType::Gauge,
         )?;
@@ -531,7 +537,7 @@ mod tests {
         let snap = Snapshot::build(
             Inputs {
                 cells: &cells,
-                cells_in_kernel: 5,
+                cells_in_kernel: CellsInUse { table: 4, hash: 1 },
                 generations: &HashMap::from([(39, 1)]),
                 in_flight: &in_flight,
                 now_ns: 6_000_000_000,
@@ -576,7 +582,8 @@ mod tests {
             // the kernel holds (one more than `--op` kept), one generation.
             "fusetrace_kernel_map_entries{map=\"AGG_SLOTS\"} 1".to_string(),
             "fusetrace_kernel_map_entries{map=\"AGG_SENT\"} 1".to_string(),
-            "fusetrace_kernel_map_entries{map=\"AGG_HISTOGRAMS\"} 5".to_string(),
+            "fusetrace_kernel_map_entries{map=\"AGG_CELL_TABLE\"} 4".to_string(),
+            "fusetrace_kernel_map_entries{map=\"AGG_HISTOGRAMS\"} 1".to_string(),
             "fusetrace_kernel_map_entries{map=\"AGG_GENERATIONS\"} 1".to_string(),
             "fusetrace_kernel_map_max_entries{map=\"AGG_SLOTS\"} 262144".to_string(),
             "fusetrace_kernel_map_max_entries{map=\"AGG_SENT\"} 65536".to_string(),
@@ -588,7 +595,10 @@ mod tests {
         let text = Snapshot::build(
             Inputs {
                 cells: &cells,
-                cells_in_kernel: cells.len(),
+                cells_in_kernel: CellsInUse {
+                    table: cells.len(),
+                    hash: 0,
+                },
                 generations: &HashMap::new(),
                 in_flight: &[],
                 now_ns: 0,

@@ -352,7 +352,7 @@ impl Collector {
         {
             return Ok(body.clone());
         }
-        let mut cells = probes.histogram_cells()?;
+        let (mut cells, cells_in_kernel) = probes.histogram_cells_in_use()?;
         let keys: HashSet<MountKey> = cells
             .iter()
             .map(|(k, _)| (k.connection, k.generation))
@@ -362,7 +362,6 @@ impl Collector {
             self.follow_mounts(probes, true)?;
             self.book.observe_cells(&keys, &generations, Instant::now());
         }
-        let cells_in_kernel = cells.len();
         if !self.opcodes.is_empty() {
             cells.retain(|(k, _)| self.opcodes.contains(&k.opcode));
         }
