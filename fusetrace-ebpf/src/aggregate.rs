@@ -432,7 +432,7 @@ pub(crate) fn agg_end<const DIRECT: bool>(req: Option<u64>) {
     // daemon point stamped the reply (io_uring's commit).
     if layout_field!(agg_stages) != 0
         && sent.replied_ns == 0
-        && let Some(ts) = reply_started(error.unwrap_or(0))
+        && let Some(ts) = reply_started(error.unwrap_or(0), || now)
     {
         sent.replied_ns = ts;
     }

@@ -34,19 +34,20 @@ const ECONNABORTED: i32 = -103;
 /// Entries of [`REPLY_AT`]; a power of two.
 const REPLY_THREADS: u32 = 4096;
 
-/// A daemon thread's reply: when it began (0: taken, or none).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct ReplyAt {
-    tid: u32,
-    _pad: u32,
-    ts_ns: u64,
-}
+/// A [`REPLY_AT`] entry is one word, so that two threads storing into
+/// one entry at once leave one's whole value, never one's id with the
+/// other's time: the thread id above `TS_BITS` (ids are below 2^22,
+/// `PID_MAX_LIMIT`), the time's low `TS_BITS` bits below, from which the
+/// end recovers the time (its reply began less than 2^42 ns, 73 minutes,
+/// before). 0: free.
+const TS_BITS: u32 = 42;
+const TS_MASK: u64 = (1 << TS_BITS) - 1;
 
-/// When each daemon thread began its reply, at `tid % REPLY_THREADS`,
-/// until an end in that thread takes it.
+/// When each daemon thread began its reply, at `tid % REPLY_THREADS`
+/// (`tid << TS_BITS | time's low bits`), until an end in that thread
+/// takes it.
 #[map]
-static REPLY_AT: Array<ReplyAt> = Array::with_max_entries(REPLY_THREADS, 0);
+static REPLY_AT: Array<u64> = Array::with_max_entries(REPLY_THREADS, 0);
 
 /// The threads whose [`REPLY_AT`] entry another thread's unfinished reply
 /// held: an entry per such thread, written in place; an LRU, so that
@@ -69,9 +70,10 @@ fn replies_in_kernel() -> bool {
 
 /// The time the current thread began the reply that ends a request now,
 /// taken (an end outside a daemon's reply finds none). `error` is the
-/// request's: an abort's end is not a reply.
+/// request's: an abort's end is not a reply. `now` gives the time now (the
+/// caller's, if it has one), from which a kept time is recovered.
 #[inline(always)]
-pub(crate) fn reply_started(error: i32) -> Option<u64> {
+pub(crate) fn reply_started(error: i32, now: impl FnOnce() -> u64) -> Option<u64> {
     if !replies_in_kernel() {
         return None;
     }
@@ -79,10 +81,14 @@ pub(crate) fn reply_started(error: i32) -> Option<u64> {
     // Taken in place (0: none): no delete, and the thread's next write
     // finds its entry to store into.
     let entry = REPLY_AT.get_ptr_mut(tid % REPLY_THREADS)?;
-    // SAFETY: a map value; only the thread it names writes its time.
+    // SAFETY: a map value. Another thread storing between the read and
+    // the clearing loses its time (its stages are counted as missing).
     let ts = unsafe {
-        if (*entry).tid == tid {
-            core::ptr::replace(&raw mut (*entry).ts_ns, 0)
+        let v = core::ptr::read_volatile(entry);
+        if v != 0 && v >> TS_BITS == u64::from(tid) {
+            core::ptr::write_volatile(entry, 0);
+            let now = now();
+            now - (now.wrapping_sub(v) & TS_MASK)
         } else if REPLY_OVERFLOWED.get(0).copied() == Some(1)
             && let Some(slot) = REPLY_STARTED.get_ptr_mut(&tid)
         {
@@ -99,7 +105,8 @@ pub(crate) fn reply_started(error: i32) -> Option<u64> {
 /// (`FLAG_REPLIED`; one record, not a reply's and an end's).
 #[inline(always)]
 pub(crate) fn submit_end(mut end: FuseEvent) {
-    if let Some(ts) = reply_started(end.error) {
+    // SAFETY (the closure): a helper without arguments.
+    if let Some(ts) = reply_started(end.error, || unsafe { bpf_ktime_get_ns() }) {
         end.aux_ns = ts;
         end.flags |= FLAG_REPLIED;
     }
@@ -125,12 +132,12 @@ pub(crate) fn keep_reply_start(tid: u32) {
         return;
     };
     // SAFETY: a map value. Two threads that share an entry and begin
-    // replies at once on two CPUs may both take it: the one whose tid is
-    // not left loses its time (its stages are counted as missing).
+    // replies at once on two CPUs may both take it: the one whose value
+    // is not left loses its time (its stages are counted as missing).
     unsafe {
-        if (*entry).tid == tid || (*entry).ts_ns == 0 {
-            (*entry).tid = tid;
-            (*entry).ts_ns = now;
+        let v = core::ptr::read_volatile(entry);
+        if v == 0 || v >> TS_BITS == u64::from(tid) {
+            core::ptr::write_volatile(entry, (u64::from(tid) << TS_BITS) | (now & TS_MASK));
             return;
         }
     }
