@@ -462,7 +462,9 @@ pub(crate) fn agg_end<const DIRECT: bool>(req: Option<u64>) {
         error: if errno > 255 { 255 } else { errno as u8 },
         generation,
     };
-    if !count(&key, latency) {
+    // This CPU's region of the cell table, once for the end's cells.
+    let region = table_region();
+    if !count(&key, latency, region) {
         return;
     }
     bump(counters::AGG_ENDED);
@@ -483,7 +485,7 @@ pub(crate) fn agg_end<const DIRECT: bool>(req: Option<u64>) {
                 stage,
                 ..key
             };
-            count(&key, to - from);
+            count(&key, to - from, region);
         }
     }
 }
@@ -521,8 +523,10 @@ fn submit_whole<const DIRECT: bool>(req: u64, sent: &Sent, now: u64, error: i32)
 /// Adds one request of `ns` to a histogram cell: in this CPU's region of
 /// the table, else the hash; false (counted) when both are full.
 #[inline(always)]
-fn count(key: &HistogramKey, ns: u64) -> bool {
-    if count_in_table(key, ns) {
+fn count(key: &HistogramKey, ns: u64, region: Option<(u32, u32)>) -> bool {
+    if let Some(region) = region
+        && count_in_table(key, ns, region)
+    {
         return true;
     }
     match AGG_HISTOGRAMS.get_ptr_mut(key) {
@@ -621,21 +625,26 @@ pub fn agg_daemon_point(
     }
 }
 
-/// Adds one request of `ns` to `key`'s cell in this CPU's region of
-/// `AGG_CELL_TABLE`, taking a free slot for a new cell: false when the
-/// CPU has no region or `AGG_TABLE_PROBES` slots from the key's hash are
-/// other cells'. A key may hold two slots of a region (user space freed
-/// one before the other): user space adds them up.
+/// This CPU's region of `AGG_CELL_TABLE`: its first slot and its size
+/// less one; `None` for a CPU past the regions.
 #[inline(always)]
-fn count_in_table(key: &HistogramKey, ns: u64) -> bool {
+fn table_region() -> Option<(u32, u32)> {
     // SAFETY: a helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     if cpu >= layout_field!(agg_table_cpus) {
-        return false;
+        return None;
     }
     let bits = layout_field!(agg_table_bits) & 31;
-    let mask = (1u32 << bits).wrapping_sub(1);
-    let base = cpu << bits;
+    Some((cpu << bits, (1u32 << bits).wrapping_sub(1)))
+}
+
+/// Adds one request of `ns` to `key`'s cell in this CPU's region of
+/// `AGG_CELL_TABLE` (`table_region`), taking a free slot for a new cell:
+/// false when `AGG_TABLE_PROBES` slots from the key's hash are other
+/// cells'. A key may hold two slots of a region (user space freed one
+/// before the other): user space adds them up.
+#[inline(always)]
+fn count_in_table(key: &HistogramKey, ns: u64, (base, mask): (u32, u32)) -> bool {
     let start = cell_table_hash(key);
     for i in 0..AGG_TABLE_PROBES {
         let Some(slot) = AGG_CELL_TABLE.get_ptr_mut(base | (start.wrapping_add(i) & mask)) else {
