@@ -715,9 +715,13 @@ pub struct CellSlot {
     pub sum_ns: u64,
 }
 
-/// The table slot where a cell's search begins, within its CPU's region
-/// (`mask`: the region's size less one): a multiplicative hash of the
-/// key's words.
+// The sizes the docs give (`AGG_CELL_TABLE` 2 MiB, `AGG_SLOTS` 18 MiB).
+const _: () = assert!(core::mem::size_of::<CellSlot>() == 32);
+const _: () = assert!(core::mem::size_of::<AggSlot>() == 72);
+
+/// Where a cell's search begins in its CPU's region of the table (the
+/// kernel keeps the bits its region's size allows): a multiplicative hash
+/// of the key's words.
 #[inline(always)]
 pub fn cell_table_hash(key: &HistogramKey) -> u32 {
     let a = (u64::from(key.connection) << 32) | u64::from(key.opcode);

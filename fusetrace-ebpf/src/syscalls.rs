@@ -3,10 +3,10 @@
 //! and `readv(2)` returning on a `/dev/fuse` file carry the request's
 //! `fuse_in_header` (taken), `write(2)` and `writev(2)` entering carry the
 //! reply's `fuse_out_header` (replied; for the in-kernel aggregation only
-//! the time, which the request's end takes: `reply.rs`). The file is recognised through the
-//! current task's fd table and its inode's device number (`fuse.rs`),
-//! and only for a process that holds `/dev/fuse` (`daemons.rs`): every
-//! other one's read or write costs a lookup.
+//! the time, which the request's end takes: `reply.rs`). The file is
+//! recognised through the current task's fd table and its inode's device
+//! number (`fuse.rs`), and only for a process that holds `/dev/fuse`
+//! (`daemons.rs`): every other one's read or write costs a lookup.
 //! `splice(2)` transfers are counted, not decoded.
 //!
 //! A write that is no daemon's reply may be an application's write to a

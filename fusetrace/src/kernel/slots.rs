@@ -1,5 +1,5 @@
 //! The in-kernel aggregation's requests in flight, read from user space:
-//! the array of slots (`AGG_SLOTS`, 262 144 of [`AggSlot`], 10 MiB) mapped
+//! the array of slots (`AGG_SLOTS`, 262 144 of [`AggSlot`], 18 MiB) mapped
 //! read-only (`mapped.rs`), and the overflow hash (`AGG_SENT`, usually
 //! empty), iterated.
 
