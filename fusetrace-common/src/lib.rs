@@ -685,19 +685,9 @@ pub struct AggSent {
     pub _pad: u32,
 }
 
-/// `AggSlot::req` while a take moves a request into the slot: claimed,
-/// not yet filled (no `struct fuse_req *` is 1).
+/// An `AGG_SLOTS` entry while a take moves a request into its slot:
+/// claimed, not yet filled (no `struct fuse_req *` is 1).
 pub const AGG_SLOT_CLAIMED: u64 = 1;
-
-/// One slot of the in-flight array: `req` (the `struct fuse_req *`) 0 is
-/// a free slot; written last by the send, cleared first by the end.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AggSlot {
-    /// The request in the slot (0: free; [`AGG_SLOT_CLAIMED`]: being filled).
-    pub req: u64,
-    pub sent: AggSent,
-}
 
 /// One slot of the histogram cells' table (`AGG_CELL_TABLE`): a cell of
 /// one CPU, which alone writes it (its region of the table), so counting
@@ -715,9 +705,10 @@ pub struct CellSlot {
     pub sum_ns: u64,
 }
 
-// The sizes the docs give (`AGG_CELL_TABLE` 2 MiB, `AGG_SLOTS` 18 MiB).
+// The sizes the docs give (`AGG_CELL_TABLE` 2 MiB; `AGG_SLOT_SENT` 16 MiB,
+// a cache line a request).
 const _: () = assert!(core::mem::size_of::<CellSlot>() == 32);
-const _: () = assert!(core::mem::size_of::<AggSlot>() == 72);
+const _: () = assert!(core::mem::size_of::<AggSent>() == 64);
 
 /// Where a cell's search begins in its CPU's region of the table (the
 /// kernel keeps the bits its region's size allows): a multiplicative hash

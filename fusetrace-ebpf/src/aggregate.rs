@@ -2,11 +2,15 @@
 //! (connection, opcode) counted where the request ends, so a request costs
 //! two small programs and no ring buffer record, wakeup or user-space work.
 //!
-//! The send time waits in a slot of `AGG_SLOTS` chosen by the request's
-//! id (`unique`, sequential per connection, mixed with the connection), so
-//! one connection's requests in flight take distinct slots; a request whose
+//! The send time waits in a slot chosen by the request's id (`unique`,
+//! sequential per connection, mixed with the connection), so one
+//! connection's requests in flight take distinct slots; a request whose
 //! slot is taken waits in the `AGG_SENT` hash (keyed by `struct fuse_req *`)
-//! instead. The end finds it by its `struct fuse_req *` and bumps one
+//! instead. A slot is two entries of two arrays: `AGG_SLOTS` the request
+//! it holds (one word), `AGG_SLOT_SENT` what its send kept (a cache line):
+//! a scan from user space (`top`'s frames, `serve`'s scrapes) reads 2 MiB
+//! of words to find the few slots in use, instead of 18 MiB of slots.
+//! The end finds it by its `struct fuse_req *` and bumps one
 //! histogram cell (four with `--stages`). Array slots cost no hashing,
 //! locking or allocation, which is most of what a hash update and delete
 //! cost per request.
@@ -33,7 +37,7 @@ use aya_ebpf::{
 use fusetrace_common::{
     AGG_CELLS, AGG_GENERATION_SLOTS, AGG_IN_FLIGHT, AGG_IN_FLIGHT_BITS, AGG_MAX_COMMS,
     AGG_MAX_GENERATIONS, AGG_OVERFLOW, AGG_SLOT_CLAIMED, AGG_TABLE_PROBES, AGG_TABLE_SLOTS,
-    AggSent, AggSlot, CellCounts, CellSlot, EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FUSE_INIT,
+    AggSent, CellCounts, CellSlot, EventKind, FLAG_BACKGROUND, FLAG_HAS_HEADER, FUSE_INIT,
     FuseEvent, FuseInHeader, FuseOutHeader, HistogramKey, agg_stage, cell_table_hash, counters,
     latency_bucket,
 };
@@ -51,11 +55,17 @@ use crate::{
 /// `BPF_F_MMAPABLE`: user space maps the array to read it in one pass.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// Requests in flight, one per slot (`slot_of`); `req` 0 is a free slot.
-/// Mappable: `fusetrace serve` scans it for the requests in flight per
-/// mount and the oldest one's age, without a syscall per slot.
+/// Requests in flight, one per slot (`slot_of`): the `struct fuse_req *`
+/// the slot holds (0: free; [`AGG_SLOT_CLAIMED`]: being filled). Written
+/// last by the send, cleared first by the end. Mappable: `top` and `serve`
+/// scan it for the slots in use without a syscall per slot.
 #[map]
-static AGG_SLOTS: Array<Slot> = Array::with_max_entries(AGG_IN_FLIGHT, BPF_F_MMAPABLE);
+static AGG_SLOTS: Array<u64> = Array::with_max_entries(AGG_IN_FLIGHT, BPF_F_MMAPABLE);
+
+/// What the send of the request in the same `AGG_SLOTS` entry kept, and
+/// the daemon's points stamped since. Mappable: read where a slot is in use.
+#[map]
+static AGG_SLOT_SENT: Array<Sent> = Array::with_max_entries(AGG_IN_FLIGHT, BPF_F_MMAPABLE);
 
 /// `top`: requests whose total is at least this (ns) are sent whole to
 /// the ring buffer besides being counted (`agg_records`); user space moves
@@ -81,7 +91,13 @@ static AGG_GENERATION_FAST: Array<u64> = Array::with_max_entries(AGG_GENERATION_
 static AGG_SENT: HashMap<u64, Sent> = HashMap::with_max_entries(AGG_OVERFLOW, 0);
 
 type Sent = AggSent;
-type Slot = AggSlot;
+
+/// Slot `i`: its request word and its send's record (`None` past the
+/// arrays, which the index never is).
+#[inline(always)]
+fn slot(i: u32) -> Option<(*mut u64, *mut Sent)> {
+    Some((AGG_SLOTS.get_ptr_mut(i)?, AGG_SLOT_SENT.get_ptr_mut(i)?))
+}
 
 /// The slot of request `req` of `connection`: ids step by two, and the
 /// connection's Fibonacci hash moves each connection's run of ids to its
@@ -274,18 +290,18 @@ pub(crate) fn agg_send<const DIRECT: bool>(req: Option<u64>) {
     };
     if unique == 0 {
         bump(counters::SENT_BEFORE_ID);
-    } else if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique, connection)) {
+    } else if let Some((held, kept)) = slot(slot_of(unique, connection)) {
         // Claimed with a compare-and-swap: two requests sent at once on
         // two CPUs may hash to one free slot, and a plain check-then-write
         // let the second overwrite the first, whose end then found nothing
         // (seen under the VM guests' emulation). The claimant's end cannot
         // come before its `sent` is written: the request is queued for the
         // daemon only after this program returns.
-        // SAFETY: a map value, `req` aligned; only the end of the request
+        // SAFETY: map values, `req` aligned; only the end of the request
         // stored here frees it again.
         unsafe {
-            if claim(slot, req) {
-                (*slot).sent = sent;
+            if claim(held, req) {
+                *kept = sent;
                 bump(counters::AGG_STARTED);
                 return;
             }
@@ -303,16 +319,12 @@ pub(crate) fn agg_send<const DIRECT: bool>(req: Option<u64>) {
 /// without CAS); the intrinsic is BPF_CMPXCHG (Linux 5.12+).
 ///
 /// # Safety
-/// `slot` is a value of `AGG_SLOTS`.
+/// `held` is a value of `AGG_SLOTS`.
 #[inline(always)]
-unsafe fn claim(slot: *mut AggSlot, req: u64) -> bool {
+unsafe fn claim(held: *mut u64, req: u64) -> bool {
     // SAFETY: a map value, `req` aligned.
     let (_, claimed) = unsafe {
-        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-            &raw mut (*slot).req,
-            0,
-            req,
-        )
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(held, 0, req)
     };
     claimed
 }
@@ -382,12 +394,12 @@ fn generation_of(connection: u32) -> u32 {
 /// Where the send of `req` waited, emptied.
 #[inline(always)]
 fn take_sent<const DIRECT: bool>(req: u64, connection: u32) -> Option<Sent> {
-    if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique_of::<DIRECT>(req), connection)) {
-        // SAFETY: a map value; see `agg_send`.
+    if let Some((held, kept)) = slot(slot_of(unique_of::<DIRECT>(req), connection)) {
+        // SAFETY: map values; see `agg_send`.
         unsafe {
-            if (*slot).req == req {
-                let sent = (*slot).sent;
-                (*slot).req = 0;
+            if *held == req {
+                let sent = *kept;
+                *held = 0;
                 return Some(sent);
             }
         }
@@ -584,16 +596,16 @@ pub fn agg_daemon_point(
             }
         }
     };
-    if let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique, connection)) {
-        // SAFETY: a map value; see `agg_send`. The id the send kept (a
+    if let Some((held, kept)) = slot(slot_of(unique, connection)) {
+        // SAFETY: map values; see `agg_send`. The id the send kept (a
         // request's id does not change once assigned) and the connection
         // tell its request apart from another in the slot.
-        let req = unsafe { (*slot).req };
+        let req = unsafe { *held };
         if req != 0
-            && unsafe { (*slot).sent.unique } == unique
-            && unsafe { (*slot).sent.connection } == connection
+            && unsafe { (*kept).unique } == unique
+            && unsafe { (*kept).connection } == connection
         {
-            stamp(unsafe { &mut (*slot).sent });
+            stamp(kept);
             return;
         }
     }
@@ -609,15 +621,15 @@ pub fn agg_daemon_point(
         // meanwhile on another CPU (an io_uring daemon can answer as soon
         // as the completion is posted): it then finds the request in the
         // hash, and the slot is given back.
-        if !replied && let Some(slot) = AGG_SLOTS.get_ptr_mut(slot_of(unique, connection)) {
+        if !replied && let Some((held, kept)) = slot(slot_of(unique, connection)) {
             // SAFETY: map values, `req` aligned.
             unsafe {
-                if claim(slot, AGG_SLOT_CLAIMED) {
-                    (*slot).sent = *sent;
-                    core::ptr::write_volatile(&raw mut (*slot).req, req);
+                if claim(held, AGG_SLOT_CLAIMED) {
+                    *kept = *sent;
+                    core::ptr::write_volatile(held, req);
                     if AGG_SENT.remove(&req).is_err() {
                         // Ended meanwhile, from the hash.
-                        core::ptr::write_volatile(&raw mut (*slot).req, 0);
+                        core::ptr::write_volatile(held, 0);
                     }
                 }
             }

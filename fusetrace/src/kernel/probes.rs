@@ -242,14 +242,17 @@ impl AggregateMaps {
         let generation_fast = Array::try_from(take("AGG_GENERATION_FAST")?)?;
         let overflow = aya::maps::HashMap::try_from(take("AGG_SENT")?)?;
         let record_min = Array::try_from(take("AGG_RECORD_MIN")?)?;
-        let aya::maps::Map::Array(slots) = take("AGG_SLOTS")? else {
+        let aya::maps::Map::Array(held) = take("AGG_SLOTS")? else {
             bail!("AGG_SLOTS is not an array");
+        };
+        let aya::maps::Map::Array(kept) = take("AGG_SLOT_SENT")? else {
+            bail!("AGG_SLOT_SENT is not an array");
         };
         Ok(AggregateMaps {
             cells: CellTables::new(table, histograms)?,
             generations,
             generation_fast,
-            in_flight: InFlightTables::new(slots, overflow)?,
+            in_flight: InFlightTables::new(held, kept, overflow)?,
             record_min,
         })
     }
