@@ -7,6 +7,8 @@ pub(crate) struct Bench {
     pub(crate) script: PathBuf,
     /// The four-point script (per-stage latency).
     pub(crate) stages_script: PathBuf,
+    /// The syscall tracepoints' floor (`Variant::SyscallFloor`).
+    pub(crate) floor_script: PathBuf,
     pub(crate) has_top: bool,
     /// `stats --stages` exists (then plain `stats` counts in the kernel).
     pub(crate) has_stages: bool,
@@ -41,6 +43,7 @@ impl Bench {
             fusetrace,
             script: root().join("xtask/bench/fuse-latency.bt"),
             stages_script: root().join("xtask/bench/fuse-stages.bt"),
+            floor_script: root().join("xtask/bench/syscall-floor.bt"),
             has_top: help.contains("--headless"),
             has_stages: stats_help.contains("--stages"),
             has_from_events: stats_help.contains("--from-events"),
@@ -71,6 +74,7 @@ impl Bench {
         v.push(Variant::Diagnose);
         v.push(Variant::Bpftrace);
         v.push(Variant::Bpftrace4);
+        v.push(Variant::SyscallFloor);
         v
     }
 

@@ -91,7 +91,7 @@ pub struct BenchArgs {
     no_kernel_cost: bool,
     /// Only these variants in the workload rounds, comma-separated (default:
     /// all; untraced is the baseline, keep it).
-    #[arg(long, value_delimiter = ',', value_parser = ["untraced", "stats", "stages", "from-events", "trace", "trace-no-paths", "top", "serve", "diagnose", "bpftrace", "bpftrace4"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["untraced", "stats", "stages", "from-events", "trace", "trace-no-paths", "top", "serve", "diagnose", "bpftrace", "bpftrace4", "syscall-floor"])]
     variants: Vec<String>,
     /// Mounts for the `fusetrace serve` scrape-cost measurement (CPU per
     /// scrape with that many loaded mounts); 0 skips it.

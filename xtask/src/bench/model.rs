@@ -96,6 +96,10 @@ pub(crate) enum Variant {
     /// The four-point script (`xtask/bench/fuse-stages.bt`): per-stage
     /// latency from the tracepoints and the daemon's syscalls.
     Bpftrace4,
+    /// `xtask/bench/syscall-floor.bt`: the four syscall tracepoints with
+    /// programs that return at once, the floor under any tracer that
+    /// observes the daemon at its syscalls.
+    SyscallFloor,
 }
 
 impl Variant {
@@ -113,6 +117,7 @@ impl Variant {
             Variant::Diagnose => "diagnose",
             Variant::Bpftrace => "bpftrace",
             Variant::Bpftrace4 => "bpftrace4",
+            Variant::SyscallFloor => "syscall-floor",
         }
     }
 
@@ -129,6 +134,7 @@ impl Variant {
             Variant::Diagnose => "fusetrace diagnose",
             Variant::Bpftrace => "bpftrace script",
             Variant::Bpftrace4 => "bpftrace four-point script",
+            Variant::SyscallFloor => "bpftrace, syscall probes empty",
         }
     }
 }

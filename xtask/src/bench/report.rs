@@ -112,6 +112,16 @@ pub(crate) fn render_workload(
         if let Some(four) = overhead(Variant::Bpftrace4) {
             let _ = write!(out, ", four-point bpftrace {:.1}%", four * 100.0);
         }
+        if let Some(floor) = overhead(Variant::SyscallFloor) {
+            // What four points at syscalls can reach at best: the two
+            // points' cost and the syscall probes' alone, compounded.
+            let _ = write!(
+                out,
+                ", syscall probes empty {:.1}% (four points at syscalls: at best {:.3} of untraced)",
+                floor * 100.0,
+                (1.0 - stats) * (1.0 - floor)
+            );
+        }
         out.push('\n');
     }
     out

@@ -87,12 +87,18 @@ impl Tracer {
                     .arg(mount.daemon_pid.to_string())
                     .stdout(Stdio::piped());
             }
+            Variant::SyscallFloor => {
+                cmd = Command::new("bpftrace");
+                cmd.arg(&bench.floor_script).stdout(Stdio::piped());
+            }
         }
         let ready = match variant {
             // The scripts' BEGIN line: "Attaching N probes..." comes before
             // the probes are, and a load started then fills the start map
             // with sends whose ends were never seen.
-            Variant::Bpftrace | Variant::Bpftrace4 => "Tracing FUSE requests",
+            Variant::Bpftrace | Variant::Bpftrace4 | Variant::SyscallFloor => {
+                "Tracing FUSE requests"
+            }
             Variant::Serve => "fusetrace: serving",
             Variant::Diagnose => "tracing for diagnosis (",
             _ => "tracing (",
