@@ -114,5 +114,5 @@ fn on_taken_request(req: u64, l: &KernelLayout) {
         }
         return;
     }
-    on_request(EventKind::Taken, Some(req), l, 0);
+    on_request::<false>(EventKind::Taken, Some(req), l, 0);
 }

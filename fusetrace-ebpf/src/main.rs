@@ -71,7 +71,7 @@ pub fn sent_btf(ctx: BtfTracePointContext) -> i32 {
     let req: u64 = ctx.arg(0);
     let l = layout();
     // Joins the caller's submission when kprobe/fentry call hooks run too.
-    on_sent(Some(req), &l);
+    on_sent::<true>(Some(req), &l);
     0
 }
 
@@ -106,14 +106,14 @@ pub fn submitted_bg_kp(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn sent_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
-    on_sent(kprobe_arg(&ctx, &l, l.arg_sent), &l);
+    on_sent::<false>(kprobe_arg(&ctx, &l, l.arg_sent), &l);
     0
 }
 
 #[kprobe]
 pub fn ended_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
-    on_request(EventKind::Ended, kprobe_arg(&ctx, &l, l.arg_ended), &l, 0);
+    on_request::<false>(EventKind::Ended, kprobe_arg(&ctx, &l, l.arg_ended), &l, 0);
     0
 }
 
@@ -121,7 +121,7 @@ pub fn ended_kp(ctx: ProbeContext) -> u32 {
 pub fn virtq_kp(ctx: ProbeContext) -> u32 {
     let l = layout();
     let req = kprobe_arg(&ctx, &l, l.arg_virtq);
-    on_request(EventKind::Virtq, req, &l, 0);
+    on_request::<false>(EventKind::Virtq, req, &l, 0);
     0
 }
 
@@ -158,14 +158,14 @@ pub fn submitted_bg_fe(ctx: FEntryContext) -> u32 {
 #[fentry]
 pub fn sent_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
-    on_sent(fentry_arg(&ctx, l.arg_sent), &l);
+    on_sent::<false>(fentry_arg(&ctx, l.arg_sent), &l);
     0
 }
 
 #[fentry]
 pub fn ended_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
-    on_request(EventKind::Ended, fentry_arg(&ctx, l.arg_ended), &l, 0);
+    on_request::<false>(EventKind::Ended, fentry_arg(&ctx, l.arg_ended), &l, 0);
     0
 }
 
@@ -173,7 +173,7 @@ pub fn ended_fe(ctx: FEntryContext) -> u32 {
 pub fn virtq_fe(ctx: FEntryContext) -> u32 {
     let l = layout();
     let req = fentry_arg(&ctx, l.arg_virtq);
-    on_request(EventKind::Virtq, req, &l, 0);
+    on_request::<false>(EventKind::Virtq, req, &l, 0);
     0
 }
 

@@ -27,8 +27,11 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// request sent while the end hook was not yet attached would otherwise
 /// look in flight forever. `[1]`: 1 when the replied point is hooked in the
 /// kernel (`daemon.rs`), whose time the end hooks then take (`reply.rs`).
+/// `[2]`: 1 when the submission point is hooked (kprobe/fentry), whose
+/// times the sends then look up (`request.rs`); else a send skips the
+/// lookup.
 #[map]
-pub(crate) static GATE: Array<u32> = Array::with_max_entries(2, 0);
+pub(crate) static GATE: Array<u32> = Array::with_max_entries(3, 0);
 
 /// 1 once a send was seen before its request id was assigned (kernels 6.11
 /// to 6.15): from then on the daemon's takes look their request up in the

@@ -7,6 +7,14 @@
 //! A send also carries the request's names (`names.rs`) and READ/WRITE
 //! arguments (`diagnose.rs`); an end, the time its reply began where the
 //! replied point is in the kernel (`reply.rs`).
+//!
+//! `DIRECT` (the `tp_btf` hooks): the request's header, flags, connection
+//! and reply header are plain loads through the typed pointer the
+//! tracepoint gives, as the in-kernel aggregation reads them, instead of
+//! a `bpf_probe_read_kernel` call each: eleven calls a request fewer on a
+//! kernel whose every call and return is dear (see `aggregate.rs`).
+
+use core::mem::offset_of;
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap, programs::TracePointContext,
@@ -20,7 +28,7 @@ use crate::{
     args::tp_field,
     daemons, diagnose,
     maps::{GATE, ID_LATE},
-    memory::{kread, layout},
+    memory::{kread, layout, load},
     names,
     reply::submit_end,
     report::{bump, header_event, submit},
@@ -33,18 +41,45 @@ static SUBMITTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Reads what a `struct fuse_req *` says about itself.
 #[inline(always)]
-fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEvent> {
-    let h: FuseInHeader = kread(req, l.req_in_h)?;
-    let flags: u64 = kread(req, l.req_flags)?;
-    let chan: u64 = kread(req, l.req_chan)?;
-    let fc: u64 = kread(chan, l.chan_conn)?;
-    let connection: u32 = kread(fc, l.conn_dev)?;
+fn request_event<const DIRECT: bool>(
+    kind: EventKind,
+    req: u64,
+    l: &KernelLayout,
+) -> Option<FuseEvent> {
+    let h: FuseInHeader = if DIRECT {
+        // Field by field: each load is checked against its member's type.
+        let field = |offset: usize| l.req_in_h + offset as u32;
+        FuseInHeader {
+            len: load::<u32, true>(req, field(offset_of!(FuseInHeader, len)))?,
+            opcode: load::<u32, true>(req, field(offset_of!(FuseInHeader, opcode)))?,
+            unique: load::<u64, true>(req, field(offset_of!(FuseInHeader, unique)))?,
+            nodeid: load::<u64, true>(req, field(offset_of!(FuseInHeader, nodeid)))?,
+            uid: load::<u32, true>(req, field(offset_of!(FuseInHeader, uid)))?,
+            pid: load::<u32, true>(req, field(offset_of!(FuseInHeader, pid)))?,
+            ..FuseInHeader::default()
+        }
+    } else {
+        kread(req, l.req_in_h)?
+    };
+    let flags: u64 = load::<_, DIRECT>(req, l.req_flags)?;
+    let chan: u64 = load::<_, DIRECT>(req, l.req_chan)?;
+    let fc: u64 = load::<_, DIRECT>(chan, l.chan_conn)?;
+    let connection: u32 = load::<_, DIRECT>(fc, l.conn_dev)?;
     let mut ev = header_event(kind, connection, req, &h);
     if flags & (1u64 << (l.fr_background_bit & 63)) != 0 {
         ev.flags |= FLAG_BACKGROUND;
     }
     if kind == EventKind::Ended {
-        let out: FuseOutHeader = kread(req, l.req_out_h)?;
+        let out: FuseOutHeader = if DIRECT {
+            let field = |offset: usize| l.req_out_h + offset as u32;
+            FuseOutHeader {
+                len: load::<u32, true>(req, field(offset_of!(FuseOutHeader, len)))?,
+                error: load::<i32, true>(req, field(offset_of!(FuseOutHeader, error)))?,
+                ..FuseOutHeader::default()
+            }
+        } else {
+            kread(req, l.req_out_h)?
+        };
         ev.error = out.error;
         ev.len = out.len;
     }
@@ -55,7 +90,7 @@ fn request_event(kind: EventKind, req: u64, l: &KernelLayout) -> Option<FuseEven
 /// `fuse_request_end` (`tp_btf`): the request ends.
 #[inline(always)]
 pub(crate) fn on_ended(req: u64, l: &KernelLayout) {
-    match request_event(EventKind::Ended, req, l) {
+    match request_event::<true>(EventKind::Ended, req, l) {
         Some(ev) => submit_end(ev),
         None => bump(counters::READ_FAULTS),
     }
@@ -70,8 +105,13 @@ pub(crate) fn on_submitted(args: Option<u64>) {
 }
 
 #[inline(always)]
-pub(crate) fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, aux_ns: u64) {
-    match req.and_then(|req| request_event(kind, req, l)) {
+pub(crate) fn on_request<const DIRECT: bool>(
+    kind: EventKind,
+    req: Option<u64>,
+    l: &KernelLayout,
+    aux_ns: u64,
+) {
+    match req.and_then(|req| request_event::<DIRECT>(kind, req, l)) {
         Some(mut ev) => {
             ev.aux_ns = aux_ns;
             if kind == EventKind::Sent {
@@ -94,18 +134,20 @@ pub(crate) fn on_request(kind: EventKind, req: Option<u64>, l: &KernelLayout, au
 }
 
 /// The request is queued for the daemon (or the virtqueue): joins the
-/// submission that created it.
+/// submission that created it, where the submissions are hooked.
 #[inline(always)]
-pub(crate) fn on_sent(req: Option<u64>, l: &KernelLayout) {
+pub(crate) fn on_sent<const DIRECT: bool>(req: Option<u64>, l: &KernelLayout) {
     let mut submitted = 0;
-    if let Some(args) = req.and_then(|r| kread::<u64>(r, l.req_args)) {
+    if GATE.get(2).copied() == Some(1)
+        && let Some(args) = req.and_then(|r| kread::<u64>(r, l.req_args))
+    {
         // SAFETY: the value is copied out before the entry is removed.
         if let Some(ts) = unsafe { SUBMITTED.get(&args) } {
             submitted = *ts;
             let _ = SUBMITTED.remove(&args);
         }
     }
-    on_request(EventKind::Sent, req, l, submitted);
+    on_request::<DIRECT>(EventKind::Sent, req, l, submitted);
 }
 
 /// Counts a send whose request id is not assigned yet, and turns on the

@@ -28,5 +28,5 @@ pub(crate) fn on_device_done(req: Option<u64>, fsvq: Option<u64>, l: &KernelLayo
         // SAFETY: plain copy of the map value.
         .and_then(|vq| unsafe { VQ_DONE.get(&vq) }.copied())
         .unwrap_or(0);
-    on_request(EventKind::DeviceDone, req, l, irq);
+    on_request::<false>(EventKind::DeviceDone, req, l, irq);
 }

@@ -710,7 +710,8 @@ fn require_daemon_side(choices: &[PointChoice], side: DaemonSide) -> Result<()> 
 }
 
 /// Tells the programs whether the ends take the time their reply began
-/// (`reply.rs`), then lets every point report.
+/// (`reply.rs`) and whether the sends have submissions to join
+/// (`request.rs`), then lets every point report.
 fn open_gate(ebpf: &mut Ebpf, choices: &[PointChoice], agg_stages: bool) -> Result<()> {
     // Every point's hook is attached: open the gate, so all points
     // start reporting at once.
@@ -727,6 +728,11 @@ fn open_gate(ebpf: &mut Ebpf, choices: &[PointChoice], agg_stages: bool) -> Resu
             }
     });
     gate.set(1, u32::from(replies_kept), 0)?;
+    // Submissions hooked: the sends look their time up.
+    let submissions = choices
+        .iter()
+        .any(|c| c.point == Point::Submitted && c.hook.is_some());
+    gate.set(2, u32::from(submissions), 0)?;
     gate.set(0, 1, 0)?;
     Ok(())
 }
