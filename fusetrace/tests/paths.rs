@@ -65,7 +65,7 @@ fn paths_in_trace_json_and_a_recording(skipped: &Cell<u64>) {
 
     let at = |p: &str| mnt.path().join(p);
     // `top`'s per-file view runs alongside; its last frame is checked below.
-    let frame = top_frame("files", &m, || {
+    let (frame, top_skipped) = top_frame_and_skips("files", &m, || {
         assert_eq!(fs::read(at("a/b/file.txt")).unwrap(), b"nested\n");
         assert_eq!(fs::read(at("new\nline")).unwrap(), b"newline\n");
         assert_eq!(fs::read(mnt.path().join(bad)).unwrap(), b"not utf-8\n");
@@ -86,7 +86,8 @@ fn paths_in_trace_json_and_a_recording(skipped: &Cell<u64>) {
         [&json, &text, &recorded]
             .map(|t| skipped_runs(&t.summary))
             .iter()
-            .sum(),
+            .sum::<u64>()
+            + top_skipped,
     );
     let ours = json.on(conn);
     assert_nothing_lost(&json.summary);

@@ -430,6 +430,14 @@ impl Drop for MountGuard {
 
 /// `top --headless --view V` while `work` runs, then its last frame.
 pub fn top_frame(view: &str, mount: &str, work: impl FnOnce()) -> String {
+    top_frame_and_skips(view, mount, work).0
+}
+
+/// [`top_frame`], and the runs of top's programs the kernel skipped (as
+/// its closing summary on stderr says; see [`skipped_runs`]), for a test
+/// that runs again when a tracer's skipped run cost it a point
+/// ([`again_if_runs_skipped`]).
+pub fn top_frame_and_skips(view: &str, mount: &str, work: impl FnOnce()) -> (String, u64) {
     let mut top = Command::new(bin())
         .args(["top", "--headless", "--view", view, "--mount", mount])
         .stdout(Stdio::piped())
@@ -447,7 +455,20 @@ pub fn top_frame(view: &str, mount: &str, work: impl FnOnce()) -> String {
     signal(&top, libc::SIGINT);
     let out = top.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    // "...; the kernel skipped N runs of fusetrace's programs (...", up to
+    // the end of its stderr (the reader may lag the exit).
+    let skipped = stderr
+        .iter()
+        .find_map(|l| {
+            l.split_once("the kernel skipped ")?
+                .1
+                .split_once(" runs")?
+                .0
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    (String::from_utf8_lossy(&out.stdout).into_owned(), skipped)
 }
 
 /// Runs a command to completion and returns its stdout; panics on failure.
